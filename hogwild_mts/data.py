@@ -1,0 +1,464 @@
+"""Data sets in the one row format the engine's kernels read, and the loaders that build them.
+
+Every loader returns a :class:`Dataset`: float64 ``values``, int32 ``indices`` and int64 ``indptr``
+in CSR layout.  Dense data uses the same layout with no ``indices``: row ``i`` is
+``values[i*d:(i+1)*d]``.  The engine copies these arrays into shared memory once.
+
+All bad input raises :class:`DataError` (a ``ValueError``) naming the value, file or line and what
+is allowed, before any training starts.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import math
+import numbers
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+# Defaults of the ``--data`` specs (keys are the spec's parameter names).
+# RCV1 (Lewis et al. 2004) is 804,414 x 47,236 with about 76 nonzeros per row.
+SYNTHETIC_SPARSE_DEFAULTS = {"n": 100_000, "d": 47_236, "nnz": 76, "seed": 0, "noise": 0.0}
+SYNTHETIC_DENSE_DEFAULTS = {"n": 20_000, "d": 100, "seed": 0, "noise": 0.0}
+
+DATA_SPEC_FORMS = (
+    "'synthetic-sparse' or 'synthetic-sparse:n=..,d=..,nnz=..,seed=..,noise=..'; "
+    "'synthetic-dense' or 'synthetic-dense:n=..,d=..,seed=..,noise=..'; "
+    "a path to an .npz file (keys X and y, or CSR keys data, indices, indptr, shape and y); "
+    "or a path to an existing svmlight/libsvm file (.gz and .bz2 allowed)"
+)
+
+INT32_MAX = np.iinfo(np.int32).max
+
+
+class DataError(ValueError):
+    """A data set, file or data spec that cannot be used; the message says where and why."""
+
+
+@dataclass(eq=False, repr=False)
+class Dataset:
+    """``n`` rows of a design matrix in one row format, plus labels.
+
+    Row ``i`` stores ``values[indptr[i]:indptr[i+1]]`` at columns ``indices[indptr[i]:indptr[i+1]]``
+    (CSR: indices sorted and unique within a row).  For dense data ``indices`` is empty and
+    ``indptr[i] = i * n_features``.  All values and labels are finite.
+    """
+
+    values: np.ndarray  # float64 1-d
+    indices: np.ndarray  # int32 1-d; shape (0,) when dense
+    indptr: np.ndarray  # int64 1-d, length n + 1
+    n_features: int
+    y: np.ndarray  # float64 1-d, length n
+    name: str
+    dense: bool
+
+    def __post_init__(self):
+        problems = []
+        if self.values.dtype != np.float64 or self.values.ndim != 1:
+            problems.append(f"values must be float64 1-d, got {self.values.dtype} {self.values.shape}")
+        if self.indices.dtype != np.int32 or self.indices.ndim != 1:
+            problems.append(f"indices must be int32 1-d, got {self.indices.dtype} {self.indices.shape}")
+        if self.indptr.dtype != np.int64 or self.indptr.ndim != 1 or self.indptr.size < 1:
+            problems.append(f"indptr must be int64 1-d and non-empty, "
+                            f"got {self.indptr.dtype} {self.indptr.shape}")
+        if self.y.dtype != np.float64 or self.y.shape != (self.indptr.size - 1,):
+            problems.append(f"y must be float64 of shape ({self.indptr.size - 1},), "
+                            f"got {self.y.dtype} {self.y.shape}")
+        if problems:
+            raise DataError("; ".join(problems))
+        n, d = self.n_samples, self.n_features
+        if self.dense:
+            if self.indices.size != 0 or self.values.size != n * d:
+                problems.append(f"dense data needs no indices and n*d = {n * d} values, "
+                                f"got {self.indices.size} indices and {self.values.size} values")
+            elif not np.array_equal(self.indptr, np.arange(n + 1, dtype=np.int64) * d):
+                problems.append("dense data needs indptr[i] = i * n_features")
+        else:
+            if self.indices.size != self.values.size:
+                problems.append(f"CSR needs as many indices as values, "
+                                f"got {self.indices.size} and {self.values.size}")
+            elif (self.indptr[0] != 0 or self.indptr[-1] != self.values.size
+                  or np.any(np.diff(self.indptr) < 0)):
+                problems.append(f"CSR indptr must rise from 0 to nnz = {self.values.size}")
+            elif self.indices.size and (self.indices.min() < 0 or self.indices.max() >= d):
+                problems.append(f"CSR column indices must lie in [0, {d})")
+        if problems:
+            raise DataError(f"{self.name}: " + "; ".join(problems))
+
+    @property
+    def n_samples(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (dense: n * d)."""
+        return self.values.size
+
+    def feature_counts(self) -> np.ndarray:
+        """int64 per column: the number of rows that store that column (dense: all n)."""
+        if self.dense:
+            return np.full(self.n_features, self.n_samples, dtype=np.int64)
+        return np.bincount(self.indices, minlength=self.n_features).astype(np.int64)
+
+    def to_scipy(self):
+        """The matrix as ``scipy.sparse.csr_matrix``, or (dense) a 2-d ndarray view of ``values``."""
+        if self.dense:
+            return self.values.reshape(self.n_samples, self.n_features)
+        return sp.csr_matrix((self.values, self.indices, self.indptr),
+                             shape=(self.n_samples, self.n_features))
+
+    def __repr__(self) -> str:
+        layout = "dense" if self.dense else "csr"
+        return f"Dataset({self.name}: n={self.n_samples}, d={self.n_features}, nnz={self.nnz}, {layout})"
+
+
+def as_dataset(X, y, name: str = "arrays") -> Dataset:
+    """Validate ``X`` (2-d array or any scipy.sparse matrix/array) and ``y`` (1-d) into a Dataset.
+
+    Dense X becomes float64 C-order (sharing memory with X when it already is); sparse X becomes
+    canonical CSR (sorted indices, duplicates summed).  y is copied to float64.
+    """
+    if sp.issparse(X):
+        _check_numeric("X", X.dtype)
+        if X.ndim != 2:
+            raise DataError(f"X must be 2-d, got shape {X.shape}")
+        csr = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        try:
+            csr.check_format(full_check=True)
+        except ValueError as error:
+            raise DataError(f"{name}: X is not a valid sparse matrix: {error}") from None
+        csr.sum_duplicates()
+        dense_X = None
+        n, d = csr.shape
+    else:
+        dense_X = np.asarray(X)
+        _check_numeric("X", dense_X.dtype)
+        if dense_X.ndim != 2:
+            raise DataError(f"X must be 2-d (n_samples, n_features), got shape {dense_X.shape}")
+        n, d = dense_X.shape
+    labels = np.asarray(y)
+    _check_numeric("y", labels.dtype)
+    if labels.ndim != 1:
+        raise DataError(f"y must be 1-d, got shape {labels.shape} (use y.ravel() for a column)")
+    if labels.shape[0] != n:
+        raise DataError(f"X and y differ in length: X has {n} rows, y has {labels.shape[0]} entries")
+    if n == 0 or d == 0:
+        raise DataError(f"{name}: empty data set: X has shape ({n}, {d}); need at least 1 row and 1 feature")
+    if d > INT32_MAX:
+        raise DataError(f"{name}: {d} features do not fit int32 column indices (at most {INT32_MAX})")
+    labels = np.array(labels, dtype=np.float64)
+    bad_labels = np.flatnonzero(~np.isfinite(labels))
+    if bad_labels.size:
+        row = bad_labels[0]
+        raise DataError(f"{name}: y has a non-finite value ({labels[row]}) at row {row}; "
+                        "all labels must be finite")
+
+    if dense_X is not None:
+        matrix = np.ascontiguousarray(dense_X, dtype=np.float64)
+        finite = np.isfinite(matrix)
+        if not finite.all():
+            row, column = np.argwhere(~finite)[0]
+            raise DataError(f"{name}: X has a non-finite value ({matrix[row, column]}) at row {row}, "
+                            f"column {column}; all values must be finite")
+        return Dataset(values=matrix.reshape(-1), indices=np.empty(0, dtype=np.int32),
+                       indptr=np.arange(n + 1, dtype=np.int64) * d, n_features=d, y=labels,
+                       name=name, dense=True)
+
+    bad_values = np.flatnonzero(~np.isfinite(csr.data))
+    if bad_values.size:
+        position = bad_values[0]
+        row = np.searchsorted(csr.indptr, position, side="right") - 1
+        raise DataError(f"{name}: X has a non-finite value ({csr.data[position]}) at row {row}, "
+                        f"column {csr.indices[position]}; all values must be finite")
+    return Dataset(values=np.ascontiguousarray(csr.data, dtype=np.float64),
+                   indices=csr.indices.astype(np.int32), indptr=csr.indptr.astype(np.int64),
+                   n_features=d, y=labels, name=name, dense=False)
+
+
+def _check_numeric(what: str, dtype: np.dtype) -> None:
+    if dtype.kind not in "biuf":
+        raise DataError(f"{what} must hold real numbers (bool, int or float), got dtype {dtype}")
+
+
+def load_svmlight(path) -> Dataset:
+    """Read an svmlight/libsvm file (``.gz``/``.bz2`` by extension) with scikit-learn's Cython
+    parser ``sklearn.datasets.load_svmlight_file``.
+
+    Lines are ``LABEL [qid:Q] INDEX:VALUE ...`` with ``#`` comments; ``qid`` is ignored.  Indices use
+    scikit-learn's ``zero_based="auto"``: a file with any index 0 is zero-based, otherwise
+    one-based (the LIBSVM convention) and shifted down by one.  ``n_features`` is the largest
+    column seen plus one.  A malformed line is reported as ``FILE:LINE: what is wrong``.
+    """
+    from sklearn.datasets import load_svmlight_file
+
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        X, y = load_svmlight_file(path, dtype=np.float64)
+    except (ValueError, TypeError, IndexError) as error:
+        _raise_first_malformed_line(path)
+        raise DataError(f"{path}: not a valid svmlight/libsvm file: {error}") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read the file: {error}") from None
+    if X.shape[0] == 0:
+        raise DataError(f"{path}: no data rows (the file is empty or holds only comments)")
+    if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
+        _raise_first_malformed_line(path)
+    return as_dataset(X, y, name=os.path.basename(path))
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a regular file")
+
+
+def _open_maybe_compressed(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
+def _raise_first_malformed_line(path: str) -> None:
+    """Scan ``path`` line by line in pure Python; raise DataError at the first bad line, if any."""
+    with _open_maybe_compressed(path) as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            line = raw.decode("utf-8", errors="replace")
+            problem = _svmlight_line_problem(line.split("#", 1)[0].split())
+            if problem:
+                text = line.rstrip("\r\n")
+                if len(text) > 80:
+                    text = text[:77] + "..."
+                raise DataError(f"{path}:{line_number}: {problem} (line: {text!r})")
+
+
+def _svmlight_line_problem(tokens: list[str]) -> str | None:
+    """What is wrong with one line's whitespace-separated tokens (comment removed), or None."""
+    if not tokens:
+        return None
+    label = _parse_float(tokens[0])
+    if label is None:
+        return f"label {tokens[0]!r} is not a finite number"
+    previous_index = -1
+    for position, token in enumerate(tokens[1:], start=1):
+        key, colon, value = token.partition(":")
+        if not colon:
+            return f"expected INDEX:VALUE, got {token!r}"
+        if key == "qid" and position == 1:
+            if not _is_int(value):
+                return f"qid {value!r} is not an integer"
+            continue
+        if not _is_int(key) or int(key) < 0:
+            return f"feature index {key!r} is not an integer >= 0"
+        if int(key) <= previous_index:
+            return f"feature indices must be strictly increasing, got {key} after {previous_index}"
+        previous_index = int(key)
+        if _parse_float(value) is None:
+            return f"value {value!r} of feature {key} is not a finite number"
+    return None
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+NPZ_DENSE_KEYS = ("X", "y")
+NPZ_SPARSE_KEYS = ("data", "indices", "indptr", "shape", "y")
+
+
+def load_npz(path) -> Dataset:
+    """Read an .npz holding either ``X`` (2-d) and ``y``, or ``data``, ``indices``, ``indptr``,
+    ``shape`` (as written by ``scipy.sparse.save_npz``, format csr or csc) plus ``y``."""
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = set(archive.files)
+            if found.issuperset(NPZ_DENSE_KEYS):
+                X, y = archive["X"], archive["y"]
+            elif found.issuperset(NPZ_SPARSE_KEYS):
+                X = _sparse_from_npz(path, archive)
+                y = archive["y"]
+            else:
+                raise DataError(f"{path}: missing keys: found {sorted(found)}; expected "
+                                f"{list(NPZ_DENSE_KEYS)} (dense) or {list(NPZ_SPARSE_KEYS)} (sparse)")
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read as .npz: {error}") from None
+    return as_dataset(X, y, name=os.path.basename(path))
+
+
+def _sparse_from_npz(path: str, archive):
+    layout = archive["format"].item() if "format" in archive.files else "csr"
+    if isinstance(layout, bytes):  # scipy.sparse.save_npz stores the format as ASCII bytes
+        layout = layout.decode("ascii", errors="replace")
+    constructors = {"csr": sp.csr_matrix, "csc": sp.csc_matrix}
+    if layout not in constructors:
+        raise DataError(f"{path}: sparse format {layout!r} is not supported; allowed: csr, csc")
+    shape = tuple(int(size) for size in archive["shape"])
+    try:
+        return constructors[layout]((archive["data"], archive["indices"], archive["indptr"]), shape=shape)
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{path}: inconsistent {layout} components: {error}") from None
+
+
+def synthetic_sparse(n_samples: int, n_features: int, nnz_per_row: int, seed: int = 0,
+                     label_noise: float = 0.0) -> Dataset:
+    """RCV1-shaped sparse binary classification: each row has exactly ``nnz_per_row`` distinct
+    uniformly drawn columns with positive tf-idf-like values ``(1 + log tf) * idf[column]``
+    (tf ~ Geometric(1/2), idf ~ 1 + Exp(1) per column), scaled to unit L2 norm.
+
+    Labels ``y = sign(x . w*)`` in {-1, +1} (ties +1) for a planted ``w* ~ N(0, I)``; each label
+    is then flipped with probability ``label_noise``.  The same seed gives the same data; the
+    rows and w* do not depend on ``label_noise``.
+    """
+    n = _check_int("n_samples", n_samples, 1)
+    d = _check_int("n_features", n_features, 1)
+    k = _check_int("nnz_per_row", nnz_per_row, 1)
+    seed = _check_int("seed", seed, 0)
+    noise = _check_label_noise(label_noise)
+    if d > INT32_MAX:
+        raise DataError(f"n_features must be at most {INT32_MAX} (int32 column indices), got {d}")
+    if k > d:
+        raise DataError(f"nnz_per_row must be at most n_features = {d}, got {k}")
+    feature_rng, weight_rng, noise_rng = _independent_streams(seed)
+
+    columns = _distinct_sorted_columns(feature_rng, n, d, k)
+    idf = 1.0 + feature_rng.exponential(1.0, size=d)
+    term_counts = feature_rng.geometric(0.5, size=(n, k))
+    values = (1.0 + np.log(term_counts)) * idf[columns]
+    values /= np.sqrt(np.einsum("ij,ij->i", values, values))[:, None]
+
+    planted_weights = weight_rng.standard_normal(d)
+    margins = np.einsum("ij,ij->i", values, planted_weights[columns])
+    labels = _labels_with_noise(margins, noise, noise_rng)
+    return Dataset(values=values.reshape(-1), indices=columns.reshape(-1),
+                   indptr=np.arange(n + 1, dtype=np.int64) * k, n_features=d, y=labels,
+                   name=f"synthetic-sparse(n={n},d={d},nnz={k},seed={seed},noise={noise:g})", dense=False)
+
+
+def _distinct_sorted_columns(rng: np.random.Generator, n: int, d: int, k: int) -> np.ndarray:
+    """int32 (n, k): each row ``k`` distinct columns of ``range(d)``, drawn uniformly, sorted."""
+    if 2 * k > d:
+        # Dense-ish rows: the k smallest of d random keys per row (memory n*d < 2*n*k).
+        columns = np.argpartition(rng.random((n, d)), k - 1, axis=1)[:, :k].astype(np.int32)
+        columns.sort(axis=1)
+        return columns
+    columns = rng.integers(0, d, size=(n, k), dtype=np.int32)
+    columns.sort(axis=1)
+    rows = np.flatnonzero((columns[:, 1:] == columns[:, :-1]).any(axis=1))
+    # Redraw repeated entries of the few rows that have any; each round repeats with prob <= k/d.
+    while rows.size:
+        block = columns[rows]
+        repeated = np.zeros(block.shape, dtype=bool)
+        repeated[:, 1:] = block[:, 1:] == block[:, :-1]
+        block[repeated] = rng.integers(0, d, size=int(repeated.sum()), dtype=np.int32)
+        block.sort(axis=1)
+        columns[rows] = block
+        rows = rows[(block[:, 1:] == block[:, :-1]).any(axis=1)]
+    return columns
+
+
+def synthetic_dense(n_samples: int, n_features: int, seed: int = 0, label_noise: float = 0.0) -> Dataset:
+    """Dense binary classification: ``X ~ N(0, 1)`` entries, ``y = sign(X w*)`` in {-1, +1}
+    (ties +1) for a planted ``w* ~ N(0, I)``, each label flipped with probability ``label_noise``.
+    Deterministic per seed; X and w* do not depend on ``label_noise``."""
+    n = _check_int("n_samples", n_samples, 1)
+    d = _check_int("n_features", n_features, 1)
+    seed = _check_int("seed", seed, 0)
+    noise = _check_label_noise(label_noise)
+    feature_rng, weight_rng, noise_rng = _independent_streams(seed)
+    matrix = feature_rng.standard_normal((n, d))
+    labels = _labels_with_noise(matrix @ weight_rng.standard_normal(d), noise, noise_rng)
+    return Dataset(values=matrix.reshape(-1), indices=np.empty(0, dtype=np.int32),
+                   indptr=np.arange(n + 1, dtype=np.int64) * d, n_features=d, y=labels,
+                   name=f"synthetic-dense(n={n},d={d},seed={seed},noise={noise:g})", dense=True)
+
+
+def _independent_streams(seed: int) -> list[np.random.Generator]:
+    """Three generators (features, planted weights, label noise) derived from one seed."""
+    return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)]
+
+
+def _labels_with_noise(margins: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    labels = np.where(margins >= 0.0, 1.0, -1.0)
+    flipped = rng.random(labels.size) < noise
+    labels[flipped] = -labels[flipped]
+    return labels
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_label_noise(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 0.5:
+        raise DataError(f"label_noise must be a number in [0, 0.5), got {value!r}")
+    return float(value)
+
+
+def load_data(spec: str) -> Dataset:
+    """The CLI's ``--data`` value: a synthetic spec, an .npz path or an svmlight/libsvm path.
+
+    Allowed forms: see ``DATA_SPEC_FORMS``; omitted synthetic parameters take
+    ``SYNTHETIC_SPARSE_DEFAULTS`` / ``SYNTHETIC_DENSE_DEFAULTS``.
+    """
+    spec = str(spec).strip()
+    for kind, defaults in (("synthetic-sparse", SYNTHETIC_SPARSE_DEFAULTS),
+                           ("synthetic-dense", SYNTHETIC_DENSE_DEFAULTS)):
+        if spec == kind or spec.startswith(kind + ":"):
+            params = _parse_spec_params(kind, spec[len(kind) + 1:], defaults)
+            if kind == "synthetic-sparse":
+                return synthetic_sparse(params["n"], params["d"], params["nnz"], seed=params["seed"],
+                                        label_noise=params["noise"])
+            return synthetic_dense(params["n"], params["d"], seed=params["seed"], label_noise=params["noise"])
+    if spec.lower().endswith(".npz"):
+        return load_npz(spec)
+    if os.path.isfile(spec):
+        return load_svmlight(spec)
+    raise DataError(f"data {spec!r} is neither a known data set nor an existing file; "
+                    f"allowed: {DATA_SPEC_FORMS}")
+
+
+def _parse_spec_params(kind: str, text: str, defaults: dict) -> dict:
+    """``"n=10,seed=3"`` -> defaults updated; ints for every key but ``noise`` (a float)."""
+    params = dict(defaults)
+    given = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or key not in defaults:
+            raise DataError(f"{kind}: bad parameter {item!r}; expected KEY=VALUE with KEY one of "
+                            f"{', '.join(defaults)}")
+        if key in given:
+            raise DataError(f"{kind}: parameter {key!r} given twice")
+        given.add(key)
+        try:
+            params[key] = float(value) if key == "noise" else int(value)
+        except ValueError:
+            expected = "a number" if key == "noise" else "an integer"
+            raise DataError(f"{kind}: parameter {key}={value!r} must be {expected}") from None
+    return params
