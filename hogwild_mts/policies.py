@@ -7,36 +7,59 @@ Interface (every policy, including a user's own):
 * ``observe(histogram)`` -- refit from the run's staleness histogram (int64 counts by tau).
 * ``refit_every`` -- a worker calls ``observe`` after this many of its own updates; 0 = never.
 * ``describe()`` -- a JSON-able dict saying what the policy is and what it fitted.
+
+Built-in policies keep every entry in ``[alpha_min, alpha_max]``; by default
+``alpha_min = 1e-3 * alpha`` and ``alpha_max = 10 * alpha`` and ``alpha`` (alpha_c) must lie
+between them. Formulas, parameters and references: docs/policies.md.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 
 import numpy as np
+from scipy.special import logsumexp
+
+from .staleness import (MODEL_NAMES, Geometric, StalenessModel, check_histogram, check_nonnegative,
+                        check_positive as check_positive_finite, check_probability, fit_model, prior)
 
 DEFAULT_TABLE_LENGTH = 256
+DEFAULT_ALPHA_MIN_RATIO = 1e-3     # alpha_min = ratio * alpha when not given
+DEFAULT_ALPHA_MAX_RATIO = 10.0     # alpha_max = ratio * alpha when not given
+DEFAULT_REFIT_EVERY = 2000         # own updates between refits of adaptive policies
+DEFAULT_MIN_SAMPLES = 1000         # observed staleness values before the prior is replaced
+FIT_HORIZON_PER_ENTRY = 4          # histograms are winsorised at 4 * table length before fitting
+HEAD = 8                           # table entries shown by describe()
+
+__all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
+           "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "POLICIES", "make_policy", "as_policy",
+           "check_positive_finite", "step_size"]
 
 
-def check_positive_finite(name: str, value) -> float:
-    """Return ``value`` as float, or raise ValueError naming it unless it is finite and > 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
+def check_count(name: str, value, minimum: int) -> int:
+    """Return ``value`` as an int, or raise ValueError unless it is an integer >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def step_size(table: np.ndarray, tau: int) -> float:
+    """The table lookup the hot loop does: ``table[min(tau, T - 1)]``."""
+    return float(table[min(int(tau), len(table) - 1)])
+
+
+def _head(values: np.ndarray) -> list:
+    return [float(v) for v in values[:HEAD]]
 
 
 class Policy:
-    """Base class: a constant table unless a subclass overrides ``table``/``observe``."""
+    """Base class: subclasses define ``table``; non-adaptive ones ignore ``observe``."""
 
     name = "policy"
     refit_every = 0
 
     def bind(self, workers: int) -> None:
-        self.workers = int(workers)
+        self.workers = check_count("workers", workers, 1)
 
     def table(self) -> np.ndarray:
         raise NotImplementedError
@@ -45,23 +68,269 @@ class Policy:
         """Non-adaptive policies ignore the histogram."""
 
     def describe(self) -> dict:
-        table = self.table()
-        return {"name": self.name, "table_head": [float(a) for a in table[:8]]}
+        return {"name": self.name, "table_head": _head(self.table())}
 
 
-class ConstantPolicy(Policy):
-    """``alpha(tau) = alpha_c`` for every staleness."""
+class BoundedPolicy(Policy):
+    """A policy with base step ``alpha`` (alpha_c) and every entry clipped to [alpha_min, alpha_max]."""
 
-    name = "constant"
+    formula = ""
 
-    def __init__(self, alpha: float = 0.1):
+    def __init__(self, alpha: float, alpha_min: float | None, alpha_max: float | None,
+                 length: int = DEFAULT_TABLE_LENGTH):
         self.alpha = check_positive_finite("alpha", alpha)
+        self.alpha_min = (DEFAULT_ALPHA_MIN_RATIO * self.alpha if alpha_min is None
+                          else check_positive_finite("alpha_min", alpha_min))
+        self.alpha_max = (DEFAULT_ALPHA_MAX_RATIO * self.alpha if alpha_max is None
+                          else check_positive_finite("alpha_max", alpha_max))
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min ({alpha_min!r}) must be <= alpha_max ({alpha_max!r})")
+        if not self.alpha_min <= self.alpha <= self.alpha_max:
+            raise ValueError(f"alpha ({alpha!r}) must lie in [alpha_min, alpha_max] = "
+                             f"[{self.alpha_min!r}, {self.alpha_max!r}]")
+        self.length = check_count("length", length, 1)
 
-    def table(self) -> np.ndarray:
-        return np.full(1, self.alpha)
+    def _clip(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, self.alpha_min, self.alpha_max).astype(np.float64)
+
+    def parameters(self) -> dict:
+        return {}
 
     def describe(self) -> dict:
-        return {"name": self.name, "formula": "alpha(tau) = alpha_c", "alpha_c": self.alpha}
+        return {"name": self.name, "formula": self.formula, "alpha_c": self.alpha,
+                "alpha_min": self.alpha_min, "alpha_max": self.alpha_max, "parameters": self.parameters(),
+                "table_length": int(self.table().size), "table_head": _head(self.table())}
+
+
+class ConstantPolicy(BoundedPolicy):
+    """``alpha(tau) = alpha_c`` for every staleness (a one-entry table)."""
+
+    name = "constant"
+    formula = "alpha(tau) = alpha_c"
+
+    def __init__(self, alpha: float = 0.1, alpha_min: float | None = None, alpha_max: float | None = None):
+        super().__init__(alpha, alpha_min, alpha_max, length=1)
+        self._table = np.full(1, self.alpha)
+
+    def table(self) -> np.ndarray:
+        return self._table
+
+
+class InversePolicy(BoundedPolicy):
+    """``alpha(tau) = alpha_c / max(1, tau)`` (Zhang et al. 2016); never increases with tau."""
+
+    name = "inverse"
+    formula = "alpha(tau) = alpha_c / max(1, tau)"
+
+    def __init__(self, alpha: float = 0.1, alpha_min: float | None = None, alpha_max: float | None = None,
+                 length: int = DEFAULT_TABLE_LENGTH):
+        super().__init__(alpha, alpha_min, alpha_max, length)
+        self._table = self._clip(self.alpha / np.maximum(1.0, np.arange(self.length)))
+
+    def table(self) -> np.ndarray:
+        return self._table
+
+
+class ExponentialPolicy(BoundedPolicy):
+    """``alpha(tau) = alpha_c exp(-beta tau)`` (FLeet-style), beta >= 0; never increases with tau."""
+
+    name = "exponential"
+    formula = "alpha(tau) = alpha_c * exp(-beta * tau)"
+
+    def __init__(self, alpha: float = 0.1, beta: float = 0.1, alpha_min: float | None = None,
+                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH):
+        super().__init__(alpha, alpha_min, alpha_max, length)
+        self.beta = check_nonnegative("beta", beta)
+        self._table = self._clip(self.alpha * np.exp(-self.beta * np.arange(self.length)))
+
+    def parameters(self) -> dict:
+        return {"beta": self.beta}
+
+    def table(self) -> np.ndarray:
+        return self._table
+
+
+class AdaptivePolicy(BoundedPolicy):
+    """A policy refitted from the staleness histogram every ``refit_every`` own updates.
+
+    Until ``min_samples`` staleness values have been observed it uses the prior Poisson(m - 1)
+    set by ``bind(m)``. Histograms are winsorised at ``4 * length`` (counts further out are
+    counted at that tau) so a refit costs a bounded amount of work.
+    """
+
+    def __init__(self, alpha, alpha_min, alpha_max, length, refit_every, min_samples):
+        super().__init__(alpha, alpha_min, alpha_max, length)
+        self.refit_every = check_count("refit_every", refit_every, 0)
+        self.min_samples = check_count("min_samples", min_samples, 0)
+        self.samples = 0
+        self._table = None
+
+    def bind(self, workers: int) -> None:
+        super().bind(workers)
+        self.prior = prior(self.workers)
+        self.samples = 0
+        self._refit(None)
+
+    def observe(self, histogram: np.ndarray) -> None:
+        counts = check_histogram(histogram)
+        samples = int(counts.sum())
+        if samples < self.min_samples or samples == 0:
+            return
+        horizon = FIT_HORIZON_PER_ENTRY * self.length
+        if counts.size > horizon + 1:
+            counts = np.append(counts[:horizon], counts[horizon:].sum())
+        self.samples = samples
+        self._refit(counts)
+
+    def _refit(self, counts: np.ndarray | None) -> None:
+        """Rebuild the table from ``counts`` (None: from the prior)."""
+        raise NotImplementedError
+
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            raise RuntimeError(f"the {self.name} policy needs bind(workers) before table()")
+        return self._table
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(refit_every=self.refit_every, min_samples=self.min_samples,
+                   samples_seen=self.samples, using_prior=self.samples == 0)
+        return out
+
+
+class TailPolicy(AdaptivePolicy):
+    """TAIL-tau (ASAP.SGD): ``alpha(tau) = alpha_c (1 + A (1 - 2 F(tau)))``, 0 <= A <= 1.
+
+    F is the empirical CDF of the observed tau (the prior's CDF before ``min_samples``), so fresh
+    gradients get up to (1 + A) alpha_c and the stalest down to (1 - A) alpha_c; never increases
+    with tau.
+    """
+
+    name = "tail"
+    formula = "alpha(tau) = alpha_c * (1 + A * (1 - 2 * F(tau))), F = CDF of observed tau"
+
+    def __init__(self, alpha: float = 0.1, A: float = 0.5, alpha_min: float | None = None,
+                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
+                 refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
+        super().__init__(alpha, alpha_min, alpha_max, length, refit_every, min_samples)
+        self.A = check_probability("A", A, allow_zero=True, allow_one=True)
+
+    def _refit(self, counts):
+        if counts is None:
+            cdf = np.cumsum(self.prior.pmf(self.length))
+        else:
+            head = np.zeros(self.length)
+            stop = min(self.length, counts.size)
+            head[:stop] = counts[:stop]
+            cdf = np.cumsum(head) / counts.sum()
+        self.cdf = np.minimum(np.maximum.accumulate(cdf), 1.0)
+        self._table = self._clip(self.alpha * (1.0 + self.A * (1.0 - 2.0 * self.cdf)))
+
+    def parameters(self) -> dict:
+        return {"A": self.A}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["cdf_source"] = (f"prior Poisson(lam={self.prior.lam!r})" if self.samples == 0
+                             else f"observed ({self.samples} staleness values)")
+        out["cdf_head"] = _head(self.cdf)
+        return out
+
+
+TARGETS = ("momentum", "shrink")
+
+
+class MindTheStepPolicy(AdaptivePolicy):
+    """MindTheStep: ``alpha(k) = alpha_c Q(k) / P(k)``, tempered, renormalised and clipped.
+
+    P = the staleness model (``staleness_model``: poisson, geometric, cmp, empirical or auto by
+    AIC), refitted online; Q = the target: ``momentum`` Q = Geometric(mu), 0 <= mu < 1, or
+    ``shrink`` Q(k) proportional to r^k P(k), 0 < r <= 1. With tempering beta in [0, 1]:
+    ``alpha(k) = alpha_c w(k) / E_P[w]``, ``w = (Q/P)^beta``; then clipped to [alpha_min, alpha_max].
+
+    The table works on binned laws: entry T-1 stands for every tau >= T-1, so P and Q there are
+    tail masses. Without clipping and with beta = 1, ``sum_k P(k) alpha(k) = alpha_c`` and
+    ``P(k) alpha(k) / alpha_c = Q(k)`` hold exactly over the bins. Where P(k) = 0 the ratio is
+    +inf (alpha_max) if Q(k) > 0 and 1 if Q(k) = 0. ``describe()`` reports how far clipping
+    moved E_P[alpha] from alpha_c and P * alpha / alpha_c from Q.
+    """
+
+    name = "mindthestep"
+
+    def __init__(self, alpha: float = 0.1, target: str = "momentum", mu: float | None = None,
+                 r: float | None = None, beta: float = 1.0, staleness_model: str = "poisson",
+                 alpha_min: float | None = None, alpha_max: float | None = None,
+                 length: int = DEFAULT_TABLE_LENGTH, refit_every: int = DEFAULT_REFIT_EVERY,
+                 min_samples: int = DEFAULT_MIN_SAMPLES):
+        super().__init__(alpha, alpha_min, alpha_max, length, refit_every, min_samples)
+        if target not in TARGETS:
+            raise ValueError(f"unknown mindthestep target {target!r}; choose one of {list(TARGETS)}")
+        if staleness_model not in MODEL_NAMES:
+            raise ValueError(f"unknown staleness_model {staleness_model!r}; choose one of {list(MODEL_NAMES)}")
+        if target == "momentum" and r is not None:
+            raise ValueError(f"r={r!r} applies only to target='shrink'; target='momentum' takes mu")
+        if target == "shrink" and mu is not None:
+            raise ValueError(f"mu={mu!r} applies only to target='momentum'; target='shrink' takes r")
+        self.target = target
+        self.mu = check_probability("mu", 0.5 if mu is None else mu, allow_zero=True, allow_one=False) \
+            if target == "momentum" else None
+        self.r = check_probability("r", 0.5 if r is None else r, allow_zero=False, allow_one=True) \
+            if target == "shrink" else None
+        self.beta = check_probability("beta", beta, allow_zero=True, allow_one=True)
+        self.staleness_model = staleness_model
+        self.model: StalenessModel | None = None
+
+    @property
+    def formula(self) -> str:
+        q = "Geometric(mu)" if self.target == "momentum" else "r^k P(k) / E_P[r^k]"
+        return (f"alpha(k) = clip(alpha_c * (Q(k)/P(k))^beta / E_P[(Q/P)^beta], alpha_min, alpha_max), "
+                f"Q = {q}, P = {self.staleness_model} staleness model")
+
+    def target_model(self, model: StalenessModel) -> StalenessModel:
+        """Q for the staleness model P = ``model``."""
+        return Geometric(self.mu) if self.target == "momentum" else model.tilted(self.r)
+
+    def _refit(self, counts):
+        if counts is None:
+            self.model = self.prior
+        else:
+            self.model = fit_model(self.staleness_model, counts, previous=self.model)
+        log_p = self.model.log_binned_pmf(self.length)
+        log_q = self.target_model(self.model).log_binned_pmf(self.length)
+        possible = log_p > -np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            log_ratio = np.where(possible, log_q - log_p, np.where(log_q > -np.inf, np.inf, 0.0))
+            log_weight = np.where(np.isinf(log_ratio), log_ratio, self.beta * log_ratio) \
+                if self.beta > 0 else np.zeros(self.length)
+            log_norm = logsumexp(log_p[possible] + log_weight[possible])
+            raw = self.alpha * np.exp(log_weight - log_norm)
+        self._table = self._clip(raw)
+        self.p_binned, self.q_binned = np.exp(log_p), np.exp(log_q)
+        self.unclipped_head = raw[:HEAD]
+        self.clipped_low = int(np.count_nonzero(raw < self.alpha_min))
+        self.clipped_high = int(np.count_nonzero(raw > self.alpha_max))
+        self.clipped_mass = float(self.p_binned[(raw < self.alpha_min) | (raw > self.alpha_max)].sum())
+
+    def parameters(self) -> dict:
+        target = {"mu": self.mu} if self.target == "momentum" else {"r": self.r}
+        return {"target": self.target, **target, "beta": self.beta, "staleness_model": self.staleness_model}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        table = self.table()
+        achieved = float(np.dot(self.p_binned, table))
+        profile = self.p_binned * table / self.alpha
+        out.update(
+            fitted_model=self.model.to_dict(),
+            target_model=self.target_model(self.model).to_dict(),
+            expected_alpha=achieved,
+            expected_alpha_relative_error=achieved / self.alpha - 1.0,
+            target_tv=0.5 * float(np.abs(profile - self.q_binned).sum()),
+            clipped_low=self.clipped_low, clipped_high=self.clipped_high,
+            clipped_mass=self.clipped_mass,
+            unclipped_head=_head(self.unclipped_head),
+        )
+        return out
 
 
 class FunctionPolicy(Policy):
@@ -73,7 +342,7 @@ class FunctionPolicy(Policy):
         if not callable(function):
             raise TypeError(f"a function policy needs a callable, got {function!r}")
         self.function = function
-        values = np.array([float(function(tau)) for tau in range(int(length))])
+        values = np.array([float(function(tau)) for tau in range(check_count("length", length, 1))])
         bad = np.flatnonzero(~np.isfinite(values) | (values <= 0.0))
         if bad.size:
             tau = int(bad[0])
@@ -86,19 +355,27 @@ class FunctionPolicy(Policy):
 
     def describe(self) -> dict:
         return {"name": self.name, "function": getattr(self.function, "__name__", repr(self.function)),
-                "table_head": [float(a) for a in self._table[:8]]}
+                "table_head": _head(self._table)}
 
 
-POLICIES = {"constant": ConstantPolicy}
+POLICIES = {"constant": ConstantPolicy, "inverse": InversePolicy, "exponential": ExponentialPolicy,
+            "tail": TailPolicy, "mindthestep": MindTheStepPolicy}
 
 
 def make_policy(name: str, **options) -> Policy:
-    """Build a registered policy by name; unknown names list what is allowed."""
+    """Build a registered policy by name; unknown names and options list what is allowed."""
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as error:
+        if "unexpected keyword" not in str(error):
+            raise
+        allowed = [p for p in inspect.signature(cls).parameters]
+        unknown = sorted(set(options) - set(allowed))
+        raise ValueError(f"policy {name!r} got unknown option(s) {unknown}; allowed: {allowed}") from None
 
 
 def as_policy(policy, alpha: float | None = None) -> Policy:
