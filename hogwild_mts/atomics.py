@@ -1,17 +1,19 @@
-"""Sequentially consistent int64 atomics for numba ``njit`` code.
+"""Memory intrinsics for numba ``njit`` code: sequentially consistent int64 atomics, prefetch.
 
 numba has no CPU atomics (numba issue 2988), so these are ``numba.extending.intrinsic``s that
 emit LLVM ``load atomic`` / ``atomicrmw add`` / ``store atomic`` on a pointer into an int64 array.
 They are correct across processes when the array lives in shared memory, because the hardware
 instruction (``lock xadd`` on x86-64, ``ldaddal`` or an LL/SC loop on arm64) is what synchronises,
-not anything process-local.
+not anything process-local.  ``prefetch`` emits ``llvm.prefetch`` (a hint, no semantic effect):
+the worker loops use it to fetch the next rows of a shuffled pass before they are needed.
 """
 
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["atomic_load", "atomic_fetch_add", "atomic_store"]
+__all__ = ["atomic_load", "atomic_fetch_add", "atomic_store", "prefetch"]
 
 _ORDERING = "seq_cst"
 _INT64_ALIGN = 8
@@ -74,3 +76,29 @@ def atomic_store(typingctx, arr, idx, value):
         return context.get_dummy_value()
 
     return types.none(arr, idx, value), codegen
+
+
+_I32 = ir.IntType(32)
+_PREFETCH_READ = 0
+_PREFETCH_KEEP_IN_ALL_CACHES = 3
+_PREFETCH_DATA_CACHE = 1
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the CPU to load the cache line holding ``arr[idx]`` (1-d array, any dtype)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(idx, types.Integer)):
+        raise TypeError(f"prefetch needs a 1-d array and an integer index, got {arr}, {idx}")
+
+    def codegen(context, builder, signature, args):
+        arrty, idxty = signature.args
+        ptr = _element_pointer(context, builder, arrty, args[0], idxty, args[1])
+        byte_ptr_type = ir.IntType(8).as_pointer()
+        function_type = ir.FunctionType(ir.VoidType(), [byte_ptr_type, _I32, _I32, _I32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        builder.call(function, [builder.bitcast(ptr, byte_ptr_type), ir.Constant(_I32, _PREFETCH_READ),
+                                ir.Constant(_I32, _PREFETCH_KEEP_IN_ALL_CACHES),
+                                ir.Constant(_I32, _PREFETCH_DATA_CACHE)])
+        return context.get_dummy_value()
+
+    return types.none(arr, idx), codegen

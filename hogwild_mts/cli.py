@@ -1,0 +1,106 @@
+"""``hogwild-mts`` command line: ``train`` (more subcommands come with the experiments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+DEFAULT_DATA = "synthetic-sparse"
+DEFAULT_ALPHA = 0.5
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="logreg", help="logreg, svm or lsq (default logreg)")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="synthetic-sparse[:n=..,d=..,nnz=..,seed=..,noise=..], synthetic-dense[:...], "
+                             "a .npz file or an svmlight/libsvm file (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--policy", default="constant", help="step-size policy (default constant)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="base step size alpha_c (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
+    parser.add_argument("--batch-size", type=int, default=1, help="rows per update (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
+    parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty l2/2 ||w||^2 (default 0)")
+    parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                        help="parameter precision (default float64)")
+    parser.add_argument("--out", metavar="DIR", help="write metrics.json and params.npy here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hogwild-mts",
+        description="Asynchronous lock-free parallel SGD with exact staleness and adaptive steps.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = commands.add_parser("train", help="train a model (no arguments: a built-in default)")
+    _add_train_arguments(train)
+    return parser
+
+
+def write_outputs(out_dir: str, result) -> None:
+    """metrics.json (everything but the weights) and params.npy (weights; intercept in the JSON)."""
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = result.to_dict()
+    metrics["intercept"] = result.intercept
+    with open(os.path.join(out_dir, "metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=2)
+    np.save(os.path.join(out_dir, "params.npy"), result.params)
+
+
+def train(args) -> int:
+    from hogwild_mts.data import load_data
+    from hogwild_mts.engine import Engine
+    from hogwild_mts.report import format_summary
+    from models.linear import LinearModel
+
+    model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
+    engine = Engine(model, args.policy, alpha=args.alpha, workers=args.workers, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+                    progress=not args.quiet)
+    loading = time.time()
+    print(f"loading data {args.data} ...", file=sys.stderr, flush=True)
+    dataset = load_data(args.data)
+    print(f"  {dataset.name}: {dataset.n_samples:,} rows x {dataset.n_features:,} features, "
+          f"{dataset.nnz:,} stored values ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
+    result = engine.fit(dataset)
+    print(format_summary(result))
+    if args.out:
+        write_outputs(args.out, result)
+        print(f"wrote {os.path.join(args.out, 'metrics.json')} and params.npy")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def main(argv=None) -> int:
+    from hogwild_mts.engine import DivergenceError, WorkerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return train(args)
+    except (WorkerError, DivergenceError) as error:
+        print(f"hogwild-mts: run failed: {error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except (ValueError, TypeError, OSError) as error:
+        print(f"hogwild-mts: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("hogwild-mts: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""numba worker loops for linear models: DESIGN.md steps 1-6, no Python per sample.
+
+Rows come in one format for sparse and dense data (see ``hogwild_mts.data.Dataset``): row ``i`` is
+``values[indptr[i]:indptr[i+1]]`` with columns ``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).
+The L2 penalty ``l2/2 ||w||^2`` is split over samples the Hogwild! way: a sample moves only the
+coordinates it stores, with weight ``feature_scale[j] = n / (rows storing j)``, so the per-sample
+gradients still average to the full penalty gradient (dense data: every scale is 1).
+
+No fastmath: update loops keep IEEE semantics so one worker is bit-reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from hogwild_mts.atomics import atomic_fetch_add, atomic_load, prefetch
+from models.linear import loss_derivative, loss_value
+
+STATUS_OK = 0
+STATUS_DIVERGED = 1
+
+# Columns of a worker's statistics row (int64).
+STAT_UPDATES = 0
+STAT_MAX_TAU = 1
+STAT_SAMPLES = 2
+
+PREFETCH_ROWS_AHEAD = 4  # rows of the shuffled order fetched ahead of the one being read
+VALUES_PER_LINE = 8  # float64 per 64-byte cache line
+INDICES_PER_LINE = 16  # int32 per cache line
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row):
+    start, stop = indptr[row], indptr[row + 1]
+    total = params[n_features] if fit_intercept else 0.0
+    if dense:
+        for k in range(start, stop):
+            total += values[k] * params[k - start]
+    else:
+        for k in range(start, stop):
+            total += values[k] * params[indices[k]]
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, row, derivative, step):
+    """params[j] -= step * (derivative * x_j + l2 * feature_scale[j] * params[j]) over the row."""
+    start, stop = indptr[row], indptr[row + 1]
+    if l2 == 0.0:
+        if dense:
+            for k in range(start, stop):
+                params[k - start] -= step * (derivative * values[k])
+        else:
+            for k in range(start, stop):
+                params[indices[k]] -= step * (derivative * values[k])
+    else:
+        for k in range(start, stop):
+            column = k - start if dense else indices[k]
+            params[column] -= step * (derivative * values[k] + l2 * feature_scale[column] * params[column])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_ahead(values, indices, indptr, dense, labels, order, position):
+    """Prefetch the row PREFETCH_ROWS_AHEAD places ahead in ``order`` (and the indptr entry of the
+    row twice as far): a shuffled pass is otherwise bound by memory latency."""
+    ahead = position + PREFETCH_ROWS_AHEAD
+    if ahead + PREFETCH_ROWS_AHEAD < order.shape[0]:
+        prefetch(indptr, order[ahead + PREFETCH_ROWS_AHEAD])
+    if ahead < order.shape[0]:
+        row = order[ahead]
+        start, stop = indptr[row], indptr[row + 1]
+        prefetch(labels, row)
+        for k in range(start, stop, VALUES_PER_LINE):
+            prefetch(values, k)
+        if not dense:
+            for k in range(start, stop, INDICES_PER_LINE):
+                prefetch(indices, k)
+
+
+@njit(cache=True, nogil=True)
+def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, start, stop,
+              batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table, stamp,
+              counter, hist_row, stats_row, derivative_buffer):
+    """Apply the mini-batches ``order[start:stop]`` (batch_size rows each, last one shorter).
+
+    Per batch: read the counter, compute the margins from the live shared ``params``, claim the
+    next sequence number, ``tau = claimed - read``, ``alpha = alpha_table[min(tau, T - 1)]``, and
+    write ``params -= alpha * mean gradient`` without locks; count ``tau`` in ``hist_row`` (last bin
+    collects ``tau >= len(hist_row) - 1``).  ``stamp=False`` drops the counter, the table lookup
+    (alpha = alpha_table[0]) and the histogram: classic Hogwild!, the baseline for overhead.
+    Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
+    """
+    last_alpha = alpha_table.shape[0] - 1
+    last_bin = hist_row.shape[0] - 1
+    position = start
+    while position < stop:
+        batch_end = min(position + batch_size, stop)
+        t_read = atomic_load(counter, 0) if stamp else 0
+        for b in range(position, batch_end):
+            _prefetch_ahead(values, indices, indptr, dense, labels, order, b)
+            row = order[b]
+            margin = _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
+            if not np.isfinite(margin):
+                return STATUS_DIVERGED
+            derivative_buffer[b - position] = loss_derivative(loss_id, margin, labels[row])
+        if stamp:
+            tau = atomic_fetch_add(counter, 0, 1) - t_read
+            alpha = alpha_table[min(tau, last_alpha)]
+            hist_row[min(tau, last_bin)] += 1
+            if tau > stats_row[STAT_MAX_TAU]:
+                stats_row[STAT_MAX_TAU] = tau
+        else:
+            alpha = alpha_table[0]
+        step = alpha / (batch_end - position)
+        for b in range(position, batch_end):
+            row = order[b]
+            derivative = derivative_buffer[b - position]
+            _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, row, derivative, step)
+            if fit_intercept:
+                params[n_features] -= step * derivative
+        stats_row[STAT_UPDATES] += 1
+        stats_row[STAT_SAMPLES] += batch_end - position
+        position = batch_end
+    return STATUS_OK
+
+
+@njit(cache=True, nogil=True)
+def objective(values, indices, indptr, dense, labels, params, n_features, fit_intercept,
+              loss_id, l2):
+    """Return (mean loss + l2/2 ||w||^2, fraction of rows with sign(margin) == label)."""
+    n_rows = indptr.shape[0] - 1
+    total_loss = 0.0
+    correct = 0
+    for row in range(n_rows):
+        margin = _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
+        total_loss += loss_value(loss_id, margin, labels[row])
+        if (margin >= 0.0) == (labels[row] > 0.0):
+            correct += 1
+    penalty = 0.0
+    for j in range(n_features):
+        penalty += params[j] * params[j]
+    return total_loss / n_rows + 0.5 * l2 * penalty, correct / n_rows

@@ -1,0 +1,71 @@
+"""Slow pure-Python references for the numba kernels (tests check the kernels against these)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def loss_value(name: str, margin: float, label: float) -> float:
+    if name == "logreg":
+        return math.log(1.0 + math.exp(-label * margin))
+    if name == "svm":
+        return max(0.0, 1.0 - label * margin)
+    return 0.5 * (margin - label) ** 2
+
+
+def loss_derivative(name: str, margin: float, label: float) -> float:
+    if name == "logreg":
+        return -label / (1.0 + math.exp(label * margin))
+    if name == "svm":
+        return -label if label * margin < 1.0 else 0.0
+    return margin - label
+
+
+def rows(dataset):
+    """Yield each row as a list of (column, value) pairs."""
+    for i in range(dataset.n_samples):
+        start, stop = int(dataset.indptr[i]), int(dataset.indptr[i + 1])
+        if dataset.dense:
+            yield [(k - start, float(dataset.values[k])) for k in range(start, stop)]
+        else:
+            yield [(int(dataset.indices[k]), float(dataset.values[k])) for k in range(start, stop)]
+
+
+def margin(row, weights, intercept):
+    return sum(value * weights[column] for column, value in row) + intercept
+
+
+def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept):
+    """One worker's pass over ``order`` in mini-batches with a fixed step ``alpha`` (tau = 0).
+
+    Returns the new (weights, intercept) as a list and a float; inputs are not modified.
+    """
+    weights = [float(w) for w in weights]
+    all_rows = list(rows(dataset))
+    counts = dataset.feature_counts()
+    scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
+    for start in range(0, len(order), batch_size):
+        batch = [int(i) for i in order[start:start + batch_size]]
+        derivatives = [loss_derivative(model.name, margin(all_rows[i], weights, intercept),
+                                       float(dataset.y[i])) for i in batch]
+        step = alpha / len(batch)
+        for i, derivative in zip(batch, derivatives):
+            for column, value in all_rows[i]:
+                gradient = derivative * value + model.l2 * scale[column] * weights[column]
+                weights[column] -= step * gradient
+            if model.fit_intercept:
+                intercept -= step * derivative
+    return weights, intercept
+
+
+def objective(dataset, model, weights, intercept):
+    """(mean loss + l2/2 ||w||^2, accuracy) in plain Python."""
+    losses, correct = [], 0
+    for row, label in zip(rows(dataset), dataset.y):
+        m = margin(row, weights, intercept)
+        losses.append(loss_value(model.name, m, float(label)))
+        correct += (m >= 0.0) == (label > 0.0)
+    penalty = 0.5 * model.l2 * sum(w * w for w in weights)
+    return sum(losses) / len(losses) + penalty, correct / len(losses)

@@ -1,0 +1,88 @@
+"""Each numba kernel against the slow pure-Python reference on random small problems."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from hogwild_mts import kernels, reference
+from hogwild_mts.data import as_dataset
+from models.linear import LinearModel
+
+TOLERANCE = 1e-12
+
+
+def _random_problem(rng, dense: bool, model: LinearModel):
+    n, d = 23, 9
+    matrix = rng.normal(size=(n, d))
+    if not dense:
+        matrix[rng.random((n, d)) < 0.6] = 0.0
+        matrix = scipy.sparse.csr_matrix(matrix)
+    labels = rng.normal(size=n) if model.name == "lsq" else rng.choice([-1.0, 1.0], size=n)
+    return as_dataset(matrix, labels)
+
+
+def _run_kernel(dataset, model, order, batch_size, alpha, params):
+    counts = dataset.feature_counts()
+    feature_scale = np.divide(dataset.n_samples, counts, out=np.zeros(dataset.n_features),
+                              where=counts > 0)
+    counter = np.zeros(1, dtype=np.int64)
+    hist = np.zeros(16, dtype=np.int64)
+    stats = np.zeros(8, dtype=np.int64)
+    status = kernels.sgd_chunk(
+        dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y, feature_scale,
+        order, 0, order.shape[0], batch_size, params, dataset.n_features, model.fit_intercept,
+        model.loss_id, model.l2, np.array([alpha, alpha / 2]), True, counter, hist, stats,
+        np.zeros(batch_size))
+    return status, counter[0], hist, stats
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm", "lsq"])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("l2,fit_intercept", [(0.0, True), (0.05, False)])
+def test_sgd_chunk_matches_reference(name, dense, batch_size, l2, fit_intercept):
+    rng = np.random.default_rng(abs(hash((name, dense, batch_size, l2))) % 2**32)
+    model = LinearModel(name, l2=l2, fit_intercept=fit_intercept)
+    dataset = _random_problem(rng, dense, model)
+    order = np.concatenate([rng.permutation(dataset.n_samples), rng.permutation(dataset.n_samples)])
+    start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
+    alpha = 0.05
+
+    params = start.copy()
+    status, counter, hist, stats = _run_kernel(dataset, model, order, batch_size, alpha, params)
+
+    weights, intercept = reference.sequential_sgd(
+        dataset, model, order, batch_size, alpha, start[: dataset.n_features],
+        start[dataset.n_features] if fit_intercept else 0.0)
+    updates = -(-order.shape[0] // batch_size)
+    assert status == kernels.STATUS_OK
+    np.testing.assert_allclose(params[: dataset.n_features], weights, rtol=0, atol=TOLERANCE)
+    if fit_intercept:
+        assert abs(params[dataset.n_features] - intercept) <= TOLERANCE
+    assert counter == updates  # one tick per applied update
+    assert hist[0] == updates and hist.sum() == updates  # one worker: every tau is 0
+    assert stats[kernels.STAT_UPDATES] == updates and stats[kernels.STAT_SAMPLES] == order.shape[0]
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm", "lsq"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_objective_matches_reference(name, dense):
+    rng = np.random.default_rng(7)
+    model = LinearModel(name, l2=0.1)
+    dataset = _random_problem(rng, dense, model)
+    params = rng.normal(size=model.n_params(dataset.n_features))
+    loss, accuracy = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
+                                       dataset.y, params, dataset.n_features, True, model.loss_id,
+                                       model.l2)
+    expected_loss, expected_accuracy = reference.objective(
+        dataset, model, params[: dataset.n_features], params[dataset.n_features])
+    assert abs(loss - expected_loss) <= TOLERANCE
+    assert accuracy == expected_accuracy
+
+
+def test_sgd_chunk_reports_divergence():
+    model = LinearModel("lsq")
+    dataset = as_dataset(np.array([[1e200, 1e200]]), np.array([1.0]))
+    params = np.zeros(3)
+    status, *_ = _run_kernel(dataset, model, np.zeros(4, dtype=np.int64), 1, 1e200, params)
+    assert status == kernels.STATUS_DIVERGED
