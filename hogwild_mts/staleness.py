@@ -101,6 +101,11 @@ def log_factorials(stop: int) -> np.ndarray:
     return _log_factorial_cache[:stop]
 
 
+def _too_heavy(log_lam: float, nu: float) -> ValueError:
+    return ValueError(f"CMP(lam=exp({log_lam:.6g}), nu={nu!r}) has too heavy a tail to normalise "
+                      f"(more than {MAX_SERIES_LENGTH} series terms)")
+
+
 def _log_series(log_lam: float, nu: float, start: int):
     """Terms ``log(lam^k / (k!)^nu)`` for k = start..K and their logsumexp.
 
@@ -110,15 +115,13 @@ def _log_series(log_lam: float, nu: float, start: int):
     if nu > 0:
         log_ratio_half = (math.log(2.0) + log_lam) / nu   # log of k where lam / k^nu = 1/2
         if log_ratio_half > math.log(MAX_SERIES_LENGTH):
-            raise ValueError(f"CMP(lam={math.exp(log_lam)!r}, nu={nu!r}) has too heavy a tail "
-                             f"to normalise (more than {MAX_SERIES_LENGTH} terms)")
+            raise _too_heavy(log_lam, nu)
         end = max(start + 64, int(math.exp(log_ratio_half)) + 2)
     else:
         end = start + 64
     while True:
         if end > MAX_SERIES_LENGTH:
-            raise ValueError(f"CMP(lam={math.exp(log_lam)!r}, nu={nu!r}) has too heavy a tail "
-                             f"to normalise (more than {MAX_SERIES_LENGTH} terms)")
+            raise _too_heavy(log_lam, nu)
         ks = np.arange(start, end + 1, dtype=np.float64)
         log_terms = ks * log_lam - nu * log_factorials(end + 1)[start:]
         log_sum = float(logsumexp(log_terms))
