@@ -1,0 +1,258 @@
+"""Image classification data sets for the torch engine, and their loaders.
+
+An :class:`ImageDataset` holds float32 images ``(N, C, H, W)`` standardised per channel with the
+training set's mean and standard deviation, int64 labels in ``[0, classes)``, and class names.
+Loaders (no network access anywhere):
+
+* ``digits`` -- scikit-learn's bundled 8x8 digits (1,797 images), a fixed stratified 80/20 split;
+* ``mnist:DIR`` / ``fashion-mnist:DIR`` -- the four IDX files (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each plain
+  or gzipped (``.gz``);
+* ``cifar10:DIR`` -- the CIFAR-10 python batches ``data_batch_1`` .. ``data_batch_5`` and
+  ``test_batch`` in DIR or DIR/cifar-10-batches-py.  These are pickles: load only files you trust.
+
+Bad input raises :class:`hogwild_mts.data.DataError` (a ValueError) naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from hogwild_mts.data import DataError
+
+__all__ = ["ImageDataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
+           "load_cifar10", "read_idx", "IMAGE_SPEC_FORMS"]
+
+IMAGE_SPEC_FORMS = "'digits', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+IDX_UBYTE = 0x08
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_BATCH = "test_batch"
+CIFAR_SUBDIR = "cifar-10-batches-py"
+CIFAR_SHAPE = (3, 32, 32)
+
+
+@dataclass(eq=False, repr=False)
+class ImageDataset:
+    """Train and test images (float32, N x C x H x W, finite) with int64 labels in [0, len(classes))."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple
+    name: str
+
+    def __post_init__(self):
+        self.classes = tuple(str(c) for c in self.classes)
+        if len(self.classes) < 2:
+            raise DataError(f"{self.name}: need at least 2 classes, got {self.classes!r}")
+        for part in ("train", "test"):
+            images = np.ascontiguousarray(getattr(self, f"{part}_images"), dtype=np.float32)
+            labels = np.ascontiguousarray(getattr(self, f"{part}_labels"), dtype=np.int64)
+            if images.ndim != 4 or images.shape[0] == 0:
+                raise DataError(f"{self.name}: {part} images must be a non-empty (N, C, H, W) array, "
+                                f"got shape {images.shape}")
+            if labels.shape != (images.shape[0],):
+                raise DataError(f"{self.name}: {part} labels have shape {labels.shape}, "
+                                f"expected ({images.shape[0]},) to match the images")
+            bad = np.flatnonzero((labels < 0) | (labels >= len(self.classes)))
+            if bad.size:
+                raise DataError(f"{self.name}: {part} label {int(labels[bad[0]])} at row {int(bad[0])} "
+                                f"is outside [0, {len(self.classes)})")
+            if not np.isfinite(images).all():
+                raise DataError(f"{self.name}: {part} images contain NaN or infinite values")
+            setattr(self, f"{part}_images", images)
+            setattr(self, f"{part}_labels", labels)
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(f"{self.name}: train images are {self.train_images.shape[1:]} but test "
+                            f"images are {self.test_images.shape[1:]}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(int(s) for s in self.train_images.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_images.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.test_images.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset({self.name!r}: {self.n_train} train + {self.n_test} test images "
+                f"{self.input_shape}, {self.n_classes} classes)")
+
+
+def _standardised(train: np.ndarray, test: np.ndarray, scale: float, classes, name: str,
+                 train_labels, test_labels) -> ImageDataset:
+    """Divide by ``scale`` (the pixel maximum), then standardise each channel with the training
+    set's mean and standard deviation; build the ImageDataset."""
+    train = train.astype(np.float32) / np.float32(scale)
+    test = test.astype(np.float32) / np.float32(scale)
+    mean = train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64).astype(np.float32)
+    std = train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    return ImageDataset((train - mean) / std, train_labels, (test - mean) / std, test_labels, classes, name)
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's 8x8 digits (bundled, no download): 1,437 train / 360 test, stratified, seed 0."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = bunch.images[:, None, :, :]
+    train, test, train_labels, test_labels = train_test_split(
+        images, bunch.target, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
+        stratify=bunch.target)
+    return _standardised(train, test, 16.0, MNIST_CLASSES, "digits", train_labels, test_labels)
+
+
+# ---------------------------------------------------------------------------------------- IDX
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array with ``ndim`` dimensions (gzipped when the name ends in .gz).
+
+    Header: two zero bytes, type code 0x08, the number of dimensions, then each dimension as a
+    big-endian uint32; the payload must hold exactly their product of bytes.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read IDX file: {error}") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: not an IDX file: {len(raw)} bytes, shorter than the 4-byte magic")
+    zero, code, dims = raw[0:2], raw[2], raw[3]
+    if zero != b"\x00\x00" or code != IDX_UBYTE:
+        raise DataError(f"{path}: bad IDX magic {raw[:4].hex()}; expected 0000{IDX_UBYTE:02x}{ndim:02x} "
+                        "(unsigned bytes)")
+    if dims != ndim:
+        raise DataError(f"{path}: IDX file has {dims} dimensions, expected {ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: IDX header truncated: {len(raw)} bytes, need {header} for {ndim} dimensions")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX dimensions {shape} need {expected} data bytes, "
+                        f"the file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_file(directory: str, candidates: list[str], what: str) -> str:
+    for name in candidates:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise DataError(f"{what}: no {candidates[0]} in {directory!r}; looked for {', '.join(candidates)}")
+
+
+def _idx_candidates(stem: str) -> list[str]:
+    dotted = stem.replace("-idx", ".idx")  # e.g. train-images.idx3-ubyte, as some mirrors name them
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
+def _load_idx_pair(directory: str, part: str, what: str):
+    images = read_idx(_find_file(directory, _idx_candidates(IDX_FILES[f"{part}_images"]), what), 3)
+    labels_path = _find_file(directory, _idx_candidates(IDX_FILES[f"{part}_labels"]), what)
+    labels = read_idx(labels_path, 1)
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} {part} images")
+    return images[:, None, :, :], labels
+
+
+def _check_directory(directory, what: str) -> str:
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise DataError(f"{what}: {directory!r} is not a directory")
+    return directory
+
+
+def load_mnist(directory, name: str = "mnist", classes=MNIST_CLASSES) -> ImageDataset:
+    """MNIST-format IDX files (60,000 + 10,000 images of 28x28 for MNIST itself) from ``directory``."""
+    directory = _check_directory(directory, name)
+    train, train_labels = _load_idx_pair(directory, "train", name)
+    test, test_labels = _load_idx_pair(directory, "test", name)
+    return _standardised(train, test, 255.0, classes, name, train_labels, test_labels)
+
+
+def load_fashion_mnist(directory) -> ImageDataset:
+    """Fashion-MNIST: the MNIST file format and sizes, 10 clothing classes."""
+    return load_mnist(directory, "fashion-mnist", FASHION_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------- CIFAR
+def _read_cifar_batch(path: str):
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except Exception as error:  # a corrupt pickle can raise almost anything
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path}: not a CIFAR-10 python batch: expected a dict with keys b'data' and b'labels'")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    row = int(np.prod(CIFAR_SHAPE))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
+        raise DataError(f"{path}: CIFAR-10 data must be uint8 of shape (N, {row}), "
+                        f"got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {labels.shape} labels for {data.shape[0]} images")
+    return data.reshape((-1,) + CIFAR_SHAPE), labels
+
+
+def load_cifar10(directory) -> ImageDataset:
+    """CIFAR-10 python batches (50,000 + 10,000 RGB images of 32x32) from DIR or DIR/cifar-10-batches-py."""
+    directory = _check_directory(directory, "cifar10")
+    nested = os.path.join(directory, CIFAR_SUBDIR)
+    names = CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,)
+    for candidate in (directory, nested):
+        if all(os.path.isfile(os.path.join(candidate, n)) for n in names):
+            break
+    else:
+        raise DataError(f"cifar10: {directory!r} lacks the CIFAR-10 python batches; looked for "
+                        f"{', '.join(names)} in {directory!r} and in {nested!r}")
+    parts = [_read_cifar_batch(os.path.join(candidate, n)) for n in CIFAR_TRAIN_BATCHES]
+    train = np.concatenate([images for images, _ in parts])
+    train_labels = np.concatenate([labels for _, labels in parts])
+    test, test_labels = _read_cifar_batch(os.path.join(candidate, CIFAR_TEST_BATCH))
+    return _standardised(train, test, 255.0, CIFAR10_CLASSES, "cifar10", train_labels, test_labels)
+
+
+LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+
+
+def load_images(spec) -> ImageDataset:
+    """The CLI's ``--data`` for image models: ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``,
+    ``cifar10:DIR``."""
+    if isinstance(spec, ImageDataset):
+        return spec
+    text = str(spec).strip()
+    if text == "digits":
+        return load_digits()
+    kind, colon, directory = text.partition(":")
+    if kind in LOADERS:
+        if not colon or not directory:
+            raise DataError(f"data {text!r} needs a directory: '{kind}:DIR'")
+        return LOADERS[kind](os.path.expanduser(directory))
+    raise DataError(f"unknown image data {text!r}; allowed: {IMAGE_SPEC_FORMS}")
