@@ -372,7 +372,9 @@ def _cmp_objective(theta, mean_tau: float, mean_log_fact: float):
 
 def _cmp_start(mean_tau: float, variance: float) -> np.ndarray:
     """Moment guess: mean ~ lam^(1/nu), variance ~ mean / nu."""
-    nu = min(max(mean_tau / variance, 0.05), 20.0) if variance > 0 else 20.0
+    if variance <= 0:   # one bin: the fit runs to the nu bound
+        return np.array([CMP_NU_MAX * math.log(mean_tau + 0.5), CMP_NU_MAX])
+    nu = min(max(mean_tau / variance, 0.05), 20.0)
     return np.array([nu * math.log(max(mean_tau, 0.5)), nu])
 
 

@@ -18,7 +18,7 @@ import json
 import math
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .policies import POLICIES, step_size
@@ -139,10 +139,11 @@ def check_policy(factory, options=None, *, nonincreasing: bool = False, max_tau:
     """Run the property suite on policies from ``factory(**options)``.
 
     ``options`` is a hypothesis strategy of keyword dicts (default: no options); the run uses
-    the active hypothesis settings profile. Raises on the first falsifying example.
+    the active hypothesis settings profile without a deadline. Raises on a falsifying example.
     """
     options = st.just({}) if options is None else options
 
+    @settings(deadline=None)
     @given(options=options, workers=worker_counts(), histogram=histograms(max_tau))
     def policy_properties(options, workers, histogram):
         assert_policy_invariants(factory(**options), workers, histogram, nonincreasing=nonincreasing)

@@ -1,0 +1,263 @@
+"""Step-size policies: invariants for any valid input, the MindTheStep identities, validation."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from hogwild_mts.policies import (POLICIES, ConstantPolicy, FunctionPolicy, MindTheStepPolicy, Policy,
+                                  TailPolicy, as_policy, make_policy, step_size)
+from hogwild_mts.staleness import CMP, Geometric, Poisson
+from hogwild_mts.testing import check_policy, check_table, histograms, policy_options
+
+NONINCREASING = {"constant", "inverse", "exponential", "tail"}
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policy_invariants_hold_for_any_options_and_histogram(name):
+    check_policy(lambda **options: make_policy(name, **options), policy_options(name),
+                 nonincreasing=name in NONINCREASING)
+
+
+def test_property_suite_catches_a_broken_policy():
+    class RisingPolicy(Policy):
+        def table(self):
+            return np.array([0.1, 0.2])
+
+    with pytest.raises(AssertionError, match="increases"):
+        check_policy(RisingPolicy, nonincreasing=True)
+
+    class NegativeAfterData(Policy):
+        def __init__(self):
+            self.seen = False
+
+        def observe(self, histogram):
+            self.seen = True
+
+        def table(self):
+            return np.array([0.1, -0.1 if self.seen else 0.1])
+
+    with pytest.raises(AssertionError, match="after observe"):
+        check_policy(NegativeAfterData)
+
+
+@given(name=st.sampled_from(sorted(POLICIES)), workers=st.integers(1, 64), tau=st.integers(0, 10 ** 12))
+@example(name="mindthestep", workers=1, tau=0)
+@example(name="mindthestep", workers=64, tau=10 ** 12)
+@example(name="tail", workers=1, tau=10 ** 12)
+@example(name="inverse", workers=8, tau=0)
+def test_lookup_past_the_table_uses_the_last_entry(name, workers, tau):
+    policy = make_policy(name, alpha=0.1)
+    policy.bind(workers)
+    table = policy.table()
+    alpha = step_size(table, tau)
+    assert alpha == (table[tau] if tau < table.size else table[-1])
+    assert policy.alpha_min <= alpha <= policy.alpha_max
+
+
+def test_inverse_and_exponential_formulas():
+    inverse = make_policy("inverse", alpha=0.3)
+    np.testing.assert_allclose(inverse.table()[:5], [0.3, 0.3, 0.15, 0.1, 0.075])
+    exponential = make_policy("exponential", alpha=0.3, beta=0.5, alpha_min=1e-9)
+    np.testing.assert_allclose(exponential.table()[:4], 0.3 * np.exp(-0.5 * np.arange(4)))
+    assert make_policy("exponential", alpha=0.3, beta=100.0).table()[-1] == pytest.approx(0.3e-3)
+
+
+def test_tail_uses_the_prior_cdf_then_the_observed_cdf():
+    policy = TailPolicy(alpha=1.0, A=1.0, min_samples=10, length=6)
+    policy.bind(3)
+    prior_cdf = np.cumsum(Poisson(2.0).pmf(6))
+    np.testing.assert_allclose(policy.table(), np.maximum(1.0 + (1.0 - 2.0 * prior_cdf), 1e-3))
+    policy.observe(np.array([0, 0, 4]))          # below min_samples: still the prior
+    np.testing.assert_allclose(policy.table(), np.maximum(1.0 + (1.0 - 2.0 * prior_cdf), 1e-3))
+    policy.observe(np.array([5, 0, 3, 2]))
+    np.testing.assert_allclose(policy.table(), [1.0, 1.0, 0.4, 1e-3, 1e-3, 1e-3])
+    assert policy.describe()["samples_seen"] == 10
+
+
+def _binned(model, T):
+    """Law of the table index from pmf() summed directly (independently of log_binned_pmf)."""
+    pmf = model.pmf(4000)
+    return np.append(pmf[: T - 1], pmf[T - 1:].sum())
+
+
+@given(lam=st.floats(0.05, 20.0), mu=st.floats(0.01, 0.95), length=st.integers(2, 24))
+@example(lam=7.0, mu=0.5, length=2)
+def test_mindthestep_momentum_without_clipping_matches_the_target(lam, mu, length):
+    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, alpha_min=1e-300, alpha_max=1e300,
+                               length=length)
+    policy.bind(int(lam) + 1)
+    policy.observe(np.bincount(Poisson(lam).sample(5000, np.random.default_rng(0))))
+    p = _binned(policy.model, length)
+    q = _binned(Geometric(mu), length)
+    table = policy.table()
+    assert policy.clipped_low == policy.clipped_high == 0
+    assert float(np.dot(p, table)) == pytest.approx(0.2, abs=1e-9)
+    np.testing.assert_allclose(p * table / 0.2, q, rtol=0, atol=1e-9)
+
+
+@given(model=st.sampled_from(["poisson", "cmp", "geometric", "empirical"]), r=st.floats(0.05, 1.0),
+       length=st.integers(2, 24), seed=st.integers(0, 1000))
+def test_mindthestep_shrink_without_clipping_matches_the_target(model, r, length, seed):
+    policy = MindTheStepPolicy(alpha=0.2, target="shrink", r=r, staleness_model=model, alpha_min=1e-300,
+                               alpha_max=1e300, length=length, min_samples=100)
+    policy.bind(4)
+    policy.observe(np.bincount(CMP(3.0, 0.8).sample(2000, np.random.default_rng(seed))))
+    p = _binned(policy.model, length)
+    taus = np.arange(length - 1)
+    weights = r ** taus * p[:-1]
+    expectation = weights.sum() + float(np.dot(r ** np.arange(length - 1, 4000), policy.model.pmf(4000)[length - 1:]))
+    q = np.append(weights, expectation - weights.sum()) / expectation
+    table = policy.table()
+    assert policy.clipped_low == policy.clipped_high == 0
+    assert float(np.dot(p, table)) == pytest.approx(0.2, abs=1e-9)
+    np.testing.assert_allclose(p * table / 0.2, q, rtol=0, atol=1e-9)
+
+
+def test_mindthestep_shrink_of_poisson_is_poisson_with_fewer_workers():
+    policy = MindTheStepPolicy(alpha=1.0, target="shrink", r=0.25, alpha_min=1e-9, alpha_max=1e9, length=40)
+    policy.bind(9)
+    profile = policy.p_binned * policy.table()
+    np.testing.assert_allclose(profile[:-1], Poisson(2.0).pmf(39), atol=1e-9)
+
+
+@given(beta=st.floats(0.0, 1.0), workers=st.integers(1, 32))
+def test_mindthestep_tempering_keeps_the_mean_step(beta, workers):
+    policy = MindTheStepPolicy(alpha=0.5, mu=0.3, beta=beta, alpha_min=1e-300, alpha_max=1e300, length=12)
+    policy.bind(workers)
+    assert float(np.dot(policy.p_binned, policy.table())) == pytest.approx(0.5, rel=1e-9)
+
+
+def test_mindthestep_beta_zero_is_the_constant_step():
+    policy = MindTheStepPolicy(alpha=0.5, mu=0.9, beta=0.0)
+    policy.bind(16)
+    np.testing.assert_allclose(policy.table(), 0.5)
+
+
+def test_mindthestep_reports_the_clipping_it_needed():
+    policy = MindTheStepPolicy(alpha=0.1, mu=0.5)
+    policy.bind(16)
+    report = json.loads(json.dumps(policy.describe()))
+    table = policy.table()
+    achieved = float(np.dot(policy.p_binned, table))
+    assert report["expected_alpha"] == pytest.approx(achieved)
+    assert report["expected_alpha_relative_error"] == pytest.approx(achieved / 0.1 - 1)
+    assert report["clipped_high"] > 0 and report["clipped_high"] == int(np.sum(table == policy.alpha_max))
+    assert 0 < report["target_tv"] <= 1.5
+    assert report["fitted_model"]["model"] == "poisson" and report["fitted_model"]["params"]["lam"] == 15.0
+    assert report["using_prior"] is True
+
+
+def test_mindthestep_uses_the_prior_until_min_samples_then_refits():
+    policy = MindTheStepPolicy(alpha=0.1, target="shrink", r=0.5, min_samples=1000, staleness_model="cmp")
+    policy.bind(4)
+    assert policy.model.lam == 3.0
+    histogram = np.bincount(CMP(20.0, 1.5).sample(999, np.random.default_rng(1)))
+    policy.observe(histogram)
+    assert policy.model.lam == 3.0 and policy.describe()["using_prior"] is True
+    policy.observe(np.bincount(CMP(20.0, 1.5).sample(5000, np.random.default_rng(1))))
+    assert policy.model.name == "cmp" and policy.model.nu == pytest.approx(1.5, rel=0.15)
+    assert policy.describe()["fitted_model"]["fit"]["samples"] == 5000
+
+
+def test_one_worker_prior_gives_the_constant_step_where_tau_can_occur():
+    policy = MindTheStepPolicy(alpha=0.1, mu=0.5)
+    policy.bind(1)
+    table = policy.table()
+    assert table[0] == pytest.approx(0.1) and np.all(table[1:] == policy.alpha_max)
+
+
+def test_adaptive_policy_needs_bind_before_table():
+    with pytest.raises(RuntimeError, match="bind"):
+        make_policy("mindthestep").table()
+
+
+@pytest.mark.parametrize("name, options, named", [
+    ("nope", {}, "'nope'"),
+    ("constant", {"alpha": -1.0}, "-1.0"),
+    ("constant", {"alpha": 0.0}, "alpha must"),
+    ("constant", {"alpha": float("nan")}, "nan"),
+    ("constant", {"alpha": "fast"}, "'fast'"),
+    ("inverse", {"alpha": 0.1, "alpha_min": 0.2, "alpha_max": 0.1}, "alpha_min (0.2) must be <= alpha_max (0.1)"),
+    ("inverse", {"alpha": 1.0, "alpha_max": 0.5}, "alpha (1.0) must lie in"),
+    ("inverse", {"alpha_min": float("nan")}, "nan"),
+    ("inverse", {"length": 0}, "length must be an integer >= 1, got 0"),
+    ("exponential", {"beta": -0.5}, "-0.5"),
+    ("exponential", {"beta": float("inf")}, "inf"),
+    ("tail", {"A": 1.5}, "A must be a finite number in [0, 1], got 1.5"),
+    ("tail", {"A": float("nan")}, "nan"),
+    ("tail", {"refit_every": -1}, "refit_every must be an integer >= 0, got -1"),
+    ("tail", {"min_samples": 2.5}, "2.5"),
+    ("mindthestep", {"mu": 1.0}, "mu must be a finite number in [0, 1), got 1.0"),
+    ("mindthestep", {"mu": -0.1}, "-0.1"),
+    ("mindthestep", {"mu": float("nan")}, "nan"),
+    ("mindthestep", {"target": "shrink", "r": 0.0}, "r must be a finite number in (0, 1], got 0.0"),
+    ("mindthestep", {"target": "shrink", "r": 1.5}, "1.5"),
+    ("mindthestep", {"beta": 2.0}, "beta must be a finite number in [0, 1], got 2.0"),
+    ("mindthestep", {"target": "bogus"}, "'bogus'"),
+    ("mindthestep", {"staleness_model": "gamma"}, "'gamma'"),
+    ("mindthestep", {"target": "momentum", "r": 0.5}, "r=0.5"),
+    ("mindthestep", {"target": "shrink", "mu": 0.5}, "mu=0.5"),
+    ("constant", {"speed": 3}, "'speed'"),
+])
+def test_bad_options_are_refused_with_the_value_named(name, options, named):
+    with pytest.raises(ValueError) as error:
+        make_policy(name, **options)
+    assert named in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["tail", "mindthestep", "constant"])
+@pytest.mark.parametrize("workers", [0, -3, 2.5, True])
+def test_bind_refuses_bad_worker_counts(name, workers):
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        make_policy(name).bind(workers)
+
+
+@pytest.mark.parametrize("histogram, named", [([1, -2], "-2"), ([1.5], "1.5"), ([float("nan")], "nan")])
+def test_observe_refuses_bad_histograms(histogram, named):
+    policy = make_policy("mindthestep")
+    policy.bind(4)
+    with pytest.raises(ValueError, match="histogram") as error:
+        policy.observe(histogram)
+    assert named in str(error.value)
+
+
+def test_as_policy_accepts_names_policies_functions_and_duck_types():
+    assert isinstance(as_policy("inverse", alpha=0.2), POLICIES["inverse"])
+    assert as_policy("constant", alpha=0.2).table()[0] == 0.2
+    own = ConstantPolicy(0.3)
+    assert as_policy(own) is own
+    function_policy = as_policy(lambda tau: 0.1 / (1 + tau))
+    assert isinstance(function_policy, FunctionPolicy) and function_policy.table()[3] == pytest.approx(0.025)
+
+    class Duck:
+        def bind(self, workers): ...
+        def table(self): return np.ones(1)
+        def observe(self, histogram): ...
+
+    duck = Duck()
+    assert as_policy(duck) is duck
+    with pytest.raises(ValueError, match="twice"):
+        as_policy(own, alpha=0.1)
+    with pytest.raises(TypeError):
+        as_policy(3)
+    with pytest.raises(ValueError, match=r"alpha\(0\)"):
+        FunctionPolicy(lambda tau: math.nan)
+
+
+def test_user_function_policy_passes_the_property_suite():
+    check_policy(lambda: FunctionPolicy(lambda tau: 0.1 / (1.0 + tau)), nonincreasing=True)
+
+
+@given(histogram=histograms())
+def test_every_registered_policy_describes_itself_as_json(histogram):
+    for name in POLICIES:
+        policy = make_policy(name, min_samples=0) if name in ("tail", "mindthestep") else make_policy(name)
+        policy.bind(4)
+        policy.observe(histogram)
+        check_table(policy)
+        out = json.loads(json.dumps(policy.describe()))
+        assert out["name"] == name and out["table_head"] == [float(a) for a in policy.table()[:8]]
