@@ -18,10 +18,9 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from scipy.special import logsumexp
-
 from .staleness import (MODEL_NAMES, Geometric, StalenessModel, check_histogram, check_nonnegative,
-                        check_positive as check_positive_finite, check_probability, fit_model, prior)
+                        check_positive as check_positive_finite, check_probability, fit_model, logsumexp,
+                        prior)
 
 DEFAULT_TABLE_LENGTH = 256
 DEFAULT_ALPHA_MIN_RATIO = 1e-3     # alpha_min = ratio * alpha when not given

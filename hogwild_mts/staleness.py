@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.special import gammaln, logsumexp
+from scipy.special import gammaln
 
 TAIL_TOLERANCE = 1e-17      # truncated series stop once the remaining mass is below this, relative
 MAX_SERIES_LENGTH = 1 << 22  # terms; a CMP needing more is refused as too heavy-tailed
@@ -99,6 +99,16 @@ def log_factorials(stop: int) -> np.ndarray:
             size *= 2
         _log_factorial_cache = gammaln(np.arange(1, size + 1, dtype=np.float64))
     return _log_factorial_cache[:stop]
+
+
+def logsumexp(log_values: np.ndarray) -> float:
+    """``log(sum(exp(log_values)))`` without overflow (-inf for an empty or all -inf input)."""
+    if log_values.size == 0:
+        return -math.inf
+    top = float(np.max(log_values))
+    if not math.isfinite(top):
+        return top
+    return top + math.log(float(np.sum(np.exp(log_values - top))))
 
 
 def _too_heavy(log_lam: float, nu: float) -> ValueError:
