@@ -17,6 +17,20 @@ EXIT_INTERRUPTED = 130
 DEFAULT_DATA = "synthetic-sparse"
 DEFAULT_ALPHA = 0.5
 
+# (flag, policy option, type, help): see docs/policies.md for what each policy takes.
+POLICY_FLAGS = (
+    ("--target", "target", str, "mindthestep target: momentum or shrink"),
+    ("--mu", "mu", float, "momentum target's mu in [0, 1)"),
+    ("--r", "r", float, "shrink target's r in (0, 1]"),
+    ("--beta", "beta", float, "exponential: decay rate; mindthestep: tempering exponent in [0, 1]"),
+    ("--tail-a", "A", float, "tail policy's A in [0, 1]"),
+    ("--staleness-model", "staleness_model", str, "mindthestep's P: poisson, geometric, cmp, empirical, auto"),
+    ("--alpha-min", "alpha_min", float, "lower clip of alpha(tau)"),
+    ("--alpha-max", "alpha_max", float, "upper clip of alpha(tau)"),
+    ("--refit-every", "refit_every", int, "adaptive policies: own updates between refits"),
+    ("--min-samples", "min_samples", int, "adaptive policies: staleness values before the prior is replaced"),
+)
+
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="logreg", help="logreg, svm or lsq (default logreg)")
@@ -27,6 +41,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="constant", help="step-size policy (default constant)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="base step size alpha_c (default %(default)s)")
+    policy = parser.add_argument_group("policy options (given ones are passed to the policy)")
+    for flag, option, kind, text in POLICY_FLAGS:
+        policy.add_argument(flag, dest=f"policy_{option}", type=kind, default=None, help=text)
     parser.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     parser.add_argument("--batch-size", type=int, default=1, help="rows per update (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
@@ -58,6 +75,15 @@ def write_outputs(out_dir: str, result) -> None:
     np.save(os.path.join(out_dir, "params.npy"), result.params)
 
 
+def make_policy_from_args(args):
+    """The policy named by --policy with --alpha and every policy flag that was given."""
+    from hogwild_mts.policies import make_policy
+
+    options = {option: getattr(args, f"policy_{option}") for _, option, _, _ in POLICY_FLAGS
+               if getattr(args, f"policy_{option}") is not None}
+    return make_policy(args.policy, alpha=args.alpha, **options)
+
+
 def train(args) -> int:
     from hogwild_mts.data import load_data
     from hogwild_mts.engine import Engine
@@ -65,7 +91,7 @@ def train(args) -> int:
     from models.linear import LinearModel
 
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
-    engine = Engine(model, args.policy, alpha=args.alpha, workers=args.workers, epochs=args.epochs,
+    engine = Engine(model, make_policy_from_args(args), workers=args.workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
                     progress=not args.quiet)
     loading = time.time()

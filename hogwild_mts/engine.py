@@ -17,7 +17,7 @@ import numpy as np
 from hogwild_mts import kernels, worker
 from hogwild_mts.data import Dataset, as_dataset
 from hogwild_mts.policies import as_policy
-from hogwild_mts.report import staleness_summary
+from hogwild_mts.report import fit_staleness_models, staleness_summary
 from hogwild_mts.shared import Layout, SharedBlock
 from models.linear import LinearModel
 
@@ -57,6 +57,8 @@ class FitResult:
     model: str
     policy: dict
     data: str
+    refits: int = 0  # policy refits done by the workers, summed
+    staleness_fit: dict = field(default_factory=dict)  # best model by AIC + every model's fit
     interrupted: bool = False
     settings: dict = field(default_factory=dict)
 
@@ -80,7 +82,8 @@ class FitResult:
             "samples": self.samples, "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds, "updates_per_second": self.updates_per_second,
             "samples_per_second": self.samples_per_second, "interrupted": self.interrupted,
-            "staleness": self.staleness_summary(),
+            "staleness": self.staleness_summary(), "staleness_fit": self.staleness_fit,
+            "refits": self.refits,
             "staleness_histogram": _trim_histogram(self.staleness_histogram).tolist(),
             "history": self.history,
         }
@@ -316,6 +319,7 @@ class Engine:
         loss, accuracy = self._evaluate(views, spec, params)
         ran = clock[:, worker.CLOCK_LOOP_START] > 0
         train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max() - clock[ran, worker.CLOCK_LOOP_START].min()) if ran.any() else 0.0
+        histogram = views["hist"][:, :HIST_BINS].sum(axis=0)
         weights = params[: dataset.n_features].copy()
         intercept = float(params[dataset.n_features]) if self.model.fit_intercept else 0.0
         return FitResult(
@@ -323,11 +327,13 @@ class Engine:
             updates=int(stats[:, kernels.STAT_UPDATES].sum()),
             counter=int(views["counter"][0]),
             samples=int(stats[:, kernels.STAT_SAMPLES].sum()),
-            staleness_histogram=views["hist"][:, :HIST_BINS].sum(axis=0),
+            staleness_histogram=histogram, refits=int(stats[:, worker.STAT_REFITS].sum()),
+            staleness_fit=fit_staleness_models(histogram),
             max_staleness=int(stats[:, kernels.STAT_MAX_TAU].max()),
             train_seconds=max(train_seconds, 0.0), wall_seconds=time.time() - started,
             final_loss=float(loss), final_accuracy=float(accuracy) if self.model.classifier else None,
-            workers=self.workers, model=self.model.name, policy=_describe(self.policy),
+            workers=self.workers, model=self.model.name,
+            policy=_describe_fitted(self.policy, self.workers, histogram),
             data=dataset.name, interrupted=interrupted,
             settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
                       "dtype": self.dtype, "l2": self.model.l2,
@@ -337,6 +343,15 @@ class Engine:
 def _describe(policy) -> dict:
     describe = getattr(policy, "describe", None)
     return describe() if callable(describe) else {"name": type(policy).__name__}
+
+
+def _describe_fitted(policy, workers: int, histogram: np.ndarray) -> dict:
+    """The policy as the workers ended it: the parent's copy refitted on the final histogram
+    (each worker refits its own copy; the parent's never ran)."""
+    policy.bind(workers)
+    if getattr(policy, "refit_every", 0):
+        policy.observe(histogram)
+    return _describe(policy)
 
 
 def _divergence_message(policy) -> str:

@@ -22,6 +22,23 @@ def staleness_summary(histogram: np.ndarray, max_staleness: int) -> dict:
             "p99": histogram_quantile(histogram, 0.99), "max": int(max_staleness)}
 
 
+def fit_staleness_models(histogram: np.ndarray) -> dict:
+    """Fit every staleness model to the run's histogram; ``best`` is the parametric model
+    (geometric, poisson, cmp) with the lowest AIC; the smoothed histogram is listed beside them."""
+    from hogwild_mts import staleness
+
+    if int(np.sum(histogram)) == 0:
+        return {}
+    fits = {name: staleness.fit_model(name, histogram).to_dict() for name in staleness.MODELS}
+    best = min((name for name in fits if name != "empirical"), key=lambda name: fits[name]["fit"]["aic"])
+    return {"best": best, "models": fits}
+
+
+def _format_fit(fit: dict) -> str:
+    params = ", ".join(f"{k}={v:.4g}" for k, v in fit["params"].items() if isinstance(v, float))
+    return f"{fit['model']}({params}) TV {fit['fit']['tv']:.3f}"
+
+
 def format_summary(result) -> str:
     """The end-of-run text of ``hogwild-mts train``."""
     tau = result.staleness_summary()
@@ -38,4 +55,13 @@ def format_summary(result) -> str:
         f"updates/s       {result.updates_per_second:,.0f}",
         f"staleness tau   mean {tau['mean']:.3f}  median {tau['median']}  p99 {tau['p99']}  max {tau['max']}",
     ]
+    if result.staleness_fit:
+        models = result.staleness_fit["models"]
+        lines.append(f"staleness fit   best by AIC: {_format_fit(models[result.staleness_fit['best']])}")
+        lines.append("                " + "; ".join(_format_fit(models[name]) for name in models
+                                                     if name != "empirical"))
+    policy = result.policy
+    lines.append(f"policy          {policy.get('name')}: {policy.get('formula', '')}")
+    if "table_head" in policy:
+        lines.append("alpha(tau)      " + ", ".join(f"{a:.4g}" for a in policy["table_head"][:6]) + ", ...")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ FLAG_GO = 0
 FLAG_STOP = 1
 # Worker states (column STAT_STATE of the stats row).
 STAT_STATE = 3
+STAT_REFITS = 4  # how many times this worker refitted its policy from the histogram
 STATE_STARTING, STATE_READY, STATE_RUNNING, STATE_DONE, STATE_DIVERGED, STATE_FAILED = range(6)
 # Columns of a worker's clock row (float64 seconds, time.perf_counter is not shared across
 # processes, so wall-clock time.time() is used).
@@ -30,6 +31,7 @@ CLOCK_LOOP_START = 0
 CLOCK_LOOP_END = 1
 
 GO_POLL_SECONDS = 0.001
+REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
 
 
 @dataclass
@@ -68,7 +70,9 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
 
     Each epoch visits the shard in a fresh permutation from the worker's own seeded generator.
     Between chunks of ``chunk_updates`` updates the worker checks the stop flag and the parent,
-    and every ``policy.refit_every`` of its updates refits the policy from all histogram rows.
+    and every ``policy.refit_every`` of its updates refits the policy from all histogram rows --
+    but never sooner than keeps refitting within REFIT_TIME_SHARE of its time (a slow fit, e.g.
+    CMP on a long-tailed histogram, then runs less often instead of stalling training).
     """
     stats = views["stats"][worker_id]
     clock = views["clock"][worker_id]
@@ -84,6 +88,7 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     rng = np.random.default_rng(spec.seeds[worker_id])
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
     next_refit = refit_every
+    refit_allowed_at = 0.0
 
     stats[STAT_STATE] = STATE_READY
     while not flags[FLAG_GO]:
@@ -107,10 +112,15 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
             if status == kernels.STATUS_DIVERGED:
                 state = STATE_DIVERGED
                 break
-            if refit_every and stats[kernels.STAT_UPDATES] >= next_refit:
+            if refit_every and stats[kernels.STAT_UPDATES] >= next_refit \
+                    and time.perf_counter() >= refit_allowed_at:
+                refit_started = time.perf_counter()
                 policy.observe(hist_rows.sum(axis=0))
                 alpha_table = np.ascontiguousarray(policy.table(), dtype=np.float64)
+                stats[STAT_REFITS] += 1
                 next_refit = stats[kernels.STAT_UPDATES] + refit_every
+                refit_seconds = time.perf_counter() - refit_started
+                refit_allowed_at = time.perf_counter() + refit_seconds * (1 / REFIT_TIME_SHARE - 1)
         else:
             continue
         break
