@@ -1,0 +1,308 @@
+"""Hogwild! for torch networks: ``TorchEngine(...).fit(ImageDataset)`` and the CLI hook.
+
+One shared block per run holds the sequence counter, run flags, per-worker stats/clock/histogram
+rows (the field names and meanings of :mod:`hogwild_mts.engine`, so ``worker.FLAG_*`` /
+``STATE_*`` / ``kernels.STAT_*`` apply), the flat parameter vector and the training images and
+labels, placed once.  Workers (spawned processes, one torch/BLAS thread each) bind their network's
+parameters to views of that vector and update it lock-free with exact staleness stamps
+(:mod:`hogwild_mts.torch_worker`).  The parent evaluates the shared parameters on the test set
+every ``eval_every`` seconds with its own network, whose parameters are views too.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+
+from hogwild_mts import kernels, worker
+from hogwild_mts.engine import (HIST_BINS, JOIN_SECONDS, POLL_SECONDS, DivergenceError, FitResult,
+                                WorkerError, _check_int, _check_processes, _describe, _join,
+                                _one_thread_per_process, _progress_bar)
+from hogwild_mts.images import ImageDataset, load_images
+from hogwild_mts.policies import as_policy
+from hogwild_mts.shared import Layout, SharedBlock
+from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
+                                      make_network, parameter_count, torch_worker_main,
+                                      warm_up_kernels)
+
+__all__ = ["TorchEngine", "train_images", "DEFAULT_ALPHA", "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS",
+           "WorkerError", "DivergenceError", "JOIN_SECONDS"]
+
+DEFAULT_ALPHA = 0.05  # base step of the constant policy (per mean mini-batch gradient)
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_EPOCHS = 10
+PARAM_DTYPES = ("float32", "float64")
+EVAL_BATCH = 1024  # test images per forward pass of an evaluation
+
+
+class TorchEngine:
+    """Asynchronous lock-free SGD of a torch network with ``workers`` processes.
+
+    ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`models.nets`) or a picklable factory
+    ``f(input_shape, classes) -> nn.Module`` without buffers.  ``policy``: a name, policy object or
+    function of tau; ``alpha`` the base step of a named policy (default DEFAULT_ALPHA).  ``epochs``
+    passes over the training set in total; worker w owns rows w, w+m, ... and reshuffles them
+    every epoch with its own seed drawn from ``seed``; ``seed`` also initialises the network.
+    Each update is ``theta -= alpha(tau) * mean cross-entropy gradient`` of ``batch_size`` rows
+    (the last batch of an epoch may be shorter).  ``dtype``: of the shared parameters.
+    """
+
+    def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
+                 epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 alpha: float | None = None, seed: int = 0, dtype: str = "float32",
+                 eval_every: float = 1.0, progress: bool = True):
+        from models.nets import NETWORKS
+
+        if isinstance(model, str):
+            if model not in NETWORKS:
+                raise ValueError(f"unknown model {model!r}; choose one of {sorted(NETWORKS)} "
+                                 "or pass a factory f(input_shape, classes) -> nn.Module")
+        elif not callable(model):
+            raise TypeError(f"model must be a name ({sorted(NETWORKS)}) or a factory "
+                            f"f(input_shape, classes) -> nn.Module, got {model!r}")
+        self.model = model
+        if alpha is None and isinstance(policy, str):
+            alpha = DEFAULT_ALPHA
+        self.policy = as_policy(policy, alpha)
+        self.workers = _check_int("workers", workers, 1)
+        self.epochs = _check_int("epochs", epochs, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        if dtype not in PARAM_DTYPES:
+            raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+        if not (isinstance(eval_every, (int, float)) and math.isfinite(eval_every) and eval_every > 0):
+            raise ValueError(f"eval_every must be a number of seconds > 0, got {eval_every!r}")
+        self.eval_every = float(eval_every)
+        self.progress = bool(progress)
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else getattr(self.model, "__name__", repr(self.model))
+
+    # ------------------------------------------------------------------ set-up
+    def _network(self, dataset: ImageDataset):
+        """The network for this data, initialised from ``seed`` (the global torch RNG is untouched)."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            network = make_network(self.model, dataset.input_shape, dataset.n_classes)
+        if not isinstance(network, torch.nn.Module):
+            raise TypeError(f"model factory {self.model_name!r} returned {type(network).__name__}, "
+                            "expected a torch.nn.Module")
+        buffers = [name for name, _ in network.named_buffers()]
+        if buffers:
+            raise ValueError(f"model {self.model_name!r} has buffers {buffers[:3]} (e.g. batch-norm "
+                             "statistics); only parameters are shared, so networks with buffers "
+                             "are not supported")
+        if parameter_count(network) == 0:
+            raise ValueError(f"model {self.model_name!r} has no parameters to train")
+        return network.to(getattr(torch, self.dtype))
+
+    def _check(self, dataset) -> ImageDataset:
+        if not isinstance(dataset, ImageDataset):
+            raise TypeError(f"fit() needs an ImageDataset (see hogwild_mts.images.load_images), "
+                            f"got {type(dataset).__name__}")
+        if self.batch_size > dataset.n_train:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds the {dataset.n_train} "
+                             f"training images of {dataset.name}")
+        if self.workers > dataset.n_train:
+            raise ValueError(f"workers ({self.workers}) exceeds the {dataset.n_train} training "
+                             f"images of {dataset.name}; every worker needs at least one")
+        return dataset
+
+    def _layout(self, dataset: ImageDataset, n_params: int) -> Layout:
+        layout = Layout()
+        layout.add("counter", np.int64, (8,))
+        layout.add("flags", np.int64, (8,))
+        layout.add_rows("stats", np.int64, self.workers, 8)
+        layout.add_rows("clock", np.float64, self.workers, 2)
+        layout.add_rows("hist", np.int64, self.workers, HIST_BINS)
+        layout.add("params", self.dtype, (n_params,))
+        layout.add("images", np.float32, dataset.train_images.shape)
+        layout.add("labels", np.int64, dataset.train_labels.shape)
+        return layout
+
+    def _spec(self, block: SharedBlock, dataset: ImageDataset) -> TorchWorkerSpec:
+        return TorchWorkerSpec(
+            block_name=block.name, layout=block.layout, network=self.model,
+            input_shape=dataset.input_shape, classes=dataset.n_classes, workers=self.workers,
+            epochs=self.epochs, batch_size=self.batch_size,
+            seeds=np.random.SeedSequence(self.seed).spawn(self.workers), policy=self.policy,
+            dtype=self.dtype, parent_pid=os.getpid())
+
+    # ------------------------------------------------------------------ run
+    def fit(self, dataset) -> FitResult:
+        """Train on ``dataset`` (an ImageDataset or a spec for :func:`load_images`).
+
+        ``final_loss`` is the mean cross-entropy on the **test** set, ``final_accuracy`` the test
+        accuracy; ``history`` holds both per evaluation.  Ctrl-C returns the partial result with
+        ``interrupted=True``.  Raises WorkerError if a worker fails or dies, DivergenceError on a
+        NaN/inf loss or parameter; the shared block is unlinked on every path.
+        """
+        started = time.time()
+        dataset = self._check(load_images(dataset) if isinstance(dataset, str) else dataset)
+        network = self._network(dataset)
+        block = SharedBlock.create(self._layout(dataset, parameter_count(network)))
+        processes = []
+        try:
+            views = block.views
+            flatten_parameters(network, views["params"])
+            views["images"][:] = dataset.train_images
+            views["labels"][:] = dataset.train_labels
+            bind_parameters(network, views["params"])
+            warm_up_kernels(views["params"].dtype)
+            spec = self._spec(block, dataset)
+            errors = self._start(spec, processes)
+            history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
+            interrupted = False
+            try:
+                self._watch(processes, views, network, dataset, errors, history)
+            except KeyboardInterrupt:
+                interrupted = True
+                views["flags"][worker.FLAG_STOP] = 1
+                _join(processes)
+            return self._result(views, network, dataset, history, started, interrupted)
+        finally:
+            if "flags" in block.views:
+                block.views["flags"][worker.FLAG_STOP] = 1
+            _join(processes)
+            del network  # its parameters view the block
+            block.release()
+
+    def _start(self, spec: TorchWorkerSpec, processes: list):
+        context = multiprocessing.get_context("spawn")
+        errors = context.SimpleQueue()
+        with _one_thread_per_process():
+            for worker_id in range(self.workers):
+                process = context.Process(target=torch_worker_main, name=f"hogwild-torch-worker-{worker_id}",
+                                          args=(spec, worker_id, errors), daemon=True)
+                process.start()
+                processes.append(process)  # only started ones: _join cannot join the others
+        return errors
+
+    def _watch(self, processes, views, network, dataset, errors, history: dict) -> None:
+        """Start the workers together once all are ready, then poll failures, divergence and
+        progress, and evaluate the test set every ``eval_every`` seconds and at the end."""
+        stats = views["stats"]
+        while not np.all(stats[:, worker.STAT_STATE] >= worker.STATE_READY):
+            _check_workers(processes, stats, errors)
+            time.sleep(POLL_SECONDS)
+        go_time = time.time()
+        views["flags"][worker.FLAG_GO] = 1
+        total_updates = self.epochs * sum(
+            -(-len(worker.shard_rows(dataset.n_train, self.workers, w)) // self.batch_size)
+            for w in range(self.workers))
+        bar = _progress_bar(total_updates, self.progress)
+        next_eval = go_time
+        try:
+            while True:
+                finished = (np.all(stats[:, worker.STAT_STATE] >= worker.STATE_DONE)
+                            or not any(p.is_alive() for p in processes))
+                _check_workers(processes, stats, errors)
+                now = time.time()
+                if now >= next_eval or finished:
+                    loss, accuracy = self._record(views, network, dataset, now - go_time, history)
+                    bar.set_postfix(test_acc=f"{accuracy:.4f}", test_loss=f"{loss:.4g}", refresh=False)
+                    next_eval = time.time() + self.eval_every
+                bar.update(int(stats[:, kernels.STAT_UPDATES].sum()) - bar.n)
+                if finished:
+                    return
+                time.sleep(POLL_SECONDS)
+        finally:
+            bar.close()
+
+    def _record(self, views, network, dataset, elapsed: float, history: dict):
+        loss, accuracy = self._evaluate(views, network, dataset)
+        history["time_s"].append(round(elapsed, 4))
+        history["updates"].append(int(views["stats"][:, kernels.STAT_UPDATES].sum()))
+        history["loss"].append(loss)
+        history["accuracy"].append(accuracy)
+        return loss, accuracy
+
+    def _evaluate(self, views, network, dataset: ImageDataset) -> tuple[float, float]:
+        """(mean test cross-entropy, test accuracy) of the live shared parameters, on one thread."""
+        import torch
+        import torch.nn.functional as F
+
+        if not np.isfinite(views["params"]).all():
+            raise DivergenceError(_divergence_message(self.policy))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            total_loss, correct = 0.0, 0
+            dtype = getattr(torch, self.dtype)
+            with torch.no_grad():
+                for start in range(0, dataset.n_test, EVAL_BATCH):
+                    images = torch.from_numpy(dataset.test_images[start:start + EVAL_BATCH]).to(dtype)
+                    labels = torch.from_numpy(dataset.test_labels[start:start + EVAL_BATCH])
+                    logits = network(images)
+                    total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+                    correct += int((logits.argmax(dim=1) == labels).sum())
+        finally:
+            torch.set_num_threads(threads)
+        loss = total_loss / dataset.n_test
+        if not math.isfinite(loss):
+            raise DivergenceError(_divergence_message(self.policy))
+        return loss, correct / dataset.n_test
+
+    def _result(self, views, network, dataset, history, started, interrupted) -> FitResult:
+        stats, clock = views["stats"], views["clock"]
+        loss, accuracy = self._evaluate(views, network, dataset)
+        ran = clock[:, worker.CLOCK_LOOP_START] > 0
+        train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max()
+                              - clock[ran, worker.CLOCK_LOOP_START].min()) if ran.any() else 0.0
+        return FitResult(
+            params=np.array(views["params"], dtype=np.float64), intercept=0.0, history=history,
+            updates=int(stats[:, kernels.STAT_UPDATES].sum()), counter=int(views["counter"][0]),
+            samples=int(stats[:, kernels.STAT_SAMPLES].sum()),
+            staleness_histogram=views["hist"][:, :HIST_BINS].sum(axis=0),
+            max_staleness=int(stats[:, kernels.STAT_MAX_TAU].max()),
+            train_seconds=max(train_seconds, 0.0), wall_seconds=time.time() - started,
+            final_loss=loss, final_accuracy=accuracy, workers=self.workers, model=self.model_name,
+            policy=_describe(self.policy), data=dataset.name, interrupted=interrupted,
+            settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
+                      "dtype": self.dtype, "parameters": int(views["params"].shape[0]),
+                      "input_shape": list(dataset.input_shape), "classes": dataset.n_classes,
+                      "loss": "test cross-entropy", "accuracy": "test"})
+
+
+def _divergence_message(policy) -> str:
+    return (f"training diverged: the loss or the parameters became NaN or infinite (policy "
+            f"{_describe(policy).get('name')}); lower the step size (alpha)")
+
+
+def _check_workers(processes, stats, errors) -> None:
+    """DivergenceError when a worker saw a NaN/inf loss, else engine._check_processes."""
+    if np.any(stats[:, worker.STAT_STATE] == worker.STATE_DIVERGED):
+        raise DivergenceError("training diverged: a worker computed a NaN or infinite loss; "
+                              "lower the step size (alpha)")
+    _check_processes(processes, stats, errors)
+
+
+def train_images(args) -> FitResult:
+    """The CLI hook for ``hogwild-mts train --model {mlp,cnn,lenet} --data {digits,mnist:DIR,...}``.
+
+    ``args`` has ``model, data, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype``;
+    ``alpha``, ``epochs``, ``batch_size`` and ``dtype`` may be None (or missing) for this module's
+    defaults.  Loads the data (a line on stderr), trains, returns the FitResult; prints no summary.
+    """
+    def option(name, default):
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    engine = TorchEngine(args.model, option("policy", "constant"), alpha=option("alpha", None),
+                         workers=option("workers", 2), epochs=option("epochs", DEFAULT_EPOCHS),
+                         batch_size=option("batch_size", DEFAULT_BATCH_SIZE), seed=option("seed", 0),
+                         dtype=option("dtype", "float32"), progress=not option("quiet", False))
+    loading = time.time()
+    print(f"loading images {args.data} ...", file=sys.stderr, flush=True)
+    dataset = load_images(args.data)
+    print(f"  {dataset!r} ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
+    return engine.fit(dataset)

@@ -1,0 +1,217 @@
+"""What one torch Hogwild! worker process runs, and the parameter/gradient binding it relies on.
+
+A network's parameters are *views* into one flat vector: ``param.data`` is a slice of the shared
+parameter block, so every forward pass reads the live shared values; ``param.grad`` is a slice of
+a private flat gradient buffer that ``backward`` accumulates into in place.  The update itself
+(stamp, table lookup, ``theta -= alpha * g``, histogram) is one numba call per mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from hogwild_mts import worker as base
+from hogwild_mts.atomics import atomic_fetch_add, atomic_load
+from hogwild_mts.kernels import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES
+from hogwild_mts.shared import Layout, SharedBlock
+
+
+@njit(cache=True, nogil=True)
+def read_counter(counter):
+    """``counter[0]`` read with one atomic load (the t_read stamp)."""
+    return atomic_load(counter, 0)
+
+
+@njit(cache=True, nogil=True)
+def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats_row, batch_rows):
+    """Stamp and apply one mini-batch gradient lock-free; return its staleness tau.
+
+    ``tau = atomic_fetch_add(counter, 1) - t_read``; ``params -= alpha_table[min(tau, T-1)] *
+    gradient`` (alpha_table has the dtype of params, so float32 stays float32); count tau in
+    ``hist_row`` (the last bin collects tau >= len - 1) and update the worker's stats row.
+    """
+    tau = atomic_fetch_add(counter, 0, 1) - t_read
+    alpha = alpha_table[min(tau, alpha_table.shape[0] - 1)]
+    for i in range(params.shape[0]):
+        params[i] -= alpha * gradient[i]
+    hist_row[min(tau, hist_row.shape[0] - 1)] += 1
+    if tau > stats_row[STAT_MAX_TAU]:
+        stats_row[STAT_MAX_TAU] = tau
+    stats_row[STAT_UPDATES] += 1
+    stats_row[STAT_SAMPLES] += batch_rows
+    return tau
+
+
+def warm_up_kernels(dtype) -> None:
+    """Compile (parent) or load from numba's cache (workers) the kernels for this parameter dtype,
+    on scratch arrays, so that no compilation or cache load happens while training is timed."""
+    scratch = np.zeros(1, dtype=dtype)
+    counter = np.zeros(8, np.int64)
+    apply_update(scratch, scratch.copy(), counter, read_counter(counter), np.ones(1, dtype=dtype),
+                 np.zeros(2, np.int64), np.zeros(8, np.int64), 1)
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flatten_parameters(model, out: np.ndarray) -> None:
+    """Copy the parameters, in ``model.parameters()`` order, into the flat array ``out``."""
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        out[offset:offset + n] = p.detach().reshape(-1).numpy()
+        offset += n
+
+
+def bind_parameters(model, flat: np.ndarray) -> None:
+    """Make every parameter a view of its slice of ``flat`` (no copy; writes to ``flat`` show up
+    in the next forward pass).  ``flat`` must hold exactly parameter_count(model) values."""
+    _bind(model, flat, "data")
+
+
+def bind_gradients(model, flat: np.ndarray) -> None:
+    """Make every ``param.grad`` a view of its slice of ``flat``; backward accumulates into it in place."""
+    _bind(model, flat, "grad")
+
+
+def _bind(model, flat: np.ndarray, attribute: str) -> None:
+    import torch
+
+    total = parameter_count(model)
+    if flat.ndim != 1 or flat.shape[0] != total:
+        raise ValueError(f"flat buffer has shape {flat.shape}, the model has {total} parameters")
+    flat_tensor = torch.from_numpy(flat)
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        setattr(p, attribute, flat_tensor[offset:offset + n].view(p.shape))
+        offset += n
+
+
+def make_network(network, input_shape, classes: int):
+    """A registered network name or a factory ``f(input_shape, classes) -> nn.Module``."""
+    from models.nets import build_network
+
+    return build_network(network, input_shape, classes) if isinstance(network, str) \
+        else network(tuple(input_shape), classes)
+
+
+@dataclass
+class TorchWorkerSpec:
+    """Everything a torch worker needs; picklable for the spawn start method."""
+
+    block_name: str
+    layout: Layout
+    network: object  # registry name or picklable factory f(input_shape, classes)
+    input_shape: tuple
+    classes: int
+    workers: int
+    epochs: int
+    batch_size: int
+    seeds: list
+    policy: object
+    dtype: str  # of the parameters: float32 or float64
+    parent_pid: int
+
+
+def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
+    """Train this worker's shard (rows w, w+m, ...) for ``spec.epochs`` epochs; return its STATE_*.
+
+    Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
+    live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
+    Every ``policy.refit_every`` own updates the policy refits from all histogram rows.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    stats, clock = views["stats"][worker_id], views["clock"][worker_id]
+    flags, counter, params = views["flags"], views["counter"], views["params"]
+    hist_rows = views["hist"]
+    model = make_network(spec.network, spec.input_shape, spec.classes).to(getattr(torch, spec.dtype))
+    bind_parameters(model, params)
+    gradient = np.zeros_like(params)
+    bind_gradients(model, gradient)
+    gradient_tensor = torch.from_numpy(gradient)
+    images, labels = torch.from_numpy(views["images"]), torch.from_numpy(views["labels"])
+    input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # images are float32
+
+    policy = spec.policy
+    policy.bind(spec.workers)
+    alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
+    refit_every = int(getattr(policy, "refit_every", 0) or 0)
+    next_refit = refit_every
+    shard = base.shard_rows(images.shape[0], spec.workers, worker_id)
+    rng = np.random.default_rng(spec.seeds[worker_id])
+    batch_images = torch.empty((spec.batch_size,) + tuple(images.shape[1:]), dtype=images.dtype)
+    batch_labels = torch.empty(spec.batch_size, dtype=labels.dtype)
+    hist_row = hist_rows[worker_id]
+
+    def batch_loss(rows):
+        """Mean cross-entropy of ``rows`` (an int64 tensor) under the live shared parameters."""
+        n = rows.shape[0]
+        x = torch.index_select(images, 0, rows, out=batch_images[:n])
+        y = torch.index_select(labels, 0, rows, out=batch_labels[:n])
+        return F.cross_entropy(model(x if input_dtype is None else x.to(input_dtype)), y)
+
+    batch_loss(torch.from_numpy(shard[:spec.batch_size])).backward()  # warm-up: first calls are slow
+    warm_up_kernels(params.dtype)
+    stats[base.STAT_STATE] = base.STATE_READY
+    while not flags[base.FLAG_GO]:
+        if base._stop_requested(flags, spec.parent_pid):
+            return base.STATE_DONE
+        time.sleep(base.GO_POLL_SECONDS)
+    stats[base.STAT_STATE] = base.STATE_RUNNING
+    clock[base.CLOCK_LOOP_START] = time.time()
+    state = base.STATE_DONE
+    for _ in range(spec.epochs):
+        order = torch.from_numpy(rng.permutation(shard))
+        for start in range(0, order.shape[0], spec.batch_size):
+            if base._stop_requested(flags, spec.parent_pid):
+                break
+            rows = order[start:start + spec.batch_size]
+            t_read = read_counter(counter)
+            gradient_tensor.zero_()
+            loss = batch_loss(rows)
+            loss.backward()
+            if not math.isfinite(loss.item()):
+                state = base.STATE_DIVERGED
+                break
+            apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats, rows.shape[0])
+            if refit_every and stats[STAT_UPDATES] >= next_refit:
+                policy.observe(hist_rows.sum(axis=0))
+                alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
+                next_refit = stats[STAT_UPDATES] + refit_every
+        else:
+            continue
+        break
+    clock[base.CLOCK_LOOP_END] = time.time()
+    stats[base.STAT_STATE] = state
+    return state
+
+
+def torch_worker_main(spec: TorchWorkerSpec, worker_id: int, error_queue) -> None:
+    """Process entry point: ignore Ctrl-C (the parent stops us), one torch thread, attach, run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(1)
+    block = SharedBlock.attach(spec.block_name, spec.layout)
+    succeeded = False
+    try:
+        run_torch_worker(block.views, spec, worker_id)
+        succeeded = True
+    except BaseException:
+        block.views["stats"][worker_id][base.STAT_STATE] = base.STATE_FAILED
+        error_queue.put((worker_id, traceback.format_exc()))
+    finally:
+        block.close()
+    if not succeeded:
+        raise SystemExit(1)
