@@ -266,8 +266,8 @@ class Engine:
             for worker_id in range(self.workers):
                 process = context.Process(target=worker.worker_main, name=f"hogwild-worker-{worker_id}",
                                           args=(spec, worker_id, errors), daemon=True)
-                processes.append(process)
                 process.start()
+                processes.append(process)
         return errors
 
     def _watch(self, processes, views, spec, dataset, errors, history: dict) -> None:

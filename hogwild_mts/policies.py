@@ -333,14 +333,17 @@ class MindTheStepPolicy(AdaptivePolicy):
 
 
 class FunctionPolicy(Policy):
-    """A plain Python function ``tau -> alpha`` tabulated once for tau = 0..length-1."""
+    """A plain Python function ``tau -> alpha`` tabulated once for tau = 0..length-1.
+
+    Only the table and the function's name are kept, so the policy pickles to spawned workers
+    even when the function (a lambda, a closure) does not."""
 
     name = "function"
 
     def __init__(self, function, length: int = DEFAULT_TABLE_LENGTH):
         if not callable(function):
             raise TypeError(f"a function policy needs a callable, got {function!r}")
-        self.function = function
+        self.function_name = getattr(function, "__name__", repr(function))
         values = np.array([float(function(tau)) for tau in range(check_count("length", length, 1))])
         bad = np.flatnonzero(~np.isfinite(values) | (values <= 0.0))
         if bad.size:
@@ -353,7 +356,7 @@ class FunctionPolicy(Policy):
         return self._table
 
     def describe(self) -> dict:
-        return {"name": self.name, "function": getattr(self.function, "__name__", repr(self.function)),
+        return {"name": self.name, "function": self.function_name,
                 "table_head": _head(self._table)}
 
 

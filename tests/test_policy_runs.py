@@ -1,0 +1,54 @@
+"""Every policy on real multi-worker runs: it sees the measured staleness and refits online."""
+
+import numpy as np
+import pytest
+
+from hogwild_mts.data import synthetic_sparse
+from hogwild_mts.engine import Engine
+from hogwild_mts.policies import POLICIES, make_policy
+from tests.helpers import live_children, shared_blocks
+
+ADAPTIVE = {"tail", "mindthestep"}
+FAST_REFIT = dict(refit_every=300, min_samples=200)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_sparse(8000, 3000, 20, seed=5)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policy_trains_and_adapts_in_a_real_run(data, name):
+    before = shared_blocks()
+    options = FAST_REFIT if name in ADAPTIVE else {}
+    result = Engine("logreg", make_policy(name, alpha=0.5, **options), workers=3, epochs=3,
+                    progress=False).fit(data)
+    assert result.counter == result.updates == result.staleness_histogram.sum()
+    assert result.final_accuracy > 0.85
+    assert result.policy["name"] == name
+    assert result.staleness_fit["best"] in ("geometric", "poisson", "cmp")
+    if name in ADAPTIVE:
+        assert result.refits > 0  # the workers refitted from the shared histogram
+        assert result.policy["using_prior"] is False
+        assert result.policy["samples_seen"] == result.updates
+    else:
+        assert result.refits == 0
+    assert shared_blocks() <= before and not live_children()
+
+
+def test_mindthestep_fit_is_the_measured_staleness_not_the_prior(data):
+    policy = make_policy("mindthestep", alpha=0.5, staleness_model="poisson", **FAST_REFIT)
+    result = Engine("logreg", policy, workers=3, epochs=3, progress=False).fit(data)
+    fitted = result.policy["fitted_model"]
+    measured_mean = result.staleness_summary()["mean"]
+    assert fitted["model"] == "poisson"
+    assert fitted["params"]["lam"] == pytest.approx(measured_mean, rel=0.02, abs=1e-3)
+    assert fitted["params"]["lam"] != pytest.approx(2.0)  # the prior Poisson(m - 1) for m = 3
+
+
+def test_function_policy_plugs_into_the_engine(data):
+    result = Engine("logreg", lambda tau: 0.5 / (1 + tau), workers=2, epochs=2,
+                    progress=False).fit(data)
+    assert result.policy["name"] == "function"
+    assert result.final_accuracy > 0.85
+    assert np.isfinite(result.final_loss)
