@@ -14,8 +14,9 @@ EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
 
-DEFAULT_DATA = "synthetic-sparse"
-DEFAULT_ALPHA = 0.5
+TORCH_MODELS = ("mlp", "cnn", "lenet")
+# Defaults that depend on the kind of model: (linear models, torch networks).
+LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 5, "batch_size": 1, "dtype": "float64"}
 
 # (flag, policy option, type, help): see docs/policies.md for what each policy takes.
 POLICY_FLAGS = (
@@ -33,24 +34,29 @@ POLICY_FLAGS = (
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="logreg", help="logreg, svm or lsq (default logreg)")
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="synthetic-sparse[:n=..,d=..,nnz=..,seed=..,noise=..], synthetic-dense[:...], "
-                             "a .npz file or an svmlight/libsvm file (default %(default)s)")
+    parser.add_argument("--model", default="logreg",
+                        help="linear: logreg, svm, lsq; torch: mlp, cnn, lenet (default logreg)")
+    parser.add_argument("--data", default=None,
+                        help="linear models: synthetic-sparse[:n=..,d=..,nnz=..,seed=..,noise=..], "
+                             "synthetic-dense[:...], a .npz file or an svmlight/libsvm file (default "
+                             "synthetic-sparse); torch models: digits, mnist:DIR, fashion-mnist:DIR, "
+                             "cifar10:DIR (default digits)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--policy", default="constant", help="step-size policy (default constant)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help="base step size alpha_c (default %(default)s)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="base step size alpha_c (default 0.5 linear, 0.05 torch)")
     policy = parser.add_argument_group("policy options (given ones are passed to the policy)")
     for flag, option, kind, text in POLICY_FLAGS:
         policy.add_argument(flag, dest=f"policy_{option}", type=kind, default=None, help=text)
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
-    parser.add_argument("--batch-size", type=int, default=1, help="rows per update (default 1)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over the data (default 5 linear, 10 torch)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per update (default 1 linear, 16 torch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
     parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty l2/2 ||w||^2 (default 0)")
     parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
-    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
-                        help="parameter precision (default float64)")
+    parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
+                        help="parameter precision (default float64 linear, float32 torch)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and params.npy here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -85,11 +91,39 @@ def make_policy_from_args(args):
 
 
 def train(args) -> int:
+    from hogwild_mts.report import format_summary
+
+    if args.model in TORCH_MODELS:
+        result = train_network(args)
+    else:
+        result = train_linear(args)
+    print(format_summary(result))
+    if args.out:
+        write_outputs(args.out, result)
+        print(f"wrote {os.path.join(args.out, 'metrics.json')} and params.npy")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def train_network(args):
+    from hogwild_mts import torch_engine
+
+    if args.data is None:
+        args.data = "digits"
+    if args.alpha is None:
+        args.alpha = torch_engine.DEFAULT_ALPHA
+    args.policy = make_policy_from_args(args)
+    args.alpha = None  # it is inside the policy now
+    return torch_engine.train_images(args)
+
+
+def train_linear(args):
     from hogwild_mts.data import load_data
     from hogwild_mts.engine import Engine
-    from hogwild_mts.report import format_summary
     from models.linear import LinearModel
 
+    for name, default in LINEAR_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
     engine = Engine(model, make_policy_from_args(args), workers=args.workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
@@ -99,12 +133,7 @@ def train(args) -> int:
     dataset = load_data(args.data)
     print(f"  {dataset.name}: {dataset.n_samples:,} rows x {dataset.n_features:,} features, "
           f"{dataset.nnz:,} stored values ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
-    result = engine.fit(dataset)
-    print(format_summary(result))
-    if args.out:
-        write_outputs(args.out, result)
-        print(f"wrote {os.path.join(args.out, 'metrics.json')} and params.npy")
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    return engine.fit(dataset)
 
 
 def main(argv=None) -> int:
