@@ -21,10 +21,12 @@ import numpy as np
 
 from hogwild_mts import kernels, worker
 from hogwild_mts.engine import (HIST_BINS, JOIN_SECONDS, POLL_SECONDS, DivergenceError, FitResult,
-                                WorkerError, _check_int, _check_processes, _describe, _join,
+                                WorkerError, _check_int, _check_processes, _describe,
+                                _describe_fitted, _join,
                                 _one_thread_per_process, _progress_bar)
 from hogwild_mts.images import ImageDataset, load_images
 from hogwild_mts.policies import as_policy
+from hogwild_mts.report import fit_staleness_models
 from hogwild_mts.shared import Layout, SharedBlock
 from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
                                       make_network, parameter_count, torch_worker_main,
@@ -255,6 +257,7 @@ class TorchEngine:
     def _result(self, views, network, dataset, history, started, interrupted) -> FitResult:
         stats, clock = views["stats"], views["clock"]
         loss, accuracy = self._evaluate(views, network, dataset)
+        histogram = views["hist"][:, :HIST_BINS].sum(axis=0)
         ran = clock[:, worker.CLOCK_LOOP_START] > 0
         train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max()
                               - clock[ran, worker.CLOCK_LOOP_START].min()) if ran.any() else 0.0
@@ -262,11 +265,12 @@ class TorchEngine:
             params=np.array(views["params"], dtype=np.float64), intercept=0.0, history=history,
             updates=int(stats[:, kernels.STAT_UPDATES].sum()), counter=int(views["counter"][0]),
             samples=int(stats[:, kernels.STAT_SAMPLES].sum()),
-            staleness_histogram=views["hist"][:, :HIST_BINS].sum(axis=0),
+            staleness_histogram=histogram, refits=int(stats[:, worker.STAT_REFITS].sum()),
+            staleness_fit=fit_staleness_models(histogram),
             max_staleness=int(stats[:, kernels.STAT_MAX_TAU].max()),
             train_seconds=max(train_seconds, 0.0), wall_seconds=time.time() - started,
             final_loss=loss, final_accuracy=accuracy, workers=self.workers, model=self.model_name,
-            policy=_describe(self.policy), data=dataset.name, interrupted=interrupted,
+            policy=_describe_fitted(self.policy, self.workers, histogram), data=dataset.name, interrupted=interrupted,
             settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
                       "dtype": self.dtype, "parameters": int(views["params"].shape[0]),
                       "input_shape": list(dataset.input_shape), "classes": dataset.n_classes,

@@ -127,7 +127,8 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
 
     Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
     live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
-    Every ``policy.refit_every`` own updates the policy refits from all histogram rows.
+    Every ``policy.refit_every`` own updates the policy refits from all histogram rows, as
+    :func:`hogwild_mts.worker.run_worker` does (at most REFIT_TIME_SHARE of the worker's time).
     """
     import torch
     import torch.nn.functional as F
@@ -148,6 +149,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
     refit_every = int(getattr(policy, "refit_every", 0) or 0)
     next_refit = refit_every
+    refit_allowed_at = 0.0
     shard = base.shard_rows(images.shape[0], spec.workers, worker_id)
     rng = np.random.default_rng(spec.seeds[worker_id])
     batch_images = torch.empty((spec.batch_size,) + tuple(images.shape[1:]), dtype=images.dtype)
@@ -185,10 +187,14 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
                 state = base.STATE_DIVERGED
                 break
             apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats, rows.shape[0])
-            if refit_every and stats[STAT_UPDATES] >= next_refit:
+            if refit_every and stats[STAT_UPDATES] >= next_refit and time.perf_counter() >= refit_allowed_at:
+                refit_started = time.perf_counter()
                 policy.observe(hist_rows.sum(axis=0))
                 alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
+                stats[base.STAT_REFITS] += 1
                 next_refit = stats[STAT_UPDATES] + refit_every
+                refit_seconds = time.perf_counter() - refit_started
+                refit_allowed_at = time.perf_counter() + refit_seconds * (1 / base.REFIT_TIME_SHARE - 1)
         else:
             continue
         break
