@@ -8,6 +8,7 @@ unlinked by :meth:`SharedBlock.unlink` on every exit path of the parent.
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -16,6 +17,11 @@ import numpy as np
 
 CACHE_LINE_BYTES = 64
 BLOCK_NAME_PREFIX = "hwmts_"
+
+
+def block_name_prefix(pid: int) -> str:
+    """Names of the blocks a process creates start with this (so leftovers name their owner)."""
+    return f"{BLOCK_NAME_PREFIX}{pid}_"
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -84,7 +90,7 @@ class SharedBlock:
     @classmethod
     def create(cls, layout: Layout) -> "SharedBlock":
         """Create a zero-filled block (the OS zero-fills new shared memory)."""
-        name = BLOCK_NAME_PREFIX + secrets.token_hex(8)
+        name = block_name_prefix(os.getpid()) + secrets.token_hex(8)
         shm = shared_memory.SharedMemory(name=name, create=True, size=max(layout.nbytes, 1))
         return cls(shm, layout, owner=True)
 

@@ -3,14 +3,15 @@
 import multiprocessing
 import os
 
-from hogwild_mts.shared import BLOCK_NAME_PREFIX
+from hogwild_mts.shared import block_name_prefix
 
 SHM_DIR = "/dev/shm"
 
 
-def shared_blocks() -> set:
-    """Names of this project's shared-memory blocks that exist now."""
-    return {name for name in os.listdir(SHM_DIR) if name.startswith(BLOCK_NAME_PREFIX)}
+def shared_blocks(pid: int | None = None) -> set:
+    """Names of the shared-memory blocks that process ``pid`` (default: this one) created."""
+    prefix = block_name_prefix(os.getpid() if pid is None else pid)
+    return {name for name in os.listdir(SHM_DIR) if name.startswith(prefix)}
 
 
 def live_children() -> list:

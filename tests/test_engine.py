@@ -26,9 +26,8 @@ def separable():
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    before = shared_blocks()
     yield
-    assert shared_blocks() <= before, "a run left shared memory behind"
+    assert not shared_blocks(), "a run left shared memory behind"
     assert not live_children(), "a run left worker processes behind"
 
 
@@ -163,7 +162,7 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
                                start_new_session=True, text=True)
     try:
         deadline = time.time() + 60
-        while not shared_blocks() and time.time() < deadline:
+        while not shared_blocks(process.pid) and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(2.0)  # workers started and training
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
@@ -178,6 +177,7 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
     assert metrics["counter"] == metrics["updates"]
     assert (out / "params.npy").exists()
     assert _group_gone(process.pid, seconds=10), "a process of the run outlived it"
+    assert not shared_blocks(process.pid), "the interrupted run left shared memory behind"
 
 
 def _group_gone(group: int, seconds: float) -> bool:
