@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from hogwild_mts import kernels, worker
-from hogwild_mts.engine import (HIST_BINS, JOIN_SECONDS, POLL_SECONDS, DivergenceError, FitResult,
+from hogwild_mts.engine import (HIST_BINS, POLL_SECONDS, DivergenceError, FitResult,
                                 WorkerError, _check_int, _check_processes, _describe,
                                 _describe_fitted, _join,
                                 _one_thread_per_process, _progress_bar)
@@ -33,7 +33,7 @@ from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_
                                       warm_up_kernels)
 
 __all__ = ["TorchEngine", "train_images", "DEFAULT_ALPHA", "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS",
-           "WorkerError", "DivergenceError", "JOIN_SECONDS"]
+           "WorkerError", "DivergenceError"]
 
 DEFAULT_ALPHA = 0.05  # base step of the constant policy (per mean mini-batch gradient)
 DEFAULT_BATCH_SIZE = 16

@@ -156,14 +156,17 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     batch_labels = torch.empty(spec.batch_size, dtype=labels.dtype)
     hist_row = hist_rows[worker_id]
 
-    def batch_loss(rows):
-        """Mean cross-entropy of ``rows`` (an int64 tensor) under the live shared parameters."""
+    def gather(rows):
+        """The images and labels of ``rows`` (int64 tensor), copied into the reused batch buffers."""
         n = rows.shape[0]
-        x = torch.index_select(images, 0, rows, out=batch_images[:n])
-        y = torch.index_select(labels, 0, rows, out=batch_labels[:n])
+        return (torch.index_select(images, 0, rows, out=batch_images[:n]),
+                torch.index_select(labels, 0, rows, out=batch_labels[:n]))
+
+    def batch_loss(x, y):
+        """Mean cross-entropy of the batch under the live shared parameters."""
         return F.cross_entropy(model(x if input_dtype is None else x.to(input_dtype)), y)
 
-    batch_loss(torch.from_numpy(shard[:spec.batch_size])).backward()  # warm-up: first calls are slow
+    batch_loss(*gather(torch.from_numpy(shard[:spec.batch_size]))).backward()  # warm-up: first calls are slow
     warm_up_kernels(params.dtype)
     stats[base.STAT_STATE] = base.STATE_READY
     while not flags[base.FLAG_GO]:
@@ -179,9 +182,10 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
             if base._stop_requested(flags, spec.parent_pid):
                 break
             rows = order[start:start + spec.batch_size]
+            x, y = gather(rows)
             t_read = read_counter(counter)
             gradient_tensor.zero_()
-            loss = batch_loss(rows)
+            loss = batch_loss(x, y)
             loss.backward()
             if not math.isfinite(loss.item()):
                 state = base.STATE_DIVERGED
