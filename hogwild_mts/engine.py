@@ -24,7 +24,7 @@ from models.linear import LinearModel
 HIST_BINS = 1024  # staleness histogram bins; the last one collects tau >= HIST_BINS - 1
 CHUNK_UPDATES = 8192  # updates per numba call between Python checks in a worker
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.01
 PARAM_DTYPES = ("float64", "float32")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -168,6 +168,8 @@ class Engine:
         return dataset
 
     def _layout(self, dataset: Dataset) -> Layout:
+        """The block's fields.  The data set goes in only for worker processes: the single
+        worker of a ``workers=1`` run is a thread that reads the caller's arrays in place."""
         layout = Layout()
         layout.add("counter", np.int64, (8,))  # word 0; the rest pads the cache line
         layout.add("flags", np.int64, (8,))
@@ -175,20 +177,22 @@ class Engine:
         layout.add_rows("clock", np.float64, self.workers, 2)
         layout.add_rows("hist", np.int64, self.workers, HIST_BINS)
         layout.add("params", self.dtype, (self.model.n_params(dataset.n_features),))
-        layout.add("values", np.float64, dataset.values.shape)
-        layout.add("indices", np.int32, dataset.indices.shape)
-        layout.add("indptr", np.int64, dataset.indptr.shape)
-        layout.add("labels", np.float64, dataset.y.shape)
         layout.add("feature_scale", np.float64, (dataset.n_features,))
+        if self.workers > 1:
+            for name, array in _data_arrays(dataset).items():
+                layout.add(name, array.dtype, array.shape)
         return layout
 
     def _fill(self, views: dict, dataset: Dataset) -> None:
-        views["values"][:] = dataset.values
-        views["indices"][:] = dataset.indices
-        views["indptr"][:] = dataset.indptr
-        views["labels"][:] = dataset.y
-        counts = dataset.feature_counts()
-        np.divide(dataset.n_samples, counts, out=views["feature_scale"], where=counts > 0)
+        """Put the data in the block (or, for one worker, beside it) and the L2 weights."""
+        for name, array in _data_arrays(dataset).items():
+            if name in views:
+                views[name][:] = array
+            else:
+                views[name] = np.ascontiguousarray(array)
+        if self.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
+            counts = dataset.feature_counts()
+            np.divide(dataset.n_samples, counts, out=views["feature_scale"], where=counts > 0)
 
     def _spec(self, block: SharedBlock, dataset: Dataset) -> worker.WorkerSpec:
         seeds = np.random.SeedSequence(self.seed).spawn(self.workers)
@@ -289,8 +293,8 @@ class Engine:
                 finished = not any(p.is_alive() for p in processes)
                 _check_processes(processes, stats, errors)
                 now = time.time()
-                if now >= next_eval or finished:
-                    loss, accuracy = self._record(views, spec, now - go_time, history)
+                if now >= next_eval and not finished:  # the final row comes from _result
+                    loss, _ = self._record(views, spec, now - go_time, history)
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                     next_eval = now + self.eval_every
                 bar.update(int(stats[:, kernels.STAT_UPDATES].sum()) - bar.n)
@@ -313,12 +317,12 @@ class Engine:
         return loss, accuracy
 
     def _result(self, views, spec, dataset, history, started, interrupted) -> FitResult:
+        """Evaluate the final parameters (the last history row) and collect the run's numbers."""
         stats, clock = views["stats"], views["clock"]
-        params = np.array(views["params"], dtype=np.float64)
-        if not np.all(np.isfinite(params)):
-            raise DivergenceError(_divergence_message(self.policy))
-        loss, accuracy = self._evaluate(views, spec, params)
         ran = clock[:, worker.CLOCK_LOOP_START] > 0
+        since_start = time.time() - clock[ran, worker.CLOCK_LOOP_START].min() if ran.any() else 0.0
+        loss, accuracy = self._record(views, spec, since_start, history)
+        params = np.array(views["params"], dtype=np.float64)
         train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max() - clock[ran, worker.CLOCK_LOOP_START].min()) if ran.any() else 0.0
         histogram = views["hist"][:, :HIST_BINS].sum(axis=0)
         weights = params[: dataset.n_features].copy()
@@ -339,6 +343,12 @@ class Engine:
             settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
                       "dtype": self.dtype, "l2": self.model.l2,
                       "fit_intercept": self.model.fit_intercept, "stamp": self.stamp})
+
+
+def _data_arrays(dataset: Dataset) -> dict:
+    """The data set's arrays by their names in the worker views."""
+    return {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
+            "labels": dataset.y}
 
 
 def _describe(policy) -> dict:
