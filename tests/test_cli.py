@@ -1,0 +1,73 @@
+"""The hogwild-mts command line: a real run with outputs, and every bad input refused with a
+clear message and exit status 2 before any worker starts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hogwild_mts.cli import EXIT_BAD_INPUT, main
+from tests.helpers import live_children, shared_blocks
+
+SMALL = "synthetic-sparse:n=3000,d=500,nnz=10,seed=1"
+
+
+def test_train_writes_metrics_and_parameters(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(["train", "--data", SMALL, "--workers", "2", "--epochs", "2", "--quiet",
+                   "--policy", "mindthestep", "--target", "shrink", "--r", "0.5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0
+    for words in ("final loss", "train accuracy", "updates/s", "staleness tau", "median", "p99",
+                  "staleness fit", "policy          mindthestep"):
+        assert words in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    params = np.load(out / "params.npy")
+    assert params.shape == (500,) and np.all(np.isfinite(params))
+    assert metrics["counter"] == metrics["updates"] == sum(metrics["staleness_histogram"])
+    assert metrics["policy"]["parameters"]["target"] == "shrink"
+    assert metrics["staleness_fit"]["best"] in ("geometric", "poisson", "cmp")
+    assert not shared_blocks() and not live_children()
+
+
+def _malformed_svmlight(tmp_path):
+    path = tmp_path / "broken.svm"
+    path.write_text("1 1:0.5 3:1.0\n-1 2:0.25\n+1 4:abc\n")
+    return str(path)
+
+
+BAD_ARGUMENTS = [
+    (["--model", "ridge"], "unknown model 'ridge'"),
+    (["--policy", "fastest"], "unknown policy 'fastest'"),
+    (["--policy", "mindthestep", "--target", "faster"], "unknown mindthestep target 'faster'"),
+    (["--alpha", "0"], "alpha must be a finite number > 0, got 0.0"),
+    (["--alpha", "nan"], "alpha must be a finite number > 0"),
+    (["--workers", "0"], "workers must be an integer >= 1, got 0"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+    (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+    (["--data", "no/such/file.svm"], "'no/such/file.svm' is neither a known data set nor an existing file"),
+    (["--data", "synthetic-sparse:n=-5"], "n_samples must be an integer >= 1, got -5"),
+    (["--policy", "tail", "--tail-a", "2"], "A must be a finite number in [0, 1], got 2.0"),
+    (["--policy", "mindthestep", "--mu", "1.5"], "mu must be a finite number in [0, 1), got 1.5"),
+]
+
+
+@pytest.mark.parametrize("arguments,words", BAD_ARGUMENTS)
+def test_bad_input_exits_2_with_a_clear_message(arguments, words, capsys):
+    status = main(["train", "--quiet"] + arguments)
+    error = capsys.readouterr().err
+    assert status == EXIT_BAD_INPUT
+    assert words in error
+    assert not shared_blocks() and not live_children()
+
+
+def test_malformed_svmlight_names_file_and_line(tmp_path, capsys):
+    path = _malformed_svmlight(tmp_path)
+    assert main(["train", "--quiet", "--data", path]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert f"{path}:3" in error
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == EXIT_BAD_INPUT
+    assert "train" in capsys.readouterr().out
