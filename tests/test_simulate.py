@@ -1,0 +1,181 @@
+"""Simulator: exact against sequential SGD and a pure-Python delayed-gradient reference, the
+event-driven schedule's staleness, refits, determinism and bad input."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from hogwild_mts import simulate
+from hogwild_mts.data import as_dataset, synthetic_dense, synthetic_sparse
+from hogwild_mts.engine import DivergenceError, Engine
+from hogwild_mts.reference import loss_derivative, rows
+from hogwild_mts.simulate import Simulator, event_schedule
+from hogwild_mts.staleness import Poisson
+from models.linear import LinearModel
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    return synthetic_sparse(600, 80, 6, seed=2)
+
+
+def delayed_sgd_reference(dataset, model, batches, taus, alpha, n_params):
+    """Update t: ``theta_{t+1} = theta_t - alpha/|B_t| sum_{i in B_t} grad_i(theta_{t - tau_t})``,
+    the rows of a batch applied one after another (L2 on the current value, as the kernels do)."""
+    all_rows = list(rows(dataset))
+    counts = dataset.feature_counts()
+    scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
+    history = [[0.0] * n_params]
+    d = dataset.n_features
+    for batch, tau in zip(batches, taus):
+        stale = history[len(history) - 1 - tau]
+        derivatives = []
+        for i in batch:
+            margin = (stale[d] if model.fit_intercept else 0.0) + sum(v * stale[j] for j, v in all_rows[i])
+            derivatives.append(loss_derivative(model.name, margin, float(dataset.y[i])))
+        theta = list(history[-1])
+        step = alpha / len(batch)
+        for i, derivative in zip(batch, derivatives):
+            for j, v in all_rows[i]:
+                theta[j] -= step * (derivative * v + model.l2 * scale[j] * theta[j])
+            if model.fit_intercept:
+                theta[d] -= step * derivative
+        history.append(theta)
+    return np.array(history[-1])
+
+
+def round_robin_batches(n, workers, epochs, batch_size, seed):
+    """The engine's shards and per-epoch shuffles, workers taking turns (equal shard sizes)."""
+    seeds = np.random.SeedSequence(seed).spawn(workers)
+    per_worker = []
+    for w in range(workers):
+        rng = np.random.default_rng(seeds[w])
+        shard = np.arange(w, n, workers)
+        batches = []
+        for _ in range(epochs):
+            order = rng.permutation(shard)
+            batches += [order[s:s + batch_size].tolist() for s in range(0, order.size, batch_size)]
+        per_worker.append(batches)
+    return [batch for turn in zip(*per_worker) for batch in turn]
+
+
+def test_one_worker_equals_the_one_worker_engine_bit_for_bit(sparse):
+    for batch_size in (1, 4):
+        simulated = Simulator("logreg", alpha=0.5, workers=1, epochs=2, batch_size=batch_size,
+                              seed=5).fit(sparse)
+        real = Engine("logreg", alpha=0.5, workers=1, epochs=2, batch_size=batch_size, seed=5,
+                      progress=False).fit(sparse)
+        assert np.array_equal(simulated.params, real.params)
+        assert simulated.intercept == real.intercept
+        assert simulated.updates == real.updates == simulated.staleness_histogram[0]
+        assert simulated.final_loss == real.final_loss
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("workers,batch_size,l2", [(1, 1, 0.0), (3, 2, 0.01)])
+def test_fixed_staleness_equals_sgd_on_gradients_k_steps_old(sparse, k, workers, batch_size, l2):
+    small = as_dataset(scipy.sparse.csr_matrix(sparse_to_dense(sparse)[:60]), sparse.y[:60])
+    model = LinearModel("logreg", l2=l2)
+    histogram = np.zeros(k + 1, np.int64)
+    histogram[k] = 1
+    result = Simulator(model, "constant", alpha=0.3, workers=workers, epochs=2,
+                       batch_size=batch_size, seed=1, staleness=histogram).fit(small)
+    batches = round_robin_batches(small.n_samples, workers, 2, batch_size, seed=1)
+    taus = [min(k, t) for t in range(len(batches))]
+    expected = delayed_sgd_reference(small, model, batches, taus, 0.3, small.n_features + 1)
+    np.testing.assert_allclose(result.params, expected[:-1], rtol=0, atol=1e-12)
+    assert result.intercept == pytest.approx(expected[-1], abs=1e-12)
+    assert result.staleness_histogram[k] == len(batches) - min(k, len(batches))
+
+
+def sparse_to_dense(dataset):
+    out = np.zeros((dataset.n_samples, dataset.n_features))
+    for i, row in enumerate(rows(dataset)):
+        for j, v in row:
+            out[i, j] = v
+    return out
+
+
+def test_snapshot_and_undo_log_reads_agree():
+    """Stale reads from parameter snapshots and from the undo log give the same run."""
+    dense = synthetic_dense(300, 12, seed=4)
+    as_csr = as_dataset(scipy.sparse.csr_matrix(dense.values.reshape(300, 12)), dense.y)
+    runs = [Simulator("lsq", alpha=0.05, workers=5, epochs=2, batch_size=3, seed=2,
+                      stale_reads=reads).fit(data)
+            for reads, data in (("auto", dense), ("log", as_csr), ("snapshots", as_csr))]
+    assert [run.settings["stale_reads"] for run in runs] == ["snapshots", "log", "snapshots"]
+    np.testing.assert_allclose(runs[0].params, runs[2].params, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(runs[0].params, runs[1].params, rtol=0, atol=1e-12)
+    assert runs[0].staleness_summary()["mean"] > 1
+
+
+@pytest.mark.parametrize("workers", [1, 4, 16])
+def test_equal_compute_times_give_staleness_m_minus_one(workers):
+    _, taus, times = event_schedule(np.full(workers, 200), "constant", np.random.default_rng(0))
+    assert taus[:workers].tolist() == list(range(workers))  # everyone read version 0
+    assert abs(taus.mean() - (workers - 1)) < 0.05 * workers + 1e-9
+    assert np.all(np.diff(times) >= 0)
+
+
+def test_random_compute_times_give_mean_staleness_near_m_minus_one():
+    _, taus, _ = event_schedule(np.full(8, 2000), "exponential", np.random.default_rng(1))
+    assert 6.0 < taus.mean() < 7.5
+    assert taus.max() > 3 * 7  # exponential compute times have a tail
+
+
+def test_simulator_is_deterministic_and_seeded(sparse):
+    runs = [Simulator("logreg", "tail", alpha=0.5, workers=8, epochs=2, seed=s, compute="gamma:2").fit(sparse)
+            for s in (0, 0, 1)]
+    assert np.array_equal(runs[0].params, runs[1].params)
+    assert np.array_equal(runs[0].staleness_histogram, runs[1].staleness_histogram)
+    assert not np.array_equal(runs[0].params, runs[2].params)
+
+
+def test_result_matches_a_real_run(sparse):
+    from hogwild_mts.policies import make_policy
+
+    policy = make_policy("mindthestep", alpha=0.5, target="shrink", r=0.9, refit_every=20, min_samples=50)
+    result = Simulator("logreg", policy, workers=4, epochs=3, seed=0, staleness=Poisson(3.0)).fit(sparse)
+    assert result.updates == result.counter == result.staleness_histogram.sum() == 3 * sparse.n_samples
+    assert result.refits == 4 * ((3 * sparse.n_samples // 4) // 20)
+    assert result.policy["name"] == "mindthestep" and result.policy["samples_seen"] > 0
+    assert result.staleness_fit["best"] in ("poisson", "cmp", "geometric")
+    history = result.history
+    assert history["updates"][0] == 0 and history["updates"][-1] == result.updates
+    assert history["loss"][-1] < history["loss"][0]
+    assert np.all(np.diff(history["time_s"]) >= 0)
+    assert result.train_seconds == pytest.approx(result.updates * 1e-6 / 4)
+    assert result.to_dict()["settings"]["simulated"] is True
+
+
+def test_divergence_is_reported():
+    data = synthetic_dense(200, 10, seed=0)
+    with pytest.raises(DivergenceError, match="diverged"):
+        Simulator("lsq", alpha=50.0, workers=4, epochs=3).fit(data)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(workers=0), "workers must be an integer >= 1"),
+    (dict(staleness="fixed"), "unknown staleness 'fixed'"),
+    (dict(staleness=[0, 0]), "histogram is empty"),
+    (dict(staleness=[1, -1]), r"histogram\[1\]"),
+    (dict(staleness=3.5), "staleness must be"),
+    (dict(compute="weibull"), "unknown compute 'weibull'"),
+    (dict(compute="gamma:0"), "finite parameter > 0"),
+    (dict(compute="exponential:2"), "takes no parameter"),
+    (dict(update_seconds=-1.0), "update_seconds must be"),
+    (dict(eval_every=0), "eval_every must be an integer >= 1"),
+    (dict(policy="nope"), "unknown policy 'nope'"),
+    (dict(stale_reads="copy"), "stale_reads must be one of"),
+])
+def test_bad_input_is_refused_before_running(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Simulator("logreg", **kwargs)
+
+
+def test_too_many_workers_and_too_large_a_ring(sparse, monkeypatch):
+    with pytest.raises(ValueError, match="exceeds the number of samples"):
+        Simulator(workers=10_000).fit(sparse)
+    monkeypatch.setattr(simulate, "MAX_RING_ENTRIES", 10)
+    with pytest.raises(ValueError, match="stale-read ring"):
+        Simulator(workers=8, epochs=1).fit(sparse)
