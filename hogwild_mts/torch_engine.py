@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 
@@ -67,6 +68,13 @@ class TorchEngine:
         elif not callable(model):
             raise TypeError(f"model must be a name ({sorted(NETWORKS)}) or a factory "
                             f"f(input_shape, classes) -> nn.Module, got {model!r}")
+        else:
+            try:
+                pickle.dumps(model)
+            except Exception as error:
+                raise ValueError(f"model factory {model!r} cannot be sent to spawned workers "
+                                 f"({error}); define it at module level (no lambda or local "
+                                 "function)") from None
         self.model = model
         if alpha is None and isinstance(policy, str):
             alpha = DEFAULT_ALPHA

@@ -167,6 +167,7 @@ class WithBatchNorm(torch.nn.Module):
     (dict(alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
     (dict(policy="fastest"), "unknown policy 'fastest'"),
     (dict(dtype="float16"), "dtype must be one of"),
+    (dict(model=lambda shape, classes: None), "cannot be sent to spawned workers"),
 ])
 def test_bad_settings_are_rejected_by_the_constructor(options, message):
     with pytest.raises((ValueError, TypeError), match=message):
