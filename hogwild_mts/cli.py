@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser("train", help="train a model (no arguments: a built-in default)")
     _add_train_arguments(train)
+    from hogwild_mts import experiment
+
+    grid = commands.add_parser("experiment", help="run a grid of policies x workers x seeds "
+                               "(no arguments: the quick simulated grid)")
+    experiment.add_arguments(grid)
+    report = commands.add_parser("report", help="redraw the plots and tables of an experiment run")
+    report.add_argument("run_dir", metavar="RUN_DIR")
     return parser
 
 
@@ -145,6 +152,12 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        if args.command == "experiment":
+            from hogwild_mts.experiment import main as run_experiment
+            return run_experiment(args)
+        if args.command == "report":
+            from hogwild_mts.experiment import report_main
+            return report_main(args)
         return train(args)
     except (WorkerError, DivergenceError) as error:
         print(f"hogwild-mts: run failed: {error}", file=sys.stderr)

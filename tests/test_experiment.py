@@ -1,0 +1,143 @@
+"""Experiment grids: a tiny grid end to end through the CLI (tables, plots), resume, targets not
+reached, report, and bad configurations refused before anything runs."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from hogwild_mts import experiment
+from hogwild_mts.cli import main
+from hogwild_mts.experiment import ConfigError, load_config, run_grid, target_reached
+from hogwild_mts.plots import RunDirError, draw_all
+
+TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
+        "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--evaluations", "10"]
+PLOTS = ("staleness.png", "loss_vs_updates.png", "loss_vs_time.png", "alpha_tables.png")
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tiny_grid_end_to_end_writes_tables_and_plots(tmp_path):
+    out = tmp_path / "run"
+    assert main(["experiment", "--out", str(out), "--target-loss", "0.6", *TINY]) == 0
+    cells = read_csv(out / "cells.csv")
+    assert len(cells) == 8 and {c["policy"] for c in cells} == {"constant", "tail"}
+    assert all(c["reached"] == "True" and int(c["updates_to_target"]) > 0 for c in cells)
+    summary = read_csv(out / "summary.csv")
+    assert {(s["policy"], s["workers"]) for s in summary} == {(p, m) for p in ("constant", "tail")
+                                                              for m in ("1", "4")}
+    assert all(s["seeds"] == "2" for s in summary)
+    fits = read_csv(out / "staleness_fits.csv")
+    assert [f["workers"] for f in fits] == ["1", "4"] and float(fits[1]["tv_cmp"]) <= 1
+    for name in PLOTS:
+        assert (out / "plots" / name).stat().st_size > 1000
+    record = json.loads((out / "cells" / "tail-m4-s1.json").read_text())
+    assert record["staleness"]["mean"] > 0 and len(record["alpha_table"]) > 1
+
+
+def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "policies": ["constant"],
+                                "workers": [1, 2], "seeds": [0], "epochs": 1, "target_loss": 0.6})
+    assert run_grid(config, out, plots=False) == {"ran": 2, "skipped": 0, "cells": 2}
+    first = os.stat(os.path.join(out, "cells", "constant-m2-s0.json")).st_mtime_ns
+    ran = []
+    original = experiment.run_cell
+    monkeypatch.setattr(experiment, "run_cell", lambda c, cell, d: ran.append(cell) or original(c, cell, d))
+    config["seeds"] = [0, 1]
+    assert run_grid(config, out, plots=False) == {"ran": 2, "skipped": 2, "cells": 4}
+    assert [cell["seed"] for cell in ran] == [1, 1]
+    assert os.stat(os.path.join(out, "cells", "constant-m2-s0.json")).st_mtime_ns == first
+    assert len(read_csv(os.path.join(out, "cells.csv"))) == 4
+    assert not [n for n in os.listdir(os.path.join(out, "cells")) if n.startswith(".tmp")]
+    config["alpha"] = 0.1
+    with pytest.raises(ConfigError, match="other settings"):
+        run_grid(config, out, plots=False)
+
+
+def test_a_target_never_reached_is_recorded_with_its_best_loss(tmp_path):
+    out = tmp_path / "run"
+    assert main(["experiment", "--out", str(out), "--target-loss", "1e-9", *TINY, "--no-plots"]) == 0
+    cells = read_csv(out / "cells.csv")
+    assert len(cells) == 8
+    assert all(c["reached"] == "False" and c["updates_to_target"] == "" and float(c["best_loss"]) > 0
+               for c in cells)
+    assert all(s["reached"] == "0" for s in read_csv(out / "summary.csv"))
+
+
+def test_target_reached_takes_the_first_row_at_or_below_target():
+    history = {"updates": [0, 10, 20, 30], "time_s": [0.0, 1.0, 2.0, 3.0], "loss": [0.7, 0.5, 0.3, 0.2]}
+    assert target_reached(history, 0.5) == {"reached": True, "updates_to_target": 10,
+                                            "time_to_target": 1.0, "best_loss": 0.2}
+    assert target_reached(history, 0.1)["reached"] is False
+
+
+def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["experiment", "--out", str(out), "--target-loss", "0.6", *TINY, "--no-plots"]) == 0
+    assert not (out / "plots").exists()
+    assert main(["report", str(out)]) == 0
+    for name in PLOTS:
+        assert (out / "plots" / name).stat().st_size > 1000
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not an experiment run directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    with pytest.raises(RunDirError, match="not a directory"):
+        draw_all(str(tmp_path / "missing"))
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(RunDirError, match="no finished cells"):
+        draw_all(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"policies": ["constant", "fastest"]}, "unknown policy 'fastest'"),
+    ({"policies": []}, "policies must be a non-empty list"),
+    ({"workers": []}, "workers must be a non-empty list"),
+    ({"workers": [0]}, "workers must hold integers >= 1"),
+    ({"seeds": [1, 1]}, "seeds has repeated entries"),
+    ({"task": "vision"}, "unknown task 'vision'"),
+    ({"mode": "fake"}, "unknown mode 'fake'"),
+    ({"task": "torch", "mode": "simulated"}, "simulator runs linear models only"),
+    ({"model": "forest"}, "unknown model 'forest'"),
+    ({"staleness": "uniform"}, "unknown staleness 'uniform'"),
+    ({"compute": "weibull"}, "unknown compute"),
+    ({"target_loss": -1.0}, "target_loss must be a finite number > 0"),
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"policy_options": {"tail": {"A": 2.0}}, "policies": ["tail"]}, "A must be"),
+    ({"policy_options": {"tail": {}}, "policies": ["constant"]}, "not in policies"),
+    ({"policy_options": {"mts": {"policy": "mindthestep", "speed": 1}}, "policies": ["mts"]}, "unknown option"),
+])
+def test_bad_configurations_are_refused_before_running(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_config_files_and_keys(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown experiment setting"):
+        load_config(None, {"workerz": [1]})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(str(bad), {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "none.json"), {})
+    bad.write_text(json.dumps({"policies": ["nope"]}))
+    assert main(["experiment", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_labels_run_one_policy_with_several_settings(tmp_path):
+    config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "epochs": 1, "seeds": [0],
+                                "workers": [4], "policies": ["mindthestep", "mts-shrink"],
+                                "policy_options": {"mts-shrink": {"policy": "mindthestep",
+                                                                  "target": "shrink", "r": 0.9}}})
+    run_grid(config, str(tmp_path), plots=False)
+    record = json.loads((tmp_path / "cells" / "mts-shrink-m4-s0.json").read_text())
+    assert record["policy_description"]["parameters"]["target"] == "shrink"
