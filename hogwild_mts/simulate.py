@@ -33,8 +33,8 @@ from numba import njit
 
 from hogwild_mts import worker
 from hogwild_mts.data import Dataset, as_dataset
-from hogwild_mts.engine import (HIST_BINS, DivergenceError, FitResult, _check_int, _describe,
-                                _describe_fitted, _progress_bar)
+from hogwild_mts.runner import (HIST_BINS, DivergenceError, FitResult, check_int, describe,
+                                describe_fitted, progress_bar)
 from hogwild_mts.policies import as_policy
 from hogwild_mts.report import fit_staleness_models
 from hogwild_mts.staleness import Geometric, Poisson, StalenessModel, check_histogram
@@ -256,16 +256,16 @@ class Simulator:
         if alpha is None and isinstance(policy, str):
             alpha = 0.1
         self.policy = as_policy(policy, alpha)
-        self.workers = _check_int("workers", workers, 1)
-        self.epochs = _check_int("epochs", epochs, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.workers = check_int("workers", workers, 1)
+        self.epochs = check_int("epochs", epochs, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
         self.staleness = staleness
         self._draw_tau, self._staleness_description = staleness_source(staleness, self.workers)
         self.compute = compute
         if self._draw_tau == "event":
             compute_sampler(compute)
-        self.eval_every = None if eval_every is None else _check_int("eval_every", eval_every, 1)
+        self.eval_every = None if eval_every is None else check_int("eval_every", eval_every, 1)
         if not (isinstance(update_seconds, (int, float)) and math.isfinite(update_seconds)
                 and update_seconds > 0):
             raise ValueError(f"update_seconds must be a finite number > 0, got {update_seconds!r}")
@@ -376,7 +376,7 @@ class Simulator:
         history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
         refits = 0
         self._record(dataset, params, 0, 0.0, history)
-        bar = _progress_bar(total, self.progress)
+        bar = progress_bar(total, self.progress)
         position = 0
         try:
             for stop in stops:
@@ -388,7 +388,7 @@ class Simulator:
                     derivative_buffer)
                 if status == STATUS_DIVERGED:
                     raise DivergenceError(f"simulated training diverged at update {reached}: a margin "
-                                          f"became NaN or infinite (policy {_describe(self.policy).get('name')}); "
+                                          f"became NaN or infinite (policy {describe(self.policy).get('name')}); "
                                           "lower the step size (alpha)")
                 bar.update(stop - position)
                 position = stop
@@ -411,7 +411,7 @@ class Simulator:
             staleness_histogram=hist, max_staleness=int(taus.max()) if total else 0,
             train_seconds=float(times[-1]) if total else 0.0, wall_seconds=time.time() - started,
             final_loss=loss, final_accuracy=accuracy, workers=m, model=self.model.name,
-            policy=_describe_fitted(self.policy, m, hist), data=dataset.name, refits=refits,
+            policy=describe_fitted(self.policy, m, hist), data=dataset.name, refits=refits,
             staleness_fit=fit_staleness_models(hist),
             settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
                       "dtype": "float64", "l2": self.model.l2, "fit_intercept": self.model.fit_intercept,

@@ -12,7 +12,6 @@ every ``eval_every`` seconds with its own network, whose parameters are views to
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import pickle
 import sys
@@ -20,15 +19,11 @@ import time
 
 import numpy as np
 
-from hogwild_mts import kernels, worker
-from hogwild_mts.engine import (HIST_BINS, POLL_SECONDS, DivergenceError, FitResult,
-                                WorkerError, _check_int, _check_processes, _describe,
-                                _describe_fitted, _join,
-                                _one_thread_per_process, _progress_bar)
 from hogwild_mts.images import ImageDataset, load_images
 from hogwild_mts.policies import as_policy
-from hogwild_mts.report import fit_staleness_models
-from hogwild_mts.shared import Layout, SharedBlock
+from hogwild_mts.runner import (DivergenceError, FitResult, RunnerBase, WorkerError, check_int,
+                                check_seconds, control_layout, divergence_message, start_processes)
+from hogwild_mts.shared import SharedBlock
 from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
                                       make_network, parameter_count, torch_worker_main,
                                       warm_up_kernels)
@@ -43,7 +38,7 @@ PARAM_DTYPES = ("float32", "float64")
 EVAL_BATCH = 1024  # test images per forward pass of an evaluation
 
 
-class TorchEngine:
+class TorchEngine(RunnerBase):
     """Asynchronous lock-free SGD of a torch network with ``workers`` processes.
 
     ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`models.nets`) or a picklable factory
@@ -79,16 +74,14 @@ class TorchEngine:
         if alpha is None and isinstance(policy, str):
             alpha = DEFAULT_ALPHA
         self.policy = as_policy(policy, alpha)
-        self.workers = _check_int("workers", workers, 1)
-        self.epochs = _check_int("epochs", epochs, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.workers = check_int("workers", workers, 1)
+        self.epochs = check_int("epochs", epochs, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
         if dtype not in PARAM_DTYPES:
             raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
         self.dtype = dtype
-        if not (isinstance(eval_every, (int, float)) and math.isfinite(eval_every) and eval_every > 0):
-            raise ValueError(f"eval_every must be a number of seconds > 0, got {eval_every!r}")
-        self.eval_every = float(eval_every)
+        self.eval_every = check_seconds("eval_every", eval_every)
         self.progress = bool(progress)
 
     @property
@@ -127,14 +120,8 @@ class TorchEngine:
                              f"images of {dataset.name}; every worker needs at least one")
         return dataset
 
-    def _layout(self, dataset: ImageDataset, n_params: int) -> Layout:
-        layout = Layout()
-        layout.add("counter", np.int64, (8,))
-        layout.add("flags", np.int64, (8,))
-        layout.add_rows("stats", np.int64, self.workers, 8)
-        layout.add_rows("clock", np.float64, self.workers, 2)
-        layout.add_rows("hist", np.int64, self.workers, HIST_BINS)
-        layout.add("params", self.dtype, (n_params,))
+    def _layout(self, dataset: ImageDataset, n_params: int):
+        layout = control_layout(self.workers, n_params, self.dtype)
         layout.add("images", np.float32, dataset.train_images.shape)
         layout.add("labels", np.int64, dataset.train_labels.shape)
         return layout
@@ -160,81 +147,37 @@ class TorchEngine:
         dataset = self._check(load_images(dataset) if isinstance(dataset, str) else dataset)
         network = self._network(dataset)
         block = SharedBlock.create(self._layout(dataset, parameter_count(network)))
-        processes = []
         try:
             views = block.views
             flatten_parameters(network, views["params"])
             views["images"][:] = dataset.train_images
             views["labels"][:] = dataset.train_labels
-            bind_parameters(network, views["params"])
+            bind_parameters(network, views["params"])  # the parent's network reads the block too
             warm_up_kernels(views["params"].dtype)
             spec = self._spec(block, dataset)
-            errors = self._start(spec, processes)
-            history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
-            interrupted = False
-            try:
-                self._watch(processes, views, network, dataset, errors, history)
-            except KeyboardInterrupt:
-                interrupted = True
-                views["flags"][worker.FLAG_STOP] = 1
-                _join(processes)
-            return self._result(views, network, dataset, history, started, interrupted)
-        finally:
-            if "flags" in block.views:
-                block.views["flags"][worker.FLAG_STOP] = 1
-            _join(processes)
-            del network  # its parameters view the block
+        except BaseException:
             block.release()
+            raise
 
-    def _start(self, spec: TorchWorkerSpec, processes: list):
-        context = multiprocessing.get_context("spawn")
-        errors = context.SimpleQueue()
-        with _one_thread_per_process():
-            for worker_id in range(self.workers):
-                process = context.Process(target=torch_worker_main, name=f"hogwild-torch-worker-{worker_id}",
-                                          args=(spec, worker_id, errors), daemon=True)
-                process.start()
-                processes.append(process)  # only started ones: _join cannot join the others
-        return errors
+        def start(views, processes):
+            return start_processes(torch_worker_main, spec, self.workers, processes,
+                                   name="hogwild-torch-worker")
 
-    def _watch(self, processes, views, network, dataset, errors, history: dict) -> None:
-        """Start the workers together once all are ready, then poll failures, divergence and
-        progress, and evaluate the test set every ``eval_every`` seconds and at the end."""
-        stats = views["stats"]
-        while not np.all(stats[:, worker.STAT_STATE] >= worker.STATE_READY):
-            _check_workers(processes, stats, errors)
-            time.sleep(POLL_SECONDS)
-        go_time = time.time()
-        views["flags"][worker.FLAG_GO] = 1
-        total_updates = self.epochs * sum(
-            -(-len(worker.shard_rows(dataset.n_train, self.workers, w)) // self.batch_size)
-            for w in range(self.workers))
-        bar = _progress_bar(total_updates, self.progress)
-        next_eval = go_time
+        def details(views):
+            return {"params": np.array(views["params"], dtype=np.float64), "intercept": 0.0,
+                    "model": self.model_name, "data": dataset.name,
+                    "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
+                                 "seed": self.seed, "dtype": self.dtype,
+                                 "parameters": int(views["params"].shape[0]),
+                                 "input_shape": list(dataset.input_shape),
+                                 "classes": dataset.n_classes, "loss": "test cross-entropy",
+                                 "accuracy": "test"}}
+
         try:
-            while True:
-                finished = (np.all(stats[:, worker.STAT_STATE] >= worker.STATE_DONE)
-                            or not any(p.is_alive() for p in processes))
-                _check_workers(processes, stats, errors)
-                now = time.time()
-                if now >= next_eval or finished:
-                    loss, accuracy = self._record(views, network, dataset, now - go_time, history)
-                    bar.set_postfix(test_acc=f"{accuracy:.4f}", test_loss=f"{loss:.4g}", refresh=False)
-                    next_eval = time.time() + self.eval_every
-                bar.update(int(stats[:, kernels.STAT_UPDATES].sum()) - bar.n)
-                if finished:
-                    return
-                time.sleep(POLL_SECONDS)
+            return self.run(block, dataset.n_train, start,
+                            lambda views: self._evaluate(views, network, dataset), details, started)
         finally:
-            bar.close()
-
-    def _record(self, views, network, dataset, elapsed: float, history: dict):
-        loss, accuracy = self._evaluate(views, network, dataset)
-        history["time_s"].append(round(elapsed, 4))
-        history["updates"].append(int(views["stats"][:, kernels.STAT_UPDATES].sum()))
-        history["loss"].append(loss)
-        history["accuracy"].append(accuracy)
-        return loss, accuracy
+            del network  # its parameters view the block
 
     def _evaluate(self, views, network, dataset: ImageDataset) -> tuple[float, float]:
         """(mean test cross-entropy, test accuracy) of the live shared parameters, on one thread."""
@@ -242,7 +185,7 @@ class TorchEngine:
         import torch.nn.functional as F
 
         if not np.isfinite(views["params"]).all():
-            raise DivergenceError(_divergence_message(self.policy))
+            raise DivergenceError(divergence_message(self.policy))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -259,43 +202,8 @@ class TorchEngine:
             torch.set_num_threads(threads)
         loss = total_loss / dataset.n_test
         if not math.isfinite(loss):
-            raise DivergenceError(_divergence_message(self.policy))
+            raise DivergenceError(divergence_message(self.policy))
         return loss, correct / dataset.n_test
-
-    def _result(self, views, network, dataset, history, started, interrupted) -> FitResult:
-        stats, clock = views["stats"], views["clock"]
-        loss, accuracy = self._evaluate(views, network, dataset)
-        histogram = views["hist"][:, :HIST_BINS].sum(axis=0)
-        ran = clock[:, worker.CLOCK_LOOP_START] > 0
-        train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max()
-                              - clock[ran, worker.CLOCK_LOOP_START].min()) if ran.any() else 0.0
-        return FitResult(
-            params=np.array(views["params"], dtype=np.float64), intercept=0.0, history=history,
-            updates=int(stats[:, kernels.STAT_UPDATES].sum()), counter=int(views["counter"][0]),
-            samples=int(stats[:, kernels.STAT_SAMPLES].sum()),
-            staleness_histogram=histogram, refits=int(stats[:, worker.STAT_REFITS].sum()),
-            staleness_fit=fit_staleness_models(histogram),
-            max_staleness=int(stats[:, kernels.STAT_MAX_TAU].max()),
-            train_seconds=max(train_seconds, 0.0), wall_seconds=time.time() - started,
-            final_loss=loss, final_accuracy=accuracy, workers=self.workers, model=self.model_name,
-            policy=_describe_fitted(self.policy, self.workers, histogram), data=dataset.name, interrupted=interrupted,
-            settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
-                      "dtype": self.dtype, "parameters": int(views["params"].shape[0]),
-                      "input_shape": list(dataset.input_shape), "classes": dataset.n_classes,
-                      "loss": "test cross-entropy", "accuracy": "test"})
-
-
-def _divergence_message(policy) -> str:
-    return (f"training diverged: the loss or the parameters became NaN or infinite (policy "
-            f"{_describe(policy).get('name')}); lower the step size (alpha)")
-
-
-def _check_workers(processes, stats, errors) -> None:
-    """DivergenceError when a worker saw a NaN/inf loss, else engine._check_processes."""
-    if np.any(stats[:, worker.STAT_STATE] == worker.STATE_DIVERGED):
-        raise DivergenceError("training diverged: a worker computed a NaN or infinite loss; "
-                              "lower the step size (alpha)")
-    _check_processes(processes, stats, errors)
 
 
 def train_images(args) -> FitResult:
