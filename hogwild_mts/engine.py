@@ -11,14 +11,12 @@ import numpy as np
 
 from hogwild_mts import kernels, worker
 from hogwild_mts.data import Dataset, as_dataset
-from hogwild_mts.policies import as_policy
 from hogwild_mts.runner import (HIST_BINS, DivergenceError, FitResult, RunnerBase, WorkerError,
-                                check_int, check_seconds, control_layout, divergence_message,
-                                start_processes)
+                                control_layout, divergence_message, start_processes)
 from hogwild_mts.shared import SharedBlock
 from models.linear import LinearModel
 
-__all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "HIST_BINS"]
+__all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "HIST_BINS", "prepare_dataset"]
 
 CHUNK_UPDATES = 8192  # updates per numba call between Python checks in a worker
 PARAM_DTYPES = ("float64", "float32")
@@ -43,18 +41,10 @@ class Engine(RunnerBase):
                  dtype: str = "float64", eval_every: float = 0.5, progress: bool = True,
                  stamp: bool = True, start_method: str = "spawn"):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        if alpha is None and isinstance(policy, str):
-            alpha = DEFAULT_ALPHA
-        self.policy = as_policy(policy, alpha)
-        self.workers = check_int("workers", workers, 1)
-        self.epochs = check_int("epochs", epochs, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.seed = check_int("seed", seed, 0)
-        if dtype not in PARAM_DTYPES:
-            raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
-        self.dtype = dtype
-        self.eval_every = check_seconds("eval_every", eval_every)
-        self.progress = bool(progress)
+        self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
+                             workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
+                             dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
+                             progress=progress)
         if not stamp and getattr(self.policy, "name", None) != "constant":
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
@@ -64,17 +54,6 @@ class Engine(RunnerBase):
         self.start_method = start_method
 
     # ------------------------------------------------------------------ set-up
-    def _prepare(self, X, y) -> Dataset:
-        dataset = X if isinstance(X, Dataset) and y is None else as_dataset(X, y)
-        labels = self.model.check_labels(dataset.y)
-        if labels is not dataset.y:
-            dataset = Dataset(dataset.values, dataset.indices, dataset.indptr, dataset.n_features,
-                              labels, dataset.name, dataset.dense)
-        if self.workers > dataset.n_samples:
-            raise ValueError(f"workers ({self.workers}) exceeds the number of samples "
-                             f"({dataset.n_samples}); every worker needs at least one row")
-        return dataset
-
     def _layout(self, dataset: Dataset):
         """The block's fields.  The data set goes in only for worker processes: the single
         worker of a ``workers=1`` run is a thread that reads the caller's arrays in place."""
@@ -133,7 +112,7 @@ class Engine(RunnerBase):
         NaN/inf parameters; shared memory is unlinked on every path.
         """
         started = time.time()
-        dataset = self._prepare(X, y)
+        dataset = prepare_dataset(self.model, X, y, self.workers)
         block = SharedBlock.create(self._layout(dataset))
         try:
             self._fill(block.views, dataset)
@@ -172,6 +151,20 @@ class Engine(RunnerBase):
                                  "loss": "training objective", "accuracy": "train"}}
 
         return self.run(block, dataset.n_samples, start, evaluate, details, started)
+
+
+def prepare_dataset(model: LinearModel, X, y, workers: int) -> Dataset:
+    """``X, y`` (arrays, scipy matrix, or a Dataset with y None) as a Dataset whose labels are in
+    the model's domain, with at least one row per worker; ValueError/DataError otherwise."""
+    dataset = X if isinstance(X, Dataset) and y is None else as_dataset(X, y)
+    labels = model.check_labels(dataset.y)
+    if labels is not dataset.y:
+        dataset = Dataset(dataset.values, dataset.indices, dataset.indptr, dataset.n_features,
+                          labels, dataset.name, dataset.dense)
+    if workers > dataset.n_samples:
+        raise ValueError(f"workers ({workers}) exceeds the number of samples "
+                         f"({dataset.n_samples}); every worker needs at least one row")
+    return dataset
 
 
 def _data_arrays(dataset: Dataset) -> dict:

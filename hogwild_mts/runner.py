@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hogwild_mts import kernels, worker
+from hogwild_mts.policies import as_policy
 from hogwild_mts.report import fit_staleness_models, staleness_summary
 from hogwild_mts.shared import Layout, SharedBlock
 
@@ -216,8 +217,24 @@ def total_updates(n_rows: int, workers: int, epochs: int, batch_size: int) -> in
 
 
 class RunnerBase:
-    """Watches one run.  Subclasses set ``workers, epochs, batch_size, policy, eval_every,
-    progress`` and call :meth:`run`."""
+    """Watches one run.  Subclasses call :meth:`set_run_options` in their constructor and
+    :meth:`run` in ``fit``."""
+
+    def set_run_options(self, *, policy, alpha, default_alpha: float, workers, epochs, batch_size,
+                        seed, dtype, dtypes: tuple, eval_every, progress) -> None:
+        """Validate and keep the options every engine has (plain messages naming the value)."""
+        if alpha is None and isinstance(policy, str):
+            alpha = default_alpha
+        self.policy = as_policy(policy, alpha)
+        self.workers = check_int("workers", workers, 1)
+        self.epochs = check_int("epochs", epochs, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        if dtype not in dtypes:
+            raise ValueError(f"dtype must be one of {dtypes}, got {dtype!r}")
+        self.dtype = dtype
+        self.eval_every = check_seconds("eval_every", eval_every)
+        self.progress = bool(progress)
 
     def run(self, block: SharedBlock, n_rows: int, start, evaluate, details, started: float) -> FitResult:
         """Start, watch and stop the workers of ``block``; always release the block.

@@ -32,7 +32,8 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts import worker
-from hogwild_mts.data import Dataset, as_dataset
+from hogwild_mts.data import Dataset
+from hogwild_mts.engine import prepare_dataset
 from hogwild_mts.runner import (HIST_BINS, DivergenceError, FitResult, check_int, describe,
                                 describe_fitted, progress_bar)
 from hogwild_mts.policies import as_policy
@@ -275,17 +276,6 @@ class Simulator:
         self.stale_reads = stale_reads
         self.progress = bool(progress)
 
-    def _prepare(self, X, y) -> Dataset:
-        dataset = X if isinstance(X, Dataset) and y is None else as_dataset(X, y)
-        labels = self.model.check_labels(dataset.y)
-        if labels is not dataset.y:
-            dataset = Dataset(dataset.values, dataset.indices, dataset.indptr, dataset.n_features,
-                              labels, dataset.name, dataset.dense)
-        if self.workers > dataset.n_samples:
-            raise ValueError(f"workers ({self.workers}) exceeds the number of samples "
-                             f"({dataset.n_samples}); every worker needs at least one row")
-        return dataset
-
     def _batches(self, n_samples: int):
         """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly
         as the engine's workers draw them."""
@@ -320,7 +310,7 @@ class Simulator:
         would exceed MAX_RING_ENTRIES (lower the staleness or the batch size).
         """
         started = time.time()
-        dataset = self._prepare(X, y)
+        dataset = prepare_dataset(self.model, X, y, self.workers)
         m, n_features = self.workers, dataset.n_features
         orders, bounds = self._batches(dataset.n_samples)
         updates_per_worker = np.array([b[0].size for b in bounds], dtype=np.int64)

@@ -20,9 +20,8 @@ import time
 import numpy as np
 
 from hogwild_mts.images import ImageDataset, load_images
-from hogwild_mts.policies import as_policy
-from hogwild_mts.runner import (DivergenceError, FitResult, RunnerBase, WorkerError, check_int,
-                                check_seconds, control_layout, divergence_message, start_processes)
+from hogwild_mts.runner import (DivergenceError, FitResult, RunnerBase, WorkerError,
+                                control_layout, divergence_message, start_processes)
 from hogwild_mts.shared import SharedBlock
 from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
                                       make_network, parameter_count, torch_worker_main,
@@ -71,18 +70,10 @@ class TorchEngine(RunnerBase):
                                  f"({error}); define it at module level (no lambda or local "
                                  "function)") from None
         self.model = model
-        if alpha is None and isinstance(policy, str):
-            alpha = DEFAULT_ALPHA
-        self.policy = as_policy(policy, alpha)
-        self.workers = check_int("workers", workers, 1)
-        self.epochs = check_int("epochs", epochs, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.seed = check_int("seed", seed, 0)
-        if dtype not in PARAM_DTYPES:
-            raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
-        self.dtype = dtype
-        self.eval_every = check_seconds("eval_every", eval_every)
-        self.progress = bool(progress)
+        self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
+                             workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
+                             dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
+                             progress=progress)
 
     @property
     def model_name(self) -> str:
