@@ -51,6 +51,12 @@ def check_histogram(histogram) -> np.ndarray:
     return counts
 
 
+def histogram_mean(counts: np.ndarray) -> float:
+    """Mean tau of counts by tau (0 for an empty histogram)."""
+    samples = counts.sum()
+    return float(np.dot(counts, np.arange(counts.size))) / samples if samples else 0.0
+
+
 def check_probability(name: str, value, *, allow_zero: bool, allow_one: bool) -> float:
     """Return ``value`` as a float in [0, 1] with the chosen open/closed ends, or raise ValueError."""
     low, high = ("[" if allow_zero else "("), ("]" if allow_one else ")")
@@ -272,8 +278,7 @@ class Geometric(StalenessModel):
     def fit(cls, histogram) -> "Geometric":
         """Maximum likelihood: q = mean / (1 + mean)."""
         counts = check_histogram(histogram)
-        samples = counts.sum()
-        mean = float(np.dot(counts, np.arange(counts.size))) / samples if samples else 0.0
+        mean = histogram_mean(counts)
         model = cls(mean / (1.0 + mean))
         model.fit_report = _fit_report(model, counts)
         return model
@@ -472,8 +477,7 @@ class Poisson(StalenessModel):
     def fit(cls, histogram) -> "Poisson":
         """Maximum likelihood: lam = mean."""
         counts = check_histogram(histogram)
-        samples = counts.sum()
-        model = cls(float(np.dot(counts, np.arange(counts.size))) / samples if samples else 0.0)
+        model = cls(histogram_mean(counts))
         model.fit_report = _fit_report(model, counts)
         return model
 
