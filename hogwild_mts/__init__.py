@@ -10,6 +10,7 @@ _EXPORTS = {
     "FitResult": "hogwild_mts.engine",
     "WorkerError": "hogwild_mts.engine",
     "DivergenceError": "hogwild_mts.engine",
+    "TorchEngine": "hogwild_mts.torch_engine",
     "Dataset": "hogwild_mts.data",
     "DataError": "hogwild_mts.data",
     "as_dataset": "hogwild_mts.data",

@@ -45,10 +45,11 @@ def format_summary(result) -> str:
     lines = [
         f"model {result.model} on {result.data}, {result.workers} worker(s), policy "
         f"{result.policy.get('name')}" + ("  [INTERRUPTED]" if result.interrupted else ""),
-        f"final loss      {result.final_loss:.6g}",
+        f"final loss      {result.final_loss:.6g} ({result.settings.get('loss', 'training objective')})",
     ]
     if result.final_accuracy is not None:
-        lines.append(f"train accuracy  {result.final_accuracy:.4f}")
+        split = result.settings.get("accuracy", "train")
+        lines.append(f"{split + ' accuracy':<16}{result.final_accuracy:.4f}")
     lines += [
         f"updates         {result.updates:,} (counter {result.counter:,}) in {result.train_seconds:.2f} s "
         f"of training, {result.wall_seconds:.2f} s in all",
