@@ -180,6 +180,28 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
     assert not shared_blocks(process.pid), "the interrupted run left shared memory behind"
 
 
+def test_killed_parent_leaves_no_workers_and_no_shared_memory():
+    """SIGKILL of the training process itself: its workers notice the parent is gone and exit,
+    and multiprocessing's resource tracker unlinks the block once they have."""
+    command = [sys.executable, "-m", "hogwild_mts.cli", "train", "--data",
+               "synthetic-sparse:n=20000,d=5000,nnz=30", "--epochs", "100000", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not shared_blocks(process.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert shared_blocks(process.pid), "the run never started"
+        time.sleep(1.0)
+        process.kill()
+        process.wait(10)
+        assert _group_gone(process.pid, seconds=20), "a worker outlived its killed parent"
+        assert not shared_blocks(process.pid), "the killed run left shared memory behind"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def _group_gone(group: int, seconds: float) -> bool:
     """True once no process of the group is left (multiprocessing's resource tracker exits
     shortly after its parent, when its pipe closes)."""
