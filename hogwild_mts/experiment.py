@@ -125,9 +125,6 @@ def check_config(config: dict) -> dict:
     if not isinstance(config["policy_options"], dict):
         raise ConfigError(f"policy_options must map a policy label to its options, got "
                           f"{config['policy_options']!r}")
-    extra = sorted(set(config["policy_options"]) - set(policies))
-    if extra:
-        raise ConfigError(f"policy_options names {extra}, which are not in policies {policies}")
     if len(set(policies)) != len(policies):
         raise ConfigError(f"policies has repeated entries: {policies!r}")
     _int_list("workers", config["workers"], 1)
