@@ -63,7 +63,7 @@ def plot_staleness(records: list[dict], path: str) -> str:
         for record in group:
             counts[:len(record["staleness_histogram"])] += record["staleness_histogram"]
         share = counts / counts.sum()
-        shown = int(np.searchsorted(np.cumsum(share), 0.999)) + 2
+        shown = min(size, int(np.searchsorted(np.cumsum(share), 0.999)) + 2)
         taus = np.arange(shown)
         axis.bar(taus, share[:shown], width=1.0, color="0.8", label="observed")
         for name in FIT_MODELS:

@@ -140,3 +140,10 @@ def test_labels_run_one_policy_with_several_settings(tmp_path):
     run_grid(config, str(tmp_path), plots=False)
     record = json.loads((tmp_path / "cells" / "mts-shrink-m4-s0.json").read_text())
     assert record["policy_description"]["parameters"]["target"] == "shrink"
+
+
+def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
+    from hogwild_mts.plots import plot_staleness
+
+    path = plot_staleness([{"workers": 2, "staleness_histogram": [58, 111, 11]}], str(tmp_path / "s.png"))
+    assert os.path.getsize(path) > 1000
