@@ -9,9 +9,6 @@ a private flat gradient buffer that ``backward`` accumulates into in place.  The
 from __future__ import annotations
 
 import math
-import signal
-import time
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +17,7 @@ from numba import njit
 from hogwild_mts import worker as base
 from hogwild_mts.atomics import atomic_fetch_add, atomic_load
 from hogwild_mts.kernels import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES
-from hogwild_mts.shared import Layout, SharedBlock
+from hogwild_mts.shared import Layout
 
 
 @njit(cache=True, nogil=True)
@@ -59,15 +56,6 @@ def warm_up_kernels(dtype) -> None:
 
 
 SHARED_READ_FIELDS = ("images", "labels", "params")
-
-
-def map_pages(views: dict, names) -> None:
-    """Read one byte of every page of the named shared fields, so the page-table work of a
-    freshly attached block happens before the start signal, not inside the timed loop."""
-    for name in names:
-        flat_bytes = views[name].reshape(-1).view(np.uint8)
-        if flat_bytes.size:
-            int(flat_bytes[::base.PAGE_BYTES].sum())
 
 
 def parameter_count(model) -> int:
@@ -140,12 +128,12 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
     live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
     Every ``policy.refit_every`` own updates the policy refits from all histogram rows, as
-    :func:`hogwild_mts.worker.run_worker` does (at most REFIT_TIME_SHARE of the worker's time).
+    :func:`hogwild_mts.worker.run_worker` does (a :class:`hogwild_mts.worker.Refitter`).
     """
     import torch
     import torch.nn.functional as F
 
-    stats, clock = views["stats"][worker_id], views["clock"][worker_id]
+    stats = views["stats"][worker_id]
     flags, counter, params = views["flags"], views["counter"], views["params"]
     hist_rows = views["hist"]
     model = make_network(spec.network, spec.input_shape, spec.classes).to(getattr(torch, spec.dtype))
@@ -156,12 +144,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     images, labels = torch.from_numpy(views["images"]), torch.from_numpy(views["labels"])
     input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # images are float32
 
-    policy = spec.policy
-    policy.bind(spec.workers)
-    alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
-    refit_every = int(getattr(policy, "refit_every", 0) or 0)
-    next_refit = refit_every
-    refit_allowed_at = 0.0
+    refitter = base.Refitter(spec.policy, spec.workers, params.dtype)
     shard = base.shard_rows(images.shape[0], spec.workers, worker_id)
     rng = np.random.default_rng(spec.seeds[worker_id])
     batch_images = torch.empty((spec.batch_size,) + tuple(images.shape[1:]), dtype=images.dtype)
@@ -180,14 +163,9 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
 
     batch_loss(*gather(torch.from_numpy(shard[:spec.batch_size]))).backward()  # warm-up: first calls are slow
     warm_up_kernels(params.dtype)
-    map_pages(views, SHARED_READ_FIELDS)
-    stats[base.STAT_STATE] = base.STATE_READY
-    while not flags[base.FLAG_GO]:
-        if base._stop_requested(flags, spec.parent_pid):
-            return base.STATE_DONE
-        time.sleep(base.GO_POLL_SECONDS)
-    stats[base.STAT_STATE] = base.STATE_RUNNING
-    clock[base.CLOCK_LOOP_START] = time.time()
+    base.map_pages(views, SHARED_READ_FIELDS)
+    if not base.wait_for_go(views, worker_id, spec.parent_pid):
+        return base.STATE_DONE
     state = base.STATE_DONE
     for _ in range(spec.epochs):
         order = torch.from_numpy(rng.permutation(shard))
@@ -203,38 +181,20 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
             if not math.isfinite(loss.item()):
                 state = base.STATE_DIVERGED
                 break
-            apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats, rows.shape[0])
-            if refit_every and stats[STAT_UPDATES] >= next_refit and time.perf_counter() >= refit_allowed_at:
-                refit_started = time.perf_counter()
-                policy.observe(hist_rows.sum(axis=0))
-                alpha_table = np.ascontiguousarray(policy.table(), dtype=params.dtype)
-                stats[base.STAT_REFITS] += 1
-                next_refit = stats[STAT_UPDATES] + refit_every
-                refit_seconds = time.perf_counter() - refit_started
-                refit_allowed_at = time.perf_counter() + refit_seconds * (1 / base.REFIT_TIME_SHARE - 1)
+            apply_update(params, gradient, counter, t_read, refitter.table, hist_row, stats, rows.shape[0])
+            refitter.maybe_refit(stats, hist_rows)
         else:
             continue
         break
-    clock[base.CLOCK_LOOP_END] = time.time()
-    stats[base.STAT_STATE] = state
-    return state
+    return base.finish(views, worker_id, state)
 
 
-def torch_worker_main(spec: TorchWorkerSpec, worker_id: int, error_queue) -> None:
-    """Process entry point: ignore Ctrl-C (the parent stops us), one torch thread, attach, run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-    block = SharedBlock.attach(spec.block_name, spec.layout)
-    succeeded = False
-    try:
-        run_torch_worker(block.views, spec, worker_id)
-        succeeded = True
-    except BaseException:
-        block.views["stats"][worker_id][base.STAT_STATE] = base.STATE_FAILED
-        error_queue.put((worker_id, traceback.format_exc()))
-    finally:
-        block.close()
-    if not succeeded:
-        raise SystemExit(1)
+
+
+def torch_worker_main(spec: TorchWorkerSpec, worker_id: int, error_queue) -> None:
+    """Process entry point of a torch worker: the common worker body with one torch thread."""
+    base.process_main(run_torch_worker, spec, worker_id, error_queue, setup=_one_torch_thread)

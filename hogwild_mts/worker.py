@@ -62,13 +62,58 @@ def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
     return np.arange(worker_id, n_samples, workers, dtype=np.int64)
 
 
-def map_pages(views: dict) -> None:
-    """Read one byte of every page of the shared data and parameters, so the page-table work of
-    a freshly attached block happens before the start signal, not inside the timed loop."""
-    for name in SHARED_READ_FIELDS:
-        array = views[name]
-        if array.size:
-            int(array.view(np.uint8)[::PAGE_BYTES].sum())
+def map_pages(views: dict, names) -> None:
+    """Read one byte of every page of the named shared fields, so the page-table work of a
+    freshly attached block happens before the start signal, not inside the timed loop."""
+    for name in names:
+        flat_bytes = views[name].reshape(-1).view(np.uint8)
+        if flat_bytes.size:
+            int(flat_bytes[::PAGE_BYTES].sum())
+
+
+def wait_for_go(views: dict, worker_id: int, parent_pid: int) -> bool:
+    """Say READY, wait for the parent's start signal; False if told to stop first.  On True the
+    worker is RUNNING and its loop-start time is stamped."""
+    stats, flags = views["stats"][worker_id], views["flags"]
+    stats[STAT_STATE] = STATE_READY
+    while not flags[FLAG_GO]:
+        if _stop_requested(flags, parent_pid):
+            return False
+        time.sleep(GO_POLL_SECONDS)
+    stats[STAT_STATE] = STATE_RUNNING
+    views["clock"][worker_id][CLOCK_LOOP_START] = time.time()
+    return True
+
+
+class Refitter:
+    """A worker's copy of the policy and its refit schedule.
+
+    Refits every ``policy.refit_every`` own updates from all histogram rows -- but never sooner
+    than keeps refitting within REFIT_TIME_SHARE of the worker's time (a slow fit, e.g. CMP on a
+    long-tailed histogram, then runs less often instead of stalling training).
+    """
+
+    def __init__(self, policy, workers: int, dtype):
+        self.policy = policy
+        self.dtype = dtype
+        policy.bind(workers)
+        self.table = np.ascontiguousarray(policy.table(), dtype=dtype)
+        self.refit_every = int(getattr(policy, "refit_every", 0) or 0)
+        self._next_refit = self.refit_every
+        self._allowed_at = 0.0
+
+    def maybe_refit(self, stats: np.ndarray, hist_rows: np.ndarray) -> None:
+        """Refit (and count it in ``stats``) if this worker's update count and time budget allow."""
+        if not self.refit_every or stats[kernels.STAT_UPDATES] < self._next_refit \
+                or time.perf_counter() < self._allowed_at:
+            return
+        started = time.perf_counter()
+        self.policy.observe(hist_rows.sum(axis=0))
+        self.table = np.ascontiguousarray(self.policy.table(), dtype=self.dtype)
+        stats[STAT_REFITS] += 1
+        self._next_refit = stats[kernels.STAT_UPDATES] + self.refit_every
+        spent = time.perf_counter() - started
+        self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
 
 
 def _stop_requested(flags, parent_pid) -> bool:
@@ -81,34 +126,22 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
 
     Each epoch visits the shard in a fresh permutation from the worker's own seeded generator.
     Between chunks of ``chunk_updates`` updates the worker checks the stop flag and the parent,
-    and every ``policy.refit_every`` of its updates refits the policy from all histogram rows --
-    but never sooner than keeps refitting within REFIT_TIME_SHARE of its time (a slow fit, e.g.
-    CMP on a long-tailed histogram, then runs less often instead of stalling training).
+    and lets its :class:`Refitter` refit the policy.
     """
     stats = views["stats"][worker_id]
-    clock = views["clock"][worker_id]
     flags = views["flags"]
     hist_rows = views["hist"]
-    policy = spec.policy
-    policy.bind(spec.workers)
-    alpha_table = np.ascontiguousarray(policy.table(), dtype=np.float64)
-    refit_every = int(getattr(policy, "refit_every", 0) or 0)
+    refitter = Refitter(spec.policy, spec.workers, np.float64)
+    refit_every = refitter.refit_every
     chunk_updates = min(spec.chunk_updates, refit_every) if refit_every > 0 else spec.chunk_updates
     chunk_rows = chunk_updates * spec.batch_size
     shard = shard_rows(views["indptr"].shape[0] - 1, spec.workers, worker_id)
     rng = np.random.default_rng(spec.seeds[worker_id])
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
-    next_refit = refit_every
-    refit_allowed_at = 0.0
 
-    map_pages(views)
-    stats[STAT_STATE] = STATE_READY
-    while not flags[FLAG_GO]:
-        if _stop_requested(flags, spec.parent_pid):
-            return STATE_DONE
-        time.sleep(GO_POLL_SECONDS)
-    stats[STAT_STATE] = STATE_RUNNING
-    clock[CLOCK_LOOP_START] = time.time()
+    map_pages(views, SHARED_READ_FIELDS)
+    if not wait_for_go(views, worker_id, spec.parent_pid):
+        return STATE_DONE
     state = STATE_DONE
     for _ in range(spec.epochs):
         order = rng.permutation(shard)
@@ -119,32 +152,30 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
                 views["values"], views["indices"], views["indptr"], spec.dense, views["labels"],
                 views["feature_scale"], order, chunk_start, min(chunk_start + chunk_rows, order.shape[0]),
                 spec.batch_size, views["params"], spec.n_features, spec.fit_intercept, spec.loss_id,
-                spec.l2, alpha_table, spec.stamp, views["counter"], hist_rows[worker_id], stats,
+                spec.l2, refitter.table, spec.stamp, views["counter"], hist_rows[worker_id], stats,
                 derivative_buffer)
             if status == kernels.STATUS_DIVERGED:
                 state = STATE_DIVERGED
                 break
-            if refit_every and stats[kernels.STAT_UPDATES] >= next_refit \
-                    and time.perf_counter() >= refit_allowed_at:
-                refit_started = time.perf_counter()
-                policy.observe(hist_rows.sum(axis=0))
-                alpha_table = np.ascontiguousarray(policy.table(), dtype=np.float64)
-                stats[STAT_REFITS] += 1
-                next_refit = stats[kernels.STAT_UPDATES] + refit_every
-                refit_seconds = time.perf_counter() - refit_started
-                refit_allowed_at = time.perf_counter() + refit_seconds * (1 / REFIT_TIME_SHARE - 1)
+            refitter.maybe_refit(stats, hist_rows)
         else:
             continue
         break
-    clock[CLOCK_LOOP_END] = time.time()
-    stats[STAT_STATE] = state
+    return finish(views, worker_id, state)
+
+
+def finish(views: dict, worker_id: int, state: int) -> int:
+    """Stamp the loop-end time and the final state; return the state."""
+    views["clock"][worker_id][CLOCK_LOOP_END] = time.time()
+    views["stats"][worker_id][STAT_STATE] = state
     return state
 
 
-def run_reporting_errors(views: dict, spec: WorkerSpec, worker_id: int, error_queue) -> bool:
-    """run_worker; on an exception mark the worker failed, queue its traceback, return False."""
+def run_reporting_errors(run, views: dict, spec, worker_id: int, error_queue) -> bool:
+    """``run(views, spec, worker_id)``; on an exception mark the worker failed, queue its
+    traceback, return False."""
     try:
-        run_worker(views, spec, worker_id)
+        run(views, spec, worker_id)
         return True
     except BaseException:
         views["stats"][worker_id][STAT_STATE] = STATE_FAILED
@@ -152,16 +183,24 @@ def run_reporting_errors(views: dict, spec: WorkerSpec, worker_id: int, error_qu
         return False
 
 
-def worker_main(spec: WorkerSpec, worker_id: int, error_queue) -> None:
-    """Process entry point: ignore Ctrl-C (the parent stops us), attach, run, report errors."""
+def process_main(run, spec, worker_id: int, error_queue, setup=None) -> None:
+    """Body of a worker process: ignore Ctrl-C (the parent stops us), ``setup()`` if given,
+    attach, run, report errors, exit with status 1 after a failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if setup is not None:
+        setup()
     block = SharedBlock.attach(spec.block_name, spec.layout)
     try:
-        succeeded = run_reporting_errors(block.views, spec, worker_id, error_queue)
+        succeeded = run_reporting_errors(run, block.views, spec, worker_id, error_queue)
     finally:
         block.close()
     if not succeeded:
         raise SystemExit(1)
+
+
+def worker_main(spec: WorkerSpec, worker_id: int, error_queue) -> None:
+    """Process entry point of a linear-model worker."""
+    process_main(run_worker, spec, worker_id, error_queue)
 
 
 class ThreadWorker(threading.Thread):
@@ -179,7 +218,7 @@ class ThreadWorker(threading.Thread):
         self.exitcode = None
 
     def run(self) -> None:
-        succeeded = run_reporting_errors(self._views, self._spec, 0, self._errors)
+        succeeded = run_reporting_errors(run_worker, self._views, self._spec, 0, self._errors)
         self.exitcode = 0 if succeeded else 1
 
     def terminate(self) -> None:
