@@ -316,7 +316,7 @@ class RunnerBase:
 def _record(views, evaluate, elapsed: float, history: dict):
     """Evaluate the live parameters and append a history row."""
     loss, accuracy = evaluate(views)
-    history["time_s"].append(round(elapsed, 4))
+    history["time_s"].append(round(float(elapsed), 4))
     history["updates"].append(int(views["stats"][:, kernels.STAT_UPDATES].sum()))
     history["loss"].append(float(loss))
     history["accuracy"].append(None if accuracy is None else float(accuracy))
