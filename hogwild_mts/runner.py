@@ -265,17 +265,19 @@ class RunnerBase:
             block.release()
 
     def _watch(self, processes, views, n_rows, errors, evaluate, history: dict) -> None:
-        """Start the workers together once all are ready, then poll failures, divergence and
-        progress, evaluating every ``eval_every`` seconds (the final row comes from _result)."""
+        """Evaluate the starting point, start the workers together once all are ready, then poll
+        failures, divergence and progress, evaluating every ``eval_every`` seconds (the final row
+        comes from _result).  Evaluations take a core from the workers while they run."""
         stats = views["stats"]
         while not np.all(stats[:, worker.STAT_STATE] >= worker.STATE_READY):
             check_processes(processes, stats, errors)
             time.sleep(POLL_SECONDS)
+        _record(views, evaluate, 0.0, history)  # the starting point, before anyone writes
         go_time = time.time()
         views["flags"][worker.FLAG_GO] = 1
         bar = progress_bar(total_updates(n_rows, self.workers, self.epochs, self.batch_size),
                            self.progress)
-        next_eval = go_time
+        next_eval = go_time + self.eval_every
         try:
             while True:
                 finished = not any(p.is_alive() for p in processes)
