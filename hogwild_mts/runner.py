@@ -265,16 +265,22 @@ class RunnerBase:
             block.release()
 
     def _watch(self, processes, views, n_rows, errors, evaluate, history: dict) -> None:
-        """Evaluate the starting point, start the workers together once all are ready, then poll
-        failures, divergence and progress, evaluating every ``eval_every`` seconds (the final row
-        comes from _result).  Evaluations take a core from the workers while they run."""
+        """Start the workers together once all are ready, then poll failures, divergence and
+        progress, evaluating every ``eval_every`` seconds (the final row comes from _result).
+        The starting point is evaluated on a spare core after the start signal, or, when the
+        workers take every core, while they start up."""
         stats = views["stats"]
+        starting_point = dict(views, params=np.array(views["params"]))  # nobody writes yet
+        spare_core = self.workers < (os.cpu_count() or 1)
+        if not spare_core:  # evaluate while the workers start up, not on a core they need
+            _record(starting_point, evaluate, 0.0, history)
         while not np.all(stats[:, worker.STAT_STATE] >= worker.STATE_READY):
             check_processes(processes, stats, errors)
             time.sleep(POLL_SECONDS)
-        _record(views, evaluate, 0.0, history)  # the starting point, before anyone writes
         go_time = time.time()
         views["flags"][worker.FLAG_GO] = 1
+        if spare_core:
+            _record(starting_point, evaluate, 0.0, history)
         bar = progress_bar(total_updates(n_rows, self.workers, self.epochs, self.batch_size),
                            self.progress)
         next_eval = go_time + self.eval_every
