@@ -126,15 +126,14 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
 
     Each epoch visits the shard in a fresh permutation from the worker's own seeded generator.
     Between chunks of ``chunk_updates`` updates the worker checks the stop flag and the parent,
-    and lets its :class:`Refitter` refit the policy.
+    and lets its :class:`Refitter` refit the policy: refits fall on chunk boundaries, so they
+    come every ``max(refit_every, chunk_updates)`` updates at the most (a chunk is a few ms).
     """
     stats = views["stats"][worker_id]
     flags = views["flags"]
     hist_rows = views["hist"]
     refitter = Refitter(spec.policy, spec.workers, np.float64)
-    refit_every = refitter.refit_every
-    chunk_updates = min(spec.chunk_updates, refit_every) if refit_every > 0 else spec.chunk_updates
-    chunk_rows = chunk_updates * spec.batch_size
+    chunk_rows = spec.chunk_updates * spec.batch_size
     shard = shard_rows(views["indptr"].shape[0] - 1, spec.workers, worker_id)
     rng = np.random.default_rng(spec.seeds[worker_id])
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
