@@ -125,14 +125,15 @@ def _too_heavy(log_lam: float, nu: float) -> ValueError:
 def _log_series(log_lam: float, nu: float, start: int):
     """Terms ``log(lam^k / (k!)^nu)`` for k = start..K and their logsumexp.
 
-    K is the first end (doubling) where the ratio bound ``lam / (K+1)^nu < 1`` shows the rest of
-    the series is below TAIL_TOLERANCE times the sum. Returns (ks, log_terms, log_sum).
+    K is the first end (doubling, from twice the mode) where the ratio bound
+    ``lam / (K+1)^nu < 1`` shows the rest of the series is below TAIL_TOLERANCE times the sum.
+    Returns (ks, log_terms, log_sum).
     """
     if nu > 0:
-        log_ratio_half = (math.log(2.0) + log_lam) / nu   # log of k where lam / k^nu = 1/2
-        if log_ratio_half > math.log(MAX_SERIES_LENGTH):
+        log_mode = max(log_lam, 0.0) / nu   # log of k where lam / k^nu = 1: the terms peak there
+        if log_mode > math.log(MAX_SERIES_LENGTH):
             raise _too_heavy(log_lam, nu)
-        end = max(start + 64, int(math.exp(log_ratio_half)) + 2)
+        end = max(start + 64, 2 * int(math.exp(log_mode)) + 2)
     else:
         end = start + 64
     while True:

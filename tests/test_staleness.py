@@ -233,3 +233,16 @@ def test_bad_model_arguments_are_refused_with_the_value_named(build, named):
     with pytest.raises(ValueError) as error:
         build()
     assert named in str(error.value)
+
+
+def test_cmp_fits_overdispersed_staleness_with_a_small_nu():
+    """Staleness like many workers with variable compute times (mean 62, variance ~ 1,000): the
+    best CMP has nu near 0 and lam > 1, where the series peaks far out; the fit must reach it
+    instead of stopping at the geometric boundary (nu = 0)."""
+    rng = np.random.default_rng(1)
+    histogram = np.bincount(rng.negative_binomial(4, 4 / 66, 60_000))
+    cmp_fit = fit_model("cmp", histogram)
+    geometric_fit = fit_model("geometric", histogram)
+    assert 0.0 < cmp_fit.nu < 1.0 and cmp_fit.lam > 1.0
+    assert cmp_fit.fit_report.tv < 0.5 * geometric_fit.fit_report.tv
+    assert cmp_fit.fit_report.loglik > geometric_fit.fit_report.loglik
