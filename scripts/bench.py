@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Speed and memory of the linear-model engine, side by side with its peers in one run.
+"""Every speed comparison of the project, side by side with its peers in one run: one table.
+
+Linear engine vs scikit-learn, staleness-stamping overhead, 2-vs-1 worker scaling, online-refit
+overhead and memory; torch networks vs the standard PyTorch Hogwild recipe (scripts/bench_torch.py).
 
 RCV1-shaped synthetic problem (n=200,000, d=47,236, 76 nonzeros per row, seed 0), logistic loss,
 5 epochs, constant step, no intercept on either side (scikit-learn damps the intercept's steps by
@@ -7,7 +10,7 @@ RCV1-shaped synthetic problem (n=200,000, d=47,236, 76 nonzeros per row, seed 0)
 configuration runs ``--repeats`` times, interleaved with the others, and keeps its best (least
 disturbed) run.
 
-    .venv/bin/python scripts/bench.py [--n 200000] [--epochs 5] [--repeats 3]
+    .venv/bin/python scripts/bench.py [--n 200000] [--epochs 5] [--repeats 3] [--torch-repeats 5]
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import argparse
 import multiprocessing
 import os
 import platform
+import statistics
+import sys
 import threading
 import time
+import types
 import warnings
 
 import numpy as np
@@ -97,6 +103,31 @@ def fit_measuring_workers(engine: Engine, data):
     return outcome["result"], peak_private, peak_rss
 
 
+def torch_rows(network: str, epochs: int, repeats: int) -> list:
+    """Rows for TorchEngine vs the PyTorch Hogwild recipe on digits, 2 workers, batch 16,
+    step 0.05: medians of ``repeats`` alternating runs (samples/s from first start to last end)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_torch
+    from hogwild_mts.images import load_images
+
+    dataset = load_images("digits")
+    settings = types.SimpleNamespace(model=network, workers=2, epochs=epochs, batch_size=16,
+                                     lr=0.05, seed=0)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(bench_torch.run_ours(settings, dataset))
+        theirs.append(bench_torch.run_recipe(settings, dataset))
+    rate_ours, rate_theirs = (statistics.median(r for r, _ in runs) for runs in (ours, theirs))
+    acc_ours, acc_theirs = (statistics.median(a for _, a in runs) for runs in (ours, theirs))
+    label = f"torch {network.upper()} on digits, 2 workers, {epochs} epochs, vs PyTorch Hogwild recipe"
+    return [
+        (f"{label}: samples/s (median of {repeats})", f"{rate_ours:,.0f} vs {rate_theirs:,.0f}",
+         rate_ours / rate_theirs, ">= 1.0 (goal 1.3)"),
+        (f"{label}: test accuracy", f"{acc_ours:.4f} vs {acc_theirs:.4f}",
+         acc_ours - acc_theirs, "within 0.01"),
+    ]
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -112,6 +143,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--torch-repeats", type=int, default=5,
+                        help="alternating runs of each torch comparison (0 skips them)")
     args = parser.parse_args()
 
     data = synthetic_sparse(args.n, 47_236, 76, seed=0)
@@ -167,6 +200,9 @@ def main() -> None:
          f"{together_mb:.0f} MB vs {allowed_mb:.0f} MB (RSS sum {sum(peak_rss.values()):.0f} MB)",
          together_mb / allowed_mb, "<= 1.0"),
     ]
+    for network, epochs in (("mlp", 20), ("cnn", 5)):
+        if args.torch_repeats > 0:
+            rows += torch_rows(network, epochs, args.torch_repeats)
     print("| comparison | measured | ratio | target |")
     print("|---|---|---|---|")
     for name, measured_text, ratio, target in rows:
