@@ -32,19 +32,21 @@ class Engine(RunnerBase):
     interleaved shards (worker w owns rows w, w+m, w+2m, ...), each shuffled per epoch with the
     worker's own seed drawn from ``seed``.  ``workers=1`` is deterministic: the same seed gives
     bit-identical parameters; it runs the same worker loop on a thread of the calling process
-    (the numba loop releases the GIL), so it pays no process start-up.  ``stamp=False`` runs classic Hogwild! without the counter
-    (constant step only), the baseline of the stamping-overhead benchmark.
+    (the numba loop releases the GIL), so it pays no process start-up.  The loss is evaluated
+    every ``eval_every`` seconds (``defer_evaluation``: see RunnerBase.set_run_options).
+    ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
+    baseline of the stamping-overhead benchmark.
     """
 
     def __init__(self, model="logreg", policy="constant", *, workers: int = 2, epochs: int = 5,
                  batch_size: int = 1, alpha: float | None = None, seed: int = 0,
                  dtype: str = "float64", eval_every: float = 0.5, progress: bool = True,
-                 stamp: bool = True, start_method: str = "spawn"):
+                 defer_evaluation: bool = False, stamp: bool = True, start_method: str = "spawn"):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
                              workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
                              dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
-                             progress=progress)
+                             progress=progress, defer_evaluation=defer_evaluation)
         if not stamp and getattr(self.policy, "name", None) != "constant":
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")

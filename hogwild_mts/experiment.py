@@ -231,7 +231,9 @@ def load_task_data(config: dict):
 
 
 def make_engine(config: dict, cell: dict, n_rows: int):
-    """The engine (real or simulated) that trains one cell."""
+    """The engine (real or simulated) that trains one cell.  Real runs defer their evaluations
+    (parameter copies scored after the run), so frequent evaluations for a fine time-to-target
+    take no core from the workers."""
     name, options = policy_spec(config, cell["policy"])
     policy = make_policy(name, alpha=config["alpha"], **options)
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
@@ -240,14 +242,15 @@ def make_engine(config: dict, cell: dict, n_rows: int):
         from hogwild_mts.torch_engine import TorchEngine
 
         return TorchEngine(config["model"], policy, eval_every=config["eval_seconds"], progress=False,
-                           **common)
+                           defer_evaluation=True, **common)
     from models.linear import LinearModel
 
     model = LinearModel(config["model"], l2=config["l2"])
     if config["mode"] == "real":
         from hogwild_mts.engine import Engine
 
-        return Engine(model, policy, eval_every=config["eval_seconds"], progress=False, **common)
+        return Engine(model, policy, eval_every=config["eval_seconds"], progress=False,
+                      defer_evaluation=True, **common)
     from hogwild_mts.simulate import Simulator
 
     updates = config["epochs"] * -(-n_rows // config["batch_size"])

@@ -221,8 +221,13 @@ class RunnerBase:
     :meth:`run` in ``fit``."""
 
     def set_run_options(self, *, policy, alpha, default_alpha: float, workers, epochs, batch_size,
-                        seed, dtype, dtypes: tuple, eval_every, progress) -> None:
-        """Validate and keep the options every engine has (plain messages naming the value)."""
+                        seed, dtype, dtypes: tuple, eval_every, progress,
+                        defer_evaluation: bool = False) -> None:
+        """Validate and keep the options every engine has (plain messages naming the value).
+
+        ``defer_evaluation``: during the run only copy the parameters every ``eval_every``
+        seconds and evaluate the copies after it, so frequent evaluations take no core from the
+        workers (one parameter copy is held per evaluation until the end)."""
         if alpha is None and isinstance(policy, str):
             alpha = default_alpha
         self.policy = as_policy(policy, alpha)
@@ -235,6 +240,7 @@ class RunnerBase:
         self.dtype = dtype
         self.eval_every = check_seconds("eval_every", eval_every)
         self.progress = bool(progress)
+        self.defer_evaluation = bool(defer_evaluation)
 
     def run(self, block: SharedBlock, n_rows: int, start, evaluate, details, started: float) -> FitResult:
         """Start, watch and stop the workers of ``block``; always release the block.
@@ -250,13 +256,16 @@ class RunnerBase:
             views = block.views
             errors = start(views, processes)
             history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
+            deferred = []  # (seconds since start, updates, parameter copy) to evaluate later
             interrupted = False
             try:
-                self._watch(processes, views, n_rows, errors, evaluate, history)
+                self._watch(processes, views, n_rows, errors, evaluate, history, deferred)
             except KeyboardInterrupt:
                 interrupted = True
                 views["flags"][worker.FLAG_STOP] = 1
                 join(processes)
+            for elapsed, updates, params in deferred:
+                _record(dict(views, params=params), evaluate, elapsed, history, updates)
             return self._result(views, history, evaluate, details, started, interrupted)
         finally:
             if "flags" in block.views:
@@ -264,11 +273,12 @@ class RunnerBase:
             join(processes)
             block.release()
 
-    def _watch(self, processes, views, n_rows, errors, evaluate, history: dict) -> None:
+    def _watch(self, processes, views, n_rows, errors, evaluate, history: dict, deferred: list) -> None:
         """Start the workers together once all are ready, then poll failures, divergence and
-        progress, evaluating every ``eval_every`` seconds (the final row comes from _result).
-        The starting point is evaluated on a spare core after the start signal, or, when the
-        workers take every core, while they start up."""
+        progress, evaluating every ``eval_every`` seconds (or, deferring, copying the parameters
+        into ``deferred``; the final row comes from _result).  The starting point is evaluated
+        on a spare core after the start signal, or, when the workers take every core, while
+        they start up."""
         stats = views["stats"]
         starting_point = dict(views, params=np.array(views["params"]))  # nobody writes yet
         spare_core = self.workers < (os.cpu_count() or 1)
@@ -290,9 +300,15 @@ class RunnerBase:
                 check_processes(processes, stats, errors)
                 now = time.time()
                 if now >= next_eval and not finished:
-                    loss, accuracy = _record(views, evaluate, now - go_time, history)
-                    bar.set_postfix(loss=f"{loss:.4g}", **({} if accuracy is None else {"acc": f"{accuracy:.4f}"}),
-                                    refresh=False)
+                    if self.defer_evaluation:
+                        params = np.array(views["params"])
+                        if not np.all(np.isfinite(params)):
+                            raise DivergenceError(divergence_message(self.policy))
+                        deferred.append((now - go_time, int(stats[:, kernels.STAT_UPDATES].sum()), params))
+                    else:
+                        loss, accuracy = _record(views, evaluate, now - go_time, history)
+                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False,
+                                        **({} if accuracy is None else {"acc": f"{accuracy:.4f}"}))
                     next_eval = time.time() + self.eval_every
                 bar.update(int(stats[:, kernels.STAT_UPDATES].sum()) - bar.n)
                 if finished:
@@ -321,11 +337,11 @@ class RunnerBase:
             interrupted=interrupted, **details(views))
 
 
-def _record(views, evaluate, elapsed: float, history: dict):
-    """Evaluate the live parameters and append a history row."""
+def _record(views, evaluate, elapsed: float, history: dict, updates: int | None = None):
+    """Evaluate ``views["params"]`` and append a history row (``updates``: default, the live count)."""
     loss, accuracy = evaluate(views)
     history["time_s"].append(round(float(elapsed), 4))
-    history["updates"].append(int(views["stats"][:, kernels.STAT_UPDATES].sum()))
+    history["updates"].append(int(views["stats"][:, kernels.STAT_UPDATES].sum()) if updates is None else updates)
     history["loss"].append(float(loss))
     history["accuracy"].append(None if accuracy is None else float(accuracy))
     return loss, accuracy

@@ -52,7 +52,7 @@ class TorchEngine(RunnerBase):
     def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
                  epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
                  alpha: float | None = None, seed: int = 0, dtype: str = "float32",
-                 eval_every: float = 1.0, progress: bool = True):
+                 eval_every: float = 1.0, progress: bool = True, defer_evaluation: bool = False):
         from models.nets import NETWORKS
 
         if isinstance(model, str):
@@ -73,7 +73,7 @@ class TorchEngine(RunnerBase):
         self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
                              workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
                              dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
-                             progress=progress)
+                             progress=progress, defer_evaluation=defer_evaluation)
 
     @property
     def model_name(self) -> str:

@@ -213,3 +213,16 @@ def _group_gone(group: int, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_deferred_evaluation_scores_the_same_snapshots_after_the_run(separable):
+    result = Engine("logreg", alpha=0.5, workers=2, epochs=40, eval_every=0.02,
+                    defer_evaluation=True, progress=False).fit(separable)
+    history = result.history
+    assert len(history["loss"]) >= 4  # start, snapshots taken during the run, final
+    assert history["updates"][0] == 0 and history["updates"][-1] == result.updates
+    assert history["updates"] == sorted(history["updates"])
+    assert history["time_s"] == sorted(history["time_s"])
+    assert history["loss"][-1] == result.final_loss
+    assert history["loss"][0] == pytest.approx(np.log(2))  # the zero vector
+    assert min(history["loss"][1:-1]) < np.log(2)  # snapshots of real progress, not the start
