@@ -295,8 +295,9 @@ class RunnerBase:
                            self.progress)
         next_eval = go_time + self.eval_every
         try:
-            while True:
-                finished = not any(p.is_alive() for p in processes)
+            while True:  # finished: every worker has left its loop (processes may still exit)
+                finished = (np.all(stats[:, worker.STAT_STATE] >= worker.STATE_DONE)
+                            or not any(p.is_alive() for p in processes))
                 check_processes(processes, stats, errors)
                 now = time.time()
                 if now >= next_eval and not finished:

@@ -5,8 +5,8 @@ rows (the field names and meanings of :mod:`hogwild_mts.engine`, so ``worker.FLA
 ``STATE_*`` / ``kernels.STAT_*`` apply), the flat parameter vector and the training images and
 labels, placed once.  Workers (spawned processes, one torch/BLAS thread each) bind their network's
 parameters to views of that vector and update it lock-free with exact staleness stamps
-(:mod:`hogwild_mts.torch_worker`).  The parent evaluates the shared parameters on the test set
-every ``eval_every`` seconds with its own network, whose parameters are views too.
+(:mod:`hogwild_mts.torch_worker`).  The parent evaluates a copy of the shared parameters on the
+test set every ``eval_every`` seconds with its own network, whose parameters view that copy.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class TorchEngine(RunnerBase):
             flatten_parameters(network, views["params"])
             views["images"][:] = dataset.train_images
             views["labels"][:] = dataset.train_labels
-            bind_parameters(network, views["params"])  # the parent's network reads the block too
+            evaluated_params = np.empty_like(views["params"])
+            bind_parameters(network, evaluated_params)  # the parent scores copies of the block
             warm_up_kernels(views["params"].dtype)
             spec = self._spec(block, dataset)
         except BaseException:
@@ -164,18 +165,19 @@ class TorchEngine(RunnerBase):
                                  "classes": dataset.n_classes, "loss": "test cross-entropy",
                                  "accuracy": "test"}}
 
-        try:
-            return self.run(block, dataset.n_train, start,
-                            lambda views: self._evaluate(views, network, dataset), details, started)
-        finally:
-            del network  # its parameters view the block
+        def evaluate(views):
+            evaluated_params[:] = views["params"]  # a consistent copy: workers keep writing
+            return self._evaluate(evaluated_params, network, dataset)
 
-    def _evaluate(self, views, network, dataset: ImageDataset) -> tuple[float, float]:
-        """(mean test cross-entropy, test accuracy) of the live shared parameters, on one thread."""
+        return self.run(block, dataset.n_train, start, evaluate, details, started)
+
+    def _evaluate(self, params: np.ndarray, network, dataset: ImageDataset) -> tuple[float, float]:
+        """(mean test cross-entropy, test accuracy) of ``network``, whose parameters view
+        ``params``, on one thread."""
         import torch
         import torch.nn.functional as F
 
-        if not np.isfinite(views["params"]).all():
+        if not np.isfinite(params).all():
             raise DivergenceError(divergence_message(self.policy))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

@@ -180,8 +180,8 @@ def run_reporting_errors(run, views: dict, spec, worker_id: int, error_queue) ->
         run(views, spec, worker_id)
         return True
     except BaseException:
+        error_queue.put((worker_id, traceback.format_exc()))  # before the state the parent polls
         views["stats"][worker_id][STAT_STATE] = STATE_FAILED
-        error_queue.put((worker_id, traceback.format_exc()))
         return False
 
 

@@ -269,3 +269,16 @@ def test_an_adaptive_policy_refits_inside_the_workers(digits):
     assert result.counter == result.updates == int(result.staleness_histogram.sum())
     assert result.refits >= 1 and result.policy["samples_seen"] == result.updates
     assert result.final_accuracy > 0.8
+
+
+def test_deferred_evaluation_scores_each_snapshot_not_the_final_parameters():
+    from hogwild_mts.images import load_images
+    from hogwild_mts.torch_engine import TorchEngine
+
+    result = TorchEngine("mlp", workers=2, epochs=6, eval_every=0.02, defer_evaluation=True,
+                         progress=False).fit(load_images("digits"))
+    losses = result.history["loss"]
+    assert len(losses) >= 4
+    assert losses[0] > 2.0  # the untrained network: about log(10)
+    assert losses[-1] == result.final_loss
+    assert len(set(losses)) == len(losses)  # every snapshot scored on its own parameters
