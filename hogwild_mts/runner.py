@@ -322,9 +322,9 @@ class RunnerBase:
         """Evaluate the final parameters (the last history row) and collect the run's numbers."""
         stats, clock = views["stats"], views["clock"]
         ran = clock[:, worker.CLOCK_LOOP_START] > 0
-        first_start = clock[ran, worker.CLOCK_LOOP_START].min() if ran.any() else 0.0
-        loss, accuracy = _record(views, evaluate, time.time() - first_start if ran.any() else 0.0, history)
-        train_seconds = float(clock[ran, worker.CLOCK_LOOP_END].max() - first_start) if ran.any() else 0.0
+        train_seconds = max(0.0, float(clock[ran, worker.CLOCK_LOOP_END].max()
+                                       - clock[ran, worker.CLOCK_LOOP_START].min())) if ran.any() else 0.0
+        loss, accuracy = _record(views, evaluate, train_seconds, history)  # as of the last update
         histogram = views["hist"][:, :HIST_BINS].sum(axis=0)
         return FitResult(
             history=history, updates=int(stats[:, kernels.STAT_UPDATES].sum()),
@@ -332,7 +332,7 @@ class RunnerBase:
             staleness_histogram=histogram, refits=int(stats[:, worker.STAT_REFITS].sum()),
             staleness_fit=fit_staleness_models(histogram),
             max_staleness=int(stats[:, kernels.STAT_MAX_TAU].max()),
-            train_seconds=max(train_seconds, 0.0), wall_seconds=time.time() - started,
+            train_seconds=train_seconds, wall_seconds=time.time() - started,
             final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
             workers=self.workers, policy=describe_fitted(self.policy, self.workers, histogram),
             interrupted=interrupted, **details(views))

@@ -216,7 +216,7 @@ def _group_gone(group: int, seconds: float) -> bool:
 
 
 def test_deferred_evaluation_scores_the_same_snapshots_after_the_run(separable):
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=40, eval_every=0.02,
+    result = Engine("logreg", alpha=0.5, workers=2, epochs=200, eval_every=0.02,
                     defer_evaluation=True, progress=False).fit(separable)
     history = result.history
     assert len(history["loss"]) >= 4  # start, snapshots taken during the run, final
