@@ -31,7 +31,8 @@ INDICES_PER_LINE = 16  # int32 per cache line
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row):
+def row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row):
+    """w . x_row + b (b = params[n_features] with an intercept), in the row's stored order."""
     start, stop = indptr[row], indptr[row + 1]
     total = params[n_features] if fit_intercept else 0.0
     if dense:
@@ -100,7 +101,7 @@ def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, star
         for b in range(position, batch_end):
             _prefetch_ahead(values, indices, indptr, dense, labels, order, b)
             row = order[b]
-            margin = _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
+            margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED
             derivative_buffer[b - position] = loss_derivative(loss_id, margin, labels[row])
@@ -133,7 +134,7 @@ def objective(values, indices, indptr, dense, labels, params, n_features, fit_in
     total_loss = 0.0
     correct = 0
     for row in range(n_rows):
-        margin = _margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
+        margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
         total_loss += loss_value(loss_id, margin, labels[row])
         if (margin >= 0.0) == (labels[row] > 0.0):
             correct += 1

@@ -40,6 +40,7 @@ from hogwild_mts.policies import as_policy
 from hogwild_mts.report import fit_staleness_models
 from hogwild_mts.staleness import Geometric, Poisson, StalenessModel, check_histogram
 from hogwild_mts import kernels
+from hogwild_mts.kernels import row_margin
 from models.linear import LinearModel, loss_derivative
 
 STALENESS_SOURCES = ("event", "poisson", "geometric")
@@ -190,14 +191,7 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
             source = stale
         for b in range(first, last):
             row = batch_rows[b]
-            margin = source[intercept_col] if fit_intercept else 0.0
-            begin, end = indptr[row], indptr[row + 1]
-            if dense:
-                for k in range(begin, end):
-                    margin += values[k] * source[k - begin]
-            else:
-                for k in range(begin, end):
-                    margin += values[k] * source[indices[k]]
+            margin = row_margin(values, indices, indptr, dense, source, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED, t
             derivative_buffer[b - first] = loss_derivative(loss_id, margin, labels[row])
