@@ -16,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Defaults that depend on the kind of model: (linear models, torch networks).
-LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 5, "batch_size": 1, "dtype": "float64"}
+LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 20, "batch_size": 1, "dtype": "float64"}
 
 # (flag, policy option, type, help): see docs/policies.md for what each policy takes.
 POLICY_FLAGS = (
@@ -49,7 +49,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, option, kind, text in POLICY_FLAGS:
         policy.add_argument(flag, dest=f"policy_{option}", type=kind, default=None, help=text)
     parser.add_argument("--epochs", type=int, default=None,
-                        help="passes over the data (default 5 linear, 10 torch)")
+                        help="passes over the data (default 20 linear, 10 torch)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per update (default 1 linear, 16 torch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
