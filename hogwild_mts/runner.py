@@ -107,6 +107,18 @@ def check_seconds(name: str, value) -> float:
     return float(value)
 
 
+def training_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size,
+                     seed) -> dict:
+    """The options every trainer (engines, simulator) has, validated: ``policy`` (a name gets
+    ``alpha``, default ``default_alpha``), ``workers``, ``epochs``, ``batch_size``, ``seed``."""
+    if alpha is None and isinstance(policy, str):
+        alpha = default_alpha
+    return {"policy": as_policy(policy, alpha), "workers": check_int("workers", workers, 1),
+            "epochs": check_int("epochs", epochs, 1),
+            "batch_size": check_int("batch_size", batch_size, 1),
+            "seed": check_int("seed", seed, 0)}
+
+
 def describe(policy) -> dict:
     """The policy's ``describe()``, or its class name for a user policy without one."""
     method = getattr(policy, "describe", None)
@@ -228,13 +240,9 @@ class RunnerBase:
         ``defer_evaluation``: during the run only copy the parameters every ``eval_every``
         seconds and evaluate the copies after it, so frequent evaluations take no core from the
         workers (one parameter copy is held per evaluation until the end)."""
-        if alpha is None and isinstance(policy, str):
-            alpha = default_alpha
-        self.policy = as_policy(policy, alpha)
-        self.workers = check_int("workers", workers, 1)
-        self.epochs = check_int("epochs", epochs, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.seed = check_int("seed", seed, 0)
+        vars(self).update(training_options(policy=policy, alpha=alpha, default_alpha=default_alpha,
+                                           workers=workers, epochs=epochs, batch_size=batch_size,
+                                           seed=seed))
         if dtype not in dtypes:
             raise ValueError(f"dtype must be one of {dtypes}, got {dtype!r}")
         self.dtype = dtype

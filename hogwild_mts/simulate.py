@@ -33,10 +33,9 @@ from numba import njit
 
 from hogwild_mts import worker
 from hogwild_mts.data import Dataset
-from hogwild_mts.engine import prepare_dataset
+from hogwild_mts.engine import DEFAULT_ALPHA, prepare_dataset
 from hogwild_mts.runner import (HIST_BINS, DivergenceError, FitResult, check_int, describe,
-                                describe_fitted, progress_bar)
-from hogwild_mts.policies import as_policy
+                                describe_fitted, progress_bar, training_options)
 from hogwild_mts.report import fit_staleness_models
 from hogwild_mts.staleness import Geometric, Poisson, StalenessModel, check_histogram
 from hogwild_mts import kernels
@@ -248,13 +247,9 @@ class Simulator:
                  update_seconds: float = DEFAULT_UPDATE_SECONDS, stale_reads: str = "auto",
                  progress: bool = False):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        if alpha is None and isinstance(policy, str):
-            alpha = 0.1
-        self.policy = as_policy(policy, alpha)
-        self.workers = check_int("workers", workers, 1)
-        self.epochs = check_int("epochs", epochs, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.seed = check_int("seed", seed, 0)
+        vars(self).update(training_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
+                                           workers=workers, epochs=epochs, batch_size=batch_size,
+                                           seed=seed))
         self.staleness = staleness
         self._draw_tau, self._staleness_description = staleness_source(staleness, self.workers)
         self.compute = compute
