@@ -79,6 +79,18 @@ def _prefetch_ahead(values, indices, indptr, dense, labels, order, position):
                 prefetch(indices, k)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def stamped_step(counter, t_read, alpha_table, hist_row, stats_row):
+    """Claim the next sequence number and return this update's step: ``tau = claimed - t_read``,
+    ``alpha_table[min(tau, T - 1)]``; count tau in ``hist_row`` (the last bin collects
+    ``tau >= len(hist_row) - 1``) and keep the worker's maximum tau in ``stats_row``."""
+    tau = atomic_fetch_add(counter, 0, 1) - t_read
+    hist_row[min(tau, hist_row.shape[0] - 1)] += 1
+    if tau > stats_row[STAT_MAX_TAU]:
+        stats_row[STAT_MAX_TAU] = tau
+    return alpha_table[min(tau, alpha_table.shape[0] - 1)]
+
+
 @njit(cache=True, nogil=True)
 def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, start, stop,
               batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table, stamp,
@@ -92,8 +104,6 @@ def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, star
     (alpha = alpha_table[0]) and the histogram: classic Hogwild!, the baseline for overhead.
     Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
     """
-    last_alpha = alpha_table.shape[0] - 1
-    last_bin = hist_row.shape[0] - 1
     position = start
     while position < stop:
         batch_end = min(position + batch_size, stop)
@@ -105,14 +115,7 @@ def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, star
             if not np.isfinite(margin):
                 return STATUS_DIVERGED
             derivative_buffer[b - position] = loss_derivative(loss_id, margin, labels[row])
-        if stamp:
-            tau = atomic_fetch_add(counter, 0, 1) - t_read
-            alpha = alpha_table[min(tau, last_alpha)]
-            hist_row[min(tau, last_bin)] += 1
-            if tau > stats_row[STAT_MAX_TAU]:
-                stats_row[STAT_MAX_TAU] = tau
-        else:
-            alpha = alpha_table[0]
+        alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row) if stamp else alpha_table[0]
         step = alpha / (batch_end - position)
         for b in range(position, batch_end):
             row = order[b]

@@ -15,8 +15,8 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts import worker as base
-from hogwild_mts.atomics import atomic_fetch_add, atomic_load
-from hogwild_mts.kernels import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES
+from hogwild_mts.atomics import atomic_load
+from hogwild_mts.kernels import STAT_SAMPLES, STAT_UPDATES, stamped_step
 from hogwild_mts.shared import Layout
 
 
@@ -28,22 +28,14 @@ def read_counter(counter):
 
 @njit(cache=True, nogil=True)
 def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats_row, batch_rows):
-    """Stamp and apply one mini-batch gradient lock-free; return its staleness tau.
-
-    ``tau = atomic_fetch_add(counter, 1) - t_read``; ``params -= alpha_table[min(tau, T-1)] *
-    gradient`` (alpha_table has the dtype of params, so float32 stays float32); count tau in
-    ``hist_row`` (the last bin collects tau >= len - 1) and update the worker's stats row.
-    """
-    tau = atomic_fetch_add(counter, 0, 1) - t_read
-    alpha = alpha_table[min(tau, alpha_table.shape[0] - 1)]
+    """Stamp and apply one mini-batch gradient lock-free (``kernels.stamped_step``, then
+    ``params -= alpha * gradient``; alpha_table has the dtype of params, so float32 stays
+    float32) and update the worker's stats row."""
+    alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row)
     for i in range(params.shape[0]):
         params[i] -= alpha * gradient[i]
-    hist_row[min(tau, hist_row.shape[0] - 1)] += 1
-    if tau > stats_row[STAT_MAX_TAU]:
-        stats_row[STAT_MAX_TAU] = tau
     stats_row[STAT_UPDATES] += 1
     stats_row[STAT_SAMPLES] += batch_rows
-    return tau
 
 
 def warm_up_kernels(dtype) -> None:
