@@ -6,18 +6,20 @@ Imports are lazy so that worker processes load only what they run (no torch, no 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Engine": "hogwild_mts.engine",
-    "FitResult": "hogwild_mts.engine",
-    "WorkerError": "hogwild_mts.engine",
-    "DivergenceError": "hogwild_mts.engine",
-    "TorchEngine": "hogwild_mts.torch_engine",
-    "Dataset": "hogwild_mts.data",
-    "DataError": "hogwild_mts.data",
-    "as_dataset": "hogwild_mts.data",
-    "load_data": "hogwild_mts.data",
+    "Engine": "hogwild_mts.engines.linear",
+    "TorchEngine": "hogwild_mts.engines.networks",
+    "Simulator": "hogwild_mts.engines.simulated",
+    "FitResult": "hogwild_mts.core.result",
+    "WorkerError": "hogwild_mts.core.result",
+    "DivergenceError": "hogwild_mts.core.result",
+    "Dataset": "hogwild_mts.data.tabular",
+    "DataError": "hogwild_mts.data.tabular",
+    "as_dataset": "hogwild_mts.data.tabular",
+    "load_data": "hogwild_mts.data.tabular",
+    "load_images": "hogwild_mts.data.images",
     "make_policy": "hogwild_mts.policies",
     "Policy": "hogwild_mts.policies",
-    "LinearModel": "models.linear",
+    "LinearModel": "hogwild_mts.models.linear",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Torch networks trained by :mod:`hogwild_mts.torch_engine`: MLP, CNN and LeNet-5.
+"""Torch networks trained by :mod:`hogwild_mts.engines.networks`: MLP, CNN and LeNet-5.
 
 Every network is built from the data: ``input_shape = (C, H, W)`` and ``classes`` (>= 2), and maps
 a float batch ``(N, C, H, W)`` to logits ``(N, classes)``.  None has buffers (no batch norm), so

@@ -28,11 +28,11 @@ import warnings
 
 import numpy as np
 
-from hogwild_mts import kernels
-from hogwild_mts.data import synthetic_sparse
-from hogwild_mts.engine import Engine
-from hogwild_mts.policies import make_policy
-from models.linear import LinearModel
+from hogwild_mts.backends.shm import kernels
+from hogwild_mts.data.tabular import synthetic_sparse
+from hogwild_mts.engines.linear import Engine
+from hogwild_mts.policies.step_sizes import make_policy
+from hogwild_mts.models.linear import LinearModel
 
 ALPHA = 0.5
 MB = 1024 * 1024
@@ -108,7 +108,7 @@ def torch_rows(network: str, epochs: int, repeats: int) -> list:
     step 0.05: medians of ``repeats`` alternating runs (samples/s from first start to last end)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_torch
-    from hogwild_mts.images import load_images
+    from hogwild_mts.data.images import load_images
 
     dataset = load_images("digits")
     settings = types.SimpleNamespace(model=network, workers=2, epochs=epochs, batch_size=16,

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hogwild_mts.images import load_images  # noqa: E402
-from hogwild_mts.torch_engine import TorchEngine  # noqa: E402
-from models.nets import build_network  # noqa: E402
+from hogwild_mts.data.images import load_images  # noqa: E402
+from hogwild_mts.engines.networks import TorchEngine  # noqa: E402
+from hogwild_mts.models.nets import build_network  # noqa: E402
 
 
 def recipe_worker(rank, model, images, labels, args, seed, ready, go, results):

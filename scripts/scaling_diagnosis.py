@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from hogwild_mts import kernels
-from hogwild_mts.data import synthetic_sparse
-from hogwild_mts.shared import Layout, SharedBlock
+from hogwild_mts.backends.shm import kernels
+from hogwild_mts.data.tabular import synthetic_sparse
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
 
 UPDATES_PER_THREAD = 400_000
 CHUNK = 8192

@@ -3,4 +3,4 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$here/.venv/bin/python}"
-exec "$python" -m hogwild_mts.cli train "$@"
+exec "$python" -m hogwild_mts.app.cli train "$@"

@@ -3,7 +3,7 @@
 import multiprocessing
 import os
 
-from hogwild_mts.shared import block_name_prefix
+from hogwild_mts.backends.shm.block import block_name_prefix
 
 SHM_DIR = "/dev/shm"
 

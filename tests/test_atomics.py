@@ -5,8 +5,8 @@ import multiprocessing
 import numpy as np
 from numba import njit
 
-from hogwild_mts.atomics import atomic_fetch_add, atomic_load, atomic_store
-from hogwild_mts.shared import Layout, SharedBlock
+from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, atomic_store
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
 
 INCREMENTS_PER_PROCESS = 1_000_000
 PROCESSES = 3

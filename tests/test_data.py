@@ -1,4 +1,4 @@
-"""Tests for hogwild_mts.data: loaders round-trip, bad input raises DataError, synthetic generators."""
+"""Tests for hogwild_mts.data.tabular: loaders round-trip, bad input raises DataError, synthetic generators."""
 
 import bz2
 import gzip
@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.datasets import dump_svmlight_file
 
-from hogwild_mts.data import (
+from hogwild_mts.data.tabular import (
     SYNTHETIC_DENSE_DEFAULTS,
     DataError,
     Dataset,

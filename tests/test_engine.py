@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from hogwild_mts.data import DataError, synthetic_dense, synthetic_sparse
-from hogwild_mts.engine import DivergenceError, Engine, WorkerError
+from hogwild_mts.data.tabular import DataError, synthetic_dense, synthetic_sparse
+from hogwild_mts.engines.linear import DivergenceError, Engine, WorkerError
 from tests.helpers import live_children, shared_blocks
 
 SEPARABLE = dict(n_samples=6000, n_features=2000, nnz_per_row=20, seed=3)
@@ -155,7 +155,7 @@ def test_killed_worker_raises_quickly_and_cleans_up():
 
 def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "hogwild_mts.cli", "train", "--data",
+    command = [sys.executable, "-m", "hogwild_mts.app.cli", "train", "--data",
                "synthetic-sparse:n=20000,d=5000,nnz=30", "--epochs", "100000", "--quiet",
                "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -183,7 +183,7 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
 def test_killed_parent_leaves_no_workers_and_no_shared_memory():
     """SIGKILL of the training process itself: its workers notice the parent is gone and exit,
     and multiprocessing's resource tracker unlinks the block once they have."""
-    command = [sys.executable, "-m", "hogwild_mts.cli", "train", "--data",
+    command = [sys.executable, "-m", "hogwild_mts.app.cli", "train", "--data",
                "synthetic-sparse:n=20000,d=5000,nnz=30", "--epochs", "100000", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

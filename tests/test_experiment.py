@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from hogwild_mts import experiment
-from hogwild_mts.cli import main
-from hogwild_mts.experiment import ConfigError, load_config, run_grid, target_reached
-from hogwild_mts.plots import RunDirError, draw_all
+from hogwild_mts.app import experiment
+from hogwild_mts.app.cli import main
+from hogwild_mts.app.experiment import ConfigError, load_config, run_grid, target_reached
+from hogwild_mts.app.plots import RunDirError, draw_all
 
 TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
         "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--evaluations", "10"]
@@ -143,7 +143,7 @@ def test_labels_run_one_policy_with_several_settings(tmp_path):
 
 
 def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
-    from hogwild_mts.plots import plot_staleness
+    from hogwild_mts.app.plots import plot_staleness
 
     path = plot_staleness([{"workers": 2, "staleness_histogram": [58, 111, 11]}], str(tmp_path / "s.png"))
     assert os.path.getsize(path) > 1000

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from hogwild_mts.data import DataError
-from hogwild_mts.images import (FASHION_CLASSES, IDX_FILES, ImageDataset, load_images, read_idx)
+from hogwild_mts.data.tabular import DataError
+from hogwild_mts.data.images import (FASHION_CLASSES, IDX_FILES, ImageDataset, load_images, read_idx)
 
 
 def write_idx(path, array, gz=False, magic=None):

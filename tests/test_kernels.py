@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from hogwild_mts import kernels, reference
-from hogwild_mts.data import as_dataset
-from models.linear import LinearModel
+from hogwild_mts.backends.shm import kernels
+from hogwild_mts.backends.shm import reference
+from hogwild_mts.data.tabular import as_dataset
+from hogwild_mts.models.linear import LinearModel
 
 TOLERANCE = 1e-12
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hogwild_mts.policies import (POLICIES, ConstantPolicy, FunctionPolicy, MindTheStepPolicy, Policy,
+from hogwild_mts.policies.step_sizes import (POLICIES, ConstantPolicy, FunctionPolicy, MindTheStepPolicy, Policy,
                                   TailPolicy, as_policy, make_policy, step_size)
-from hogwild_mts.staleness import CMP, Geometric, Poisson
-from hogwild_mts.testing import check_policy, check_table, histograms, policy_options
+from hogwild_mts.staleness.models import CMP, Geometric, Poisson
+from hogwild_mts.policies.testing import check_policy, check_table, histograms, policy_options
 
 NONINCREASING = {"constant", "inverse", "exponential", "tail"}
 
@@ -229,7 +229,8 @@ def test_as_policy_accepts_names_policies_functions_and_duck_types():
     assert isinstance(as_policy("inverse", alpha=0.2), POLICIES["inverse"])
     assert as_policy("constant", alpha=0.2).table()[0] == 0.2
     own = ConstantPolicy(0.3)
-    assert as_policy(own) is own
+    copied = as_policy(own)
+    assert copied is not own and copied.describe() == own.describe()  # fits never touch the caller's
     function_policy = as_policy(lambda tau: 0.1 / (1 + tau))
     assert isinstance(function_policy, FunctionPolicy) and function_policy.table()[3] == pytest.approx(0.025)
 
@@ -239,7 +240,7 @@ def test_as_policy_accepts_names_policies_functions_and_duck_types():
         def observe(self, histogram): ...
 
     duck = Duck()
-    assert as_policy(duck) is duck
+    assert isinstance(as_policy(duck), Duck)
     with pytest.raises(ValueError, match="twice"):
         as_policy(own, alpha=0.1)
     with pytest.raises(TypeError):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hogwild_mts.data import synthetic_sparse
-from hogwild_mts.engine import Engine
-from hogwild_mts.policies import POLICIES, make_policy
+from hogwild_mts.data.tabular import synthetic_sparse
+from hogwild_mts.engines.linear import Engine
+from hogwild_mts.policies.step_sizes import POLICIES, make_policy
 from tests.helpers import live_children, shared_blocks
 
 ADAPTIVE = {"tail", "mindthestep"}
@@ -25,7 +25,7 @@ def test_policy_trains_and_adapts_in_a_real_run(data, name):
     assert result.counter == result.updates == result.staleness_histogram.sum()
     assert result.final_accuracy > 0.85
     assert result.policy["name"] == name
-    assert result.staleness_fit["best"] in ("geometric", "poisson", "cmp")
+    assert result.staleness_fit["best"] in ("geometric", "poisson", "cmp", "empirical")
     if name in ADAPTIVE:
         assert result.refits > 0  # the workers refitted from the shared histogram
         assert result.policy["using_prior"] is False

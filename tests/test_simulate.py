@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from hogwild_mts import simulate
-from hogwild_mts.data import as_dataset, synthetic_dense, synthetic_sparse
-from hogwild_mts.engine import DivergenceError, Engine
-from hogwild_mts.reference import loss_derivative, rows
-from hogwild_mts.simulate import Simulator, event_schedule
-from hogwild_mts.staleness import Poisson
-from models.linear import LinearModel
+from hogwild_mts.backends.sim import simulator as simulate
+from hogwild_mts.data.tabular import as_dataset, synthetic_dense, synthetic_sparse
+from hogwild_mts.engines.linear import DivergenceError, Engine
+from hogwild_mts.backends.shm.reference import loss_derivative, rows
+from hogwild_mts.backends.sim.simulator import event_schedule
+from hogwild_mts.engines.simulated import Simulator
+from hogwild_mts.staleness.models import Poisson
+from hogwild_mts.models.linear import LinearModel
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_simulator_is_deterministic_and_seeded(sparse):
 
 
 def test_result_matches_a_real_run(sparse):
-    from hogwild_mts.policies import make_policy
+    from hogwild_mts.policies.step_sizes import make_policy
 
     policy = make_policy("mindthestep", alpha=0.5, target="shrink", r=0.9, refit_every=20, min_samples=50)
     result = Simulator("logreg", policy, workers=4, epochs=3, seed=0, staleness=Poisson(3.0)).fit(sparse)

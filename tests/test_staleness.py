@@ -9,9 +9,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from hogwild_mts.staleness import (CMP, MODELS, Empirical, Geometric, Poisson, check_histogram, fit_best,
+from hogwild_mts.staleness.models import (CMP, MODELS, Empirical, Geometric, Poisson, check_histogram, fit_best,
                                    fit_model, prior)
-from hogwild_mts.testing import histograms, staleness_models
+from hogwild_mts.policies.testing import histograms, staleness_models
 
 
 @given(model=staleness_models(), T=st.integers(1, 2000))

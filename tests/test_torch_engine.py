@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hogwild_mts import torch_engine
-from hogwild_mts.engine import DivergenceError, WorkerError
-from hogwild_mts.images import load_images
-from hogwild_mts.shared import Layout, SharedBlock
-from hogwild_mts.torch_worker import (bind_gradients, bind_parameters, flatten_parameters,
+from hogwild_mts.engines import networks as torch_engine
+from hogwild_mts.engines.linear import DivergenceError, WorkerError
+from hogwild_mts.data.images import load_images
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.backends.shm.torch_worker import (bind_gradients, bind_parameters, flatten_parameters,
                                       parameter_count)
-from models.nets import NETWORKS, build_network
+from hogwild_mts.models.nets import NETWORKS, build_network
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "lenet": (1, 12, 12)}
 
@@ -262,7 +262,7 @@ def test_train_images_cli_hook_uses_image_defaults_for_unset_options(capsys):
 
 
 def test_an_adaptive_policy_refits_inside_the_workers(digits):
-    from hogwild_mts.policies import make_policy
+    from hogwild_mts.policies.step_sizes import make_policy
 
     policy = make_policy("mindthestep", alpha=0.05, target="shrink", r=0.8, refit_every=20, min_samples=20)
     result = torch_engine.TorchEngine("mlp", policy, workers=2, epochs=3, progress=False).fit(digits)
@@ -272,8 +272,8 @@ def test_an_adaptive_policy_refits_inside_the_workers(digits):
 
 
 def test_deferred_evaluation_scores_each_snapshot_not_the_final_parameters():
-    from hogwild_mts.images import load_images
-    from hogwild_mts.torch_engine import TorchEngine
+    from hogwild_mts.data.images import load_images
+    from hogwild_mts.engines.networks import TorchEngine
 
     result = TorchEngine("mlp", workers=2, epochs=6, eval_every=0.02, defer_evaluation=True,
                          progress=False).fit(load_images("digits"))

@@ -1,6 +1,6 @@
 """numba worker loops for linear models: DESIGN.md steps 1-6, no Python per sample.
 
-Rows come in one format for sparse and dense data (see ``hogwild_mts.data.Dataset``): row ``i`` is
+Rows come in one format for sparse and dense data (see ``hogwild_mts.data.tabular.Dataset``): row ``i`` is
 ``values[indptr[i]:indptr[i+1]]`` with columns ``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).
 The L2 penalty ``l2/2 ||w||^2`` is split over samples the Hogwild! way: a sample moves only the
 coordinates it stores, with weight ``feature_scale[j] = n / (rows storing j)``, so the per-sample
@@ -14,16 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from hogwild_mts.atomics import atomic_fetch_add, atomic_load, prefetch
-from models.linear import loss_derivative, loss_value
+from hogwild_mts.core.control import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES, STATUS_DIVERGED, STATUS_OK
+from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, prefetch
+from hogwild_mts.models.linear import loss_derivative, loss_value
 
-STATUS_OK = 0
-STATUS_DIVERGED = 1
-
-# Columns of a worker's statistics row (int64).
-STAT_UPDATES = 0
-STAT_MAX_TAU = 1
-STAT_SAMPLES = 2
 
 PREFETCH_ROWS_AHEAD = 4  # rows of the shuffled order fetched ahead of the one being read
 VALUES_PER_LINE = 8  # float64 per 64-byte cache line

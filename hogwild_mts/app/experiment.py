@@ -4,11 +4,11 @@ A run directory holds ``config.json``, one ``cells/<policy>-m<workers>-s<seed>.j
 cell (written atomically, so an interrupted grid resumes where it stopped), and the tables rebuilt
 from the cells after every run: ``cells.csv`` (one row per cell), ``summary.csv`` (per policy and
 m: mean, std, min, max over seeds), ``staleness_fits.csv`` (TV of each staleness model per m) and
-``plots/*.png`` (see :mod:`hogwild_mts.plots`).
+``plots/*.png`` (see :mod:`hogwild_mts.app.plots`).
 
 Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` with
-:class:`~hogwild_mts.simulate.Simulator` or ``real`` with :class:`~hogwild_mts.engine.Engine`)
-and ``torch`` (a network on an image spec with :class:`~hogwild_mts.torch_engine.TorchEngine`,
+:class:`~hogwild_mts.backends.sim.simulator.Simulator` or ``real`` with :class:`~hogwild_mts.engines.linear.Engine`)
+and ``torch`` (a network on an image spec with :class:`~hogwild_mts.engines.networks.TorchEngine`,
 ``real`` only).  A cell reaches the target at the first history row with ``loss <= target_loss``;
 ``time_to_target`` is in the run's seconds (simulated seconds in simulated mode).
 """
@@ -21,18 +21,16 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from hogwild_mts.policies import POLICIES, make_policy
+from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells, write_atomic
+from hogwild_mts.policies.step_sizes import POLICIES, make_policy
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
 GRID_KEYS = ("policies", "workers", "seeds")
-CONFIG_FILE = "config.json"
-CELLS_DIR = "cells"
 ALPHA_TABLE_ENTRIES = 256  # alpha(tau) entries stored per cell for the plots
 
 # The default grid: simulated workers on a small sparse logistic regression (about a minute on
@@ -145,15 +143,15 @@ def check_config(config: dict) -> dict:
                               "(or give another label a 'policy' in policy_options)")
         make_policy(name, alpha=config["alpha"], **options)  # ValueError names a bad option
     if config["task"] == "linear":
-        from hogwild_mts.simulate import compute_sampler, staleness_source
-        from models.linear import LinearModel
+        from hogwild_mts.backends.sim.simulator import compute_sampler, staleness_source
+        from hogwild_mts.models.linear import LinearModel
 
         LinearModel(config["model"], l2=config["l2"])
         if config["mode"] == "simulated":
             staleness_source(config["staleness"], 1)
             compute_sampler(config["compute"])
     else:
-        from models.nets import NETWORKS
+        from hogwild_mts.models.nets import NETWORKS
 
         if config["model"] not in NETWORKS:
             raise ConfigError(f"unknown torch model {config['model']!r}; choose one of {sorted(NETWORKS)}")
@@ -171,22 +169,6 @@ def cell_name(cell: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- files
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _settings(config: dict) -> dict:
     """What must match for finished cells to be reused: everything but the grid and its name."""
     return {key: value for key, value in config.items() if key not in GRID_KEYS + ("name",)}
@@ -208,24 +190,13 @@ def prepare_run_dir(out_dir: str, config: dict) -> None:
     write_atomic(path, json.dumps(config, indent=2))
 
 
-def read_cells(out_dir: str) -> list[dict]:
-    """Every finished cell record in the run directory, in file-name order."""
-    directory = os.path.join(out_dir, CELLS_DIR)
-    records = []
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".json") and not name.startswith("."):
-            with open(os.path.join(directory, name)) as handle:
-                records.append(json.load(handle))
-    return records
-
-
 # ---------------------------------------------------------------------------- one cell
 def load_task_data(config: dict):
     if config["task"] == "linear":
-        from hogwild_mts.data import load_data
+        from hogwild_mts.data.tabular import load_data
 
         return load_data(config["data"])
-    from hogwild_mts.images import load_images
+    from hogwild_mts.data.images import load_images
 
     return load_images(config["data"])
 
@@ -239,19 +210,19 @@ def make_engine(config: dict, cell: dict, n_rows: int):
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
                   seed=cell["seed"])
     if config["task"] == "torch":
-        from hogwild_mts.torch_engine import TorchEngine
+        from hogwild_mts.engines.networks import TorchEngine
 
         return TorchEngine(config["model"], policy, eval_every=config["eval_seconds"], progress=False,
                            defer_evaluation=True, **common)
-    from models.linear import LinearModel
+    from hogwild_mts.models.linear import LinearModel
 
     model = LinearModel(config["model"], l2=config["l2"])
     if config["mode"] == "real":
-        from hogwild_mts.engine import Engine
+        from hogwild_mts.engines.linear import Engine
 
         return Engine(model, policy, eval_every=config["eval_seconds"], progress=False,
                       defer_evaluation=True, **common)
-    from hogwild_mts.simulate import Simulator
+    from hogwild_mts.engines.simulated import Simulator
 
     updates = config["epochs"] * -(-n_rows // config["batch_size"])
     return Simulator(model, policy, staleness=config["staleness"], compute=config["compute"],
@@ -282,7 +253,7 @@ def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
 
 def run_cell(config: dict, cell: dict, data) -> dict:
     """Train one cell; return its record (diverged runs are recorded, not dropped)."""
-    from hogwild_mts.engine import DivergenceError
+    from hogwild_mts.core.result import DivergenceError
 
     n_rows = data.n_train if config["task"] == "torch" else data.n_samples
     engine = make_engine(config, cell, n_rows)
@@ -333,7 +304,7 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
               f"  ({time.time() - cell_started:.1f} s, about {eta:.0f} s left)", file=log, flush=True)
     write_tables(out_dir, config)
     if plots:
-        from hogwild_mts.plots import draw_all
+        from hogwild_mts.app.plots import draw_all
 
         for path in draw_all(out_dir):
             print(f"wrote {path}", file=log)
@@ -391,7 +362,7 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def staleness_fits(records: list[dict]) -> list[dict]:
     """Per m: the cells' histograms summed, and the total variation of each fitted model."""
-    from hogwild_mts import staleness
+    from hogwild_mts.staleness import models as staleness
 
     by_workers = {}
     for record in records:
@@ -493,7 +464,7 @@ def main(args) -> int:
 
 def report_main(args) -> int:
     """``hogwild-mts report RUN_DIR``: redraw the plots (and tables) of a run directory."""
-    from hogwild_mts.plots import check_run_dir, draw_all
+    from hogwild_mts.app.plots import check_run_dir, draw_all
 
     check_run_dir(args.run_dir)
     with open(os.path.join(args.run_dir, CONFIG_FILE)) as handle:

@@ -11,7 +11,7 @@ Loaders (no network access anywhere):
 * ``cifar10:DIR`` -- the CIFAR-10 python batches ``data_batch_1`` .. ``data_batch_5`` and
   ``test_batch`` in DIR or DIR/cifar-10-batches-py.  These are pickles: load only files you trust.
 
-Bad input raises :class:`hogwild_mts.data.DataError` (a ValueError) naming the file and the problem.
+Bad input raises :class:`hogwild_mts.data.tabular.DataError` (a ValueError) naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hogwild_mts.data import DataError
+from hogwild_mts.data.tabular import DataError
 
 __all__ = ["ImageDataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
            "load_cifar10", "read_idx", "IMAGE_SPEC_FORMS"]

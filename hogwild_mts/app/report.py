@@ -1,37 +1,6 @@
-"""Summaries of a run for people: staleness statistics and the end-of-run text."""
+"""The end-of-run text of ``hogwild-mts train``."""
 
 from __future__ import annotations
-
-import numpy as np
-
-
-def histogram_quantile(histogram: np.ndarray, q: float) -> int:
-    """Smallest tau with cumulative share >= q (0 for an empty histogram)."""
-    total = int(histogram.sum())
-    if total == 0:
-        return 0
-    return int(np.searchsorted(np.cumsum(histogram), q * total, side="left"))
-
-
-def staleness_summary(histogram: np.ndarray, max_staleness: int) -> dict:
-    """Mean, median, p99 and max of tau from counts by tau (the last bin may be an overflow bin)."""
-    histogram = np.asarray(histogram, dtype=np.int64)
-    total = int(histogram.sum())
-    mean = float(np.dot(np.arange(histogram.size), histogram) / total) if total else 0.0
-    return {"count": total, "mean": mean, "median": histogram_quantile(histogram, 0.5),
-            "p99": histogram_quantile(histogram, 0.99), "max": int(max_staleness)}
-
-
-def fit_staleness_models(histogram: np.ndarray) -> dict:
-    """Fit every staleness model to the run's histogram; ``best`` is the parametric model
-    (geometric, poisson, cmp) with the lowest AIC; the smoothed histogram is listed beside them."""
-    from hogwild_mts import staleness
-
-    if int(np.sum(histogram)) == 0:
-        return {}
-    fits = {name: staleness.fit_model(name, histogram).to_dict() for name in staleness.MODELS}
-    best = min((name for name in fits if name != "empirical"), key=lambda name: fits[name]["fit"]["aic"])
-    return {"best": best, "models": fits}
 
 
 def _format_fit(fit: dict) -> str:

@@ -15,12 +15,14 @@ between them. Formulas, parameters and references: docs/policies.md.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
-from .staleness import (MODEL_NAMES, Geometric, StalenessModel, check_histogram, check_nonnegative,
-                        check_positive as check_positive_finite, check_probability, fit_model, logsumexp,
-                        prior)
+
+from hogwild_mts.core.options import check_int, check_nonnegative, check_positive, check_probability
+from hogwild_mts.staleness.models import (MODEL_NAMES, Geometric, StalenessModel, check_histogram,
+                                          fit_model, logsumexp, prior)
 
 DEFAULT_TABLE_LENGTH = 256
 DEFAULT_ALPHA_MIN_RATIO = 1e-3     # alpha_min = ratio * alpha when not given
@@ -32,14 +34,7 @@ HEAD = 8                           # table entries shown by describe()
 
 __all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
            "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "POLICIES", "make_policy", "as_policy",
-           "check_positive_finite", "step_size"]
-
-
-def check_count(name: str, value, minimum: int) -> int:
-    """Return ``value`` as an int, or raise ValueError unless it is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+           "step_size"]
 
 
 def step_size(table: np.ndarray, tau: int) -> float:
@@ -58,7 +53,7 @@ class Policy:
     refit_every = 0
 
     def bind(self, workers: int) -> None:
-        self.workers = check_count("workers", workers, 1)
+        self.workers = check_int("workers", workers, 1)
 
     def table(self) -> np.ndarray:
         raise NotImplementedError
@@ -77,17 +72,17 @@ class BoundedPolicy(Policy):
 
     def __init__(self, alpha: float, alpha_min: float | None, alpha_max: float | None,
                  length: int = DEFAULT_TABLE_LENGTH):
-        self.alpha = check_positive_finite("alpha", alpha)
+        self.alpha = check_positive("alpha", alpha)
         self.alpha_min = (DEFAULT_ALPHA_MIN_RATIO * self.alpha if alpha_min is None
-                          else check_positive_finite("alpha_min", alpha_min))
+                          else check_positive("alpha_min", alpha_min))
         self.alpha_max = (DEFAULT_ALPHA_MAX_RATIO * self.alpha if alpha_max is None
-                          else check_positive_finite("alpha_max", alpha_max))
+                          else check_positive("alpha_max", alpha_max))
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({alpha_min!r}) must be <= alpha_max ({alpha_max!r})")
         if not self.alpha_min <= self.alpha <= self.alpha_max:
             raise ValueError(f"alpha ({alpha!r}) must lie in [alpha_min, alpha_max] = "
                              f"[{self.alpha_min!r}, {self.alpha_max!r}]")
-        self.length = check_count("length", length, 1)
+        self.length = check_int("length", length, 1)
 
     def _clip(self, values: np.ndarray) -> np.ndarray:
         return np.clip(values, self.alpha_min, self.alpha_max).astype(np.float64)
@@ -159,8 +154,8 @@ class AdaptivePolicy(BoundedPolicy):
 
     def __init__(self, alpha, alpha_min, alpha_max, length, refit_every, min_samples):
         super().__init__(alpha, alpha_min, alpha_max, length)
-        self.refit_every = check_count("refit_every", refit_every, 0)
-        self.min_samples = check_count("min_samples", min_samples, 0)
+        self.refit_every = check_int("refit_every", refit_every, 0)
+        self.min_samples = check_int("min_samples", min_samples, 0)
         self.samples = 0
         self._table = None
 
@@ -344,7 +339,7 @@ class FunctionPolicy(Policy):
         if not callable(function):
             raise TypeError(f"a function policy needs a callable, got {function!r}")
         self.function_name = getattr(function, "__name__", repr(function))
-        values = np.array([float(function(tau)) for tau in range(check_count("length", length, 1))])
+        values = np.array([float(function(tau)) for tau in range(check_int("length", length, 1))])
         bad = np.flatnonzero(~np.isfinite(values) | (values <= 0.0))
         if bad.size:
             tau = int(bad[0])
@@ -381,13 +376,14 @@ def make_policy(name: str, **options) -> Policy:
 
 
 def as_policy(policy, alpha: float | None = None) -> Policy:
-    """Turn a name, a Policy or a function of tau into a Policy (validated, before workers start)."""
+    """Turn a name, a Policy or a function of tau into a Policy (validated, before workers start).
+    A policy object is copied: fitting never changes the caller's object."""
     if isinstance(policy, str):
         return make_policy(policy, **({} if alpha is None else {"alpha": alpha}))
     if alpha is not None:
         raise ValueError("alpha is given twice: pass it to the policy object, not to the engine")
     if isinstance(policy, Policy) or all(hasattr(policy, a) for a in ("bind", "table", "observe")):
-        return policy
+        return copy.deepcopy(policy)
     if callable(policy):
         return FunctionPolicy(policy)
     raise TypeError(f"policy must be a name, a Policy or a function of tau, got {policy!r}")

@@ -15,20 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hogwild_mts import kernels
-from hogwild_mts.shared import Layout, SharedBlock
-
-# Flags (int64 words of the "flags" field).
-FLAG_GO = 0
-FLAG_STOP = 1
-# Worker states (column STAT_STATE of the stats row).
-STAT_STATE = 3
-STAT_REFITS = 4  # how many times this worker refitted its policy from the histogram
-STATE_STARTING, STATE_READY, STATE_RUNNING, STATE_DONE, STATE_DIVERGED, STATE_FAILED = range(6)
-# Columns of a worker's clock row (float64 seconds, time.perf_counter is not shared across
-# processes, so wall-clock time.time() is used).
-CLOCK_LOOP_START = 0
-CLOCK_LOOP_END = 1
+from hogwild_mts.backends.shm import kernels
+from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO, FLAG_STOP, STAT_REFITS,
+                                      STAT_STATE, STAT_UPDATES, STATE_DONE, STATE_DIVERGED, STATE_FAILED,
+                                      STATE_READY, STATE_RUNNING, STATUS_DIVERGED)
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
 
 GO_POLL_SECONDS = 0.001
 PAGE_BYTES = 4096
@@ -60,6 +51,12 @@ class WorkerSpec:
 def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
     """Rows owned by a worker: every ``workers``-th row starting at ``worker_id`` (int64)."""
     return np.arange(worker_id, n_samples, workers, dtype=np.int64)
+
+
+def total_updates(n_rows: int, workers: int, epochs: int, batch_size: int) -> int:
+    """Updates a full run applies: per worker and epoch, its shard in batches (last one shorter)."""
+    return epochs * sum(-(-len(shard_rows(n_rows, workers, w)) // batch_size)
+                        for w in range(workers))
 
 
 def map_pages(views: dict, names) -> None:
@@ -104,14 +101,14 @@ class Refitter:
 
     def maybe_refit(self, stats: np.ndarray, hist_rows: np.ndarray) -> None:
         """Refit (and count it in ``stats``) if this worker's update count and time budget allow."""
-        if not self.refit_every or stats[kernels.STAT_UPDATES] < self._next_refit \
+        if not self.refit_every or stats[STAT_UPDATES] < self._next_refit \
                 or time.perf_counter() < self._allowed_at:
             return
         started = time.perf_counter()
         self.policy.observe(hist_rows.sum(axis=0))
         self.table = np.ascontiguousarray(self.policy.table(), dtype=self.dtype)
         stats[STAT_REFITS] += 1
-        self._next_refit = stats[kernels.STAT_UPDATES] + self.refit_every
+        self._next_refit = stats[STAT_UPDATES] + self.refit_every
         spent = time.perf_counter() - started
         self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
 
@@ -156,7 +153,7 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
             if _stop_requested(flags, spec.parent_pid):
                 break
             status = run_chunk(order, chunk_start, min(chunk_start + chunk_rows, order.shape[0]))
-            if status == kernels.STATUS_DIVERGED:
+            if status == STATUS_DIVERGED:
                 state = STATE_DIVERGED
                 break
             refitter.maybe_refit(stats, hist_rows)

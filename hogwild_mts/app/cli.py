@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser("train", help="train a model (no arguments: a built-in default)")
     _add_train_arguments(train)
-    from hogwild_mts import experiment
+    from hogwild_mts.app import experiment
 
     grid = commands.add_parser("experiment", help="run a grid of policies x workers x seeds "
                                "(no arguments: the quick simulated grid)")
@@ -90,7 +90,7 @@ def write_outputs(out_dir: str, result) -> None:
 
 def make_policy_from_args(args):
     """The policy named by --policy with --alpha and every policy flag that was given."""
-    from hogwild_mts.policies import make_policy
+    from hogwild_mts.policies.step_sizes import make_policy
 
     options = {option: getattr(args, f"policy_{option}") for _, option, _, _ in POLICY_FLAGS
                if getattr(args, f"policy_{option}") is not None}
@@ -98,7 +98,7 @@ def make_policy_from_args(args):
 
 
 def train(args) -> int:
-    from hogwild_mts.report import format_summary
+    from hogwild_mts.app.report import format_summary
 
     if args.model in TORCH_MODELS:
         result = train_network(args)
@@ -112,7 +112,7 @@ def train(args) -> int:
 
 
 def train_network(args):
-    from hogwild_mts import torch_engine
+    from hogwild_mts.engines import networks as torch_engine
 
     if args.data is None:
         args.data = "digits"
@@ -124,9 +124,9 @@ def train_network(args):
 
 
 def train_linear(args):
-    from hogwild_mts.data import load_data
-    from hogwild_mts.engine import Engine
-    from models.linear import LinearModel
+    from hogwild_mts.data.tabular import load_data
+    from hogwild_mts.engines.linear import Engine
+    from hogwild_mts.models.linear import LinearModel
 
     for name, default in LINEAR_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -144,7 +144,7 @@ def train_linear(args):
 
 
 def main(argv=None) -> int:
-    from hogwild_mts.engine import DivergenceError, WorkerError
+    from hogwild_mts.engines.linear import DivergenceError, WorkerError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -153,10 +153,10 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         if args.command == "experiment":
-            from hogwild_mts.experiment import main as run_experiment
+            from hogwild_mts.app.experiment import main as run_experiment
             return run_experiment(args)
         if args.command == "report":
-            from hogwild_mts.experiment import report_main
+            from hogwild_mts.app.experiment import report_main
             return report_main(args)
         return train(args)
     except (WorkerError, DivergenceError) as error:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from hogwild_mts.experiment import CELLS_DIR, CONFIG_FILE, read_cells
+from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells
 
 PLOTS_DIR = "plots"
 CURVE_POINTS = 200  # points of the common grid on which seeds are averaged
@@ -53,7 +53,7 @@ def _policies(records: list[dict]) -> list[str]:
 
 
 def plot_staleness(records: list[dict], path: str) -> str:
-    from hogwild_mts import staleness
+    from hogwild_mts.staleness import models as staleness
 
     groups = _by_workers([r for r in records if r["staleness_histogram"]])
     figure, axes = _figure(len(groups), "staleness histogram and fitted models")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from hogwild_mts import worker as base
-from hogwild_mts.atomics import atomic_load
-from hogwild_mts.kernels import STAT_SAMPLES, STAT_UPDATES, stamped_step
-from hogwild_mts.shared import Layout
+from hogwild_mts.backends.shm import worker as base
+from hogwild_mts.backends.shm.atomics import atomic_load
+from hogwild_mts.backends.shm.kernels import stamped_step
+from hogwild_mts.core.control import STAT_SAMPLES, STAT_UPDATES, STATE_DIVERGED, STATE_DONE
+from hogwild_mts.backends.shm.block import Layout
 
 
 @njit(cache=True, nogil=True)
@@ -90,7 +91,7 @@ def _bind(model, flat: np.ndarray, attribute: str) -> None:
 
 def make_network(network, input_shape, classes: int):
     """A registered network name or a factory ``f(input_shape, classes) -> nn.Module``."""
-    from models.nets import build_network
+    from hogwild_mts.models.nets import build_network
 
     return build_network(network, input_shape, classes) if isinstance(network, str) \
         else network(tuple(input_shape), classes)
@@ -120,7 +121,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
     live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
     Every ``policy.refit_every`` own updates the policy refits from all histogram rows, as
-    :func:`hogwild_mts.worker.run_worker` does (a :class:`hogwild_mts.worker.Refitter`).
+    :func:`hogwild_mts.backends.shm.worker.run_worker` does (a :class:`hogwild_mts.backends.shm.worker.Refitter`).
     """
     import torch
     import torch.nn.functional as F
@@ -157,8 +158,8 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     warm_up_kernels(params.dtype)
     base.map_pages(views, SHARED_READ_FIELDS)
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
-        return base.STATE_DONE
-    state = base.STATE_DONE
+        return STATE_DONE
+    state = STATE_DONE
     for _ in range(spec.epochs):
         order = torch.from_numpy(rng.permutation(shard))
         for start in range(0, order.shape[0], spec.batch_size):
@@ -171,7 +172,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
             loss = batch_loss(x, y)
             loss.backward()
             if not math.isfinite(loss.item()):
-                state = base.STATE_DIVERGED
+                state = STATE_DIVERGED
                 break
             apply_update(params, gradient, counter, t_read, refitter.table, hist_row, stats, rows.shape[0])
             refitter.maybe_refit(stats, hist_rows)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from hogwild_mts.core.options import check_int
+
 # Defaults of the ``--data`` specs (keys are the spec's parameter names).
 # RCV1 (Lewis et al. 2004) is 804,414 x 47,236 with about 76 nonzeros per row.
 SYNTHETIC_SPARSE_DEFAULTS = {"n": 100_000, "d": 47_236, "nnz": 76, "seed": 0, "noise": 0.0}
@@ -332,10 +334,10 @@ def synthetic_sparse(n_samples: int, n_features: int, nnz_per_row: int, seed: in
     is then flipped with probability ``label_noise``.  The same seed gives the same data; the
     rows and w* do not depend on ``label_noise``.
     """
-    n = _check_int("n_samples", n_samples, 1)
-    d = _check_int("n_features", n_features, 1)
-    k = _check_int("nnz_per_row", nnz_per_row, 1)
-    seed = _check_int("seed", seed, 0)
+    n = check_int("n_samples", n_samples, 1, DataError)
+    d = check_int("n_features", n_features, 1, DataError)
+    k = check_int("nnz_per_row", nnz_per_row, 1, DataError)
+    seed = check_int("seed", seed, 0, DataError)
     noise = _check_label_noise(label_noise)
     if d > INT32_MAX:
         raise DataError(f"n_features must be at most {INT32_MAX} (int32 column indices), got {d}")
@@ -383,9 +385,9 @@ def synthetic_dense(n_samples: int, n_features: int, seed: int = 0, label_noise:
     """Dense binary classification: ``X ~ N(0, 1)`` entries, ``y = sign(X w*)`` in {-1, +1}
     (ties +1) for a planted ``w* ~ N(0, I)``, each label flipped with probability ``label_noise``.
     Deterministic per seed; X and w* do not depend on ``label_noise``."""
-    n = _check_int("n_samples", n_samples, 1)
-    d = _check_int("n_features", n_features, 1)
-    seed = _check_int("seed", seed, 0)
+    n = check_int("n_samples", n_samples, 1, DataError)
+    d = check_int("n_features", n_features, 1, DataError)
+    seed = check_int("seed", seed, 0, DataError)
     noise = _check_label_noise(label_noise)
     feature_rng, weight_rng, noise_rng = _independent_streams(seed)
     matrix = feature_rng.standard_normal((n, d))
@@ -405,14 +407,6 @@ def _labels_with_noise(margins: np.ndarray, noise: float, rng: np.random.Generat
     flipped = rng.random(labels.size) < noise
     labels[flipped] = -labels[flipped]
     return labels
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise DataError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_label_noise(value) -> float:

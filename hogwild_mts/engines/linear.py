@@ -1,5 +1,5 @@
 """The linear-model engine: validate, place data and parameters in shared memory once, then run
-the workers through the shared lifecycle of :mod:`hogwild_mts.runner`."""
+the workers through the shared lifecycle of :mod:`hogwild_mts.core.lifecycle`."""
 
 from __future__ import annotations
 
@@ -9,51 +9,58 @@ import time
 
 import numpy as np
 
-from hogwild_mts import kernels, worker
-from hogwild_mts.data import Dataset, as_dataset
-from hogwild_mts.runner import (HIST_BINS, DivergenceError, FitResult, RunnerBase, WorkerError,
-                                control_layout, divergence_message, start_processes)
-from hogwild_mts.shared import SharedBlock
-from models.linear import LinearModel
+from hogwild_mts.backends.shm import kernels, worker
+from hogwild_mts.backends.shm.backend import START_METHODS, ShmBackend, control_layout, start_processes
+from hogwild_mts.backends.shm.block import SharedBlock
+from hogwild_mts.core import lifecycle
+from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
+from hogwild_mts.data.tabular import Dataset, as_dataset
+from hogwild_mts.models.linear import LinearModel
 
-__all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "HIST_BINS", "prepare_dataset"]
+__all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
 CHUNK_UPDATES = 8192  # updates per numba call between Python checks in a worker
 PARAM_DTYPES = ("float64", "float32")
 DEFAULT_ALPHA = 0.1
 
 
-class Engine(RunnerBase):
+class Engine:
     """Asynchronous lock-free SGD of a linear model with ``workers`` processes.
 
-    ``model``: a name (``logreg``, ``svm``, ``lsq``) or a :class:`models.linear.LinearModel`.
+    ``model``: a name (``logreg``, ``svm``, ``lsq``) or a :class:`hogwild_mts.models.linear.LinearModel`.
     ``policy``: a name, a policy object or a function of tau; ``alpha`` is the base step for a
     named policy.  ``epochs`` full passes over the data in total, the rows split into ``workers``
     interleaved shards (worker w owns rows w, w+m, w+2m, ...), each shuffled per epoch with the
     worker's own seed drawn from ``seed``.  ``workers=1`` is deterministic: the same seed gives
     bit-identical parameters; it runs the same worker loop on a thread of the calling process
     (the numba loop releases the GIL), so it pays no process start-up.  The loss is evaluated
-    every ``eval_every`` seconds (``defer_evaluation``: see RunnerBase.set_run_options).
+    every ``eval_every`` seconds, or every ``eval_every_updates`` updates when that is given;
+    ``defer_evaluation`` only copies the parameters during the run and scores the copies after
+    it, so frequent evaluations take no core from the workers.
     ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
     baseline of the stamping-overhead benchmark.
     """
 
     def __init__(self, model="logreg", policy="constant", *, workers: int = 2, epochs: int = 5,
                  batch_size: int = 1, alpha: float | None = None, seed: int = 0,
-                 dtype: str = "float64", eval_every: float = 0.5, progress: bool = True,
+                 dtype: str = "float64", eval_every: float = 0.5,
+                 eval_every_updates: int | None = None, progress: bool = True,
                  defer_evaluation: bool = False, stamp: bool = True, start_method: str = "spawn"):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
-                             workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
-                             dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
-                             progress=progress, defer_evaluation=defer_evaluation)
+        self.options = lifecycle.run_options(
+            policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
+            batch_size=batch_size, seed=seed, eval_every=eval_every,
+            eval_every_updates=eval_every_updates, progress=progress,
+            defer_evaluation=defer_evaluation)
+        vars(self).update(vars(self.options))
+        self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
         if not stamp and getattr(self.policy, "name", None) != "constant":
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
-        if start_method not in ("spawn", "forkserver", "fork"):
-            raise ValueError(f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}")
-        self.start_method = start_method
+        self.start_method = check_choice("start_method", start_method, START_METHODS)
 
     # ------------------------------------------------------------------ set-up
     def _layout(self, dataset: Dataset):
@@ -97,12 +104,13 @@ class Engine(RunnerBase):
                           np.zeros(HIST_BINS, np.int64), np.zeros(8, np.int64),
                           np.zeros(spec.batch_size))
         first_row = dict(views, indptr=views["indptr"][:2])  # same types, one row of work
-        self._evaluate(first_row, spec, params)
+        self._objective(first_row, spec, params)
 
     @staticmethod
-    def _evaluate(views: dict, spec: worker.WorkerSpec, params: np.ndarray):
-        return kernels.objective(views["values"], views["indices"], views["indptr"], spec.dense,
-                                 views["labels"], params, spec.n_features, spec.fit_intercept,
+    def _objective(data: dict, spec: worker.WorkerSpec, params: np.ndarray):
+        """(training objective, accuracy) of ``params`` on the arrays of ``data``."""
+        return kernels.objective(data["values"], data["indices"], data["indptr"], spec.dense,
+                                 data["labels"], params, spec.n_features, spec.fit_intercept,
                                  spec.loss_id, spec.l2)
 
     # ------------------------------------------------------------------ run
@@ -124,7 +132,7 @@ class Engine(RunnerBase):
             block.release()
             raise
 
-        def start(views, processes):
+        def launch(views, processes):
             """One thread of this process when workers == 1, else processes."""
             if self.workers > 1:
                 return start_processes(worker.worker_main, spec, self.workers, processes,
@@ -135,15 +143,14 @@ class Engine(RunnerBase):
             processes[0].start()
             return errors
 
-        def evaluate(views):
-            params = np.array(views["params"], dtype=np.float64)
-            if not np.all(np.isfinite(params)):
-                raise DivergenceError(divergence_message(self.policy))
-            loss, accuracy = self._evaluate(views, spec, params)
+        data = _data_arrays(dataset)
+
+        def score(params):
+            loss, accuracy = self._objective(data, spec, params.astype(np.float64, copy=False))
             return loss, accuracy if self.model.classifier else None
 
-        def details(views):
-            params = np.array(views["params"], dtype=np.float64)
+        def details(params):
+            params = params.astype(np.float64)
             return {"params": params[: dataset.n_features],
                     "intercept": float(params[dataset.n_features]) if self.model.fit_intercept else 0.0,
                     "model": self.model.name, "data": dataset.name,
@@ -152,7 +159,10 @@ class Engine(RunnerBase):
                                  "fit_intercept": self.model.fit_intercept, "stamp": self.stamp,
                                  "loss": "training objective", "accuracy": "train"}}
 
-        return self.run(block, dataset.n_samples, start, evaluate, details, started)
+        backend = ShmBackend(block, self.workers, launch, self.policy)
+        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size)
+        return lifecycle.run(backend, self.options, score=score, details=details,
+                             total_updates=total, started=started)
 
 
 def prepare_dataset(model: LinearModel, X, y, workers: int) -> Dataset:

@@ -1,17 +1,16 @@
 """Hogwild! for torch networks: ``TorchEngine(...).fit(ImageDataset)`` and the CLI hook.
 
 One shared block per run holds the sequence counter, run flags, per-worker stats/clock/histogram
-rows (the field names and meanings of :mod:`hogwild_mts.engine`, so ``worker.FLAG_*`` /
+rows (the field names and meanings of :mod:`hogwild_mts.engines.linear`, so ``worker.FLAG_*`` /
 ``STATE_*`` / ``kernels.STAT_*`` apply), the flat parameter vector and the training images and
 labels, placed once.  Workers (spawned processes, one torch/BLAS thread each) bind their network's
 parameters to views of that vector and update it lock-free with exact staleness stamps
-(:mod:`hogwild_mts.torch_worker`).  The parent evaluates a copy of the shared parameters on the
+(:mod:`hogwild_mts.backends.shm.torch_worker`).  The parent evaluates a copy of the shared parameters on the
 test set every ``eval_every`` seconds with its own network, whose parameters view that copy.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import sys
@@ -19,11 +18,14 @@ import time
 
 import numpy as np
 
-from hogwild_mts.images import ImageDataset, load_images
-from hogwild_mts.runner import (DivergenceError, FitResult, RunnerBase, WorkerError,
-                                control_layout, divergence_message, start_processes)
-from hogwild_mts.shared import SharedBlock
-from hogwild_mts.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
+from hogwild_mts.backends.shm.backend import ShmBackend, control_layout, start_processes
+from hogwild_mts.backends.shm.block import SharedBlock
+from hogwild_mts.backends.shm.worker import total_updates
+from hogwild_mts.core import lifecycle
+from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
+from hogwild_mts.data.images import ImageDataset, load_images
+from hogwild_mts.backends.shm.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
                                       make_network, parameter_count, torch_worker_main,
                                       warm_up_kernels)
 
@@ -37,10 +39,10 @@ PARAM_DTYPES = ("float32", "float64")
 EVAL_BATCH = 1024  # test images per forward pass of an evaluation
 
 
-class TorchEngine(RunnerBase):
+class TorchEngine:
     """Asynchronous lock-free SGD of a torch network with ``workers`` processes.
 
-    ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`models.nets`) or a picklable factory
+    ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`hogwild_mts.models.nets`) or a picklable factory
     ``f(input_shape, classes) -> nn.Module`` without buffers.  ``policy``: a name, policy object or
     function of tau; ``alpha`` the base step of a named policy (default DEFAULT_ALPHA).  ``epochs``
     passes over the training set in total; worker w owns rows w, w+m, ... and reshuffles them
@@ -52,8 +54,9 @@ class TorchEngine(RunnerBase):
     def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
                  epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
                  alpha: float | None = None, seed: int = 0, dtype: str = "float32",
-                 eval_every: float = 1.0, progress: bool = True, defer_evaluation: bool = False):
-        from models.nets import NETWORKS
+                 eval_every: float = 1.0, eval_every_updates: int | None = None,
+                 progress: bool = True, defer_evaluation: bool = False):
+        from hogwild_mts.models.nets import NETWORKS
 
         if isinstance(model, str):
             if model not in NETWORKS:
@@ -70,10 +73,13 @@ class TorchEngine(RunnerBase):
                                  f"({error}); define it at module level (no lambda or local "
                                  "function)") from None
         self.model = model
-        self.set_run_options(policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA,
-                             workers=workers, epochs=epochs, batch_size=batch_size, seed=seed,
-                             dtype=dtype, dtypes=PARAM_DTYPES, eval_every=eval_every,
-                             progress=progress, defer_evaluation=defer_evaluation)
+        self.options = lifecycle.run_options(
+            policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
+            batch_size=batch_size, seed=seed, eval_every=eval_every,
+            eval_every_updates=eval_every_updates, progress=progress,
+            defer_evaluation=defer_evaluation)
+        vars(self).update(vars(self.options))
+        self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
 
     @property
     def model_name(self) -> str:
@@ -101,7 +107,7 @@ class TorchEngine(RunnerBase):
 
     def _check(self, dataset) -> ImageDataset:
         if not isinstance(dataset, ImageDataset):
-            raise TypeError(f"fit() needs an ImageDataset (see hogwild_mts.images.load_images), "
+            raise TypeError(f"fit() needs an ImageDataset (see hogwild_mts.data.images.load_images), "
                             f"got {type(dataset).__name__}")
         if self.batch_size > dataset.n_train:
             raise ValueError(f"batch_size ({self.batch_size}) exceeds the {dataset.n_train} "
@@ -151,34 +157,35 @@ class TorchEngine(RunnerBase):
             block.release()
             raise
 
-        def start(views, processes):
+        def launch(views, processes):
             return start_processes(torch_worker_main, spec, self.workers, processes,
                                    name="hogwild-torch-worker")
 
-        def details(views):
-            return {"params": np.array(views["params"], dtype=np.float64), "intercept": 0.0,
+        def details(params):
+            return {"params": params.astype(np.float64), "intercept": 0.0,
                     "model": self.model_name, "data": dataset.name,
                     "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
                                  "seed": self.seed, "dtype": self.dtype,
-                                 "parameters": int(views["params"].shape[0]),
+                                 "parameters": int(params.shape[0]),
                                  "input_shape": list(dataset.input_shape),
                                  "classes": dataset.n_classes, "loss": "test cross-entropy",
                                  "accuracy": "test"}}
 
-        def evaluate(views):
-            evaluated_params[:] = views["params"]  # a consistent copy: workers keep writing
-            return self._evaluate(evaluated_params, network, dataset)
+        def score(params):
+            evaluated_params[:] = params
+            return self._evaluate(network, dataset)
 
-        return self.run(block, dataset.n_train, start, evaluate, details, started)
+        backend = ShmBackend(block, self.workers, launch, self.policy)
+        return lifecycle.run(backend, self.options, score=score, details=details,
+                             total_updates=total_updates(dataset.n_train, self.workers, self.epochs,
+                                                         self.batch_size),
+                             started=started)
 
-    def _evaluate(self, params: np.ndarray, network, dataset: ImageDataset) -> tuple[float, float]:
-        """(mean test cross-entropy, test accuracy) of ``network``, whose parameters view
-        ``params``, on one thread."""
+    def _evaluate(self, network, dataset: ImageDataset) -> tuple[float, float]:
+        """(mean test cross-entropy, test accuracy) of ``network`` on one thread."""
         import torch
         import torch.nn.functional as F
 
-        if not np.isfinite(params).all():
-            raise DivergenceError(divergence_message(self.policy))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -193,10 +200,7 @@ class TorchEngine(RunnerBase):
                     correct += int((logits.argmax(dim=1) == labels).sum())
         finally:
             torch.set_num_threads(threads)
-        loss = total_loss / dataset.n_test
-        if not math.isfinite(loss):
-            raise DivergenceError(divergence_message(self.policy))
-        return loss, correct / dataset.n_test
+        return total_loss / dataset.n_test, correct / dataset.n_test
 
 
 def train_images(args) -> FitResult:

@@ -2,7 +2,7 @@
 
 Property-test your own policy in a few lines::
 
-    from hogwild_mts.testing import check_policy
+    from hogwild_mts.policies.testing import check_policy
 
     def test_my_policy():
         check_policy(lambda: MyPolicy(alpha=0.1), nonincreasing=True)
@@ -21,8 +21,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .policies import POLICIES, step_size
-from .staleness import CMP, Empirical, Geometric, Poisson
+from hogwild_mts.policies.step_sizes import POLICIES, step_size
+from hogwild_mts.staleness.models import CMP, Empirical, Geometric, Poisson
 
 FAR_TAU = 10 ** 9   # a staleness far past any table
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.special import gammaln
 
+from hogwild_mts.core.options import check_nonnegative, check_positive, check_probability
+
 TAIL_TOLERANCE = 1e-17      # truncated series stop once the remaining mass is below this, relative
 MAX_SERIES_LENGTH = 1 << 22  # terms; a CMP needing more is refused as too heavy-tailed
 CMP_NU_MAX = 50.0            # fits of (near) one-point histograms stop here instead of nu -> inf
@@ -55,42 +57,6 @@ def histogram_mean(counts: np.ndarray) -> float:
     """Mean tau of counts by tau (0 for an empty histogram)."""
     samples = counts.sum()
     return float(np.dot(counts, np.arange(counts.size))) / samples if samples else 0.0
-
-
-def check_probability(name: str, value, *, allow_zero: bool, allow_one: bool) -> float:
-    """Return ``value`` as a float in [0, 1] with the chosen open/closed ends, or raise ValueError."""
-    low, high = ("[" if allow_zero else "("), ("]" if allow_one else ")")
-    message = f"{name} must be a finite number in {low}0, 1{high}, got {value!r}"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(message) from None
-    if not (math.isfinite(number) and (number >= 0 if allow_zero else number > 0)
-            and (number <= 1 if allow_one else number < 1)):
-        raise ValueError(message)
-    return number
-
-
-def check_nonnegative(name: str, value) -> float:
-    """Return ``value`` as a float, or raise ValueError unless it is finite and >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
-
-
-def check_positive(name: str, value) -> float:
-    """Return ``value`` as float, or raise ValueError unless it is finite and > 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
 
 
 _log_factorial_cache = gammaln(np.arange(1, 4097, dtype=np.float64))
@@ -579,11 +545,16 @@ MODELS = {"geometric": Geometric, "poisson": Poisson, "cmp": CMP, "empirical": E
 MODEL_NAMES = tuple(MODELS) + ("auto",)
 
 
-def fit_best(histogram, candidates=("geometric", "poisson", "cmp", "empirical")) -> StalenessModel:
-    """Fit every candidate model and return the one with the lowest AIC (ties: earlier name)."""
+def best_of(fitted: dict) -> StalenessModel:
+    """The best staleness model: the lowest AIC among ``fitted`` (name -> fitted model), ties
+    going to the earlier name.  The one definition behind ``"auto"`` and every report's "best"."""
+    return min(fitted.values(), key=lambda model: model.fit_report.aic)
+
+
+def fit_best(histogram) -> StalenessModel:
+    """Fit every model in MODELS and return :func:`best_of` them."""
     counts = check_histogram(histogram)
-    fits = [fit_model(name, counts) for name in candidates]
-    return min(fits, key=lambda model: model.fit_report.aic)
+    return best_of({name: fit_model(name, counts) for name in MODELS})
 
 
 def fit_model(name: str, histogram, previous: StalenessModel | None = None) -> StalenessModel:

@@ -1,0 +1,163 @@
+"""The shared-memory backend: worker processes (or, for one worker, a thread) on one block.
+
+The block holds the control fields of :mod:`hogwild_mts.core.control`, the parameters and the data
+set; :class:`ShmBackend` implements :class:`hogwild_mts.core.lifecycle.Backend` over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.core import control
+from hogwild_mts.core.lifecycle import POLL_SECONDS
+from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
+
+JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+START_METHODS = ("spawn", "forkserver", "fork")
+
+
+def control_layout(workers: int, n_params: int, dtype) -> Layout:
+    """The fields every run has: counter (own cache line), flags, per-worker stats, clock and
+    histogram rows (each on whole cache lines), and the flat parameter vector."""
+    layout = Layout()
+    layout.add("counter", np.int64, (8,))  # word 0; the rest pads the cache line
+    layout.add("flags", np.int64, (8,))
+    layout.add_rows("stats", np.int64, workers, control.STAT_COLUMNS)
+    layout.add_rows("clock", np.float64, workers, 2)
+    layout.add_rows("hist", np.int64, workers, control.HIST_BINS)
+    layout.add("params", dtype, (n_params,))
+    return layout
+
+
+@contextlib.contextmanager
+def one_thread_per_process():
+    """Children started inside inherit one BLAS/OpenMP/numba thread each."""
+    saved = {name: os.environ.get(name) for name in THREAD_ENV}
+    os.environ.update({name: "1" for name in THREAD_ENV})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def start_processes(target, spec, workers: int, processes: list, start_method: str = "spawn",
+                    name: str = "hogwild-worker"):
+    """Start ``workers`` processes running ``target(spec, worker_id, errors)``, appending each to
+    ``processes`` once started (so a failure midway still stops those already running);
+    return the queue they report errors on."""
+    context = multiprocessing.get_context(start_method)
+    errors = context.SimpleQueue()
+    with one_thread_per_process():
+        for worker_id in range(workers):
+            process = context.Process(target=target, name=f"{name}-{worker_id}",
+                                      args=(spec, worker_id, errors), daemon=True)
+            process.start()
+            processes.append(process)
+    return errors
+
+
+def join(processes) -> None:
+    """Wait for workers to stop; terminate, then kill, any that do not within JOIN_SECONDS."""
+    deadline = time.time() + JOIN_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.time()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+class ShmBackend:
+    """Workers on one shared block.  ``launch(views, processes) -> error queue`` starts them
+    (appending each to ``processes``: processes, or a ThreadWorker for one worker).  The block
+    is released by :meth:`close`."""
+
+    def __init__(self, block: SharedBlock, workers: int, launch, policy):
+        self.block, self.workers, self._launch, self._policy = block, workers, launch, policy
+        self.views = block.views
+        self.processes: list = []
+        self._errors = None
+        self._go_time = 0.0
+
+    def start(self) -> None:
+        self._errors = self._launch(self.views, self.processes)
+
+    def _check(self) -> None:
+        """Raise WorkerError for a worker that reported an exception or exited abnormally, and
+        DivergenceError for one that stopped on a NaN/inf."""
+        if self._errors is not None and not self._errors.empty():
+            worker_id, text = self._errors.get()
+            raise WorkerError(f"worker {worker_id} failed:\n{text}")
+        for worker_id, process in enumerate(self.processes):
+            code = process.exitcode
+            if code is None or code == 0:
+                continue
+            how = (f"was killed by signal {signal.Signals(-code).name}" if code < 0
+                   else f"exited with code {code}")
+            raise WorkerError(f"worker {worker_id} (pid {process.pid}) {how}; the run was stopped")
+        if np.any(self.views["stats"][:, control.STAT_STATE] == control.STATE_DIVERGED):
+            raise DivergenceError(divergence_message(self._policy, "a worker's loss"))
+
+    def ready(self) -> bool:
+        self._check()
+        return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_READY))
+
+    def go(self) -> None:
+        self._go_time = time.time()
+        self.views["flags"][control.FLAG_GO] = 1
+
+    def poll(self, until_updates=None) -> int:
+        self._check()
+        return int(self.views["stats"][:, control.STAT_UPDATES].sum())
+
+    def finished(self) -> bool:
+        return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_DONE)
+                    or not any(p.is_alive() for p in self.processes))
+
+    def elapsed(self) -> float:
+        return time.time() - self._go_time
+
+    def snapshot(self) -> np.ndarray:
+        return np.array(self.views["params"])
+
+    def wait(self) -> None:
+        time.sleep(POLL_SECONDS)
+
+    def request_stop(self) -> None:
+        if "flags" in self.views:
+            self.views["flags"][control.FLAG_STOP] = 1
+
+    def join(self) -> None:
+        join(self.processes)
+
+    def collect(self) -> RunTotals:
+        stats, clock = self.views["stats"], self.views["clock"]
+        ran = clock[:, control.CLOCK_LOOP_START] > 0
+        train_seconds = max(0.0, float(clock[ran, control.CLOCK_LOOP_END].max()
+                                       - clock[ran, control.CLOCK_LOOP_START].min())) if ran.any() else 0.0
+        return RunTotals(updates=int(stats[:, control.STAT_UPDATES].sum()),
+                         counter=int(self.views["counter"][0]),
+                         samples=int(stats[:, control.STAT_SAMPLES].sum()),
+                         histogram=self.views["hist"][:, :control.HIST_BINS].sum(axis=0),
+                         max_staleness=int(stats[:, control.STAT_MAX_TAU].max()),
+                         refits=int(stats[:, control.STAT_REFITS].sum()),
+                         train_seconds=train_seconds)
+
+    def close(self) -> None:
+        self.block.release()
+        self.views = {}

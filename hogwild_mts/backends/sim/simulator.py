@@ -1,0 +1,366 @@
+"""The simulator backend: a deterministic, seeded emulation of ``m`` Hogwild! workers on one core.
+
+Update ``t`` (t = 0, 1, ...) applies a gradient computed at ``theta_{t - tau_t}``, the parameters
+after ``t - tau_t`` updates, exactly: either from a ring of full parameter snapshots (dense rows,
+where a copy costs no more than logging) or from an undo log of the coordinates each recent
+update changed and their old values (sparse rows).  Both reproduce the stale margins bit for bit.
+
+Where tau comes from (``staleness=``):
+
+* ``"event"`` (default): an event-driven model of ``m`` workers. Each draws a compute time per
+  gradient from ``compute`` (mean 1 time unit), reads the parameters when it starts and lands its
+  update when it finishes; ``tau`` = updates landed in between.  Staleness emerges from the schedule.
+* a :class:`~hogwild_mts.staleness.models.StalenessModel` (e.g. ``Poisson(7)``), ``"poisson"`` /
+  ``"geometric"`` (mean ``m - 1``), or a recorded histogram (1-D counts by tau): tau is drawn iid
+  and workers take turns round-robin; ``tau_t <= t`` always.
+
+Rows, shards and shuffles are the engine's (worker w owns rows w, w+m, ...; a fresh permutation
+per epoch from its own seed), so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for
+bit.  Each worker owns a copy of the policy and refits it from the global histogram after every
+``refit_every`` of its own updates, as real workers do.  Times are simulated: one gradient takes
+``update_seconds`` on average, so ``train_seconds`` and ``history["time_s"]`` are simulated seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+
+import numpy as np
+from numba import njit
+
+from hogwild_mts.backends.shm.kernels import row_margin
+from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
+from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
+from hogwild_mts.models.linear import loss_derivative
+from hogwild_mts.staleness.models import Geometric, Poisson, StalenessModel, check_histogram
+
+STALENESS_SOURCES = ("event", "poisson", "geometric")
+STALE_READS = ("auto", "snapshots", "log")
+COMPUTE_FORMS = ("constant", "exponential", "gamma:SHAPE", "lognormal:SIGMA")
+MAX_RING_ENTRIES = 1 << 26  # float64 + int64 entries kept for stale reads (about 1 GiB)
+
+
+# ---------------------------------------------------------------------------- schedules
+def compute_sampler(compute: str):
+    """Parse ``compute`` into ``f(rng, size) -> compute times`` with mean 1 (float64 > 0)."""
+    if not isinstance(compute, str):
+        raise ValueError(f"compute must be one of {list(COMPUTE_FORMS)}, got {compute!r}")
+    kind, _, argument = compute.partition(":")
+    if kind in ("constant", "exponential") and argument:
+        raise ValueError(f"compute {kind!r} takes no parameter, got {compute!r}")
+    if kind == "constant":
+        return lambda rng, size: np.ones(size)
+    if kind == "exponential":
+        return lambda rng, size: rng.exponential(1.0, size)
+    if kind in ("gamma", "lognormal"):
+        try:
+            value = float(argument)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"compute {compute!r}: {kind} needs a finite parameter > 0, "
+                             f"e.g. '{kind}:2'")
+        if kind == "gamma":
+            return lambda rng, size: rng.gamma(value, 1.0 / value, size)
+        return lambda rng, size: rng.lognormal(-0.5 * value * value, value, size)
+    raise ValueError(f"unknown compute {compute!r}; choose one of {list(COMPUTE_FORMS)}")
+
+
+def event_schedule(updates_per_worker: np.ndarray, compute: str, rng: np.random.Generator):
+    """Event-driven schedule of ``len(updates_per_worker)`` workers.
+
+    Worker w runs ``updates_per_worker[w]`` gradients back to back, each taking an independent
+    compute time (mean 1).  It reads the parameter version at its start and lands at its finish;
+    simultaneous finishes land in worker order.  Returns (worker of update t, tau_t, finish time
+    of update t in compute-time units), t in landing order.
+    """
+    draw = compute_sampler(compute)
+    counts = np.asarray(updates_per_worker, dtype=np.int64)
+    durations = [draw(rng, int(c)) for c in counts]
+    total = int(counts.sum())
+    workers_of = np.empty(total, np.int64)
+    taus = np.empty(total, np.int64)
+    times = np.empty(total, np.float64)
+    heap = [(float(durations[w][0]), w, 0) for w in range(counts.size) if counts[w] > 0]
+    heapq.heapify(heap)
+    read_version = np.zeros(counts.size, np.int64)
+    done = np.zeros(counts.size, np.int64)
+    for t in range(total):
+        finish, w, _ = heapq.heappop(heap)
+        workers_of[t], taus[t], times[t] = w, t - read_version[w], finish
+        done[w] += 1
+        read_version[w] = t + 1
+        if done[w] < counts[w]:
+            heapq.heappush(heap, (finish + float(durations[w][done[w]]), w, t + 1))
+    return workers_of, taus, times
+
+
+def round_robin(updates_per_worker: np.ndarray) -> np.ndarray:
+    """Worker of each update when workers take turns (those with updates left, in id order)."""
+    counts = np.asarray(updates_per_worker, dtype=np.int64)
+    rounds = np.arange(int(counts.max()))[:, None]
+    mask = rounds < counts[None, :]
+    return np.nonzero(mask)[1].astype(np.int64)
+
+
+def staleness_source(staleness, workers: int):
+    """Validate ``staleness``: ``"event"``, a model, a model name or a histogram.
+
+    Returns ``"event"`` or a function ``(rng, size) -> int64 taus`` and a JSON-able description.
+    """
+    if isinstance(staleness, str):
+        if staleness == "event":
+            return "event", {"source": "event"}
+        if staleness == "poisson":
+            staleness = Poisson(float(workers - 1))
+        elif staleness == "geometric":
+            mean = float(workers - 1)
+            staleness = Geometric(mean / (1.0 + mean))
+        else:
+            raise ValueError(f"unknown staleness {staleness!r}; choose one of {list(STALENESS_SOURCES)}, "
+                             "a staleness model or a histogram of counts by tau")
+    if isinstance(staleness, StalenessModel):
+        model = staleness
+        return (lambda rng, size: model.sample(size, rng)), {"source": "model", **model.to_dict()}
+    if isinstance(staleness, (list, tuple, np.ndarray)):
+        counts = check_histogram(staleness)
+        if counts.sum() == 0:
+            raise ValueError("the staleness histogram is empty (all counts are 0)")
+        p = counts / counts.sum()
+        taus = np.arange(counts.size)
+        return ((lambda rng, size: rng.choice(taus, size=size, p=p)),
+                {"source": "histogram", "histogram": counts.tolist()})
+    raise ValueError(f"staleness must be 'event', 'poisson', 'geometric', a StalenessModel or a "
+                     f"histogram of counts by tau, got {staleness!r}")
+
+
+# ---------------------------------------------------------------------------- numba kernel
+@njit(cache=True, nogil=True)
+def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batch_rows, batch_ptr,
+                     update_worker, update_tau, start, stop, params, n_features, fit_intercept,
+                     loss_id, l2, tables, hist, snapshots, ring_params, log_cols, log_old,
+                     log_count, marker, stale, derivative_buffer):
+    """Apply updates ``start..stop-1``; update t uses rows ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]``,
+    margins at ``theta_{t - update_tau[t]}`` and ``alpha = tables[update_worker[t], min(tau, T-1)]``.
+
+    Stale reads: ``snapshots`` -- ``ring_params[v % W]`` holds theta_v for the last W versions;
+    else an undo log -- slot ``s % W`` holds (column, old value) of every write of update s
+    (``log_count[s % W]`` entries), scanned newest to oldest so the oldest old value wins.
+    ``marker``/``stale`` are (n_params,) scratch arrays.  Counts tau in ``hist`` (last bin: tau >=
+    len - 1).  Returns (STATUS_*, the update index reached).
+    """
+    last_alpha = tables.shape[1] - 1
+    last_bin = hist.shape[0] - 1
+    window = ring_params.shape[0] if snapshots else log_count.shape[0]
+    intercept_col = n_features
+    for t in range(start, stop):
+        tau = update_tau[t]
+        first, last = batch_ptr[t], batch_ptr[t + 1]
+        if snapshots:
+            source = ring_params[(t - tau) % window]
+        else:
+            # Mark the batch's columns, copy their current values, then roll back tau updates.
+            stamp = t + 1
+            for b in range(first, last):
+                row = batch_rows[b]
+                for k in range(indptr[row], indptr[row + 1]):
+                    column = k - indptr[row] if dense else indices[k]
+                    marker[column] = stamp
+                    stale[column] = params[column]
+            marker[intercept_col] = stamp
+            stale[intercept_col] = params[intercept_col] if fit_intercept else 0.0
+            for s in range(t - 1, t - tau - 1, -1):
+                slot = s % window
+                for e in range(log_count[slot] - 1, -1, -1):
+                    column = log_cols[slot, e]
+                    if marker[column] == stamp:
+                        stale[column] = log_old[slot, e]
+            source = stale
+        for b in range(first, last):
+            row = batch_rows[b]
+            margin = row_margin(values, indices, indptr, dense, source, n_features, fit_intercept, row)
+            if not np.isfinite(margin):
+                return STATUS_DIVERGED, t
+            derivative_buffer[b - first] = loss_derivative(loss_id, margin, labels[row])
+        alpha = tables[update_worker[t], min(tau, last_alpha)]
+        hist[min(tau, last_bin)] += 1
+        step = alpha / (last - first)
+        entry = 0
+        slot = t % window
+        for b in range(first, last):
+            row = batch_rows[b]
+            derivative = derivative_buffer[b - first]
+            begin, end = indptr[row], indptr[row + 1]
+            for k in range(begin, end):
+                column = k - begin if dense else indices[k]
+                if not snapshots:
+                    log_cols[slot, entry] = column
+                    log_old[slot, entry] = params[column]
+                    entry += 1
+                if l2 == 0.0:
+                    params[column] -= step * (derivative * values[k])
+                else:
+                    params[column] -= step * (derivative * values[k] + l2 * feature_scale[column] * params[column])
+            if fit_intercept:
+                if not snapshots:
+                    log_cols[slot, entry] = intercept_col
+                    log_old[slot, entry] = params[intercept_col]
+                    entry += 1
+                params[intercept_col] -= step * derivative
+        if snapshots:
+            ring_params[(t + 1) % window, :] = params
+        else:
+            log_count[slot] = entry
+    return STATUS_OK, stop
+
+
+def rows_in_landing_order(orders: list, bounds: list, workers_of: np.ndarray):
+    """Flatten the workers' batches in landing order: update t (by worker ``workers_of[t]``, its
+    j-th) uses ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]`` = that worker's j-th batch."""
+    m = len(orders)
+    starts = np.empty(workers_of.size, np.int64)
+    lengths = np.empty(workers_of.size, np.int64)
+    offsets = np.concatenate([[0], np.cumsum([order.size for order in orders])])
+    for w in range(m):
+        mine = np.flatnonzero(workers_of == w)
+        starts[mine] = offsets[w] + bounds[w][0]
+        lengths[mine] = bounds[w][1] - bounds[w][0]
+    batch_ptr = np.zeros(workers_of.size + 1, np.int64)
+    np.cumsum(lengths, out=batch_ptr[1:])
+    within = np.arange(batch_ptr[-1]) - np.repeat(batch_ptr[:-1], lengths)
+    batch_rows = np.concatenate(orders)[np.repeat(starts, lengths) + within]
+    return batch_rows.astype(np.int64), batch_ptr
+
+
+def _padded(table: np.ndarray, length: int) -> np.ndarray:
+    """The table extended to ``length`` entries with its last entry (same lookups)."""
+    table = np.asarray(table, dtype=np.float64)
+    return np.concatenate([table, np.full(length - table.size, table[-1])])
+
+
+class SimBackend:
+    """:class:`hogwild_mts.core.lifecycle.Backend` of the simulator: every update of the
+    schedule is applied in this thread, ``segment`` updates (at most) per :meth:`poll`.
+
+    ``arrays``: the data (values, indices, indptr, labels, feature_scale) and the stale-read
+    buffers; ``workers_of``/``taus``/``times``: the schedule in landing order; ``policies``: one
+    copy per emulated worker, each refitted from the global histogram after every
+    ``refit_every`` of its worker's own updates."""
+
+    def __init__(self, *, data: dict, dense: bool, n_features: int, fit_intercept: bool,
+                 loss_id: int, l2: float, batch_size: int, batch_rows, batch_ptr, workers_of, taus,
+                 times, policies: list, refit_every: int, snapshots: bool, n_params: int,
+                 segment: int, policy):
+        self.workers = len(policies)
+        self._data, self._dense, self._n_features = data, dense, n_features
+        self._fit_intercept, self._loss_id, self._l2 = fit_intercept, loss_id, l2
+        self._batch_rows, self._batch_ptr = batch_rows, batch_ptr
+        self._workers_of, self._taus, self._times = workers_of, taus, times
+        self._policies, self._snapshots, self._segment = policies, snapshots, segment
+        self._policy = policy  # the caller's, named in the divergence message
+        self.total = int(workers_of.size)
+        self.params = np.zeros(max(n_params, n_features + 1), np.float64)  # slot n_features exists
+        self.hist = np.zeros(HIST_BINS, np.int64)
+        self.position = 0
+        self.refits = 0
+        self._stop_requested = False
+        self._table_length = max(len(policy.table()) for policy in policies)
+        self._tables = np.empty((self.workers, self._table_length))
+        for w, policy in enumerate(policies):
+            self._tables[w] = _padded(policy.table(), self._table_length)
+        self._refit_points = {}  # global update index after which worker w refits
+        if refit_every:
+            for w in range(self.workers):
+                mine = np.flatnonzero(workers_of == w)
+                for t in mine[refit_every - 1::refit_every]:
+                    self._refit_points.setdefault(int(t) + 1, []).append(w)
+        self._stops = sorted(set(self._refit_points) | {self.total})
+        self._allocate_stale_reads(batch_size)
+
+    def _allocate_stale_reads(self, batch_size: int) -> None:
+        size = self.params.size
+        window = max(int(self._taus.max()) if self.total else 0, 1)
+        row_lengths = np.diff(self._data["indptr"])
+        entries = batch_size * (int(row_lengths.max()) + 1)
+        ring_size = (window + 1) * size if self._snapshots else window * entries
+        if ring_size > MAX_RING_ENTRIES:
+            raise ValueError(f"the stale-read ring would hold {ring_size:,} entries (max staleness "
+                             f"{window}, {entries} writes per update); the limit is {MAX_RING_ENTRIES:,}: "
+                             "lower the staleness or the batch size")
+        if self._snapshots:
+            self._ring = np.zeros((window + 1, size))
+            self._log = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros(1, np.int64))
+        else:
+            self._ring = np.zeros((1, 1))
+            self._log = (np.zeros((window, entries), np.int64), np.zeros((window, entries)),
+                         np.zeros(window, np.int64))
+        self._marker = np.zeros(size, np.int64)
+        self._stale = np.zeros(size)
+        self._derivatives = np.empty(batch_size)
+
+    def start(self) -> None:
+        """Nothing to launch: the emulated workers run inside :meth:`poll`."""
+
+    def ready(self) -> bool:
+        return True
+
+    def go(self) -> None:
+        """The simulated clock starts at 0."""
+
+    def poll(self, until_updates=None) -> int:
+        """Apply the next updates: up to ``until_updates``, at most ``segment`` of them, stopping
+        at each refit point to refit that worker's policy."""
+        target = self.position + self._segment if until_updates is None else until_updates
+        target = min(target, self.position + self._segment, self.total)
+        while self.position < target and not self._stop_requested:
+            stop = min(next(s for s in self._stops if s > self.position), target)
+            self._apply(stop)
+            for w in self._refit_points.get(stop, ()):
+                self._policies[w].observe(self.hist)
+                self._tables[w] = _padded(self._policies[w].table(), self._table_length)
+                self.refits += 1
+        return self.position
+
+    def _apply(self, stop: int) -> None:
+        data = self._data
+        log_cols, log_old, log_count = self._log
+        status, reached = simulate_updates(
+            data["values"], data["indices"], data["indptr"], self._dense, data["labels"],
+            data["feature_scale"], self._batch_rows, self._batch_ptr, self._workers_of, self._taus,
+            self.position, stop, self.params, self._n_features, self._fit_intercept, self._loss_id,
+            self._l2, self._tables, self.hist, self._snapshots, self._ring, log_cols, log_old,
+            log_count, self._marker, self._stale, self._derivatives)
+        if status == STATUS_DIVERGED:
+            raise DivergenceError(divergence_message(self._policy,
+                                                     f"a margin at simulated update {reached}"))
+        self.position = stop
+
+    def finished(self) -> bool:
+        return self.position >= self.total or self._stop_requested
+
+    def elapsed(self) -> float:
+        return float(self._times[self.position - 1]) if self.position else 0.0
+
+    def snapshot(self) -> np.ndarray:
+        return self.params.copy()
+
+    def wait(self) -> None:
+        """The simulation advances in poll; there is nothing to wait for."""
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def join(self) -> None:
+        """Nothing runs outside poll."""
+
+    def collect(self) -> RunTotals:
+        done = self.position
+        return RunTotals(updates=done, counter=done, samples=int(self._batch_ptr[done]),
+                         histogram=self.hist.copy(),
+                         max_staleness=int(self._taus[:done].max()) if done else 0,
+                         refits=self.refits, train_seconds=self.elapsed())
+
+    def close(self) -> None:
+        """Buffers are freed with the object."""

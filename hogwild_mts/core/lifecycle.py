@@ -1,0 +1,247 @@
+"""The run lifecycle every backend shares: options, the start handshake, watching (progress bar,
+evaluation schedule, failures, divergence), stopping on Ctrl-C, and the result.
+
+A backend (shared memory, the simulator, Ray) runs the workers and implements :class:`Backend`;
+an engine supplies how to score a parameter vector and the result fields only it knows, then
+calls :func:`run`.  See docs/architecture.md for the data flow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from hogwild_mts.core.options import check_int, check_positive
+from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, describe, divergence_message
+from hogwild_mts.policies.step_sizes import as_policy
+from hogwild_mts.staleness.summary import fit_staleness_models
+
+POLL_SECONDS = 0.01  # the parent's polling period while workers run
+
+
+class Backend(Protocol):
+    """Runs one fit's workers.  :func:`run` calls, in order: ``start``; ``ready`` until True;
+    ``go``; ``poll``/``finished``/``elapsed``/``snapshot``/``wait`` while it runs;
+    ``request_stop`` + ``join`` (always, also after errors); ``collect``; ``close`` (always).
+    ``ready`` and ``poll`` raise WorkerError for a failed worker and DivergenceError for one that
+    saw NaN/inf."""
+
+    workers: int
+
+    def start(self) -> None:
+        """Launch the workers; they prepare (map data, load kernels) and then say ready."""
+
+    def ready(self) -> bool:
+        """True once every worker waits for the start signal."""
+
+    def go(self) -> None:
+        """Release every worker at once; the backend clock starts."""
+
+    def poll(self, until_updates: int | None) -> int:
+        """Check the workers and return the updates applied so far.  A backend that runs in
+        this thread (the simulator) advances here, stopping at ``until_updates`` if given."""
+
+    def finished(self) -> bool:
+        """True once every worker has left its loop."""
+
+    def elapsed(self) -> float:
+        """Seconds since ``go`` on the backend's clock (simulated seconds for the simulator)."""
+
+    def snapshot(self) -> np.ndarray:
+        """A copy of the live parameter vector."""
+
+    def wait(self) -> None:
+        """Pause between polls (a backend that advances in ``poll`` returns at once)."""
+
+    def request_stop(self) -> None:
+        """Ask every worker to leave its loop after its current chunk; idempotent."""
+
+    def join(self) -> None:
+        """Wait for the workers to stop; end those that do not; idempotent."""
+
+    def collect(self) -> RunTotals:
+        """The run's counts, after ``join``."""
+
+    def close(self) -> None:
+        """Release everything the run holds (shared memory, actors); idempotent."""
+
+
+@dataclass
+class RunOptions:
+    """The options every trainer (engines, simulator) has, validated (see :func:`run_options`)."""
+
+    policy: object
+    workers: int
+    epochs: int
+    batch_size: int
+    seed: int
+    eval_every: float | None  # seconds between evaluations, or None
+    eval_every_updates: int | None  # updates between evaluations (replaces eval_every), or None
+    progress: bool
+    defer_evaluation: bool
+
+
+def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size, seed,
+                eval_every=None, eval_every_updates=None, progress=False,
+                defer_evaluation=False) -> RunOptions:
+    """Validate the common options: ``policy`` (a name gets ``alpha``, default ``default_alpha``),
+    ``workers``, ``epochs``, ``batch_size`` >= 1, ``seed`` >= 0, the evaluation schedule
+    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given)."""
+    if alpha is None and isinstance(policy, str):
+        alpha = default_alpha
+    if eval_every_updates is not None:
+        eval_every_updates = check_int("eval_every_updates", eval_every_updates, 1)
+        eval_every = None
+    elif eval_every is not None:
+        eval_every = check_positive("eval_every", eval_every)
+    return RunOptions(policy=as_policy(policy, alpha), workers=check_int("workers", workers, 1),
+                      epochs=check_int("epochs", epochs, 1),
+                      batch_size=check_int("batch_size", batch_size, 1),
+                      seed=check_int("seed", seed, 0), eval_every=eval_every,
+                      eval_every_updates=eval_every_updates, progress=bool(progress),
+                      defer_evaluation=bool(defer_evaluation))
+
+
+def describe_fitted(policy, workers: int, histogram: np.ndarray) -> dict:
+    """The policy as the workers ended it: a copy refitted on the final histogram (each worker
+    refits its own copy; the caller's object is never touched)."""
+    import copy
+
+    policy = copy.deepcopy(policy)
+    policy.bind(workers)
+    if getattr(policy, "refit_every", 0):
+        policy.observe(histogram)
+    return describe(policy)
+
+
+def progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="upd", unit_scale=True, disable=not enabled, dynamic_ncols=True,
+                mininterval=0.25)
+
+
+Score = Callable[[np.ndarray], tuple]  # params -> (loss, accuracy or None)
+
+
+def run(backend: Backend, options: RunOptions, *, score: Score, details: Callable[[np.ndarray], dict],
+        total_updates: int, started: float) -> FitResult:
+    """Run ``backend`` to the end (or Ctrl-C) and return the FitResult.
+
+    ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
+    ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
+    settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
+    fit began.  Ctrl-C returns the partial result with ``interrupted=True``.  The backend is
+    stopped, joined and closed on every path.
+    """
+    watcher = _Watcher(backend, options, score)
+    try:
+        interrupted = False
+        try:
+            backend.start()
+            watcher.watch(total_updates)
+        except KeyboardInterrupt:
+            interrupted = True
+            backend.request_stop()
+            backend.join()
+        watcher.score_deferred()
+        backend.request_stop()
+        backend.join()
+        totals = backend.collect()
+        final = backend.snapshot()
+        loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
+        return FitResult(
+            history=watcher.history, updates=totals.updates, counter=totals.counter,
+            samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,
+            staleness_fit=fit_staleness_models(totals.histogram), max_staleness=totals.max_staleness,
+            train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
+            final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
+            workers=options.workers,
+            policy=describe_fitted(options.policy, options.workers, totals.histogram),
+            interrupted=interrupted, **details(final))
+    finally:
+        backend.request_stop()
+        backend.join()
+        backend.close()
+
+
+class _Watcher:
+    """The parent's side of a running fit: start handshake, polls, evaluation schedule, history."""
+
+    def __init__(self, backend: Backend, options: RunOptions, score: Score):
+        self.backend, self.options, self._score = backend, options, score
+        self.history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
+        self.deferred = []  # (elapsed, updates, parameter copy) scored after the run
+
+    def record(self, params: np.ndarray, elapsed: float, updates: int):
+        """Score ``params`` (DivergenceError on NaN/inf) and append a history row."""
+        if not np.all(np.isfinite(params)):
+            raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
+        loss, accuracy = self._score(params)
+        if not math.isfinite(loss):
+            raise DivergenceError(divergence_message(self.options.policy, "the loss"))
+        self.history["time_s"].append(round(float(elapsed), 4))
+        self.history["updates"].append(int(updates))
+        self.history["loss"].append(float(loss))
+        self.history["accuracy"].append(None if accuracy is None else float(accuracy))
+        return loss, accuracy
+
+    def score_deferred(self) -> None:
+        for elapsed, updates, params in self.deferred:
+            self.record(params, elapsed, updates)
+        self.deferred = []
+
+    def watch(self, total_updates: int) -> None:
+        """Start the workers together once all are ready, then poll until they finish,
+        evaluating on the schedule (the final row comes from :func:`run`).  The starting point
+        is scored on a spare core after the start signal, or, when the workers take every core,
+        while they start up."""
+        backend, options = self.backend, self.options
+        starting_point = backend.snapshot()  # nobody writes yet
+        spare_core = options.workers < (os.cpu_count() or 1)
+        if not spare_core:
+            self.record(starting_point, 0.0, 0)
+        while not backend.ready():
+            backend.wait()
+        backend.go()
+        if spare_core:
+            self.record(starting_point, 0.0, 0)
+        every_updates, every_seconds = options.eval_every_updates, options.eval_every
+        next_updates = every_updates
+        next_seconds = every_seconds
+        bar = progress_bar(total_updates, options.progress)
+        try:
+            while True:
+                finished = backend.finished()  # read before the counts: a later row is the final one
+                updates = backend.poll(next_updates)
+                elapsed = backend.elapsed()
+                due = ((next_updates is not None and updates >= next_updates)
+                       or (next_seconds is not None and elapsed >= next_seconds))
+                if due and not finished:
+                    self._evaluate_now(updates, elapsed, bar)
+                    if next_updates is not None:
+                        next_updates = (updates // every_updates + 1) * every_updates
+                    else:
+                        next_seconds = backend.elapsed() + every_seconds
+                bar.update(updates - bar.n)
+                if finished:
+                    return
+                backend.wait()
+        finally:
+            bar.close()
+
+    def _evaluate_now(self, updates: int, elapsed: float, bar) -> None:
+        params = self.backend.snapshot()
+        if self.options.defer_evaluation:
+            if not np.all(np.isfinite(params)):
+                raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
+            self.deferred.append((elapsed, updates, params))
+            return
+        loss, accuracy = self.record(params, elapsed, updates)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False,
+                        **({} if accuracy is None else {"acc": f"{accuracy:.4f}"}))

@@ -1,0 +1,100 @@
+"""What a fit returns and the errors it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hogwild_mts.staleness.summary import staleness_summary
+
+
+class WorkerError(RuntimeError):
+    """A worker raised or died; the message says which and how."""
+
+
+class DivergenceError(FloatingPointError):
+    """The parameters (or a loss) became NaN or infinite."""
+
+
+def describe(policy) -> dict:
+    """The policy's ``describe()``, or its class name for a user policy without one."""
+    method = getattr(policy, "describe", None)
+    return method() if callable(method) else {"name": type(policy).__name__}
+
+
+def divergence_message(policy, where: str) -> str:
+    """The one message of a diverged run; ``where`` says what was seen (e.g. "a worker's loss")."""
+    return (f"training diverged: {where} became NaN or infinite (policy "
+            f"{describe(policy).get('name')}); lower the step size (alpha) or use a policy that "
+            "damps stale updates")
+
+
+@dataclass
+class RunTotals:
+    """What a backend counted over a run (see :mod:`hogwild_mts.core.control`)."""
+
+    updates: int  # applied updates, summed over workers
+    counter: int  # final value of the sequence counter (= updates when stamping)
+    samples: int  # rows processed
+    histogram: np.ndarray  # int64 counts by tau, summed over workers
+    max_staleness: int
+    refits: int
+    train_seconds: float  # first worker's loop start to last worker's last update (backend clock)
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns.  Times are seconds; ``history`` rows are evaluations."""
+
+    params: np.ndarray  # float64 copy of the shared parameters (linear: the weights only)
+    intercept: float
+    history: dict  # {"time_s", "updates", "loss", "accuracy"}: lists, one entry per evaluation
+    updates: int  # applied updates, summed over workers
+    counter: int  # final value of the shared sequence counter (= updates when stamping)
+    samples: int  # rows processed (updates x batch size, last batches shorter)
+    staleness_histogram: np.ndarray  # int64 counts by tau, summed over workers
+    max_staleness: int
+    train_seconds: float  # from the first worker's start to the last worker's last update
+    wall_seconds: float  # the whole fit, start-up and clean-up included
+    final_loss: float
+    final_accuracy: float | None
+    workers: int
+    model: str
+    policy: dict
+    data: str
+    refits: int = 0  # policy refits done by the workers, summed
+    staleness_fit: dict = field(default_factory=dict)  # best model by AIC + every model's fit
+    interrupted: bool = False
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def updates_per_second(self) -> float:
+        return self.updates / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def staleness_summary(self) -> dict:
+        return staleness_summary(self.staleness_histogram, self.max_staleness)
+
+    def to_dict(self) -> dict:
+        """JSON-able metrics (no parameter vector)."""
+        return {
+            "model": self.model, "data": self.data, "workers": self.workers, "policy": self.policy,
+            "settings": self.settings, "final_loss": self.final_loss,
+            "final_accuracy": self.final_accuracy, "updates": self.updates, "counter": self.counter,
+            "samples": self.samples, "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds, "updates_per_second": self.updates_per_second,
+            "samples_per_second": self.samples_per_second, "interrupted": self.interrupted,
+            "staleness": self.staleness_summary(), "staleness_fit": self.staleness_fit,
+            "refits": self.refits,
+            "staleness_histogram": _trim_histogram(self.staleness_histogram).tolist(),
+            "history": self.history,
+        }
+
+
+def _trim_histogram(histogram: np.ndarray) -> np.ndarray:
+    nonzero = np.flatnonzero(histogram)
+    return histogram[: nonzero[-1] + 1] if nonzero.size else histogram[:1]
