@@ -1,11 +1,15 @@
-"""Shared test helpers: shared-memory and child-process leak checks."""
+"""Shared test helpers: shared-memory and child-process leak checks, and waiting for a run's
+progress (an event, never a fixed sleep)."""
 
 import multiprocessing
 import os
+import time
 
 from hogwild_mts.backends.shm.block import block_name_prefix
 
 SHM_DIR = "/dev/shm"
+WAIT_SECONDS = 60.0  # generous deadline for an event on a busy machine
+POLL_SECONDS = 0.01
 
 
 def shared_blocks(pid: int | None = None) -> set:
@@ -16,3 +20,30 @@ def shared_blocks(pid: int | None = None) -> set:
 
 def live_children() -> list:
     return [child for child in multiprocessing.active_children() if child.is_alive()]
+
+
+def block_counter(name: str) -> int | None:
+    """The sequence counter of block ``name`` (the block's first int64), read from the file
+    without attaching (attaching would register the block with this process's resource
+    tracker); None once the block is gone."""
+    try:
+        with open(os.path.join(SHM_DIR, name), "rb") as handle:
+            word = handle.read(8)
+    except FileNotFoundError:
+        return None
+    return int.from_bytes(word, "little", signed=True) if len(word) == 8 else 0
+
+
+def wait_for_updates(pid: int | None = None, minimum: int = 1, seconds: float = WAIT_SECONDS) -> str:
+    """Wait until a block of process ``pid`` (default: this one) has counted ``minimum``
+    updates, i.e. its workers are training; return the block's name.  AssertionError after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name in shared_blocks(pid):
+            counter = block_counter(name)
+            if counter is not None and counter >= minimum:
+                return name
+        time.sleep(POLL_SECONDS)
+    raise AssertionError(f"no block of process {pid or os.getpid()} reached {minimum} updates "
+                         f"within {seconds} s")

@@ -14,7 +14,7 @@ import scipy.sparse
 
 from hogwild_mts.data.tabular import DataError, synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import DivergenceError, Engine, WorkerError
-from tests.helpers import live_children, shared_blocks
+from tests.helpers import WAIT_SECONDS, live_children, shared_blocks, wait_for_updates
 
 SEPARABLE = dict(n_samples=6000, n_features=2000, nnz_per_row=20, seed=3)
 
@@ -133,24 +133,19 @@ def test_divergence_stops_with_a_clear_error():
 def test_killed_worker_raises_quickly_and_cleans_up():
     data = synthetic_sparse(20000, 5000, 30, seed=0)
     engine = Engine("logreg", alpha=0.1, workers=2, epochs=100000, progress=False)
+    killed = []
 
     def kill_one_worker():
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            children = live_children()
-            if len(children) == 2 and len(shared_blocks()) > 0:
-                time.sleep(1.0)  # let them start training
-                os.kill(children[0].pid, signal.SIGKILL)
-                return
-            time.sleep(0.05)
+        wait_for_updates(minimum=1000)  # the workers are training
+        killed.append(live_children()[0].pid)
+        os.kill(killed[0], signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_one_worker)
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    started = time.time()
     with pytest.raises(WorkerError, match="SIGKILL"):
         engine.fit(data)
-    killer.join()
-    assert time.time() - started < 60
+    killer.join(WAIT_SECONDS)
+    assert killed, "the worker was never killed"
 
 
 def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
@@ -161,10 +156,7 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True, text=True)
     try:
-        deadline = time.time() + 60
-        while not shared_blocks(process.pid) and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(2.0)  # workers started and training
+        wait_for_updates(process.pid, minimum=1000)  # workers started and training
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         stdout, stderr = process.communicate(timeout=60)
     finally:
@@ -188,11 +180,7 @@ def test_killed_parent_leaves_no_workers_and_no_shared_memory():
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        deadline = time.time() + 60
-        while not shared_blocks(process.pid) and time.time() < deadline:
-            time.sleep(0.05)
-        assert shared_blocks(process.pid), "the run never started"
-        time.sleep(1.0)
+        wait_for_updates(process.pid, minimum=1000)  # workers started and training
         process.kill()
         process.wait(10)
         assert _group_gone(process.pid, seconds=20), "a worker outlived its killed parent"
@@ -216,7 +204,7 @@ def _group_gone(group: int, seconds: float) -> bool:
 
 
 def test_deferred_evaluation_scores_the_same_snapshots_after_the_run(separable):
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=200, eval_every=0.02,
+    result = Engine("logreg", alpha=0.5, workers=2, epochs=200, eval_every_updates=50_000,
                     defer_evaluation=True, progress=False).fit(separable)
     history = result.history
     assert len(history["loss"]) >= 4  # start, snapshots taken during the run, final
