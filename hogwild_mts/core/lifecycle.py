@@ -222,7 +222,7 @@ class _Watcher:
                 elapsed = backend.elapsed()
                 due = ((next_updates is not None and updates >= next_updates)
                        or (next_seconds is not None and elapsed >= next_seconds))
-                if due and not finished:
+                if due and not backend.finished():  # a run that just ended gets its final row
                     self._evaluate_now(updates, elapsed, bar)
                     if next_updates is not None:
                         next_updates = (updates // every_updates + 1) * every_updates
