@@ -114,18 +114,24 @@ class Engine:
                                  spec.loss_id, spec.l2)
 
     # ------------------------------------------------------------------ run
-    def fit(self, X, y=None) -> FitResult:
+    def fit(self, X, y=None, *, init_params=None) -> FitResult:
         """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``.
 
-        Returns a FitResult.  Ctrl-C stops the workers and returns the partial result with
-        ``interrupted=True``.  Raises WorkerError if a worker fails or dies, DivergenceError on
-        NaN/inf parameters; shared memory is unlinked on every path.
+        ``init_params``: the flat parameter vector to start from (the weights, then the
+        intercept if the model has one; default zeros), e.g. a previous result's
+        ``np.append(params, intercept)``.  Returns a FitResult.  Ctrl-C stops the workers and
+        returns the partial result with ``interrupted=True``.  Raises WorkerError if a worker
+        fails or dies, DivergenceError on NaN/inf parameters; shared memory is unlinked on
+        every path.
         """
         started = time.time()
         dataset = prepare_dataset(self.model, X, y, self.workers)
+        start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
         block = SharedBlock.create(self._layout(dataset))
         try:
             self._fill(block.views, dataset)
+            if start_params is not None:
+                block.views["params"][:] = start_params
             spec = self._spec(block, dataset)
             self._warm_up(block.views, spec)
         except BaseException:
@@ -177,6 +183,21 @@ def prepare_dataset(model: LinearModel, X, y, workers: int) -> Dataset:
         raise ValueError(f"workers ({workers}) exceeds the number of samples "
                          f"({dataset.n_samples}); every worker needs at least one row")
     return dataset
+
+
+def check_init_params(init_params, n_params: int) -> np.ndarray | None:
+    """``init_params`` as a float64 vector of ``n_params`` finite numbers (None stays None);
+    ValueError naming the shape or the first bad entry otherwise."""
+    if init_params is None:
+        return None
+    params = np.asarray(init_params, dtype=np.float64)
+    if params.shape != (n_params,):
+        raise ValueError(f"init_params must have shape ({n_params},) (the weights, then the "
+                         f"intercept if fitted), got {params.shape}")
+    bad = np.flatnonzero(~np.isfinite(params))
+    if bad.size:
+        raise ValueError(f"init_params[{bad[0]}] = {params[bad[0]]!r}; every entry must be finite")
+    return params
 
 
 def _data_arrays(dataset: Dataset) -> dict:
