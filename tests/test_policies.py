@@ -68,7 +68,7 @@ def test_inverse_and_exponential_formulas():
 
 def test_tail_uses_the_prior_cdf_then_the_observed_cdf():
     policy = TailPolicy(alpha=1.0, A=1.0, min_samples=10, length=6)
-    policy.bind(3)
+    policy.bind(5)
     prior_cdf = np.cumsum(Poisson(2.0).pmf(6))
     np.testing.assert_allclose(policy.table(), np.maximum(1.0 + (1.0 - 2.0 * prior_cdf), 1e-3))
     policy.observe(np.array([0, 0, 4]))          # below min_samples: still the prior
@@ -87,8 +87,8 @@ def _binned(model, T):
 @given(lam=st.floats(0.05, 20.0), mu=st.floats(0.01, 0.95), length=st.integers(2, 24))
 @example(lam=7.0, mu=0.5, length=2)
 def test_mindthestep_momentum_without_clipping_matches_the_target(lam, mu, length):
-    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, alpha_min=1e-300, alpha_max=1e300,
-                               length=length)
+    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, staleness_model="poisson",
+                               alpha_min=1e-300, alpha_max=1e300, length=length)
     policy.bind(int(lam) + 1)
     policy.observe(np.bincount(Poisson(lam).sample(5000, np.random.default_rng(0))))
     p = _binned(policy.model, length)
@@ -107,10 +107,8 @@ def test_mindthestep_shrink_without_clipping_matches_the_target(model, r, length
     policy.bind(4)
     policy.observe(np.bincount(CMP(3.0, 0.8).sample(2000, np.random.default_rng(seed))))
     p = _binned(policy.model, length)
-    taus = np.arange(length - 1)
-    weights = r ** taus * p[:-1]
-    expectation = weights.sum() + float(np.dot(r ** np.arange(length - 1, 4000), policy.model.pmf(4000)[length - 1:]))
-    q = np.append(weights, expectation - weights.sum()) / expectation
+    weights = r ** np.arange(length) * p      # the last bin (tau >= length - 1) tilted at length - 1
+    q = weights / weights.sum()
     table = policy.table()
     assert policy.clipped_low == policy.clipped_high == 0
     assert float(np.dot(p, table)) == pytest.approx(0.2, abs=1e-9)
@@ -119,27 +117,27 @@ def test_mindthestep_shrink_without_clipping_matches_the_target(model, r, length
 
 def test_mindthestep_shrink_of_poisson_is_poisson_with_fewer_workers():
     policy = MindTheStepPolicy(alpha=1.0, target="shrink", r=0.25, alpha_min=1e-9, alpha_max=1e9, length=40)
-    policy.bind(9)
+    policy.bind(17)
     profile = policy.p_binned * policy.table()
     np.testing.assert_allclose(profile[:-1], Poisson(2.0).pmf(39), atol=1e-9)
 
 
 @given(beta=st.floats(0.0, 1.0), workers=st.integers(1, 32))
 def test_mindthestep_tempering_keeps_the_mean_step(beta, workers):
-    policy = MindTheStepPolicy(alpha=0.5, mu=0.3, beta=beta, alpha_min=1e-300, alpha_max=1e300, length=12)
+    policy = MindTheStepPolicy(alpha=0.5, target="momentum", mu=0.3, beta=beta, alpha_min=1e-300, alpha_max=1e300, length=12)
     policy.bind(workers)
     assert float(np.dot(policy.p_binned, policy.table())) == pytest.approx(0.5, rel=1e-9)
 
 
 def test_mindthestep_beta_zero_is_the_constant_step():
-    policy = MindTheStepPolicy(alpha=0.5, mu=0.9, beta=0.0)
+    policy = MindTheStepPolicy(alpha=0.5, target="momentum", mu=0.9, beta=0.0)
     policy.bind(16)
     np.testing.assert_allclose(policy.table(), 0.5)
 
 
 def test_mindthestep_reports_the_clipping_it_needed():
-    policy = MindTheStepPolicy(alpha=0.1, mu=0.5)
-    policy.bind(16)
+    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.5, staleness_model="poisson")
+    policy.bind(31)
     report = json.loads(json.dumps(policy.describe()))
     table = policy.table()
     achieved = float(np.dot(policy.p_binned, table))
@@ -153,7 +151,7 @@ def test_mindthestep_reports_the_clipping_it_needed():
 
 def test_mindthestep_uses_the_prior_until_min_samples_then_refits():
     policy = MindTheStepPolicy(alpha=0.1, target="shrink", r=0.5, min_samples=1000, staleness_model="cmp")
-    policy.bind(4)
+    policy.bind(7)
     assert policy.model.lam == 3.0
     histogram = np.bincount(CMP(20.0, 1.5).sample(999, np.random.default_rng(1)))
     policy.observe(histogram)
@@ -164,7 +162,7 @@ def test_mindthestep_uses_the_prior_until_min_samples_then_refits():
 
 
 def test_one_worker_prior_gives_the_constant_step_where_tau_can_occur():
-    policy = MindTheStepPolicy(alpha=0.1, mu=0.5)
+    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.5)
     policy.bind(1)
     table = policy.table()
     assert table[0] == pytest.approx(0.1) and np.all(table[1:] == policy.alpha_max)
@@ -262,3 +260,66 @@ def test_every_registered_policy_describes_itself_as_json(histogram):
         check_table(policy)
         out = json.loads(json.dumps(policy.describe()))
         assert out["name"] == name and out["table_head"] == [float(a) for a in policy.table()[:8]]
+
+
+def _shrink_identities(policy, alpha):
+    """The identities to 1e-9 (entries below alpha_min = 1e-300 only where r^k underflows)."""
+    table = policy.table()
+    assert policy.clipped_high == 0 and np.all(policy.unclipped_head[:1] > 1e-300)
+    assert float(np.dot(policy.p_binned, table)) == pytest.approx(alpha, abs=1e-9)
+    np.testing.assert_allclose(policy.p_binned * table / alpha, policy.q_binned, rtol=0, atol=1e-9)
+
+
+@given(histogram=histograms(), chi2=st.floats(0.0, 2.0), workers=st.integers(1, 64),
+       length=st.integers(2, 300))
+@example(histogram=np.array([0, 0, 0, 7]), chi2=0.1, workers=4, length=256)
+def test_default_mindthestep_spends_its_chi2_budget_and_never_rises(histogram, chi2, workers, length):
+    policy = MindTheStepPolicy(alpha=0.2, chi2=chi2, alpha_min=1e-300, alpha_max=1e300, length=length,
+                               min_samples=0)
+    policy.bind(workers)
+    policy.observe(histogram)
+    _shrink_identities(policy, 0.2)
+    spent = policy.describe()["step_chi2"]
+    little_spread = policy.r_used == pytest.approx(math.exp(-50.0))
+    assert spent == pytest.approx(chi2, abs=1e-7) or (little_spread and spent <= chi2 + 1e-9)
+    assert np.all(np.diff(policy.table()) <= 1e-12 * 0.2)   # no weight of order 1/P(tau)
+
+
+def test_defaults_are_the_chi2_shrink_on_the_empirical_histogram():
+    policy = make_policy("mindthestep", alpha=0.1)
+    parameters = policy.parameters()
+    assert parameters == {"target": "shrink", "chi2": 0.1, "beta": 1.0, "staleness_model": "empirical"}
+    with pytest.raises(ValueError, match="not both"):
+        make_policy("mindthestep", r=0.9, chi2=0.1)
+    with pytest.raises(ValueError, match="chi2=0.1 applies only to target='shrink'"):
+        make_policy("mindthestep", target="momentum", chi2=0.1)
+    with pytest.raises(ValueError, match="chi2 must"):
+        make_policy("mindthestep", chi2=-1.0)
+    constant = make_policy("mindthestep", alpha=0.1, chi2=0.0)
+    constant.bind(16)
+    np.testing.assert_allclose(constant.table(), 0.1)
+
+
+@pytest.mark.parametrize("lam", [4.0, 32.0, 256.0])
+def test_chi2_shrink_shifts_poisson_staleness_by_a_fixed_number_of_standard_deviations(lam):
+    policy = MindTheStepPolicy(alpha=1.0, chi2=0.1, staleness_model="poisson", alpha_max=1e9,
+                               length=4096, min_samples=0)
+    policy.bind(2)
+    policy.observe(np.bincount(Poisson(lam).sample(200_000, np.random.default_rng(0))))
+    shift = (policy.model.mean - policy.target_model(policy.model).mean) / math.sqrt(policy.model.mean)
+    assert shift == pytest.approx(math.sqrt(math.log(1.1)), rel=0.02)
+
+
+def test_rare_huge_staleness_does_not_move_the_default_table():
+    rng = np.random.default_rng(3)
+    bulk = np.bincount(Poisson(8.0).sample(100_000, rng), minlength=40)
+    tailed = np.append(bulk, np.zeros(29_757 - bulk.size, np.int64))
+    tailed[[1_701, 9_000, 29_756]] = 1
+    policies = []
+    for histogram in (bulk, tailed):
+        policy = make_policy("mindthestep", alpha=0.5)
+        policy.bind(16)
+        policy.observe(histogram)
+        policies.append(policy.table())
+    np.testing.assert_allclose(policies[1][:30], policies[0][:30], rtol=1e-3)
+    assert policies[1][-1] == pytest.approx(0.5e-3)    # the stalest get alpha_min

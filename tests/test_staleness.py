@@ -185,8 +185,8 @@ def test_empirical_fit_follows_the_histogram_with_a_geometric_tail():
     assert model.mean == pytest.approx(np.dot(model.pmf(2000), np.arange(2000)), rel=1e-9)
 
 
-def test_prior_is_poisson_of_workers_minus_one():
-    assert prior(8).lam == 7.0 and prior(1).lam == 0.0
+def test_prior_is_poisson_of_half_the_other_workers():
+    assert prior(17).lam == 8.0 and prior(2).lam == 0.5 and prior(1).lam == 0.0
     np.testing.assert_array_equal(prior(1).pmf(3), [1.0, 0.0, 0.0])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 
 import numpy as np
 
@@ -232,57 +233,113 @@ class TailPolicy(AdaptivePolicy):
 
 
 TARGETS = ("momentum", "shrink")
+DEFAULT_TARGET = "shrink"
+DEFAULT_MU = 0.5
+DEFAULT_CHI2 = 0.1                 # default shrink budget: E_P[(alpha / alpha_c)^2] - 1
+DEFAULT_STALENESS_MODEL = "empirical"
+MAX_TILT = 50.0                    # largest -log r the chi2 solver tries (r = e^-50: only the freshest bin)
+
+
+def chi2_of_tilt(log_p: np.ndarray, tilt: float) -> float:
+    """``log(1 + chi2)`` of the shrink target Q(k) ~ e^(-tilt k) P(k) against P over table bins
+    k = 0..T-1: ``log E_P[e^(-2 tilt k)] - 2 log E_P[e^(-tilt k)]``.  Non-decreasing in
+    ``tilt`` >= 0, 0 at tilt = 0."""
+    k = np.arange(log_p.size)
+    possible = log_p > -np.inf
+    return (logsumexp(log_p[possible] - 2.0 * tilt * k[possible])
+            - 2.0 * logsumexp(log_p[possible] - tilt * k[possible]))
+
+
+def shrink_ratio_for_chi2(log_p: np.ndarray, chi2: float) -> float:
+    """The r in (0, 1] whose shrink target spends exactly the budget ``chi2`` over the binned law
+    ``exp(log_p)`` (bisection on -log r, to 1e-12 relative); where even r -> 0 spends less (P has
+    little spread, e.g. one worker), r = e^-MAX_TILT."""
+    goal = math.log1p(chi2)
+    if chi2 == 0.0 or chi2_of_tilt(log_p, MAX_TILT) <= goal:
+        return 1.0 if chi2 == 0.0 else math.exp(-MAX_TILT)
+    low, high = 0.0, 1.0 / log_p.size
+    while chi2_of_tilt(log_p, high) < goal:
+        low, high = high, min(2.0 * high, MAX_TILT)
+    while high - low > 1e-12 * high:
+        middle = 0.5 * (low + high)
+        if chi2_of_tilt(log_p, middle) < goal:
+            low = middle
+        else:
+            high = middle
+    return math.exp(-0.5 * (low + high))
 
 
 class MindTheStepPolicy(AdaptivePolicy):
     """MindTheStep: ``alpha(k) = alpha_c Q(k) / P(k)``, tempered, renormalised and clipped.
 
-    P = the staleness model (``staleness_model``: poisson, geometric, cmp, empirical or auto by
-    AIC), refitted online; Q = the target: ``momentum`` Q = Geometric(mu), 0 <= mu < 1, or
-    ``shrink`` Q(k) proportional to r^k P(k), 0 < r <= 1. With tempering beta in [0, 1]:
-    ``alpha(k) = alpha_c w(k) / E_P[w]``, ``w = (Q/P)^beta``; then clipped to [alpha_min, alpha_max].
+    P = the staleness model (``staleness_model``: empirical (default), poisson, geometric, cmp or
+    auto by AIC), refitted online; Q = the target:
 
-    The table works on binned laws: entry T-1 stands for every tau >= T-1, so P and Q there are
-    tail masses. Without clipping and with beta = 1, ``sum_k P(k) alpha(k) = alpha_c`` and
-    ``P(k) alpha(k) / alpha_c = Q(k)`` hold exactly over the bins. Where P(k) = 0 the ratio is
-    +inf (alpha_max) if Q(k) > 0 and 1 if Q(k) = 0. ``describe()`` reports how far clipping
-    moved E_P[alpha] from alpha_c and P * alpha / alpha_c from Q.
+    * ``shrink`` (default): Q(k) proportional to r^k P(k) over the table bins (the last bin, every
+      tau >= T-1, at k = T-1), so ``alpha(k) = alpha_c r^k / E_P[r^k]``:
+      fresher gradients weigh more, no weight depends on 1/P(k).  ``r`` in (0, 1] fixed, or (the
+      default) solved at every refit so that the step's relative variance
+      ``E_P[(alpha / alpha_c)^2] - 1`` (the chi-square divergence of Q from P) equals ``chi2``;
+      that shifts the staleness about sqrt(log(1 + chi2)) standard deviations down, whatever m.
+    * ``momentum``: Q = Geometric(mu), 0 <= mu < 1 (weights of order 1/P(k) on rare tau).
+
+    With tempering beta in [0, 1]: ``alpha(k) = alpha_c w(k) / E_P[w]``, ``w = (Q/P)^beta``; then
+    clipped to [alpha_min, alpha_max].  The table works on binned laws: entry T-1 stands for
+    every tau >= T-1, so P and Q there are tail masses.  Without clipping and with beta = 1,
+    ``sum_k P(k) alpha(k) = alpha_c`` and ``P(k) alpha(k) / alpha_c = Q(k)`` hold exactly over the
+    bins.  Where P(k) = 0 the ratio is +inf (alpha_max) if Q(k) > 0 and 1 if Q(k) = 0.
+    ``describe()`` reports how far clipping moved E_P[alpha] from alpha_c and P * alpha / alpha_c
+    from Q.
     """
 
     name = "mindthestep"
 
-    def __init__(self, alpha: float = 0.1, target: str = "momentum", mu: float | None = None,
-                 r: float | None = None, beta: float = 1.0, staleness_model: str = "poisson",
-                 alpha_min: float | None = None, alpha_max: float | None = None,
-                 length: int = DEFAULT_TABLE_LENGTH, refit_every: int = DEFAULT_REFIT_EVERY,
-                 min_samples: int = DEFAULT_MIN_SAMPLES):
+    def __init__(self, alpha: float = 0.1, target: str = DEFAULT_TARGET, mu: float | None = None,
+                 r: float | None = None, chi2: float | None = None, beta: float = 1.0,
+                 staleness_model: str = DEFAULT_STALENESS_MODEL, alpha_min: float | None = None,
+                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
+                 refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
         super().__init__(alpha, alpha_min, alpha_max, length, refit_every, min_samples)
         if target not in TARGETS:
             raise ValueError(f"unknown mindthestep target {target!r}; choose one of {list(TARGETS)}")
         if staleness_model not in MODEL_NAMES:
             raise ValueError(f"unknown staleness_model {staleness_model!r}; choose one of {list(MODEL_NAMES)}")
-        if target == "momentum" and r is not None:
-            raise ValueError(f"r={r!r} applies only to target='shrink'; target='momentum' takes mu")
+        if mu is not None:
+            check_probability("mu", mu, allow_zero=True, allow_one=False)
+        if r is not None:
+            check_probability("r", r, allow_zero=False, allow_one=True)
+        if chi2 is not None:
+            check_nonnegative("chi2", chi2)
+        if target == "momentum" and (r is not None or chi2 is not None):
+            given = f"r={r!r}" if r is not None else f"chi2={chi2!r}"
+            raise ValueError(f"{given} applies only to target='shrink'; target='momentum' takes mu")
         if target == "shrink" and mu is not None:
-            raise ValueError(f"mu={mu!r} applies only to target='momentum'; target='shrink' takes r")
+            raise ValueError(f"mu={mu!r} applies only to target='momentum'; target='shrink' takes r or chi2")
+        if r is not None and chi2 is not None:
+            raise ValueError(f"give the shrink target r={r!r} or chi2={chi2!r}, not both")
         self.target = target
-        self.mu = check_probability("mu", 0.5 if mu is None else mu, allow_zero=True, allow_one=False) \
-            if target == "momentum" else None
-        self.r = check_probability("r", 0.5 if r is None else r, allow_zero=False, allow_one=True) \
-            if target == "shrink" else None
+        self.mu = (DEFAULT_MU if mu is None else float(mu)) if target == "momentum" else None
+        self.r = None if r is None else float(r)
+        self.chi2 = (DEFAULT_CHI2 if chi2 is None else float(chi2)) \
+            if target == "shrink" and r is None else None
         self.beta = check_probability("beta", beta, allow_zero=True, allow_one=True)
         self.staleness_model = staleness_model
         self.model: StalenessModel | None = None
+        self.r_used = self.r
 
     @property
     def formula(self) -> str:
-        q = "Geometric(mu)" if self.target == "momentum" else "r^k P(k) / E_P[r^k]"
+        if self.target == "momentum":
+            q = "Geometric(mu)"
+        else:
+            q = "r^k P(k) / E_P[r^k]" + ("" if self.chi2 is None else ", r solving E_P[(Q/P)^2] - 1 = chi2")
         return (f"alpha(k) = clip(alpha_c * (Q(k)/P(k))^beta / E_P[(Q/P)^beta], alpha_min, alpha_max), "
                 f"Q = {q}, P = {self.staleness_model} staleness model")
 
     def target_model(self, model: StalenessModel) -> StalenessModel:
-        """Q for the staleness model P = ``model``."""
-        return Geometric(self.mu) if self.target == "momentum" else model.tilted(self.r)
+        """Q for the staleness model P = ``model`` before binning (shrink: tilted by the r of the
+        last refit; the table tilts the binned law, the last bin by r^(T-1))."""
+        return Geometric(self.mu) if self.target == "momentum" else model.tilted(self.r_used)
 
     def _refit(self, counts):
         if counts is None:
@@ -290,7 +347,13 @@ class MindTheStepPolicy(AdaptivePolicy):
         else:
             self.model = fit_model(self.staleness_model, counts, previous=self.model)
         log_p = self.model.log_binned_pmf(self.length)
-        log_q = self.target_model(self.model).log_binned_pmf(self.length)
+        if self.target == "momentum":
+            log_q = Geometric(self.mu).log_binned_pmf(self.length)
+        else:
+            if self.chi2 is not None:
+                self.r_used = shrink_ratio_for_chi2(log_p, self.chi2)
+            log_q = log_p + math.log(self.r_used) * np.arange(self.length)
+            log_q -= logsumexp(log_q[log_q > -np.inf])
         possible = log_p > -np.inf
         with np.errstate(invalid="ignore", over="ignore"):
             log_ratio = np.where(possible, log_q - log_p, np.where(log_q > -np.inf, np.inf, 0.0))
@@ -306,7 +369,10 @@ class MindTheStepPolicy(AdaptivePolicy):
         self.clipped_mass = float(self.p_binned[(raw < self.alpha_min) | (raw > self.alpha_max)].sum())
 
     def parameters(self) -> dict:
-        target = {"mu": self.mu} if self.target == "momentum" else {"r": self.r}
+        if self.target == "momentum":
+            target = {"mu": self.mu}
+        else:
+            target = {"r": self.r} if self.chi2 is None else {"chi2": self.chi2}
         return {"target": self.target, **target, "beta": self.beta, "staleness_model": self.staleness_model}
 
     def describe(self) -> dict:
@@ -319,11 +385,14 @@ class MindTheStepPolicy(AdaptivePolicy):
             target_model=self.target_model(self.model).to_dict(),
             expected_alpha=achieved,
             expected_alpha_relative_error=achieved / self.alpha - 1.0,
+            step_chi2=float(np.dot(self.p_binned, (table / self.alpha) ** 2)) - 1.0,
             target_tv=0.5 * float(np.abs(profile - self.q_binned).sum()),
             clipped_low=self.clipped_low, clipped_high=self.clipped_high,
             clipped_mass=self.clipped_mass,
             unclipped_head=_head(self.unclipped_head),
         )
+        if self.target == "shrink":
+            out["r"] = self.r_used
         return out
 
 

@@ -95,8 +95,10 @@ def policy_options(draw, name: str) -> dict:
         options["target"] = draw(st.sampled_from(["momentum", "shrink"]))
         if options["target"] == "momentum":
             options["mu"] = draw(st.floats(0.0, 0.99))
-        else:
+        elif draw(st.booleans()):
             options["r"] = draw(st.floats(0.01, 1.0))
+        else:
+            options["chi2"] = draw(st.floats(0.0, 10.0))
         options["beta"] = draw(st.floats(0.0, 1.0))
         options["staleness_model"] = draw(st.sampled_from(["poisson", "geometric", "cmp", "empirical", "auto"]))
     return options

@@ -11,7 +11,8 @@ Models: :class:`Geometric`, :class:`Poisson`, :class:`CMP` (Conway-Maxwell-Poiss
 
 Degenerate data are valid: fitting an all-zero (empty) histogram gives the point mass at
 tau = 0 (Poisson(0), Geometric(0), CMP(0, 1), Empirical of nothing), with ``loglik = 0`` and
-``tv = 0``; callers that need a better guess before data (the policies) use :func:`prior`.
+``tv = 0``; callers that need a better guess before data (the policies) use :func:`prior`,
+Poisson((m - 1) / 2).
 """
 
 from __future__ import annotations
@@ -568,8 +569,15 @@ def fit_model(name: str, histogram, previous: StalenessModel | None = None) -> S
     return MODELS[name].fit(histogram)
 
 
+PRIOR_MEAN_PER_OTHER_WORKER = 0.5  # measured: mean tau ~ (m - 1) / 2 (read before, claim after the gradient)
+
+
 def prior(workers: int) -> Poisson:
-    """Staleness before any data: Poisson(workers - 1) (workers = 1: all mass at tau = 0)."""
+    """Staleness before any data: Poisson((workers - 1) / 2) (workers = 1: all mass at tau = 0).
+
+    Each of the other m - 1 workers lands about one update per cycle, and a worker's read-to-claim
+    window is about half its cycle (the gradient; the write follows the claim): on 16 cores the
+    measured mean was 8.0 at m = 16, Poisson-like."""
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    return Poisson(float(workers - 1))
+    return Poisson(PRIOR_MEAN_PER_OTHER_WORKER * float(workers - 1))
