@@ -1,0 +1,331 @@
+"""scikit-learn estimators over the linear engine: ``HogwildClassifier`` and ``HogwildRegressor``.
+
+The constructor stores its arguments as given (``get_params``/``set_params``/``clone`` work);
+``fit`` validates, then trains with :class:`hogwild_mts.engines.linear.Engine` (one worker by
+default, which is deterministic: the same seed gives the same coefficients; ``workers=m`` trains
+with m lock-free processes).  Multiclass targets are trained one-vs-rest: one binary problem per
+class, each a full Hogwild! run whose updates are stamped like any other.  Every run's FitResult
+(staleness histogram, history) is kept in ``fit_results_``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from hogwild_mts.core.options import check_choice, check_int, check_nonnegative, check_probability
+from hogwild_mts.engines.linear import Engine
+from hogwild_mts.models.linear import LinearModel
+
+CLASSIFIER_LOSSES = ("logreg", "svm")
+REGRESSOR_LOSSES = ("lsq",)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of epoch ``epoch`` of an epoch-by-epoch fit (early stopping, partial_fit)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class _HogwildLinear(BaseEstimator):
+    """What the classifier and the regressor share: options, the engine runs, early stopping."""
+
+    _losses: tuple = ()
+    _default_alpha: float = 0.1  # base step of a named policy when ``alpha`` is None
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def __init__(self, loss, *, policy="constant", alpha=None, workers=1, epochs=5, batch_size=1,
+                 l2=0.0, fit_intercept=True, seed=0, warm_start=False, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=3, tol=1e-4, progress=False):
+        self.loss = loss
+        self.policy = policy
+        self.alpha = alpha
+        self.workers = workers
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.l2 = l2
+        self.fit_intercept = fit_intercept
+        self.seed = seed
+        self.warm_start = warm_start
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.progress = progress
+
+    # ------------------------------------------------------------------ checks
+    def _check_options(self) -> None:
+        """Validate the stored options (plain messages naming the value), before any training."""
+        check_choice("loss", self.loss, self._losses)
+        check_int("epochs", self.epochs, 1)
+        check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        check_nonnegative("tol", self.tol)
+        check_probability("validation_fraction", self.validation_fraction, allow_zero=False,
+                          allow_one=False)
+        self._engine(epochs=1, seed=0)  # the engine validates policy, alpha, workers, batch size, l2
+
+    def _engine(self, epochs: int, seed: int) -> Engine:
+        model = LinearModel(self.loss, l2=self.l2, fit_intercept=bool(self.fit_intercept))
+        alpha = self._default_alpha if self.alpha is None and isinstance(self.policy, str) else self.alpha
+        return Engine(model, self.policy, alpha=alpha, workers=self.workers, epochs=epochs,
+                      batch_size=self.batch_size, seed=seed, progress=bool(self.progress),
+                      eval_every=3600.0)
+
+    def _validate(self, X, reset: bool = False):
+        """X as float64 (CSR when sparse), checked against the fitted feature count (and names)."""
+        return validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=reset)
+
+    def _validate_xy(self, X, y, reset: bool):
+        """X as :meth:`_validate`, y beside it (required); ``reset`` records the feature count."""
+        return validate_data(self, X, y, accept_sparse="csr", dtype=np.float64,
+                             y_numeric=isinstance(self, RegressorMixin), reset=reset)
+
+    # ------------------------------------------------------------------ training
+    def _train_problems(self, X, targets: list, init: np.ndarray | None, first_epoch: int,
+                        epochs: int):
+        """Train one binary/regression problem per entry of ``targets`` (labels per row) for
+        ``epochs`` epochs from ``init`` (K x n_params, or None for zeros); return the new
+        (K x n_params) parameters and the FitResults."""
+        n_params = X.shape[1] + int(bool(self.fit_intercept))
+        params = np.zeros((len(targets), n_params)) if init is None else init.copy()
+        results = []
+        for k, target in enumerate(targets):
+            engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
+            result = engine.fit(X, target, init_params=params[k])
+            params[k, :X.shape[1]] = result.params
+            if self.fit_intercept:
+                params[k, -1] = result.intercept
+            results.append(result)
+        return params, results
+
+    def _fit(self, X, targets: list, score_rows, validation, init) -> None:
+        """Full fit: ``epochs`` epochs in one run per problem, or, with early stopping, epoch by
+        epoch until the validation score has not improved by ``tol`` for ``n_iter_no_change``
+        epochs (``score_rows(X, y, params)`` scores a parameter matrix)."""
+        if not self.early_stopping:
+            params, results = self._train_problems(X, targets, init, 0, self.epochs)
+            self._set_params(params, results, self.epochs)
+            return
+        X_val, y_val = validation
+        best_score, best_params, stale_epochs, results = -np.inf, init, 0, []
+        params = init
+        for epoch in range(self.epochs):
+            params, epoch_results = self._train_problems(X, targets, params, epoch, 1)
+            results += epoch_results
+            score = score_rows(X_val, y_val, params)
+            if score > best_score + self.tol:
+                best_score, best_params, stale_epochs = score, params, 0
+            else:
+                stale_epochs += 1
+            if stale_epochs >= self.n_iter_no_change:
+                break
+        self._set_params(best_params, results, epoch + 1)
+
+    def _set_params(self, params: np.ndarray, results: list, epochs_run: int) -> None:
+        d = self.n_features_in_
+        self.coef_ = params[:, :d].copy()
+        self.intercept_ = params[:, d].copy() if self.fit_intercept else np.zeros(params.shape[0])
+        self.fit_results_ = results
+        self.n_iter_ = epochs_run
+
+    def _current(self) -> np.ndarray:
+        """The fitted parameters as (K x n_params): each row the weights, then the intercept."""
+        return np.hstack([self.coef_] + ([self.intercept_[:, None]] if self.fit_intercept else []))
+
+    def _initial(self):
+        """The current parameters when ``warm_start`` continues a fitted model, else None."""
+        return self._current() if self.warm_start and hasattr(self, "coef_") else None
+
+    def _split_validation(self, X, y, stratify: bool):
+        """(training rows, validation rows) for early stopping, drawn with ``seed``."""
+        from sklearn.model_selection import train_test_split
+
+        rows = np.arange(X.shape[0])
+        train, held_out = train_test_split(rows, test_size=self.validation_fraction,
+                                           random_state=self.seed, stratify=y if stratify else None)
+        return train, held_out
+
+    @property
+    def fit_result_(self):
+        """The last engine run's FitResult (staleness histogram, history, speed); None for a
+        model loaded from a file (its numbers are in the file's metrics)."""
+        check_is_fitted(self, "fit_results_")
+        return self.fit_results_[-1] if self.fit_results_ else None
+
+    def save(self, path: str) -> str:
+        """Write this fitted model to the directory ``path`` (see :mod:`hogwild_mts.model_file`)."""
+        from hogwild_mts.model_file import save
+
+        return save(self, path)
+
+    def _margins(self, X) -> np.ndarray:
+        """(n, K) margins ``X coef_.T + intercept_``."""
+        check_is_fitted(self, "coef_")
+        X = self._validate(X)
+        return np.asarray(X @ self.coef_.T) + self.intercept_
+
+
+class HogwildClassifier(ClassifierMixin, _HogwildLinear):
+    """A linear classifier (``loss``: ``logreg`` logistic regression, ``svm`` hinge) trained by
+    Hogwild! SGD with a staleness-aware step-size ``policy``.  Multiclass: one-vs-rest.
+    Parameters are those of :class:`hogwild_mts.engines.linear.Engine` (``alpha`` of a named
+    policy defaults to 0.1) plus scikit-learn's ``warm_start``, ``early_stopping``,
+    ``validation_fraction``, ``n_iter_no_change``, ``tol``.
+    """
+
+    _losses = CLASSIFIER_LOSSES
+
+    def __init__(self, loss="logreg", *, policy="constant", alpha=None, workers=1, epochs=5,
+                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
+                 progress=False):
+        super().__init__(loss, policy=policy, alpha=alpha, workers=workers, epochs=epochs,
+                         batch_size=batch_size, l2=l2, fit_intercept=fit_intercept, seed=seed,
+                         warm_start=warm_start, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction,
+                         n_iter_no_change=n_iter_no_change, tol=tol, progress=progress)
+
+    def _targets(self, y) -> list:
+        """+-1 labels per problem: one problem (classes_[1] positive) for two classes, else one
+        per class."""
+        if len(self.classes_) == 2:
+            return [np.where(y == self.classes_[1], 1.0, -1.0)]
+        return [np.where(y == c, 1.0, -1.0) for c in self.classes_]
+
+    def fit(self, X, y):
+        """Fit on ``X`` (array or scipy sparse) and class labels ``y``; returns self."""
+        self._check_options()
+        X, y = self._validate_xy(X, y, reset=not (self.warm_start and hasattr(self, "coef_")))
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise ValueError(f"HogwildClassifier needs samples of at least 2 classes, got one "
+                             f"class: {classes[0]!r}")
+        if self.warm_start and hasattr(self, "classes_") and not np.array_equal(classes, self.classes_):
+            raise ValueError(f"warm_start: y has the classes {classes.tolist()}, the fitted model "
+                             f"{self.classes_.tolist()}")
+        self.classes_ = classes
+        init = self._initial()
+        if not self.early_stopping:
+            self._fit(X, self._targets(y), None, None, init)
+            return self
+        train, held_out = self._split_validation(X, y, stratify=True)
+        self._fit(X[train], self._targets(y[train]), self._accuracy, (X[held_out], y[held_out]), init)
+        return self
+
+    def _accuracy(self, X, y, params) -> float:
+        d = X.shape[1]
+        margins = np.asarray(X @ params[:, :d].T) + (params[:, d] if self.fit_intercept else 0.0)
+        return float(np.mean(self._labels_from(margins) == y))
+
+    def partial_fit(self, X, y, classes=None):
+        """One more epoch over ``X, y`` from the current coefficients (``classes`` is needed on
+        the first call, as in scikit-learn)."""
+        first = not hasattr(self, "coef_")
+        self._check_options()
+        X, y = self._validate_xy(X, y, reset=first)
+        check_classification_targets(y)
+        if first:
+            if classes is None:
+                raise ValueError("classes must be given on the first call to partial_fit")
+            self.classes_ = np.unique(np.asarray(classes))
+            if self.classes_.size < 2:
+                raise ValueError(f"HogwildClassifier needs at least 2 classes, got {self.classes_.tolist()}")
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y has classes {unknown.tolist()} that are not in classes_ "
+                             f"{self.classes_.tolist()}")
+        init = None if first else self._current()
+        epoch = 0 if first else self.n_iter_
+        params, results = self._train_problems(X, self._targets(y), init, epoch, 1)
+        self._set_params(params, ([] if first else self.fit_results_) + results, epoch + 1)
+        return self
+
+    def _labels_from(self, margins: np.ndarray) -> np.ndarray:
+        if margins.shape[1] == 1:
+            return self.classes_[(margins[:, 0] > 0).astype(int)]
+        return self.classes_[np.argmax(margins, axis=1)]
+
+    def decision_function(self, X) -> np.ndarray:
+        """Margins: (n,) for two classes (positive: classes_[1]), else (n, classes)."""
+        margins = self._margins(X)
+        return margins[:, 0] if margins.shape[1] == 1 else margins
+
+    def predict(self, X) -> np.ndarray:
+        return self._labels_from(self._margins(X))
+
+    def _is_logistic(self) -> bool:
+        return self.loss == "logreg"
+
+    @available_if(_is_logistic)
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (logistic loss only): the sigmoid of the margin; one-vs-rest
+        probabilities are normalised to sum to 1."""
+        margins = self._margins(X)
+        positive = 1.0 / (1.0 + np.exp(-np.clip(margins, -500, 500)))
+        if positive.shape[1] == 1:
+            return np.hstack([1.0 - positive, positive])
+        return positive / positive.sum(axis=1, keepdims=True)
+
+    @available_if(_is_logistic)
+    def predict_log_proba(self, X) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+
+class HogwildRegressor(RegressorMixin, _HogwildLinear):
+    """A linear least-squares regressor (``loss="lsq"``) trained by Hogwild! SGD with a
+    staleness-aware step-size ``policy``; parameters as :class:`HogwildClassifier` (a named
+    policy's default ``alpha`` is 0.01 here: squared loss steps grow with the targets)."""
+
+    _losses = REGRESSOR_LOSSES
+    _default_alpha = 0.01
+
+    def __init__(self, loss="lsq", *, policy="constant", alpha=None, workers=1, epochs=5,
+                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
+                 progress=False):
+        super().__init__(loss, policy=policy, alpha=alpha, workers=workers, epochs=epochs,
+                         batch_size=batch_size, l2=l2, fit_intercept=fit_intercept, seed=seed,
+                         warm_start=warm_start, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction,
+                         n_iter_no_change=n_iter_no_change, tol=tol, progress=progress)
+
+    def fit(self, X, y):
+        """Fit on ``X`` (array or scipy sparse) and real targets ``y``; returns self."""
+        self._check_options()
+        X, y = self._validate_xy(X, y, reset=not (self.warm_start and hasattr(self, "coef_")))
+        init = self._initial()
+        if not self.early_stopping:
+            self._fit(X, [y], None, None, init)
+            return self
+        train, held_out = self._split_validation(X, y, stratify=False)
+        self._fit(X[train], [y[train]], self._r2, (X[held_out], y[held_out]), init)
+        return self
+
+    def _r2(self, X, y, params) -> float:
+        from sklearn.metrics import r2_score
+
+        d = X.shape[1]
+        predicted = np.asarray(X @ params[0, :d]) + (params[0, d] if self.fit_intercept else 0.0)
+        return float(r2_score(y, predicted))
+
+    def partial_fit(self, X, y):
+        """One more epoch over ``X, y`` from the current coefficients."""
+        first = not hasattr(self, "coef_")
+        self._check_options()
+        X, y = self._validate_xy(X, y, reset=first)
+        init = None if first else self._current()
+        epoch = 0 if first else self.n_iter_
+        params, results = self._train_problems(X, [y], init, epoch, 1)
+        self._set_params(params, ([] if first else self.fit_results_) + results, epoch + 1)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return self._margins(X)[:, 0]

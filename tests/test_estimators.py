@@ -1,0 +1,156 @@
+"""scikit-learn estimators and model files: the estimator contract (check_estimator), Pipeline and
+GridSearchCV, multiclass, warm start, partial_fit, early stopping, save/load, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse
+from sklearn.datasets import load_iris
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from hogwild_mts import HogwildClassifier, HogwildRegressor, load
+from hogwild_mts.model_file import ModelFileError
+from hogwild_mts.policies import make_policy
+
+# Checks scikit-learn's plain SGD estimators cannot pass either, with the reason (docs/api.md).
+UNSCALED = ("plain SGD at a fixed step diverges on the check's unscaled data (features around "
+            "100); scale the features, e.g. StandardScaler in a Pipeline")
+EXPECTED_FAILURES = {
+    HogwildClassifier: {},
+    HogwildRegressor: {"check_fit_idempotent": UNSCALED, "check_fit_check_is_fitted": UNSCALED,
+                       "check_n_features_in": UNSCALED},
+}
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.mark.parametrize("estimator", [HogwildClassifier(), HogwildRegressor()],
+                         ids=lambda e: type(e).__name__)
+def test_scikit_learn_estimator_checks(estimator):
+    check_estimator(estimator, expected_failed_checks=EXPECTED_FAILURES[type(estimator)])
+
+
+def test_multiclass_one_vs_rest(iris):
+    X, y = iris
+    model = HogwildClassifier(epochs=20).fit(X, y)
+    assert model.coef_.shape == (3, 4) and model.intercept_.shape == (3,)
+    assert model.score(X, y) > 0.85
+    probabilities = model.predict_proba(X)
+    assert probabilities.shape == (150, 3) and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert len(model.fit_results_) == 3  # one Hogwild! run per class, each stamped
+    for result in model.fit_results_:
+        assert result.counter == result.updates == result.staleness_histogram.sum()
+
+
+def test_string_labels_sparse_input_and_two_workers(iris):
+    X, y = iris
+    labels = np.where(y == 0, "setosa", "other")
+    model = HogwildClassifier(workers=2, epochs=5).fit(scipy.sparse.csr_matrix(X), labels)
+    assert set(model.predict(X)) <= {"setosa", "other"} and model.score(X, labels) > 0.9
+    assert model.fit_result_.workers == 2
+
+
+def test_pipeline_and_grid_search_over_the_step_size(iris):
+    X, y = iris
+    search = GridSearchCV(make_pipeline(StandardScaler(), HogwildClassifier(epochs=5)),
+                          {"hogwildclassifier__alpha": [0.01, 0.1]}, cv=3)
+    search.fit(X, y)
+    assert search.best_params_["hogwildclassifier__alpha"] in (0.01, 0.1)
+    assert search.score(X, y) > 0.8
+
+
+def test_warm_start_and_partial_fit_continue_from_the_coefficients(iris):
+    X, y = iris
+    model = HogwildClassifier(epochs=1, warm_start=True).fit(X, y == 2)
+    first_loss = model.fit_result_.final_loss
+    model.fit(X, y == 2)
+    assert model.fit_result_.history["loss"][0] == pytest.approx(first_loss)  # starts where it ended
+    stepwise = HogwildClassifier()
+    for _ in range(3):
+        stepwise.partial_fit(X, y == 2, classes=[False, True])
+    assert stepwise.n_iter_ == 3 and len(stepwise.fit_results_) == 3
+    assert stepwise.fit_results_[1].history["loss"][0] == pytest.approx(stepwise.fit_results_[0].final_loss)
+
+
+def test_early_stopping_counts_epochs_until_no_improvement(iris):
+    X, y = iris
+    model = HogwildClassifier(epochs=50, early_stopping=True, tol=1.0, n_iter_no_change=2).fit(X, y)
+    assert model.n_iter_ == 3  # the first epoch improves on nothing; two more do not by tol
+
+
+def test_regressor_learns_a_linear_target():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 5))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.5
+    model = HogwildRegressor(epochs=20).fit(X, y)
+    assert model.score(X, y) > 0.99
+    np.testing.assert_allclose(model.coef_[0], [1.0, -2.0, 0.5, 0.0, 3.0], atol=0.05)
+
+
+def test_save_and_load_round_trip(tmp_path, iris):
+    X, y = iris
+    policy = make_policy("mindthestep", alpha=0.2, refit_every=50, min_samples=50)
+    model = HogwildClassifier(policy=policy, epochs=5).fit(X, y)
+    model.save(tmp_path / "model")
+    document = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert document["kind"] == "HogwildClassifier" and document["params"]["policy"]["name"] == "mindthestep"
+    restored = load(str(tmp_path / "model"))
+    np.testing.assert_array_equal(restored.predict(X), model.predict(X))
+    np.testing.assert_array_equal(restored.classes_, model.classes_)
+    restored.set_params(warm_start=True, epochs=1).fit(X, y)  # trains on from the file
+    assert restored.fit_result_.history["loss"][0] < np.log(2)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(format="other"), "not a hogwild-mts-model file"),
+    (lambda d: d.update(version=99), "format version 99"),
+    (lambda d: d.update(kind="TorchNetwork"), "a model of kind 'TorchNetwork'"),
+    (lambda d: d.update(n_features=7), "coef must be a"),
+    (lambda d: d["params"].update(policy={"name": "nope"}), "unknown policy 'nope'"),
+])
+def test_bad_model_files_are_refused_with_the_reason(tmp_path, iris, edit, message):
+    X, y = iris
+    HogwildClassifier(epochs=1).fit(X, y).save(tmp_path / "m")
+    path = tmp_path / "m" / "model.json"
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(ModelFileError, match=message):
+        load(str(tmp_path / "m"))
+
+
+def test_bad_input_is_refused_before_training(iris):
+    X, y = iris
+    with pytest.raises(ValueError, match="loss must be one of"):
+        HogwildClassifier(loss="lsq").fit(X, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        HogwildClassifier().fit(X, np.zeros(len(y)))
+    model = HogwildClassifier(epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="4 features"):
+        model.predict(X[:, :3])
+    with pytest.raises(ValueError, match=r"classes \[7\] that are not in classes_"):
+        model.partial_fit(X[:2], [7, 7])
+
+
+def test_a_fit_started_from_python_dash_c(tmp_path):
+    code = ("from hogwild_mts import HogwildClassifier\n"
+            "from sklearn.datasets import load_breast_cancer\n"
+            "from sklearn.preprocessing import scale\n"
+            "X, y = load_breast_cancer(return_X_y=True)\n"
+            "model = HogwildClassifier(workers=2, epochs=5).fit(scale(X), y)\n"
+            "print(round(model.score(scale(X), y), 2), model.fit_result_.workers)\n")
+    printed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    score, workers = printed.stdout.split()
+    assert float(score) > 0.9 and workers == "2"
