@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from hogwild_mts.app import experiment
@@ -13,8 +14,9 @@ from hogwild_mts.app.experiment import ConfigError, load_config, run_grid, targe
 from hogwild_mts.app.plots import RunDirError, draw_all
 
 TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
-        "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--evaluations", "10"]
-PLOTS = ("staleness.png", "loss_vs_updates.png", "loss_vs_time.png", "alpha_tables.png")
+        "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--eval-updates", "40", "--alphas", "0.5"]
+PLOTS = ("staleness.png", "loss_vs_updates.png", "loss_vs_time.png", "alpha_tables.png",
+         "best_vs_workers.png", "transfer_vs_workers.png")
 
 
 def read_csv(path):
@@ -24,9 +26,10 @@ def read_csv(path):
 
 def test_tiny_grid_end_to_end_writes_tables_and_plots(tmp_path):
     out = tmp_path / "run"
-    assert main(["experiment", "--out", str(out), "--target-loss", "0.6", *TINY]) == 0
+    assert main(["experiment", "--out", str(out), "--targets", "0.6", *TINY]) == 0
     cells = read_csv(out / "cells.csv")
     assert len(cells) == 8 and {c["policy"] for c in cells} == {"constant", "tail"}
+    assert all(0 < float(c["resolution"]) <= 40 / int(c["updates_to_target"]) + 1e-12 for c in cells)
     assert all(c["reached"] == "True" and int(c["updates_to_target"]) > 0 for c in cells)
     summary = read_csv(out / "summary.csv")
     assert {(s["policy"], s["workers"]) for s in summary} == {(p, m) for p in ("constant", "tail")
@@ -36,50 +39,53 @@ def test_tiny_grid_end_to_end_writes_tables_and_plots(tmp_path):
     assert [f["workers"] for f in fits] == ["1", "4"] and float(fits[1]["tv_cmp"]) <= 1
     for name in PLOTS:
         assert (out / "plots" / name).stat().st_size > 1000
-    record = json.loads((out / "cells" / "tail-m4-s1.json").read_text())
+    record = json.loads((out / "cells" / "tail-a0.5-m4-s1.json").read_text())
     assert record["staleness"]["mean"] > 0 and len(record["alpha_table"]) > 1
 
 
 def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "policies": ["constant"],
-                                "workers": [1, 2], "seeds": [0], "epochs": 1, "target_loss": 0.6})
+                                "workers": [1, 2], "seeds": [0], "epochs": 1, "targets": [0.6],
+                                "alphas": [0.5]})
     assert run_grid(config, out, plots=False) == {"ran": 2, "skipped": 0, "cells": 2}
-    first = os.stat(os.path.join(out, "cells", "constant-m2-s0.json")).st_mtime_ns
+    first = os.stat(os.path.join(out, "cells", "constant-a0.5-m2-s0.json")).st_mtime_ns
     ran = []
     original = experiment.run_cell
     monkeypatch.setattr(experiment, "run_cell", lambda c, cell, d: ran.append(cell) or original(c, cell, d))
     config["seeds"] = [0, 1]
     assert run_grid(config, out, plots=False) == {"ran": 2, "skipped": 2, "cells": 4}
     assert [cell["seed"] for cell in ran] == [1, 1]
-    assert os.stat(os.path.join(out, "cells", "constant-m2-s0.json")).st_mtime_ns == first
+    assert os.stat(os.path.join(out, "cells", "constant-a0.5-m2-s0.json")).st_mtime_ns == first
     assert len(read_csv(os.path.join(out, "cells.csv"))) == 4
     assert not [n for n in os.listdir(os.path.join(out, "cells")) if n.startswith(".tmp")]
-    config["alpha"] = 0.1
+    config["eval_updates"] = 7
     with pytest.raises(ConfigError, match="other settings"):
         run_grid(config, out, plots=False)
 
 
 def test_a_target_never_reached_is_recorded_with_its_best_loss(tmp_path):
     out = tmp_path / "run"
-    assert main(["experiment", "--out", str(out), "--target-loss", "1e-9", *TINY, "--no-plots"]) == 0
+    assert main(["experiment", "--out", str(out), "--targets", "1e-9", *TINY, "--no-plots"]) == 0
     cells = read_csv(out / "cells.csv")
     assert len(cells) == 8
     assert all(c["reached"] == "False" and c["updates_to_target"] == "" and float(c["best_loss"]) > 0
                for c in cells)
     assert all(s["reached"] == "0" for s in read_csv(out / "summary.csv"))
+    assert all(b["reached"] == "False" and b["vs_best_constant"] == "" for b in read_csv(out / "best.csv"))
 
 
 def test_target_reached_takes_the_first_row_at_or_below_target():
     history = {"updates": [0, 10, 20, 30], "time_s": [0.0, 1.0, 2.0, 3.0], "loss": [0.7, 0.5, 0.3, 0.2]}
-    assert target_reached(history, 0.5) == {"reached": True, "updates_to_target": 10,
-                                            "time_to_target": 1.0, "best_loss": 0.2}
+    assert target_reached(history, 0.5) == {"target": 0.5, "reached": True, "updates": 10, "time": 1.0,
+                                            "resolution": 1.0}
+    assert target_reached(history, 0.25)["resolution"] == pytest.approx(1 / 3)
     assert target_reached(history, 0.1)["reached"] is False
 
 
 def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["experiment", "--out", str(out), "--target-loss", "0.6", *TINY, "--no-plots"]) == 0
+    assert main(["experiment", "--out", str(out), "--targets", "0.6", *TINY, "--no-plots"]) == 0
     assert not (out / "plots").exists()
     assert main(["report", str(out)]) == 0
     for name in PLOTS:
@@ -107,7 +113,12 @@ def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
     ({"model": "forest"}, "unknown model 'forest'"),
     ({"staleness": "uniform"}, "unknown staleness 'uniform'"),
     ({"compute": "weibull"}, "unknown compute"),
-    ({"target_loss": -1.0}, "target_loss must be a finite number > 0"),
+    ({"targets": [-1.0]}, "targets must hold finite numbers > 0"),
+    ({"alphas": []}, "alphas must be a non-empty list"),
+    ({"alphas": [0.1, 0.1]}, "alphas has repeated entries"),
+    ({"policy_options": {"constant": {"alphas": [0.0]}}}, "alphas of constant must hold"),
+    ({"eval_updates": 0}, "eval_updates must be an integer >= 1"),
+    ({"refit_every": -1}, "refit_every must be null or an integer >= 0"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
     ({"policy_options": {"tail": {"A": 2.0}}, "policies": ["tail"]}, "A must be"),
     ({"policy_options": {"mts": {"policy": "mindthestep", "speed": 1}}, "policies": ["mts"]}, "unknown option"),
@@ -134,12 +145,13 @@ def test_bad_config_files_and_keys(tmp_path, capsys):
 
 def test_labels_run_one_policy_with_several_settings(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "epochs": 1, "seeds": [0],
-                                "workers": [4], "policies": ["mindthestep", "mts-shrink"],
+                                "workers": [4], "policies": ["mindthestep", "mts-shrink"], "alphas": [0.5],
                                 "policy_options": {"mts-shrink": {"policy": "mindthestep",
                                                                   "target": "shrink", "r": 0.9}}})
     run_grid(config, str(tmp_path), plots=False)
-    record = json.loads((tmp_path / "cells" / "mts-shrink-m4-s0.json").read_text())
-    assert record["policy_description"]["parameters"]["target"] == "shrink"
+    record = json.loads((tmp_path / "cells" / "mts-shrink-a0.5-m4-s0.json").read_text())
+    assert record["policy_description"]["parameters"] == {"target": "shrink", "r": 0.9, "beta": 1.0,
+                                                         "staleness_model": "empirical"}
 
 
 def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
@@ -147,3 +159,60 @@ def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
 
     path = plot_staleness([{"workers": 2, "staleness_histogram": [58, 111, 11]}], str(tmp_path / "s.png"))
     assert os.path.getsize(path) > 1000
+
+
+def _row(policy, alpha, workers, updates, target=0.5, reached=2):
+    """A summary.csv row with two seeds at ``updates`` (a list of two)."""
+    return {"policy": policy, "alpha": alpha, "workers": workers, "target": target, "seeds": 2,
+            "reached": reached, "updates_to_target_mean": sum(updates) / 2,
+            "updates_to_target_std": abs(updates[0] - updates[1]) / 2 ** 0.5,
+            "updates_to_target_min": min(updates), "updates_to_target_max": max(updates)}
+
+
+def test_best_against_best_and_transfer_pick_steps_per_m_and_compare_with_the_best_baseline():
+    config = load_config(None, {"policies": ["constant", "tail", "mindthestep"], "workers": [1, 16],
+                                "alphas": [0.5, 1.0, 2.0]})
+    summary = [_row("constant", 1.0, 1, [100, 100]), _row("constant", 2.0, 1, [90, 200]),
+               _row("constant", 0.5, 16, [150, 150]), _row("constant", 1.0, 16, [300, 300]),
+               _row("tail", 1.0, 1, [120, 120]), _row("tail", 1.0, 16, [140, 140]),
+               _row("mindthestep", 2.0, 1, [80, 80], reached=2), _row("mindthestep", 2.0, 16, [112, 112]),
+               _row("mindthestep", 1.0, 16, [90, 130], reached=1)]
+    best, transfer = experiment.compare(config, summary)
+    best = {(b["policy"], b["workers"]): b for b in best}
+    assert best[("constant", 1)]["alpha"] == 1.0
+    assert best[("constant", 16)]["alpha"] == 0.5 and best[("constant", 16)]["alpha_at_grid_edge"]
+    assert best[("mindthestep", 16)]["alpha"] == 2.0       # 1.0 lost a seed
+    assert best[("mindthestep", 16)]["vs_best_constant"] == pytest.approx(112 / 150)
+    assert best[("mindthestep", 16)]["vs_best_baseline"] == pytest.approx(112 / 140)
+    assert best[("mindthestep", 16)]["best_baseline"] == "tail"
+    transfer = {(t["policy"], t["workers"]): t for t in transfer}
+    assert transfer[("constant", 16)]["alpha"] == 1.0
+    assert transfer[("constant", 16)]["vs_own_smallest_m"] == pytest.approx(3.0)
+    assert transfer[("mindthestep", 16)]["vs_own_smallest_m"] == pytest.approx(112 / 80)
+    assert transfer[("mindthestep", 16)]["vs_best_constant"] == pytest.approx(112 / 150)
+
+
+def test_calibrated_staleness_has_mean_half_the_other_workers_and_a_rare_tail():
+    counts = experiment.calibrated_staleness(16)
+    share = counts / counts.sum()
+    assert float(np.dot(share, np.arange(counts.size))) == pytest.approx(8.0, abs=0.1)
+    assert share[100:].sum() == pytest.approx(experiment.CALIBRATED_TAIL_SHARE, rel=1e-6)
+    assert counts.size == experiment.CALIBRATED_TAIL_RANGE[1] + 1
+    assert experiment.calibrated_staleness(1).tolist() == [1]
+
+
+def test_mnist1d_is_generated_offline_with_the_published_shape():
+    pytest.importorskip("mnist1d")
+    from hogwild_mts.data.mnist1d import load_mnist1d
+    from hogwild_mts.data.tabular import DataError
+
+    state = np.random.get_state()[1].copy()
+    data = load_mnist1d("mnist1d:n=100,seed=3")
+    assert np.array_equal(np.random.get_state()[1], state)     # the global state is restored
+    assert (data.n_train, data.n_test, data.input_shape, data.n_classes) == (80, 20, (1, 1, 40), 10)
+    again = load_mnist1d("mnist1d:n=100,seed=3")
+    assert np.array_equal(again.train_images, data.train_images)
+    for spec, named in (("mnist1d:n=15", "multiple of 10"), ("mnist1d:size=3", "size=3"),
+                        ("mnist1d:seed=x", "'x'")):
+        with pytest.raises(DataError, match=named):
+            load_mnist1d(spec)

@@ -1,16 +1,31 @@
-"""Experiment grids: policies x workers x seeds on one task, with updates- and time-to-target.
+"""Experiment grids: policies x step sizes x workers x seeds on one task, with updates- and
+time-to-target at several target losses, and the two fair comparisons.
 
-A run directory holds ``config.json``, one ``cells/<policy>-m<workers>-s<seed>.json`` per finished
-cell (written atomically, so an interrupted grid resumes where it stopped), and the tables rebuilt
-from the cells after every run: ``cells.csv`` (one row per cell), ``summary.csv`` (per policy and
-m: mean, std, min, max over seeds), ``staleness_fits.csv`` (TV of each staleness model per m) and
-``plots/*.png`` (see :mod:`hogwild_mts.app.plots`).
+A run directory holds ``config.json``, one ``cells/<policy>-a<alpha>-m<workers>-s<seed>.json`` per
+finished cell (written atomically, so an interrupted grid resumes where it stopped), and the tables
+rebuilt from the cells after every run:
+
+* ``cells.csv`` -- one row per cell and target;
+* ``summary.csv`` -- per policy, step, m and target: seeds reaching it, the spread over seeds
+  (mean, std, min, max) of updates- and time-to-target, the worst resolution;
+* ``best.csv`` -- *best against best*: per policy, m and target, the step of the grid with the
+  fewest mean updates among those where every seed reached the target (flagged when it is the
+  grid's smallest or largest: the grid may be too narrow), and its ratio to the best constant
+  step and to the best baseline (constant, inverse, exponential, tail) at that m;
+* ``transfer.csv`` -- *transfer*: the step each policy tuned at the smallest m, used unchanged at
+  every m; ratio to its own smallest-m updates and to the best-tuned constant and baseline at that m;
+* ``staleness_fits.csv`` -- TV of each staleness model per m; ``plots/*.png``
+  (:mod:`hogwild_mts.app.plots`).
 
 Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` with
-:class:`~hogwild_mts.backends.sim.simulator.Simulator` or ``real`` with :class:`~hogwild_mts.engines.linear.Engine`)
-and ``torch`` (a network on an image spec with :class:`~hogwild_mts.engines.networks.TorchEngine`,
-``real`` only).  A cell reaches the target at the first history row with ``loss <= target_loss``;
-``time_to_target`` is in the run's seconds (simulated seconds in simulated mode).
+:class:`~hogwild_mts.engines.simulated.Simulator` or ``real`` with
+:class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec with
+:class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  Every run evaluates the loss
+every ``eval_updates`` updates (real runs copy the parameters then and score the copies after the
+run).  A cell reaches a target at the first history row with ``loss <= target``; its
+*resolution* is the gap to the previous row over the updates at the row (real runs: the gap is
+also bounded by the parent's 10 ms poll).  ``time_to_target`` is in the run's seconds
+(simulated seconds in simulated mode).
 """
 
 from __future__ import annotations
@@ -26,15 +41,19 @@ import time
 import numpy as np
 
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells, write_atomic
-from hogwild_mts.policies.step_sizes import POLICIES, make_policy
+from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
-GRID_KEYS = ("policies", "workers", "seeds")
+GRID_KEYS = ("policies", "alphas", "workers", "seeds")
+BASELINES = ("constant", "inverse", "exponential", "tail")   # registered names compared against
 ALPHA_TABLE_ENTRIES = 256  # alpha(tau) entries stored per cell for the plots
+CALIBRATED = "calibrated"
+CALIBRATED_TAIL_SHARE = 1e-4        # share of updates from a descheduled worker
+CALIBRATED_TAIL_RANGE = (100, 30_000)  # their tau, log-uniform (measured maxima 1,701-29,756 at m = 16)
 
-# The default grid: simulated workers on a small sparse logistic regression (about a minute on
-# 2 cores).  The target is a loss the one-worker run reaches in about an epoch.
+# The default grid: simulated workers with calibrated staleness on a small sparse logistic
+# regression (about a minute on 2 cores).
 QUICK = {
     "name": "quick",
     "task": "linear",
@@ -44,19 +63,19 @@ QUICK = {
     "l2": 0.0,
     "policies": ["constant", "inverse", "exponential", "tail", "mindthestep"],
     "policy_options": {},
+    "refit_every": None,
     "workers": [1, 4, 16, 64],
     "seeds": [0, 1, 2],
-    "alpha": 0.5,
+    "alphas": [0.25, 0.5, 1.0],
     "epochs": 3,
     "batch_size": 1,
-    "target_loss": 0.4,
-    "staleness": "event",
+    "targets": [0.4, 0.3],
+    "staleness": CALIBRATED,
     "compute": "exponential",
-    "evaluations": 60,
-    "eval_seconds": 0.05,
+    "eval_updates": 300,
 }
-DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "alpha": 0.05, "batch_size": 16,
-                              "epochs": 10, "mode": "real"}}
+DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "alphas": [0.05], "batch_size": 16,
+                              "epochs": 10, "mode": "real", "targets": [0.25], "eval_updates": 20}}
 
 
 class ConfigError(ValueError):
@@ -99,12 +118,33 @@ def _int_list(key: str, value, minimum: int) -> list:
     return value
 
 
+def _positive_list(key: str, value) -> list:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key} must be a non-empty list of finite numbers > 0, got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) \
+                or item <= 0:
+            raise ConfigError(f"{key} must hold finite numbers > 0, got {item!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{key} has repeated entries: {value!r}")
+    return value
+
+
 def policy_spec(config: dict, label: str) -> tuple[str, dict]:
     """(registered policy name, options) of a grid entry: ``policy_options[label]`` may name the
-    policy with ``"policy"`` (so one policy can appear with several settings under other labels)."""
+    policy with ``"policy"`` (so one policy can appear with several settings under other labels)
+    and its own step grid with ``"alphas"``; ``refit_every`` goes to every adaptive policy."""
     options = dict(config["policy_options"].get(label, {}))
     name = options.pop("policy", label)
+    options.pop("alphas", None)
+    if config["refit_every"] is not None and name in POLICIES and issubclass(POLICIES[name], AdaptivePolicy):
+        options.setdefault("refit_every", config["refit_every"])
     return name, options
+
+
+def alphas_of(config: dict, label: str) -> list:
+    """The step grid of ``label``: its own ``policy_options[label]["alphas"]`` or ``alphas``."""
+    return config["policy_options"].get(label, {}).get("alphas", config["alphas"])
 
 
 def check_config(config: dict) -> dict:
@@ -127,28 +167,31 @@ def check_config(config: dict) -> dict:
         raise ConfigError(f"policies has repeated entries: {policies!r}")
     _int_list("workers", config["workers"], 1)
     _int_list("seeds", config["seeds"], 0)
-    for key in ("epochs", "batch_size", "evaluations"):
+    _positive_list("alphas", config["alphas"])
+    _positive_list("targets", config["targets"])
+    for key in ("epochs", "batch_size", "eval_updates"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
-    for key in ("alpha", "target_loss", "eval_seconds"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
-            raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    refit = config["refit_every"]
+    if refit is not None and (isinstance(refit, bool) or not isinstance(refit, int) or refit < 0):
+        raise ConfigError(f"refit_every must be null or an integer >= 0, got {refit!r}")
     for label in policies:
         name, options = policy_spec(config, label)
         if name not in POLICIES:
             raise ConfigError(f"unknown policy {name!r} in policies; choose one of {sorted(POLICIES)} "
                               "(or give another label a 'policy' in policy_options)")
-        make_policy(name, alpha=config["alpha"], **options)  # ValueError names a bad option
+        for alpha in _positive_list(f"alphas of {label}", alphas_of(config, label)):
+            make_policy(name, alpha=alpha, **options)  # ValueError names a bad option
     if config["task"] == "linear":
-        from hogwild_mts.backends.sim.simulator import compute_sampler, staleness_source
         from hogwild_mts.models.linear import LinearModel
 
         LinearModel(config["model"], l2=config["l2"])
         if config["mode"] == "simulated":
-            staleness_source(config["staleness"], 1)
+            from hogwild_mts.backends.sim.simulator import compute_sampler, staleness_source
+
+            if config["staleness"] != CALIBRATED:
+                staleness_source(config["staleness"], 1)
             compute_sampler(config["compute"])
     else:
         from hogwild_mts.models.nets import NETWORKS
@@ -159,13 +202,31 @@ def check_config(config: dict) -> dict:
 
 
 def cells_of(config: dict) -> list[dict]:
-    """The grid in run order: workers, then seeds, then policies (so partial grids compare)."""
-    return [{"policy": p, "workers": m, "seed": s}
-            for m in config["workers"] for s in config["seeds"] for p in config["policies"]]
+    """The grid in run order: workers, then seeds, then policies, then steps (so partial grids
+    compare)."""
+    return [{"policy": p, "alpha": a, "workers": m, "seed": s}
+            for m in config["workers"] for s in config["seeds"] for p in config["policies"]
+            for a in alphas_of(config, p)]
 
 
 def cell_name(cell: dict) -> str:
-    return f"{cell['policy']}-m{cell['workers']}-s{cell['seed']}"
+    return f"{cell['policy']}-a{cell['alpha']:g}-m{cell['workers']}-s{cell['seed']}"
+
+
+def calibrated_staleness(workers: int) -> np.ndarray:
+    """Staleness as measured on 16 cores, as counts by tau for the simulator: Poisson((m - 1) / 2)
+    (the policies' prior) for all but CALIBRATED_TAIL_SHARE of the updates, which come from a
+    descheduled worker with tau log-uniform over CALIBRATED_TAIL_RANGE; one worker: tau = 0."""
+    from hogwild_mts.staleness.models import prior
+
+    if workers == 1:
+        return np.array([1], dtype=np.int64)
+    low, high = CALIBRATED_TAIL_RANGE
+    body = prior(workers).pmf(high + 1)
+    taus = np.arange(high + 1)
+    tail = np.where(taus >= low, 1.0 / np.maximum(taus, 1), 0.0)
+    pmf = (1 - CALIBRATED_TAIL_SHARE) * body / body.sum() + CALIBRATED_TAIL_SHARE * tail / tail.sum()
+    return np.round(pmf * 1e15).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- files
@@ -196,55 +257,62 @@ def load_task_data(config: dict):
         from hogwild_mts.data.tabular import load_data
 
         return load_data(config["data"])
+    if str(config["data"]).partition(":")[0] == "mnist1d":
+        from hogwild_mts.data.mnist1d import load_mnist1d
+
+        return load_mnist1d(config["data"])
     from hogwild_mts.data.images import load_images
 
     return load_images(config["data"])
 
 
-def make_engine(config: dict, cell: dict, n_rows: int):
-    """The engine (real or simulated) that trains one cell.  Real runs defer their evaluations
-    (parameter copies scored after the run), so frequent evaluations for a fine time-to-target
-    take no core from the workers."""
+def make_engine(config: dict, cell: dict):
+    """The engine (real or simulated) that trains one cell, evaluating every ``eval_updates``.
+    Real runs defer their evaluations (parameter copies scored after the run), so frequent
+    evaluations take no core from the workers."""
     name, options = policy_spec(config, cell["policy"])
-    policy = make_policy(name, alpha=config["alpha"], **options)
+    policy = make_policy(name, alpha=cell["alpha"], **options)
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
                   seed=cell["seed"])
     if config["task"] == "torch":
         from hogwild_mts.engines.networks import TorchEngine
 
-        return TorchEngine(config["model"], policy, eval_every=config["eval_seconds"], progress=False,
-                           defer_evaluation=True, **common)
+        return TorchEngine(config["model"], policy, eval_every_updates=config["eval_updates"],
+                           progress=False, defer_evaluation=True, **common)
     from hogwild_mts.models.linear import LinearModel
 
     model = LinearModel(config["model"], l2=config["l2"])
     if config["mode"] == "real":
         from hogwild_mts.engines.linear import Engine
 
-        return Engine(model, policy, eval_every=config["eval_seconds"], progress=False,
+        return Engine(model, policy, eval_every_updates=config["eval_updates"], progress=False,
                       defer_evaluation=True, **common)
     from hogwild_mts.engines.simulated import Simulator
 
-    updates = config["epochs"] * -(-n_rows // config["batch_size"])
-    return Simulator(model, policy, staleness=config["staleness"], compute=config["compute"],
-                     eval_every=max(1, updates // config["evaluations"]), **common)
+    staleness = config["staleness"]
+    if staleness == CALIBRATED:
+        staleness = calibrated_staleness(cell["workers"])
+    return Simulator(model, policy, staleness=staleness, compute=config["compute"],
+                     eval_every=config["eval_updates"], **common)
 
 
 def target_reached(history: dict, target: float) -> dict:
-    """First history row with ``loss <= target``: its updates and time; else not reached, with
-    the best (lowest) loss seen."""
+    """First history row with ``loss <= target``: its updates, time and resolution (the gap to
+    the previous row over its updates); else not reached."""
     losses = history["loss"]
-    best = min(losses) if losses else None
     for i, loss in enumerate(losses):
         if loss <= target:
-            return {"reached": True, "updates_to_target": history["updates"][i],
-                    "time_to_target": history["time_s"][i], "best_loss": best}
-    return {"reached": False, "updates_to_target": None, "time_to_target": None, "best_loss": best}
+            updates = history["updates"][i]
+            gap = updates - history["updates"][i - 1] if i else 0
+            return {"target": target, "reached": True, "updates": updates,
+                    "time": history["time_s"][i], "resolution": gap / updates if updates else 0.0}
+    return {"target": target, "reached": False, "updates": None, "time": None, "resolution": None}
 
 
 def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
     """The policy's alpha(tau) as the cell ended it (refitted on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
-    policy = make_policy(name, alpha=config["alpha"], **options)
+    policy = make_policy(name, alpha=cell["alpha"], **options)
     policy.bind(cell["workers"])
     if getattr(policy, "refit_every", 0):
         policy.observe(histogram)
@@ -255,26 +323,26 @@ def run_cell(config: dict, cell: dict, data) -> dict:
     """Train one cell; return its record (diverged runs are recorded, not dropped)."""
     from hogwild_mts.core.result import DivergenceError
 
-    n_rows = data.n_train if config["task"] == "torch" else data.n_samples
-    engine = make_engine(config, cell, n_rows)
+    engine = make_engine(config, cell)
     started = time.time()
-    record = {**cell, "name": cell_name(cell), "target_loss": config["target_loss"],
+    record = {**cell, "name": cell_name(cell),
               "time_unit": "simulated seconds" if config["mode"] == "simulated" else "seconds"}
     try:
         result = engine.fit(data)
     except DivergenceError as error:
-        record.update(diverged=True, error=str(error), reached=False, updates_to_target=None,
-                      time_to_target=None, best_loss=None, final_loss=None, final_accuracy=None,
+        record.update(diverged=True, error=str(error),
+                      targets=[target_reached({"loss": []}, t) for t in config["targets"]],
+                      best_loss=None, final_loss=None, final_accuracy=None,
                       wall_seconds=time.time() - started, staleness_histogram=[], history={})
         return record
     if result.interrupted:
         raise KeyboardInterrupt
     summary = result.to_dict()
-    record.update(diverged=False, **target_reached(result.history, config["target_loss"]))
-    record.update(final_loss=result.final_loss, final_accuracy=result.final_accuracy,
-                  updates=result.updates, train_seconds=result.train_seconds,
-                  wall_seconds=result.wall_seconds, staleness=summary["staleness"],
-                  staleness_histogram=summary["staleness_histogram"],
+    record.update(diverged=False, targets=[target_reached(result.history, t) for t in config["targets"]],
+                  best_loss=min(result.history["loss"]), final_loss=result.final_loss,
+                  final_accuracy=result.final_accuracy, updates=result.updates,
+                  train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+                  staleness=summary["staleness"], staleness_histogram=summary["staleness_histogram"],
                   staleness_fit=summary["staleness_fit"], policy_description=summary["policy"],
                   alpha_table=alpha_table(config, cell, result.staleness_histogram),
                   history=result.history, refits=result.refits)
@@ -312,22 +380,21 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
 
 
 def describe_outcome(record: dict) -> str:
-    head = f"{record['policy']} m={record['workers']} seed={record['seed']}: "
+    head = f"{record['policy']} alpha={record['alpha']:g} m={record['workers']} seed={record['seed']}: "
     if record["diverged"]:
         return head + "DIVERGED"
-    if record["reached"]:
-        outcome = (f"target {record['target_loss']:g} at {record['updates_to_target']:,} updates, "
-                   f"{record['time_to_target']:.4g} {record['time_unit']}")
-    else:
-        outcome = f"target {record['target_loss']:g} NOT reached (best {record['best_loss']:.4g})"
-    return head + outcome + f"; final loss {record['final_loss']:.4g}"
+    reached = ", ".join(f"{t['target']:g} at {t['updates']:,}" if t["reached"] else f"{t['target']:g} not reached"
+                        for t in record["targets"])
+    return head + f"targets {reached}; final loss {record['final_loss']:.4g}"
 
 
 # ---------------------------------------------------------------------------- tables
-CELL_COLUMNS = ("policy", "workers", "seed", "reached", "updates_to_target", "time_to_target",
-                "best_loss", "final_loss", "final_accuracy", "diverged", "updates", "train_seconds",
-                "wall_seconds", "staleness_mean", "staleness_p99", "staleness_max")
+CELL_COLUMNS = ("policy", "alpha", "workers", "seed", "target", "reached", "updates_to_target",
+                "time_to_target", "resolution", "best_loss", "final_loss", "final_accuracy", "diverged",
+                "updates", "train_seconds", "wall_seconds", "staleness_mean", "staleness_p99",
+                "staleness_max")
 STALENESS_MODELS = ("geometric", "poisson", "cmp", "empirical")
+SPREAD = ("mean", "std", "min", "max")
 
 
 def _spread(values: list) -> dict:
@@ -339,25 +406,98 @@ def _spread(values: list) -> dict:
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (policy, workers): how many seeds reached the target, and the spread over
-    seeds of updates- and time-to-target (reaching seeds only), final and best loss."""
+    """One row per (policy, alpha, workers, target): how many seeds reached the target, the
+    spread over seeds of updates- and time-to-target (reaching seeds only), the worst
+    resolution, and the final and best loss (all finished seeds)."""
     groups = {}
     for record in records:
-        groups.setdefault((record["policy"], record["workers"]), []).append(record)
+        for outcome in record["targets"]:
+            key = (record["policy"], record["alpha"], record["workers"], outcome["target"])
+            groups.setdefault(key, []).append((record, outcome))
     rows = []
-    for (policy, workers), group in groups.items():
-        reached = [r for r in group if r["reached"]]
-        finished = [r for r in group if not r["diverged"]]
-        row = {"policy": policy, "workers": workers, "seeds": len(group), "reached": len(reached),
-               "diverged": len(group) - len(finished)}
-        for key, values in (("updates_to_target", [r["updates_to_target"] for r in reached]),
-                            ("time_to_target", [r["time_to_target"] for r in reached]),
+    for (policy, alpha, workers, target), group in groups.items():
+        reached = [outcome for _, outcome in group if outcome["reached"]]
+        finished = [record for record, _ in group if not record["diverged"]]
+        row = {"policy": policy, "alpha": alpha, "workers": workers, "target": target,
+               "seeds": len(group), "reached": len(reached), "diverged": len(group) - len(finished),
+               "resolution_max": max((o["resolution"] for o in reached), default=None)}
+        for key, values in (("updates_to_target", [o["updates"] for o in reached]),
+                            ("time_to_target", [o["time"] for o in reached]),
                             ("final_loss", [r["final_loss"] for r in finished]),
                             ("best_loss", [r["best_loss"] for r in finished])):
             for stat, value in _spread(values).items():
                 row[f"{key}_{stat}"] = value
         rows.append(row)
-    return sorted(rows, key=lambda row: (row["workers"], row["policy"]))
+    return sorted(rows, key=lambda row: (-row["target"], row["workers"], row["policy"], row["alpha"]))
+
+
+def _best_rows(summary: list[dict]) -> dict:
+    """(policy, workers, target) -> the summary row of the step with the fewest mean updates
+    among steps where every seed reached the target (ties: smaller std)."""
+    best = {}
+    for row in summary:
+        if row["reached"] < row["seeds"] or row["seeds"] == 0:
+            continue
+        key = (row["policy"], row["workers"], row["target"])
+        rank = (row["updates_to_target_mean"], row["updates_to_target_std"])
+        if key not in best or rank < (best[key]["updates_to_target_mean"], best[key]["updates_to_target_std"]):
+            best[key] = row
+    return best
+
+
+def _reference(best: dict, labels: list, workers: int, target: float):
+    """(label, mean updates) of the fastest of ``labels`` at (workers, target), or (None, None)."""
+    candidates = [(best[(label, workers, target)]["updates_to_target_mean"], label)
+                  for label in labels if (label, workers, target) in best]
+    if not candidates:
+        return None, None
+    updates, label = min(candidates)
+    return label, updates
+
+
+def _ratio(numerator, denominator):
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The best-against-best rows and the transfer rows (see the module docstring)."""
+    best = _best_rows(summary)
+    names = {label: policy_spec(config, label)[0] for label in config["policies"]}
+    constants = [label for label, name in names.items() if name == "constant"]
+    baselines = [label for label, name in names.items() if name in BASELINES]
+    by_cell = {(r["policy"], r["alpha"], r["workers"], r["target"]): r for r in summary}
+    present = sorted({(r["workers"], r["target"]) for r in summary}, key=lambda wt: (-wt[1], wt[0]))
+    smallest = min(config["workers"])
+    best_rows, transfer_rows = [], []
+    for workers, target in present:
+        constant, constant_updates = _reference(best, constants, workers, target)
+        baseline, baseline_updates = _reference(best, baselines, workers, target)
+        for label in config["policies"]:
+            row = best.get((label, workers, target))
+            updates = row["updates_to_target_mean"] if row else None
+            grid = alphas_of(config, label)
+            out = {"target": target, "workers": workers, "policy": label,
+                   "alpha": row["alpha"] if row else None, "reached": row is not None,
+                   "alpha_at_grid_edge": bool(row and len(grid) > 1 and row["alpha"] in (min(grid), max(grid))),
+                   "best_constant": constant, "best_baseline": baseline,
+                   "vs_best_constant": _ratio(updates, constant_updates),
+                   "vs_best_baseline": _ratio(updates, baseline_updates)}
+            for stat in SPREAD:
+                out[f"updates_{stat}"] = row[f"updates_to_target_{stat}"] if row else None
+            best_rows.append(out)
+            tuned = best.get((label, smallest, target))
+            alpha = tuned["alpha"] if tuned else None
+            cell = by_cell.get((label, alpha, workers, target))
+            updates = cell["updates_to_target_mean"] if cell and cell["reached"] == cell["seeds"] else None
+            out = {"target": target, "workers": workers, "policy": label, "alpha": alpha,
+                   "reached": f"{cell['reached']}/{cell['seeds']}" if cell else None,
+                   "vs_own_smallest_m": _ratio(updates, tuned["updates_to_target_mean"] if tuned else None),
+                   "vs_best_constant": _ratio(updates, constant_updates),
+                   "vs_best_baseline": _ratio(updates, baseline_updates)}
+            for stat in SPREAD:
+                out[f"updates_{stat}"] = cell[f"updates_to_target_{stat}"] if updates is not None else None
+            transfer_rows.append(out)
+    return best_rows, transfer_rows
 
 
 def staleness_fits(records: list[dict]) -> list[dict]:
@@ -376,7 +516,8 @@ def staleness_fits(records: list[dict]) -> list[dict]:
     for workers in sorted(by_workers):
         counts = by_workers[workers]
         row = {"workers": workers, "samples": int(counts.sum()),
-               "mean": float(np.dot(np.arange(counts.size), counts) / counts.sum())}
+               "mean": float(np.dot(np.arange(counts.size), counts) / counts.sum()),
+               "max": int(np.flatnonzero(counts)[-1])}
         for name in STALENESS_MODELS:
             fitted = staleness.fit_model(name, counts)
             row[f"tv_{name}"] = fitted.fit_report.tv
@@ -395,24 +536,32 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
 
 
 def write_tables(out_dir: str, config: dict) -> None:
-    """cells.csv, summary.csv, staleness_fits.csv and summary.json from the cell files."""
+    """cells.csv, summary.csv, best.csv, transfer.csv, staleness_fits.csv and summary.json from
+    the cell files."""
     records = read_cells(out_dir)
     flat = []
     for record in records:
-        row = dict(record)
         tau = record.get("staleness") or {}
-        row.update(staleness_mean=tau.get("mean"), staleness_p99=tau.get("p99"), staleness_max=tau.get("max"))
-        flat.append(row)
-    flat.sort(key=lambda r: (r["workers"], r["policy"], r["seed"]))
+        for outcome in record["targets"]:
+            row = dict(record)
+            row.update(target=outcome["target"], reached=outcome["reached"],
+                       updates_to_target=outcome["updates"], time_to_target=outcome["time"],
+                       resolution=outcome["resolution"], staleness_mean=tau.get("mean"),
+                       staleness_p99=tau.get("p99"), staleness_max=tau.get("max"))
+            flat.append(row)
+    flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["alpha"], r["seed"]))
     _write_csv(os.path.join(out_dir, "cells.csv"), flat, CELL_COLUMNS)
     summary = summarize(records)
-    if summary:
-        _write_csv(os.path.join(out_dir, "summary.csv"), summary, summary[0].keys())
+    best, transfer = compare(config, summary)
+    for name, rows in (("summary", summary), ("best", best), ("transfer", transfer)):
+        if rows:
+            _write_csv(os.path.join(out_dir, f"{name}.csv"), rows, rows[0].keys())
     fits = staleness_fits(records)
     if fits:
         _write_csv(os.path.join(out_dir, "staleness_fits.csv"), fits, fits[0].keys())
     write_atomic(os.path.join(out_dir, "summary.json"),
-                 json.dumps({"config": config, "summary": summary, "staleness_fits": fits}, indent=2))
+                 json.dumps({"config": config, "summary": summary, "best": best, "transfer": transfer,
+                             "staleness_fits": fits}, indent=2))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -429,7 +578,7 @@ def _comma_list(kind):
 def add_arguments(parser) -> None:
     """Flags of ``hogwild-mts experiment``; each overrides the config file and QUICK."""
     parser.add_argument("--config", metavar="FILE", help="JSON object of settings (keys as below, "
-                        "plus policy_options: {label: {option: value, 'policy': name}})")
+                        "plus policy_options: {label: {option: value, 'policy': name, 'alphas': [..]}})")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="run directory (default runs/<name>); rerunning resumes it")
     parser.add_argument("--name", help="experiment name")
@@ -440,15 +589,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policies", type=_comma_list(str), help="comma-separated policy labels")
     parser.add_argument("--workers", type=_comma_list(int), help="comma-separated worker counts")
     parser.add_argument("--seeds", type=_comma_list(int), help="comma-separated seeds")
-    parser.add_argument("--alpha", type=float, help="base step alpha_c of every policy")
+    parser.add_argument("--alphas", type=_comma_list(float), help="comma-separated base steps alpha_c "
+                        "tried for every policy (its grid)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--l2", type=float)
-    parser.add_argument("--target-loss", type=float, help="loss that counts as reaching the target")
-    parser.add_argument("--staleness", help="simulated: event, poisson or geometric")
+    parser.add_argument("--targets", type=_comma_list(float), help="comma-separated target losses")
+    parser.add_argument("--refit-every", type=int, help="own updates between refits of adaptive policies")
+    parser.add_argument("--staleness", help="simulated: calibrated (default), event, poisson or geometric")
     parser.add_argument("--compute", help="simulated event model: constant, exponential, gamma:K, lognormal:S")
-    parser.add_argument("--evaluations", type=int, help="simulated: history rows per run")
-    parser.add_argument("--eval-seconds", type=float, help="real: seconds between evaluations")
+    parser.add_argument("--eval-updates", type=int, help="updates between loss evaluations")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 

@@ -2,9 +2,13 @@
 
 * ``staleness.png``: per m, the staleness histogram (all cells at that m summed) with the fitted
   Poisson, CMP and geometric pmfs overlaid, their total variation in the legend;
-* ``loss_vs_updates.png`` and ``loss_vs_time.png``: per m, one line per policy, the mean over
-  seeds with the min-max band, the target loss dashed;
-* ``alpha_tables.png``: per m, each policy's alpha(tau) as its cells ended (mean over seeds).
+* ``loss_vs_updates.png`` and ``loss_vs_time.png``: per m, one line per policy at its shown step
+  (see :func:`shown_alphas`), the mean over seeds with the min-max band, the targets dashed;
+* ``alpha_tables.png``: per m, each policy's alpha(tau) at its shown step as its cells ended
+  (mean over seeds);
+* ``best_vs_workers.png`` and ``transfer_vs_workers.png``: per target, updates to target against
+  m for each policy (best against best; the step tuned at the smallest m), mean over seeds with
+  min-max bars.
 """
 
 from __future__ import annotations
@@ -90,21 +94,50 @@ def _mean_curve(group: list[dict], x_key: str):
     return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def shown_alphas(records: list[dict]) -> dict:
+    """(policy, workers) -> the step whose curves are drawn: the best step (every seed reached,
+    fewest mean updates) at the lowest target any step of that policy reached at that m; else the
+    step with the lowest mean final loss."""
+    from hogwild_mts.app.experiment import summarize
+
+    chosen = {}
+    for row in sorted(summarize(records), key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
+        key = (row["policy"], row["workers"])
+        if row["seeds"] and row["reached"] == row["seeds"] and key not in chosen:
+            chosen[key] = row["alpha"]
+    finals = {}
+    for record in records:
+        finals.setdefault((record["policy"], record["workers"], record["alpha"]), []).append(
+            math.inf if record["diverged"] else record["final_loss"])
+    for (policy, workers, alpha), values in sorted(finals.items(), key=lambda item: np.mean(item[1])):
+        chosen.setdefault((policy, workers), alpha)
+    return chosen
+
+
+def _shown(records: list[dict]) -> list[dict]:
+    chosen = shown_alphas(records)
+    return [r for r in records if chosen.get((r["policy"], r["workers"])) == r["alpha"]]
+
+
 def plot_loss(records: list[dict], x_key: str, x_label: str, path: str) -> str:
-    groups = _by_workers(records)
+    shown = _shown(records)
+    groups = _by_workers(shown)
     policies = _policies(records)
-    figure, axes = _figure(len(groups), f"loss against {x_label} (mean over seeds, min-max band)")
+    figure, axes = _figure(len(groups), f"loss against {x_label} (each policy at its shown step; "
+                                        "mean over seeds, min-max band)")
     for axis, (workers, group) in zip(axes, groups.items()):
         starts = [r["history"]["loss"][0] for r in group if r["history"]]
         for index, policy in enumerate(policies):
-            curve = _mean_curve([r for r in group if r["policy"] == policy], x_key)
+            mine = [r for r in group if r["policy"] == policy]
+            curve = _mean_curve(mine, x_key)
             if curve is None:
                 continue
             grid, mean, low, high = curve
             color = f"C{index}"
-            axis.plot(grid, mean, color=color, label=policy)
+            axis.plot(grid, mean, color=color, label=f"{policy} ({mine[0]['alpha']:g})")
             axis.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
-        axis.axhline(group[0]["target_loss"], color="k", linestyle="--", linewidth=0.8, label="target")
+        for outcome in group[0]["targets"]:
+            axis.axhline(outcome["target"], color="k", linestyle="--", linewidth=0.6)
         if starts:
             axis.set_ylim(top=1.5 * float(np.median(starts)))
         axis.set_title(f"m = {workers}")
@@ -116,9 +149,9 @@ def plot_loss(records: list[dict], x_key: str, x_label: str, path: str) -> str:
 
 
 def plot_alpha_tables(records: list[dict], path: str) -> str:
-    groups = _by_workers([r for r in records if r.get("alpha_table")])
+    groups = _by_workers([r for r in _shown(records) if r.get("alpha_table")])
     policies = _policies(records)
-    figure, axes = _figure(len(groups), "alpha(tau) as the runs ended (mean over seeds)")
+    figure, axes = _figure(len(groups), "alpha(tau) as the runs ended (shown step, mean over seeds)")
     for axis, (workers, group) in zip(axes, groups.items()):
         p99 = max(r["staleness"]["p99"] for r in group)
         shown = int(min(256, max(8, 2 * p99 + 2)))
@@ -133,6 +166,31 @@ def plot_alpha_tables(records: list[dict], path: str) -> str:
         axis.set_title(f"m = {workers}")
         axis.set_xlabel("staleness tau")
         axis.set_ylabel("alpha(tau)")
+        axis.legend(fontsize=7)
+    figure.savefig(path, dpi=90)
+    return path
+
+
+def plot_comparison(rows: list[dict], title: str, path: str) -> str:
+    """Per target: updates to target against m, one line per policy (rows of best.csv or
+    transfer.csv), mean with min-max bars; policies that miss a target at some m have gaps."""
+    targets = sorted({row["target"] for row in rows}, reverse=True)
+    policies = list(dict.fromkeys(row["policy"] for row in rows))
+    figure, axes = _figure(len(targets), title)
+    for axis, target in zip(axes, targets):
+        for index, policy in enumerate(policies):
+            mine = sorted((r for r in rows if r["target"] == target and r["policy"] == policy),
+                          key=lambda r: r["workers"])
+            m = np.array([r["workers"] for r in mine], float)
+            mean = np.array([np.nan if r["updates_mean"] is None else r["updates_mean"] for r in mine])
+            low = np.array([np.nan if r["updates_min"] is None else r["updates_min"] for r in mine])
+            high = np.array([np.nan if r["updates_max"] is None else r["updates_max"] for r in mine])
+            axis.errorbar(m * (1 + 0.03 * index), mean, yerr=[mean - low, high - mean], color=f"C{index}",
+                          marker="o", markersize=3, capsize=2, label=policy)
+        axis.set_xscale("log", base=2)
+        axis.set_title(f"target loss {target:g}")
+        axis.set_xlabel("workers m")
+        axis.set_ylabel("updates to target")
         axis.legend(fontsize=7)
     figure.savefig(path, dpi=90)
     return path
@@ -157,7 +215,11 @@ def check_run_dir(run_dir: str) -> list[dict]:
 
 def draw_all(run_dir: str) -> list[str]:
     """Redraw every plot of ``run_dir`` into ``run_dir/plots``; return the paths written."""
+    from hogwild_mts.app.experiment import compare, summarize
+
     records = check_run_dir(run_dir)
+    with open(os.path.join(run_dir, CONFIG_FILE)) as handle:
+        config = json.load(handle)
     directory = os.path.join(run_dir, PLOTS_DIR)
     os.makedirs(directory, exist_ok=True)
     finished = [r for r in records if not r["diverged"]]
@@ -168,4 +230,9 @@ def draw_all(run_dir: str) -> list[str]:
         paths.append(plot_loss(finished, "updates", "updates", os.path.join(directory, "loss_vs_updates.png")))
         paths.append(plot_loss(finished, "time_s", f"time ({unit})", os.path.join(directory, "loss_vs_time.png")))
         paths.append(plot_alpha_tables(finished, os.path.join(directory, "alpha_tables.png")))
+    best, transfer = compare(config, summarize(records))
+    paths.append(plot_comparison(best, "best against best: each policy at its best step for each m",
+                                 os.path.join(directory, "best_vs_workers.png")))
+    paths.append(plot_comparison(transfer, f"transfer: the step tuned at m = {min(config['workers'])}, "
+                                 "unchanged", os.path.join(directory, "transfer_vs_workers.png")))
     return paths
