@@ -40,9 +40,10 @@ class _HogwildLinear(BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
-    def __init__(self, loss, *, policy="constant", alpha=None, workers=1, epochs=5, batch_size=1,
-                 l2=0.0, fit_intercept=True, seed=0, warm_start=False, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=3, tol=1e-4, progress=False):
+    def __init__(self, loss=None, *, policy="constant", alpha=None, workers=1, epochs=5,
+                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
+                 progress=False):
         self.loss = loss
         self.policy = policy
         self.alpha = alpha
@@ -59,10 +60,14 @@ class _HogwildLinear(BaseEstimator):
         self.tol = tol
         self.progress = progress
 
+    def _loss(self) -> str:
+        """``loss``, or (None) the first of the estimator's losses."""
+        return self._losses[0] if self.loss is None else self.loss
+
     # ------------------------------------------------------------------ checks
     def _check_options(self) -> None:
         """Validate the stored options (plain messages naming the value), before any training."""
-        check_choice("loss", self.loss, self._losses)
+        check_choice("loss", self._loss(), self._losses)
         check_int("epochs", self.epochs, 1)
         check_int("n_iter_no_change", self.n_iter_no_change, 1)
         check_nonnegative("tol", self.tol)
@@ -71,7 +76,7 @@ class _HogwildLinear(BaseEstimator):
         self._engine(epochs=1, seed=0)  # the engine validates policy, alpha, workers, batch size, l2
 
     def _engine(self, epochs: int, seed: int) -> Engine:
-        model = LinearModel(self.loss, l2=self.l2, fit_intercept=bool(self.fit_intercept))
+        model = LinearModel(self._loss(), l2=self.l2, fit_intercept=bool(self.fit_intercept))
         alpha = self._default_alpha if self.alpha is None and isinstance(self.policy, str) else self.alpha
         return Engine(model, self.policy, alpha=alpha, workers=self.workers, epochs=epochs,
                       batch_size=self.batch_size, seed=seed, progress=bool(self.progress),
@@ -172,7 +177,8 @@ class _HogwildLinear(BaseEstimator):
 
 
 class HogwildClassifier(ClassifierMixin, _HogwildLinear):
-    """A linear classifier (``loss``: ``logreg`` logistic regression, ``svm`` hinge) trained by
+    """A linear classifier (``loss``: ``logreg`` logistic regression, the default, or ``svm``
+    hinge) trained by
     Hogwild! SGD with a staleness-aware step-size ``policy``.  Multiclass: one-vs-rest.
     Parameters are those of :class:`hogwild_mts.engines.linear.Engine` (``alpha`` of a named
     policy defaults to 0.1) plus scikit-learn's ``warm_start``, ``early_stopping``,
@@ -181,15 +187,6 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
 
     _losses = CLASSIFIER_LOSSES
 
-    def __init__(self, loss="logreg", *, policy="constant", alpha=None, workers=1, epochs=5,
-                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
-                 progress=False):
-        super().__init__(loss, policy=policy, alpha=alpha, workers=workers, epochs=epochs,
-                         batch_size=batch_size, l2=l2, fit_intercept=fit_intercept, seed=seed,
-                         warm_start=warm_start, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, tol=tol, progress=progress)
 
     def _targets(self, y) -> list:
         """+-1 labels per problem: one problem (classes_[1] positive) for two classes, else one
@@ -261,7 +258,7 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
         return self._labels_from(self._margins(X))
 
     def _is_logistic(self) -> bool:
-        return self.loss == "logreg"
+        return self._loss() == "logreg"
 
     @available_if(_is_logistic)
     def predict_proba(self, X) -> np.ndarray:
@@ -280,22 +277,13 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
 
 
 class HogwildRegressor(RegressorMixin, _HogwildLinear):
-    """A linear least-squares regressor (``loss="lsq"``) trained by Hogwild! SGD with a
+    """A linear least-squares regressor (``loss``: ``lsq``, the default) trained by Hogwild! SGD with a
     staleness-aware step-size ``policy``; parameters as :class:`HogwildClassifier` (a named
     policy's default ``alpha`` is 0.01 here: squared loss steps grow with the targets)."""
 
     _losses = REGRESSOR_LOSSES
     _default_alpha = 0.01
 
-    def __init__(self, loss="lsq", *, policy="constant", alpha=None, workers=1, epochs=5,
-                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
-                 progress=False):
-        super().__init__(loss, policy=policy, alpha=alpha, workers=workers, epochs=epochs,
-                         batch_size=batch_size, l2=l2, fit_intercept=fit_intercept, seed=seed,
-                         warm_start=warm_start, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, tol=tol, progress=progress)
 
     def fit(self, X, y):
         """Fit on ``X`` (array or scipy sparse) and real targets ``y``; returns self."""
