@@ -1,16 +1,23 @@
 """Print the markdown tables of docs/results.md from experiment run directories.
 
     .venv/bin/python scripts/results_tables.py fits RUN_DIR [--cores N]
-    .venv/bin/python scripts/results_tables.py targets RUN_DIR
+    .venv/bin/python scripts/results_tables.py best RUN_DIR [--targets 0.3,0.25]
+    .venv/bin/python scripts/results_tables.py transfer RUN_DIR [--targets ...]
+    .venv/bin/python scripts/results_tables.py goal RUN_DIR [--policy mindthestep]
 
 ``fits``: total variation of each fitted staleness model per m (m above the core count marked *).
-``targets``: per m and policy, seeds reaching the target, updates- and time-to-target as
-mean ± std [min, max] over the seeds that reached it, and the final loss.
+``best``: best against best -- per target and m, each policy at its best step: updates to target
+as mean ± std [min, max] over seeds (every seed reached it), the worst resolution (gap between
+the evaluations around the crossing, over the updates), ratio to the best constant step and
+to the best baseline (constant, inverse, exponential, tail); ``e`` marks a best step at the edge
+of the grid.  ``transfer``: the step tuned at the smallest m, unchanged at every m.
+``goal``: one policy's ratios against the three goals of issue 11 (<= 0.8 of the best baseline at
+m >= 16, <= 1.3 of its own smallest-m updates at m = 16 under transfer, <= 1.05 of the best
+constant at every m).
 """
 
 import argparse
 import csv
-import json
 import os
 import sys
 
@@ -20,52 +27,103 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
+def _number(text):
+    return None if text in ("", None) else float(text)
+
+
+def _marked(m, cores):
+    return f"{m}*" if cores and int(m) > cores else str(m)
+
+
+def _spread(row):
+    if _number(row["updates_mean"]) is None:
+        return "—"
+    mean, std, low, high = (float(row[f"updates_{k}"]) for k in ("mean", "std", "min", "max"))
+    return f"{mean:,.0f} ± {std:,.0f} [{low:,.0f}, {high:,.0f}]"
+
+
+def _ratio(text):
+    value = _number(text)
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _percent(text):
+    value = _number(text)
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _selected(rows, targets):
+    return [r for r in rows if targets is None or float(r["target"]) in targets]
+
+
 def fits(run_dir, cores):
     rows = read_csv(os.path.join(run_dir, "staleness_fits.csv"))
-    print("| m | updates | mean tau | TV geometric | TV Poisson | TV CMP | TV empirical | best by AIC |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| m | updates | mean tau | max tau | TV geometric | TV Poisson | TV CMP | TV empirical | best by AIC |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        m = int(row["workers"])
-        mark = f"{m}*" if cores and m > cores else str(m)
-        print(f"| {mark} | {int(row['samples']):,} | {float(row['mean']):.3f} | "
+        print(f"| {_marked(row['workers'], cores)} | {int(row['samples']):,} | {float(row['mean']):.3f} | "
+              f"{int(row['max']):,} | "
               + " | ".join(f"{float(row['tv_' + name]):.3f}" for name in ("geometric", "poisson", "cmp", "empirical"))
               + f" | {row['best_by_aic']} |")
 
 
-def _spread(row, key, digits):
-    if row[f"{key}_mean"] == "":
-        return "—"
-    mean, std = float(row[f"{key}_mean"]), float(row[f"{key}_std"])
-    low, high = float(row[f"{key}_min"]), float(row[f"{key}_max"])
-    return f"{mean:.{digits}g} ± {std:.2g} [{low:.{digits}g}, {high:.{digits}g}]"
+def best(run_dir, targets, cores):
+    print("| target | m | policy | step | updates to target | resolution | vs best constant | vs best baseline |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in _selected(read_csv(os.path.join(run_dir, "best.csv")), targets):
+        step = "not every seed reached it" if row["reached"] != "True" else \
+            f"{float(row['alpha']):g}" + (" e" if row["alpha_at_grid_edge"] == "True" else "")
+        print(f"| {row['target']} | {_marked(row['workers'], cores)} | {row['policy']} | {step} | "
+              f"{_spread(row)} | {_percent(row['resolution_max'])} | {_ratio(row['vs_best_constant'])} | "
+              f"{_ratio(row['vs_best_baseline'])} |")
 
 
-def targets(run_dir):
-    with open(os.path.join(run_dir, "config.json")) as handle:
-        config = json.load(handle)
-    unit = "simulated s" if config["mode"] == "simulated" else "s"
-    print(f"target loss {config['target_loss']}; time in {unit}; ± is the std over seeds that reached it")
-    print()
-    print("| m | policy | reached | updates to target | time to target | final loss |")
-    print("|---|---|---|---|---|---|")
-    for row in read_csv(os.path.join(run_dir, "summary.csv")):
-        reached = f"{row['reached']}/{row['seeds']}" + (f" ({row['diverged']} diverged)" if row["diverged"] != "0" else "")
-        print(f"| {row['workers']} | {row['policy']} | {reached} | {_spread(row, 'updates_to_target', 3)} | "
-              f"{_spread(row, 'time_to_target', 3)} | {_spread(row, 'final_loss', 3)} |")
+def transfer(run_dir, targets, cores):
+    print("| target | m | policy | step (tuned at smallest m) | reached | updates to target | resolution | "
+          "vs own smallest m | vs best constant | vs best baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in _selected(read_csv(os.path.join(run_dir, "transfer.csv")), targets):
+        step = "—" if _number(row["alpha"]) is None else f"{float(row['alpha']):g}"
+        print(f"| {row['target']} | {_marked(row['workers'], cores)} | {row['policy']} | {step} | "
+              f"{row['reached'] or '—'} | {_spread(row)} | {_percent(row['resolution_max'])} | "
+              f"{_ratio(row['vs_own_smallest_m'])} | "
+              f"{_ratio(row['vs_best_constant'])} | {_ratio(row['vs_best_baseline'])} |")
+
+
+def goal(run_dir, policy, targets, cores):
+    best_rows = {(r["target"], r["workers"]): r for r in read_csv(os.path.join(run_dir, "best.csv"))
+                 if r["policy"] == policy}
+    transfer_rows = {(r["target"], r["workers"]): r for r in read_csv(os.path.join(run_dir, "transfer.csv"))
+                     if r["policy"] == policy}
+    print(f"| target | m | {policy}: best vs best baseline (goal <= 0.8 at m >= 16) | best vs best constant "
+          "(goal <= 1.05) | transfer vs own smallest m (goal <= 1.3 at m = 16) |")
+    print("|---|---|---|---|---|")
+    for key, row in best_rows.items():
+        if targets is not None and float(key[0]) not in targets:
+            continue
+        print(f"| {key[0]} | {_marked(key[1], cores)} | {_ratio(row['vs_best_baseline'])} | "
+              f"{_ratio(row['vs_best_constant'])} | {_ratio(transfer_rows[key]['vs_own_smallest_m'])} |")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=("fits", "targets"))
+    parser.add_argument("table", choices=("fits", "best", "transfer", "goal"))
     parser.add_argument("run_dir")
-    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--cores", type=int, default=0, help="mark m above this core count with *")
+    parser.add_argument("--targets", help="comma-separated target losses to show (default: all)")
+    parser.add_argument("--policy", default="mindthestep", help="goal: the policy label to check")
     args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.run_dir, "summary.csv")):
-        sys.exit(f"{args.run_dir} has no summary.csv; run hogwild-mts experiment or report first")
+    if not os.path.isfile(os.path.join(args.run_dir, "best.csv")):
+        sys.exit(f"{args.run_dir} has no best.csv; run hogwild-mts experiment or report first")
+    targets = None if args.targets is None else {float(t) for t in args.targets.split(",")}
     if args.table == "fits":
         fits(args.run_dir, args.cores)
+    elif args.table == "best":
+        best(args.run_dir, targets, args.cores)
+    elif args.table == "transfer":
+        transfer(args.run_dir, targets, args.cores)
     else:
-        targets(args.run_dir)
+        goal(args.run_dir, args.policy, targets, args.cores)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ def test_tiny_grid_end_to_end_writes_tables_and_plots(tmp_path):
     assert main(["experiment", "--out", str(out), "--targets", "0.6", *TINY]) == 0
     cells = read_csv(out / "cells.csv")
     assert len(cells) == 8 and {c["policy"] for c in cells} == {"constant", "tail"}
-    assert all(0 < float(c["resolution"]) <= 40 / int(c["updates_to_target"]) + 1e-12 for c in cells)
-    assert all(c["reached"] == "True" and int(c["updates_to_target"]) > 0 for c in cells)
+    assert all(0 < float(c["resolution"]) * float(c["updates_to_target"]) <= 40 + 1e-9 for c in cells)
+    assert all(c["reached"] == "True" and float(c["updates_to_target"]) > 0 for c in cells)
     summary = read_csv(out / "summary.csv")
     assert {(s["policy"], s["workers"]) for s in summary} == {(p, m) for p in ("constant", "tail")
                                                               for m in ("1", "4")}
@@ -75,11 +75,15 @@ def test_a_target_never_reached_is_recorded_with_its_best_loss(tmp_path):
     assert all(b["reached"] == "False" and b["vs_best_constant"] == "" for b in read_csv(out / "best.csv"))
 
 
-def test_target_reached_takes_the_first_row_at_or_below_target():
+def test_target_reached_interpolates_the_first_crossing():
     history = {"updates": [0, 10, 20, 30], "time_s": [0.0, 1.0, 2.0, 3.0], "loss": [0.7, 0.5, 0.3, 0.2]}
     assert target_reached(history, 0.5) == {"target": 0.5, "reached": True, "updates": 10, "time": 1.0,
                                             "resolution": 1.0}
-    assert target_reached(history, 0.25)["resolution"] == pytest.approx(1 / 3)
+    between = target_reached(history, 0.25)
+    assert between["updates"] == pytest.approx(25) and between["time"] == pytest.approx(2.5)
+    assert between["resolution"] == pytest.approx(10 / 25)
+    assert target_reached(history, 0.9) == {"target": 0.9, "reached": True, "updates": 0, "time": 0.0,
+                                            "resolution": 0.0}
     assert target_reached(history, 0.1)["reached"] is False
 
 
@@ -164,7 +168,7 @@ def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
 def _row(policy, alpha, workers, updates, target=0.5, reached=2):
     """A summary.csv row with two seeds at ``updates`` (a list of two)."""
     return {"policy": policy, "alpha": alpha, "workers": workers, "target": target, "seeds": 2,
-            "reached": reached, "updates_to_target_mean": sum(updates) / 2,
+            "reached": reached, "resolution_max": 0.01, "updates_to_target_mean": sum(updates) / 2,
             "updates_to_target_std": abs(updates[0] - updates[1]) / 2 ** 0.5,
             "updates_to_target_min": min(updates), "updates_to_target_max": max(updates)}
 

@@ -22,10 +22,11 @@ Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` w
 :class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec with
 :class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  Every run evaluates the loss
 every ``eval_updates`` updates (real runs copy the parameters then and score the copies after the
-run).  A cell reaches a target at the first history row with ``loss <= target``; its
-*resolution* is the gap to the previous row over the updates at the row (real runs: the gap is
-also bounded by the parent's 10 ms poll).  ``time_to_target`` is in the run's seconds
-(simulated seconds in simulated mode).
+run).  A cell reaches a target where its loss curve first crosses it: updates- and
+time-to-target are interpolated linearly between the history rows on either side, and the
+*resolution* is the gap between those rows over the updates to target (real runs: the gap is at
+least the updates landed in one 10 ms poll of the parent).  ``time_to_target`` is in the run's
+seconds (simulated seconds in simulated mode).
 """
 
 from __future__ import annotations
@@ -297,15 +298,20 @@ def make_engine(config: dict, cell: dict):
 
 
 def target_reached(history: dict, target: float) -> dict:
-    """First history row with ``loss <= target``: its updates, time and resolution (the gap to
-    the previous row over its updates); else not reached."""
-    losses = history["loss"]
+    """Where the loss first reaches ``target``: the updates and time interpolated linearly between
+    the last row above it and the first row at or below it, and the resolution, the gap between
+    those two rows over the interpolated updates; else not reached."""
+    losses, updates, times = history["loss"], history["updates"], history["time_s"]
     for i, loss in enumerate(losses):
         if loss <= target:
-            updates = history["updates"][i]
-            gap = updates - history["updates"][i - 1] if i else 0
-            return {"target": target, "reached": True, "updates": updates,
-                    "time": history["time_s"][i], "resolution": gap / updates if updates else 0.0}
+            if i == 0:
+                return {"target": target, "reached": True, "updates": float(updates[0]),
+                        "time": float(times[0]), "resolution": 0.0}
+            share = (losses[i - 1] - target) / (losses[i - 1] - loss)
+            at = updates[i - 1] + share * (updates[i] - updates[i - 1])
+            return {"target": target, "reached": True, "updates": float(at),
+                    "time": float(times[i - 1] + share * (times[i] - times[i - 1])),
+                    "resolution": (updates[i] - updates[i - 1]) / at if at else 0.0}
     return {"target": target, "reached": False, "updates": None, "time": None, "resolution": None}
 
 
@@ -330,16 +336,13 @@ def run_cell(config: dict, cell: dict, data) -> dict:
     try:
         result = engine.fit(data)
     except DivergenceError as error:
-        record.update(diverged=True, error=str(error),
-                      targets=[target_reached({"loss": []}, t) for t in config["targets"]],
-                      best_loss=None, final_loss=None, final_accuracy=None,
+        record.update(diverged=True, error=str(error), best_loss=None, final_loss=None, final_accuracy=None,
                       wall_seconds=time.time() - started, staleness_histogram=[], history={})
         return record
     if result.interrupted:
         raise KeyboardInterrupt
     summary = result.to_dict()
-    record.update(diverged=False, targets=[target_reached(result.history, t) for t in config["targets"]],
-                  best_loss=min(result.history["loss"]), final_loss=result.final_loss,
+    record.update(diverged=False, best_loss=min(result.history["loss"]), final_loss=result.final_loss,
                   final_accuracy=result.final_accuracy, updates=result.updates,
                   train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
                   staleness=summary["staleness"], staleness_histogram=summary["staleness_histogram"],
@@ -368,7 +371,8 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
         write_atomic(os.path.join(out_dir, CELLS_DIR, record["name"] + ".json"), json.dumps(record))
         elapsed = time.time() - grid_started
         eta = elapsed / number * (len(todo) - number)
-        print(f"[{skipped + number:>{len(str(len(cells)))}}/{len(cells)}] {describe_outcome(record)}"
+        print(f"[{skipped + number:>{len(str(len(cells)))}}/{len(cells)}] "
+              f"{describe_outcome(record, config['targets'])}"
               f"  ({time.time() - cell_started:.1f} s, about {eta:.0f} s left)", file=log, flush=True)
     write_tables(out_dir, config)
     if plots:
@@ -379,12 +383,18 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
     return {"ran": len(todo), "skipped": skipped, "cells": len(cells)}
 
 
-def describe_outcome(record: dict) -> str:
+def outcomes(record: dict, targets: list) -> list[dict]:
+    """:func:`target_reached` of the cell for each target (a diverged cell reaches none)."""
+    history = record["history"] or {"loss": [], "updates": [], "time_s": []}
+    return [target_reached(history, target) for target in targets]
+
+
+def describe_outcome(record: dict, targets: list) -> str:
     head = f"{record['policy']} alpha={record['alpha']:g} m={record['workers']} seed={record['seed']}: "
     if record["diverged"]:
         return head + "DIVERGED"
-    reached = ", ".join(f"{t['target']:g} at {t['updates']:,}" if t["reached"] else f"{t['target']:g} not reached"
-                        for t in record["targets"])
+    reached = ", ".join(f"{t['target']:g} at {t['updates']:,.0f}" if t["reached"] else f"{t['target']:g} not reached"
+                        for t in outcomes(record, targets))
     return head + f"targets {reached}; final loss {record['final_loss']:.4g}"
 
 
@@ -405,13 +415,13 @@ def _spread(values: list) -> dict:
             "min": float(array.min()), "max": float(array.max())}
 
 
-def summarize(records: list[dict]) -> list[dict]:
+def summarize(records: list[dict], targets: list) -> list[dict]:
     """One row per (policy, alpha, workers, target): how many seeds reached the target, the
     spread over seeds of updates- and time-to-target (reaching seeds only), the worst
     resolution, and the final and best loss (all finished seeds)."""
     groups = {}
     for record in records:
-        for outcome in record["targets"]:
+        for outcome in outcomes(record, targets):
             key = (record["policy"], record["alpha"], record["workers"], outcome["target"])
             groups.setdefault(key, []).append((record, outcome))
     rows = []
@@ -460,24 +470,28 @@ def _ratio(numerator, denominator):
 
 
 def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The best-against-best rows and the transfer rows (see the module docstring)."""
+    """The best-against-best rows and the transfer rows (see the module docstring) of every
+    policy label in ``summary`` (a run directory may hold cells of earlier, wider grids)."""
     best = _best_rows(summary)
-    names = {label: policy_spec(config, label)[0] for label in config["policies"]}
+    labels = list(dict.fromkeys(config["policies"] + [row["policy"] for row in summary]))
+    labels = [label for label in labels if any(row["policy"] == label for row in summary)]
+    names = {label: policy_spec(config, label)[0] for label in labels}
     constants = [label for label, name in names.items() if name == "constant"]
     baselines = [label for label, name in names.items() if name in BASELINES]
     by_cell = {(r["policy"], r["alpha"], r["workers"], r["target"]): r for r in summary}
     present = sorted({(r["workers"], r["target"]) for r in summary}, key=lambda wt: (-wt[1], wt[0]))
-    smallest = min(config["workers"])
+    smallest = min((row["workers"] for row in summary), default=None)
     best_rows, transfer_rows = [], []
     for workers, target in present:
         constant, constant_updates = _reference(best, constants, workers, target)
         baseline, baseline_updates = _reference(best, baselines, workers, target)
-        for label in config["policies"]:
+        for label in labels:
             row = best.get((label, workers, target))
             updates = row["updates_to_target_mean"] if row else None
             grid = alphas_of(config, label)
             out = {"target": target, "workers": workers, "policy": label,
                    "alpha": row["alpha"] if row else None, "reached": row is not None,
+                   "resolution_max": row["resolution_max"] if row else None,
                    "alpha_at_grid_edge": bool(row and len(grid) > 1 and row["alpha"] in (min(grid), max(grid))),
                    "best_constant": constant, "best_baseline": baseline,
                    "vs_best_constant": _ratio(updates, constant_updates),
@@ -491,6 +505,7 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
             updates = cell["updates_to_target_mean"] if cell and cell["reached"] == cell["seeds"] else None
             out = {"target": target, "workers": workers, "policy": label, "alpha": alpha,
                    "reached": f"{cell['reached']}/{cell['seeds']}" if cell else None,
+                   "resolution_max": cell["resolution_max"] if cell else None,
                    "vs_own_smallest_m": _ratio(updates, tuned["updates_to_target_mean"] if tuned else None),
                    "vs_best_constant": _ratio(updates, constant_updates),
                    "vs_best_baseline": _ratio(updates, baseline_updates)}
@@ -501,11 +516,14 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def staleness_fits(records: list[dict]) -> list[dict]:
-    """Per m: the cells' histograms summed, and the total variation of each fitted model."""
+    """Per m: the cells' histograms summed (the last bin holds every larger tau), the largest tau
+    of any cell, and the total variation of each fitted model."""
     from hogwild_mts.staleness import models as staleness
 
-    by_workers = {}
+    by_workers, largest = {}, {}
     for record in records:
+        if record.get("staleness"):
+            largest[record["workers"]] = max(largest.get(record["workers"], 0), record["staleness"]["max"])
         counts = np.asarray(record["staleness_histogram"], dtype=np.int64)
         if counts.size:
             total = by_workers.setdefault(record["workers"], np.zeros(0, np.int64))
@@ -517,7 +535,7 @@ def staleness_fits(records: list[dict]) -> list[dict]:
         counts = by_workers[workers]
         row = {"workers": workers, "samples": int(counts.sum()),
                "mean": float(np.dot(np.arange(counts.size), counts) / counts.sum()),
-               "max": int(np.flatnonzero(counts)[-1])}
+               "max": largest.get(workers)}
         for name in STALENESS_MODELS:
             fitted = staleness.fit_model(name, counts)
             row[f"tv_{name}"] = fitted.fit_report.tv
@@ -542,7 +560,7 @@ def write_tables(out_dir: str, config: dict) -> None:
     flat = []
     for record in records:
         tau = record.get("staleness") or {}
-        for outcome in record["targets"]:
+        for outcome in outcomes(record, config["targets"]):
             row = dict(record)
             row.update(target=outcome["target"], reached=outcome["reached"],
                        updates_to_target=outcome["updates"], time_to_target=outcome["time"],
@@ -551,7 +569,7 @@ def write_tables(out_dir: str, config: dict) -> None:
             flat.append(row)
     flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["alpha"], r["seed"]))
     _write_csv(os.path.join(out_dir, "cells.csv"), flat, CELL_COLUMNS)
-    summary = summarize(records)
+    summary = summarize(records, config["targets"])
     best, transfer = compare(config, summary)
     for name, rows in (("summary", summary), ("best", best), ("transfer", transfer)):
         if rows:

@@ -94,14 +94,14 @@ def _mean_curve(group: list[dict], x_key: str):
     return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-def shown_alphas(records: list[dict]) -> dict:
+def shown_alphas(records: list[dict], targets: list) -> dict:
     """(policy, workers) -> the step whose curves are drawn: the best step (every seed reached,
     fewest mean updates) at the lowest target any step of that policy reached at that m; else the
     step with the lowest mean final loss."""
     from hogwild_mts.app.experiment import summarize
 
     chosen = {}
-    for row in sorted(summarize(records), key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
+    for row in sorted(summarize(records, targets), key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
         key = (row["policy"], row["workers"])
         if row["seeds"] and row["reached"] == row["seeds"] and key not in chosen:
             chosen[key] = row["alpha"]
@@ -114,13 +114,13 @@ def shown_alphas(records: list[dict]) -> dict:
     return chosen
 
 
-def _shown(records: list[dict]) -> list[dict]:
-    chosen = shown_alphas(records)
+def _shown(records: list[dict], targets: list) -> list[dict]:
+    chosen = shown_alphas(records, targets)
     return [r for r in records if chosen.get((r["policy"], r["workers"])) == r["alpha"]]
 
 
-def plot_loss(records: list[dict], x_key: str, x_label: str, path: str) -> str:
-    shown = _shown(records)
+def plot_loss(records: list[dict], targets: list, x_key: str, x_label: str, path: str) -> str:
+    shown = _shown(records, targets)
     groups = _by_workers(shown)
     policies = _policies(records)
     figure, axes = _figure(len(groups), f"loss against {x_label} (each policy at its shown step; "
@@ -136,8 +136,8 @@ def plot_loss(records: list[dict], x_key: str, x_label: str, path: str) -> str:
             color = f"C{index}"
             axis.plot(grid, mean, color=color, label=f"{policy} ({mine[0]['alpha']:g})")
             axis.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
-        for outcome in group[0]["targets"]:
-            axis.axhline(outcome["target"], color="k", linestyle="--", linewidth=0.6)
+        for target in targets:
+            axis.axhline(target, color="k", linestyle="--", linewidth=0.6)
         if starts:
             axis.set_ylim(top=1.5 * float(np.median(starts)))
         axis.set_title(f"m = {workers}")
@@ -148,8 +148,8 @@ def plot_loss(records: list[dict], x_key: str, x_label: str, path: str) -> str:
     return path
 
 
-def plot_alpha_tables(records: list[dict], path: str) -> str:
-    groups = _by_workers([r for r in _shown(records) if r.get("alpha_table")])
+def plot_alpha_tables(records: list[dict], targets: list, path: str) -> str:
+    groups = _by_workers([r for r in _shown(records, targets) if r.get("alpha_table")])
     policies = _policies(records)
     figure, axes = _figure(len(groups), "alpha(tau) as the runs ended (shown step, mean over seeds)")
     for axis, (workers, group) in zip(axes, groups.items()):
@@ -227,12 +227,16 @@ def draw_all(run_dir: str) -> list[str]:
     paths = []
     if finished:
         paths.append(plot_staleness(finished, os.path.join(directory, "staleness.png")))
-        paths.append(plot_loss(finished, "updates", "updates", os.path.join(directory, "loss_vs_updates.png")))
-        paths.append(plot_loss(finished, "time_s", f"time ({unit})", os.path.join(directory, "loss_vs_time.png")))
-        paths.append(plot_alpha_tables(finished, os.path.join(directory, "alpha_tables.png")))
-    best, transfer = compare(config, summarize(records))
+        targets = config["targets"]
+        paths.append(plot_loss(finished, targets, "updates", "updates",
+                               os.path.join(directory, "loss_vs_updates.png")))
+        paths.append(plot_loss(finished, targets, "time_s", f"time ({unit})",
+                               os.path.join(directory, "loss_vs_time.png")))
+        paths.append(plot_alpha_tables(finished, targets, os.path.join(directory, "alpha_tables.png")))
+    best, transfer = compare(config, summarize(records, config["targets"]))
     paths.append(plot_comparison(best, "best against best: each policy at its best step for each m",
                                  os.path.join(directory, "best_vs_workers.png")))
-    paths.append(plot_comparison(transfer, f"transfer: the step tuned at m = {min(config['workers'])}, "
-                                 "unchanged", os.path.join(directory, "transfer_vs_workers.png")))
+    smallest = min(record["workers"] for record in records)
+    paths.append(plot_comparison(transfer, f"transfer: the step tuned at m = {smallest}, unchanged",
+                                 os.path.join(directory, "transfer_vs_workers.png")))
     return paths
