@@ -8,8 +8,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hogwild_mts.policies.step_sizes import (POLICIES, ConstantPolicy, FunctionPolicy, MindTheStepPolicy, Policy,
-                                  TailPolicy, as_policy, make_policy, step_size)
+from hogwild_mts.policies.step_sizes import (POLICIES, CheckedPolicy, ConstantPolicy, FunctionPolicy,
+                                  MindTheStepPolicy, Policy, TailPolicy, as_policy, make_policy,
+                                  step_size)
 from hogwild_mts.staleness.models import CMP, Geometric, Poisson
 from hogwild_mts.policies.testing import check_policy, check_table, histograms, policy_options
 
@@ -238,7 +239,9 @@ def test_as_policy_accepts_names_policies_functions_and_duck_types():
         def observe(self, histogram): ...
 
     duck = Duck()
-    assert isinstance(as_policy(duck), Duck)
+    checked = as_policy(duck)  # a policy object of the user's own class runs with its tables checked
+    assert isinstance(checked, CheckedPolicy) and isinstance(checked.policy, Duck)
+    assert checked.policy is not duck and checked.table()[0] == 1.0
     with pytest.raises(ValueError, match="twice"):
         as_policy(own, alpha=0.1)
     with pytest.raises(TypeError):
@@ -288,7 +291,7 @@ def test_default_mindthestep_spends_its_chi2_budget_and_never_rises(histogram, c
 def test_defaults_are_the_chi2_shrink_on_the_empirical_histogram():
     policy = make_policy("mindthestep", alpha=0.1)
     parameters = policy.parameters()
-    assert parameters == {"target": "shrink", "chi2": 0.1, "beta": 1.0, "staleness_model": "empirical"}
+    assert parameters == {"target": "shrink", "chi2": 0.03, "beta": 1.0, "staleness_model": "empirical"}
     with pytest.raises(ValueError, match="not both"):
         make_policy("mindthestep", r=0.9, chi2=0.1)
     with pytest.raises(ValueError, match="chi2=0.1 applies only to target='shrink'"):

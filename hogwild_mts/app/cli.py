@@ -1,18 +1,30 @@
-"""``hogwild-mts`` command line: ``train`` (more subcommands come with the experiments)."""
+"""``hogwild-mts`` command line: ``train``, ``experiment``, ``report``.
+
+Exit status: 0 done; 1 the run failed (a worker failed or died, divergence) or its results could
+not be written; 2 bad input (one line on stderr, before any worker starts); 128 + N stopped by
+signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) -- the partial result is still printed and
+written.  ``--out`` is checked before any work; results are written before anything is printed,
+each file atomically (a temporary file, then a rename), and a closed stdout or stderr never stops
+a run or its writing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+METRICS_FILE = "metrics.json"
+PARAMS_FILE = "params.npy"
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Defaults that depend on the kind of model: (linear models, torch networks).
@@ -58,11 +70,21 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
                         help="parameter precision (default float64 linear, float32 torch)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and params.npy here")
+    parser.add_argument("--shm-dir", metavar="DIR",
+                        help="directory for a file-backed shared block when /dev/shm is too small "
+                             "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (the usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hogwild-mts",
         description="Asynchronous lock-free parallel SGD with exact staleness and adaptive steps.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -78,14 +100,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_outputs(out_dir: str, result) -> None:
-    """metrics.json (everything but the weights) and params.npy (weights; intercept in the JSON)."""
-    os.makedirs(out_dir, exist_ok=True)
-    metrics = result.to_dict()
-    metrics["intercept"] = result.intercept
-    with open(os.path.join(out_dir, "metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    np.save(os.path.join(out_dir, "params.npy"), result.params)
+def prepare_out_dir(path: str) -> str:
+    """``--out``, checked before any work: an existing or creatable directory that accepts a
+    file; ValueError naming it and why otherwise."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"--out {path!r} cannot be written: {error.strerror or error}") from None
+    return path
+
+
+def _save_array_atomic(path: str, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file of the same directory, then a rename: readers see
+    the old file or the whole new one (rundir.write_atomic does the same for text)."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
+                                         suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.save(out, array)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_outputs(out_dir: str, result) -> list[str]:
+    """metrics.json (everything but the weights, strict JSON) and params.npy (weights; intercept
+    in the JSON), each written atomically and independently; returns those that could not be
+    written, as ``"FILE (reason)"``."""
+    from hogwild_mts.app.report import metrics_json
+    from hogwild_mts.app.rundir import write_atomic
+
+    writers = {METRICS_FILE: lambda path: write_atomic(path, metrics_json(result)),
+               PARAMS_FILE: lambda path: _save_array_atomic(path, result.params)}
+    failed = []
+    for name, write in writers.items():
+        try:
+            write(os.path.join(out_dir, name))
+        except OSError as error:
+            failed.append(f"{name} ({error.strerror or error})")
+    return failed
 
 
 def make_policy_from_args(args):
@@ -97,18 +159,49 @@ def make_policy_from_args(args):
     return make_policy(args.policy, alpha=args.alpha, **options)
 
 
-def train(args) -> int:
+def train(args, stop_signals: list) -> int:
+    """Check --out and --shm-dir, train, write the results, then print the summary; the exit
+    status (see the module docstring).  ``stop_signals``: the stop signals received so far."""
     from hogwild_mts.app.report import format_summary
+    from hogwild_mts.backends.shm.block import SPILL_DIR_ENV
+    from hogwild_mts.core import signals
 
-    if args.model in TORCH_MODELS:
-        result = train_network(args)
-    else:
-        result = train_linear(args)
-    print(format_summary(result))
-    if args.out:
-        write_outputs(args.out, result)
-        print(f"wrote {os.path.join(args.out, 'metrics.json')} and params.npy")
+    out_dir = prepare_out_dir(args.out) if args.out else None
+    if args.shm_dir is not None and not os.path.isdir(args.shm_dir):
+        raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
+    with _environment(SPILL_DIR_ENV, args.shm_dir):
+        result = train_network(args) if args.model in TORCH_MODELS else train_linear(args)
+    with signals.held():  # a stop signal now only decides the exit status
+        failed = write_outputs(out_dir, result) if out_dir else []
+        print(format_summary(result))
+        if failed:
+            written = sorted({METRICS_FILE, PARAMS_FILE} - {f.split(" ")[0] for f in failed})
+            print(f"hogwild-mts: error: could not write {', '.join(failed)} in {out_dir}"
+                  + (f"; {', '.join(written)} written there" if written else ""), file=sys.stderr)
+            return EXIT_RUN_FAILED
+        if out_dir:
+            print(f"wrote {os.path.join(out_dir, METRICS_FILE)} and {PARAMS_FILE}")
+        if stop_signals:
+            print(f"hogwild-mts: stopped by {signal.Signals(stop_signals[0]).name}"
+                  + ("; the result above is partial" if result.interrupted else " as the run ended"),
+                  file=sys.stderr)
+            return 128 + stop_signals[0]
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None):
+    """Inside, environment variable ``name`` is ``value`` (unchanged when None)."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def train_network(args):
@@ -143,14 +236,73 @@ def train_linear(args):
     return engine.fit(dataset)
 
 
+class _Unbreakable:
+    """A text stream whose writes never raise: once its reader is gone (a closed pipe, a hung-up
+    terminal) output is dropped, and the descriptor is pointed at /dev/null so that flushing at
+    exit is quiet too.  Everything else is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _unbreakable_output():
+    """sys.stdout and sys.stderr as :class:`_Unbreakable` streams while inside."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Unbreakable(sys.stdout), _Unbreakable(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv=None) -> int:
-    from hogwild_mts.engines.linear import DivergenceError, WorkerError
+    from hogwild_mts.core import signals
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a one-line usage error
+        return int(exit_request.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
+    with _unbreakable_output(), signals.stop_on_signals() as stop_signals:
+        return _run_command(args, stop_signals)
+
+
+def _run_command(args, stop_signals: list) -> int:
+    from hogwild_mts.core import signals
+    from hogwild_mts.core.result import DivergenceError, WorkerError
+
     try:
         if args.command == "experiment":
             from hogwild_mts.app.experiment import main as run_experiment
@@ -158,16 +310,23 @@ def main(argv=None) -> int:
         if args.command == "report":
             from hogwild_mts.app.experiment import report_main
             return report_main(args)
-        return train(args)
+        return train(args, stop_signals)
     except (WorkerError, DivergenceError) as error:
         print(f"hogwild-mts: run failed: {error}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    except (ValueError, TypeError, OSError) as error:
-        print(f"hogwild-mts: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except signals.Interrupted as stop:
+        print(f"hogwild-mts: stopped by {signal.Signals(stop.signum).name} before training began",
+              file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print("hogwild-mts: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as error:
+        print(f"hogwild-mts: error: out of memory: {error or 'an allocation failed'}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, TypeError, OSError) as error:
+        print(f"hogwild-mts: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ calls :func:`run`.  See docs/architecture.md for the data flow.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -16,12 +17,16 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from hogwild_mts.core import signals
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, describe, divergence_message
 from hogwild_mts.policies.step_sizes import as_policy
 from hogwild_mts.staleness.summary import fit_staleness_models
 
 POLL_SECONDS = 0.01  # the parent's polling period while workers run
+STALL_SECONDS = 5.0  # a worker whose update count has not moved for this long is shown as stalled
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -69,6 +74,9 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release everything the run holds (shared memory, actors); idempotent."""
+
+    # Optional: ``stalled(seconds) -> {worker id: seconds}``, the workers that have not left their
+    # loop and whose update count has not moved for ``seconds``; :func:`run` shows them.
 
 
 @dataclass
@@ -136,8 +144,9 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
     ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
     ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
     settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
-    fit began.  Ctrl-C returns the partial result with ``interrupted=True``.  The backend is
-    stopped, joined and closed on every path.
+    fit began.  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
+    partial result with ``interrupted=True``; a stop signal while the result is being made is
+    held, not raised.  The backend is stopped, joined and closed on every path.
     """
     watcher = _Watcher(backend, options, score)
     try:
@@ -147,27 +156,33 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
             watcher.watch(total_updates)
         except KeyboardInterrupt:
             interrupted = True
-            backend.request_stop()
-            backend.join()
-        watcher.score_deferred()
-        backend.request_stop()
-        backend.join()
-        totals = backend.collect()
-        final = backend.snapshot()
-        loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
-        return FitResult(
-            history=watcher.history, updates=totals.updates, counter=totals.counter,
-            samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,
-            staleness_fit=fit_staleness_models(totals.histogram), max_staleness=totals.max_staleness,
-            train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
-            final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
-            workers=options.workers,
-            policy=describe_fitted(options.policy, options.workers, totals.histogram),
-            interrupted=interrupted, **details(final))
+        with signals.held():
+            return _result(backend, options, watcher, details, started, interrupted)
     finally:
         backend.request_stop()
         backend.join()
         backend.close()
+
+
+def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details, started: float,
+            interrupted: bool) -> FitResult:
+    """Stop and join the workers, score what was deferred and the final parameters, and build
+    the FitResult."""
+    backend.request_stop()
+    backend.join()
+    watcher.score_deferred()
+    totals = backend.collect()
+    final = backend.snapshot()
+    loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
+    return FitResult(
+        history=watcher.history, updates=totals.updates, counter=totals.counter,
+        samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,
+        staleness_fit=fit_staleness_models(totals.histogram), max_staleness=totals.max_staleness,
+        train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
+        final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
+        workers=options.workers,
+        policy=describe_fitted(options.policy, options.workers, totals.histogram),
+        interrupted=interrupted, **details(final))
 
 
 class _Watcher:
@@ -177,6 +192,8 @@ class _Watcher:
         self.backend, self.options, self._score = backend, options, score
         self.history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
         self.deferred = []  # (elapsed, updates, parameter copy) scored after the run
+        self.postfix = {}  # what the progress line shows after the counts
+        self.stalled = set()  # workers shown as stalled
 
     def record(self, params: np.ndarray, elapsed: float, updates: int):
         """Score ``params`` (DivergenceError on NaN/inf) and append a history row."""
@@ -228,6 +245,7 @@ class _Watcher:
                         next_updates = (updates // every_updates + 1) * every_updates
                     else:
                         next_seconds = backend.elapsed() + every_seconds
+                self._show_stalls(bar)
                 bar.update(updates - bar.n)
                 if finished:
                     return
@@ -243,5 +261,22 @@ class _Watcher:
             self.deferred.append((elapsed, updates, params))
             return
         loss, accuracy = self.record(params, elapsed, updates)
-        bar.set_postfix(loss=f"{loss:.4g}", refresh=False,
-                        **({} if accuracy is None else {"acc": f"{accuracy:.4f}"}))
+        self.postfix.update(loss=f"{loss:.4g}", **({} if accuracy is None else {"acc": f"{accuracy:.4f}"}))
+        bar.set_postfix(self.postfix, refresh=False)
+
+    def _show_stalls(self, bar) -> None:
+        """Show on the progress line (and log once each) the workers the backend reports as
+        stalled for STALL_SECONDS: stopped, or starved of CPU."""
+        stalled = getattr(self.backend, "stalled", None)
+        if stalled is None:
+            return
+        idle = stalled(STALL_SECONDS)
+        for worker in sorted(idle.keys() - self.stalled):
+            log.warning("worker %d has made no progress for %.0f s (stopped, or starved of CPU)",
+                        worker, idle[worker])
+        if idle or self.stalled:
+            self.stalled = set(idle)
+            self.postfix.pop("stalled", None)
+            if idle:
+                self.postfix["stalled"] = " ".join(f"w{w}:{s:.0f}s" for w, s in sorted(idle.items()))
+            bar.set_postfix(self.postfix, refresh=False)

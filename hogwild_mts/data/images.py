@@ -9,21 +9,27 @@ Loaders (no network access anywhere):
   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each plain
   or gzipped (``.gz``);
 * ``cifar10:DIR`` -- the CIFAR-10 python batches ``data_batch_1`` .. ``data_batch_5`` and
-  ``test_batch`` in DIR or DIR/cifar-10-batches-py.  These are pickles: load only files you trust.
+  ``test_batch`` in DIR or DIR/cifar-10-batches-py.  These are pickles; they are read by a
+  restricted unpickler that builds only plain containers, strings, bytes, numbers and numpy
+  arrays, so a crafted file is refused before any of its code could run.
 
 Bad input raises :class:`hogwild_mts.data.tabular.DataError` (a ValueError) naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import builtins
+import codecs
 import gzip
+import math
 import os
 import pickle
 from dataclasses import dataclass
 
 import numpy as np
 
-from hogwild_mts.data.tabular import DataError
+from hogwild_mts.core.resources import check_memory
+from hogwild_mts.data.tabular import READ_ERRORS, DataError
 
 __all__ = ["ImageDataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
            "load_cifar10", "read_idx", "IMAGE_SPEC_FORMS"]
@@ -132,31 +138,39 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array with ``ndim`` dimensions (gzipped when the name ends in .gz).
 
     Header: two zero bytes, type code 0x08, the number of dimensions, then each dimension as a
-    big-endian uint32; the payload must hold exactly their product of bytes.
+    big-endian uint32; the payload must hold exactly their product of bytes.  Only that many
+    bytes are read (after checking them against the available memory).
     """
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as error:
+            return _read_idx_stream(path, handle, ndim)
+    except READ_ERRORS as error:
         raise DataError(f"{path}: cannot read IDX file: {error}") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: not an IDX file: {len(raw)} bytes, shorter than the 4-byte magic")
-    zero, code, dims = raw[0:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or code != IDX_UBYTE:
-        raise DataError(f"{path}: bad IDX magic {raw[:4].hex()}; expected 0000{IDX_UBYTE:02x}{ndim:02x} "
+
+
+def _read_idx_stream(path: str, handle, ndim: int) -> np.ndarray:
+    magic = handle.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: not an IDX file: {len(magic)} bytes, shorter than the 4-byte magic")
+    if magic[0:2] != b"\x00\x00" or magic[2] != IDX_UBYTE:
+        raise DataError(f"{path}: bad IDX magic {magic.hex()}; expected 0000{IDX_UBYTE:02x}{ndim:02x} "
                         "(unsigned bytes)")
-    if dims != ndim:
-        raise DataError(f"{path}: IDX file has {dims} dimensions, expected {ndim}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: IDX header truncated: {len(raw)} bytes, need {header} for {ndim} dimensions")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - header != expected:
+    if magic[3] != ndim:
+        raise DataError(f"{path}: IDX file has {magic[3]} dimensions, expected {ndim}")
+    dimensions = handle.read(4 * ndim)
+    if len(dimensions) < 4 * ndim:
+        raise DataError(f"{path}: IDX header truncated: {4 + len(dimensions)} bytes, need "
+                        f"{4 + 4 * ndim} for {ndim} dimensions")
+    shape = tuple(int(d) for d in np.frombuffer(dimensions, dtype=">u4"))
+    expected = math.prod(shape)
+    check_memory(expected, f"{path} (IDX dimensions {shape})", "use a smaller data set")
+    payload = handle.read(expected + 1)
+    if len(payload) != expected:
+        held = len(payload) + sum(len(chunk) for chunk in iter(lambda: handle.read(1 << 20), b""))
         raise DataError(f"{path}: IDX dimensions {shape} need {expected} data bytes, "
-                        f"the file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+                        f"the file holds {held}")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
 def _find_file(directory: str, candidates: list[str], what: str) -> str:
@@ -202,10 +216,39 @@ def load_fashion_mnist(directory) -> ImageDataset:
 
 
 # ---------------------------------------------------------------------------------------- CIFAR
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: plain containers, strings, bytes, numbers and
+    numpy arrays.  Every other global (a function, a class) is refused by name before it is
+    imported, so a crafted file cannot run code."""
+
+    ALLOWED = {
+        **{(module, "_reconstruct"): np.empty(0).__reduce__()[0]
+           for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "scalar"): np.float64(0).__reduce__()[0]
+           for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "_frombuffer"): np.empty(1).__reduce_ex__(5)[0]
+           for module in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles written by Python 3 hold bytes
+        **{(module, name): getattr(builtins, name)
+           for module in ("builtins", "__builtin__")
+           for name in ("set", "frozenset", "complex", "bytearray")},
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds "
+                                         "only containers, strings, bytes, numbers and numpy "
+                                         "arrays") from None
+
+
 def _read_cifar_batch(path: str):
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
     except Exception as error:  # a corrupt pickle can raise almost anything
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(error).__name__}: {error})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:

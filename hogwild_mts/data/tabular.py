@@ -5,7 +5,9 @@ in CSR layout.  Dense data uses the same layout with no ``indices``: row ``i`` i
 ``values[i*d:(i+1)*d]``.  The engine copies these arrays into shared memory once.
 
 All bad input raises :class:`DataError` (a ``ValueError``) naming the value, file or line and what
-is allowed, before any training starts.
+is allowed, before any training starts.  Nothing is allocated from sizes a file or spec merely
+declares before they are checked against the file and the machine's memory
+(:class:`hogwild_mts.core.resources.ResourceError`, also a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import gzip
 import math
 import numbers
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from hogwild_mts.core.options import check_int
+from hogwild_mts.core.resources import check_memory, format_bytes
 
 # Defaults of the ``--data`` specs (keys are the spec's parameter names).
 # RCV1 (Lewis et al. 2004) is 804,414 x 47,236 with about 76 nonzeros per row.
@@ -35,6 +40,8 @@ DATA_SPEC_FORMS = (
 )
 
 INT32_MAX = np.iinfo(np.int32).max
+# What reading a (possibly compressed) file can raise besides a parse error.
+READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 class DataError(ValueError):
@@ -201,11 +208,11 @@ def load_svmlight(path) -> Dataset:
     _check_file(path)
     try:
         X, y = load_svmlight_file(path, dtype=np.float64)
-    except (ValueError, TypeError, IndexError) as error:
+    except (ValueError, TypeError, IndexError, OverflowError) as error:
         _raise_first_malformed_line(path)
         raise DataError(f"{path}: not a valid svmlight/libsvm file: {error}") from None
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path}: cannot read the file: {error}") from None
+    except READ_ERRORS as error:
+        raise _unreadable(path, error) from None
     if X.shape[0] == 0:
         raise DataError(f"{path}: no data rows (the file is empty or holds only comments)")
     if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
@@ -220,6 +227,15 @@ def _check_file(path: str) -> None:
         raise DataError(f"{path}: not a regular file")
 
 
+def _unreadable(path: str, error: BaseException) -> DataError:
+    """The DataError for a file that cannot be read (I/O error, corrupt compressed stream)."""
+    if isinstance(error, zlib.error) or (isinstance(error, OSError) and not error.errno):
+        return DataError(f"{path}: the compressed data is corrupt or truncated ({error})")
+    if isinstance(error, EOFError):
+        return DataError(f"{path}: the compressed data ends early ({error})")
+    return DataError(f"{path}: cannot read the file: {error}")
+
+
 def _open_maybe_compressed(path: str):
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -230,15 +246,23 @@ def _open_maybe_compressed(path: str):
 
 def _raise_first_malformed_line(path: str) -> None:
     """Scan ``path`` line by line in pure Python; raise DataError at the first bad line, if any."""
-    with _open_maybe_compressed(path) as lines:
-        for line_number, raw in enumerate(lines, start=1):
-            line = raw.decode("utf-8", errors="replace")
-            problem = _svmlight_line_problem(line.split("#", 1)[0].split())
-            if problem:
-                text = line.rstrip("\r\n")
-                if len(text) > 80:
-                    text = text[:77] + "..."
-                raise DataError(f"{path}:{line_number}: {problem} (line: {text!r})")
+    try:
+        with _open_maybe_compressed(path) as lines:
+            _scan_lines(path, lines)
+    except READ_ERRORS as error:
+        raise _unreadable(path, error) from None
+
+
+def _scan_lines(path: str, lines) -> None:
+    """DataError at the first line of ``lines`` (bytes) that is not svmlight/libsvm."""
+    for line_number, raw in enumerate(lines, start=1):
+        line = raw.decode("utf-8", errors="replace")
+        problem = _svmlight_line_problem(line.split("#", 1)[0].split())
+        if problem:
+            text = line.rstrip("\r\n")
+            if len(text) > 80:
+                text = text[:77] + "..."
+            raise DataError(f"{path}:{line_number}: {problem} (line: {text!r})")
 
 
 def _svmlight_line_problem(tokens: list[str]) -> str | None:
@@ -259,6 +283,8 @@ def _svmlight_line_problem(tokens: list[str]) -> str | None:
             continue
         if not _is_int(key) or int(key) < 0:
             return f"feature index {key!r} is not an integer >= 0"
+        if int(key) > INT32_MAX:
+            return f"feature index {key} is larger than {INT32_MAX} (column indices are int32)"
         if int(key) <= previous_index:
             return f"feature indices must be strictly increasing, got {key} after {previous_index}"
         previous_index = int(key)
@@ -292,6 +318,7 @@ def load_npz(path) -> Dataset:
     ``shape`` (as written by ``scipy.sparse.save_npz``, format csr or csc) plus ``y``."""
     path = os.fspath(path)
     _check_file(path)
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             found = set(archive.files)
@@ -305,9 +332,42 @@ def load_npz(path) -> Dataset:
                                 f"{list(NPZ_DENSE_KEYS)} (dense) or {list(NPZ_SPARSE_KEYS)} (sparse)")
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, *READ_ERRORS) as error:
         raise DataError(f"{path}: cannot read as .npz: {error}") from None
     return as_dataset(X, y, name=os.path.basename(path))
+
+
+def _check_npz_sizes(path: str) -> None:
+    """Read only the headers of the arrays in the archive: DataError if one declares more bytes
+    than the archive holds for it, ResourceError if together they exceed the available memory."""
+    declared = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):
+                        continue  # np.load reads (and checks) other header versions itself
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    header_bytes = member.tell()
+                nbytes = math.prod(shape) * dtype.itemsize
+                name = info.filename[:-4]
+                if not dtype.hasobject and nbytes > info.file_size - header_bytes:
+                    raise DataError(f"{path}: array {name!r} declares shape {shape} of {dtype} "
+                                    f"({format_bytes(nbytes)}) but the archive holds "
+                                    f"{format_bytes(info.file_size - header_bytes)} for it; the "
+                                    "file is truncated or corrupt")
+                declared[name] = nbytes
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, *READ_ERRORS) as error:
+        raise DataError(f"{path}: cannot read as .npz: {error}") from None
+    check_memory(sum(declared.values()), f"{path} (arrays {', '.join(declared)})",
+                 "use a smaller data set or a machine with more memory")
 
 
 def _sparse_from_npz(path: str, archive):
@@ -343,6 +403,10 @@ def synthetic_sparse(n_samples: int, n_features: int, nnz_per_row: int, seed: in
         raise DataError(f"n_features must be at most {INT32_MAX} (int32 column indices), got {d}")
     if k > d:
         raise DataError(f"nnz_per_row must be at most n_features = {d}, got {k}")
+    # Peak: int32 columns, int64 term counts, float64 values, their products (n x k each), the
+    # n x d random keys and their argpartition for dense-ish rows; per-row and per-column vectors.
+    check_memory(28 * n * k + (16 * n * d if 2 * k > d else 0) + 32 * n + 16 * d,
+                 f"synthetic-sparse (n={n:,}, d={d:,}, nnz={k:,})", "use smaller n, d or nnz")
     feature_rng, weight_rng, noise_rng = _independent_streams(seed)
 
     columns = _distinct_sorted_columns(feature_rng, n, d, k)
@@ -389,6 +453,7 @@ def synthetic_dense(n_samples: int, n_features: int, seed: int = 0, label_noise:
     d = check_int("n_features", n_features, 1, DataError)
     seed = check_int("seed", seed, 0, DataError)
     noise = _check_label_noise(label_noise)
+    check_memory(8 * n * d + 32 * n + 8 * d, f"synthetic-dense (n={n:,}, d={d:,})", "use smaller n or d")
     feature_rng, weight_rng, noise_rng = _independent_streams(seed)
     matrix = feature_rng.standard_normal((n, d))
     labels = _labels_with_noise(matrix @ weight_rng.standard_normal(d), noise, noise_rng)

@@ -3,7 +3,11 @@
 Interface (every policy, including a user's own):
 
 * ``bind(workers)`` -- called once per run before the first ``table()``; sets the prior.
-* ``table()`` -- float64 array ``alpha[0..T-1]``, finite and > 0; ``tau >= T`` uses the last entry.
+* ``table()`` -- float64 array ``alpha[0..T-1]``, non-empty, finite and >= 0 (0 discards an
+  update); ``tau >= T`` uses the last entry.  The hot loops index it without bounds checks, so a
+  policy object that is not one of the built-in classes runs wrapped in :class:`CheckedPolicy`:
+  :func:`as_policy` checks its table before any worker starts, and every table it gives a worker
+  (on refits too) is checked again, failing the run with the reason instead of corrupting it.
 * ``observe(histogram)`` -- refit from the run's staleness histogram (int64 counts by tau).
 * ``refit_every`` -- a worker calls ``observe`` after this many of its own updates; 0 = never.
 * ``describe()`` -- a JSON-able dict saying what the policy is and what it fitted.
@@ -34,8 +38,8 @@ FIT_HORIZON_PER_ENTRY = 4          # histograms are winsorised at 4 * table leng
 HEAD = 8                           # table entries shown by describe()
 
 __all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
-           "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "POLICIES", "make_policy", "as_policy",
-           "step_size"]
+           "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "CheckedPolicy", "POLICIES",
+           "make_policy", "as_policy", "check_table", "step_size"]
 
 
 def step_size(table: np.ndarray, tau: int) -> float:
@@ -235,7 +239,7 @@ class TailPolicy(AdaptivePolicy):
 TARGETS = ("momentum", "shrink")
 DEFAULT_TARGET = "shrink"
 DEFAULT_MU = 0.5
-DEFAULT_CHI2 = 0.1                 # default shrink budget: E_P[(alpha / alpha_c)^2] - 1
+DEFAULT_CHI2 = 0.03                # default shrink budget E_P[(alpha / alpha_c)^2] - 1 (docs/results.md)
 DEFAULT_STALENESS_MODEL = "empirical"
 MAX_TILT = 50.0                    # largest -log r the chi2 solver tries (r = e^-50: only the freshest bin)
 
@@ -408,13 +412,8 @@ class FunctionPolicy(Policy):
         if not callable(function):
             raise TypeError(f"a function policy needs a callable, got {function!r}")
         self.function_name = getattr(function, "__name__", repr(function))
-        values = np.array([float(function(tau)) for tau in range(check_int("length", length, 1))])
-        bad = np.flatnonzero(~np.isfinite(values) | (values <= 0.0))
-        if bad.size:
-            tau = int(bad[0])
-            raise ValueError(f"policy function gave alpha({tau}) = {values[tau]!r}; "
-                             "every alpha must be finite and > 0")
-        self._table = values
+        values = [float(function(tau)) for tau in range(check_int("length", length, 1))]
+        self._table = check_table(values, f"policy function {self.function_name!r}")
 
     def table(self) -> np.ndarray:
         return self._table
@@ -444,15 +443,76 @@ def make_policy(name: str, **options) -> Policy:
         raise ValueError(f"policy {name!r} got unknown option(s) {unknown}; allowed: {allowed}") from None
 
 
+def check_table(values, source: str) -> np.ndarray:
+    """``values`` as a float64 1-d array, unless it is empty or an entry is NaN, infinite or
+    negative: then ValueError naming ``source``, the first bad tau and its value."""
+    try:
+        table = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        table = None
+    if table is None or table.ndim != 1 or table.size == 0:
+        raise ValueError(f"{source} gave the step-size table {values!r}; a table must be a "
+                         "non-empty 1-d array of finite numbers >= 0")
+    bad = np.flatnonzero(~np.isfinite(table) | (table < 0.0))
+    if bad.size:
+        tau = int(bad[0])
+        raise ValueError(f"{source} gave alpha({tau}) = {table[tau]!r}; every entry of a "
+                         "step-size table must be finite and >= 0")
+    return table
+
+
+class CheckedPolicy(Policy):
+    """A policy object that is not one of the built-in classes (any object with ``bind``,
+    ``table``, ``observe``), with every table it gives checked by :func:`check_table`.  Other
+    attributes are the wrapped object's."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.name = str(getattr(policy, "name", type(policy).__name__))
+
+    @property
+    def refit_every(self) -> int:
+        return int(getattr(self.policy, "refit_every", 0) or 0)
+
+    def bind(self, workers: int) -> None:
+        self.policy.bind(workers)
+
+    def table(self) -> np.ndarray:
+        return check_table(self.policy.table(), f"policy {self.name!r}")
+
+    def observe(self, histogram: np.ndarray) -> None:
+        self.policy.observe(histogram)
+
+    def describe(self) -> dict:
+        method = getattr(self.policy, "describe", None)
+        return method() if callable(method) else {"name": self.name}
+
+    def __getattr__(self, attribute):
+        policy = self.__dict__.get("policy")  # absent while a copy is being built
+        if policy is None:
+            raise AttributeError(attribute)
+        return getattr(policy, attribute)
+
+
+BUILT_IN_POLICIES = (*POLICIES.values(), FunctionPolicy, CheckedPolicy)
+
+
 def as_policy(policy, alpha: float | None = None) -> Policy:
     """Turn a name, a Policy or a function of tau into a Policy (validated, before workers start).
-    A policy object is copied: fitting never changes the caller's object."""
+    A policy object is copied: fitting never changes the caller's object.  Any other policy
+    object is wrapped in a :class:`CheckedPolicy` and its table checked once, bound to one worker."""
     if isinstance(policy, str):
         return make_policy(policy, **({} if alpha is None else {"alpha": alpha}))
     if alpha is not None:
         raise ValueError("alpha is given twice: pass it to the policy object, not to the engine")
-    if isinstance(policy, Policy) or all(hasattr(policy, a) for a in ("bind", "table", "observe")):
+    if type(policy) in BUILT_IN_POLICIES:
         return copy.deepcopy(policy)
+    if isinstance(policy, Policy) or all(hasattr(policy, a) for a in ("bind", "table", "observe")):
+        checked = CheckedPolicy(copy.deepcopy(policy))
+        probe = copy.deepcopy(checked)
+        probe.bind(1)
+        probe.table()
+        return checked
     if callable(policy):
         return FunctionPolicy(policy)
     raise TypeError(f"policy must be a name, a Policy or a function of tau, got {policy!r}")

@@ -1,0 +1,100 @@
+"""Stop signals: SIGINT (Ctrl-C), SIGTERM (``timeout``, ``docker stop``, batch schedulers) and
+SIGHUP (a closed terminal) all end a run the way Ctrl-C does.
+
+* :func:`stop_on_signals` (the CLI, or any program that wants it) makes each of them raise
+  :class:`Interrupted`, a KeyboardInterrupt, so the run lifecycle stops the workers and returns
+  the partial result; the program then exits with ``128 + signal``.
+* :func:`held` wraps work that must not be cut short (finishing a run, writing its results): a
+  stop signal that arrives inside is recorded, not raised.
+* :func:`blocked_for_children` wraps the start of worker processes: they inherit the blocked
+  signals, so a signal sent to the whole process group reaches only the parent, which stops them
+  through the shared stop flag (no child dies half-way or prints a KeyboardInterrupt traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived; ``signum`` says which, ``exit_status`` is ``128 + signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class _Handling:
+    """The state of :func:`stop_on_signals`: the signals received, and how deep in :func:`held`."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.holding = 0
+
+    def handle(self, signum, frame) -> None:
+        self.received.append(int(signum))
+        if not self.holding:
+            raise Interrupted(signum)
+
+
+_active: _Handling | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Inside, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (held: recorded only).
+    Yields the list of signal numbers received, in order.  Outside the main thread (where Python
+    cannot set handlers) nothing is installed and the list stays empty."""
+    global _active
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    handling, outer = _Handling(), _active
+    previous = {signum: signal.signal(signum, handling.handle) for signum in STOP_SIGNALS}
+    _active = handling
+    try:
+        yield handling.received
+    finally:
+        _active = outer
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def held():
+    """Inside, a stop signal handled by :func:`stop_on_signals` is recorded instead of raised (it
+    still decides the exit status).  Without :func:`stop_on_signals` this changes nothing."""
+    handling = _active
+    if handling is None:
+        yield
+        return
+    handling.holding += 1
+    try:
+        yield
+    finally:
+        handling.holding -= 1
+
+
+@contextlib.contextmanager
+def blocked_for_children():
+    """Block the stop signals in this thread while worker processes are started, so that they
+    inherit the block; on leaving, signals that arrived meanwhile are delivered here.
+
+    multiprocessing's resource tracker is started first: its own start unblocks SIGINT and
+    SIGTERM afterwards, which would lift the block half-way."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
