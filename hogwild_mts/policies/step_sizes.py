@@ -456,7 +456,7 @@ def check_table(values, source: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(table) | (table < 0.0))
     if bad.size:
         tau = int(bad[0])
-        raise ValueError(f"{source} gave alpha({tau}) = {table[tau]!r}; every entry of a "
+        raise ValueError(f"{source} gave alpha({tau}) = {float(table[tau])!r}; every entry of a "
                          "step-size table must be finite and >= 0")
     return table
 
