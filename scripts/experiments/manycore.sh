@@ -27,8 +27,8 @@ configs=scripts/experiments
 stages=(
     "linear $configs/manycore-linear.json --workers 1,16"
     "mnist1d $configs/manycore-mnist1d.json --workers 1,16"
-    "linear $configs/manycore-linear.json --workers 1,4,8,16 --policies constant,tail,mindthestep"
-    "mnist1d $configs/manycore-mnist1d.json --workers 1,4,8,16 --policies constant,tail,mindthestep"
+    "linear $configs/manycore-linear.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
+    "mnist1d $configs/manycore-mnist1d.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
 )
 for stage in "${stages[@]}"; do
     read -r name config flags <<<"$stage"
