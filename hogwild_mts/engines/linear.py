@@ -11,6 +11,7 @@ import numpy as np
 
 from hogwild_mts.backends.shm import kernels, worker
 from hogwild_mts.backends.shm.backend import START_METHODS, ShmBackend, control_layout, start_processes
+from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
@@ -39,6 +40,11 @@ class Engine:
     every ``eval_every`` seconds, or every ``eval_every_updates`` updates when that is given;
     ``defer_evaluation`` only copies the parameters during the run and scores the copies after
     it, so frequent evaluations take no core from the workers.
+    ``backend="ray"`` trains with a parameter-server actor and ``workers`` worker actors on
+    the Ray instance this process is connected to, the cluster at ``ray_address``, or a new
+    local one; workers push every ``local_steps`` mini-batches, and ``checkpoint(engine, params,
+    version, histogram)`` is called with the server's state every ``checkpoint_every`` seconds
+    and after the run (docs/distributed.md; ``hogwild_mts.backends.ray.checkpoint``).
     ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
     baseline of the stamping-overhead benchmark.
     """
@@ -47,7 +53,9 @@ class Engine:
                  batch_size: int = 1, alpha: float | None = None, seed: int = 0,
                  dtype: str = "float64", eval_every: float = 0.5,
                  eval_every_updates: int | None = None, progress: bool = True,
-                 defer_evaluation: bool = False, stamp: bool = True, start_method: str = "spawn"):
+                 defer_evaluation: bool = False, stamp: bool = True, start_method: str = "spawn",
+                 backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
+                 checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
@@ -61,6 +69,12 @@ class Engine:
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
         self.start_method = check_choice("start_method", start_method, START_METHODS)
+        # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
+        self.backend = backend
+        self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
+                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        if self.ray_options is not None and not self.stamp:
+            raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
     # ------------------------------------------------------------------ set-up
     def _layout(self, dataset: Dataset):
@@ -127,6 +141,10 @@ class Engine:
         started = time.time()
         dataset = prepare_dataset(self.model, X, y, self.workers)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
+        if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.linear
+            from hogwild_mts.backends.ray.linear import fit_linear
+
+            return fit_linear(self, dataset, start_params, started)
         block = SharedBlock.create(self._layout(dataset))
         try:
             self._fill(block.views, dataset)

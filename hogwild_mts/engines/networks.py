@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
 from hogwild_mts.backends.shm.backend import ShmBackend, control_layout, start_processes
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.backends.shm.worker import total_updates
@@ -49,13 +50,17 @@ class TorchEngine:
     every epoch with its own seed drawn from ``seed``; ``seed`` also initialises the network.
     Each update is ``theta -= alpha(tau) * mean cross-entropy gradient`` of ``batch_size`` rows
     (the last batch of an epoch may be shorter).  ``dtype``: of the shared parameters.
+    ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint`` and ``checkpoint_every``
+    as for the linear engine (docs/distributed.md).
     """
 
     def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
                  epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
                  alpha: float | None = None, seed: int = 0, dtype: str = "float32",
                  eval_every: float = 1.0, eval_every_updates: int | None = None,
-                 progress: bool = True, defer_evaluation: bool = False):
+                 progress: bool = True, defer_evaluation: bool = False,
+                 backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
+                 checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
         from hogwild_mts.models.nets import NETWORKS
 
         if isinstance(model, str):
@@ -80,6 +85,10 @@ class TorchEngine:
             defer_evaluation=defer_evaluation)
         vars(self).update(vars(self.options))
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
+        # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
+        self.backend = backend
+        self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
+                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
     @property
     def model_name(self) -> str:
@@ -143,6 +152,10 @@ class TorchEngine:
         started = time.time()
         dataset = self._check(load_images(dataset) if isinstance(dataset, str) else dataset)
         network = self._network(dataset)
+        if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.networks
+            from hogwild_mts.backends.ray.networks import fit_network
+
+            return fit_network(self, dataset, network, started)
         block = SharedBlock.create(self._layout(dataset, parameter_count(network)))
         try:
             views = block.views

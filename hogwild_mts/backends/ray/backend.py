@@ -1,0 +1,203 @@
+"""RayBackend: :class:`hogwild_mts.core.lifecycle.Backend` over a parameter-server actor and
+worker actors, so that :func:`hogwild_mts.core.lifecycle.run` drives a Ray run unchanged.
+
+Faults: a worker actor that dies (killed, out of memory, its node lost) is reported -- a
+RuntimeWarning and an entry in ``lost`` -- and the run goes on with the others; its shard is not
+trained for the rest of the run.  A worker that raises, or the death of every worker or of the
+server, stops the run with WorkerError.  Every actor is killed by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+
+import numpy as np
+
+from hogwild_mts.core import control
+from hogwild_mts.core.lifecycle import POLL_SECONDS
+from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
+
+RUN_NAME_PREFIX = "hogwild-"  # actors are named hogwild-<run>-server, hogwild-<run>-worker-<w>
+JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
+WORKER_CPUS = 1  # CPUs each worker actor reserves; the server reserves none (it mostly waits)
+
+
+def require_ray():
+    """The ``ray`` module, or ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(f"backend='ray' needs the ray package ({error}); install it with "
+                          "pip install 'ray>=2.40' (it is in the test extra)") from None
+    return ray
+
+
+def connect(address: str | None) -> bool:
+    """Use the Ray instance this process is connected to, else connect to ``address`` (a
+    cluster started with ``ray start --head``), else start a local instance.  Returns True when
+    this call started or connected Ray (the caller then shuts it down)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(include_dashboard=False)
+    else:
+        ray.init(address=address)
+    return True
+
+
+def check_cluster(workers: int) -> None:
+    """ValueError unless the cluster has a CPU for every worker actor (else they would wait for
+    one forever)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if workers * WORKER_CPUS > cpus:
+        raise ValueError(f"workers ({workers}) needs {workers * WORKER_CPUS} CPUs but the Ray "
+                         f"cluster has {cpus:g}; use fewer workers or add nodes")
+
+
+class RayBackend:
+    """One run's actors.  ``make_server(name) -> actor handle`` starts the parameter server,
+    ``make_worker(worker_id, name) -> actor handle`` one worker, under the given actor names
+    (``run_name`` + ``-server`` / ``-worker-<w>``: visible in ``ray list actors`` and the
+    dashboard); ``checkpoint``, if given, is called
+    with the server's (params, version, histogram) every ``checkpoint_every`` seconds and once
+    after the run."""
+
+    def __init__(self, workers: int, make_server, make_worker, policy, *, checkpoint=None,
+                 checkpoint_every: float = 60.0):
+        import ray
+
+        self._ray = ray
+        self.workers, self._make_server, self._make_worker = workers, make_server, make_worker
+        self._policy = policy
+        self.run_name = f"{RUN_NAME_PREFIX}{uuid.uuid4().hex[:8]}"
+        self._checkpoint, self._checkpoint_every = checkpoint, checkpoint_every
+        self.server = None
+        self.actors: list = []
+        self.pids: list[int] = []  # worker actors' process ids, once ready
+        self.lost: list[dict] = []  # {"worker", "error"} per worker actor that died
+        self._ready_refs: list = []
+        self._runs: dict = {}  # ObjectRef of run() -> worker id, while it runs
+        self._go_time = 0.0
+        self._next_checkpoint = 0.0
+
+    def start(self) -> None:
+        self.server = self._make_server(f"{self.run_name}-server")
+        for worker_id in range(self.workers):
+            self.actors.append(self._make_worker(worker_id, f"{self.run_name}-worker-{worker_id}"))
+        self._ready_refs = [actor.ready.remote() for actor in self.actors]
+
+    def ready(self) -> bool:
+        ray = self._ray
+        done, _ = ray.wait(self._ready_refs, num_returns=len(self._ready_refs), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                worker_id = self._ready_refs.index(ref)
+                raise WorkerError(f"worker {worker_id} failed to start:\n{error}") from None
+        if len(done) < len(self._ready_refs):
+            return False
+        self.pids = ray.get(self._ready_refs)
+        return True
+
+    def go(self) -> None:
+        self._server_call("go")
+        self._go_time = time.time()
+        self._next_checkpoint = self._go_time + self._checkpoint_every
+        self._runs = {actor.run.remote(self.server): worker_id
+                      for worker_id, actor in enumerate(self.actors)}
+
+    def _server_call(self, method: str):
+        """``server.method()``, waited for; WorkerError if the server died."""
+        ray = self._ray
+        try:
+            return ray.get(getattr(self.server, method).remote())
+        except ray.exceptions.RayActorError as error:
+            raise WorkerError(f"the parameter server died; the run was stopped:\n{error}") from None
+
+    def _check_runs(self, timeout: float = 0.0, raising: bool = True) -> None:
+        """Collect the workers whose run() ended: a death is reported and the run goes on; an
+        exception, divergence, or every worker lost raise (when ``raising``)."""
+        ray = self._ray
+        if not self._runs:
+            return
+        done, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout)
+        for ref in done:
+            worker_id = self._runs.pop(ref)
+            try:
+                state = ray.get(ref)
+            except ray.exceptions.RayActorError as error:
+                self._report_lost(worker_id, error)
+                continue
+            except ray.exceptions.RayError as error:
+                if raising:
+                    raise WorkerError(f"worker {worker_id} failed:\n{error}") from None
+                continue
+            if state == control.STATE_DIVERGED and raising:
+                raise DivergenceError(divergence_message(self._policy, "a worker's loss"))
+        if raising and len(self.lost) == self.workers:
+            raise WorkerError(f"all {self.workers} worker actors died; the run was stopped")
+
+    def _report_lost(self, worker_id: int, error) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        self.lost.append({"worker": worker_id, "error": reason})
+        remaining = self.workers - len(self.lost)
+        warnings.warn(f"Ray worker actor {worker_id} died ({reason}); the run goes on with "
+                      f"{remaining} worker{'s' if remaining != 1 else ''}", RuntimeWarning,
+                      stacklevel=2)
+
+    def poll(self, until_updates=None) -> int:
+        self._check_runs()
+        version = self._server_call("version")
+        if self._checkpoint is not None and time.time() >= self._next_checkpoint:
+            self.write_checkpoint()
+            self._next_checkpoint = time.time() + self._checkpoint_every
+        return version
+
+    def write_checkpoint(self) -> None:
+        params, version, histogram = self._server_call("state")
+        self._checkpoint(np.array(params), version, np.array(histogram))
+
+    def finished(self) -> bool:
+        self._check_runs(raising=False)
+        return not self._runs
+
+    def elapsed(self) -> float:
+        return time.time() - self._go_time
+
+    def snapshot(self) -> np.ndarray:
+        return np.array(self._server_call("snapshot"))
+
+    def wait(self) -> None:
+        time.sleep(POLL_SECONDS)
+
+    def request_stop(self) -> None:
+        if self.server is not None:
+            self.server.request_stop.remote()
+
+    def join(self) -> None:
+        """Wait up to JOIN_SECONDS for the workers to leave their loops; kill the rest."""
+        deadline = time.time() + JOIN_SECONDS
+        while self._runs and time.time() < deadline:
+            self._check_runs(timeout=max(0.0, min(POLL_SECONDS * 10, deadline - time.time())),
+                             raising=False)
+        for worker_id in list(self._runs.values()):
+            self._ray.kill(self.actors[worker_id])
+        self._runs = {}
+
+    def collect(self) -> RunTotals:
+        totals = self._server_call("totals")
+        if self._checkpoint is not None:
+            self.write_checkpoint()
+        return RunTotals(**totals)
+
+    def close(self) -> None:
+        """Kill every actor of the run (idempotent)."""
+        for actor in self.actors + ([self.server] if self.server is not None else []):
+            self._ray.kill(actor)
+        self.actors, self.server, self._ready_refs, self._runs = [], None, [], {}

@@ -1,0 +1,50 @@
+"""The engines' Ray options, validated before anything starts (no ``import ray`` here: an engine
+imports this module whatever its backend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hogwild_mts.core.options import check_choice, check_int, check_positive
+
+BACKENDS = ("shm", "ray")
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+
+
+@dataclass
+class RayOptions:
+    """``address``: a Ray cluster (``ray start --head`` prints it; None: the instance this
+    process is connected to, else a new local one); ``local_steps``: K, mini-batch steps a
+    worker takes between pushes (>= 1); ``checkpoint``: None or a function
+    ``f(engine, params, version, histogram)`` called with the server's state every
+    ``checkpoint_every`` seconds and after the run (e.g.
+    :class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`)."""
+
+    address: str | None
+    local_steps: int
+    checkpoint: object
+    checkpoint_every: float
+
+
+def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
+                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS) -> RayOptions | None:
+    """RayOptions for ``backend="ray"``, None for ``"shm"``; ValueError naming the value for an
+    unknown backend, a bad option, or a Ray option given with the shared-memory backend."""
+    check_choice("backend", backend, BACKENDS)
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(f"ray_address must be None or a non-empty string such as "
+                         f"'auto' or 'HOST:6379', got {address!r}")
+    local_steps = check_int("local_steps", local_steps, 1)
+    checkpoint_every = check_positive("checkpoint_every", checkpoint_every)
+    if checkpoint is not None and not callable(checkpoint):
+        raise TypeError(f"checkpoint must be None or a function f(engine, params, version, histogram), "
+                        f"got {checkpoint!r}")
+    if backend == "shm":
+        given = [name for name, value, default in (
+            ("ray_address", address, None), ("local_steps", local_steps, 1),
+            ("checkpoint", checkpoint, None)) if value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to backend='ray' (got backend='shm')")
+        return None
+    return RayOptions(address=address, local_steps=local_steps, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every)

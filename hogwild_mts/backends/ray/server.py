@@ -1,0 +1,94 @@
+"""The parameter server: one Ray actor that holds the parameters, the version counter, the
+staleness histogram and the policy.
+
+A Ray actor runs its calls one at a time, so the version counter orders the pushes exactly: it is
+the shared-memory sequence counter one level up (:mod:`hogwild_mts.core.control`).  A worker
+pulls ``(version, params)``, runs K local steps and pushes ``(step_sum, version read)``; the
+server stamps ``tau = version at apply - version read`` (in pushes) and applies
+``params -= alpha(tau) * step_sum`` with the shared-memory workers' own kernel
+(:func:`hogwild_mts.backends.shm.torch_worker.apply_update`: stamp, table lookup, histogram,
+maximum tau, counts).  Every ``policy.refit_every`` pushes the policy refits from the server's
+histogram (a :class:`hogwild_mts.backends.shm.worker.Refitter`, with its time budget).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hogwild_mts.backends.shm.torch_worker import apply_update, warm_up_kernels
+from hogwild_mts.backends.shm.worker import Refitter
+from hogwild_mts.core import control
+
+
+def warm_up_server_kernel(dtype) -> None:
+    """Compile (or load from numba's cache) the apply kernel for the types a server meets:
+    parameters of ``dtype`` and a read-only step sum (arrays arrive read-only from Ray)."""
+    warm_up_kernels(dtype)
+    params = np.zeros(1, dtype=dtype)
+    step_sum = np.zeros(1, dtype=dtype)
+    step_sum.setflags(write=False)
+    apply_update(params, step_sum, np.zeros(8, np.int64), 0, np.ones(1, dtype=dtype),
+                 np.zeros(2, np.int64), np.zeros(control.STAT_COLUMNS, np.int64), 1)
+
+
+class ParameterServer:
+    """The server actor's state and calls (made a Ray actor by the backend).
+
+    Invariants: ``version`` = pushes applied = ``stats[STAT_UPDATES]`` = the histogram's total;
+    ``params`` only changes inside :meth:`push`, one push at a time.
+    """
+
+    def __init__(self, params: np.ndarray, policy, workers: int):
+        self.params = np.array(params)  # own, writable copy; its dtype is the run's
+        warm_up_server_kernel(self.params.dtype)
+        self.counter = np.zeros(8, np.int64)  # word 0: the version
+        self.hist = np.zeros((1, control.HIST_BINS), np.int64)
+        self.stats = np.zeros(control.STAT_COLUMNS, np.int64)
+        self.refitter = Refitter(policy, workers, self.params.dtype)
+        self.stop = False
+        self.started = 0.0  # time.time() of go(), on the server's clock
+        self.last_push = 0.0
+
+    def go(self) -> None:
+        """Start the training clock (the workers start right after)."""
+        self.started = self.last_push = time.time()
+
+    def pull(self) -> tuple[int, np.ndarray]:
+        """(version, parameters): a worker's first read."""
+        return int(self.counter[0]), self.params
+
+    def push(self, step_sum: np.ndarray, version_read: int, rows: int) -> tuple[bool, int, np.ndarray]:
+        """Apply ``params -= alpha(tau) * step_sum`` with ``tau = version - version_read``;
+        ``rows``: the samples the push used.  Returns (stop requested, new version, parameters):
+        the push answers with the next pull."""
+        step_sum.setflags(write=False)  # one kernel signature, whatever the transport gave
+        apply_update(self.params, step_sum, self.counter, version_read, self.refitter.table,
+                     self.hist[0], self.stats, rows)
+        self.refitter.maybe_refit(self.stats, self.hist)
+        self.last_push = time.time()
+        return self.stop, int(self.counter[0]), self.params
+
+    def request_stop(self) -> None:
+        """Answer every later push with stop."""
+        self.stop = True
+
+    def version(self) -> int:
+        return int(self.counter[0])
+
+    def snapshot(self) -> np.ndarray:
+        return self.params
+
+    def state(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """(parameters, version, histogram): what a checkpoint stores."""
+        return self.params, int(self.counter[0]), self.hist[0]
+
+    def totals(self) -> dict:
+        """The run's counts (the fields of :class:`hogwild_mts.core.result.RunTotals`);
+        ``train_seconds`` runs from go() to the last push, on the server's clock."""
+        return {"updates": int(self.stats[control.STAT_UPDATES]), "counter": int(self.counter[0]),
+                "samples": int(self.stats[control.STAT_SAMPLES]), "histogram": self.hist[0].copy(),
+                "max_staleness": int(self.stats[control.STAT_MAX_TAU]),
+                "refits": int(self.stats[control.STAT_REFITS]),
+                "train_seconds": max(0.0, self.last_push - self.started)}

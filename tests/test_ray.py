@@ -1,0 +1,204 @@
+"""The Ray backend on a local Ray instance that this module starts itself (2 CPUs, no outside
+cluster): exact version counting at the parameter server, the loss falls, a killed worker actor
+is survived, Ctrl-C keeps the partial result, and no actor or actor process outlives a fit."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+try:
+    import ray
+except ImportError as error:  # the only reason to skip: ray is in the test extra
+    pytest.skip(f"ray is not importable: {error}", allow_module_level=True)
+
+from hogwild_mts import Engine
+from hogwild_mts.backends.shm.worker import total_updates
+from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
+from tests.helpers import WAIT_SECONDS
+
+RAY_CPUS = 2
+ACTOR_CLASSES = ("ParameterServer", "LinearWorker", "TorchWorker")
+POLL_SECONDS = 0.01
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_sparse(4000, 500, 10, seed=0)
+
+
+def ray_engine(**options):
+    settings = dict(model="logreg", policy="constant", alpha=0.5, workers=2, epochs=2,
+                    progress=False, backend="ray")
+    return Engine(**(settings | options))
+
+
+def our_actors() -> list:
+    """(class name, state, pid) of every actor this module's fits created, alive or dead."""
+    return [(actor["ActorClassName"], actor["State"], actor.get("Pid"))
+            for actor in ray._private.state.actors().values()
+            if actor["ActorClassName"] in ACTOR_CLASSES]
+
+
+def assert_nothing_left(seconds: float = WAIT_SECONDS) -> None:
+    """Every actor of every fit is dead and its process gone (actors die within milliseconds of
+    ray.kill; waited for, with a generous deadline)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        actors = our_actors()
+        alive = [a for a in actors if a[1] != "DEAD" or (a[2] and os.path.exists(f"/proc/{a[2]}"))]
+        if not alive and not [n for n in ray.util.list_named_actors() if n.startswith("hogwild-")]:
+            return
+        time.sleep(POLL_SECONDS)
+    raise AssertionError(f"actors outlived their fit: {alive}")
+
+
+def wait_for_version(minimum: int) -> str:
+    """Wait until a run's server has applied ``minimum`` pushes; return the run's name."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        for name in ray.util.list_named_actors():
+            if name.startswith("hogwild-") and name.endswith("-server"):
+                try:
+                    if ray.get(ray.get_actor(name).version.remote()) >= minimum:
+                        return name[:-len("-server")]
+                except (ValueError, ray.exceptions.RayActorError):
+                    pass  # a run that is just ending
+        time.sleep(POLL_SECONDS)
+    raise AssertionError(f"no run's server reached version {minimum} within {WAIT_SECONDS} s")
+
+
+def test_version_counts_every_push_and_the_loss_falls(data):
+    result = ray_engine(local_steps=4, eval_every_updates=200).fit(data)
+    pushes = total_updates(data.n_samples, 2, 2, 4, "static")
+    assert result.counter == result.updates == int(result.staleness_histogram.sum()) == pushes
+    assert result.samples == 2 * data.n_samples
+    assert result.history["loss"][-1] < 0.7 * result.history["loss"][0]
+    assert result.history["updates"][0] == 0 and len(result.history["loss"]) >= 3
+    assert result.staleness_histogram[0] < result.updates  # two workers: some pushes are stale
+    assert result.settings["backend"] == "ray" and result.settings["lost_workers"] == []
+    assert not result.interrupted
+    assert_nothing_left()
+
+
+def test_one_worker_with_one_local_step_is_the_shared_memory_run():
+    """K = 1 and one worker: every tau is 0 and each push is one shared-memory update, so the
+    parameters agree with the shared-memory engine's up to rounding."""
+    data = synthetic_sparse(1500, 500, 10, seed=0)
+    options = dict(model="logreg", policy="inverse", alpha=0.5, workers=1, epochs=1, seed=3,
+                   progress=False)
+    ray_result = Engine(**options, backend="ray").fit(data)
+    shm_result = Engine(**options, split="static").fit(data)
+    assert ray_result.staleness_histogram[0] == ray_result.updates == shm_result.updates
+    np.testing.assert_allclose(ray_result.params, shm_result.params, rtol=0, atol=1e-9)
+    assert ray_result.intercept == pytest.approx(shm_result.intercept, abs=1e-9)
+
+
+def test_a_killed_worker_actor_is_reported_and_the_run_finishes_with_the_rest():
+    data = synthetic_dense(4000, 20, seed=1)
+    killed = []
+
+    def kill_worker_one():
+        run = wait_for_version(200)  # both workers are pushing
+        ray.kill(ray.get_actor(f"{run}-worker-1"))
+        killed.append(run)
+
+    killer = threading.Thread(target=kill_worker_one, daemon=True)
+    killer.start()
+    with pytest.warns(RuntimeWarning, match="worker actor 1 died"):
+        result = ray_engine(model="lsq", alpha=0.01, epochs=1).fit(data)
+    killer.join(WAIT_SECONDS)
+    assert killed, "the worker was never killed"
+    assert [lost["worker"] for lost in result.settings["lost_workers"]] == [1]
+    full = total_updates(data.n_samples, 2, 1, 1, "static")
+    assert 200 <= result.updates < full  # worker 0 finished its shard, worker 1 stopped early
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+    assert result.final_loss < result.history["loss"][0]
+    assert_nothing_left()
+
+
+def test_ctrl_c_returns_the_partial_result():
+    data = synthetic_sparse(4000, 500, 10, seed=0)
+
+    def interrupt():
+        wait_for_version(100)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    result = ray_engine(epochs=1000).fit(data)
+    assert result.interrupted
+    assert 100 <= result.updates < total_updates(data.n_samples, 2, 1000, 1, "static")
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+    assert_nothing_left()
+
+
+def test_the_server_refits_its_policy_and_checkpoints_model_files(data, tmp_path):
+    from hogwild_mts import make_policy, model_file
+    from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint, resume_params
+
+    path = str(tmp_path / "checkpoint")
+    writer, versions = ModelFileCheckpoint(path), []
+
+    def checkpoint(engine, params, version, histogram):
+        assert int(histogram.sum()) == version
+        versions.append(version)
+        writer(engine, params, version, histogram)
+
+    policy = make_policy("mindthestep", alpha=0.5, refit_every=50, min_samples=50)
+    result = ray_engine(policy=policy, alpha=None, epochs=1, local_steps=4, checkpoint=checkpoint,
+                        checkpoint_every=1e-3).fit(data)
+    assert result.refits >= 1 and result.policy["samples_seen"] > 0
+    assert len(versions) >= 2 and versions[-1] == result.counter  # during the run and after it
+    np.testing.assert_array_equal(resume_params(path), np.append(result.params, result.intercept))
+    document, arrays = model_file.read(path)
+    assert document["counter"] == result.counter
+    np.testing.assert_array_equal(arrays["staleness_histogram"], result.staleness_histogram)
+    estimator = model_file.load(path)
+    margins = data.to_scipy() @ result.params + result.intercept
+    np.testing.assert_array_equal(estimator.predict(data.to_scipy()), np.where(margins > 0, 1.0, -1.0))
+
+
+def test_a_torch_network_trains_on_the_parameter_server():
+    from hogwild_mts.data.images import load_images
+    from hogwild_mts.engines.networks import TorchEngine
+
+    digits = load_images("digits")
+    result = TorchEngine("mlp", workers=2, epochs=1, backend="ray", local_steps=2,
+                         progress=False).fit(digits)
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+    assert result.updates == total_updates(digits.n_train, 2, 1, 2 * 16, "static")
+    assert result.final_loss < 0.5 * result.history["loss"][0]
+    assert_nothing_left()
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(local_steps=0), "local_steps must be an integer >= 1"),
+    (dict(backend="gpu"), "backend must be one of"),
+    (dict(backend="shm", local_steps=4), "only apply to backend='ray'"),
+    (dict(ray_address=""), "ray_address must be None or a non-empty string"),
+    (dict(checkpoint="dir"), "checkpoint must be None or a function"),
+    (dict(stamp=False), "backend='ray' always stamps"),
+])
+def test_bad_options_are_refused_by_the_constructor(options, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        ray_engine(**options)
+
+
+def test_more_workers_than_cluster_cpus_is_refused_before_any_actor_starts(data):
+    before = len(our_actors())
+    with pytest.raises(ValueError, match=f"needs 3 CPUs but the Ray cluster has {RAY_CPUS}"):
+        ray_engine(workers=3).fit(data)
+    assert len(our_actors()) == before
