@@ -1,34 +1,42 @@
 #!/usr/bin/env python3
-"""Why two workers scale as they do: the worker loop on threads of one process, with the shared
+"""Why m workers scale as they do: the worker loop on m threads of one process, with the shared
 parts switched on and off one at a time.
 
-Same numba loop as the engine (``kernels.sgd_chunk``), RCV1-shaped data (d = 47,236, 76 nonzeros
-per row, logistic loss), 400,000 updates per thread, median of ``--repeats`` runs.  Rows:
+Same numba loop as the engine (``kernels.sgd_chunk``), RCV1-shaped data (76 nonzeros per row,
+logistic loss, constant step), ``--updates`` updates per thread, median of ``--repeats``
+interleaved runs.  Rows:
 
 * shared parameters + shared counter: what the engine does;
 * shared parameters, no counter: classic Hogwild! (coherence traffic on the parameters only);
 * private parameters + private counters: no cache line is shared, the hardware ceiling;
-* data in a shared-memory block vs in ordinary numpy memory, one thread: what 4 KB shared-memory
-  pages (no transparent huge pages for /dev/shm here) cost against numpy's huge-page arrays.
+* the engine pattern with the data in a shared-memory block (4 KB pages: transparent huge pages
+  are usually off for /dev/shm), and the same after ``madvise(MADV_HUGEPAGE)`` on the block
+  (honoured only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows it): against the
+  first row, the data-location penalty of workers that read the data from /dev/shm.
 
-    .venv/bin/python scripts/scaling_diagnosis.py [--features 47236] [--repeats 3]
+    .venv/bin/python scripts/scaling_diagnosis.py [--features 47236] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import threading
 import time
 
 import numpy as np
 
 from hogwild_mts.backends.shm import kernels
-from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.data.tabular import synthetic_sparse
 
 UPDATES_PER_THREAD = 400_000
+ROWS = 200_000
 CHUNK = 8192
 ALPHA_TABLE = np.array([0.5])
+MADV_HUGEPAGE = 14  # linux/mman.h
+PAGE_BYTES = 4096
 
 
 def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, slot: int) -> None:
@@ -45,7 +53,9 @@ def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, s
 
 
 def updates_per_second(data: dict, n_features: int, threads: int, shared_params: bool,
-                       stamp: bool) -> float:
+                       stamp: bool, updates: int = UPDATES_PER_THREAD) -> float:
+    """Updates/s of ``threads`` threads running the kernel on random rows of ``data``, each
+    ``updates`` updates, from the first start to the last end."""
     rng = np.random.default_rng(threads)
     n_rows = data["indptr"].shape[0] - 1
     shared, counter = np.zeros(n_features), np.zeros(8, np.int64)
@@ -53,7 +63,7 @@ def updates_per_second(data: dict, n_features: int, threads: int, shared_params:
     for slot in range(threads):
         params = shared if shared_params else np.zeros(n_features)
         own_counter = counter if shared_params else np.zeros(8, np.int64)
-        order = rng.integers(0, n_rows, UPDATES_PER_THREAD)
+        order = rng.integers(0, n_rows, updates)
         workers.append(threading.Thread(target=train_rows, args=(data, params, own_counter, order,
                                                                  stamp, seconds, slot)))
     started = time.perf_counter()
@@ -61,48 +71,90 @@ def updates_per_second(data: dict, n_features: int, threads: int, shared_params:
         thread.start()
     for thread in workers:
         thread.join()
-    return threads * UPDATES_PER_THREAD / (time.perf_counter() - started)
+    return threads * updates / (time.perf_counter() - started)
+
+
+def advise_huge_pages(arrays) -> bool:
+    """``madvise(MADV_HUGEPAGE)`` on the whole pages spanned by ``arrays`` (one mapping); True if
+    the kernel accepted it (accepted is not honoured: /dev/shm honours it only with
+    shmem_enabled = advise or always)."""
+    starts = [a.__array_interface__["data"][0] for a in arrays]
+    first = -(-min(starts) // PAGE_BYTES) * PAGE_BYTES
+    end = max(s + a.nbytes for s, a in zip(starts, arrays)) // PAGE_BYTES * PAGE_BYTES
+    if end <= first:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), MADV_HUGEPAGE) == 0
+
+
+def data_in_block(private: dict, huge_pages: bool):
+    """(block, views, advised): a copy of the data arrays in a new shared-memory block, advised
+    to use huge pages before it is filled when ``huge_pages``; release the block when done."""
+    layout = Layout()
+    for name, array in private.items():
+        layout.add(name, array.dtype, array.shape)
+    block = SharedBlock.create(layout)
+    advised = huge_pages and advise_huge_pages(list(block.views.values()))
+    for name, array in private.items():
+        block.views[name][:] = array
+    return block, dict(block.views), advised
+
+
+def thp_settings() -> str:
+    """The machine's transparent-huge-page modes (anonymous memory; /dev/shm)."""
+    modes = []
+    for name in ("enabled", "shmem_enabled"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{name}") as handle:
+                text = handle.read().split()
+            modes.append(f"{name} {next((w[1:-1] for w in text if w.startswith('[')), '?')}")
+        except OSError:
+            modes.append(f"{name} unknown")
+    return ", ".join(modes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=47_236)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--updates", type=int, default=UPDATES_PER_THREAD, help="per thread")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    dataset = synthetic_sparse(200_000, args.features, 76, seed=0)
+    dataset = synthetic_sparse(ROWS, args.features, 76, seed=0)
     private = {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
                "labels": dataset.y}
-    layout = Layout()
-    for name, array in private.items():
-        layout.add(name, array.dtype, array.shape)
-    block = SharedBlock.create(layout)
+    m = args.threads
+    plain_block, in_block, _ = data_in_block(private, huge_pages=False)
+    huge_block, in_advised_block, advised = data_in_block(private, huge_pages=True)
     try:
-        for name, array in private.items():
-            block.views[name][:] = array
-        in_block = dict(block.views)
         cases = [
             ("1 thread (baseline)", private, 1, True, True),
-            ("2 threads, shared parameters + shared counter (the engine)", private, 2, True, True),
-            ("2 threads, shared parameters, no counter (classic Hogwild!)", private, 2, True, False),
-            ("2 threads, private parameters + private counters (nothing shared)", private, 2, False, True),
+            (f"{m} threads, shared parameters + shared counter (the engine)", private, m, True, True),
+            (f"{m} threads, shared parameters, no counter (classic Hogwild!)", private, m, True, False),
+            (f"{m} threads, private parameters + private counters (nothing shared)", private, m, False, True),
+            (f"{m} threads, the engine, data in a shared-memory block", in_block, m, True, True),
+            (f"{m} threads, the engine, data in a block advised MADV_HUGEPAGE "
+             f"({'accepted' if advised else 'refused'})", in_advised_block, m, True, True),
             ("1 thread, data in a shared-memory block", in_block, 1, True, True),
         ]
-        updates_per_second(private, args.features, 1, True, True)  # compile / warm caches
+        updates_per_second(private, args.features, 1, True, True, 10_000)  # compile / warm caches
         measured = {name: [] for name, *_ in cases}
         for _ in range(args.repeats):  # interleaved, so a disturbance hits every case alike
             for name, data, threads, shared_params, stamp in cases:
                 measured[name].append(updates_per_second(data, args.features, threads,
-                                                         shared_params, stamp))
+                                                         shared_params, stamp, args.updates))
         baseline = float(np.median(measured[cases[0][0]]))
-        print(f"d = {args.features:,}, {UPDATES_PER_THREAD:,} updates per thread, median of {args.repeats}\n")
+        print(f"d = {args.features:,}, {args.updates:,} updates per thread, median of "
+              f"{args.repeats}; transparent huge pages: {thp_settings()}\n")
         print("| case | M updates/s | vs 1 thread |")
         print("|---|---|---|")
         for name, values in measured.items():
             median = float(np.median(values))
             print(f"| {name} | {median / 1e6:.2f} | {median / baseline:.2f}x |")
-        del in_block
+        del in_block, in_advised_block
     finally:
-        block.release()
+        plain_block.release()
+        huge_block.release()
 
 
 if __name__ == "__main__":

@@ -62,3 +62,12 @@ def test_counter_is_exact_across_processes():
         assert max(results[:]) == PROCESSES * INCREMENTS_PER_PROCESS - 1
     finally:
         block.release()
+
+
+def test_word_operations_callable_from_python():
+    from hogwild_mts.backends.shm.kernels import add_word, load_word, store_word
+
+    words = np.zeros(8, dtype=np.int64)
+    store_word(words, 3, 40)
+    assert add_word(words, 3, 2) == 40
+    assert load_word(words, 3) == 42 and words[3] == 42

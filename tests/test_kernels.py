@@ -87,3 +87,23 @@ def test_sgd_chunk_reports_divergence():
     params = np.zeros(3)
     status, *_ = _run_kernel(dataset, model, np.zeros(4, dtype=np.int64), 1, 1e200, params)
     assert status == kernels.STATUS_DIVERGED
+
+
+def test_claims_are_guided_capped_and_clipped_at_the_end():
+    words = np.zeros(8, dtype=np.int64)
+
+    def claim(total, workers, per_epoch, max_claim=100, min_claim=5):
+        return kernels.claim_batches(words, 0, total, workers, per_epoch, max_claim, min_claim)
+
+    assert claim(1000, 2, 1000) == (0, 100)  # remaining / (2 workers) = 250, capped at 100
+    words[0] = 980
+    assert claim(1000, 2, 1000) == (980, 985)  # 20 / 4 = 5
+    assert claim(1000, 2, 1000) == (985, 990)  # 15 / 4 = 3, raised to the smallest claim
+    words[0] = 998
+    assert claim(1000, 2, 1000) == (998, 1000)  # clipped at the end
+    first, _ = claim(1000, 2, 1000)
+    assert first >= 1000  # nothing left
+    words[0] = 0
+    assert claim(1000, 2, 8) == (0, 2)  # at most per_epoch / (2 workers): every epoch splits
+    words[0] = 0
+    assert claim(1000, 4, 1) == (0, 1)  # never fewer than one batch

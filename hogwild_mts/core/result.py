@@ -67,6 +67,8 @@ class FitResult:
     staleness_fit: dict = field(default_factory=dict)  # best model by AIC + every model's fit
     interrupted: bool = False
     settings: dict = field(default_factory=dict)
+    startup_seconds: float | None = None  # fit() call to the first worker's loop start (None: not measured)
+    finish_spread_seconds: float | None = None  # first worker's loop end to the last's (None: not measured)
 
     @property
     def updates_per_second(self) -> float:
@@ -89,7 +91,8 @@ class FitResult:
             "wall_seconds": self.wall_seconds, "updates_per_second": self.updates_per_second,
             "samples_per_second": self.samples_per_second, "interrupted": self.interrupted,
             "staleness": self.staleness_summary(), "staleness_fit": self.staleness_fit,
-            "refits": self.refits,
+            "refits": self.refits, "startup_seconds": self.startup_seconds,
+            "finish_spread_seconds": self.finish_spread_seconds,
             "staleness_histogram": _trim_histogram(self.staleness_histogram).tolist(),
             "history": self.history,
         }

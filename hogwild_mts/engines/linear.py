@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from hogwild_mts.backends.shm import kernels, worker
-from hogwild_mts.backends.shm.backend import START_METHODS, ShmBackend, control_layout, start_processes
+from hogwild_mts.backends.shm.backend import (START_METHODS, ShmBackend, control_layout,
+                                             default_start_method, start_processes, worker_times)
 from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
@@ -32,11 +33,16 @@ class Engine:
 
     ``model``: a name (``logreg``, ``svm``, ``lsq``) or a :class:`hogwild_mts.models.linear.LinearModel`.
     ``policy``: a name, a policy object or a function of tau; ``alpha`` is the base step for a
-    named policy.  ``epochs`` full passes over the data in total, the rows split into ``workers``
-    interleaved shards (worker w owns rows w, w+m, w+2m, ...), each shuffled per epoch with the
-    worker's own seed drawn from ``seed``.  ``workers=1`` is deterministic: the same seed gives
+    named policy.  ``epochs`` full passes over the data in total.  ``split="dynamic"`` shuffles
+    all rows every epoch (generator seeded from ``seed``) and workers claim runs of batches from
+    one shared cursor, so they all end together; ``"static"`` gives worker w the rows w, w+m,
+    w+2m, ..., shuffled per epoch with its own seed (see :mod:`hogwild_mts.backends.shm.worker`).
+    ``workers=1`` is deterministic and the same under both splits: the same seed gives
     bit-identical parameters; it runs the same worker loop on a thread of the calling process
-    (the numba loop releases the GIL), so it pays no process start-up.  The loss is evaluated
+    (the numba loop releases the GIL), so it pays no process start-up.  ``start_method``:
+    ``fork`` (default where available: workers start in milliseconds and read the data set in
+    this process's memory), ``forkserver`` or ``spawn`` (the data set is copied into the shared
+    block once).  The loss is evaluated
     every ``eval_every`` seconds, or every ``eval_every_updates`` updates when that is given;
     ``defer_evaluation`` only copies the parameters during the run and scores the copies after
     it, so frequent evaluations take no core from the workers.
@@ -53,7 +59,8 @@ class Engine:
                  batch_size: int = 1, alpha: float | None = None, seed: int = 0,
                  dtype: str = "float64", eval_every: float = 0.5,
                  eval_every_updates: int | None = None, progress: bool = True,
-                 defer_evaluation: bool = False, stamp: bool = True, start_method: str = "spawn",
+                 defer_evaluation: bool = False, stamp: bool = True,
+                 start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
                  checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
@@ -68,7 +75,9 @@ class Engine:
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
-        self.start_method = check_choice("start_method", start_method, START_METHODS)
+        self.start_method = check_choice("start_method", start_method or default_start_method(),
+                                         START_METHODS)
+        self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
         self.backend = backend
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
@@ -78,11 +87,13 @@ class Engine:
 
     # ------------------------------------------------------------------ set-up
     def _layout(self, dataset: Dataset):
-        """The block's fields.  The data set goes in only for worker processes: the single
-        worker of a ``workers=1`` run is a thread that reads the caller's arrays in place."""
+        """The block's fields.  The data set goes in only for workers that attach the block
+        (spawn, forkserver): the single worker of a ``workers=1`` run is a thread, and forked
+        workers inherit this process's memory, so both read the caller's arrays in place."""
         layout = control_layout(self.workers, self.model.n_params(dataset.n_features), self.dtype)
         layout.add("feature_scale", np.float64, (dataset.n_features,))
-        if self.workers > 1:
+        worker.add_schedule(layout, dataset.n_samples, self.split)
+        if self.workers > 1 and self.start_method != "fork":
             for name, array in _data_arrays(dataset).items():
                 layout.add(name, array.dtype, array.shape)
         return layout
@@ -105,7 +116,8 @@ class Engine:
             batch_size=self.batch_size, chunk_updates=CHUNK_UPDATES, seeds=seeds,
             n_features=dataset.n_features, dense=dataset.dense,
             fit_intercept=self.model.fit_intercept, loss_id=self.model.loss_id,
-            l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, parent_pid=os.getpid())
+            l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, parent_pid=os.getpid(),
+            split=self.split)
 
     def _warm_up(self, views: dict, spec: worker.WorkerSpec) -> None:
         """Compile (or load from numba's cache) the kernels for these types in the parent."""
@@ -119,6 +131,7 @@ class Engine:
                           np.zeros(spec.batch_size))
         first_row = dict(views, indptr=views["indptr"][:2])  # same types, one row of work
         self._objective(first_row, spec, params)
+        worker.load_schedule_kernels()
 
     @staticmethod
     def _objective(data: dict, spec: worker.WorkerSpec, params: np.ndarray):
@@ -151,6 +164,7 @@ class Engine:
             if start_params is not None:
                 block.views["params"][:] = start_params
             spec = self._spec(block, dataset)
+            worker.prepare_schedule(block.views, spec)
             self._warm_up(block.views, spec)
         except BaseException:
             block.release()
@@ -159,8 +173,10 @@ class Engine:
         def launch(views, processes):
             """One thread of this process when workers == 1, else processes."""
             if self.workers > 1:
+                if self.start_method == "fork":
+                    spec.views = views
                 return start_processes(worker.worker_main, spec, self.workers, processes,
-                                       self.start_method)
+                                       self.start_method, preload=(worker.__name__,))
             errors = queue.SimpleQueue()
             spec.parent_pid = 0
             processes.append(worker.ThreadWorker(views, spec, errors))
@@ -181,10 +197,14 @@ class Engine:
                     "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
                                  "seed": self.seed, "dtype": self.dtype, "l2": self.model.l2,
                                  "fit_intercept": self.model.fit_intercept, "stamp": self.stamp,
-                                 "loss": "training objective", "accuracy": "train"}}
+                                 "split": self.split,
+                                 "start_method": self.start_method if self.workers > 1 else "thread",
+                                 "loss": "training objective", "accuracy": "train"},
+                    **worker_times(block.views["clock"], started)}
 
         backend = ShmBackend(block, self.workers, launch, self.policy)
-        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size)
+        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
+                                     self.split)
         return lifecycle.run(backend, self.options, score=score, details=details,
                              total_updates=total, started=started)
 

@@ -1,10 +1,10 @@
 """Hogwild! for torch networks: ``TorchEngine(...).fit(ImageDataset)`` and the CLI hook.
 
 One shared block per run holds the sequence counter, run flags, per-worker stats/clock/histogram
-rows (the field names and meanings of :mod:`hogwild_mts.engines.linear`, so ``worker.FLAG_*`` /
-``STATE_*`` / ``kernels.STAT_*`` apply), the flat parameter vector and the training images and
-labels, placed once.  Workers (spawned processes, one torch/BLAS thread each) bind their network's
-parameters to views of that vector and update it lock-free with exact staleness stamps
+rows (:mod:`hogwild_mts.core.control`), the flat parameter vector and the epoch orders; the
+training images and labels are read in this process's memory by forked workers, or placed in the
+block once for spawned ones.  Workers (processes, one torch/BLAS thread each; forked by default,
+so they start with torch already imported) bind their network's parameters to views of that vector and update it lock-free with exact staleness stamps
 (:mod:`hogwild_mts.backends.shm.torch_worker`).  The parent evaluates a copy of the shared parameters on the
 test set every ``eval_every`` seconds with its own network, whose parameters view that copy.
 """
@@ -19,13 +19,15 @@ import time
 import numpy as np
 
 from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
-from hogwild_mts.backends.shm.backend import ShmBackend, control_layout, start_processes
+from hogwild_mts.backends.shm import worker
+from hogwild_mts.backends.shm.backend import (START_METHODS, ShmBackend, control_layout,
+                                             default_start_method, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.backends.shm.worker import total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.options import check_choice
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.images import ImageDataset, load_images
+from hogwild_mts.backends.shm import torch_worker
 from hogwild_mts.backends.shm.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
                                       make_network, parameter_count, torch_worker_main,
                                       warm_up_kernels)
@@ -46,10 +48,12 @@ class TorchEngine:
     ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`hogwild_mts.models.nets`) or a picklable factory
     ``f(input_shape, classes) -> nn.Module`` without buffers.  ``policy``: a name, policy object or
     function of tau; ``alpha`` the base step of a named policy (default DEFAULT_ALPHA).  ``epochs``
-    passes over the training set in total; worker w owns rows w, w+m, ... and reshuffles them
-    every epoch with its own seed drawn from ``seed``; ``seed`` also initialises the network.
+    passes over the training set in total, shuffled every epoch (generators seeded from ``seed``,
+    which also initialises the network).
     Each update is ``theta -= alpha(tau) * mean cross-entropy gradient`` of ``batch_size`` rows
     (the last batch of an epoch may be shorter).  ``dtype``: of the shared parameters.
+    ``split`` and ``start_method`` as for :class:`hogwild_mts.engines.linear.Engine` (dynamic
+    claims of batches; ``fork`` where available).
     ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint`` and ``checkpoint_every``
     as for the linear engine (docs/distributed.md).
     """
@@ -59,6 +63,7 @@ class TorchEngine:
                  alpha: float | None = None, seed: int = 0, dtype: str = "float32",
                  eval_every: float = 1.0, eval_every_updates: int | None = None,
                  progress: bool = True, defer_evaluation: bool = False,
+                 start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
                  checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
         from hogwild_mts.models.nets import NETWORKS
@@ -85,6 +90,9 @@ class TorchEngine:
             defer_evaluation=defer_evaluation)
         vars(self).update(vars(self.options))
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
+        self.start_method = check_choice("start_method", start_method or default_start_method(),
+                                         START_METHODS)
+        self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
         self.backend = backend
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
@@ -127,9 +135,12 @@ class TorchEngine:
         return dataset
 
     def _layout(self, dataset: ImageDataset, n_params: int):
+        """The block's fields; the images and labels only for workers that attach it (not fork)."""
         layout = control_layout(self.workers, n_params, self.dtype)
-        layout.add("images", np.float32, dataset.train_images.shape)
-        layout.add("labels", np.int64, dataset.train_labels.shape)
+        worker.add_schedule(layout, dataset.n_train, self.split)
+        if self.start_method != "fork":
+            layout.add("images", np.float32, dataset.train_images.shape)
+            layout.add("labels", np.int64, dataset.train_labels.shape)
         return layout
 
     def _spec(self, block: SharedBlock, dataset: ImageDataset) -> TorchWorkerSpec:
@@ -138,7 +149,7 @@ class TorchEngine:
             input_shape=dataset.input_shape, classes=dataset.n_classes, workers=self.workers,
             epochs=self.epochs, batch_size=self.batch_size,
             seeds=np.random.SeedSequence(self.seed).spawn(self.workers), policy=self.policy,
-            dtype=self.dtype, parent_pid=os.getpid())
+            dtype=self.dtype, parent_pid=os.getpid(), split=self.split)
 
     # ------------------------------------------------------------------ run
     def fit(self, dataset) -> FitResult:
@@ -160,19 +171,26 @@ class TorchEngine:
         try:
             views = block.views
             flatten_parameters(network, views["params"])
-            views["images"][:] = dataset.train_images
-            views["labels"][:] = dataset.train_labels
+            for name, array in (("images", dataset.train_images), ("labels", dataset.train_labels)):
+                if name in views:
+                    views[name][:] = array
+                else:
+                    views[name] = np.ascontiguousarray(array)
             evaluated_params = np.empty_like(views["params"])
             bind_parameters(network, evaluated_params)  # the parent scores copies of the block
             warm_up_kernels(views["params"].dtype)
             spec = self._spec(block, dataset)
+            worker.prepare_schedule(views, spec)
         except BaseException:
             block.release()
             raise
 
         def launch(views, processes):
+            if self.start_method == "fork":
+                spec.views = views
             return start_processes(torch_worker_main, spec, self.workers, processes,
-                                   name="hogwild-torch-worker")
+                                   self.start_method, name="hogwild-torch-worker",
+                                   preload=(torch_worker.__name__, "torch"))
 
         def details(params):
             return {"params": params.astype(np.float64), "intercept": 0.0,
@@ -181,8 +199,10 @@ class TorchEngine:
                                  "seed": self.seed, "dtype": self.dtype,
                                  "parameters": int(params.shape[0]),
                                  "input_shape": list(dataset.input_shape),
-                                 "classes": dataset.n_classes, "loss": "test cross-entropy",
-                                 "accuracy": "test"}}
+                                 "classes": dataset.n_classes, "split": self.split,
+                                 "start_method": self.start_method,
+                                 "loss": "test cross-entropy", "accuracy": "test"},
+                    **worker_times(block.views["clock"], started)}
 
         def score(params):
             evaluated_params[:] = params
@@ -190,8 +210,9 @@ class TorchEngine:
 
         backend = ShmBackend(block, self.workers, launch, self.policy)
         return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=total_updates(dataset.n_train, self.workers, self.epochs,
-                                                         self.batch_size),
+                             total_updates=worker.total_updates(dataset.n_train, self.workers,
+                                                                self.epochs, self.batch_size,
+                                                                self.split),
                              started=started)
 
     def _evaluate(self, network, dataset: ImageDataset) -> tuple[float, float]:

@@ -52,12 +52,28 @@ def one_thread_per_process():
                 os.environ[name] = value
 
 
+def default_start_method() -> str:
+    """``fork`` where the platform has it, else ``spawn``.  A forked worker starts in
+    milliseconds with the parent's imports and compiled kernels, and reads the data set in the
+    parent's own memory (huge pages where the OS gives them) instead of a shared-memory copy."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def start_processes(target, spec, workers: int, processes: list, start_method: str = "spawn",
-                    name: str = "hogwild-worker"):
+                    name: str = "hogwild-worker", preload: tuple = ()):
     """Start ``workers`` processes running ``target(spec, worker_id, errors)``, appending each to
     ``processes`` once started (so a failure midway still stops those already running);
-    return the queue they report errors on."""
+    return the queue they report errors on.
+
+    ``fork``: the children inherit everything, ``spec.views`` included (the only method that may
+    carry views: the others pickle the spec).  ``forkserver``: the server, if this call starts it,
+    imports the ``preload`` modules once, and every later worker forks from it."""
+    if start_method != "fork" and getattr(spec, "views", None) is not None:
+        raise ValueError(f"start method {start_method!r} would pickle the parent's views into "
+                         "every worker; only 'fork' may pass them")
     context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver" and preload:
+        context.set_forkserver_preload(list(preload))
     errors = context.SimpleQueue()
     with one_thread_per_process():
         for worker_id in range(workers):
@@ -66,6 +82,19 @@ def start_processes(target, spec, workers: int, processes: list, start_method: s
             process.start()
             processes.append(process)
     return errors
+
+
+def worker_times(clock: np.ndarray, started: float) -> dict:
+    """From the workers' clock rows (time.time() seconds) and the fit's start: ``startup_seconds``
+    (``started`` to the first worker's loop start) and ``finish_spread_seconds`` (first worker's
+    loop end to the last's), over the workers that ran; None for both when none ran."""
+    ran = clock[:, control.CLOCK_LOOP_START] > 0
+    ends = clock[ran, control.CLOCK_LOOP_END]
+    ends = ends[ends > 0]
+    if not ends.size:
+        return {"startup_seconds": None, "finish_spread_seconds": None}
+    return {"startup_seconds": float(clock[ran, control.CLOCK_LOOP_START].min() - started),
+            "finish_spread_seconds": float(ends.max() - ends.min())}
 
 
 def join(processes) -> None:

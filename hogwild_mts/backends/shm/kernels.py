@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts.core.control import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES, STATUS_DIVERGED, STATUS_OK
-from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, prefetch
+from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, atomic_store, prefetch
 from hogwild_mts.models.linear import loss_derivative, loss_value
 
 
@@ -121,6 +121,40 @@ def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, star
         stats_row[STAT_SAMPLES] += batch_end - position
         position = batch_end
     return STATUS_OK
+
+
+@njit(cache=True, nogil=True)
+def load_word(words, index):
+    """``words[index]`` (1-d int64) read with one atomic load: Python's view of a shared word."""
+    return atomic_load(words, index)
+
+
+@njit(cache=True, nogil=True)
+def add_word(words, index, value):
+    """Add ``value`` to ``words[index]`` atomically; return the value it held before."""
+    return atomic_fetch_add(words, index, value)
+
+
+@njit(cache=True, nogil=True)
+def store_word(words, index, value):
+    """Write ``value`` to ``words[index]`` with one atomic store (visible after every earlier write
+    of this thread: a release)."""
+    atomic_store(words, index, value)
+
+
+@njit(cache=True, nogil=True)
+def claim_batches(words, index, total, workers, per_epoch, max_claim, min_claim):
+    """Claim the next batches of a run from the shared cursor ``words[index]`` (guided
+    self-scheduling): ``remaining / (2 workers)`` batches, at least ``min_claim``, at most
+    ``max_claim`` and ``per_epoch / (2 workers)`` (so an epoch splits into >= 2 claims per
+    worker), never fewer than 1.  Returns (first claimed batch, end): the claim is
+    ``[first, min(end, total))`` and is empty once ``first >= total``.  Claims never overlap and
+    together cover ``0 .. total - 1`` exactly once."""
+    remaining = total - atomic_load(words, index)
+    size = max(remaining // (2 * workers), min_claim)
+    size = max(min(size, max_claim, per_epoch // (2 * workers)), 1)
+    first = atomic_fetch_add(words, index, size)
+    return first, min(first + size, total)
 
 
 @njit(cache=True, nogil=True)

@@ -15,16 +15,9 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts.backends.shm import worker as base
-from hogwild_mts.backends.shm.atomics import atomic_load
-from hogwild_mts.backends.shm.kernels import stamped_step
+from hogwild_mts.backends.shm.kernels import load_word, stamped_step
 from hogwild_mts.core.control import STAT_SAMPLES, STAT_UPDATES, STATE_DIVERGED, STATE_DONE
 from hogwild_mts.backends.shm.block import Layout
-
-
-@njit(cache=True, nogil=True)
-def read_counter(counter):
-    """``counter[0]`` read with one atomic load (the t_read stamp)."""
-    return atomic_load(counter, 0)
 
 
 @njit(cache=True, nogil=True)
@@ -44,11 +37,13 @@ def warm_up_kernels(dtype) -> None:
     on scratch arrays, so that no compilation or cache load happens while training is timed."""
     scratch = np.zeros(1, dtype=dtype)
     counter = np.zeros(8, np.int64)
-    apply_update(scratch, scratch.copy(), counter, read_counter(counter), np.ones(1, dtype=dtype),
+    apply_update(scratch, scratch.copy(), counter, load_word(counter, 0), np.ones(1, dtype=dtype),
                  np.zeros(2, np.int64), np.zeros(8, np.int64), 1)
+    base.load_schedule_kernels()
 
 
-SHARED_READ_FIELDS = ("images", "labels", "params")
+SHARED_READ_FIELDS = ("images", "labels", "params", "orders")
+CLAIM_BATCHES = 16  # the largest claim of a torch worker (batches); the smallest is one batch
 
 
 def parameter_count(model) -> int:
@@ -113,10 +108,13 @@ class TorchWorkerSpec:
     policy: object
     dtype: str  # of the parameters: float32 or float64
     parent_pid: int
+    split: str = "dynamic"  # one of worker.SPLITS
+    views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
 
 
 def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
-    """Train this worker's shard (rows w, w+m, ...) for ``spec.epochs`` epochs; return its STATE_*.
+    """Train on the rows :func:`hogwild_mts.backends.shm.worker.row_pieces` hands this worker
+    (CLAIM_BATCHES batches per claim at most); return its STATE_*.
 
     Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
     live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
@@ -138,8 +136,6 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # images are float32
 
     refitter = base.Refitter(spec.policy, spec.workers, params.dtype)
-    shard = base.shard_rows(images.shape[0], spec.workers, worker_id)
-    rng = np.random.default_rng(spec.seeds[worker_id])
     batch_images = torch.empty((spec.batch_size,) + tuple(images.shape[1:]), dtype=images.dtype)
     batch_labels = torch.empty(spec.batch_size, dtype=labels.dtype)
     hist_row = hist_rows[worker_id]
@@ -154,20 +150,22 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
         """Mean cross-entropy of the batch under the live shared parameters."""
         return F.cross_entropy(model(x if input_dtype is None else x.to(input_dtype)), y)
 
-    batch_loss(*gather(torch.from_numpy(shard[:spec.batch_size]))).backward()  # warm-up: first calls are slow
+    first_rows = torch.arange(min(spec.batch_size, images.shape[0]))
+    batch_loss(*gather(first_rows)).backward()  # warm-up: first calls are slow
     warm_up_kernels(params.dtype)
     base.map_pages(views, SHARED_READ_FIELDS)
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
     state = STATE_DONE
-    for _ in range(spec.epochs):
-        order = torch.from_numpy(rng.permutation(shard))
-        for start in range(0, order.shape[0], spec.batch_size):
+    pieces = base.row_pieces(views, spec, worker_id, images.shape[0], CLAIM_BATCHES, 1)
+    for order, piece_start, piece_stop in pieces:
+        order = torch.from_numpy(order)
+        for start in range(piece_start, piece_stop, spec.batch_size):
             if base._stop_requested(flags, spec.parent_pid):
                 break
-            rows = order[start:start + spec.batch_size]
+            rows = order[start:min(start + spec.batch_size, piece_stop)]
             x, y = gather(rows)
-            t_read = read_counter(counter)
+            t_read = load_word(counter, 0)
             gradient_tensor.zero_()
             loss = batch_loss(x, y)
             loss.backward()

@@ -1,7 +1,23 @@
-"""What one worker process runs: attach to the shared block, loop over numba chunks, refit.
+"""What one worker process runs: attach to the shared block (or use the views a forked worker
+inherited), loop over numba chunks of claimed rows, refit.
 
 Imports stay light (numpy, numba, the kernels): a worker never imports torch, scipy.sparse or the
-data loaders.  The same :func:`run_worker` body serves every worker; only its id, shard and seed differ.
+data loaders.  The same :func:`run_worker` body serves every worker; only its id differs.
+
+How rows reach the workers (``split``):
+
+* ``"dynamic"`` (default): every epoch is one shuffled order of all rows, split into batches
+  (the last one shorter); workers claim runs of batches from one shared cursor
+  (:func:`hogwild_mts.backends.shm.kernels.claim_batches`, guided: claims shrink towards the end),
+  so a worker slowed by the OS leaves no others idle: all end within about one small claim.
+  The orders live in two shared slots: epoch 0's is drawn by the parent before the start; the
+  worker whose claim holds the middle batch of epoch ``e`` draws epoch ``e + 1``'s into the other
+  slot (once every batch of epoch ``e - 1`` is finished), continuing one generator whose state is
+  kept in the block.  So the orders are those of ``default_rng(seeds[0]).permutation(n)``, epoch
+  after epoch, whatever the number of workers: one worker visits exactly the rows and order of
+  the static split with one worker (and of the simulator).
+* ``"static"``: worker ``w`` owns rows ``w, w + m, ...`` and shuffles them every epoch with its own
+  generator ``default_rng(seeds[w])`` (what the simulator emulates for ``m > 1``).
 """
 
 from __future__ import annotations
@@ -22,21 +38,32 @@ from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO,
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 
 GO_POLL_SECONDS = 0.001
+ORDER_POLL_SECONDS = 0.0001  # waiting for an epoch order (rare: it is drawn half an epoch ahead)
 PAGE_BYTES = 4096
-SHARED_READ_FIELDS = ("values", "indices", "indptr", "labels", "params")
+SHARED_READ_FIELDS = ("values", "indices", "indptr", "labels", "params", "orders")
 REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
+SPLITS = ("dynamic", "static")
+MIN_CLAIM_UPDATES = 64  # smallest claim of a linear worker (updates), a few tens of microseconds
+
+# Words of the "schedule" field of the dynamic split (int64).  The cursor has a cache line alone.
+SCHED_CURSOR = 0  # next batch to claim, counted over the run: epoch e holds e*B .. e*B + B - 1
+SCHED_READY = 8  # 2 words: slot s holds the order of epoch (value - 1); 0: none yet
+SCHED_DONE = 10  # 2 words: batches finished from slot s, summed over the epochs it held
+SCHED_RNG = 16  # 6 words: the order generator's PCG64 state after the last order drawn
+SCHEDULE_WORDS = 24
+_WORD = (1 << 64) - 1
 
 
 @dataclass
 class WorkerSpec:
-    """Everything a worker needs, picklable for the spawn start method."""
+    """Everything a worker needs; picklable for the spawn and forkserver start methods."""
 
     block_name: str
     layout: Layout
     workers: int
     epochs: int
     batch_size: int
-    chunk_updates: int
+    chunk_updates: int  # updates per numba call at most (the largest claim)
     seeds: list
     n_features: int
     dense: bool
@@ -46,23 +73,137 @@ class WorkerSpec:
     stamp: bool
     policy: object
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
+    split: str = "dynamic"  # one of SPLITS
+    views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
 
 
 def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
-    """Rows owned by a worker: every ``workers``-th row starting at ``worker_id`` (int64)."""
+    """Rows a worker owns under the static split: every ``workers``-th row from ``worker_id``."""
     return np.arange(worker_id, n_samples, workers, dtype=np.int64)
 
 
-def total_updates(n_rows: int, workers: int, epochs: int, batch_size: int) -> int:
-    """Updates a full run applies: per worker and epoch, its shard in batches (last one shorter)."""
+def total_updates(n_rows: int, workers: int, epochs: int, batch_size: int,
+                  split: str = "dynamic") -> int:
+    """Updates a full run applies: per epoch, all rows in batches (last one shorter) -- for the
+    static split, each worker's shard in batches."""
+    if split == "dynamic":
+        return epochs * -(-n_rows // batch_size)
     return epochs * sum(-(-len(shard_rows(n_rows, workers, w)) // batch_size)
                         for w in range(workers))
 
 
+def add_schedule(layout: Layout, n_rows: int, split: str) -> None:
+    """Add the shared fields of the dynamic split: the schedule words and two order slots."""
+    if split == "dynamic":
+        layout.add("schedule", np.int64, (SCHEDULE_WORDS,))
+        layout.add("orders", np.int64, (2, n_rows))
+
+
+def load_schedule_kernels() -> None:
+    """Compile or load the claim kernels on scratch words (parent and spawned workers), so that
+    no compilation happens while a run is timed."""
+    words = np.zeros(SCHEDULE_WORDS, np.int64)
+    kernels.claim_batches(words, SCHED_CURSOR, 1, 1, 1, 1, 1)
+    kernels.add_word(words, SCHED_DONE, 1)
+    kernels.store_word(words, SCHED_READY, kernels.load_word(words, SCHED_DONE))
+
+
+def prepare_schedule(views: dict, spec) -> None:
+    """Parent, before the start: draw epoch 0's order (dynamic split; nothing for static)."""
+    if spec.split == "dynamic":
+        _draw_order(views, np.random.default_rng(spec.seeds[0]), 0)
+
+
+def _draw_order(views: dict, rng: np.random.Generator, epoch: int) -> None:
+    """Shuffle all rows into epoch ``epoch``'s slot, save the generator, then publish the slot."""
+    slot, words = views["orders"][epoch % 2], views["schedule"]
+    slot[:] = np.arange(slot.shape[0])
+    rng.shuffle(slot)  # the same draws as rng.permutation(n)
+    state = rng.bit_generator.state
+    inner = state["state"]
+    words.view(np.uint64)[SCHED_RNG:SCHED_RNG + 6] = [
+        inner["state"] & _WORD, inner["state"] >> 64, inner["inc"] & _WORD, inner["inc"] >> 64,
+        state["has_uint32"], state["uinteger"]]
+    kernels.store_word(words, SCHED_READY + epoch % 2, epoch + 1)
+
+
+def _saved_generator(words: np.ndarray) -> np.random.Generator:
+    low_state, high_state, low_inc, high_inc, has_uint32, uinteger = (
+        int(w) for w in words.view(np.uint64)[SCHED_RNG:SCHED_RNG + 6])
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {"bit_generator": "PCG64",
+                           "state": {"state": low_state | high_state << 64, "inc": low_inc | high_inc << 64},
+                           "has_uint32": has_uint32, "uinteger": uinteger}
+    return np.random.Generator(bit_generator)
+
+
+def _wait_for_word(views: dict, index: int, value: int, parent_pid: int) -> bool:
+    """Wait until schedule word ``index`` reaches ``value``; False if told to stop first."""
+    words, flags = views["schedule"], views["flags"]
+    while kernels.load_word(words, index) < value:
+        if _stop_requested(flags, parent_pid):
+            return False
+        time.sleep(ORDER_POLL_SECONDS)
+    return True
+
+
+def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int):
+    """Dynamic split: yield ``(order, start, stop)``, rows ``order[start:stop]`` to train on in
+    batches of ``spec.batch_size``, claim after claim until the run's batches are gone (or a wait
+    is cut short by a stop request).  A piece counts as finished when the next one is asked for."""
+    words, orders = views["schedule"], views["orders"]
+    n_rows, batch = orders.shape[1], spec.batch_size
+    per_epoch = -(-n_rows // batch)
+    total = spec.epochs * per_epoch
+    while True:
+        first, end = kernels.claim_batches(words, SCHED_CURSOR, total, spec.workers, per_epoch,
+                                           max_claim, min_claim)
+        while first < end:
+            epoch = first // per_epoch
+            stop = min(end, (epoch + 1) * per_epoch)
+            if not _wait_for_word(views, SCHED_READY + epoch % 2, epoch + 1, spec.parent_pid):
+                return
+            middle = epoch * per_epoch + per_epoch // 2
+            if first <= middle < stop and epoch + 1 < spec.epochs:
+                # the slot of epoch + 1 held epoch - 1: wait until its batches are finished
+                if not _wait_for_word(views, SCHED_DONE + (epoch + 1) % 2,
+                                      per_epoch * ((epoch + 1) // 2), spec.parent_pid):
+                    return
+                _draw_order(views, _saved_generator(words), epoch + 1)
+            offset = epoch * per_epoch
+            yield orders[epoch % 2], (first - offset) * batch, min((stop - offset) * batch, n_rows)
+            kernels.add_word(words, SCHED_DONE + epoch % 2, stop - first)
+            first = stop
+        if end >= total:
+            return
+
+
+def sharded_pieces(n_rows: int, spec, worker_id: int, chunk_batches: int):
+    """Static split: yield ``(order, start, stop)`` over this worker's shard, epoch after epoch,
+    ``chunk_batches`` batches per piece."""
+    shard = shard_rows(n_rows, spec.workers, worker_id)
+    rng = np.random.default_rng(spec.seeds[worker_id])
+    rows = chunk_batches * spec.batch_size
+    for _ in range(spec.epochs):
+        order = rng.permutation(shard)
+        for start in range(0, order.shape[0], rows):
+            yield order, start, min(start + rows, order.shape[0])
+
+
+def row_pieces(views: dict, spec, worker_id: int, n_rows: int, max_claim: int, min_claim: int):
+    """The pieces of rows this worker trains on under ``spec.split`` (see the module docstring);
+    ``max_claim``/``min_claim`` in batches."""
+    if spec.split == "dynamic":
+        return claimed_pieces(views, spec, max_claim, min_claim)
+    return sharded_pieces(n_rows, spec, worker_id, max_claim)
+
+
 def map_pages(views: dict, names) -> None:
-    """Read one byte of every page of the named shared fields, so the page-table work of a
+    """Read one byte of every page of the named fields present, so the page-table work of a
     freshly attached block happens before the start signal, not inside the timed loop."""
     for name in names:
+        if name not in views:
+            continue
         flat_bytes = views[name].reshape(-1).view(np.uint8)
         if flat_bytes.size:
             int(flat_bytes[::PAGE_BYTES].sum())
@@ -113,26 +254,36 @@ class Refitter:
         self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
 
 
+def _parent_alive(parent_pid: int) -> bool:
+    """Our parent process lives: it is still our parent, or (a fork server's child, whose
+    server lives as long as we do) a process with its pid exists."""
+    if os.getppid() == parent_pid:
+        return True
+    try:
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stop_requested(flags, parent_pid) -> bool:
     """The stop flag is set, or (``parent_pid`` > 0) the parent process is gone."""
-    return bool(flags[FLAG_STOP]) or (parent_pid > 0 and os.getppid() != parent_pid)
+    return bool(flags[FLAG_STOP]) or (parent_pid > 0 and not _parent_alive(parent_pid))
 
 
 def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
-    """Train this worker's shard for ``spec.epochs`` epochs; return its final STATE_* value.
+    """Train on the rows :func:`row_pieces` hands this worker; return its final STATE_* value.
 
-    Each epoch visits the shard in a fresh permutation from the worker's own seeded generator.
-    Between chunks of ``chunk_updates`` updates the worker checks the stop flag and the parent,
-    and lets its :class:`Refitter` refit the policy: refits fall on chunk boundaries, so they
-    come every ``max(refit_every, chunk_updates)`` updates at the most (a chunk is a few ms).
+    Between pieces (``chunk_updates`` updates at most) the worker checks the stop flag and the
+    parent, and lets its :class:`Refitter` refit the policy: refits fall on piece boundaries, so
+    they come every ``max(refit_every, piece)`` updates at the most (a piece is a few ms).
     """
     stats = views["stats"][worker_id]
     flags = views["flags"]
     hist_rows = views["hist"]
     refitter = Refitter(spec.policy, spec.workers, np.float64)
-    chunk_rows = spec.chunk_updates * spec.batch_size
-    shard = shard_rows(views["indptr"].shape[0] - 1, spec.workers, worker_id)
-    rng = np.random.default_rng(spec.seeds[worker_id])
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
 
     def run_chunk(order, start: int, stop: int) -> int:
@@ -142,24 +293,20 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
             spec.n_features, spec.fit_intercept, spec.loss_id, spec.l2, refitter.table, spec.stamp,
             views["counter"], hist_rows[worker_id], stats, derivative_buffer)
 
-    run_chunk(shard, 0, 0)  # loads the compiled kernel from numba's cache before the clock starts
+    run_chunk(np.zeros(0, np.int64), 0, 0)  # loads the compiled kernels before the clock starts
+    load_schedule_kernels()
     map_pages(views, SHARED_READ_FIELDS)
     if not wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
     state = STATE_DONE
-    for _ in range(spec.epochs):
-        order = rng.permutation(shard)
-        for chunk_start in range(0, order.shape[0], chunk_rows):
-            if _stop_requested(flags, spec.parent_pid):
-                break
-            status = run_chunk(order, chunk_start, min(chunk_start + chunk_rows, order.shape[0]))
-            if status == STATUS_DIVERGED:
-                state = STATE_DIVERGED
-                break
-            refitter.maybe_refit(stats, hist_rows)
-        else:
-            continue
-        break
+    for order, start, stop in row_pieces(views, spec, worker_id, views["indptr"].shape[0] - 1,
+                                         spec.chunk_updates, MIN_CLAIM_UPDATES):
+        if _stop_requested(flags, spec.parent_pid):
+            break
+        if run_chunk(order, start, stop) == STATUS_DIVERGED:
+            state = STATE_DIVERGED
+            break
+        refitter.maybe_refit(stats, hist_rows)
     return finish(views, worker_id, state)
 
 
@@ -183,16 +330,22 @@ def run_reporting_errors(run, views: dict, spec, worker_id: int, error_queue) ->
 
 
 def process_main(run, spec, worker_id: int, error_queue, setup=None) -> None:
-    """Body of a worker process: ignore Ctrl-C (the parent stops us), ``setup()`` if given,
-    attach, run, report errors, exit with status 1 after a failure."""
+    """Body of a worker process: ignore Ctrl-C (the parent stops us) and take the default
+    SIGTERM (a forked worker inherits the parent's handlers), ``setup()`` if given, use the
+    inherited views (fork) or attach the block by name, run, report errors, exit with status 1
+    after a failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if setup is not None:
         setup()
-    block = SharedBlock.attach(spec.block_name, spec.layout)
-    try:
-        succeeded = run_reporting_errors(run, block.views, spec, worker_id, error_queue)
-    finally:
-        block.close()
+    if spec.views is not None:
+        succeeded = run_reporting_errors(run, spec.views, spec, worker_id, error_queue)
+    else:
+        block = SharedBlock.attach(spec.block_name, spec.layout)
+        try:
+            succeeded = run_reporting_errors(run, block.views, spec, worker_id, error_queue)
+        finally:
+            block.close()
     if not succeeded:
         raise SystemExit(1)
 
