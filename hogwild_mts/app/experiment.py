@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 
+from hogwild_mts.app.plots import SUMMARY_FILE
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells, write_atomic
 from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
 
@@ -577,7 +578,7 @@ def write_tables(out_dir: str, config: dict) -> None:
     fits = staleness_fits(records)
     if fits:
         _write_csv(os.path.join(out_dir, "staleness_fits.csv"), fits, fits[0].keys())
-    write_atomic(os.path.join(out_dir, "summary.json"),
+    write_atomic(os.path.join(out_dir, SUMMARY_FILE),
                  json.dumps({"config": config, "summary": summary, "best": best, "transfer": transfer,
                              "staleness_fits": fits}, indent=2))
 

@@ -22,6 +22,7 @@ import numpy as np
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells
 
 PLOTS_DIR = "plots"
+SUMMARY_FILE = "summary.json"   # the experiment's tables as JSON (config, summary, best, transfer)
 CURVE_POINTS = 200  # points of the common grid on which seeds are averaged
 FIT_MODELS = ("poisson", "cmp", "geometric")
 
@@ -94,14 +95,12 @@ def _mean_curve(group: list[dict], x_key: str):
     return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-def shown_alphas(records: list[dict], targets: list) -> dict:
+def shown_alphas(records: list[dict], summary: list[dict]) -> dict:
     """(policy, workers) -> the step whose curves are drawn: the best step (every seed reached,
-    fewest mean updates) at the lowest target any step of that policy reached at that m; else the
-    step with the lowest mean final loss."""
-    from hogwild_mts.app.experiment import summarize
-
+    fewest mean updates) at the lowest target any step of that policy reached at that m (rows of
+    summary.json); else the step with the lowest mean final loss."""
     chosen = {}
-    for row in sorted(summarize(records, targets), key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
+    for row in sorted(summary, key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
         key = (row["policy"], row["workers"])
         if row["seeds"] and row["reached"] == row["seeds"] and key not in chosen:
             chosen[key] = row["alpha"]
@@ -114,13 +113,14 @@ def shown_alphas(records: list[dict], targets: list) -> dict:
     return chosen
 
 
-def _shown(records: list[dict], targets: list) -> list[dict]:
-    chosen = shown_alphas(records, targets)
+def _shown(records: list[dict], summary: list[dict]) -> list[dict]:
+    chosen = shown_alphas(records, summary)
     return [r for r in records if chosen.get((r["policy"], r["workers"])) == r["alpha"]]
 
 
-def plot_loss(records: list[dict], targets: list, x_key: str, x_label: str, path: str) -> str:
-    shown = _shown(records, targets)
+def plot_loss(records: list[dict], tables: dict, x_key: str, x_label: str, path: str) -> str:
+    shown = _shown(records, tables["summary"])
+    targets = tables["config"]["targets"]
     groups = _by_workers(shown)
     policies = _policies(records)
     figure, axes = _figure(len(groups), f"loss against {x_label} (each policy at its shown step; "
@@ -148,8 +148,8 @@ def plot_loss(records: list[dict], targets: list, x_key: str, x_label: str, path
     return path
 
 
-def plot_alpha_tables(records: list[dict], targets: list, path: str) -> str:
-    groups = _by_workers([r for r in _shown(records, targets) if r.get("alpha_table")])
+def plot_alpha_tables(records: list[dict], tables: dict, path: str) -> str:
+    groups = _by_workers([r for r in _shown(records, tables["summary"]) if r.get("alpha_table")])
     policies = _policies(records)
     figure, axes = _figure(len(groups), "alpha(tau) as the runs ended (shown step, mean over seeds)")
     for axis, (workers, group) in zip(axes, groups.items()):
@@ -214,12 +214,15 @@ def check_run_dir(run_dir: str) -> list[dict]:
 
 
 def draw_all(run_dir: str) -> list[str]:
-    """Redraw every plot of ``run_dir`` into ``run_dir/plots``; return the paths written."""
-    from hogwild_mts.app.experiment import compare, summarize
-
+    """Redraw every plot of ``run_dir`` into ``run_dir/plots`` from its cells and the tables in
+    its summary.json (written by the experiment's ``write_tables``); return the paths written."""
     records = check_run_dir(run_dir)
-    with open(os.path.join(run_dir, CONFIG_FILE)) as handle:
-        config = json.load(handle)
+    try:
+        with open(os.path.join(run_dir, SUMMARY_FILE)) as handle:
+            tables = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{run_dir}: cannot read {SUMMARY_FILE} ({error}); run `hogwild-mts report "
+                          f"{run_dir}` to rebuild it") from None
     directory = os.path.join(run_dir, PLOTS_DIR)
     os.makedirs(directory, exist_ok=True)
     finished = [r for r in records if not r["diverged"]]
@@ -227,16 +230,14 @@ def draw_all(run_dir: str) -> list[str]:
     paths = []
     if finished:
         paths.append(plot_staleness(finished, os.path.join(directory, "staleness.png")))
-        targets = config["targets"]
-        paths.append(plot_loss(finished, targets, "updates", "updates",
+        paths.append(plot_loss(finished, tables, "updates", "updates",
                                os.path.join(directory, "loss_vs_updates.png")))
-        paths.append(plot_loss(finished, targets, "time_s", f"time ({unit})",
+        paths.append(plot_loss(finished, tables, "time_s", f"time ({unit})",
                                os.path.join(directory, "loss_vs_time.png")))
-        paths.append(plot_alpha_tables(finished, targets, os.path.join(directory, "alpha_tables.png")))
-    best, transfer = compare(config, summarize(records, config["targets"]))
-    paths.append(plot_comparison(best, "best against best: each policy at its best step for each m",
+        paths.append(plot_alpha_tables(finished, tables, os.path.join(directory, "alpha_tables.png")))
+    paths.append(plot_comparison(tables["best"], "best against best: each policy at its best step for each m",
                                  os.path.join(directory, "best_vs_workers.png")))
     smallest = min(record["workers"] for record in records)
-    paths.append(plot_comparison(transfer, f"transfer: the step tuned at m = {smallest}, unchanged",
+    paths.append(plot_comparison(tables["transfer"], f"transfer: the step tuned at m = {smallest}, unchanged",
                                  os.path.join(directory, "transfer_vs_workers.png")))
     return paths
