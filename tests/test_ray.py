@@ -146,7 +146,7 @@ def test_ctrl_c_returns_the_partial_result():
 
 
 def test_the_server_refits_its_policy_and_checkpoints_model_files(data, tmp_path):
-    from hogwild_mts import make_policy, model_file
+    from hogwild_mts import load, make_policy, model_file
     from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint, resume_params
 
     path = str(tmp_path / "checkpoint")
@@ -166,9 +166,17 @@ def test_the_server_refits_its_policy_and_checkpoints_model_files(data, tmp_path
     document, arrays = model_file.read(path)
     assert document["counter"] == result.counter
     np.testing.assert_array_equal(arrays["staleness_histogram"], result.staleness_histogram)
-    estimator = model_file.load(path)
+    estimator = load(path)
     margins = data.to_scipy() @ result.params + result.intercept
     np.testing.assert_array_equal(estimator.predict(data.to_scipy()), np.where(margins > 0, 1.0, -1.0))
+
+
+def test_divergence_stops_with_a_clear_error():
+    from hogwild_mts.core.result import DivergenceError
+
+    with pytest.raises(DivergenceError, match="diverged"):
+        ray_engine(model="lsq", alpha=1e3, epochs=50).fit(synthetic_dense(500, 10, seed=2))
+    assert_nothing_left()
 
 
 def test_a_torch_network_trains_on_the_parameter_server():

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS
 from hogwild_mts.core import control
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
@@ -63,12 +64,11 @@ class RayBackend:
     """One run's actors.  ``make_server(name) -> actor handle`` starts the parameter server,
     ``make_worker(worker_id, name) -> actor handle`` one worker, under the given actor names
     (``run_name`` + ``-server`` / ``-worker-<w>``: visible in ``ray list actors`` and the
-    dashboard); ``checkpoint``, if given, is called
-    with the server's (params, version, histogram) every ``checkpoint_every`` seconds and once
-    after the run."""
+    dashboard); ``checkpoint``, if given, is called with the server's (params, version,
+    histogram) every ``checkpoint_every`` seconds and once after the run."""
 
     def __init__(self, workers: int, make_server, make_worker, policy, *, checkpoint=None,
-                 checkpoint_every: float = 60.0):
+                 checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
         import ray
 
         self._ray = ray
@@ -78,10 +78,10 @@ class RayBackend:
         self._checkpoint, self._checkpoint_every = checkpoint, checkpoint_every
         self.server = None
         self.actors: list = []
-        self.pids: list[int] = []  # worker actors' process ids, once ready
         self.lost: list[dict] = []  # {"worker", "error"} per worker actor that died
         self._ready_refs: list = []
         self._runs: dict = {}  # ObjectRef of run() -> worker id, while it runs
+        self._failure: Exception | None = None  # the first worker exception or divergence
         self._go_time = 0.0
         self._next_checkpoint = 0.0
 
@@ -100,10 +100,7 @@ class RayBackend:
             except ray.exceptions.RayError as error:
                 worker_id = self._ready_refs.index(ref)
                 raise WorkerError(f"worker {worker_id} failed to start:\n{error}") from None
-        if len(done) < len(self._ready_refs):
-            return False
-        self.pids = ray.get(self._ready_refs)
-        return True
+        return len(done) == len(self._ready_refs)
 
     def go(self) -> None:
         self._server_call("go")
@@ -120,9 +117,9 @@ class RayBackend:
         except ray.exceptions.RayActorError as error:
             raise WorkerError(f"the parameter server died; the run was stopped:\n{error}") from None
 
-    def _check_runs(self, timeout: float = 0.0, raising: bool = True) -> None:
-        """Collect the workers whose run() ended: a death is reported and the run goes on; an
-        exception, divergence, or every worker lost raise (when ``raising``)."""
+    def _collect_ended(self, timeout: float = 0.0) -> None:
+        """Take the workers whose run() ended out of the running set: a death is reported at
+        once (the run goes on); an exception or a divergence is kept for :meth:`poll` to raise."""
         ray = self._ray
         if not self._runs:
             return
@@ -135,13 +132,11 @@ class RayBackend:
                 self._report_lost(worker_id, error)
                 continue
             except ray.exceptions.RayError as error:
-                if raising:
-                    raise WorkerError(f"worker {worker_id} failed:\n{error}") from None
+                self._failure = self._failure or WorkerError(f"worker {worker_id} failed:\n{error}")
                 continue
-            if state == control.STATE_DIVERGED and raising:
-                raise DivergenceError(divergence_message(self._policy, "a worker's loss"))
-        if raising and len(self.lost) == self.workers:
-            raise WorkerError(f"all {self.workers} worker actors died; the run was stopped")
+            if state == control.STATE_DIVERGED:
+                self._failure = self._failure or DivergenceError(
+                    divergence_message(self._policy, "a worker's loss"))
 
     def _report_lost(self, worker_id: int, error) -> None:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -152,7 +147,11 @@ class RayBackend:
                       stacklevel=2)
 
     def poll(self, until_updates=None) -> int:
-        self._check_runs()
+        self._collect_ended()
+        if self._failure is not None:
+            raise self._failure
+        if len(self.lost) == self.workers:
+            raise WorkerError(f"all {self.workers} worker actors died; the run was stopped")
         version = self._server_call("version")
         if self._checkpoint is not None and time.time() >= self._next_checkpoint:
             self.write_checkpoint()
@@ -164,7 +163,7 @@ class RayBackend:
         self._checkpoint(np.array(params), version, np.array(histogram))
 
     def finished(self) -> bool:
-        self._check_runs(raising=False)
+        self._collect_ended()
         return not self._runs
 
     def elapsed(self) -> float:
@@ -184,8 +183,7 @@ class RayBackend:
         """Wait up to JOIN_SECONDS for the workers to leave their loops; kill the rest."""
         deadline = time.time() + JOIN_SECONDS
         while self._runs and time.time() < deadline:
-            self._check_runs(timeout=max(0.0, min(POLL_SECONDS * 10, deadline - time.time())),
-                             raising=False)
+            self._collect_ended(timeout=max(0.0, min(POLL_SECONDS * 10, deadline - time.time())))
         for worker_id in list(self._runs.values()):
             self._ray.kill(self.actors[worker_id])
         self._runs = {}
