@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from hogwild_mts.core.options import check_choice, check_int, check_nonnegative, check_probability
 from hogwild_mts.engines.linear import Engine
+from hogwild_mts.model_file import ModelFileError, policy_from_spec, read, save_linear
 from hogwild_mts.models.linear import LinearModel
 
 CLASSIFIER_LOSSES = ("logreg", "svm")
@@ -164,9 +165,7 @@ class _HogwildLinear(BaseEstimator):
         return self.fit_results_[-1] if self.fit_results_ else None
 
     def save(self, path: str) -> str:
-        """Write this fitted model to the directory ``path`` (see :mod:`hogwild_mts.model_file`)."""
-        from hogwild_mts.model_file import save
-
+        """Write this fitted model to the directory ``path`` (see :func:`save`)."""
         return save(self, path)
 
     def _margins(self, X) -> np.ndarray:
@@ -317,3 +316,42 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
 
     def predict(self, X) -> np.ndarray:
         return self._margins(X)[:, 0]
+
+
+def save(estimator, path: str) -> str:
+    """Save a fitted HogwildClassifier or HogwildRegressor into directory ``path`` (a model
+    file: see :mod:`hogwild_mts.model_file`)."""
+    check_is_fitted(estimator, "coef_")
+    result = estimator.fit_result_
+    if result is None:
+        raise ValueError("this estimator was loaded from a file and not trained since: its file "
+                         "is already the saved model")
+    metrics = {key: value for key, value in result.to_dict().items()
+               if key not in ("history", "staleness_histogram", "staleness_fit")}
+    metrics["n_iter"] = estimator.n_iter_
+    return save_linear(path, kind=type(estimator).__name__, coef=estimator.coef_,
+                       intercept=estimator.intercept_, classes=getattr(estimator, "classes_", None),
+                       estimator_params=estimator.get_params(),
+                       histogram=result.staleness_histogram, counter=result.counter, metrics=metrics)
+
+
+def load(path: str):
+    """The fitted estimator stored at ``path``: predicts at once; ``warm_start=True`` or
+    ``partial_fit`` continue training from the stored coefficients."""
+    document, arrays = read(path)
+    cls = {"HogwildClassifier": HogwildClassifier, "HogwildRegressor": HogwildRegressor}[document["kind"]]
+    params = dict(document["params"])
+    params["policy"] = policy_from_spec(params.get("policy", {"name": "constant"}), path)
+    allowed = set(cls._get_param_names())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ModelFileError(f"{path}: unknown estimator settings {unknown}")
+    estimator = cls(**params)
+    estimator.coef_ = arrays["coef"]
+    estimator.intercept_ = arrays["intercept"]
+    estimator.n_features_in_ = int(document["n_features"])
+    estimator.n_iter_ = int(document.get("metrics", {}).get("n_iter", 0))
+    if "classes" in arrays:
+        estimator.classes_ = arrays["classes"]
+    estimator.fit_results_ = []
+    return estimator

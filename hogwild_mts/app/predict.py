@@ -54,7 +54,7 @@ def predictions_csv(model, X) -> str:
 
 def main(args) -> int:
     from hogwild_mts.data.tabular import load_data
-    from hogwild_mts.model_file import load
+    from hogwild_mts.estimators import load
 
     model = load(args.model)
     if args.out and os.path.isdir(args.out):

@@ -3,7 +3,7 @@
 
 ``Engine(..., backend="ray", checkpoint=ModelFileCheckpoint(path))`` rewrites the model file
 at ``path`` every ``checkpoint_every`` seconds and after the run.  It loads with
-``hogwild_mts.model_file.load(path)`` as a fitted estimator, and a run resumes from it with
+``hogwild_mts.load(path)`` as a fitted estimator, and a run resumes from it with
 ``Engine.fit(..., init_params=resume_params(path))``.
 """
 
