@@ -37,13 +37,14 @@ def require_ray():
 
 def connect(address: str | None) -> bool:
     """Use the Ray instance this process is connected to, else connect to ``address`` (a
-    cluster started with ``ray start --head``), else start a local instance.  Returns True when
-    this call started or connected Ray (the caller then shuts it down)."""
+    cluster started with ``ray start --head``; ``"auto"``: the one this node belongs to), else
+    start a new local instance (never a cluster found on the machine: that takes ``"auto"``).
+    Returns True when this call started or connected Ray (the caller then shuts it down)."""
     ray = require_ray()
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)
     else:
         ray.init(address=address)
     return True
