@@ -47,7 +47,8 @@ def ray_engine(**options):
 
 
 def our_actors() -> list:
-    """(class name, state, pid) of every actor this module's fits created, alive or dead."""
+    """(class name, state, pid) of every actor this module's fits created, alive or dead (from
+    the GCS: ray.util.state needs the dashboard, which this instance does not run)."""
     return [(actor["ActorClassName"], actor["State"], actor.get("Pid"))
             for actor in ray._private.state.actors().values()
             if actor["ActorClassName"] in ACTOR_CLASSES]
