@@ -10,6 +10,8 @@ class, each a full Hogwild! run whose updates are stamped like any other.  Every
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.metaestimators import available_if
@@ -44,7 +46,7 @@ class _HogwildLinear(BaseEstimator):
     def __init__(self, loss=None, *, policy="constant", alpha=None, workers=1, epochs=5,
                  batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
-                 progress=False):
+                 progress=False, backend="shm", ray_address=None, local_steps=1):
         self.loss = loss
         self.policy = policy
         self.alpha = alpha
@@ -60,6 +62,9 @@ class _HogwildLinear(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.progress = progress
+        self.backend = backend
+        self.ray_address = ray_address
+        self.local_steps = local_steps
 
     def _loss(self) -> str:
         """``loss``, or (None) the first of the estimator's losses."""
@@ -81,7 +86,8 @@ class _HogwildLinear(BaseEstimator):
         alpha = self._default_alpha if self.alpha is None and isinstance(self.policy, str) else self.alpha
         return Engine(model, self.policy, alpha=alpha, workers=self.workers, epochs=epochs,
                       batch_size=self.batch_size, seed=seed, progress=bool(self.progress),
-                      eval_every=3600.0)
+                      eval_every=3600.0, backend=self.backend, ray_address=self.ray_address,
+                      local_steps=self.local_steps)
 
     def _validate(self, X, reset: bool = False):
         """X as float64 (CSR when sparse), checked against the fitted feature count (and names)."""
@@ -93,6 +99,24 @@ class _HogwildLinear(BaseEstimator):
                              y_numeric=isinstance(self, RegressorMixin), reset=reset)
 
     # ------------------------------------------------------------------ training
+    @contextlib.contextmanager
+    def _backend_session(self):
+        """For ``backend="ray"``: connect (or start a local Ray) once around every engine run of
+        a fit, and shut down what this call started; nothing for shared memory."""
+        if self.backend != "ray":
+            yield
+            return
+        from hogwild_mts.backends.ray.backend import connect
+
+        started = connect(self.ray_address)
+        try:
+            yield
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
     def _train_problems(self, X, targets: list, init: np.ndarray | None, first_epoch: int,
                         epochs: int):
         """Train one binary/regression problem per entry of ``targets`` (labels per row) for
@@ -101,13 +125,14 @@ class _HogwildLinear(BaseEstimator):
         n_params = X.shape[1] + int(bool(self.fit_intercept))
         params = np.zeros((len(targets), n_params)) if init is None else init.copy()
         results = []
-        for k, target in enumerate(targets):
-            engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
-            result = engine.fit(X, target, init_params=params[k])
-            params[k, :X.shape[1]] = result.params
-            if self.fit_intercept:
-                params[k, -1] = result.intercept
-            results.append(result)
+        with self._backend_session():
+            for k, target in enumerate(targets):
+                engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
+                result = engine.fit(X, target, init_params=params[k])
+                params[k, :X.shape[1]] = result.params
+                if self.fit_intercept:
+                    params[k, -1] = result.intercept
+                results.append(result)
         return params, results
 
     def _fit(self, X, targets: list, score_rows, validation, init) -> None:

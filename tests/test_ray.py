@@ -211,3 +211,15 @@ def test_more_workers_than_cluster_cpus_is_refused_before_any_actor_starts(data)
     with pytest.raises(ValueError, match=f"needs 3 CPUs but the Ray cluster has {RAY_CPUS}"):
         ray_engine(workers=3).fit(data)
     assert len(our_actors()) == before
+
+
+def test_estimators_train_on_the_ray_backend(data):
+    from hogwild_mts import HogwildClassifier
+
+    X, y = data.to_scipy(), data.y
+    model = HogwildClassifier(backend="ray", workers=2, epochs=2, local_steps=4, alpha=0.5).fit(X, y)
+    assert model.score(X, y) > 0.8
+    result = model.fit_result_
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+    assert ray.is_initialized()  # the module's instance: the estimator did not shut it down
+    assert_nothing_left()
