@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
+from hogwild_mts.app.report import strict_json
 from tests.helpers import live_children, shared_blocks
 
 SMALL = "synthetic-sparse:n=3000,d=500,nnz=10,seed=1"
@@ -71,3 +72,16 @@ def test_malformed_svmlight_names_file_and_line(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == EXIT_BAD_INPUT
     assert "train" in capsys.readouterr().out
+
+
+def test_usage_errors_are_one_line(capsys):
+    assert main(["train", "--epochs", "many"]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.splitlines() == ["hogwild-mts train: error: argument --epochs: invalid int value: "
+                                  "'many' (see hogwild-mts train --help)"]
+
+
+def test_json_outputs_are_strict():
+    text = strict_json({"loss": float("nan"), "tail": [np.float64(np.inf), np.int64(3)], "ok": np.bool_(True)})
+    assert json.loads(text, parse_constant=lambda constant: pytest.fail(constant)) == {
+        "loss": None, "tail": [None, 3], "ok": True}

@@ -143,6 +143,19 @@ def test_read_idx_direct(tmp_path):
     assert read_idx(path, 2).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_cifar10_batches_pickled_the_old_way_are_read(tmp_path):
+    """The published CIFAR-10 files are protocol-2 pickles that name numpy.core.multiarray; the
+    restricted unpickler admits those arrays."""
+    write_cifar(tmp_path)
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name, "rb") as handle:
+            batch = pickle.load(handle)
+        old = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray\n_reconstruct" in old
+        (tmp_path / name).write_bytes(old)
+    assert load_images(f"cifar10:{tmp_path}").n_train == 15
+
+
 def bad_cifar(directory, how):
     write_cifar(directory)
     path = os.path.join(directory, "data_batch_3")

@@ -25,6 +25,7 @@ EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npy"
+NPY_HEADER_BYTES = 4096  # more than the .npy header of a vector takes
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Defaults that depend on the kind of model: (linear models, torch networks).
@@ -117,12 +118,16 @@ def prepare_out_dir(path: str) -> str:
 
 def _save_array_atomic(path: str, array: np.ndarray) -> None:
     """``np.save`` through a temporary file of the same directory, then a rename: readers see
-    the old file or the whole new one (rundir.write_atomic does the same for text)."""
+    the old file or the whole new one (rundir.write_atomic does the same for text).  The bytes
+    are reserved first, so a full disk fails with its reason (numpy reports a short write only
+    as "N requested and M written")."""
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
                                          suffix=os.path.basename(path))
     try:
         with os.fdopen(handle, "wb") as out:
+            os.posix_fallocate(out.fileno(), 0, array.nbytes + NPY_HEADER_BYTES)
             np.save(out, array)
+            out.truncate()  # the unused part of the reservation
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -132,21 +137,21 @@ def _save_array_atomic(path: str, array: np.ndarray) -> None:
         raise
 
 
-def write_outputs(out_dir: str, result) -> list[str]:
+def write_outputs(out_dir: str, result) -> dict:
     """metrics.json (everything but the weights, strict JSON) and params.npy (weights; intercept
-    in the JSON), each written atomically and independently; returns those that could not be
-    written, as ``"FILE (reason)"``."""
+    in the JSON), each written atomically and independently; returns ``{file: reason}`` for
+    those that could not be written."""
     from hogwild_mts.app.report import metrics_json
     from hogwild_mts.app.rundir import write_atomic
 
     writers = {METRICS_FILE: lambda path: write_atomic(path, metrics_json(result)),
                PARAMS_FILE: lambda path: _save_array_atomic(path, result.params)}
-    failed = []
+    failed = {}
     for name, write in writers.items():
         try:
             write(os.path.join(out_dir, name))
         except OSError as error:
-            failed.append(f"{name} ({error.strerror or error})")
+            failed[name] = error.strerror or str(error)
     return failed
 
 
@@ -172,12 +177,14 @@ def train(args, stop_signals: list) -> int:
     with _environment(SPILL_DIR_ENV, args.shm_dir):
         result = train_network(args) if args.model in TORCH_MODELS else train_linear(args)
     with signals.held():  # a stop signal now only decides the exit status
-        failed = write_outputs(out_dir, result) if out_dir else []
+        failed = write_outputs(out_dir, result) if out_dir else {}
         print(format_summary(result))
         if failed:
-            written = sorted({METRICS_FILE, PARAMS_FILE} - {f.split(" ")[0] for f in failed})
-            print(f"hogwild-mts: error: could not write {', '.join(failed)} in {out_dir}"
-                  + (f"; {', '.join(written)} written there" if written else ""), file=sys.stderr)
+            written = [name for name in (METRICS_FILE, PARAMS_FILE) if name not in failed]
+            print("hogwild-mts: error: could not write "
+                  + ", ".join(f"{name} ({reason})" for name, reason in failed.items())
+                  + f" in {out_dir}" + (f"; {', '.join(written)} written there" if written else ""),
+                  file=sys.stderr)
             return EXIT_RUN_FAILED
         if out_dir:
             print(f"wrote {os.path.join(out_dir, METRICS_FILE)} and {PARAMS_FILE}")
@@ -300,7 +307,7 @@ def main(argv=None) -> int:
 
 
 def _run_command(args, stop_signals: list) -> int:
-    from hogwild_mts.core import signals
+    """Run the chosen command; map its errors to one line on stderr and an exit status."""
     from hogwild_mts.core.result import DivergenceError, WorkerError
 
     try:
@@ -314,13 +321,10 @@ def _run_command(args, stop_signals: list) -> int:
     except (WorkerError, DivergenceError) as error:
         print(f"hogwild-mts: run failed: {error}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    except signals.Interrupted as stop:
-        print(f"hogwild-mts: stopped by {signal.Signals(stop.signum).name} before training began",
-              file=sys.stderr)
-        return stop.exit_status
-    except KeyboardInterrupt:
-        print("hogwild-mts: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (signals.Interrupted), outside a run
+        signum = stop_signals[0] if stop_signals else signal.SIGINT
+        print(f"hogwild-mts: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except MemoryError as error:
         print(f"hogwild-mts: error: out of memory: {error or 'an allocation failed'}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -51,14 +51,16 @@ _active: _Handling | None = None
 @contextlib.contextmanager
 def stop_on_signals():
     """Inside, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (held: recorded only).
-    Yields the list of signal numbers received, in order.  Outside the main thread (where Python
-    cannot set handlers) nothing is installed and the list stays empty."""
+    Yields the list of signal numbers received, in order.  A signal the process ignores
+    (``nohup`` ignores SIGHUP, a shell's background job SIGINT) stays ignored; outside the main
+    thread (where Python cannot set handlers) nothing is installed and the list stays empty."""
     global _active
     if threading.current_thread() is not threading.main_thread():
         yield []
         return
     handling, outer = _Handling(), _active
-    previous = {signum: signal.signal(signum, handling.handle) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, handling.handle) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     _active = handling
     try:
         yield handling.received

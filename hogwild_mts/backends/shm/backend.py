@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.shm.block import Layout, SharedBlock
-from hogwild_mts.core import control
+from hogwild_mts.backends.shm.block import Layout, SharedBlock, owner_named_semaphores
+from hogwild_mts.core import control, signals
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
 
@@ -122,9 +122,13 @@ class ShmBackend:
         self.processes: list = []
         self._errors = None
         self._go_time = 0.0
+        self._last_updates = self._moved_at = None  # per worker, for stalled()
 
     def start(self) -> None:
-        self._errors = self._launch(self.views, self.processes)
+        # Workers inherit blocked stop signals (the parent stops them through the stop flag) and
+        # semaphores named after this process (so that leftovers can be told apart).
+        with signals.blocked_for_children(), owner_named_semaphores():
+            self._errors = self._launch(self.views, self.processes)
 
     def _check(self) -> None:
         """Raise WorkerError for a worker that reported an exception or exited abnormally, and
@@ -150,6 +154,20 @@ class ShmBackend:
         self._go_time = time.time()
         self.views["flags"][control.FLAG_GO] = 1
 
+    def stalled(self, seconds: float) -> dict:
+        """{worker id: seconds} of the workers not yet done whose update count has not moved for
+        at least ``seconds`` (measured between calls; call it every poll)."""
+        now = time.monotonic()
+        stats = self.views["stats"]
+        updates = stats[:, control.STAT_UPDATES].copy()
+        working = stats[:, control.STAT_STATE] < control.STATE_DONE
+        if self._moved_at is None:
+            self._last_updates, self._moved_at = updates, np.full(updates.shape, now)
+        self._moved_at[(updates != self._last_updates) | ~working] = now
+        self._last_updates = updates
+        idle = now - self._moved_at
+        return {int(w): float(idle[w]) for w in np.flatnonzero(working & (idle >= seconds))}
+
     def poll(self, until_updates=None) -> int:
         self._check()
         return int(self.views["stats"][:, control.STAT_UPDATES].sum())
@@ -172,6 +190,10 @@ class ShmBackend:
             self.views["flags"][control.FLAG_STOP] = 1
 
     def join(self) -> None:
+        for process in self.processes:  # a stopped (SIGSTOP) worker resumes, sees the flag, leaves
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGCONT)
         join(self.processes)
 
     def collect(self) -> RunTotals:

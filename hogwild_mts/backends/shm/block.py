@@ -39,7 +39,9 @@ CACHE_LINE_BYTES = 64
 BLOCK_NAME_PREFIX = "hwmts_"
 SHM_DIR = "/dev/shm"
 SPILL_DIR_ENV = "HOGWILD_MTS_SHM_DIR"
-OWNED_NAME = re.compile(r"(?:sem\.)?" + BLOCK_NAME_PREFIX + r"(\d+)_")  # blocks and semaphores
+# Names of the blocks and semaphores this project makes; group 1 or 2 is the owner's pid.
+OWNED_NAME = re.compile(BLOCK_NAME_PREFIX + r"(\d+)_[0-9a-f]{16}"
+                        r"|sem\." + BLOCK_NAME_PREFIX + r"(\d+)_sem-\w+")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def block_name_prefix(pid: int) -> str:
 
 
 def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` names a process (a zombie counts) in this pid namespace."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,8 +73,8 @@ def remove_orphans(directory: str = SHM_DIR) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        owner = OWNED_NAME.match(name)
-        if owner is None or _process_exists(int(owner.group(1))):
+        owner = OWNED_NAME.fullmatch(name)
+        if owner is None or _process_exists(int(owner.group(1) or owner.group(2))):
             continue
         try:
             os.unlink(os.path.join(directory, name))
