@@ -66,14 +66,14 @@ class _HogwildLinear(BaseEstimator):
         self.ray_address = ray_address
         self.local_steps = local_steps
 
-    def _loss(self) -> str:
+    def resolved_loss(self) -> str:
         """``loss``, or (None) the first of the estimator's losses."""
         return self._losses[0] if self.loss is None else self.loss
 
     # ------------------------------------------------------------------ checks
     def _check_options(self) -> None:
         """Validate the stored options (plain messages naming the value), before any training."""
-        check_choice("loss", self._loss(), self._losses)
+        check_choice("loss", self.resolved_loss(), self._losses)
         check_int("epochs", self.epochs, 1)
         check_int("n_iter_no_change", self.n_iter_no_change, 1)
         check_nonnegative("tol", self.tol)
@@ -82,7 +82,7 @@ class _HogwildLinear(BaseEstimator):
         self._engine(epochs=1, seed=0)  # the engine validates policy, alpha, workers, batch size, l2
 
     def _engine(self, epochs: int, seed: int) -> Engine:
-        model = LinearModel(self._loss(), l2=self.l2, fit_intercept=bool(self.fit_intercept))
+        model = LinearModel(self.resolved_loss(), l2=self.l2, fit_intercept=bool(self.fit_intercept))
         alpha = self._default_alpha if self.alpha is None and isinstance(self.policy, str) else self.alpha
         return Engine(model, self.policy, alpha=alpha, workers=self.workers, epochs=epochs,
                       batch_size=self.batch_size, seed=seed, progress=bool(self.progress),
@@ -282,7 +282,7 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
         return self._labels_from(self._margins(X))
 
     def _is_logistic(self) -> bool:
-        return self._loss() == "logreg"
+        return self.resolved_loss() == "logreg"
 
     @available_if(_is_logistic)
     def predict_proba(self, X) -> np.ndarray:
@@ -341,6 +341,23 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
 
     def predict(self, X) -> np.ndarray:
         return self._margins(X)[:, 0]
+
+
+def estimator_from_run(result, classes, **params):
+    """The fitted estimator that a finished binary or regression :class:`Engine` run amounts to
+    (what ``hogwild-mts train --out`` saves): ``params`` are the estimator's constructor
+    arguments, ``loss`` among them; ``classes`` the sorted labels (None for regression; the
+    positive class, +1, is ``classes[1]``)."""
+    cls = HogwildRegressor if params.get("loss") in REGRESSOR_LOSSES else HogwildClassifier
+    estimator = cls(**params)
+    estimator.coef_ = np.asarray(result.params, dtype=np.float64)[None, :]
+    estimator.intercept_ = np.array([result.intercept])
+    estimator.n_features_in_ = estimator.coef_.shape[1]
+    if classes is not None:
+        estimator.classes_ = np.asarray(classes)
+    estimator.n_iter_ = int(result.settings.get("epochs", 0))
+    estimator.fit_results_ = [result]
+    return estimator
 
 
 def save(estimator, path: str) -> str:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 
 import numpy as np
 
-from hogwild_mts.app.rundir import write_atomic
+from hogwild_mts.core.files import npz_bytes, strict_json, write_atomic
 from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy
 
 FORMAT = "hogwild-mts-model"
@@ -60,31 +59,6 @@ def policy_from_spec(spec: dict, where: str):
 
 
 # ---------------------------------------------------------------------------- files
-def _json_value(value):
-    """``value`` made strict-JSON-able (numpy scalars to Python; NaN/inf refused)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"cannot store the non-finite number {value!r} in strict JSON")
-    return value
-
-
-def _dumps(document: dict) -> str:
-    return json.dumps(document, indent=2, allow_nan=False, default=_json_value)
-
-
-def _write_arrays(path: str, arrays: dict) -> None:
-    """``np.savez`` to a temporary name, then rename: readers see the old file or the new one."""
-    temporary = path + ".tmp.npz"
-    try:
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray, classes,
                 estimator_params: dict, histogram: np.ndarray, counter: int, metrics: dict) -> str:
     """Write a linear model file into directory ``path`` (created); return ``path``.
@@ -104,9 +78,9 @@ def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray
     document = {"format": FORMAT, "version": VERSION, "kind": kind, "params": params,
                 "n_features": int(arrays["coef"].shape[1]), "counter": int(counter),
                 "metrics": metrics}
-    text = _dumps(document)
+    text = strict_json(document)
     os.makedirs(path, exist_ok=True)
-    _write_arrays(os.path.join(path, ARRAYS), arrays)
+    write_atomic(os.path.join(path, ARRAYS), npz_bytes(arrays))
     write_atomic(os.path.join(path, MODEL_JSON), text)
     return path
 

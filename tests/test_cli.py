@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
-from hogwild_mts.app.report import strict_json
+from hogwild_mts.core.files import strict_json
 from tests.helpers import live_children, shared_blocks
 
 SMALL = "synthetic-sparse:n=3000,d=500,nnz=10,seed=1"
@@ -85,3 +85,45 @@ def test_json_outputs_are_strict():
     text = strict_json({"loss": float("nan"), "tail": [np.float64(np.inf), np.int64(3)], "ok": np.bool_(True)})
     assert json.loads(text, parse_constant=lambda constant: pytest.fail(constant)) == {
         "loss": None, "tail": [None, 3], "ok": True}
+
+
+def test_train_out_predict_and_init_round_trip(tmp_path, capsys):
+    out, predictions = tmp_path / "run", tmp_path / "predictions.csv"
+    assert main(["train", "--data", SMALL, "--workers", "1", "--epochs", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    assert {"metrics.json", "params.npy", "model.json", "arrays.npz"} <= {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["predict", str(out), "--data", SMALL, "--out", str(predictions)]) == 0
+    assert "score on" in capsys.readouterr().err
+    rows = predictions.read_text().splitlines()
+    assert rows[0] == "prediction,p_-1.0,p_1.0" and len(rows) == 3001
+    probabilities = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    final_loss = json.loads((out / "metrics.json").read_text())["final_loss"]
+    again = tmp_path / "again"
+    assert main(["train", "--data", SMALL, "--workers", "1", "--epochs", "1", "--quiet",
+                 "--init", str(out), "--out", str(again)]) == 0
+    history = json.loads((again / "metrics.json").read_text())["history"]
+    assert history["loss"][0] == pytest.approx(final_loss)  # started where the first run ended
+
+
+@pytest.mark.parametrize("arguments,words", [
+    (["predict", "nowhere", "--data", SMALL], "not a model file"),
+    (["train", "--init", "nowhere", "--data", SMALL], "not a model file"),
+    (["train", "--address", "auto", "--data", SMALL], "only apply to --backend ray"),
+    (["train", "--backend", "spark"], "invalid choice: 'spark'"),
+])
+def test_model_file_and_backend_flags_refuse_bad_input(arguments, words, capsys):
+    assert main(arguments) == EXIT_BAD_INPUT
+    assert words in capsys.readouterr().err
+    assert not shared_blocks() and not live_children()
+
+
+def test_predict_refuses_more_features_than_the_model_has(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", SMALL, "--workers", "1", "--epochs", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    wider = "synthetic-sparse:n=100,d=900,nnz=10,seed=1"
+    assert main(["predict", str(out), "--data", wider]) == EXIT_BAD_INPUT
+    assert "has 900 features; the model was trained on 500" in capsys.readouterr().err

@@ -6,7 +6,6 @@ Cases that need an event (training under way, a stall shown) wait for it with a 
 deadline; none sleeps and then acts.
 """
 
-import bz2
 import errno
 import gzip
 import io
@@ -316,7 +315,8 @@ CASES = [
     Case("cli-shm-dir-missing", cli("--shm-dir", lambda tmp: str(tmp / "nope")), 2, r"--shm-dir '.*nope' is not an existing"),
     Case("cli-disk-full-keeps-previous-results",
          cli("--data", TINY, "--workers", "1", "--out", out_dir, before=disk_fills_up, after=previous_outputs_intact), 1,
-         r"could not write metrics.json \(No space left on device\), params.npy \(No space left on device\) in "),
+         r"could not write metrics.json \(No space left on device\), params.npy \(No space left on device\), "
+         r"model.json and arrays.npz \(No space left on device\) in "),
     Case("cli-closed-stdout-still-writes",
          cli("--data", TINY, "--workers", "1", "--out", out_dir, before=stdout_closed, after=outputs_written), 0, r""),
     # --------------------------------------------------------------- CLI: faults

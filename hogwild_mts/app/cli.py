@@ -1,4 +1,4 @@
-"""``hogwild-mts`` command line: ``train``, ``experiment``, ``report``.
+"""``hogwild-mts`` command line: ``train``, ``experiment``, ``report``, ``predict``.
 
 Exit status: 0 done; 1 the run failed (a worker failed or died, divergence) or its results could
 not be written; 2 bad input (one line on stderr, before any worker starts); 128 + N stopped by
@@ -25,7 +25,7 @@ EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npy"
-NPY_HEADER_BYTES = 4096  # more than the .npy header of a vector takes
+MODEL_FILES = "model.json and arrays.npz"
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Defaults that depend on the kind of model: (linear models, torch networks).
@@ -41,6 +41,7 @@ POLICY_FLAGS = (
     ("--staleness-model", "staleness_model", str, "mindthestep's P: poisson, geometric, cmp, empirical, auto"),
     ("--alpha-min", "alpha_min", float, "lower clip of alpha(tau)"),
     ("--alpha-max", "alpha_max", float, "upper clip of alpha(tau)"),
+    ("--chi2", "chi2", float, "mindthestep shrink target's budget: relative variance of the step"),
     ("--refit-every", "refit_every", int, "adaptive policies: own updates between refits"),
     ("--min-samples", "min_samples", int, "adaptive policies: staleness values before the prior is replaced"),
 )
@@ -70,7 +71,20 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
                         help="parameter precision (default float64 linear, float32 torch)")
-    parser.add_argument("--out", metavar="DIR", help="write metrics.json and params.npy here")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write metrics.json, params.npy and (linear models) the model file "
+                             "model.json + arrays.npz here")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="linear models: start from the parameters of this model file (a "
+                             "directory written by --out or save())")
+    parser.add_argument("--backend", choices=("shm", "ray"), default="shm",
+                        help="shm: worker processes on shared memory (default); ray: a parameter "
+                             "server and worker actors on Ray (docs/distributed.md)")
+    parser.add_argument("--address", default=None,
+                        help="with --backend ray: the cluster (e.g. HOST:6379 or auto; default: a "
+                             "new local Ray instance)")
+    parser.add_argument("--local-steps", type=int, default=1,
+                        help="with --backend ray: mini-batches a worker runs between pushes (default 1)")
     parser.add_argument("--shm-dir", metavar="DIR",
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
@@ -98,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_arguments(grid)
     report = commands.add_parser("report", help="redraw the plots and tables of an experiment run")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    from hogwild_mts.app import predict
+
+    predict.add_arguments(commands.add_parser(
+        "predict", help="predict with a saved linear model (CSV: prediction, class probabilities)"))
     return parser
 
 
@@ -116,40 +134,23 @@ def prepare_out_dir(path: str) -> str:
     return path
 
 
-def _save_array_atomic(path: str, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file of the same directory, then a rename: readers see
-    the old file or the whole new one (rundir.write_atomic does the same for text).  The bytes
-    are reserved first, so a full disk fails with its reason (numpy reports a short write only
-    as "N requested and M written")."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
-                                         suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "wb") as out:
-            os.posix_fallocate(out.fileno(), 0, array.nbytes + NPY_HEADER_BYTES)
-            np.save(out, array)
-            out.truncate()  # the unused part of the reservation
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def write_outputs(out_dir: str, result) -> dict:
-    """metrics.json (everything but the weights, strict JSON) and params.npy (weights; intercept
-    in the JSON), each written atomically and independently; returns ``{file: reason}`` for
-    those that could not be written."""
+def write_outputs(out_dir: str, result, model=None) -> dict:
+    """metrics.json (everything but the weights, strict JSON), params.npy (weights; intercept
+    in the JSON) and, for a linear ``model`` (a fitted estimator), its model file (model.json +
+    arrays.npz: what ``predict``, ``--init`` and ``--resume`` read), each written atomically and
+    independently; returns ``{file: reason}`` for those that could not be written."""
     from hogwild_mts.app.report import metrics_json
-    from hogwild_mts.app.rundir import write_atomic
+    from hogwild_mts.core.files import npy_bytes, write_atomic
+    from hogwild_mts.estimators import save
 
-    writers = {METRICS_FILE: lambda path: write_atomic(path, metrics_json(result)),
-               PARAMS_FILE: lambda path: _save_array_atomic(path, result.params)}
+    writers = {METRICS_FILE: lambda: write_atomic(os.path.join(out_dir, METRICS_FILE), metrics_json(result)),
+               PARAMS_FILE: lambda: write_atomic(os.path.join(out_dir, PARAMS_FILE), npy_bytes(result.params))}
+    if model is not None:
+        writers[MODEL_FILES] = lambda: save(model, out_dir)
     failed = {}
     for name, write in writers.items():
         try:
-            write(os.path.join(out_dir, name))
+            write()
         except OSError as error:
             failed[name] = error.strerror or str(error)
     return failed
@@ -175,19 +176,24 @@ def train(args, stop_signals: list) -> int:
     if args.shm_dir is not None and not os.path.isdir(args.shm_dir):
         raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
     with _environment(SPILL_DIR_ENV, args.shm_dir):
-        result = train_network(args) if args.model in TORCH_MODELS else train_linear(args)
+        if args.model in TORCH_MODELS:
+            result, model = train_network(args), None
+        else:
+            result, model = train_linear(args)
     with signals.held():  # a stop signal now only decides the exit status
-        failed = write_outputs(out_dir, result) if out_dir else {}
+        failed = write_outputs(out_dir, result, model) if out_dir else {}
         print(format_summary(result))
         if failed:
-            written = [name for name in (METRICS_FILE, PARAMS_FILE) if name not in failed]
+            written = [name for name in (METRICS_FILE, PARAMS_FILE, MODEL_FILES)
+                       if name not in failed and (model is not None or name != MODEL_FILES)]
             print("hogwild-mts: error: could not write "
                   + ", ".join(f"{name} ({reason})" for name, reason in failed.items())
                   + f" in {out_dir}" + (f"; {', '.join(written)} written there" if written else ""),
                   file=sys.stderr)
             return EXIT_RUN_FAILED
         if out_dir:
-            print(f"wrote {os.path.join(out_dir, METRICS_FILE)} and {PARAMS_FILE}")
+            print(f"wrote {os.path.join(out_dir, METRICS_FILE)}, {PARAMS_FILE}"
+                  + (f" and the model file ({MODEL_FILES})" if model is not None else ""))
         if stop_signals:
             print(f"hogwild-mts: stopped by {signal.Signals(stop_signals[0]).name}"
                   + ("; the result above is partial" if result.interrupted else " as the run ended"),
@@ -224,23 +230,66 @@ def train_network(args):
 
 
 def train_linear(args):
+    """Load the data, train, and return (the FitResult, the fitted estimator it amounts to)."""
     from hogwild_mts.data.tabular import load_data
     from hogwild_mts.engines.linear import Engine
+    from hogwild_mts.estimators import estimator_from_run
     from hogwild_mts.models.linear import LinearModel
 
+    if args.init is not None and args.model in TORCH_MODELS:
+        raise ValueError("--init takes a linear model file; torch networks start from their seed")
     for name, default in LINEAR_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
-    engine = Engine(model, make_policy_from_args(args), workers=args.workers, epochs=args.epochs,
+    policy = make_policy_from_args(args)
+    engine = Engine(model, policy, workers=args.workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **_backend_options(args))
+    start = _initial_model(args.init, model) if args.init else None
     loading = time.time()
     print(f"loading data {args.data} ...", file=sys.stderr, flush=True)
     dataset = load_data(args.data)
     print(f"  {dataset.name}: {dataset.n_samples:,} rows x {dataset.n_features:,} features, "
           f"{dataset.nnz:,} stored values ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
-    return engine.fit(dataset)
+    init_params = None
+    if start is not None:
+        if start.n_features_in_ != dataset.n_features:
+            raise ValueError(f"--init {args.init}: the model has {start.n_features_in_} features, "
+                             f"{dataset.name} has {dataset.n_features}")
+        init_params = np.append(start.coef_[0], start.intercept_[0]) if model.fit_intercept else start.coef_[0]
+    result = engine.fit(dataset, init_params=init_params)
+    classes = np.unique(dataset.y) if model.classifier else None
+    fitted = estimator_from_run(result, classes, loss=args.model, policy=policy,
+                                workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
+                                l2=args.l2, fit_intercept=model.fit_intercept, seed=args.seed,
+                                **_backend_options(args))
+    return result, fitted
+
+
+def _backend_options(args) -> dict:
+    """The engine options of --backend, --address and --local-steps."""
+    if args.backend == "shm":
+        if args.address is not None or args.local_steps != 1:
+            raise ValueError("--address and --local-steps only apply to --backend ray")
+        return {}
+    return {"backend": "ray", "ray_address": args.address, "local_steps": args.local_steps}
+
+
+def _initial_model(path: str, model):
+    """The binary or regression model file at ``path``, checked against ``model``'s loss and
+    intercept (a one-vs-rest file has one row per class: train it with the Python estimators)."""
+    from hogwild_mts.estimators import load
+
+    start = load(path)
+    if start.coef_.shape[0] != 1:
+        raise ValueError(f"--init {path}: a one-vs-rest model of {start.coef_.shape[0]} classes; "
+                         "the command line trains binary and regression models")
+    if start.resolved_loss() != model.name or bool(start.fit_intercept) != model.fit_intercept:
+        raise ValueError(f"--init {path}: a {start.resolved_loss()} model "
+                         f"{'with' if start.fit_intercept else 'without'} intercept; this run trains "
+                         f"{model.name} {'with' if model.fit_intercept else 'without'} intercept")
+    return start
 
 
 class _Unbreakable:
@@ -317,6 +366,9 @@ def _run_command(args, stop_signals: list) -> int:
         if args.command == "report":
             from hogwild_mts.app.experiment import report_main
             return report_main(args)
+        if args.command == "predict":
+            from hogwild_mts.app.predict import main as predict_main
+            return predict_main(args)
         return train(args, stop_signals)
     except (WorkerError, DivergenceError) as error:
         print(f"hogwild-mts: run failed: {error}", file=sys.stderr)

@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 from hogwild_mts.app.plots import SUMMARY_FILE
-from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells, write_atomic
+from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells
+from hogwild_mts.core.files import strict_json, write_atomic
 from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
 
 TASKS = ("linear", "torch")
@@ -250,7 +251,7 @@ def prepare_run_dir(out_dir: str, config: dict) -> None:
             raise ConfigError(f"{out_dir} holds an experiment with other settings ({', '.join(differ)}); "
                               "choose another --out or the same settings")
     os.makedirs(os.path.join(out_dir, CELLS_DIR), exist_ok=True)
-    write_atomic(path, json.dumps(config, indent=2))
+    write_atomic(path, strict_json(config))
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -369,7 +370,7 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
     for number, cell in enumerate(todo, start=1):
         cell_started = time.time()
         record = run_cell(config, cell, data)
-        write_atomic(os.path.join(out_dir, CELLS_DIR, record["name"] + ".json"), json.dumps(record))
+        write_atomic(os.path.join(out_dir, CELLS_DIR, record["name"] + ".json"), strict_json(record, indent=None))
         elapsed = time.time() - grid_started
         eta = elapsed / number * (len(todo) - number)
         print(f"[{skipped + number:>{len(str(len(cells)))}}/{len(cells)}] "
@@ -579,8 +580,8 @@ def write_tables(out_dir: str, config: dict) -> None:
     if fits:
         _write_csv(os.path.join(out_dir, "staleness_fits.csv"), fits, fits[0].keys())
     write_atomic(os.path.join(out_dir, SUMMARY_FILE),
-                 json.dumps({"config": config, "summary": summary, "best": best, "transfer": transfer,
-                             "staleness_fits": fits}, indent=2))
+                 strict_json({"config": config, "summary": summary, "best": best, "transfer": transfer,
+                              "staleness_fits": fits}))
 
 
 # ---------------------------------------------------------------------------- command line

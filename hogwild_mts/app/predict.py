@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import scipy.sparse as sp
 
-from hogwild_mts.app.rundir import write_atomic
+from hogwild_mts.core.files import write_atomic
 
 
 def add_arguments(parser) -> None:

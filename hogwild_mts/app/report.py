@@ -2,30 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import math
-
-import numpy as np
-
-
-def strict_json(value, indent: int | None = 2) -> str:
-    """``value`` as strict JSON (RFC 8259): NaN and infinities, which strict parsers reject,
-    become null; numpy scalars and arrays become numbers and lists."""
-    return json.dumps(_strict(value), indent=indent, allow_nan=False)
-
-
-def _strict(value):
-    if isinstance(value, dict):
-        return {str(key): _strict(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _strict(value.tolist())
-    if isinstance(value, np.generic):
-        return _strict(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from hogwild_mts.core.files import strict_json
 
 
 def metrics_json(result) -> str:

@@ -1,30 +1,13 @@
-"""The files of an experiment's run directory (``config.json``, ``cells/*.json``) and the atomic
-write every output of the project goes through."""
+"""The files of an experiment's run directory (``config.json``, ``cells/*.json``); they are
+written with :func:`hogwild_mts.core.files.write_atomic`."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 CONFIG_FILE = "config.json"
 CELLS_DIR = "cells"
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def read_cells(out_dir: str) -> list[dict]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, require_ray
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
-from hogwild_mts.backends.ray.workers import (SHARD_FIELDS, LinearModelSpec, LinearWorker, ShardSpec,
+from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearWorker, ShardSpec,
                                               warm_up_linear)
 from hogwild_mts.backends.shm.worker import shard_rows, total_updates
 from hogwild_mts.core import lifecycle

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 
 def loss_value(name: str, margin: float, label: float) -> float:
     if name == "logreg":

@@ -23,7 +23,6 @@ bit.  Each worker owns a copy of the policy and refits it from the global histog
 
 from __future__ import annotations
 
-import copy
 import heapq
 import math
 
