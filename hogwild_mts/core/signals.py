@@ -86,6 +86,18 @@ def held():
 
 
 @contextlib.contextmanager
+def blocked():
+    """Block the stop signals in this thread inside (a critical section, such as creating a
+    shared block and recording it for release); on leaving, those that arrived meanwhile are
+    delivered."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def blocked_for_children():
     """Block the stop signals in this thread while worker processes are started, so that they
     inherit the block; on leaving, signals that arrived meanwhile are delivered here.
@@ -95,8 +107,5 @@ def blocked_for_children():
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
+    with blocked():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

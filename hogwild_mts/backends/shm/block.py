@@ -29,10 +29,11 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 
+from hogwild_mts.core import signals
 from hogwild_mts.core.resources import ResourceError, check_run, format_bytes, free_bytes
 
 CACHE_LINE_BYTES = 64
@@ -263,18 +264,20 @@ class SharedBlock:
         check_run(workers=workers, parameter_count=params, block_bytes=size, block_in_memory=free >= size)
         if free < size and spill_dir is None:
             raise ResourceError(_shm_short_message(size, free))
-        mapping = None
-        if free >= size:
-            try:
-                mapping = _create_in_shm(name, size)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                if spill_dir is None:  # another run took the space since free_bytes
-                    raise ResourceError(_shm_short_message(size, free_bytes(SHM_DIR))) from None
-        if mapping is None:
-            mapping = _create_in_file(os.path.join(_spill_directory(spill_dir), name), size, free)
-        _unreleased[mapping.name] = (os.getpid(), mapping)
+        resource_tracker.ensure_running()  # its start (a new process) is not in the section below
+        with signals.blocked():  # a stop signal waits until the block is recorded for release
+            mapping = None
+            if free >= size:
+                try:
+                    mapping = _create_in_shm(name, size)
+                except OSError as error:
+                    if error.errno != errno.ENOSPC:
+                        raise
+                    if spill_dir is None:  # another run took the space since free_bytes
+                        raise ResourceError(_shm_short_message(size, free_bytes(SHM_DIR))) from None
+            if mapping is None:
+                mapping = _create_in_file(os.path.join(_spill_directory(spill_dir), name), size, free)
+            _unreleased[mapping.name] = (os.getpid(), mapping)
         return cls(mapping, layout, owner=True)
 
     @classmethod
