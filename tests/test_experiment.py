@@ -206,17 +206,16 @@ def test_calibrated_staleness_has_mean_half_the_other_workers_and_a_rare_tail():
 
 
 def test_mnist1d_is_generated_offline_with_the_published_shape():
-    pytest.importorskip("mnist1d")
-    from hogwild_mts.data.mnist1d import load_mnist1d
+    from hogwild_mts.data.images import load_images  # the mnist1d package is a requirement
     from hogwild_mts.data.tabular import DataError
 
     state = np.random.get_state()[1].copy()
-    data = load_mnist1d("mnist1d:n=100,seed=3")
+    data = load_images("mnist1d:n=100,seed=3")
     assert np.array_equal(np.random.get_state()[1], state)     # the global state is restored
     assert (data.n_train, data.n_test, data.input_shape, data.n_classes) == (80, 20, (1, 1, 40), 10)
-    again = load_mnist1d("mnist1d:n=100,seed=3")
+    again = load_images("mnist1d:n=100,seed=3")
     assert np.array_equal(again.train_images, data.train_images)
     for spec, named in (("mnist1d:n=15", "multiple of 10"), ("mnist1d:size=3", "size=3"),
                         ("mnist1d:seed=x", "'x'")):
         with pytest.raises(DataError, match=named):
-            load_mnist1d(spec)
+            load_images(spec)

@@ -189,7 +189,7 @@ def test_bad_cifar_is_named(tmp_path, how):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("imagenet", "unknown image data 'imagenet'; allowed: 'digits', 'mnist:DIR'"),
+    ("imagenet", "unknown image data 'imagenet'; allowed: 'digits', 'mnist1d\\[:n=..,seed=..\\]', 'mnist:DIR'"),
     ("mnist", "needs a directory: 'mnist:DIR'"),
     ("mnist:/nonexistent/dir", "is not a directory"),
     ("cifar10:", "needs a directory"),

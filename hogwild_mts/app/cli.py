@@ -53,7 +53,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="linear models: synthetic-sparse[:n=..,d=..,nnz=..,seed=..,noise=..], "
                              "synthetic-dense[:...], a .npz file or an svmlight/libsvm file (default "
-                             "synthetic-sparse); torch models: digits, mnist:DIR, fashion-mnist:DIR, "
+                             "synthetic-sparse); torch models: digits, mnist1d[:n=..,seed=..], mnist:DIR, "
+                             "fashion-mnist:DIR, "
                              "cifar10:DIR (default digits)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--policy", default="constant", help="step-size policy (default constant)")

@@ -260,10 +260,6 @@ def load_task_data(config: dict):
         from hogwild_mts.data.tabular import load_data
 
         return load_data(config["data"])
-    if str(config["data"]).partition(":")[0] == "mnist1d":
-        from hogwild_mts.data.mnist1d import load_mnist1d
-
-        return load_mnist1d(config["data"])
     from hogwild_mts.data.images import load_images
 
     return load_images(config["data"])

@@ -24,6 +24,7 @@ import gzip
 import math
 import os
 import pickle
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ from hogwild_mts.data.tabular import READ_ERRORS, DataError
 __all__ = ["ImageDataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
            "load_cifar10", "read_idx", "IMAGE_SPEC_FORMS"]
 
-IMAGE_SPEC_FORMS = "'digits', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
+IMAGE_SPEC_FORMS = "'digits', 'mnist1d[:n=..,seed=..]', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -282,18 +283,81 @@ def load_cifar10(directory) -> ImageDataset:
     return _standardised(train, test, 255.0, CIFAR10_CLASSES, "cifar10", train_labels, test_labels)
 
 
+# ---------------------------------------------------------------------------- MNIST-1D
+# MNIST-1D (S. Greydanus, *Scaling down deep learning*, 2020), generated offline.
+#
+# Ten 1-D digit templates, each padded, dilated, scaled, translated, given correlated and iid
+# noise, sheared and resampled to 40 points, by the ``mnist1d`` package's own algorithm
+# (``mnist1d.data.make_dataset``) with its published arguments: 5,000 signals (500 per class),
+# seed 42, shuffled, standardised over the whole set, the first 80% for training.  No download:
+# the package generates the signals.  As an :class:`~hogwild_mts.data.images.ImageDataset` the
+# signals are images of shape (C, H, W) = (1, 1, 40).
+#
+# Spec: ``mnist1d`` or ``mnist1d:n=10000,seed=0`` (``n`` signals in all, a multiple of 10; the
+# generator's ``seed``).
+
+MNIST1D_OPTIONS = {"n": "num_samples", "seed": "seed"}   # spec key -> generator argument
+
+
+def _mnist1d_options(text: str) -> dict:
+    """``n=..,seed=..`` -> generator arguments (integers; n a positive multiple of 10, seed >= 0)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if key not in MNIST1D_OPTIONS or not equals:
+            raise DataError(f"mnist1d option {item!r}: expected key=value with key in {sorted(MNIST1D_OPTIONS)}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise DataError(f"mnist1d option {key}={value!r}: expected an integer") from None
+        if key == "n" and (number < 10 or number % 10):
+            raise DataError(f"mnist1d option n={number}: expected a positive multiple of 10 (one share per digit)")
+        if key == "seed" and number < 0:
+            raise DataError(f"mnist1d option seed={number}: expected an integer >= 0")
+        options[MNIST1D_OPTIONS[key]] = number
+    return options
+
+
+def load_mnist1d(spec: str = "mnist1d") -> ImageDataset:
+    """MNIST-1D from ``spec`` (see the section comment above); 4,000 train + 1,000 test by default.
+
+    The generator seeds numpy's and Python's global random state; both are restored afterwards."""
+    kind, _, text = str(spec).strip().partition(":")
+    if kind != "mnist1d":
+        raise DataError(f"not an mnist1d spec: {spec!r}; expected 'mnist1d' or 'mnist1d:n=..,seed=..'")
+    arguments = _mnist1d_options(text)
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError("data 'mnist1d' needs the mnist1d package (a requirement of hogwild-mts): "
+                        "pip install mnist1d") from None
+    args = get_dataset_args()
+    vars(args).update(arguments)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    name = "mnist1d" + (f":{text}" if text else "")
+    return ImageDataset(data["x"][:, None, None, :], data["y"], data["x_test"][:, None, None, :],
+                        data["y_test"], MNIST_CLASSES, name)
+
+
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
 
 
 def load_images(spec) -> ImageDataset:
-    """The CLI's ``--data`` for image models: ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``,
-    ``cifar10:DIR``."""
+    """The CLI's ``--data`` for image models: ``digits``, ``mnist1d[:n=..,seed=..]``,
+    ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:DIR``."""
     if isinstance(spec, ImageDataset):
         return spec
     text = str(spec).strip()
     if text == "digits":
         return load_digits()
     kind, colon, directory = text.partition(":")
+    if kind == "mnist1d":
+        return load_mnist1d(text)
     if kind in LOADERS:
         if not colon or not directory:
             raise DataError(f"data {text!r} needs a directory: '{kind}:DIR'")
