@@ -18,11 +18,12 @@ d = 2,000,000:
   ``hogwild-mts train --model mlp --data digits --workers 2 --epochs 100 --batch-size 32``
   command's time in all.
 
-Every timed configuration runs ``--repeats`` times, interleaved with the others; updates/s and
-whole-fit times keep the best (least disturbed) run, start-up and balance the median.  Rows with
-more workers than cores are marked: they say nothing about many cores.
+Every timed configuration runs once per round, ``--repeats`` rounds, interleaved with the others;
+a ratio is the median over rounds of the ratio within a round (the two runs a few seconds apart
+met the same machine), the values beside it are medians.  Rows with more workers than cores are
+marked: they say nothing about many cores.
 
-    .venv/bin/python scripts/bench_scaling.py [--quick] [--max-workers N] [--repeats 3] [--out DIR]
+    .venv/bin/python scripts/bench_scaling.py [--quick] [--max-workers N] [--repeats 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -117,14 +118,15 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
         for m in counts:
             ceiling[m].append(updates_per_second(arrays, d, m, shared_params=False, stamp=True,
                                                  updates=total_updates // m))
+        print(".", end="", flush=True)
     out = {"d": d, "rows": data.n_samples, "updates": total_updates,
            "huge_page_share": huge_page_share(list(arrays.values())), "by_workers": {}}
     for m in counts:
-        row = {"ceiling": max(ceiling[m])}
+        row = {"ceiling": ceiling[m]}
         for kind in ("engine", "classic", "static", "shm data"):
             if (kind, m) in runs:
                 done = runs[(kind, m)]
-                row[kind] = max(r["updates_per_second"] for r in done)
+                row[kind] = [r["updates_per_second"] for r in done]
                 row[f"{kind} spread"] = statistics.median(r["spread"] for r in done)
                 row[f"{kind} startup"] = statistics.median(r["startup_seconds"] for r in done)
         out["by_workers"][m] = row
@@ -132,18 +134,19 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
 
 
 def measure_job(sizes: dict, most: int, repeats: int) -> dict:
-    """Whole fit (the fit call, start-up and clean-up included) of one job, 1 vs ``most`` workers."""
+    """Whole fit (the fit call, start-up and clean-up included) of one job, 1 vs ``most`` workers,
+    per round."""
     data = synthetic_sparse(sizes["rows"], SHAPES[0], 76, seed=0)
     epochs = sizes["job_epochs"]
-    best = {1: float("inf"), most: float("inf")}
+    seconds = {1: [], most: []}
     for _ in range(repeats):
-        for m in best:
-            best[m] = min(best[m], engine(m, epochs).fit(data).wall_seconds)
-    return {"updates": epochs * data.n_samples, "workers": most, "seconds": best}
+        for m in seconds:
+            seconds[m].append(engine(m, epochs).fit(data).wall_seconds)
+    return {"updates": epochs * data.n_samples, "workers": most, "seconds": seconds}
 
 
 def measure_digits(repeats: int) -> dict:
-    """The digits MLP command: its fit in all (metrics.json) and the whole process, best of runs."""
+    """The digits MLP command: its fit in all (metrics.json) and the whole process, medians."""
     fit, process = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
@@ -153,12 +156,18 @@ def measure_digits(repeats: int) -> dict:
             process.append(time.perf_counter() - started)
             with open(os.path.join(out, "run", "metrics.json")) as handle:
                 fit.append(json.load(handle)["wall_seconds"])
-    return {"fit_seconds": min(fit), "process_seconds": min(process)}
+    return {"fit_seconds": statistics.median(fit), "process_seconds": statistics.median(process)}
+
+
+def paired(a: list, b: list) -> float:
+    """Median over rounds of a[i] / b[i]."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[list, list]:
-    """(rows of | comparison | measured | ratio | target |, notes)."""
+    """(rows of | comparison | measured (medians) | ratio (median of paired ratios) | target |, notes)."""
     rows, notes = [], []
+    med = statistics.median
 
     def mark(m: int) -> str:
         return " (more workers than cores)" if m > cores else ""
@@ -176,34 +185,31 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
                 target = ">= 10" if d == SHAPES[1] else ">= 6"
             elif m == 2 and d == SHAPES[1]:
                 target = ">= 1.6"
-            rows.append((f"{label}: engine, {m} workers vs 1: updates/s{mark(m)}",
-                         f"{row['engine']:,.0f} vs {one['engine']:,.0f}",
-                         row["engine"] / one["engine"], target))
-            rows.append((f"{label}: classic Hogwild! (no counter), {m} vs 1: updates/s{mark(m)}",
-                         f"{row['classic']:,.0f} vs {one['classic']:,.0f}",
-                         row["classic"] / one["classic"], "(info)"))
-            rows.append((f"{label}: nothing shared (kernel on threads), {m} vs 1: updates/s{mark(m)}",
-                         f"{row['ceiling']:,.0f} vs {one['ceiling']:,.0f}",
-                         row["ceiling"] / one["ceiling"], "(info)"))
+            for kind, name, goal in (("engine", "engine", target),
+                                     ("classic", "classic Hogwild! (no counter)", "(info)"),
+                                     ("ceiling", "nothing shared (kernel on threads)", "(info)")):
+                rows.append((f"{label}: {name}, {m} workers vs 1: updates/s{mark(m)}",
+                             f"{med(row[kind]):,.0f} vs {med(one[kind]):,.0f}",
+                             paired(row[kind], one[kind]), goal))
         for m in sorted(by):
             row = by[m]
             target = ">= 0.95" if m == 2 else ">= 0.9" if m == MANY_CORES else "(info)"
             rows.append((f"{label}: counter: engine vs classic Hogwild!, {m} workers: updates/s{mark(m)}",
-                         f"{row['engine']:,.0f} vs {row['classic']:,.0f}",
-                         row["engine"] / row["classic"], target))
+                         f"{med(row['engine']):,.0f} vs {med(row['classic']):,.0f}",
+                         paired(row["engine"], row["classic"]), target))
         for m in sorted(by):
             row = by[m]
             if "shm data" not in row:
                 continue
             rows.append((f"{label}: pages: data in a /dev/shm block vs in the parent's memory, "
                          f"{m} workers: updates/s{mark(m)}",
-                         f"{row['shm data']:,.0f} vs {row['engine']:,.0f}",
-                         row["shm data"] / row["engine"], "(info: 1 - ratio = penalty avoided)"))
+                         f"{med(row['shm data']):,.0f} vs {med(row['engine']):,.0f}",
+                         paired(row["shm data"], row["engine"]), "(info: 1 - ratio = penalty avoided)"))
             rows.append((f"{label}: balance: last worker's end - first's, / training time, "
-                         f"{m} workers (median){mark(m)}",
+                         f"{m} workers{mark(m)}",
                          f"dynamic {row['engine spread']:.4f}, static {row['static spread']:.4f}",
                          row["engine spread"], "<= 0.02"))
-            rows.append((f"{label}: start-up: fit() to the first update, {m} workers (median){mark(m)}",
+            rows.append((f"{label}: start-up: fit() to the first update, {m} workers{mark(m)}",
                          f"{row['engine startup']:.3f} s", row["engine startup"],
                          "<= 0.3 s" if m == MANY_CORES else "(info)"))
         rows.append((f"{label}: data set in the parent's memory on transparent huge pages",
@@ -212,8 +218,8 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
     most = job["workers"]
     rows.append((f"whole fit of a {job['updates']:,}-update job (d = {SHAPES[0]:,}), {most} workers "
                  f"vs 1{mark(most)}",
-                 f"{job['seconds'][most]:.3f} s vs {job['seconds'][1]:.3f} s",
-                 job["seconds"][most] / job["seconds"][1],
+                 f"{med(job['seconds'][most]):.3f} s vs {med(job['seconds'][1]):.3f} s",
+                 paired(job["seconds"][most], job["seconds"][1]),
                  "<= 0.25" if most == MANY_CORES else "(info)"))
     if digits is not None:
         rows.append(("digits MLP command (2 workers, 100 epochs, batch 32): fit in all",
@@ -230,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--digits-repeats", type=int, default=3, help="0 skips the digits command")
     parser.add_argument("--out", help="directory for table.md and results.json")
     args = parser.parse_args()
@@ -239,12 +245,12 @@ def main() -> None:
     counts = worker_counts(args.max_workers)
     header = (f"machine: {machine()}; transparent huge pages: {thp_settings()}\n"
               f"workers {counts}; {sizes['rows']:,} rows x {sizes['epochs']} epochs per fit; "
-              f"{args.repeats} interleaved repeats")
+              f"{args.repeats} interleaved rounds")
     print(header, flush=True)
     shapes = []
     for d in SHAPES:
         shapes.append(measure_shape(d, sizes, counts, args.repeats))
-        print(f"d = {d:,} done", flush=True)
+        print(f" d = {d:,} done", flush=True)
     job = measure_job(sizes, counts[-1], args.repeats)
     digits = measure_digits(args.digits_repeats) if args.digits_repeats > 0 else None
     rows, notes = table(shapes, job, digits, cores)
