@@ -13,8 +13,7 @@ import pytest
 
 from hogwild_mts.backends.shm import kernels, worker
 from hogwild_mts.backends.shm.backend import start_processes
-from hogwild_mts.backends.shm.block import Layout, SharedBlock
-from hogwild_mts.core import control
+from hogwild_mts.backends.shm.block import Layout
 from hogwild_mts.core.result import WorkerError
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine

@@ -4,7 +4,8 @@ One shared block per run holds the sequence counter, run flags, per-worker stats
 rows (:mod:`hogwild_mts.core.control`), the flat parameter vector and the epoch orders; the
 training images and labels are read in this process's memory by forked workers, or placed in the
 block once for spawned ones.  Workers (processes, one torch/BLAS thread each; forked by default,
-so they start with torch already imported) bind their network's parameters to views of that vector and update it lock-free with exact staleness stamps
+so they start with torch already imported) bind their network's parameters to views of that
+vector and update it lock-free with exact staleness stamps
 (:mod:`hogwild_mts.backends.shm.torch_worker`).  The parent evaluates a copy of the shared parameters on the
 test set every ``eval_every`` seconds with its own network, whose parameters view that copy.
 """
