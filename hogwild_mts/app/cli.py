@@ -225,6 +225,7 @@ def train_network(args):
         args.data = "digits"
     if args.alpha is None:
         args.alpha = torch_engine.DEFAULT_ALPHA
+    _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
     return torch_engine.train_images(args)

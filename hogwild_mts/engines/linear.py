@@ -152,23 +152,27 @@ class Engine:
         every path.
         """
         started = time.time()
-        dataset = prepare_dataset(self.model, X, y, self.workers)
+        dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
         if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.linear
             from hogwild_mts.backends.ray.linear import fit_linear
 
             return fit_linear(self, dataset, start_params, started)
         block = SharedBlock.create(self._layout(dataset))
-        try:
-            self._fill(block.views, dataset)
-            if start_params is not None:
-                block.views["params"][:] = start_params
-            spec = self._spec(block, dataset)
-            worker.prepare_schedule(block.views, spec)
-            self._warm_up(block.views, spec)
+        try:  # the lifecycle releases the block; until it holds it (or if it never does), here
+            return self._run(block, dataset, start_params, started)
         except BaseException:
-            block.release()
+            block.release()  # a second release (after the lifecycle's) does nothing
             raise
+
+    def _run(self, block: SharedBlock, dataset: Dataset, start_params, started: float) -> FitResult:
+        """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
+        self._fill(block.views, dataset)
+        if start_params is not None:
+            block.views["params"][:] = start_params
+        spec = self._spec(block, dataset)
+        worker.prepare_schedule(block.views, spec)
+        self._warm_up(block.views, spec)
 
         def launch(views, processes):
             """One thread of this process when workers == 1, else processes."""
@@ -209,9 +213,10 @@ class Engine:
                              total_updates=total, started=started)
 
 
-def prepare_dataset(model: LinearModel, X, y, workers: int) -> Dataset:
+def prepare_dataset(model: LinearModel, X, y, workers: int, batch_size: int) -> Dataset:
     """``X, y`` (arrays, scipy matrix, or a Dataset with y None) as a Dataset whose labels are in
-    the model's domain, with at least one row per worker; ValueError/DataError otherwise."""
+    the model's domain, with at least one row per worker and per batch; ValueError/DataError
+    otherwise."""
     dataset = X if isinstance(X, Dataset) and y is None else as_dataset(X, y)
     labels = model.check_labels(dataset.y)
     if labels is not dataset.y:
@@ -220,6 +225,9 @@ def prepare_dataset(model: LinearModel, X, y, workers: int) -> Dataset:
     if workers > dataset.n_samples:
         raise ValueError(f"workers ({workers}) exceeds the number of samples "
                          f"({dataset.n_samples}); every worker needs at least one row")
+    if batch_size > dataset.n_samples:
+        raise ValueError(f"batch_size ({batch_size}) exceeds the number of samples "
+                         f"({dataset.n_samples})")
     return dataset
 
 

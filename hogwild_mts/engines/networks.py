@@ -169,22 +169,26 @@ class TorchEngine:
 
             return fit_network(self, dataset, network, started)
         block = SharedBlock.create(self._layout(dataset, parameter_count(network)))
-        try:
-            views = block.views
-            flatten_parameters(network, views["params"])
-            for name, array in (("images", dataset.train_images), ("labels", dataset.train_labels)):
-                if name in views:
-                    views[name][:] = array
-                else:
-                    views[name] = np.ascontiguousarray(array)
-            evaluated_params = np.empty_like(views["params"])
-            bind_parameters(network, evaluated_params)  # the parent scores copies of the block
-            warm_up_kernels(views["params"].dtype)
-            spec = self._spec(block, dataset)
-            worker.prepare_schedule(views, spec)
+        try:  # the lifecycle releases the block; until it holds it (or if it never does), here
+            return self._run(block, dataset, network, started)
         except BaseException:
-            block.release()
+            block.release()  # a second release (after the lifecycle's) does nothing
             raise
+
+    def _run(self, block: SharedBlock, dataset: ImageDataset, network, started: float) -> FitResult:
+        """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
+        views = block.views
+        flatten_parameters(network, views["params"])
+        for name, array in (("images", dataset.train_images), ("labels", dataset.train_labels)):
+            if name in views:
+                views[name][:] = array
+            else:
+                views[name] = np.ascontiguousarray(array)
+        evaluated_params = np.empty_like(views["params"])
+        bind_parameters(network, evaluated_params)  # the parent scores copies of the block
+        warm_up_kernels(views["params"].dtype)
+        spec = self._spec(block, dataset)
+        worker.prepare_schedule(views, spec)
 
         def launch(views, processes):
             if self.start_method == "fork":
@@ -241,9 +245,9 @@ class TorchEngine:
 def train_images(args) -> FitResult:
     """The CLI hook for ``hogwild-mts train --model {mlp,cnn,lenet} --data {digits,mnist:DIR,...}``.
 
-    ``args`` has ``model, data, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype``;
-    ``alpha``, ``epochs``, ``batch_size`` and ``dtype`` may be None (or missing) for this module's
-    defaults.  Loads the data (a line on stderr), trains, returns the FitResult; prints no summary.
+    ``args`` has ``model, data, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype``
+    and optionally ``backend, address, local_steps``; ``alpha``, ``epochs``, ``batch_size`` and
+    ``dtype`` may be None (or missing) for this module's defaults.  Loads the data (a line on stderr), trains, returns the FitResult; prints no summary.
     """
     def option(name, default):
         value = getattr(args, name, None)
@@ -252,7 +256,9 @@ def train_images(args) -> FitResult:
     engine = TorchEngine(args.model, option("policy", "constant"), alpha=option("alpha", None),
                          workers=option("workers", 2), epochs=option("epochs", DEFAULT_EPOCHS),
                          batch_size=option("batch_size", DEFAULT_BATCH_SIZE), seed=option("seed", 0),
-                         dtype=option("dtype", "float32"), progress=not option("quiet", False))
+                         dtype=option("dtype", "float32"), progress=not option("quiet", False),
+                         backend=option("backend", "shm"), ray_address=option("address", None),
+                         local_steps=option("local_steps", 1))
     loading = time.time()
     print(f"loading images {args.data} ...", file=sys.stderr, flush=True)
     dataset = load_images(args.data)

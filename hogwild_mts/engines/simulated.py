@@ -95,7 +95,7 @@ class Simulator:
         would exceed its limit (lower the staleness or the batch size).
         """
         started = time.time()
-        dataset = prepare_dataset(self.model, X, y, self.workers)
+        dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         orders, bounds = self._batches(dataset.n_samples)
         updates_per_worker = np.array([b[0].size for b in bounds], dtype=np.int64)
         workers_of, taus, times = self._schedule(updates_per_worker)

@@ -177,7 +177,11 @@ class ShmBackend:
                     or not any(p.is_alive() for p in self.processes))
 
     def elapsed(self) -> float:
-        return time.time() - self._go_time
+        """Seconds since the first worker entered its loop (the origin of ``train_seconds`` in
+        :meth:`collect`, so history rows and the final row share one clock); since go before."""
+        starts = self.views["clock"][:, control.CLOCK_LOOP_START]
+        started = starts[starts > 0]
+        return time.time() - (float(started.min()) if started.size else self._go_time)
 
     def snapshot(self) -> np.ndarray:
         return np.array(self.views["params"])
