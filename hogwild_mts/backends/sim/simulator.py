@@ -14,9 +14,9 @@ Where tau comes from (``staleness=``):
   ``"geometric"`` (mean ``m - 1``), or a recorded histogram (1-D counts by tau): tau is drawn iid
   and workers take turns round-robin; ``tau_t <= t`` always.
 
-Rows, shards and shuffles are the engine's (worker w owns rows w, w+m, ...; a fresh permutation
-per epoch from its own seed), so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for
-bit.  Each worker owns a copy of the policy and refits it from the global histogram after every
+Rows, shards and shuffles are those of the engine's ``split="static"`` (worker w owns rows w,
+w+m, ...; a fresh permutation per epoch from its own seed); with one worker that is also the
+default dynamic split, so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for bit.  Each worker owns a copy of the policy and refits it from the global histogram after every
 ``refit_every`` of its own updates, as real workers do.  Times are simulated: one gradient takes
 ``update_seconds`` on average, so ``train_seconds`` and ``history["time_s"]`` are simulated seconds.
 """
