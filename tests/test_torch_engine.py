@@ -168,11 +168,14 @@ class WithBatchNorm(torch.nn.Module):
     (dict(alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
     (dict(policy="fastest"), "unknown policy 'fastest'"),
     (dict(dtype="float16"), "dtype must be one of"),
-    (dict(model=lambda shape, classes: None), "cannot be sent to spawned workers"),
+    (dict(model=lambda shape, classes: _LOCK), "cannot be serialized for the workers"),
 ])
 def test_bad_settings_are_rejected_by_the_constructor(options, message):
     with pytest.raises((ValueError, TypeError), match=message):
         torch_engine.TorchEngine(**options)
+
+
+_LOCK = threading.Lock()  # a factory that captures it cannot be serialized
 
 
 @pytest.mark.parametrize("options, message", [
@@ -276,3 +279,35 @@ def test_deferred_evaluation_scores_each_snapshot_not_the_final_parameters():
     # every snapshot scored on its own parameters: rows differ in loss exactly when the shared
     # parameters had changed between them (a different update count)
     assert len(set(zip(updates, losses))) == len(set(updates)) == len(set(losses))
+
+
+def test_a_factory_from_python_dash_c_trains_in_spawned_workers(tmp_path):
+    """A lambda defined in ``python -c`` reaches spawned workers (cloudpickle, by value)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from hogwild_mts import TorchEngine, load_images\n"
+            "factory = lambda shape, classes: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes))\n"
+            "result = TorchEngine(factory, workers=2, epochs=3, start_method='spawn', progress=False).fit(load_images('digits'))\n"
+            "print(result.final_accuracy > 0.8, result.counter == result.updates)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=WAIT_SECONDS)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_worker_failure_carries_the_workers_own_traceback(digits, recorded_blocks):
+    parent = os.getpid()
+
+    def fails_in_workers(shape, classes):
+        if os.getpid() != parent:
+            raise RuntimeError("the factory failed inside a worker")
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes))
+
+    engine = torch_engine.TorchEngine(fails_in_workers, workers=2, epochs=2, progress=False)
+    with pytest.raises(WorkerError) as caught:
+        engine.fit(digits)
+    assert "Traceback" in str(caught.value)
+    assert "RuntimeError: the factory failed inside a worker" in str(caught.value)
+    assert_cleaned_up(recorded_blocks)

@@ -13,7 +13,6 @@ test set every ``eval_every`` seconds with its own network, whose parameters vie
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import time
 
@@ -30,8 +29,8 @@ from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.images import ImageDataset, load_images
 from hogwild_mts.backends.shm import torch_worker
 from hogwild_mts.backends.shm.torch_worker import (TorchWorkerSpec, bind_parameters, flatten_parameters,
-                                      make_network, parameter_count, torch_worker_main,
-                                      warm_up_kernels)
+                                                   make_network, parameter_count, serialized_factory,
+                                                   torch_worker_main, warm_up_kernels)
 
 __all__ = ["TorchEngine", "train_images", "DEFAULT_ALPHA", "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS",
            "WorkerError", "DivergenceError"]
@@ -46,8 +45,9 @@ EVAL_BATCH = 1024  # test images per forward pass of an evaluation
 class TorchEngine:
     """Asynchronous lock-free SGD of a torch network with ``workers`` processes.
 
-    ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`hogwild_mts.models.nets`) or a picklable factory
-    ``f(input_shape, classes) -> nn.Module`` without buffers.  ``policy``: a name, policy object or
+    ``model``: ``mlp``, ``cnn``, ``lenet`` (see :mod:`hogwild_mts.models.nets`) or a factory
+    ``f(input_shape, classes) -> nn.Module`` without buffers, defined anywhere (a lambda, a
+    notebook, ``python -c``: it is sent to the workers with cloudpickle).  ``policy``: a name, policy object or
     function of tau; ``alpha`` the base step of a named policy (default DEFAULT_ALPHA).  ``epochs``
     passes over the training set in total, shuffled every epoch (generators seeded from ``seed``,
     which also initialises the network).
@@ -76,14 +76,8 @@ class TorchEngine:
         elif not callable(model):
             raise TypeError(f"model must be a name ({sorted(NETWORKS)}) or a factory "
                             f"f(input_shape, classes) -> nn.Module, got {model!r}")
-        else:
-            try:
-                pickle.dumps(model)
-            except Exception as error:
-                raise ValueError(f"model factory {model!r} cannot be sent to spawned workers "
-                                 f"({error}); define it at module level (no lambda or local "
-                                 "function)") from None
         self.model = model
+        self._network_spec = model if isinstance(model, str) else serialized_factory(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed, eval_every=eval_every,
@@ -146,7 +140,7 @@ class TorchEngine:
 
     def _spec(self, block: SharedBlock, dataset: ImageDataset) -> TorchWorkerSpec:
         return TorchWorkerSpec(
-            block_name=block.name, layout=block.layout, network=self.model,
+            block_name=block.name, layout=block.layout, network=self._network_spec,
             input_shape=dataset.input_shape, classes=dataset.n_classes, workers=self.workers,
             epochs=self.epochs, batch_size=self.batch_size,
             seeds=np.random.SeedSequence(self.seed).spawn(self.workers), policy=self.policy,

@@ -51,7 +51,7 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
                              local_steps=ray_options.local_steps, seed=seeds[worker_id],
                              local_step=local_step)
             return worker_actor.options(name=name).remote(
-                spec, engine.model, dataset.input_shape, dataset.n_classes,
+                spec, engine._network_spec, dataset.input_shape, dataset.n_classes,
                 shard_refs[worker_id], engine.dtype)
 
         def score(snapshot):

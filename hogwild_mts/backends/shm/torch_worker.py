@@ -84,12 +84,31 @@ def _bind(model, flat: np.ndarray, attribute: str) -> None:
         offset += n
 
 
+def serialized_factory(factory) -> bytes:
+    """``factory`` (any callable: a lambda, a closure, a function defined in a notebook or in
+    ``python -c``) serialized with cloudpickle, by value, so that any worker can rebuild it;
+    ValueError naming it when it cannot be serialized."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(factory)
+    except Exception as error:
+        raise ValueError(f"model factory {factory!r} cannot be serialized for the workers "
+                         f"({type(error).__name__}: {error})") from None
+
+
 def make_network(network, input_shape, classes: int):
-    """A registered network name or a factory ``f(input_shape, classes) -> nn.Module``."""
+    """A registered network name, a factory ``f(input_shape, classes) -> nn.Module``, or such a
+    factory serialized by :func:`serialized_factory` (rebuilt here, in the worker, so a failure
+    is reported with the worker's own traceback)."""
+    import cloudpickle
+
     from hogwild_mts.models.nets import build_network
 
-    return build_network(network, input_shape, classes) if isinstance(network, str) \
-        else network(tuple(input_shape), classes)
+    if isinstance(network, str):
+        return build_network(network, input_shape, classes)
+    factory = cloudpickle.loads(network) if isinstance(network, bytes) else network
+    return factory(tuple(input_shape), classes)
 
 
 @dataclass
@@ -98,7 +117,7 @@ class TorchWorkerSpec:
 
     block_name: str
     layout: Layout
-    network: object  # registry name or picklable factory f(input_shape, classes)
+    network: object  # registry name, or a factory f(input_shape, classes) by serialized_factory
     input_shape: tuple
     classes: int
     workers: int
