@@ -116,6 +116,13 @@ def in_process(kind: str, workers: int, dataset) -> tuple[bool, str]:
     return False, f"the run ended without a WorkerError ({result.updates} updates)"
 
 
+def _default_stop_signals() -> None:
+    """In the child: SIGINT and SIGTERM at their defaults, also when this soak runs as a
+    background job (which ignores SIGINT, and its children would inherit that)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def by_signal(kind: str, workers: int, out_dir: str) -> tuple[bool, str, int]:
     """The CLI in its own process group, stopped by SIGTERM or SIGINT to the whole group:
     (as expected, what happened, the CLI's pid).  Its stderr goes to ``out_dir + ".stderr"``
@@ -127,7 +134,7 @@ def by_signal(kind: str, workers: int, out_dir: str) -> tuple[bool, str, int]:
     stderr_path = out_dir + ".stderr"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_default_stop_signals)
     hung = False
     try:
         try:

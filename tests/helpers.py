@@ -12,6 +12,16 @@ WAIT_SECONDS = 60.0  # generous deadline for an event on a busy machine
 POLL_SECONDS = 0.01
 
 
+def default_stop_signals() -> None:
+    """``preexec_fn`` of a child the test will stop with a signal: SIGINT, SIGTERM and SIGHUP at
+    their default disposition, whatever this process inherited (a background job of a shell
+    script ignores SIGINT, and a child would inherit that and never see the test's Ctrl-C)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def shared_blocks(pid: int | None = None) -> set:
     """Names of the shared-memory blocks that process ``pid`` (default: this one) created."""
     prefix = block_name_prefix(os.getpid() if pid is None else pid)

@@ -14,7 +14,8 @@ import scipy.sparse
 
 from hogwild_mts.data.tabular import DataError, synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import DivergenceError, Engine, WorkerError
-from tests.helpers import WAIT_SECONDS, live_children, shared_blocks, wait_for_updates
+from tests.helpers import (WAIT_SECONDS, default_stop_signals, live_children, shared_blocks,
+                           wait_for_updates)
 
 SEPARABLE = dict(n_samples=6000, n_features=2000, nnz_per_row=20, seed=3)
 
@@ -154,7 +155,7 @@ def test_ctrl_c_keeps_the_partial_result_and_cleans_up(tmp_path):
                "synthetic-sparse:n=20000,d=5000,nnz=30", "--epochs", "100000", "--quiet",
                "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True, text=True)
+                               start_new_session=True, text=True, preexec_fn=default_stop_signals)
     try:
         wait_for_updates(process.pid, minimum=1000)  # workers started and training
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
@@ -178,7 +179,7 @@ def test_killed_parent_leaves_no_workers_and_no_shared_memory():
     command = [sys.executable, "-m", "hogwild_mts.app.cli", "train", "--data",
                "synthetic-sparse:n=20000,d=5000,nnz=30", "--epochs", "100000", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=default_stop_signals)
     try:
         wait_for_updates(process.pid, minimum=1000)  # workers started and training
         process.kill()

@@ -32,7 +32,7 @@ from hogwild_mts.core.result import DivergenceError, WorkerError
 from hogwild_mts.data.images import load_images
 from hogwild_mts.data.tabular import DataError, load_data, synthetic_sparse
 from hogwild_mts.engines.linear import Engine
-from tests.helpers import SHM_DIR, WAIT_SECONDS, live_children, wait_for_updates
+from tests.helpers import SHM_DIR, WAIT_SECONDS, default_stop_signals, live_children, wait_for_updates
 
 TINY = "synthetic-sparse:n=400,d=50,nnz=5,seed=1"
 ROWS_10K = "synthetic-sparse:n=10000,d=50,nnz=2,seed=1"
@@ -395,7 +395,7 @@ def test_the_table_is_large_enough():
 def _cli_process(*arguments, **popen):
     command = [sys.executable, "-m", "hogwild_mts.app.cli", "train", "--quiet", *arguments]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **popen)
+                            start_new_session=True, preexec_fn=default_stop_signals, **popen)
 
 
 def _children(pid: int) -> list:
