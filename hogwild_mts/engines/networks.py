@@ -221,6 +221,7 @@ class TorchEngine:
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        network.eval()  # evaluation mode while scoring (dropout off); workers train their own copies
         try:
             total_loss, correct = 0.0, 0
             dtype = getattr(torch, self.dtype)
