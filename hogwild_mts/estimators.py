@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from hogwild_mts.core.options import check_choice, check_int, check_nonnegative, check_probability
 from hogwild_mts.engines.linear import Engine
@@ -117,39 +117,45 @@ class _HogwildLinear(BaseEstimator):
 
                 ray.shutdown()
 
-    def _train_problems(self, X, targets: list, init: np.ndarray | None, first_epoch: int,
-                        epochs: int):
-        """Train one binary/regression problem per entry of ``targets`` (labels per row) for
-        ``epochs`` epochs from ``init`` (K x n_params, or None for zeros); return the new
-        (K x n_params) parameters and the FitResults."""
+    def _train_problems(self, X, targets: list, sample_weight, init: np.ndarray | None,
+                        first_epoch: int, epochs: int):
+        """Train one binary/regression problem per entry of ``targets`` (labels per row; rows
+        weighted by ``sample_weight`` or None) for ``epochs`` epochs from ``init`` (K x
+        n_params, or None for zeros); return the new (K x n_params) parameters and the
+        FitResults."""
         n_params = X.shape[1] + int(bool(self.fit_intercept))
         params = np.zeros((len(targets), n_params)) if init is None else init.copy()
         results = []
         with self._backend_session():
             for k, target in enumerate(targets):
                 engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
-                result = engine.fit(X, target, init_params=params[k])
+                result = engine.fit(X, target, sample_weight=sample_weight, init_params=params[k])
                 params[k, :X.shape[1]] = result.params
                 if self.fit_intercept:
                     params[k, -1] = result.intercept
                 results.append(result)
         return params, results
 
-    def _fit(self, X, targets: list, score_rows, validation, init) -> None:
+    def _fit(self, X, y, sample_weight, init) -> None:
         """Full fit: ``epochs`` epochs in one run per problem, or, with early stopping, epoch by
-        epoch until the validation score has not improved by ``tol`` for ``n_iter_no_change``
-        epochs (``score_rows(X, y, params)`` scores a parameter matrix)."""
+        epoch on the rows outside a validation fraction until the (weighted) validation score
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs."""
         if not self.early_stopping:
-            params, results = self._train_problems(X, targets, init, 0, self.epochs)
+            params, results = self._train_problems(X, self._targets(y), sample_weight, init, 0,
+                                                   self.epochs)
             self._set_params(params, results, self.epochs)
             return
-        X_val, y_val = validation
+        train, held_out = self._split_validation(X, y)
+        weights = (None, None) if sample_weight is None else (sample_weight[train],
+                                                              sample_weight[held_out])
+        X_val, y_val, weight_val = X[held_out], y[held_out], weights[1]
+        X, targets, sample_weight = X[train], self._targets(y[train]), weights[0]
         best_score, best_params, stale_epochs, results = -np.inf, init, 0, []
         params = init
         for epoch in range(self.epochs):
-            params, epoch_results = self._train_problems(X, targets, params, epoch, 1)
+            params, epoch_results = self._train_problems(X, targets, sample_weight, params, epoch, 1)
             results += epoch_results
-            score = score_rows(X_val, y_val, params)
+            score = self._score_rows(X_val, y_val, weight_val, params)
             if score > best_score + self.tol:
                 best_score, best_params, stale_epochs = score, params, 0
             else:
@@ -173,14 +179,20 @@ class _HogwildLinear(BaseEstimator):
         """The current parameters when ``warm_start`` continues a fitted model, else None."""
         return self._current() if self.warm_start and hasattr(self, "coef_") else None
 
-    def _split_validation(self, X, y, stratify: bool):
-        """(training rows, validation rows) for early stopping, drawn with ``seed``."""
+    def _split_validation(self, X, y):
+        """(training rows, validation rows) for early stopping, drawn with ``seed`` (stratified
+        by class for a classifier)."""
         from sklearn.model_selection import train_test_split
 
         rows = np.arange(X.shape[0])
+        stratify = y if isinstance(self, ClassifierMixin) else None
         train, held_out = train_test_split(rows, test_size=self.validation_fraction,
-                                           random_state=self.seed, stratify=y if stratify else None)
+                                           random_state=self.seed, stratify=stratify)
         return train, held_out
+
+    def _sample_weight(self, sample_weight, X):
+        """``sample_weight`` as float64 (n,), or None; the engine checks the values."""
+        return None if sample_weight is None else _check_sample_weight(sample_weight, X)
 
     @property
     def fit_result_(self):
@@ -219,8 +231,9 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
             return [np.where(y == self.classes_[1], 1.0, -1.0)]
         return [np.where(y == c, 1.0, -1.0) for c in self.classes_]
 
-    def fit(self, X, y):
-        """Fit on ``X`` (array or scipy sparse) and class labels ``y``; returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Fit on ``X`` (array or scipy sparse) and class labels ``y``, rows weighted by
+        ``sample_weight`` (default 1 each); returns self."""
         self._check_options()
         X, y = self._validate_xy(X, y, reset=not (self.warm_start and hasattr(self, "coef_")))
         check_classification_targets(y)
@@ -232,22 +245,18 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
             raise ValueError(f"warm_start: y has the classes {classes.tolist()}, the fitted model "
                              f"{self.classes_.tolist()}")
         self.classes_ = classes
-        init = self._initial()
-        if not self.early_stopping:
-            self._fit(X, self._targets(y), None, None, init)
-            return self
-        train, held_out = self._split_validation(X, y, stratify=True)
-        self._fit(X[train], self._targets(y[train]), self._accuracy, (X[held_out], y[held_out]), init)
+        self._fit(X, y, self._sample_weight(sample_weight, X), self._initial())
         return self
 
-    def _accuracy(self, X, y, params) -> float:
+    def _score_rows(self, X, y, sample_weight, params) -> float:
+        """Accuracy (weighted by ``sample_weight`` or None) of the parameter matrix ``params``."""
         d = X.shape[1]
         margins = np.asarray(X @ params[:, :d].T) + (params[:, d] if self.fit_intercept else 0.0)
-        return float(np.mean(self._labels_from(margins) == y))
+        return float(np.average(self._labels_from(margins) == y, weights=sample_weight))
 
-    def partial_fit(self, X, y, classes=None):
-        """One more epoch over ``X, y`` from the current coefficients (``classes`` is needed on
-        the first call, as in scikit-learn)."""
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One more epoch over ``X, y`` (rows weighted by ``sample_weight``) from the current
+        coefficients (``classes`` is needed on the first call, as in scikit-learn)."""
         first = not hasattr(self, "coef_")
         self._check_options()
         X, y = self._validate_xy(X, y, reset=first)
@@ -264,7 +273,8 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
                              f"{self.classes_.tolist()}")
         init = None if first else self._current()
         epoch = 0 if first else self.n_iter_
-        params, results = self._train_problems(X, self._targets(y), init, epoch, 1)
+        params, results = self._train_problems(X, self._targets(y),
+                                               self._sample_weight(sample_weight, X), init, epoch, 1)
         self._set_params(params, ([] if first else self.fit_results_) + results, epoch + 1)
         return self
 
@@ -309,33 +319,36 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
     _default_alpha = 0.01
 
 
-    def fit(self, X, y):
-        """Fit on ``X`` (array or scipy sparse) and real targets ``y``; returns self."""
+    def _targets(self, y) -> list:
+        """The one regression problem."""
+        return [y]
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on ``X`` (array or scipy sparse) and real targets ``y``, rows weighted by
+        ``sample_weight`` (default 1 each); returns self."""
         self._check_options()
         X, y = self._validate_xy(X, y, reset=not (self.warm_start and hasattr(self, "coef_")))
-        init = self._initial()
-        if not self.early_stopping:
-            self._fit(X, [y], None, None, init)
-            return self
-        train, held_out = self._split_validation(X, y, stratify=False)
-        self._fit(X[train], [y[train]], self._r2, (X[held_out], y[held_out]), init)
+        self._fit(X, y, self._sample_weight(sample_weight, X), self._initial())
         return self
 
-    def _r2(self, X, y, params) -> float:
+    def _score_rows(self, X, y, sample_weight, params) -> float:
+        """R^2 (weighted by ``sample_weight`` or None) of the parameter row ``params[0]``."""
         from sklearn.metrics import r2_score
 
         d = X.shape[1]
         predicted = np.asarray(X @ params[0, :d]) + (params[0, d] if self.fit_intercept else 0.0)
-        return float(r2_score(y, predicted))
+        return float(r2_score(y, predicted, sample_weight=sample_weight))
 
-    def partial_fit(self, X, y):
-        """One more epoch over ``X, y`` from the current coefficients."""
+    def partial_fit(self, X, y, sample_weight=None):
+        """One more epoch over ``X, y`` (rows weighted by ``sample_weight``) from the current
+        coefficients."""
         first = not hasattr(self, "coef_")
         self._check_options()
         X, y = self._validate_xy(X, y, reset=first)
         init = None if first else self._current()
         epoch = 0 if first else self.n_iter_
-        params, results = self._train_problems(X, [y], init, epoch, 1)
+        params, results = self._train_problems(X, [y], self._sample_weight(sample_weight, X), init,
+                                               epoch, 1)
         self._set_params(params, ([] if first else self.fit_results_) + results, epoch + 1)
         return self
 

@@ -41,8 +41,9 @@ MODEL = LinearModel("logreg", fit_intercept=False)
 
 
 def objective(data, weights) -> float:
-    loss, _ = kernels.objective(data.values, data.indices, data.indptr, data.dense, data.y, weights,
-                                data.n_features, False, MODEL.loss_id, 0.0)
+    loss, _ = kernels.objective(data.values, data.indices, data.indptr, data.dense, data.y,
+                                kernels.UNIT_WEIGHTS, weights, data.n_features, False,
+                                MODEL.loss_id, 0.0)
     return float(loss)
 
 

@@ -111,7 +111,8 @@ def run_plain(args, dataset, k: int) -> dict:
     history = []
     for elapsed, ref in snapshots:
         loss, _ = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
-                                    dataset.y, np.array(ray.get(ref)), dataset.n_features, True,
+                                    dataset.y, kernels.UNIT_WEIGHTS, np.array(ray.get(ref)),
+                                    dataset.n_features, True,
                                     model.loss_id, 0.0)
         history.append((elapsed, loss))
     for actor in workers + [server]:

@@ -46,7 +46,7 @@ def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, s
     started = time.perf_counter()
     for start in range(0, order.shape[0], CHUNK):
         kernels.sgd_chunk(data["values"], data["indices"], data["indptr"], False, data["labels"],
-                          feature_scale, order, start, min(start + CHUNK, order.shape[0]), 1,
+                          kernels.UNIT_WEIGHTS, feature_scale, order, start, min(start + CHUNK, order.shape[0]), 1,
                           params, params.shape[0], False, 0, 0.0, ALPHA_TABLE, stamp, counter,
                           hist, stats, np.zeros(1))
     seconds[slot] = time.perf_counter() - started

@@ -21,10 +21,15 @@ from hogwild_mts.policies import make_policy
 # Checks scikit-learn's plain SGD estimators cannot pass either, with the reason (docs/api.md).
 UNSCALED = ("plain SGD at a fixed step diverges on the check's unscaled data (features around "
             "100); scale the features, e.g. StandardScaler in a Pipeline")
+WEIGHTS_NOT_REPEATS = ("SGD: a row of weight 2 takes one step of twice the size, not two steps, so "
+                       "weights equal repeated rows only in expectation (scikit-learn's "
+                       "SGDClassifier and SGDRegressor fail this check the same way)")
+WEIGHT_CHECKS = {"check_sample_weight_equivalence_on_dense_data": WEIGHTS_NOT_REPEATS,
+                 "check_sample_weight_equivalence_on_sparse_data": WEIGHTS_NOT_REPEATS}
 EXPECTED_FAILURES = {
-    HogwildClassifier: {},
+    HogwildClassifier: WEIGHT_CHECKS,
     HogwildRegressor: {"check_fit_idempotent": UNSCALED, "check_fit_check_is_fitted": UNSCALED,
-                       "check_n_features_in": UNSCALED},
+                       "check_n_features_in": UNSCALED, **WEIGHT_CHECKS},
 }
 
 
@@ -95,6 +100,44 @@ def test_regressor_learns_a_linear_target():
     model = HogwildRegressor(epochs=20).fit(X, y)
     assert model.score(X, y) > 0.99
     np.testing.assert_allclose(model.coef_[0], [1.0, -2.0, 0.5, 0.0, 3.0], atol=0.05)
+
+
+def test_sample_weight_unit_weights_change_nothing_and_weights_steer_the_fit():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4))
+    y = X @ np.array([1.0, -1.0, 0.5, 2.0])
+    unweighted = HogwildRegressor(epochs=3).fit(X, y)
+    ones = HogwildRegressor(epochs=3).fit(X, y, sample_weight=np.ones(len(y)))
+    assert np.array_equal(unweighted.coef_, ones.coef_)  # one worker: bit for bit
+    # two conflicting targets on the same rows: the fit follows the heavily weighted copy
+    X2, y2 = np.vstack([X, X]), np.concatenate([y, -y])
+    weights = np.concatenate([np.full(len(y), 20.0), np.ones(len(y))])
+    model = HogwildRegressor(epochs=10).fit(X2, y2, sample_weight=weights)
+    assert model.score(X, y) > 0.6 and model.score(X, -y) < 0
+    # a classifier ignores the rows weighted 0: their labels are flipped
+    Xc = rng.normal(size=(600, 3))
+    yc = (Xc[:, 0] > 0).astype(int)
+    flipped = np.concatenate([yc, 1 - yc])
+    zero_on_flips = np.concatenate([np.ones(len(yc)), np.zeros(len(yc))])
+    clf = HogwildClassifier(epochs=5).fit(np.vstack([Xc, Xc]), flipped, sample_weight=zero_on_flips)
+    assert clf.score(Xc, yc) > 0.95
+    clf.partial_fit(Xc, yc, sample_weight=np.full(len(yc), 0.5))
+    assert clf.n_iter_ == 6
+
+
+@pytest.mark.parametrize("weights,message", [
+    (np.ones(3), r"sample_weight must have one entry per row, shape \(150,\)"),
+    (np.r_[np.ones(149), -1.0], r"sample_weight\[149\] = -1\.0; every weight must be finite and >= 0"),
+    (np.r_[np.nan, np.ones(149)], r"sample_weight\[0\] = nan"),
+    (np.zeros(150), "sample_weight is all zero"),
+])
+def test_bad_sample_weight_is_refused_before_training(iris, weights, message):
+    from hogwild_mts.engines.linear import Engine
+
+    X, y = iris
+    with pytest.raises(ValueError, match=message):
+        Engine("logreg", workers=2, progress=False).fit(X, np.where(y == 0, 1.0, -1.0),
+                                                        sample_weight=weights)
 
 
 def test_save_and_load_round_trip(tmp_path, iris):

@@ -22,7 +22,7 @@ def _random_problem(rng, dense: bool, model: LinearModel):
     return as_dataset(matrix, labels)
 
 
-def _run_kernel(dataset, model, order, batch_size, alpha, params):
+def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS):
     counts = dataset.feature_counts()
     feature_scale = np.divide(dataset.n_samples, counts, out=np.zeros(dataset.n_features),
                               where=counts > 0)
@@ -30,8 +30,8 @@ def _run_kernel(dataset, model, order, batch_size, alpha, params):
     hist = np.zeros(16, dtype=np.int64)
     stats = np.zeros(8, dtype=np.int64)
     status = kernels.sgd_chunk(
-        dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y, feature_scale,
-        order, 0, order.shape[0], batch_size, params, dataset.n_features, model.fit_intercept,
+        dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y, sample_weight,
+        feature_scale, order, 0, order.shape[0], batch_size, params, dataset.n_features, model.fit_intercept,
         model.loss_id, model.l2, np.array([alpha, alpha / 2]), True, counter, hist, stats,
         np.zeros(batch_size))
     return status, counter[0], hist, stats
@@ -73,12 +73,52 @@ def test_objective_matches_reference(name, dense):
     dataset = _random_problem(rng, dense, model)
     params = rng.normal(size=model.n_params(dataset.n_features))
     loss, accuracy = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
-                                       dataset.y, params, dataset.n_features, True, model.loss_id,
-                                       model.l2)
+                                       dataset.y, kernels.UNIT_WEIGHTS, params, dataset.n_features,
+                                       True, model.loss_id, model.l2)
     expected_loss, expected_accuracy = reference.objective(
         dataset, model, params[: dataset.n_features], params[dataset.n_features])
     assert abs(loss - expected_loss) <= TOLERANCE
     assert accuracy == expected_accuracy
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm", "lsq"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_weighted_sgd_chunk_and_objective_match_reference(name, dense):
+    rng = np.random.default_rng(11)
+    model = LinearModel(name, l2=0.05)
+    dataset = _random_problem(rng, dense, model)
+    sample_weight = rng.uniform(0.0, 3.0, size=dataset.n_samples)
+    order = rng.permutation(dataset.n_samples)
+    start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
+    params = start.copy()
+    status, *_ = _run_kernel(dataset, model, order, 3, 0.05, params, sample_weight)
+    weights, intercept = reference.sequential_sgd(
+        dataset, model, order, 3, 0.05, start[: dataset.n_features], start[dataset.n_features],
+        sample_weight)
+    assert status == kernels.STATUS_OK
+    np.testing.assert_allclose(params[: dataset.n_features], weights, rtol=0, atol=TOLERANCE)
+    assert abs(params[dataset.n_features] - intercept) <= TOLERANCE
+    unweighted = start.copy()
+    _run_kernel(dataset, model, order, 3, 0.05, unweighted)
+    assert not np.allclose(unweighted, params)  # the weights changed the steps
+
+    loss, accuracy = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
+                                       dataset.y, sample_weight, params, dataset.n_features, True,
+                                       model.loss_id, model.l2)
+    expected_loss, expected_accuracy = reference.objective(
+        dataset, model, params[: dataset.n_features], params[dataset.n_features], sample_weight)
+    assert abs(loss - expected_loss) <= TOLERANCE and abs(accuracy - expected_accuracy) <= TOLERANCE
+
+
+def test_unit_weights_give_the_unweighted_run_bit_for_bit():
+    rng = np.random.default_rng(5)
+    model = LinearModel("logreg", l2=0.01)
+    dataset = _random_problem(rng, False, model)
+    order = np.concatenate([rng.permutation(dataset.n_samples)] * 3)
+    ones, empty = np.zeros(model.n_params(dataset.n_features)), np.zeros(model.n_params(dataset.n_features))
+    _run_kernel(dataset, model, order, 2, 0.1, ones, np.ones(dataset.n_samples))
+    _run_kernel(dataset, model, order, 2, 0.1, empty)
+    assert np.array_equal(ones, empty)
 
 
 def test_sgd_chunk_reports_divergence():

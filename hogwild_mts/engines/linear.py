@@ -86,7 +86,7 @@ class Engine:
             raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
     # ------------------------------------------------------------------ set-up
-    def _layout(self, dataset: Dataset):
+    def _layout(self, dataset: Dataset, sample_weight: np.ndarray):
         """The block's fields.  The data set goes in only for workers that attach the block
         (spawn, forkserver): the single worker of a ``workers=1`` run is a thread, and forked
         workers inherit this process's memory, so both read the caller's arrays in place."""
@@ -94,13 +94,13 @@ class Engine:
         layout.add("feature_scale", np.float64, (dataset.n_features,))
         worker.add_schedule(layout, dataset.n_samples, self.split)
         if self.workers > 1 and self.start_method != "fork":
-            for name, array in _data_arrays(dataset).items():
+            for name, array in _data_arrays(dataset, sample_weight).items():
                 layout.add(name, array.dtype, array.shape)
         return layout
 
-    def _fill(self, views: dict, dataset: Dataset) -> None:
+    def _fill(self, views: dict, dataset: Dataset, sample_weight: np.ndarray) -> None:
         """Put the data in the block (or, for one worker, beside it) and the L2 weights."""
-        for name, array in _data_arrays(dataset).items():
+        for name, array in _data_arrays(dataset, sample_weight).items():
             if name in views:
                 views[name][:] = array
             else:
@@ -124,25 +124,32 @@ class Engine:
         params = np.zeros_like(views["params"])
         empty_order = np.zeros(0, dtype=np.int64)
         kernels.sgd_chunk(views["values"], views["indices"], views["indptr"], spec.dense,
-                          views["labels"], views["feature_scale"], empty_order, 0, 0,
+                          views["labels"], views["sample_weight"], views["feature_scale"],
+                          empty_order, 0, 0,
                           spec.batch_size, params, spec.n_features, spec.fit_intercept,
                           spec.loss_id, spec.l2, np.ones(1), spec.stamp, np.zeros(1, np.int64),
                           np.zeros(HIST_BINS, np.int64), np.zeros(8, np.int64),
                           np.zeros(spec.batch_size))
-        first_row = dict(views, indptr=views["indptr"][:2])  # same types, one row of work
+        first_row = dict(views, indptr=views["indptr"][:2],  # same types, one row of work
+                         sample_weight=views["sample_weight"][:1])
         self._objective(first_row, spec, params)
         worker.load_schedule_kernels()
 
     @staticmethod
     def _objective(data: dict, spec: worker.WorkerSpec, params: np.ndarray):
-        """(training objective, accuracy) of ``params`` on the arrays of ``data``."""
+        """(training objective, accuracy) of ``params`` on the arrays of ``data`` (weighted by
+        ``data["sample_weight"]`` when it is not empty: see kernels.objective)."""
         return kernels.objective(data["values"], data["indices"], data["indptr"], spec.dense,
-                                 data["labels"], params, spec.n_features, spec.fit_intercept,
-                                 spec.loss_id, spec.l2)
+                                 data["labels"], data["sample_weight"], params, spec.n_features,
+                                 spec.fit_intercept, spec.loss_id, spec.l2)
 
     # ------------------------------------------------------------------ run
-    def fit(self, X, y=None, *, init_params=None) -> FitResult:
+    def fit(self, X, y=None, *, sample_weight=None, init_params=None) -> FitResult:
         """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``.
+
+        ``sample_weight``: one finite weight >= 0 per row (not all zero) multiplying that row's
+        loss gradient, so the fit minimises ``sum_i w_i loss_i / n + l2/2 ||w||^2`` (the loss in
+        the history is that objective, the accuracy weighted); default unit weights.
 
         ``init_params``: the flat parameter vector to start from (the weights, then the
         intercept if the model has one; default zeros), e.g. a previous result's
@@ -153,21 +160,23 @@ class Engine:
         """
         started = time.time()
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
+        weights = check_sample_weight(sample_weight, dataset.n_samples)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
         if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.linear
             from hogwild_mts.backends.ray.linear import fit_linear
 
-            return fit_linear(self, dataset, start_params, started)
-        block = SharedBlock.create(self._layout(dataset))
+            return fit_linear(self, dataset, weights, start_params, started)
+        block = SharedBlock.create(self._layout(dataset, weights))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, start_params, started)
+            return self._run(block, dataset, weights, start_params, started)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
-    def _run(self, block: SharedBlock, dataset: Dataset, start_params, started: float) -> FitResult:
+    def _run(self, block: SharedBlock, dataset: Dataset, sample_weight: np.ndarray, start_params,
+             started: float) -> FitResult:
         """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
-        self._fill(block.views, dataset)
+        self._fill(block.views, dataset, sample_weight)
         if start_params is not None:
             block.views["params"][:] = start_params
         spec = self._spec(block, dataset)
@@ -187,7 +196,7 @@ class Engine:
             processes[0].start()
             return errors
 
-        data = _data_arrays(dataset)
+        data = _data_arrays(dataset, sample_weight)
 
         def score(params):
             loss, accuracy = self._objective(data, spec, params.astype(np.float64, copy=False))
@@ -242,11 +251,30 @@ def check_init_params(init_params, n_params: int) -> np.ndarray | None:
                          f"intercept if fitted), got {params.shape}")
     bad = np.flatnonzero(~np.isfinite(params))
     if bad.size:
-        raise ValueError(f"init_params[{bad[0]}] = {params[bad[0]]!r}; every entry must be finite")
+        raise ValueError(f"init_params[{bad[0]}] = {float(params[bad[0]])!r}; every entry must be finite")
     return params
 
 
-def _data_arrays(dataset: Dataset) -> dict:
-    """The data set's arrays by their names in the worker views."""
+def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
+    """``sample_weight`` as float64 of shape (n_samples,), or an empty array (unit weights) for
+    None; ValueError naming the shape or the first bad entry otherwise."""
+    if sample_weight is None:
+        return np.empty(0, dtype=np.float64)
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have one entry per row, shape ({n_samples},), "
+                         f"got {weights.shape}")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(f"sample_weight[{bad[0]}] = {float(weights[bad[0]])!r}; every weight must be "
+                         f"finite and >= 0")
+    if not weights.any():
+        raise ValueError("sample_weight is all zero; at least one row must carry weight")
+    return np.ascontiguousarray(weights)
+
+
+def _data_arrays(dataset: Dataset, sample_weight: np.ndarray) -> dict:
+    """The data set's arrays by their names in the worker views (``sample_weight`` empty for
+    unit weights)."""
     return {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
-            "labels": dataset.y}
+            "labels": dataset.y, "sample_weight": sample_weight}

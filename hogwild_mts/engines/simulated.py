@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.shm.kernels import objective
+from hogwild_mts.backends.shm.kernels import UNIT_WEIGHTS, objective
 from hogwild_mts.backends.shm.worker import shard_rows
 from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in_landing_order,
                                                 compute_sampler, event_schedule, round_robin,
@@ -150,4 +150,5 @@ class Simulator:
 def _objective(dataset, model: LinearModel, params: np.ndarray):
     """(training objective, accuracy) of ``params`` on ``dataset``."""
     return objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y,
-                     params, dataset.n_features, model.fit_intercept, model.loss_id, float(model.l2))
+                     UNIT_WEIGHTS, params, dataset.n_features, model.fit_intercept, model.loss_id,
+                     float(model.l2))

@@ -36,23 +36,27 @@ def base_step(policy, workers: int) -> float:
 
 def shard_arrays(data: dict, rows: np.ndarray, n_features: int, dense: bool) -> dict:
     """The arrays SHARD_FIELDS of ``rows`` of the data set ``data`` (same layout, rows renumbered
-    0 .. len(rows) - 1)."""
+    0 .. len(rows) - 1; an empty ``sample_weight`` stays empty: unit weights)."""
     labels = data["labels"][rows]
+    weights = data["sample_weight"][rows] if data["sample_weight"].size else data["sample_weight"]
     if dense:
         values = data["values"].reshape(-1, n_features)[rows].ravel()
         return {"values": values, "indices": data["indices"][:0], "labels": labels,
+                "sample_weight": weights,
                 "indptr": np.arange(rows.size + 1, dtype=np.int64) * n_features}
     starts, stops = data["indptr"][rows], data["indptr"][rows + 1]
     indptr = np.zeros(rows.size + 1, dtype=np.int64)
     np.cumsum(stops - starts, out=indptr[1:])
     positions = np.repeat(starts - indptr[:-1], stops - starts) + np.arange(indptr[-1])
     return {"values": data["values"][positions], "indices": data["indices"][positions],
-            "indptr": indptr, "labels": labels}
+            "indptr": indptr, "labels": labels, "sample_weight": weights}
 
 
-def fit_linear(engine, dataset, start_params: np.ndarray | None, started: float) -> FitResult:
-    """Train ``engine``'s model on ``dataset`` with the server and ``engine.workers`` worker
-    actors (see :class:`hogwild_mts.engines.linear.Engine` for the options).  ``updates`` and
+def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndarray | None,
+               started: float) -> FitResult:
+    """Train ``engine``'s model on ``dataset`` (rows weighted by ``sample_weight``, empty for
+    unit weights) with the server and ``engine.workers`` worker actors (see
+    :class:`hogwild_mts.engines.linear.Engine` for the options).  ``updates`` and
     ``counter`` of the result count pushes, each of up to ``local_steps`` mini-batches."""
     ray = require_ray()
     options, ray_options, workers = engine.options, engine.ray_options, engine.workers
@@ -61,7 +65,7 @@ def fit_linear(engine, dataset, start_params: np.ndarray | None, started: float)
                             fit_intercept=engine.model.fit_intercept, loss_id=engine.model.loss_id,
                             l2=float(engine.model.l2))
     data = {"feature_scale": np.zeros(dataset.n_features)}
-    engine._fill(data, dataset)  # the data arrays by their kernel names, and the L2 weights
+    engine._fill(data, dataset, sample_weight)  # the data arrays by their kernel names, L2 weights
     params = np.zeros(engine.model.n_params(dataset.n_features), dtype=engine.dtype)
     if start_params is not None:
         params[:] = start_params
@@ -70,7 +74,8 @@ def fit_linear(engine, dataset, start_params: np.ndarray | None, started: float)
                            dataset.dense) for w in range(workers)]
     warm_up_linear(shards[0], data["feature_scale"], model, options.batch_size, engine.dtype)
     warm_up_server_kernel(params.dtype)
-    engine._objective(dict(data, indptr=data["indptr"][:2]), model, params)
+    engine._objective(dict(data, indptr=data["indptr"][:2],
+                           sample_weight=data["sample_weight"][:1]), model, params)
 
     started_ray = connect(ray_options.address)
     try:

@@ -75,7 +75,7 @@ class LinearModelSpec:
     l2: float
 
 
-SHARD_FIELDS = ("values", "indices", "indptr", "labels")
+SHARD_FIELDS = ("values", "indices", "indptr", "labels", "sample_weight")
 
 
 def read_only(arrays: dict) -> dict:
@@ -95,7 +95,8 @@ def warm_up_linear(shard: dict, feature_scale: np.ndarray, model: LinearModelSpe
     runs it with: read-only data, a private writable parameter copy of ``dtype``."""
     shard, feature_scale = read_only(shard), read_only({"s": feature_scale})["s"]
     kernels.sgd_chunk(shard["values"], shard["indices"], shard["indptr"], model.dense,
-                      shard["labels"], feature_scale, np.zeros(0, np.int64), 0, 0, batch_size,
+                      shard["labels"], shard["sample_weight"], feature_scale,
+                      np.zeros(0, np.int64), 0, 0, batch_size,
                       np.zeros(model.n_features + int(model.fit_intercept), dtype=dtype),
                       model.n_features, model.fit_intercept, model.loss_id, model.l2,
                       np.ones(1, dtype=dtype), False, np.zeros(8, np.int64),
@@ -132,8 +133,8 @@ class LinearWorker:
         shard, model = self.shard, self.model
         status = kernels.sgd_chunk(
             shard["values"], shard["indices"], shard["indptr"], model.dense, shard["labels"],
-            self.feature_scale, order, start, stop, self.spec.batch_size, self.local,
-            model.n_features, model.fit_intercept, model.loss_id, model.l2, self.local_table,
+            shard["sample_weight"], self.feature_scale, order, start, stop, self.spec.batch_size,
+            self.local, model.n_features, model.fit_intercept, model.loss_id, model.l2, self.local_table,
             False, self.unused_counter, self.unused_hist, self.stats, self.derivatives)
         return status == control.STATUS_OK
 

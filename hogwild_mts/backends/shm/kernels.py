@@ -22,6 +22,7 @@ from hogwild_mts.models.linear import loss_derivative, loss_value
 PREFETCH_ROWS_AHEAD = 4  # rows of the shuffled order fetched ahead of the one being read
 VALUES_PER_LINE = 8  # float64 per 64-byte cache line
 INDICES_PER_LINE = 16  # int32 per cache line
+UNIT_WEIGHTS = np.empty(0, dtype=np.float64)  # the sample_weight argument meaning "every row weighs 1"
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -88,11 +89,12 @@ def stamped_step(counter, t_read, alpha_table, hist_row, stats_row):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sgd_batches(values, indices, indptr, dense, labels, feature_scale, order, start, stop,
-                 batch_size, params, n_features, fit_intercept, loss_id, l2, penalised,
+def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_scale, order,
+                 start, stop, batch_size, params, n_features, fit_intercept, loss_id, l2, penalised,
                  alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer):
     """The loop of :func:`sgd_chunk`; ``dense``, ``fit_intercept`` and ``penalised`` are
     compile-time constants in each copy."""
+    weighted = sample_weight.shape[0] != 0
     position = start
     while position < stop:
         batch_end = min(position + batch_size, stop)
@@ -103,7 +105,10 @@ def _sgd_batches(values, indices, indptr, dense, labels, feature_scale, order, s
             margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED
-            derivative_buffer[b - position] = loss_derivative(loss_id, margin, labels[row])
+            derivative = loss_derivative(loss_id, margin, labels[row])
+            if weighted:
+                derivative *= sample_weight[row]
+            derivative_buffer[b - position] = derivative
         alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row) if stamp else alpha_table[0]
         step = alpha / (batch_end - position)
         for b in range(position, batch_end):
@@ -120,10 +125,13 @@ def _sgd_batches(values, indices, indptr, dense, labels, feature_scale, order, s
 
 
 @njit(cache=True, nogil=True)
-def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, start, stop,
-              batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table, stamp,
-              counter, hist_row, stats_row, derivative_buffer):
+def sgd_chunk(values, indices, indptr, dense, labels, sample_weight, feature_scale, order, start,
+              stop, batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table,
+              stamp, counter, hist_row, stats_row, derivative_buffer):
     """Apply the mini-batches ``order[start:stop]`` (batch_size rows each, last one shorter).
+
+    ``sample_weight``: float64 per row multiplying that row's loss gradient (not the penalty, as
+    in scikit-learn's SGD), or an empty array for unit weights (the same results bit for bit).
 
     Per batch: read the counter, compute the margins from the live shared ``params``, claim the
     next sequence number, ``tau = claimed - read``, ``alpha = alpha_table[min(tau, T - 1)]``, and
@@ -138,34 +146,42 @@ def sgd_chunk(values, indices, indptr, dense, labels, feature_scale, order, star
     if dense:
         if fit_intercept:
             if l2 != 0.0:
-                return _sgd_batches(values, indices, indptr, True, labels, feature_scale, order, start,
-                                    stop, batch_size, params, n_features, True, loss_id, l2, True,
-                                    alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
-            return _sgd_batches(values, indices, indptr, True, labels, feature_scale, order, start,
-                                stop, batch_size, params, n_features, True, loss_id, l2, False,
-                                alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
+                return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
+                                    feature_scale, order, start, stop, batch_size, params, n_features,
+                                    True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
+                                    stats_row, derivative_buffer)
+            return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
+                                feature_scale, order, start, stop, batch_size, params, n_features,
+                                True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
+                                stats_row, derivative_buffer)
         if l2 != 0.0:
-            return _sgd_batches(values, indices, indptr, True, labels, feature_scale, order, start,
-                                stop, batch_size, params, n_features, False, loss_id, l2, True,
-                                alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
-        return _sgd_batches(values, indices, indptr, True, labels, feature_scale, order, start,
-                            stop, batch_size, params, n_features, False, loss_id, l2, False,
-                            alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
+            return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
+                                feature_scale, order, start, stop, batch_size, params, n_features,
+                                False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
+                                stats_row, derivative_buffer)
+        return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
+                            feature_scale, order, start, stop, batch_size, params, n_features,
+                            False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
+                            stats_row, derivative_buffer)
     if fit_intercept:
         if l2 != 0.0:
-            return _sgd_batches(values, indices, indptr, False, labels, feature_scale, order, start,
-                                stop, batch_size, params, n_features, True, loss_id, l2, True,
-                                alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
-        return _sgd_batches(values, indices, indptr, False, labels, feature_scale, order, start,
-                            stop, batch_size, params, n_features, True, loss_id, l2, False,
-                            alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
+            return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
+                                feature_scale, order, start, stop, batch_size, params, n_features,
+                                True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
+                                stats_row, derivative_buffer)
+        return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
+                            feature_scale, order, start, stop, batch_size, params, n_features,
+                            True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
+                            stats_row, derivative_buffer)
     if l2 != 0.0:
-        return _sgd_batches(values, indices, indptr, False, labels, feature_scale, order, start,
-                            stop, batch_size, params, n_features, False, loss_id, l2, True,
-                            alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
-    return _sgd_batches(values, indices, indptr, False, labels, feature_scale, order, start,
-                        stop, batch_size, params, n_features, False, loss_id, l2, False,
-                        alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer)
+        return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
+                            feature_scale, order, start, stop, batch_size, params, n_features,
+                            False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
+                            stats_row, derivative_buffer)
+    return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
+                        feature_scale, order, start, stop, batch_size, params, n_features,
+                        False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
+                        stats_row, derivative_buffer)
 
 
 @njit(cache=True, nogil=True)
@@ -203,18 +219,25 @@ def claim_batches(words, index, total, workers, per_epoch, max_claim, min_claim)
 
 
 @njit(cache=True, nogil=True)
-def objective(values, indices, indptr, dense, labels, params, n_features, fit_intercept,
-              loss_id, l2):
-    """Return (mean loss + l2/2 ||w||^2, fraction of rows with sign(margin) == label)."""
+def objective(values, indices, indptr, dense, labels, sample_weight, params, n_features,
+              fit_intercept, loss_id, l2):
+    """Return (sum of weight * loss / n + l2/2 ||w||^2, weighted fraction of rows with
+    sign(margin) == label): the objective SGD minimises.  ``sample_weight`` empty: unit weights
+    (mean loss, plain accuracy)."""
     n_rows = indptr.shape[0] - 1
+    weighted = sample_weight.shape[0] != 0
     total_loss = 0.0
-    correct = 0
+    correct = 0.0
+    total_weight = 0.0
     for row in range(n_rows):
+        weight = sample_weight[row] if weighted else 1.0
         margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
-        total_loss += loss_value(loss_id, margin, labels[row])
+        total_loss += weight * loss_value(loss_id, margin, labels[row])
+        total_weight += weight
         if (margin >= 0.0) == (labels[row] > 0.0):
-            correct += 1
+            correct += weight
     penalty = 0.0
     for j in range(n_features):
         penalty += params[j] * params[j]
-    return total_loss / n_rows + 0.5 * l2 * penalty, correct / n_rows
+    accuracy = correct / total_weight if total_weight > 0.0 else 0.0
+    return total_loss / n_rows + 0.5 * l2 * penalty, accuracy

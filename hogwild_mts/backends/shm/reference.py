@@ -35,8 +35,10 @@ def margin(row, weights, intercept):
     return sum(value * weights[column] for column, value in row) + intercept
 
 
-def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept):
-    """One worker's pass over ``order`` in mini-batches with a fixed step ``alpha`` (tau = 0).
+def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
+                   sample_weight=None):
+    """One worker's pass over ``order`` in mini-batches with a fixed step ``alpha`` (tau = 0);
+    ``sample_weight[i]`` (default 1) multiplies row i's loss gradient.
 
     Returns the new (weights, intercept) as a list and a float; inputs are not modified.
     """
@@ -47,7 +49,9 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept)
     for start in range(0, len(order), batch_size):
         batch = [int(i) for i in order[start:start + batch_size]]
         derivatives = [loss_derivative(model.name, margin(all_rows[i], weights, intercept),
-                                       float(dataset.y[i])) for i in batch]
+                                       float(dataset.y[i]))
+                       * (1.0 if sample_weight is None else float(sample_weight[i]))
+                       for i in batch]
         step = alpha / len(batch)
         for i, derivative in zip(batch, derivatives):
             for column, value in all_rows[i]:
@@ -58,12 +62,15 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept)
     return weights, intercept
 
 
-def objective(dataset, model, weights, intercept):
-    """(mean loss + l2/2 ||w||^2, accuracy) in plain Python."""
-    losses, correct = [], 0
-    for row, label in zip(rows(dataset), dataset.y):
+def objective(dataset, model, weights, intercept, sample_weight=None):
+    """(sum of weight * loss / n + l2/2 ||w||^2, weighted accuracy) in plain Python; unit
+    weights by default."""
+    row_weights = [1.0] * dataset.n_samples if sample_weight is None else \
+        [float(w) for w in sample_weight]
+    losses, correct = [], 0.0
+    for row, label, weight in zip(rows(dataset), dataset.y, row_weights):
         m = margin(row, weights, intercept)
-        losses.append(loss_value(model.name, m, float(label)))
-        correct += (m >= 0.0) == (label > 0.0)
+        losses.append(weight * loss_value(model.name, m, float(label)))
+        correct += weight * ((m >= 0.0) == (label > 0.0))
     penalty = 0.5 * model.l2 * sum(w * w for w in weights)
-    return sum(losses) / len(losses) + penalty, correct / len(losses)
+    return sum(losses) / len(losses) + penalty, correct / sum(row_weights)

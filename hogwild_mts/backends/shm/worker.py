@@ -40,7 +40,7 @@ from hogwild_mts.backends.shm.block import Layout, SharedBlock
 GO_POLL_SECONDS = 0.001
 ORDER_POLL_SECONDS = 0.0001  # waiting for an epoch order (rare: it is drawn half an epoch ahead)
 PAGE_BYTES = 4096
-SHARED_READ_FIELDS = ("values", "indices", "indptr", "labels", "params", "orders")
+SHARED_READ_FIELDS = ("values", "indices", "indptr", "labels", "sample_weight", "params", "orders")
 REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
 SPLITS = ("dynamic", "static")
 MIN_CLAIM_UPDATES = 64  # smallest claim of a linear worker (updates), a few tens of microseconds
@@ -289,9 +289,10 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     def run_chunk(order, start: int, stop: int) -> int:
         return kernels.sgd_chunk(
             views["values"], views["indices"], views["indptr"], spec.dense, views["labels"],
-            views["feature_scale"], order, start, stop, spec.batch_size, views["params"],
-            spec.n_features, spec.fit_intercept, spec.loss_id, spec.l2, refitter.table, spec.stamp,
-            views["counter"], hist_rows[worker_id], stats, derivative_buffer)
+            views["sample_weight"], views["feature_scale"], order, start, stop, spec.batch_size,
+            views["params"], spec.n_features, spec.fit_intercept, spec.loss_id, spec.l2,
+            refitter.table, spec.stamp, views["counter"], hist_rows[worker_id], stats,
+            derivative_buffer)
 
     run_chunk(np.zeros(0, np.int64), 0, 0)  # loads the compiled kernels before the clock starts
     load_schedule_kernels()
