@@ -1,9 +1,12 @@
-"""Image classification data sets for the torch engine, and their loaders.
+"""Data sets for the torch engine: arrays of any shape, image classification sets and their loaders.
 
-An :class:`ImageDataset` holds float32 images ``(N, C, H, W)`` standardised per channel with the
+An :class:`ArrayDataset` holds inputs ``(N, ...)`` of any row shape with class labels or float
+regression targets (:func:`array_dataset` builds one from numpy arrays or torch tensors).  An
+:class:`ImageDataset` (an ArrayDataset of images) holds float32 images ``(N, C, H, W)`` standardised per channel with the
 training set's mean and standard deviation, int64 labels in ``[0, classes)``, and class names.
 Loaders (no network access anywhere):
 
+* ``mnist1d[:n=..,seed=..]`` -- MNIST-1D signals generated offline (see its section below);
 * ``digits`` -- scikit-learn's bundled 8x8 digits (1,797 images), a fixed stratified 80/20 split;
 * ``mnist:DIR`` / ``fashion-mnist:DIR`` -- the four IDX files (``train-images-idx3-ubyte``,
   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each plain
@@ -25,6 +28,7 @@ import math
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +36,7 @@ import numpy as np
 from hogwild_mts.core.resources import check_memory
 from hogwild_mts.data.tabular import READ_ERRORS, DataError
 
-__all__ = ["ImageDataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
+__all__ = ["ArrayDataset", "ImageDataset", "array_dataset", "load_images", "load_digits", "load_mnist", "load_fashion_mnist",
            "load_cifar10", "read_idx", "IMAGE_SPEC_FORMS"]
 
 IMAGE_SPEC_FORMS = "'digits', 'mnist1d[:n=..,seed=..]', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
@@ -52,61 +56,162 @@ CIFAR_SHAPE = (3, 32, 32)
 
 
 @dataclass(eq=False, repr=False)
-class ImageDataset:
-    """Train and test images (float32, N x C x H x W, finite) with int64 labels in [0, len(classes))."""
+class ArrayDataset:
+    """Training and evaluation arrays for the torch engine.
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: tuple
+    ``train_inputs`` / ``test_inputs``: float32, ``(N, ...)`` of any row shape, finite.  Targets:
+    with ``classes`` (classification) int64 labels ``(N,)`` in ``[0, len(classes))``, given as
+    integers; with ``classes=None`` (regression) float32 values ``(N, ...)``, finite.  The
+    evaluations score the ``test_*`` arrays; ``evaluated_on`` names them: ``"test"``, or
+    ``"train"`` when the training arrays themselves are scored (no test set was given).
+    """
+
+    train_inputs: np.ndarray
+    train_targets: np.ndarray
+    test_inputs: np.ndarray
+    test_targets: np.ndarray
+    classes: tuple | None
     name: str
+    evaluated_on: str = "test"
+
+    INPUTS = "inputs"    # how messages name the inputs and targets
+    TARGETS = "targets"
+    ROW_FORM = "(N, ...)"
+    INPUT_NDIM = None    # the inputs' required number of dimensions, if any
 
     def __post_init__(self):
-        self.classes = tuple(str(c) for c in self.classes)
-        if len(self.classes) < 2:
-            raise DataError(f"{self.name}: need at least 2 classes, got {self.classes!r}")
+        if self.classes is not None:
+            self.classes = tuple(str(c) for c in self.classes)
+            if len(self.classes) < 2:
+                raise DataError(f"{self.name}: need at least 2 classes, got {self.classes!r}")
         for part in ("train", "test"):
-            images = np.ascontiguousarray(getattr(self, f"{part}_images"), dtype=np.float32)
-            labels = np.ascontiguousarray(getattr(self, f"{part}_labels"), dtype=np.int64)
-            if images.ndim != 4 or images.shape[0] == 0:
-                raise DataError(f"{self.name}: {part} images must be a non-empty (N, C, H, W) array, "
-                                f"got shape {images.shape}")
-            if labels.shape != (images.shape[0],):
-                raise DataError(f"{self.name}: {part} labels have shape {labels.shape}, "
-                                f"expected ({images.shape[0]},) to match the images")
-            bad = np.flatnonzero((labels < 0) | (labels >= len(self.classes)))
-            if bad.size:
-                raise DataError(f"{self.name}: {part} label {int(labels[bad[0]])} at row {int(bad[0])} "
-                                f"is outside [0, {len(self.classes)})")
-            if not np.isfinite(images).all():
-                raise DataError(f"{self.name}: {part} images contain NaN or infinite values")
-            setattr(self, f"{part}_images", images)
-            setattr(self, f"{part}_labels", labels)
-        if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise DataError(f"{self.name}: train images are {self.train_images.shape[1:]} but test "
-                            f"images are {self.test_images.shape[1:]}")
+            inputs = _real_array(getattr(self, f"{part}_inputs"), f"{self.name}: {part} {self.INPUTS}")
+            targets = _real_array(getattr(self, f"{part}_targets"), f"{self.name}: {part} {self.TARGETS}")
+            if inputs.ndim < 2 or inputs.shape[0] == 0 or self.INPUT_NDIM not in (None, inputs.ndim):
+                raise DataError(f"{self.name}: {part} {self.INPUTS} must be a non-empty {self.ROW_FORM} "
+                                f"array, got shape {inputs.shape}")
+            inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+            if not np.isfinite(inputs).all():
+                raise DataError(f"{self.name}: {part} {self.INPUTS} contain NaN or infinite values")
+            if self.classes is None:
+                targets = self._check_values(part, targets, inputs.shape[0])
+            else:
+                targets = self._check_labels(part, targets, inputs.shape[0])
+            setattr(self, f"{part}_inputs", inputs)
+            setattr(self, f"{part}_targets", targets)
+        for kind, train, test in ((self.INPUTS, self.train_inputs, self.test_inputs),
+                                  (self.TARGETS, self.train_targets, self.test_targets)):
+            if train.shape[1:] != test.shape[1:]:
+                raise DataError(f"{self.name}: train {kind} are {train.shape[1:]} but test "
+                                f"{kind} are {test.shape[1:]} (per row)")
+
+    def _check_labels(self, part: str, labels: np.ndarray, rows: int) -> np.ndarray:
+        if labels.shape != (rows,):
+            raise DataError(f"{self.name}: {part} {self.TARGETS} have shape {labels.shape}, "
+                            f"expected ({rows},) to match the {self.INPUTS}")
+        if labels.dtype.kind not in "iub":
+            raise DataError(f"{self.name}: {part} {self.TARGETS} must be integer class labels, got "
+                            f"dtype {labels.dtype} (float targets are for regression: loss 'mse')")
+        bad = np.flatnonzero((labels < 0) | (labels >= len(self.classes)))
+        if bad.size:
+            raise DataError(f"{self.name}: {part} {self.TARGETS[:-1]} {int(labels[bad[0]])} at row "
+                            f"{int(bad[0])} is outside [0, {len(self.classes)})")
+        return np.ascontiguousarray(labels, dtype=np.int64)
+
+    def _check_values(self, part: str, values: np.ndarray, rows: int) -> np.ndarray:
+        if values.ndim < 1 or values.shape[0] != rows:
+            raise DataError(f"{self.name}: {part} {self.TARGETS} have shape {values.shape}, "
+                            f"expected {rows} rows to match the {self.INPUTS}")
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise DataError(f"{self.name}: {part} {self.TARGETS} contain NaN or infinite values")
+        return values
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W)."""
-        return tuple(int(s) for s in self.train_images.shape[1:])
+    def input_shape(self) -> tuple[int, ...]:
+        """One row's shape (without the batch dimension)."""
+        return tuple(int(s) for s in self.train_inputs.shape[1:])
+
+    @property
+    def outputs(self) -> int:
+        """Values a network must output per row: the classes, or the values per target row."""
+        if self.classes is not None:
+            return len(self.classes)
+        return math.prod(int(s) for s in self.train_targets.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_inputs.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.test_inputs.shape[0])
+
+    def __repr__(self) -> str:
+        task = f"{len(self.classes)} classes" if self.classes is not None else f"{self.outputs} target values per row"
+        scored = "" if self.evaluated_on == "test" else ", scored on the training rows"
+        return (f"{type(self).__name__}({self.name!r}: {self.n_train} train + {self.n_test} test "
+                f"{self.INPUTS} {self.input_shape}, {task}{scored})")
+
+
+def _real_array(data, what: str) -> np.ndarray:
+    """``data`` (a numpy array, a torch tensor or a nested sequence) as a numpy array of real
+    numbers (bool, integer or float), or DataError naming ``what`` and its dtype."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{what}: not an array of numbers ({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{what} must hold real numbers (bool, integer or float), got dtype {array.dtype}")
+    return array
+
+
+class ImageDataset(ArrayDataset):
+    """An :class:`ArrayDataset` of images for classification: float32 ``(N, C, H, W)`` with
+    int64 labels in ``[0, len(classes))``; ``train_images`` ... ``test_labels`` name its arrays."""
+
+    INPUTS = "images"
+    TARGETS = "labels"
+    ROW_FORM = "(N, C, H, W)"
+    INPUT_NDIM = 4
+
+    def __init__(self, train_images, train_labels, test_images, test_labels, classes, name):
+        super().__init__(train_images, train_labels, test_images, test_labels, classes, name)
+
+    train_images = property(lambda self: self.train_inputs, doc="float32 (N, C, H, W)")
+    train_labels = property(lambda self: self.train_targets, doc="int64 (N,)")
+    test_images = property(lambda self: self.test_inputs, doc="float32 (N, C, H, W)")
+    test_labels = property(lambda self: self.test_targets, doc="int64 (N,)")
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def n_train(self) -> int:
-        return int(self.train_images.shape[0])
 
-    @property
-    def n_test(self) -> int:
-        return int(self.test_images.shape[0])
-
-    def __repr__(self) -> str:
-        return (f"ImageDataset({self.name!r}: {self.n_train} train + {self.n_test} test images "
-                f"{self.input_shape}, {self.n_classes} classes)")
+def array_dataset(inputs, targets, test=None, *, classification: bool, name: str = "arrays") -> ArrayDataset:
+    """An :class:`ArrayDataset` from arrays or torch tensors: ``inputs`` ``(N, ...)``,
+    ``targets`` integer class labels ``(N,)`` >= 0 (``classification``: the classes are
+    ``0 .. largest label`` of the training and test labels) or float values ``(N, ...)``;
+    ``test`` an ``(inputs, targets)`` pair or None (then the evaluations score the training rows).
+    DataError on mismatched lengths, dtypes or shapes."""
+    if targets is None:
+        raise DataError("fit(X, y): the targets y are missing")
+    if test is None:
+        test_inputs, test_targets, evaluated_on = inputs, targets, "train"
+    else:
+        if not isinstance(test, (tuple, list)) or len(test) != 2:
+            raise DataError(f"test must be a pair (inputs, targets), got {type(test).__name__}")
+        (test_inputs, test_targets), evaluated_on = test, "test"
+    classes = None
+    if classification:
+        labels = [_real_array(t, f"{name}: {part} targets") for part, t in (("train", targets), ("test", test_targets))]
+        classes = (0, 1)  # unless the labels are valid: then the dataset's checks name the bad ones
+        if all(t.dtype.kind in "iub" and t.size for t in labels) and min(int(t.min()) for t in labels) >= 0:
+            classes = tuple(range(max(int(t.max()) for t in labels) + 1))
+    return ArrayDataset(inputs, targets, test_inputs, test_targets, classes, name, evaluated_on)
 
 
 def _standardised(train: np.ndarray, test: np.ndarray, scale: float, classes, name: str,

@@ -1,6 +1,6 @@
 """A torch network's fit on Ray: :class:`hogwild_mts.engines.networks.TorchEngine` with
 ``backend="ray"`` calls :func:`fit_network` once its data set and network are validated.  The
-driver puts each worker's training images into the object store once and scores snapshots of
+driver puts each worker's training inputs and labels into the object store once and scores snapshots of
 the server's parameters on the test set, as the shared-memory engine does."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
         shard_refs = []
         for worker_id in range(workers):
             rows = shard_rows(dataset.n_train, workers, worker_id)
-            shard_refs.append(ray.put({"images": dataset.train_images[rows],
-                                       "labels": dataset.train_labels[rows]}))
+            shard_refs.append(ray.put({"images": dataset.train_inputs[rows],
+                                       "labels": dataset.train_targets[rows]}))
         seeds = np.random.SeedSequence(options.seed).spawn(workers)
         server_actor = ray.remote(num_cpus=0)(ParameterServer)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(TorchWorker)
@@ -51,7 +51,7 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
                              local_steps=ray_options.local_steps, seed=seeds[worker_id],
                              local_step=local_step)
             return worker_actor.options(name=name).remote(
-                spec, engine._network_spec, dataset.input_shape, dataset.n_classes,
+                spec, engine._network_spec, dataset.input_shape, dataset.outputs,
                 shard_refs[worker_id], engine.dtype)
 
         def score(snapshot):
@@ -66,14 +66,10 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
         def details(final):
             return {"params": final.astype(np.float64), "intercept": 0.0,
                     "model": engine.model_name, "data": dataset.name,
-                    "settings": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                 "seed": options.seed, "dtype": engine.dtype,
-                                 "parameters": int(final.shape[0]),
-                                 "input_shape": list(dataset.input_shape),
-                                 "classes": dataset.n_classes, "backend": "ray",
-                                 "local_steps": ray_options.local_steps, "local_step": local_step,
-                                 "update": "push", "lost_workers": list(backend.lost),
-                                 "loss": "test cross-entropy", "accuracy": "test"}}
+                    "settings": {**engine._settings(dataset, int(final.shape[0]), 0),
+                                 "backend": "ray", "local_steps": ray_options.local_steps,
+                                 "local_step": local_step, "update": "push",
+                                 "lost_workers": list(backend.lost)}}
 
         pushes = total_updates(dataset.n_train, workers, options.epochs,
                                options.batch_size * ray_options.local_steps, "static")

@@ -4,6 +4,12 @@ A network's parameters are *views* into one flat vector: ``param.data`` is a sli
 parameter block, so every forward pass reads the live shared values; ``param.grad`` is a slice of
 a private flat gradient buffer that ``backward`` accumulates into in place.  The update itself
 (stamp, table lookup, ``theta -= alpha * g``, histogram) is one numba call per mini-batch.
+
+Buffers (batch-norm running statistics): the floating-point buffers are views of the shared
+vector too, right after the parameters (``params[n_params:]``), so every worker's forward pass
+updates them in place, lock-free, as Hogwild! updates the parameters (unstamped: they are not
+gradient steps), and the evaluations and the result read them with the parameters.  Other
+buffers (batch norm's integer ``num_batches_tracked``) stay private to each worker.
 """
 
 from __future__ import annotations
@@ -32,17 +38,51 @@ def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats
     stats_row[STAT_SAMPLES] += batch_rows
 
 
+@njit(cache=True, nogil=True)
+def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, counter, t_read,
+                          alpha_table, hist_row, stats_row, batch_rows):
+    """:func:`apply_update` with torch.optim.SGD's weight decay and momentum (dampening 0, no
+    Nesterov) on the worker's private ``velocity``: ``g = gradient + weight_decay * params``,
+    ``velocity = momentum * velocity + g``, ``params -= alpha(tau) * velocity``.  ``momentum``
+    and ``weight_decay`` are scalars of the params dtype."""
+    alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row)
+    for i in range(params.shape[0]):
+        step = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
+        velocity[i] = step
+        params[i] -= alpha * step
+    stats_row[STAT_UPDATES] += 1
+    stats_row[STAT_SAMPLES] += batch_rows
+
+
 def warm_up_kernels(dtype) -> None:
     """Compile (parent) or load from numba's cache (workers) the kernels for this parameter dtype,
     on scratch arrays, so that no compilation or cache load happens while training is timed."""
     scratch = np.zeros(1, dtype=dtype)
     counter = np.zeros(8, np.int64)
+    scalar = scratch.dtype.type(0)
     apply_update(scratch, scratch.copy(), counter, load_word(counter, 0), np.ones(1, dtype=dtype),
                  np.zeros(2, np.int64), np.zeros(8, np.int64), 1)
+    apply_momentum_update(scratch, scratch.copy(), scratch.copy(), scalar, scalar, counter,
+                          load_word(counter, 0), np.ones(1, dtype=dtype), np.zeros(2, np.int64),
+                          np.zeros(8, np.int64), 1)
     base.load_schedule_kernels()
 
 
-SHARED_READ_FIELDS = ("images", "labels", "params", "orders")
+SHARED_READ_FIELDS = ("inputs", "targets", "params", "orders")
+LOSSES = ("cross_entropy", "mse")  # TorchEngine(loss=...)
+
+
+def loss_value(loss: str, outputs, targets, reduction: str = "mean"):
+    """The ``loss`` of a batch: ``cross_entropy`` of logits ``(N, classes)`` against int64 labels,
+    or ``mse`` of outputs against float targets, both flattened to ``(N, values per row)`` (the
+    mean, or the sum with ``reduction="sum"``, over every value)."""
+    import torch.nn.functional as F
+
+    if loss == "cross_entropy":
+        return F.cross_entropy(outputs, targets, reduction=reduction)
+    rows = targets.shape[0]
+    return F.mse_loss(outputs.reshape(rows, -1), targets.reshape(rows, -1).to(outputs.dtype),
+                      reduction=reduction)
 CLAIM_BATCHES = 16  # the largest claim of a torch worker (batches); the smallest is one batch
 
 
@@ -50,37 +90,62 @@ def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def shared_buffers(model) -> list:
+    """The buffers shared like parameters: the floating-point ones, in ``model.buffers()`` order."""
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+def buffer_count(model) -> int:
+    """Values in :func:`shared_buffers`."""
+    return sum(b.numel() for b in shared_buffers(model))
+
+
 def flatten_parameters(model, out: np.ndarray) -> None:
     """Copy the parameters, in ``model.parameters()`` order, into the flat array ``out``."""
+    _flatten(list(model.parameters()), out)
+
+
+def flatten_buffers(model, out: np.ndarray) -> None:
+    """Copy the :func:`shared_buffers` into the flat array ``out``."""
+    _flatten(shared_buffers(model), out)
+
+
+def _flatten(tensors, out: np.ndarray) -> None:
     offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        out[offset:offset + n] = p.detach().reshape(-1).numpy()
+    for tensor in tensors:
+        n = tensor.numel()
+        out[offset:offset + n] = tensor.detach().reshape(-1).numpy()
         offset += n
 
 
 def bind_parameters(model, flat: np.ndarray) -> None:
     """Make every parameter a view of its slice of ``flat`` (no copy; writes to ``flat`` show up
     in the next forward pass).  ``flat`` must hold exactly parameter_count(model) values."""
-    _bind(model, flat, "data")
+    _bind(list(model.parameters()), flat, "data", "parameters")
 
 
 def bind_gradients(model, flat: np.ndarray) -> None:
     """Make every ``param.grad`` a view of its slice of ``flat``; backward accumulates into it in place."""
-    _bind(model, flat, "grad")
+    _bind(list(model.parameters()), flat, "grad", "parameters")
 
 
-def _bind(model, flat: np.ndarray, attribute: str) -> None:
+def bind_buffers(model, flat: np.ndarray) -> None:
+    """Make every shared buffer a view of its slice of ``flat`` (buffer_count(model) values): the
+    forward pass's in-place updates (batch-norm running statistics) land in ``flat``."""
+    _bind(shared_buffers(model), flat, "data", "buffer values")
+
+
+def _bind(tensors, flat: np.ndarray, attribute: str, what: str) -> None:
     import torch
 
-    total = parameter_count(model)
+    total = sum(t.numel() for t in tensors)
     if flat.ndim != 1 or flat.shape[0] != total:
-        raise ValueError(f"flat buffer has shape {flat.shape}, the model has {total} parameters")
+        raise ValueError(f"flat buffer has shape {flat.shape}, the model has {total} {what}")
     flat_tensor = torch.from_numpy(flat)
     offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        setattr(p, attribute, flat_tensor[offset:offset + n].view(p.shape))
+    for tensor in tensors:
+        n = tensor.numel()
+        setattr(tensor, attribute, flat_tensor[offset:offset + n].view(tensor.shape))
         offset += n
 
 
@@ -97,8 +162,8 @@ def serialized_factory(factory) -> bytes:
                          f"({type(error).__name__}: {error})") from None
 
 
-def make_network(network, input_shape, classes: int):
-    """A registered network name, a factory ``f(input_shape, classes) -> nn.Module``, or such a
+def make_network(network, input_shape, outputs: int):
+    """A registered network name, a factory ``f(input_shape, outputs) -> nn.Module``, or such a
     factory serialized by :func:`serialized_factory` (rebuilt here, in the worker, so a failure
     is reported with the worker's own traceback)."""
     import cloudpickle
@@ -106,9 +171,9 @@ def make_network(network, input_shape, classes: int):
     from hogwild_mts.models.nets import build_network
 
     if isinstance(network, str):
-        return build_network(network, input_shape, classes)
+        return build_network(network, input_shape, outputs)
     factory = cloudpickle.loads(network) if isinstance(network, bytes) else network
-    return factory(tuple(input_shape), classes)
+    return factory(tuple(input_shape), outputs)
 
 
 @dataclass
@@ -117,9 +182,10 @@ class TorchWorkerSpec:
 
     block_name: str
     layout: Layout
-    network: object  # registry name, or a factory f(input_shape, classes) by serialized_factory
+    network: object  # registry name, or a factory f(input_shape, outputs) by serialized_factory
     input_shape: tuple
-    classes: int
+    outputs: int  # classes (cross_entropy) or values per target row (mse)
+    n_params: int  # params[:n_params] are the parameters, params[n_params:] the shared buffers
     workers: int
     epochs: int
     batch_size: int
@@ -128,6 +194,9 @@ class TorchWorkerSpec:
     dtype: str  # of the parameters: float32 or float64
     parent_pid: int
     split: str = "dynamic"  # one of worker.SPLITS
+    loss: str = "cross_entropy"  # one of LOSSES
+    momentum: float = 0.0  # torch.optim.SGD's, per worker (private velocity)
+    weight_decay: float = 0.0
     views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
 
 
@@ -135,48 +204,54 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     """Train on the rows :func:`hogwild_mts.backends.shm.worker.row_pieces` hands this worker
     (CLAIM_BATCHES batches per claim at most); return its STATE_*.
 
-    Per mini-batch: gather the rows from the shared images, t_read, forward and backward on the
-    live shared parameters (gradient into a private flat buffer), then :func:`apply_update`.
-    Every ``policy.refit_every`` own updates the policy refits from all histogram rows, as
-    :func:`hogwild_mts.backends.shm.worker.run_worker` does (a :class:`hogwild_mts.backends.shm.worker.Refitter`).
+    Per mini-batch: gather the rows from the shared inputs and targets, t_read, forward and
+    backward of ``spec.loss`` on the live shared parameters (gradient into a private flat
+    buffer), then :func:`apply_update` (or :func:`apply_momentum_update` with momentum or
+    weight decay, on a private velocity).  Every ``policy.refit_every`` own updates the policy
+    refits from all histogram rows, as :func:`hogwild_mts.backends.shm.worker.run_worker` does
+    (a :class:`hogwild_mts.backends.shm.worker.Refitter`).
     """
     import torch
-    import torch.nn.functional as F
 
     stats = views["stats"][worker_id]
-    flags, counter, params = views["flags"], views["counter"], views["params"]
+    flags, counter = views["flags"], views["counter"]
+    params = views["params"][:spec.n_params]  # the shared buffers follow
     hist_rows = views["hist"]
-    model = make_network(spec.network, spec.input_shape, spec.classes).to(getattr(torch, spec.dtype))
+    model = make_network(spec.network, spec.input_shape, spec.outputs).to(getattr(torch, spec.dtype))
     bind_parameters(model, params)
     gradient = np.zeros_like(params)
     bind_gradients(model, gradient)
     gradient_tensor = torch.from_numpy(gradient)
-    images, labels = torch.from_numpy(views["images"]), torch.from_numpy(views["labels"])
-    input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # images are float32
+    inputs, targets = torch.from_numpy(views["inputs"]), torch.from_numpy(views["targets"])
+    input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # inputs are float32
+    with_momentum = spec.momentum != 0 or spec.weight_decay != 0
+    velocity = np.zeros_like(params)
+    momentum, weight_decay = params.dtype.type(spec.momentum), params.dtype.type(spec.weight_decay)
 
     refitter = base.Refitter(spec.policy, spec.workers, params.dtype)
-    batch_images = torch.empty((spec.batch_size,) + tuple(images.shape[1:]), dtype=images.dtype)
-    batch_labels = torch.empty(spec.batch_size, dtype=labels.dtype)
+    batch_inputs = torch.empty((spec.batch_size,) + tuple(inputs.shape[1:]), dtype=inputs.dtype)
+    batch_targets = torch.empty((spec.batch_size,) + tuple(targets.shape[1:]), dtype=targets.dtype)
     hist_row = hist_rows[worker_id]
 
     def gather(rows):
-        """The images and labels of ``rows`` (int64 tensor), copied into the reused batch buffers."""
+        """The inputs and targets of ``rows`` (int64 tensor), copied into the reused batch buffers."""
         n = rows.shape[0]
-        return (torch.index_select(images, 0, rows, out=batch_images[:n]),
-                torch.index_select(labels, 0, rows, out=batch_labels[:n]))
+        return (torch.index_select(inputs, 0, rows, out=batch_inputs[:n]),
+                torch.index_select(targets, 0, rows, out=batch_targets[:n]))
 
     def batch_loss(x, y):
-        """Mean cross-entropy of the batch under the live shared parameters."""
-        return F.cross_entropy(model(x if input_dtype is None else x.to(input_dtype)), y)
+        """The mean loss of the batch under the live shared parameters."""
+        return loss_value(spec.loss, model(x if input_dtype is None else x.to(input_dtype)), y)
 
-    first_rows = torch.arange(min(spec.batch_size, images.shape[0]))
+    first_rows = torch.arange(min(spec.batch_size, inputs.shape[0]))
     batch_loss(*gather(first_rows)).backward()  # warm-up: first calls are slow
+    bind_buffers(model, views["params"][spec.n_params:])  # after the warm-up, which updated its own
     warm_up_kernels(params.dtype)
     base.map_pages(views, SHARED_READ_FIELDS)
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
     state = STATE_DONE
-    pieces = base.row_pieces(views, spec, worker_id, images.shape[0], CLAIM_BATCHES, 1)
+    pieces = base.row_pieces(views, spec, worker_id, inputs.shape[0], CLAIM_BATCHES, 1)
     for order, piece_start, piece_stop in pieces:
         order = torch.from_numpy(order)
         for start in range(piece_start, piece_stop, spec.batch_size):
@@ -191,7 +266,12 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
             if not math.isfinite(loss.item()):
                 state = STATE_DIVERGED
                 break
-            apply_update(params, gradient, counter, t_read, refitter.table, hist_row, stats, rows.shape[0])
+            if with_momentum:
+                apply_momentum_update(params, gradient, velocity, momentum, weight_decay, counter,
+                                      t_read, refitter.table, hist_row, stats, rows.shape[0])
+            else:
+                apply_update(params, gradient, counter, t_read, refitter.table, hist_row, stats,
+                             rows.shape[0])
             refitter.maybe_refit(stats, hist_rows)
         else:
             continue
