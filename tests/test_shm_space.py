@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -125,3 +126,21 @@ def test_cli_shm_dir_is_used_for_the_run_only(short_shm, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     assert block.SPILL_DIR_ENV not in os.environ
     assert not os.listdir(tmp_path)
+
+
+def test_a_zombie_counts_as_gone_for_the_liveness_check():
+    """A worker whose parent died but was not yet reaped (a zombie) must stop, and leftovers of
+    a zombie owner are orphans: ``process_alive`` tells a zombie from a running process."""
+    assert block.process_alive(os.getpid())
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 60.0
+        while block.process_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.01)  # waits for the event "the child has exited", not a fixed time
+        assert not block.process_alive(child)
+        assert os.path.exists(f"/proc/{child}")  # still a zombie: not reaped yet
+    finally:
+        os.waitpid(child, 0)
+    assert not block.process_alive(child)

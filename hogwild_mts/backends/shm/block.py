@@ -52,15 +52,21 @@ def block_name_prefix(pid: int) -> str:
     return f"{BLOCK_NAME_PREFIX}{pid}_"
 
 
-def _process_exists(pid: int) -> bool:
-    """Whether ``pid`` names a process (a zombie counts) in this pid namespace."""
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running process in this pid namespace: one that exists and has
+    not exited (a zombie, exited but not yet reaped by its parent, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
+    except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:  # no procfs: existence is all we can tell
         return True
-    return True
+    return stat[stat.rindex(b")") + 2:][:1] != b"Z"  # the state follows "(command) "
 
 
 def remove_orphans(directory: str = SHM_DIR) -> list[str]:
@@ -75,7 +81,7 @@ def remove_orphans(directory: str = SHM_DIR) -> list[str]:
         return removed
     for name in names:
         owner = OWNED_NAME.fullmatch(name)
-        if owner is None or _process_exists(int(owner.group(1) or owner.group(2))):
+        if owner is None or process_alive(int(owner.group(1) or owner.group(2))):
             continue
         try:
             os.unlink(os.path.join(directory, name))

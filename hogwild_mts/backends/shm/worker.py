@@ -18,6 +18,13 @@ How rows reach the workers (``split``):
   the static split with one worker (and of the simulator).
 * ``"static"``: worker ``w`` owns rows ``w, w + m, ...`` and shuffles them every epoch with its own
   generator ``default_rng(seeds[w])`` (what the simulator emulates for ``m > 1``).
+
+Checkpoints (dynamic split; :mod:`hogwild_mts.checkpoint`): each worker publishes in its
+``positions`` row the first batch of the claim it is working through (NO_POSITION between
+claims), so the run's resumable position is ``min(cursor, positions)``; worker 0 copies the run's
+state into the ``snapshot_*`` fields between two pieces when a checkpoint is due and the parent
+has written the previous one (:class:`Snapshotter`); :func:`restore_schedule` sets a resumed
+run's schedule up from a position and the order generator's state.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hogwild_mts.backends.shm import kernels
-from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO, FLAG_STOP, STAT_REFITS,
-                                      STAT_STATE, STAT_UPDATES, STATE_DONE, STATE_DIVERGED, STATE_FAILED,
-                                      STATE_READY, STATE_RUNNING, STATUS_DIVERGED)
-from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO, FLAG_STOP, HIST_BINS,
+                                      STAT_MAX_TAU, STAT_REFITS, STAT_SAMPLES, STAT_STATE, STAT_UPDATES,
+                                      STATE_DONE, STATE_DIVERGED, STATE_FAILED, STATE_READY,
+                                      STATE_RUNNING, STATUS_DIVERGED)
+from hogwild_mts.backends.shm.block import Layout, SharedBlock, process_alive
 
 GO_POLL_SECONDS = 0.001
 ORDER_POLL_SECONDS = 0.0001  # waiting for an epoch order (rare: it is drawn half an epoch ahead)
@@ -50,8 +58,18 @@ SCHED_CURSOR = 0  # next batch to claim, counted over the run: epoch e holds e*B
 SCHED_READY = 8  # 2 words: slot s holds the order of epoch (value - 1); 0: none yet
 SCHED_DONE = 10  # 2 words: batches finished from slot s, summed over the epochs it held
 SCHED_RNG = 16  # 6 words: the order generator's PCG64 state after the last order drawn
-SCHEDULE_WORDS = 24
+SCHED_SLOT_RNG = 24  # 2 x 6 words: the generator's state before slot s's order was drawn
+SCHEDULE_WORDS = 40
+GENERATOR_WORDS = 6
 _WORD = (1 << 64) - 1
+NO_POSITION = np.iinfo(np.int64).max  # a worker's position between claims
+
+# Words of the "snapshot_words" field (int64): what worker 0 copied besides parameters and histogram.
+SNAP_TAKEN = 0  # snapshots taken; the fields hold the last one
+SNAP_COUNTER, SNAP_UPDATES, SNAP_SAMPLES, SNAP_MAX_TAU, SNAP_REFITS, SNAP_POSITION = range(1, 7)
+SNAP_WRITTEN = 8  # snapshots the parent has written (its own cache line)
+SNAP_GENERATOR = 16  # 6 words: the order generator before the epoch of SNAP_POSITION
+SNAPSHOT_WORDS = 24
 
 
 @dataclass
@@ -75,6 +93,8 @@ class WorkerSpec:
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
     split: str = "dynamic"  # one of SPLITS
     views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
+    checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
+    checkpoint_every_updates: int | None = None
 
 
 def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
@@ -99,6 +119,15 @@ def add_schedule(layout: Layout, n_rows: int, split: str) -> None:
         layout.add("orders", np.int64, (2, n_rows))
 
 
+def add_checkpoint_fields(layout: Layout, workers: int, n_params: int, dtype) -> None:
+    """Add what checkpoints of a dynamic-split run need: the workers' positions and the
+    snapshot fields."""
+    layout.add_rows("positions", np.int64, workers, 1)
+    layout.add("snapshot_words", np.int64, (SNAPSHOT_WORDS,))
+    layout.add("snapshot_params", dtype, (n_params,))
+    layout.add("snapshot_hist", np.int64, (HIST_BINS,))
+
+
 def load_schedule_kernels() -> None:
     """Compile or load the claim kernels on scratch words (parent and spawned workers), so that
     no compilation happens while a run is timed."""
@@ -112,24 +141,78 @@ def prepare_schedule(views: dict, spec) -> None:
     """Parent, before the start: draw epoch 0's order (dynamic split; nothing for static)."""
     if spec.split == "dynamic":
         _draw_order(views, np.random.default_rng(spec.seeds[0]), 0)
+        if "positions" in views:
+            views["positions"][:, 0] = NO_POSITION
+
+
+def restore_schedule(views: dict, spec, position: int, generator_words: np.ndarray) -> None:
+    """Parent, before the start of a resumed run: the dynamic split's words and orders as they
+    were when batches ``0 .. position - 1`` were done and no later one was claimed.
+    ``generator_words``: the order generator's state before the order of epoch
+    ``position // per_epoch`` was drawn (:func:`schedule_state`)."""
+    words = views["schedule"]
+    per_epoch = -(-views["orders"].shape[1] // spec.batch_size)
+    epoch = position // per_epoch
+    words[:] = 0
+    _draw_order(views, _generator(np.asarray(generator_words, dtype=np.uint64)), epoch)
+    words[SCHED_READY + (epoch + 1) % 2] = epoch  # the other slot held epoch - 1 (done), or none
+    for done_epoch in range(epoch):
+        words[SCHED_DONE + done_epoch % 2] += per_epoch
+    words[SCHED_DONE + epoch % 2] += position - epoch * per_epoch
+    if epoch * per_epoch + per_epoch // 2 < position and epoch + 1 < spec.epochs:
+        _draw_order(views, _saved_generator(words), epoch + 1)  # drawn at the middle batch
+    words[SCHED_CURSOR] = position
+    if "positions" in views:
+        views["positions"][:, 0] = NO_POSITION
+
+
+def schedule_state(views: dict, spec) -> tuple[int, np.ndarray] | None:
+    """(the first batch not surely done: ``min(cursor, positions)``, the order generator's state
+    before that batch's epoch was drawn) of a dynamic-split run with checkpoint fields; a
+    finished run gives (its batches, zeros).  None when that epoch's slot does not hold it (a
+    snapshot racing another worker's draw)."""
+    words, orders = views["schedule"], views["orders"]
+    per_epoch = -(-orders.shape[1] // spec.batch_size)
+    total = spec.epochs * per_epoch
+    position = min(int(kernels.load_word(words, SCHED_CURSOR)), int(views["positions"].min()), total)
+    if position == total:
+        return position, np.zeros(GENERATOR_WORDS, np.uint64)
+    epoch = position // per_epoch
+    slot = epoch % 2
+    if kernels.load_word(words, SCHED_READY + slot) != epoch + 1:
+        return None
+    first = SCHED_SLOT_RNG + GENERATOR_WORDS * slot
+    return position, words.view(np.uint64)[first:first + GENERATOR_WORDS].copy()
 
 
 def _draw_order(views: dict, rng: np.random.Generator, epoch: int) -> None:
-    """Shuffle all rows into epoch ``epoch``'s slot, save the generator, then publish the slot."""
+    """Shuffle all rows into epoch ``epoch``'s slot, save the generator (before and after),
+    then publish the slot."""
     slot, words = views["orders"][epoch % 2], views["schedule"]
+    before = SCHED_SLOT_RNG + GENERATOR_WORDS * (epoch % 2)
+    words.view(np.uint64)[before:before + GENERATOR_WORDS] = _generator_words(rng)
     slot[:] = np.arange(slot.shape[0])
     rng.shuffle(slot)  # the same draws as rng.permutation(n)
-    state = rng.bit_generator.state
-    inner = state["state"]
-    words.view(np.uint64)[SCHED_RNG:SCHED_RNG + 6] = [
-        inner["state"] & _WORD, inner["state"] >> 64, inner["inc"] & _WORD, inner["inc"] >> 64,
-        state["has_uint32"], state["uinteger"]]
+    words.view(np.uint64)[SCHED_RNG:SCHED_RNG + GENERATOR_WORDS] = _generator_words(rng)
     kernels.store_word(words, SCHED_READY + epoch % 2, epoch + 1)
 
 
+def _generator_words(rng: np.random.Generator) -> list:
+    """``rng``'s PCG64 state as GENERATOR_WORDS unsigned 64-bit words."""
+    state = rng.bit_generator.state
+    inner = state["state"]
+    return [inner["state"] & _WORD, inner["state"] >> 64, inner["inc"] & _WORD, inner["inc"] >> 64,
+            state["has_uint32"], state["uinteger"]]
+
+
 def _saved_generator(words: np.ndarray) -> np.random.Generator:
-    low_state, high_state, low_inc, high_inc, has_uint32, uinteger = (
-        int(w) for w in words.view(np.uint64)[SCHED_RNG:SCHED_RNG + 6])
+    """The generator whose state the schedule words keep after the last order drawn."""
+    return _generator(words.view(np.uint64)[SCHED_RNG:SCHED_RNG + GENERATOR_WORDS])
+
+
+def _generator(state_words: np.ndarray) -> np.random.Generator:
+    """A generator in the state of :func:`_generator_words`."""
+    low_state, high_state, low_inc, high_inc, has_uint32, uinteger = (int(w) for w in state_words)
     bit_generator = np.random.PCG64()
     bit_generator.state = {"bit_generator": "PCG64",
                            "state": {"state": low_state | high_state << 64, "inc": low_inc | high_inc << 64},
@@ -256,16 +339,8 @@ class Refitter:
 
 def _parent_alive(parent_pid: int) -> bool:
     """Our parent process lives: it is still our parent, or (a fork server's child, whose
-    server lives as long as we do) a process with its pid exists."""
-    if os.getppid() == parent_pid:
-        return True
-    try:
-        os.kill(parent_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    server lives as long as we do) a running process with its pid exists."""
+    return os.getppid() == parent_pid or process_alive(parent_pid)
 
 
 def _stop_requested(flags, parent_pid) -> bool:
