@@ -310,3 +310,151 @@ def test_a_worker_failure_carries_the_workers_own_traceback(digits, recorded_blo
     assert "Traceback" in str(caught.value)
     assert "RuntimeError: the factory failed inside a worker" in str(caught.value)
     assert_cleaned_up(recorded_blocks)
+
+
+# ------------------------------------------------------------------------------------ any network, loss, data
+def batch_norm_network(shape, outputs):
+    """A network with buffers: Linear -> BatchNorm1d (running mean/var, num_batches_tracked) -> ReLU -> Linear."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(shape)), 8),
+                               torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, outputs))
+
+
+def blobs(n=96, features=6, classes=3, seed=0):
+    """Separable Gaussian blobs: float32 inputs (n, features), int64 labels in [0, classes)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = rng.normal(0.0, 3.0, (classes, features))
+    return (centres[labels] + rng.normal(0.0, 1.0, (n, features))).astype(np.float32), labels
+
+
+def test_one_worker_momentum_weight_decay_and_batch_norm_match_torch_sgd():
+    """Full-batch steps (batch_size = rows, so the batch order does not matter), float64: the
+    stamped update with momentum and weight decay equals torch.optim.SGD's, and the shared
+    batch-norm statistics equal a torch network's after the same steps."""
+    inputs, labels = blobs()
+    steps, alpha, momentum, weight_decay = 6, 0.1, 0.9, 0.01
+    engine = torch_engine.TorchEngine(batch_norm_network, workers=1, epochs=steps, batch_size=len(inputs),
+                                      alpha=alpha, momentum=momentum, weight_decay=weight_decay,
+                                      dtype="float64", seed=5, progress=False)
+    result = engine.fit(inputs, labels)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        reference = batch_norm_network((6,), 3).double()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=alpha, momentum=momentum, weight_decay=weight_decay)
+    x, y = torch.from_numpy(inputs).double(), torch.from_numpy(labels)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        optimizer.step()
+    expected = torch.cat([t.detach().reshape(-1) for t in
+                          (*reference.parameters(), reference[2].running_mean, reference[2].running_var)])
+    n_params = parameter_count(reference)
+    assert result.settings["parameters"] == n_params and result.settings["buffers"] == 16
+    assert result.params.shape == (n_params + 16,) and result.updates == steps
+    np.testing.assert_allclose(result.params, expected.numpy(), rtol=1e-9, atol=1e-12)
+    assert result.settings["evaluated_on"] == "train" and result.settings["momentum"] == momentum
+
+
+def test_batch_norm_statistics_are_shared_by_two_workers_and_used_by_the_evaluation(digits):
+    result = torch_engine.TorchEngine(batch_norm_network, workers=2, epochs=4, progress=False).fit(digits)
+    n_params = result.settings["parameters"]
+    running_mean, running_var = result.params[n_params:n_params + 8], result.params[n_params + 8:]
+    assert np.abs(running_mean).max() > 0.01 and np.abs(running_var - 1).max() > 0.01  # moved from 0 and 1
+    assert result.final_accuracy > 0.85, result.history
+    network = batch_norm_network((1, 8, 8), 10).double()
+    flat = result.params.copy()
+    bind_parameters(network, flat[:n_params])
+    torch_engine.bind_buffers(network, flat[n_params:])
+    network.eval()
+    with torch.no_grad():
+        outputs = network(torch.from_numpy(digits.test_images).double())
+    accuracy = float((outputs.argmax(dim=1).numpy() == digits.test_labels).mean())
+    assert abs(accuracy - result.final_accuracy) < 1e-9  # the evaluation ran in eval mode on these buffers
+
+
+@pytest.mark.parametrize("as_tensors", [False, True], ids=["numpy", "torch"])
+def test_mse_regression_on_arrays_of_any_shape(as_tensors):
+    """Inputs (N, 2, 3), targets (N, 2) float; a factory gets outputs = 2; the test pair is scored."""
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=(160, 2, 3)).astype(np.float32)
+    targets = inputs.reshape(160, 6) @ rng.normal(size=(6, 2)).astype(np.float32)
+
+    def linear(shape, outputs):
+        assert shape == (2, 3) and outputs == 2
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, outputs))
+
+    convert = torch.from_numpy if as_tensors else np.asarray
+    engine = torch_engine.TorchEngine(linear, loss="mse", workers=2, epochs=10, batch_size=8,
+                                      alpha=0.05, progress=False)
+    result = engine.fit(convert(inputs[:128]), convert(targets[:128]),
+                        test=(convert(inputs[128:]), convert(targets[128:])))
+    assert result.final_accuracy is None and result.history["accuracy"][-1] is None
+    assert result.final_loss < 0.05 * result.history["loss"][0], result.history
+    assert result.settings["loss"] == "test mean squared error" and result.settings["outputs"] == 2
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+
+
+def test_classification_arrays_train_a_registered_network_in_spawned_workers(recorded_blocks):
+    inputs, labels = blobs(n=120, features=5, classes=4)
+    result = torch_engine.TorchEngine("mlp", workers=2, epochs=5, start_method="spawn",
+                                      progress=False).fit(inputs, labels)
+    assert result.settings["classes"] == 4 and result.settings["input_shape"] == [5]
+    assert result.final_accuracy > 0.9 and result.settings["accuracy"] == "train"
+    assert_cleaned_up(recorded_blocks)
+
+
+def test_cnn_is_one_dimensional_on_signals_and_learns_mnist1d():
+    from hogwild_mts.models.nets import CNN, CNN1D
+
+    assert isinstance(build_network("cnn", (1, 1, 40), 10), CNN1D)
+    assert isinstance(build_network("cnn", (2, 40), 10), CNN1D)
+    assert isinstance(build_network("cnn", (1, 8, 8), 10), CNN)
+    data = load_images("mnist1d:n=1000")
+    result = torch_engine.TorchEngine("cnn", workers=2, epochs=8, alpha=0.1, progress=False).fit(data)
+    assert result.final_accuracy > 0.3, result.history  # 10 classes: chance is 0.1
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(loss="hinge"), "loss must be one of \\['cross_entropy', 'mse'\\], got 'hinge'"),
+    (dict(momentum=1.0), "momentum must be a finite number in \\[0, 1\\), got 1.0"),
+    (dict(momentum=-0.1), "momentum must be a finite number in \\[0, 1\\), got -0.1"),
+    (dict(weight_decay=-1e-4), "weight_decay must be a finite number >= 0, got -0.0001"),
+    (dict(backend="ray", momentum=0.9), "backend='ray' trains with .* got momentum=0.9"),
+    (dict(backend="ray", loss="mse"), "got loss='mse'"),
+])
+def test_bad_loss_momentum_and_weight_decay_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        torch_engine.TorchEngine(**options)
+
+
+def to_outputs(outputs):
+    """A factory whose network always has ``outputs`` outputs, whatever the data asks."""
+    return lambda shape, _: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(shape)), outputs))
+
+
+@pytest.mark.parametrize("fit, options, message", [
+    (lambda x, y: ((x, y[:-1]), {}), {}, r"train targets have shape \(95,\), expected \(96,\)"),
+    (lambda x, y: ((x[:-1], y), {}), {}, r"train targets have shape \(96,\), expected \(95,\)"),
+    (lambda x, y: ((x, y + 0.5), {}), {}, "must be integer class labels, got dtype float64"),
+    (lambda x, y: ((x, y - 1), {}), {}, "train target -1 at row 0 is negative; class labels must be integers >= 0"),
+    (lambda x, y: ((x, 0 * y), {}), {}, "need at least 2 classes"),
+    (lambda x, y: ((x.astype(str), y), {}), {}, "inputs must hold real numbers .* got dtype <U"),
+    (lambda x, y: ((np.where(x > 0, np.nan, x), y), {}), {}, "train inputs contain NaN"),
+    (lambda x, y: ((x, y), {"test": x}), {}, r"test must be a pair \(inputs, targets\)"),
+    (lambda x, y: ((x, y), {"test": (x[:, :2], y)}), {}, r"train inputs are \(6,\) but test inputs are \(2,\)"),
+    (lambda x, y: ((x, y), {}), dict(model=to_outputs(5)),
+     r"maps inputs of shape \(2, 6\) to \(2, 5\); loss 'cross_entropy' on arrays needs \(2, 3\) \(one logit per class\)"),
+    (lambda x, y: ((x, y.astype(np.float32)), {}), dict(loss="mse", model=to_outputs(2)),
+     r"needs \(2, 1\) \(the values of one target row\)"),
+    (lambda x, y: ((load_images("digits"),), {}), dict(loss="mse"),
+     "loss 'mse' cannot train on digits, which holds class labels; use loss='cross_entropy'"),
+    (lambda x, y: ((load_images("digits"), y), {}), {}, "y and test go with arrays"),
+])
+def test_bad_arrays_fail_before_any_worker_starts(recorded_blocks, fit, options, message):
+    inputs, labels = blobs()
+    arguments, keywords = fit(inputs, labels)
+    with pytest.raises(ValueError, match=message):
+        torch_engine.TorchEngine(progress=False, **options).fit(*arguments, **keywords)
+    assert recorded_blocks == [] and not multiprocessing.active_children()

@@ -207,10 +207,16 @@ def array_dataset(inputs, targets, test=None, *, classification: bool, name: str
         (test_inputs, test_targets), evaluated_on = test, "test"
     classes = None
     if classification:
-        labels = [_real_array(t, f"{name}: {part} targets") for part, t in (("train", targets), ("test", test_targets))]
-        classes = (0, 1)  # unless the labels are valid: then the dataset's checks name the bad ones
-        if all(t.dtype.kind in "iub" and t.size for t in labels) and min(int(t.min()) for t in labels) >= 0:
-            classes = tuple(range(max(int(t.max()) for t in labels) + 1))
+        labels = {part: _real_array(t, f"{name}: {part} targets")
+                  for part, t in (("train", targets), ("test", test_targets))}
+        classes = (0, 1)  # unless every label is an integer: then the dataset's checks name them
+        if all(t.dtype.kind in "iub" for t in labels.values()):
+            for part, t in labels.items():
+                negative = np.flatnonzero(t < 0)
+                if negative.size:
+                    raise DataError(f"{name}: {part} target {int(t.flat[negative[0]])} at row "
+                                    f"{int(negative[0])} is negative; class labels must be integers >= 0")
+            classes = tuple(range(max((int(t.max()) for t in labels.values() if t.size), default=0) + 1))
     return ArrayDataset(inputs, targets, test_inputs, test_targets, classes, name, evaluated_on)
 
 
