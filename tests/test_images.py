@@ -217,3 +217,26 @@ def test_image_dataset_validates(change, message):
     fields.update(change)
     with pytest.raises(DataError, match=message):
         ImageDataset(**fields)
+
+
+def test_array_dataset_from_arrays_and_tensors():
+    import torch
+
+    from hogwild_mts.data.images import ArrayDataset, array_dataset
+
+    inputs = np.arange(24, dtype=np.float64).reshape(4, 2, 3)
+    regression = array_dataset(torch.from_numpy(inputs), np.ones((4, 2, 2)), classification=False)
+    assert (regression.input_shape, regression.outputs, regression.classes) == ((2, 3), 4, None)
+    assert regression.train_inputs.dtype == np.float32 and regression.train_targets.dtype == np.float32
+    assert regression.evaluated_on == "train" and regression.test_inputs is regression.train_inputs
+    assert "scored on the training rows" in repr(regression)
+    labelled = array_dataset(inputs, [0, 2, 1, 0], test=(inputs[:2], np.array([3, 1])), classification=True)
+    assert labelled.classes == ("0", "1", "2", "3") and labelled.outputs == 4 and labelled.evaluated_on == "test"
+    digits = load_images("digits")
+    assert isinstance(digits, ArrayDataset) and digits.train_images is digits.train_inputs
+    with pytest.raises(DataError, match=r"train targets have shape \(3,\), expected 4 rows"):
+        array_dataset(inputs, np.zeros(3), classification=False)
+    with pytest.raises(DataError, match="test targets contain NaN"):
+        array_dataset(inputs, np.zeros(4), test=(inputs, np.full(4, np.nan)), classification=False)
+    with pytest.raises(DataError, match="the targets y are missing"):
+        array_dataset(inputs, None, classification=True)

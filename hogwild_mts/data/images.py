@@ -84,7 +84,11 @@ class ArrayDataset:
             self.classes = tuple(str(c) for c in self.classes)
             if len(self.classes) < 2:
                 raise DataError(f"{self.name}: need at least 2 classes, got {self.classes!r}")
+        same_rows = self.test_inputs is self.train_inputs and self.test_targets is self.train_targets
         for part in ("train", "test"):
+            if part == "test" and same_rows:  # the training rows are scored: one copy of them
+                self.test_inputs, self.test_targets = self.train_inputs, self.train_targets
+                break
             inputs = _real_array(getattr(self, f"{part}_inputs"), f"{self.name}: {part} {self.INPUTS}")
             targets = _real_array(getattr(self, f"{part}_targets"), f"{self.name}: {part} {self.TARGETS}")
             if inputs.ndim < 2 or inputs.shape[0] == 0 or self.INPUT_NDIM not in (None, inputs.ndim):
