@@ -1,15 +1,24 @@
 """Model files: a directory with ``model.json`` (strict JSON: format, version, kind, settings,
-policy, counter) and ``arrays.npz`` (numbers only, loaded without pickle).  No code is stored:
-a policy is kept as its registered name and constructor options, or, for a function policy, as
-its table.
+policy, counter) and an arrays file (``.npz``, numbers only, loaded without pickle) that
+``model.json`` names.  No code is stored: a policy is kept as its registered name and
+constructor options, or, for a function policy, as its table.
 
 A linear model file holds ``coef`` (K x d: one row per binary problem, K = 1 for two classes or
 regression), ``intercept`` (K), ``classes`` (classifiers) and the run's ``staleness_histogram``
 (the adaptive policy's state: a policy rebuilt from the file and bound observes it again).
+
+A checkpoint is a model file whose ``model.json`` also holds ``run``: the state a run resumes
+from (see :mod:`hogwild_mts.checkpoint`), with the extra arrays it needs.
+
+Saving is atomic for the directory as a whole: the arrays go to whichever of ``arrays.npz`` and
+``arrays-b.npz`` the current ``model.json`` does not name, then ``model.json`` is replaced (the
+commit), then the other arrays file is removed.  A crash at any point leaves the previous model
+or the new one whole, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -23,6 +32,7 @@ FORMAT = "hogwild-mts-model"
 VERSION = 1
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.npz"
+ARRAYS_NAMES = (ARRAYS, "arrays-b.npz")  # a save writes the one model.json does not name
 LINEAR_KINDS = ("HogwildClassifier", "HogwildRegressor")
 
 
@@ -34,7 +44,9 @@ class ModelFileError(ValueError):
 def policy_spec(policy) -> dict:
     """A JSON-able description from which :func:`policy_from_spec` rebuilds ``policy``: a name
     (with no options: the caller's alpha applies), a registered policy's constructor options,
-    or any other policy's current table."""
+    or any other policy's current table.  A spec (a dict) is returned as it is."""
+    if isinstance(policy, dict):
+        return policy
     if isinstance(policy, str):
         return {"name": policy}
     cls = POLICIES.get(getattr(policy, "name", None))
@@ -60,9 +72,12 @@ def policy_from_spec(spec: dict, where: str):
 
 # ---------------------------------------------------------------------------- files
 def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray, classes,
-                estimator_params: dict, histogram: np.ndarray, counter: int, metrics: dict) -> str:
+                estimator_params: dict, histogram: np.ndarray, counter: int, metrics: dict,
+                run: dict | None = None, run_arrays: dict | None = None) -> str:
     """Write a linear model file into directory ``path`` (created); return ``path``.
-    ``estimator_params``: the estimator's ``get_params()`` (the policy as given)."""
+    ``estimator_params``: the estimator's ``get_params()`` (the policy as given).  A checkpoint
+    adds ``run`` (JSON-able run state) and ``run_arrays`` (name -> array, stored beside the
+    model's arrays)."""
     if kind not in LINEAR_KINDS:
         raise ValueError(f"kind must be one of {list(LINEAR_KINDS)}, got {kind!r}")
     arrays = {"coef": np.asarray(coef, dtype=np.float64), "intercept": np.asarray(intercept, dtype=np.float64),
@@ -73,22 +88,67 @@ def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray
             raise ValueError(f"class labels of dtype {classes.dtype} cannot be stored without "
                              "pickle; use numbers or strings")
         arrays["classes"] = classes
+    clashing = sorted(set(arrays) & set(run_arrays or {}))
+    if clashing:
+        raise ValueError(f"run arrays {clashing} would replace the model's own")
+    arrays.update(run_arrays or {})
     params = dict(estimator_params)
     params["policy"] = policy_spec(params.get("policy", "constant"))
+    os.makedirs(path, exist_ok=True)
+    current = _arrays_name(path)
+    arrays_name = ARRAYS_NAMES[1] if current == ARRAYS_NAMES[0] else ARRAYS_NAMES[0]
     document = {"format": FORMAT, "version": VERSION, "kind": kind, "params": params,
                 "n_features": int(arrays["coef"].shape[1]), "counter": int(counter),
-                "metrics": metrics}
+                "metrics": metrics, "arrays": arrays_name}
+    if run is not None:
+        document["run"] = run
     text = strict_json(document)
-    os.makedirs(path, exist_ok=True)
-    write_atomic(os.path.join(path, ARRAYS), npz_bytes(arrays))
-    write_atomic(os.path.join(path, MODEL_JSON), text)
+    write_atomic(os.path.join(path, arrays_name), npz_bytes(arrays))
+    write_atomic(os.path.join(path, MODEL_JSON), text)  # the commit
+    for name in ARRAYS_NAMES:
+        if name != arrays_name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
     return path
+
+
+def _arrays_name(directory: str) -> str | None:
+    """The arrays file the model.json in ``directory`` names (None: no readable model.json)."""
+    try:
+        with open(os.path.join(directory, MODEL_JSON)) as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    name = document.get("arrays", ARRAYS) if isinstance(document, dict) else None
+    return name if name in ARRAYS_NAMES else None
 
 
 def read(path: str) -> tuple[dict, dict]:
     """(the checked ``model.json`` document, its arrays) of the model file at ``path`` (the
     directory or its model.json)."""
     directory = os.path.dirname(path) if os.path.basename(path) == MODEL_JSON else path
+    for attempt in range(2):  # a save may switch arrays files between our two reads: read again
+        document = _read_document(path, directory)
+        arrays_path = os.path.join(directory, document.get("arrays", ARRAYS))
+        try:
+            with np.load(arrays_path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise ModelFileError(f"{arrays_path}: missing (the model file is incomplete)") from None
+        except (OSError, ValueError) as error:
+            raise ModelFileError(f"{arrays_path}: unreadable arrays ({error})") from None
+    coef = arrays.get("coef")
+    if coef is None or coef.ndim != 2 or coef.shape[1] != document.get("n_features"):
+        raise ModelFileError(f"{directory}: coef must be a (K, n_features) array")
+    if arrays.get("intercept") is None or arrays["intercept"].shape != (coef.shape[0],):
+        raise ModelFileError(f"{directory}: intercept must hold one number per row of coef")
+    return document, arrays
+
+
+def _read_document(path: str, directory: str) -> dict:
+    """The checked ``model.json`` of the model file in ``directory``."""
     json_path = os.path.join(directory, MODEL_JSON)
     if not os.path.isfile(json_path):
         raise ModelFileError(f"{path}: not a model file (no {MODEL_JSON}; a model file is the "
@@ -106,14 +166,7 @@ def read(path: str) -> tuple[dict, dict]:
     if document.get("kind") not in LINEAR_KINDS:
         raise ModelFileError(f"{json_path}: a model of kind {document.get('kind')!r}; "
                              f"expected one of {list(LINEAR_KINDS)}")
-    try:
-        with np.load(os.path.join(directory, ARRAYS), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise ModelFileError(f"{os.path.join(directory, ARRAYS)}: unreadable arrays ({error})") from None
-    coef = arrays.get("coef")
-    if coef is None or coef.ndim != 2 or coef.shape[1] != document.get("n_features"):
-        raise ModelFileError(f"{directory}: coef must be a (K, n_features) array")
-    if arrays.get("intercept") is None or arrays["intercept"].shape != (coef.shape[0],):
-        raise ModelFileError(f"{directory}: intercept must hold one number per row of coef")
-    return document, arrays
+    if document.get("arrays", ARRAYS) not in ARRAYS_NAMES:
+        raise ModelFileError(f"{json_path}: arrays file {document.get('arrays')!r}; expected one "
+                             f"of {list(ARRAYS_NAMES)}")
+    return document

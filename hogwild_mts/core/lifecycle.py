@@ -77,6 +77,9 @@ class Backend(Protocol):
 
     # Optional: ``stalled(seconds) -> {worker id: seconds}``, the workers that have not left their
     # loop and whose update count has not moved for ``seconds``; :func:`run` shows them.
+    # Optional: ``final_checkpoint()``, called once after ``collect`` and the final evaluation
+    # when the run ended normally or by a stop signal (not after an error or on NaN/inf
+    # parameters): write the run's last checkpoint.
 
 
 @dataclass
@@ -138,13 +141,14 @@ Score = Callable[[np.ndarray], tuple]  # params -> (loss, accuracy or None)
 
 
 def run(backend: Backend, options: RunOptions, *, score: Score, details: Callable[[np.ndarray], dict],
-        total_updates: int, started: float) -> FitResult:
+        total_updates: int, started: float, resumed_updates: int = 0) -> FitResult:
     """Run ``backend`` to the end (or Ctrl-C) and return the FitResult.
 
     ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
     ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
     settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
-    fit began.  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
+    fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
+    counts start there).  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
     partial result with ``interrupted=True``; a stop signal while the result is being made is
     held, not raised.  The backend is stopped, joined and closed on every path.
     """
@@ -153,7 +157,7 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
         interrupted = False
         try:
             backend.start()
-            watcher.watch(total_updates)
+            watcher.watch(total_updates, resumed_updates)
         except KeyboardInterrupt:
             interrupted = True
         with signals.held():
@@ -174,6 +178,9 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
     totals = backend.collect()
     final = backend.snapshot()
     loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
+    final_checkpoint = getattr(backend, "final_checkpoint", None)
+    if final_checkpoint is not None:  # after the divergence checks: never a NaN checkpoint
+        final_checkpoint()
     return FitResult(
         history=watcher.history, updates=totals.updates, counter=totals.counter,
         samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,
@@ -213,25 +220,26 @@ class _Watcher:
             self.record(params, elapsed, updates)
         self.deferred = []
 
-    def watch(self, total_updates: int) -> None:
+    def watch(self, total_updates: int, resumed_updates: int = 0) -> None:
         """Start the workers together once all are ready, then poll until they finish,
         evaluating on the schedule (the final row comes from :func:`run`).  The starting point
-        is scored on a spare core after the start signal, or, when the workers take every core,
-        while they start up."""
+        (``resumed_updates`` updates into the run) is scored on a spare core after the start
+        signal, or, when the workers take every core, while they start up."""
         backend, options = self.backend, self.options
         starting_point = backend.snapshot()  # nobody writes yet
         spare_core = options.workers < (os.cpu_count() or 1)
         if not spare_core:
-            self.record(starting_point, 0.0, 0)
+            self.record(starting_point, 0.0, resumed_updates)
         while not backend.ready():
             backend.wait()
         backend.go()
         if spare_core:
-            self.record(starting_point, 0.0, 0)
+            self.record(starting_point, 0.0, resumed_updates)
         every_updates, every_seconds = options.eval_every_updates, options.eval_every
-        next_updates = every_updates
+        next_updates = None if every_updates is None else (resumed_updates // every_updates + 1) * every_updates
         next_seconds = every_seconds
         bar = progress_bar(total_updates, options.progress)
+        bar.update(resumed_updates)
         try:
             while True:
                 finished = backend.finished()  # read before the counts: a later row is the final one

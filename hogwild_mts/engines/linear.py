@@ -3,16 +3,22 @@ the workers through the shared lifecycle of :mod:`hogwild_mts.core.lifecycle`.""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import queue
 import time
 
 import numpy as np
 
+from hogwild_mts.checkpoint import (RunState, check_resume, check_unfinished, checkpoint_options,
+                                    prepare_directory, read_checkpoint, rows_digest, run_settings,
+                                    write_checkpoint)
 from hogwild_mts.backends.shm import kernels, worker
-from hogwild_mts.backends.shm.backend import (START_METHODS, ShmBackend, control_layout,
-                                             default_start_method, start_processes, worker_times)
-from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
+from hogwild_mts.backends.shm.backend import (START_METHODS, CheckpointWriter, ShmBackend,
+                                             control_layout, default_start_method, restore_state,
+                                             start_processes, worker_times)
+from hogwild_mts.backends.ray.options import ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
@@ -51,6 +57,10 @@ class Engine:
     local one; workers push every ``local_steps`` mini-batches, and ``checkpoint(engine, params,
     version, histogram)`` is called with the server's state every ``checkpoint_every`` seconds
     and after the run (docs/distributed.md; ``hogwild_mts.backends.ray.checkpoint``).
+    ``checkpoint_dir`` keeps the run's latest checkpoint there (both backends), every
+    ``checkpoint_every`` seconds and/or (shared memory) every ``checkpoint_every_updates``
+    updates, and after the run; ``fit(..., resume=DIR)`` continues a run from one
+    (:mod:`hogwild_mts.checkpoint`: what is stored, and when a resume is exact).
     ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
     baseline of the stamping-overhead benchmark.
     """
@@ -62,7 +72,8 @@ class Engine:
                  defer_evaluation: bool = False, stamp: bool = True,
                  start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
-                 checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
+                 checkpoint=None, checkpoint_every: float | None = None,
+                 checkpoint_dir=None, checkpoint_every_updates: int | None = None):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
@@ -80,8 +91,14 @@ class Engine:
         self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
         self.backend = backend
+        self.checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
+                                                         checkpoint_every_updates)
+        if self.checkpoints is not None and self.split != "dynamic":
+            raise ValueError("checkpoints need split='dynamic' (with one worker both splits train "
+                             f"the same rows in the same order), got split={self.split!r}")
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
-                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                       checkpoint_dir=checkpoint_dir)
         if self.ray_options is not None and not self.stamp:
             raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
@@ -93,6 +110,9 @@ class Engine:
         layout = control_layout(self.workers, self.model.n_params(dataset.n_features), self.dtype)
         layout.add("feature_scale", np.float64, (dataset.n_features,))
         worker.add_schedule(layout, dataset.n_samples, self.split)
+        if self.checkpoints is not None:
+            worker.add_checkpoint_fields(layout, self.workers, self.model.n_params(dataset.n_features),
+                                         self.dtype)
         if self.workers > 1 and self.start_method != "fork":
             for name, array in _data_arrays(dataset, sample_weight).items():
                 layout.add(name, array.dtype, array.shape)
@@ -117,7 +137,9 @@ class Engine:
             n_features=dataset.n_features, dense=dataset.dense,
             fit_intercept=self.model.fit_intercept, loss_id=self.model.loss_id,
             l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, parent_pid=os.getpid(),
-            split=self.split)
+            split=self.split,
+            checkpoint_every_seconds=self.checkpoints and self.checkpoints.every_seconds,
+            checkpoint_every_updates=self.checkpoints and self.checkpoints.every_updates)
 
     def _warm_up(self, views: dict, spec: worker.WorkerSpec) -> None:
         """Compile (or load from numba's cache) the kernels for these types in the parent."""
@@ -144,7 +166,7 @@ class Engine:
                                  spec.fit_intercept, spec.loss_id, spec.l2)
 
     # ------------------------------------------------------------------ run
-    def fit(self, X, y=None, *, sample_weight=None, init_params=None) -> FitResult:
+    def fit(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> FitResult:
         """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``.
 
         ``sample_weight``: one finite weight >= 0 per row (not all zero) multiplying that row's
@@ -153,34 +175,46 @@ class Engine:
 
         ``init_params``: the flat parameter vector to start from (the weights, then the
         intercept if the model has one; default zeros), e.g. a previous result's
-        ``np.append(params, intercept)``.  Returns a FitResult.  Ctrl-C stops the workers and
+        ``np.append(params, intercept)``.  ``resume``: a checkpoint directory (see
+        ``checkpoint_dir``) whose run this fit continues with the same data and settings: the
+        remaining batches only, from its parameters, counter, histogram and counts (Ray: its
+        parameters, for the epochs its pushes have not covered); refused before any worker
+        starts for a finished run or other data or settings.  Returns a FitResult.  Ctrl-C stops the workers and
         returns the partial result with ``interrupted=True``.  Raises WorkerError if a worker
         fails or dies, DivergenceError on NaN/inf parameters; shared memory is unlinked on
         every path.
         """
         started = time.time()
+        if resume is not None and init_params is not None:
+            raise ValueError("give init_params or resume, not both")
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         weights = check_sample_weight(sample_weight, dataset.n_samples)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
+        run = _CheckpointedRun(self, dataset, weights, X if y is None else y, resume)
         if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.linear
             from hogwild_mts.backends.ray.linear import fit_linear
 
+            if run.resumed is not None:
+                return fit_linear(run.remaining_on_ray(), dataset, weights, run.resumed.params, started)
             return fit_linear(self, dataset, weights, start_params, started)
         block = SharedBlock.create(self._layout(dataset, weights))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, weights, start_params, started)
+            return self._run(block, dataset, weights, start_params, started, run)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
     def _run(self, block: SharedBlock, dataset: Dataset, sample_weight: np.ndarray, start_params,
-             started: float) -> FitResult:
+             started: float, run: "_CheckpointedRun") -> FitResult:
         """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
         self._fill(block.views, dataset, sample_weight)
         if start_params is not None:
             block.views["params"][:] = start_params
         spec = self._spec(block, dataset)
-        worker.prepare_schedule(block.views, spec)
+        if run.resumed is not None:
+            restore_state(block.views, spec, run.resumed)
+        else:
+            worker.prepare_schedule(block.views, spec)
         self._warm_up(block.views, spec)
 
         def launch(views, processes):
@@ -215,11 +249,65 @@ class Engine:
                                  "loss": "training objective", "accuracy": "train"},
                     **worker_times(block.views["clock"], started)}
 
-        backend = ShmBackend(block, self.workers, launch, self.policy)
+        backend = ShmBackend(block, self.workers, launch, self.policy,
+                             None if self.checkpoints is None
+                             else CheckpointWriter(block.views, spec, run.write))
         total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
                                      self.split)
         return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=total, started=started)
+                             total_updates=total, started=started,
+                             resumed_updates=0 if run.resumed is None else run.resumed.updates)
+
+
+class _CheckpointedRun:
+    """A fit's checkpoint side, settled before any worker starts: the run's settings as a
+    checkpoint records them, the state it resumes from (``resumed``, None for a new run, checked
+    against this run), the checkpoint directory made ready, and the two class labels."""
+
+    def __init__(self, engine: Engine, dataset: Dataset, sample_weight: np.ndarray, labels, resume):
+        self.engine, self.resumed = engine, None
+        if resume is None and engine.checkpoints is None:
+            return
+        self.settings = run_settings(
+            engine, backend=engine.backend, n_features=dataset.n_features,
+            n_samples=dataset.n_samples,
+            digest=rows_digest(dataset.y, dataset.indptr, sample_weight))
+        self.n_samples = dataset.n_samples
+        self.classes = _binary_classes(labels) if engine.model.classifier else None
+        if resume is not None:
+            path = os.fspath(resume)
+            saved, self.resumed = read_checkpoint(path)
+            check_resume(path, saved, self.settings)
+            if engine.ray_options is None:
+                check_unfinished(path, self.resumed, worker.total_updates(
+                    dataset.n_samples, engine.workers, engine.epochs, engine.batch_size))
+            elif self.remaining_epochs() < 1:
+                raise ValueError(f"cannot resume {path}: its pushes covered all {engine.epochs} "
+                                 "epochs; start a new run from it with init_params instead")
+        if engine.checkpoints is not None:
+            prepare_directory(engine.checkpoints.directory)
+
+    def write(self, state: RunState) -> None:
+        write_checkpoint(self.engine.checkpoints.directory, self.settings, state,
+                                    self.classes)
+
+    def remaining_epochs(self) -> int:
+        """Ray: the epochs the resumed run's pushes have not covered (whole epochs, rounded up)."""
+        return self.engine.epochs - self.resumed.samples // self.n_samples
+
+    def remaining_on_ray(self) -> Engine:
+        """A copy of the engine that runs the remaining epochs (Ray)."""
+        engine = copy.copy(self.engine)
+        engine.options = dataclasses.replace(engine.options, epochs=self.remaining_epochs())
+        engine.epochs = engine.options.epochs
+        return engine
+
+
+def _binary_classes(labels) -> np.ndarray:
+    """The labels a classifier's checkpoint stores: 0 and 1 when the data's labels are 0/1, else
+    -1 and +1 (the engine's)."""
+    values = np.unique(np.asarray(labels.y if isinstance(labels, Dataset) else labels, dtype=np.float64))
+    return np.array([0.0, 1.0]) if np.all(np.isin(values, (0.0, 1.0))) else np.array([-1.0, 1.0])
 
 
 def prepare_dataset(model: LinearModel, X, y, workers: int, batch_size: int) -> Dataset:

@@ -1,41 +1,43 @@
-"""Checkpoints of the parameter server's state as model files (:mod:`hogwild_mts.model_file`:
-``model.json`` + ``arrays.npz``, the estimators' format), written by the driver.
+"""Checkpoints of the parameter server's state as model files (:mod:`hogwild_mts.checkpoint`:
+``model.json`` + arrays, the estimators' format with the run state), written by the driver.
 
-``Engine(..., backend="ray", checkpoint=ModelFileCheckpoint(path))`` rewrites the model file
-at ``path`` every ``checkpoint_every`` seconds and after the run.  It loads with
-``hogwild_mts.load(path)`` as a fitted estimator, and a run resumes from it with
-``Engine.fit(..., init_params=resume_params(path))``.
+``Engine(..., backend="ray", checkpoint_dir=path)`` (or ``checkpoint=ModelFileCheckpoint(path)``)
+rewrites the model file at ``path`` every ``checkpoint_every`` seconds and after the run.  It
+loads with ``hogwild_mts.load(path)`` as a fitted estimator; ``Engine.fit(..., resume=path)``
+continues from it (the stored parameters, the epochs not yet covered), and
+``Engine.fit(..., init_params=resume_params(path))`` starts a new run from its parameters.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hogwild_mts import model_file
+from hogwild_mts import checkpoint, model_file
 
 
 class ModelFileCheckpoint:
     """A checkpoint function ``f(engine, params, version, histogram)`` for a linear
     :class:`hogwild_mts.engines.linear.Engine`: ``params`` the server's flat vector (weights,
-    then the intercept if fitted), ``version`` its pushes, ``histogram`` its tau counts."""
+    then the intercept if fitted), ``version`` its pushes, ``histogram`` its tau counts.  The
+    run state records ``samples`` as pushes x ``local_steps`` x ``batch_size`` (an upper bound:
+    a worker's last push of an epoch may hold fewer rows) and no batch position."""
 
     def __init__(self, path: str):
         self.path = str(path)
 
     def __call__(self, engine, params: np.ndarray, version: int, histogram: np.ndarray) -> None:
-        model, options = engine.model, engine.options
-        n_features = params.shape[0] - int(model.fit_intercept)
-        estimator_params = {"loss": model.name, "policy": options.policy, "alpha": None,
-                            "workers": options.workers, "epochs": options.epochs,
-                            "batch_size": options.batch_size, "l2": float(model.l2),
-                            "fit_intercept": model.fit_intercept, "seed": options.seed}
-        model_file.save_linear(
-            self.path, kind="HogwildClassifier" if model.classifier else "HogwildRegressor",
-            coef=params[None, :n_features],
-            intercept=params[n_features:] if model.fit_intercept else np.zeros(1),
-            classes=np.array([-1.0, 1.0]) if model.classifier else None,
-            estimator_params=estimator_params, histogram=histogram, counter=version,
-            metrics={"backend": "ray", "version": int(version)})
+        options = engine.options
+        settings = checkpoint.run_settings(
+            engine, backend="ray", n_features=params.shape[0] - int(engine.model.fit_intercept))
+        rows_per_push = options.batch_size * engine.ray_options.local_steps
+        taus = np.flatnonzero(histogram)
+        state = checkpoint.RunState(
+            params=np.asarray(params, dtype=np.float64), counter=int(version),
+            histogram=np.asarray(histogram, dtype=np.int64), updates=int(version),
+            samples=int(version) * rows_per_push, max_staleness=int(taus[-1]) if taus.size else 0,
+            refits=0, position=-1, order_generator=np.zeros(checkpoint.GENERATOR_WORDS, np.uint64),
+            finished=False)
+        checkpoint.write_checkpoint(self.path, settings, state)
 
 
 def resume_params(path: str) -> np.ndarray:

@@ -18,7 +18,8 @@ class RayOptions:
     worker takes between pushes (>= 1); ``checkpoint``: None or a function
     ``f(engine, params, version, histogram)`` called with the server's state every
     ``checkpoint_every`` seconds and after the run (e.g.
-    :class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`)."""
+    :class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`, which the engines'
+    ``checkpoint_dir`` sets up)."""
 
     address: str | None
     local_steps: int
@@ -27,10 +28,14 @@ class RayOptions:
 
 
 def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
-                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS) -> RayOptions | None:
+                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS, checkpoint_dir=None) -> RayOptions | None:
     """RayOptions for ``backend="ray"``, None for ``"shm"``; ValueError naming the value for an
-    unknown backend, a bad option, or a Ray option given with the shared-memory backend."""
+    unknown backend, a bad option, or a Ray option given with the shared-memory backend.
+    ``checkpoint_dir`` (Ray: instead of ``checkpoint``) writes model-file checkpoints there;
+    ``checkpoint_every`` None means DEFAULT_CHECKPOINT_SECONDS."""
     check_choice("backend", backend, BACKENDS)
+    if checkpoint_every is None:
+        checkpoint_every = DEFAULT_CHECKPOINT_SECONDS
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ValueError(f"ray_address must be None or a non-empty string such as "
                          f"'auto' or 'HOST:6379', got {address!r}")
@@ -46,5 +51,11 @@ def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
         if given:
             raise ValueError(f"{', '.join(given)} only apply to backend='ray' (got backend='shm')")
         return None
+    if checkpoint_dir is not None:
+        if checkpoint is not None:
+            raise ValueError("give checkpoint (a function) or checkpoint_dir, not both")
+        from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint
+
+        checkpoint = ModelFileCheckpoint(checkpoint_dir)
     return RayOptions(address=address, local_steps=local_steps, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every)

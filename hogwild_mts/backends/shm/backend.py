@@ -14,7 +14,9 @@ import time
 
 import numpy as np
 
+from hogwild_mts.backends.shm import kernels, worker
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, owner_named_semaphores
+from hogwild_mts.checkpoint import RunState
 from hogwild_mts.core import control, signals
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
@@ -111,13 +113,71 @@ def join(processes) -> None:
             process.join()
 
 
+def restore_state(views: dict, spec, state: RunState) -> None:
+    """Put a checkpoint's run state in a new block before the start: parameters, counter, the
+    histogram and the counts (as worker 0's row), and the dynamic split's schedule."""
+    views["params"][:] = state.params
+    views["counter"][0] = state.counter
+    views["hist"][0, :state.histogram.size] = state.histogram
+    stats = views["stats"][0]
+    stats[control.STAT_UPDATES], stats[control.STAT_SAMPLES] = state.updates, state.samples
+    stats[control.STAT_MAX_TAU], stats[control.STAT_REFITS] = state.max_staleness, state.refits
+    worker.restore_schedule(views, spec, state.position, state.order_generator)
+
+
+class CheckpointWriter:
+    """The parent's side of a linear run's checkpoints on the shared block (the worker's side:
+    :class:`hogwild_mts.backends.shm.worker.Snapshotter`): ``write(RunState)`` each snapshot
+    worker 0 takes, then tell it the fields are free again; after the run, the final state."""
+
+    def __init__(self, views: dict, spec, write):
+        self.views, self.spec, self._write = views, spec, write
+        self.total_batches = worker.total_updates(views["orders"].shape[1], spec.workers,
+                                                  spec.epochs, spec.batch_size)
+
+    def poll(self) -> None:
+        """Write the snapshot worker 0 took, if it has not been written yet."""
+        words = self.views["snapshot_words"]
+        taken = int(kernels.load_word(words, worker.SNAP_TAKEN))
+        if taken <= words[worker.SNAP_WRITTEN]:
+            return
+        position = int(words[worker.SNAP_POSITION])
+        self._write(RunState(
+            params=self.views["snapshot_params"].astype(np.float64),
+            counter=int(words[worker.SNAP_COUNTER]), histogram=self.views["snapshot_hist"].copy(),
+            updates=int(words[worker.SNAP_UPDATES]), samples=int(words[worker.SNAP_SAMPLES]),
+            max_staleness=int(words[worker.SNAP_MAX_TAU]), refits=int(words[worker.SNAP_REFITS]),
+            position=position, finished=position >= self.total_batches,
+            order_generator=words.view(np.uint64)[worker.SNAP_GENERATOR:
+                                                  worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy()))
+        kernels.store_word(words, worker.SNAP_WRITTEN, taken)
+
+    def final(self) -> None:
+        """Write the state the workers left (call after they have all stopped)."""
+        schedule = worker.schedule_state(self.views, self.spec)
+        if schedule is None:  # cannot happen once every worker has stopped; keep the last one
+            return
+        position, generator = schedule
+        stats = self.views["stats"]
+        self._write(RunState(
+            params=self.views["params"].astype(np.float64), counter=int(self.views["counter"][0]),
+            histogram=self.views["hist"][:, :control.HIST_BINS].sum(axis=0),
+            updates=int(stats[:, control.STAT_UPDATES].sum()),
+            samples=int(stats[:, control.STAT_SAMPLES].sum()),
+            max_staleness=int(stats[:, control.STAT_MAX_TAU].max()),
+            refits=int(stats[:, control.STAT_REFITS].sum()), position=position,
+            order_generator=generator, finished=position >= self.total_batches))
+
+
 class ShmBackend:
     """Workers on one shared block.  ``launch(views, processes) -> error queue`` starts them
     (appending each to ``processes``: processes, or a ThreadWorker for one worker).  The block
-    is released by :meth:`close`."""
+    is released by :meth:`close`.  ``checkpoints``: None or a :class:`CheckpointWriter`, polled
+    with the workers and asked for the final state by :meth:`final_checkpoint`."""
 
-    def __init__(self, block: SharedBlock, workers: int, launch, policy):
+    def __init__(self, block: SharedBlock, workers: int, launch, policy, checkpoints=None):
         self.block, self.workers, self._launch, self._policy = block, workers, launch, policy
+        self._checkpoints = checkpoints
         self.views = block.views
         self.processes: list = []
         self._errors = None
@@ -170,7 +230,14 @@ class ShmBackend:
 
     def poll(self, until_updates=None) -> int:
         self._check()
+        if self._checkpoints is not None:
+            self._checkpoints.poll()
         return int(self.views["stats"][:, control.STAT_UPDATES].sum())
+
+    def final_checkpoint(self) -> None:
+        """Write the run's last checkpoint (after ``join``), if the run keeps checkpoints."""
+        if self._checkpoints is not None:
+            self._checkpoints.final()
 
     def finished(self) -> bool:
         return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_DONE)

@@ -29,6 +29,7 @@ run's schedule up from a position and the order generator's state.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -174,7 +175,7 @@ def schedule_state(views: dict, spec) -> tuple[int, np.ndarray] | None:
     words, orders = views["schedule"], views["orders"]
     per_epoch = -(-orders.shape[1] // spec.batch_size)
     total = spec.epochs * per_epoch
-    position = min(int(kernels.load_word(words, SCHED_CURSOR)), int(views["positions"].min()), total)
+    position = min(int(kernels.load_word(words, SCHED_CURSOR)), int(views["positions"][:, 0].min()), total)
     if position == total:
         return position, np.zeros(GENERATOR_WORDS, np.uint64)
     epoch = position // per_epoch
@@ -230,17 +231,22 @@ def _wait_for_word(views: dict, index: int, value: int, parent_pid: int) -> bool
     return True
 
 
-def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int):
+def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int, worker_id: int = 0):
     """Dynamic split: yield ``(order, start, stop)``, rows ``order[start:stop]`` to train on in
     batches of ``spec.batch_size``, claim after claim until the run's batches are gone (or a wait
-    is cut short by a stop request).  A piece counts as finished when the next one is asked for."""
+    is cut short by a stop request).  A piece counts as finished when the next one is asked for.
+    With checkpoint fields, the worker's position is the first batch of its claim not finished
+    (never above a batch it may still run: the cursor is published before each claim)."""
     words, orders = views["schedule"], views["orders"]
     n_rows, batch = orders.shape[1], spec.batch_size
     per_epoch = -(-n_rows // batch)
     total = spec.epochs * per_epoch
+    position = views["positions"][worker_id] if "positions" in views else np.zeros(1, np.int64)
     while True:
+        position[0] = kernels.load_word(words, SCHED_CURSOR)
         first, end = kernels.claim_batches(words, SCHED_CURSOR, total, spec.workers, per_epoch,
                                            max_claim, min_claim)
+        position[0] = first
         while first < end:
             epoch = first // per_epoch
             stop = min(end, (epoch + 1) * per_epoch)
@@ -256,8 +262,9 @@ def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int):
             offset = epoch * per_epoch
             yield orders[epoch % 2], (first - offset) * batch, min((stop - offset) * batch, n_rows)
             kernels.add_word(words, SCHED_DONE + epoch % 2, stop - first)
-            first = stop
+            first = position[0] = stop
         if end >= total:
+            position[0] = NO_POSITION
             return
 
 
@@ -277,7 +284,7 @@ def row_pieces(views: dict, spec, worker_id: int, n_rows: int, max_claim: int, m
     """The pieces of rows this worker trains on under ``spec.split`` (see the module docstring);
     ``max_claim``/``min_claim`` in batches."""
     if spec.split == "dynamic":
-        return claimed_pieces(views, spec, max_claim, min_claim)
+        return claimed_pieces(views, spec, max_claim, min_claim, worker_id)
     return sharded_pieces(n_rows, spec, worker_id, max_claim)
 
 
@@ -337,6 +344,55 @@ class Refitter:
         self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
 
 
+class Snapshotter:
+    """Worker 0's checkpoint schedule: between two pieces, once the run's update count has
+    crossed the next multiple of ``spec.checkpoint_every_updates`` or
+    ``spec.checkpoint_every_seconds`` have passed since the last snapshot (or the start), copy
+    the run's state into the snapshot fields -- unless the parent has not written the previous
+    snapshot yet: then the next piece boundary tries again (a worker never waits for the disk)."""
+
+    def __init__(self, views: dict, spec: WorkerSpec):
+        self.views, self.spec = views, spec
+        self._next_updates = self._next_time = math.inf
+        self._schedule(self._updates())
+
+    def _updates(self) -> int:
+        return int(self.views["stats"][:, STAT_UPDATES].sum())
+
+    def _schedule(self, updates: int) -> None:
+        every_updates, every_seconds = self.spec.checkpoint_every_updates, self.spec.checkpoint_every_seconds
+        if every_updates:
+            self._next_updates = (updates // every_updates + 1) * every_updates
+        if every_seconds:
+            self._next_time = time.monotonic() + every_seconds
+
+    def maybe_take(self) -> None:
+        """Take a snapshot if one is due and the parent has written the last one."""
+        updates = self._updates()
+        if updates < self._next_updates and time.monotonic() < self._next_time:
+            return
+        views = self.views
+        words = views["snapshot_words"]
+        taken = kernels.load_word(words, SNAP_TAKEN)
+        if kernels.load_word(words, SNAP_WRITTEN) < taken:
+            return
+        schedule = schedule_state(views, self.spec)
+        if schedule is None:
+            return
+        words[SNAP_POSITION], generator = schedule
+        words.view(np.uint64)[SNAP_GENERATOR:SNAP_GENERATOR + GENERATOR_WORDS] = generator
+        np.copyto(views["snapshot_params"], views["params"])
+        views["hist"][:, :HIST_BINS].sum(axis=0, out=views["snapshot_hist"])
+        stats = views["stats"]
+        words[SNAP_COUNTER] = kernels.load_word(views["counter"], 0)
+        words[SNAP_UPDATES] = stats[:, STAT_UPDATES].sum()
+        words[SNAP_SAMPLES] = stats[:, STAT_SAMPLES].sum()
+        words[SNAP_MAX_TAU] = stats[:, STAT_MAX_TAU].max()
+        words[SNAP_REFITS] = stats[:, STAT_REFITS].sum()
+        kernels.store_word(words, SNAP_TAKEN, taken + 1)  # a release: the fields above come first
+        self._schedule(updates)
+
+
 def _parent_alive(parent_pid: int) -> bool:
     """Our parent process lives: it is still our parent, or (a fork server's child, whose
     server lives as long as we do) a running process with its pid exists."""
@@ -354,6 +410,8 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     Between pieces (``chunk_updates`` updates at most) the worker checks the stop flag and the
     parent, and lets its :class:`Refitter` refit the policy: refits fall on piece boundaries, so
     they come every ``max(refit_every, piece)`` updates at the most (a piece is a few ms).
+    Worker 0 of a checkpointed run lets its :class:`Snapshotter` snapshot the run before it
+    starts a piece.
     """
     stats = views["stats"][worker_id]
     flags = views["flags"]
@@ -374,11 +432,14 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     map_pages(views, SHARED_READ_FIELDS)
     if not wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
+    snapshotter = Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
     state = STATE_DONE
     for order, start, stop in row_pieces(views, spec, worker_id, views["indptr"].shape[0] - 1,
                                          spec.chunk_updates, MIN_CLAIM_UPDATES):
         if _stop_requested(flags, spec.parent_pid):
             break
+        if snapshotter is not None:
+            snapshotter.maybe_take()
         if run_chunk(order, start, stop) == STATUS_DIVERGED:
             state = STATE_DIVERGED
             break

@@ -1,0 +1,242 @@
+"""Checkpoints and resume of linear-model runs, one API for both backends.
+
+``Engine(..., checkpoint_dir=DIR, checkpoint_every=SECONDS, checkpoint_every_updates=N)`` keeps
+the run's latest checkpoint in ``DIR``: a model file (:mod:`hogwild_mts.model_file`: it loads
+with ``hogwild_mts.load`` and ``hogwild-mts predict``) whose ``model.json`` also holds ``run``,
+the state the run continues from; ``Engine.fit(X, y, resume=DIR)`` continues it.  Each
+checkpoint replaces the previous one atomically (a crash mid-write leaves the previous one).
+
+Shared memory (``backend="shm"``): worker 0 takes a snapshot between two pieces of its loop
+(numba calls of at most 8192 updates) once the run's update count has crossed the next multiple
+of ``checkpoint_every_updates`` or ``checkpoint_every`` seconds have passed since its last one,
+and the parent writes it; after the run (finished, or stopped by Ctrl-C or SIGTERM) the parent
+writes the final state.  A checkpoint holds the parameters, the counter, the staleness histogram,
+the update, sample, refit and maximum-staleness counts, the batches done and the state of the
+generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints).
+
+* **One worker**: the snapshot is the exact state between two pieces, so a resumed run ends with
+  the same parameters, counter and histogram, bit for bit, as the run that was never stopped,
+  for every policy whose table does not change during a run (constant, inverse, exponential, a
+  function or table, and tail or mindthestep with ``refit_every=0``).  Refitting policies are
+  not bit-reproducible even without a resume: refits are also limited by the time they take
+  (``Refitter``), and a resumed worker starts from the policy's prior and refits on the restored
+  histogram at its first piece.
+* **m workers**: worker 0 takes the snapshot while the others write (Hogwild-style): the
+  parameters may hold part of the pieces other workers were running; the resumed run restarts
+  from the first batch not yet claimed or still in a piece being run, so those pieces run again.
+
+Ray (``backend="ray"``): ``checkpoint_dir`` writes the parameter server's parameters, version and
+histogram every ``checkpoint_every`` seconds and after the run
+(:class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`); a resume starts from the
+stored parameters and runs the epochs not yet covered by the pushes so far (a new server counts
+from zero).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from hogwild_mts import model_file
+from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.options import check_int, check_positive
+from hogwild_mts.model_file import ModelFileError
+
+DEFAULT_EVERY_SECONDS = 60.0
+GENERATOR_WORDS = 6  # a PCG64 state as uint64 words (see backends/shm/worker.py)
+# Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
+MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
+RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
+                "stamp", "policy")
+
+
+@dataclass
+class CheckpointOptions:
+    """Where and when a shared-memory run writes checkpoints (see :func:`checkpoint_options`)."""
+
+    directory: str
+    every_seconds: float | None  # seconds between snapshots, or None
+    every_updates: int | None  # updates between snapshots, or None
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds about a run (the parameters are the model file's)."""
+
+    params: np.ndarray  # float64: the weights, then the intercept if fitted
+    counter: int  # the sequence counter
+    histogram: np.ndarray  # int64 staleness counts by tau
+    updates: int  # updates applied so far, all workers together
+    samples: int  # rows processed so far
+    max_staleness: int
+    refits: int
+    position: int  # batches of the run done (shm, dynamic split); -1 when unknown (Ray)
+    order_generator: np.ndarray  # uint64[6]: the order generator before epoch position // per_epoch
+    finished: bool  # every batch of the run was done
+
+
+def checkpoint_options(backend: str, directory, every_seconds, every_updates) -> CheckpointOptions | None:
+    """The shared-memory checkpoint options (None without ``directory``, and for Ray, whose
+    checkpoints :func:`hogwild_mts.backends.ray.options.ray_options` sets up).  Without
+    ``every_seconds`` and ``every_updates`` a checkpoint is written every DEFAULT_EVERY_SECONDS;
+    ValueError naming the value for a bad option, or one given without ``checkpoint_dir``."""
+    if every_updates is not None:
+        every_updates = check_int("checkpoint_every_updates", every_updates, 1)
+        if backend == "ray":
+            raise ValueError("checkpoint_every_updates applies to backend='shm'; the Ray server "
+                             "is checkpointed every checkpoint_every seconds")
+    if every_seconds is not None:
+        every_seconds = check_positive("checkpoint_every", every_seconds)
+    if directory is None:
+        if every_updates is not None or (every_seconds is not None and backend == "shm"):
+            raise ValueError("checkpoint_every and checkpoint_every_updates need checkpoint_dir "
+                             "(the directory the checkpoints go to)")
+        return None
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ValueError(f"checkpoint_dir must be a directory path, got {directory!r}")
+    if backend == "ray":
+        return None
+    if every_seconds is None and every_updates is None:
+        every_seconds = DEFAULT_EVERY_SECONDS
+    return CheckpointOptions(os.fspath(directory), every_seconds, every_updates)
+
+
+def prepare_directory(directory: str) -> str:
+    """``directory``, created if needed and checked to accept a file (before any work);
+    ValueError naming it and why otherwise."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"checkpoint_dir {directory!r} is a file, not a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"checkpoint_dir {directory!r} cannot be written: "
+                         f"{error.strerror or error}") from None
+    return directory
+
+
+def rows_digest(labels: np.ndarray, indptr: np.ndarray, sample_weight: np.ndarray) -> str:
+    """A short digest of a data set's labels, row lengths and sample weights: a resume on other
+    rows of the same shape is refused."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array, dtype in ((labels, np.float64), (indptr, np.int64), (sample_weight, np.float64)):
+        digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return digest.hexdigest()
+
+
+def policy_spec(policy, workers: int) -> dict:
+    """:func:`hogwild_mts.model_file.policy_spec` of an engine's policy (a policy that is not a
+    registered one is bound to ``workers`` on a copy first, so that it has a table)."""
+    if model_file.POLICIES.get(getattr(policy, "name", None)) is not type(policy):
+        policy = copy.deepcopy(policy)
+        policy.bind(workers)
+    return model_file.policy_spec(policy)
+
+
+def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None = None,
+                 digest: str | None = None) -> dict:
+    """What a run of ``engine`` on a data set of this shape is, as a checkpoint records it."""
+    model, options = engine.model, engine.options
+    return {"backend": backend, "n_features": int(n_features), "loss": model.name,
+            "l2": float(model.l2), "fit_intercept": bool(model.fit_intercept),
+            "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
+            "batch_size": options.batch_size, "seed": options.seed,
+            "split": getattr(engine, "split", None), "dtype": engine.dtype,
+            "stamp": getattr(engine, "stamp", True), "workers": options.workers,
+            "policy": policy_spec(options.policy, options.workers)}
+
+
+def write_checkpoint(directory: str, settings: dict, state: RunState, classes=None) -> None:
+    """Write ``state`` of the run ``settings`` describes as the model file in ``directory``;
+    ``classes``: a classifier's two labels (default -1, +1: the engine's).  OSError naming the
+    directory when it cannot be written (the previous checkpoint is then left whole)."""
+    n_features = settings["n_features"]
+    params = np.asarray(state.params, dtype=np.float64)
+    classifier = settings["loss"] != "lsq"
+    estimator_params = {"loss": settings["loss"], "policy": settings["policy"], "alpha": None,
+                        "workers": settings["workers"], "epochs": settings["epochs"],
+                        "batch_size": settings["batch_size"], "l2": settings["l2"],
+                        "fit_intercept": settings["fit_intercept"], "seed": settings["seed"]}
+    run = {"settings": settings, "updates": int(state.updates), "samples": int(state.samples),
+           "max_staleness": int(state.max_staleness), "refits": int(state.refits),
+           "position": int(state.position), "finished": bool(state.finished)}
+    try:
+        model_file.save_linear(
+            directory, kind="HogwildClassifier" if classifier else "HogwildRegressor",
+            coef=params[None, :n_features],
+            intercept=params[n_features:] if settings["fit_intercept"] else np.zeros(1),
+            classes=(np.array([-1.0, 1.0]) if classes is None else np.asarray(classes)) if classifier else None,
+            estimator_params=estimator_params, histogram=state.histogram, counter=state.counter,
+            metrics={"backend": settings["backend"], "updates": int(state.updates),
+                     "finished": bool(state.finished)},
+            run=run, run_arrays={"order_generator": np.asarray(state.order_generator, dtype=np.uint64)})
+    except OSError as error:
+        raise OSError(error.errno, f"checkpoint {directory} could not be written: "
+                                   f"{error.strerror or error}") from None
+
+
+def read_checkpoint(path: str) -> tuple[dict, RunState]:
+    """(the run's settings, its state) from the checkpoint at ``path``; ModelFileError (a
+    ValueError) naming the path for a missing directory, a model file that is not a
+    checkpoint, or a broken one."""
+    if not os.path.isdir(path):
+        raise ModelFileError(f"resume: {path!r} is not a directory (a checkpoint is the "
+                             "directory given as checkpoint_dir, or --out DIR/checkpoint)")
+    document, arrays = model_file.read(path)
+    run = document.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
+        raise ModelFileError(f"{path}: a model file without run state, not a checkpoint (start "
+                             "from its parameters with init_params or --init instead)")
+    settings = run["settings"]
+    try:
+        if arrays["staleness_histogram"].ndim != 1 or arrays["staleness_histogram"].size > HIST_BINS:
+            raise ValueError(f"staleness_histogram must be 1-d with at most {HIST_BINS} bins")
+        params = arrays["coef"][0]
+        if settings["fit_intercept"]:
+            params = np.append(params, arrays["intercept"][0])
+        generator = arrays.get("order_generator", np.zeros(GENERATOR_WORDS, np.uint64))
+        if generator.shape != (GENERATOR_WORDS,):
+            raise ValueError(f"order_generator must hold {GENERATOR_WORDS} words")
+        state = RunState(params=np.array(params, dtype=np.float64), counter=int(document["counter"]),
+                         histogram=np.asarray(arrays["staleness_histogram"], dtype=np.int64),
+                         updates=int(run["updates"]), samples=int(run["samples"]),
+                         max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
+                         position=int(run["position"]), order_generator=generator.astype(np.uint64),
+                         finished=bool(run["finished"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: broken run state ({error!r})") from None
+    return settings, state
+
+
+def check_resume(path: str, saved: dict, current: dict) -> None:
+    """Refuse (ValueError) to resume the checkpoint at ``path`` (settings ``saved``) as the run
+    ``current``: another backend's checkpoint where the state cannot carry over, a finished run,
+    or any setting that differs (all of them named)."""
+    if current["backend"] == "shm" and saved.get("backend") != "shm":
+        raise ValueError(f"cannot resume {path}: a checkpoint of a backend={saved.get('backend')!r} "
+                         "run holds no shared-memory run state; resume it with backend='ray', "
+                         "or start from its parameters with init_params")
+    names = MODEL_SETTINGS + (RUN_SETTINGS if current["backend"] == "shm" else ())
+    differ = [f"{name}={saved.get(name)!r} (this run: {current[name]!r})" for name in names
+              if saved.get(name) != current[name]]
+    if differ:
+        raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
+                         + "; resume with the same model, data and settings")
+
+
+def check_unfinished(path: str, state: RunState, total_batches: int) -> None:
+    """Refuse (ValueError) to resume a run that had done every one of its ``total_batches``
+    (or whose position is not one of them)."""
+    if state.finished or state.position >= total_batches:
+        raise ValueError(f"cannot resume {path}: that run finished (all {state.updates} updates "
+                         "done); load it with hogwild_mts.load, or start a new run from it with "
+                         "init_params / --init")
+    if state.position < 0:
+        raise ModelFileError(f"{path}: broken run state (batch position {state.position})")
