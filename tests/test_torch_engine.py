@@ -1,6 +1,7 @@
 """TorchEngine: exact flattening, parameters as live shared views (across processes), a real
 2-worker run on digits, bad input before any worker starts, and clean exits on worker death,
-divergence and Ctrl-C (no /dev/shm block, no live child)."""
+divergence and Ctrl-C (no /dev/shm block, no live child); networks with buffers, MSE, arrays of
+any shape, momentum and weight decay against torch.optim.SGD, the 1-D CNN on MNIST-1D."""
 
 import _thread
 import math
@@ -146,16 +147,6 @@ def test_two_worker_mlp_learns_digits_with_the_defaults(digits, recorded_blocks)
 
 
 # ------------------------------------------------------------------------------------ bad input
-class WithBatchNorm(torch.nn.Module):
-    def __init__(self, input_shape, classes):
-        super().__init__()
-        self.norm = torch.nn.BatchNorm2d(input_shape[0])
-        self.out = torch.nn.Linear(int(np.prod(input_shape)), classes)
-
-    def forward(self, images):
-        return self.out(self.norm(images).flatten(1))
-
-
 @pytest.mark.parametrize("options, message", [
     (dict(model="resnet"), "unknown model 'resnet'; choose one of \\['cnn', 'lenet', 'mlp'\\]"),
     (dict(model=3), "model must be a name"),
