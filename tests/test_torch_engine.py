@@ -442,6 +442,8 @@ def to_outputs(outputs):
     (lambda x, y: ((load_images("digits"),), {}), dict(loss="mse"),
      "loss 'mse' cannot train on digits, which holds class labels; use loss='cross_entropy'"),
     (lambda x, y: ((load_images("digits"), y), {}), {}, "y and test go with arrays"),
+    (lambda x, y: ((x, y), {}), dict(model=batch_norm_network, backend="ray"),
+     r"has buffers \['2.running_mean', '2.running_var', '2.num_batches_tracked'\]; backend='ray' shares only parameters"),
 ])
 def test_bad_arrays_fail_before_any_worker_starts(recorded_blocks, fit, options, message):
     inputs, labels = blobs()
