@@ -47,9 +47,8 @@ def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, co
     and ``weight_decay`` are scalars of the params dtype."""
     alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row)
     for i in range(params.shape[0]):
-        step = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
-        velocity[i] = step
-        params[i] -= alpha * step
+        velocity[i] = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
+        params[i] -= alpha * velocity[i]
     stats_row[STAT_UPDATES] += 1
     stats_row[STAT_SAMPLES] += batch_rows
 
@@ -83,6 +82,8 @@ def loss_value(loss: str, outputs, targets, reduction: str = "mean"):
     rows = targets.shape[0]
     return F.mse_loss(outputs.reshape(rows, -1), targets.reshape(rows, -1).to(outputs.dtype),
                       reduction=reduction)
+
+
 CLAIM_BATCHES = 16  # the largest claim of a torch worker (batches); the smallest is one batch
 
 
