@@ -48,7 +48,7 @@ def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, s
         kernels.sgd_chunk(data["values"], data["indices"], data["indptr"], False, data["labels"],
                           kernels.UNIT_WEIGHTS, feature_scale, order, start, min(start + CHUNK, order.shape[0]), 1,
                           params, params.shape[0], False, 0, 0.0, ALPHA_TABLE, stamp, counter,
-                          hist, stats, np.zeros(1))
+                          hist, stats, np.zeros(1), *kernels.NO_MOMENTUM)
     seconds[slot] = time.perf_counter() - started
 
 

@@ -114,6 +114,9 @@ BAD_INPUTS = [
     (dict(), (X_OK, np.array([1.0, np.inf, 1.0, -1.0])), DataError, "inf"),
     (dict(), (np.zeros((0, 3)), np.zeros(0)), DataError, "empty"),
     (dict(workers=5), (X_OK, Y_OK), ValueError, "workers (5) exceeds the number of samples (4)"),
+    (dict(momentum=1.0), (X_OK, Y_OK), ValueError, "momentum must be"),
+    (dict(momentum=-0.5), (X_OK, Y_OK), ValueError, "momentum must be"),
+    (dict(momentum=0.5, backend="ray"), (X_OK, Y_OK), ValueError, "momentum=0.5 applies to backend='shm'"),
 ]
 
 
@@ -123,6 +126,21 @@ def test_bad_input_is_refused_before_any_worker_starts(engine_args, data, error,
     with pytest.raises(error) as caught:
         Engine(**settings).fit(*data)
     assert words.lower() in str(caught.value).lower()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_momentum_trains_and_one_worker_stays_bit_reproducible(separable, workers):
+    def fit():
+        return Engine("logreg", workers=workers, epochs=2, alpha=0.05, momentum=0.9,
+                      progress=False).fit(separable)
+
+    result = fit()
+    assert result.final_accuracy > 0.8 and result.settings["momentum"] == 0.9
+    assert result.counter == result.updates == result.staleness_histogram.sum()
+    if workers == 1:  # exact: the same run again, and a lower loss than without momentum here
+        assert np.array_equal(result.params, fit().params)
+        plain = Engine("logreg", workers=1, epochs=2, alpha=0.05, progress=False).fit(separable)
+        assert result.final_loss < plain.final_loss
 
 
 def test_divergence_stops_with_a_clear_error():

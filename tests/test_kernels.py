@@ -22,7 +22,8 @@ def _random_problem(rng, dense: bool, model: LinearModel):
     return as_dataset(matrix, labels)
 
 
-def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS):
+def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS,
+                momentum=0.0):
     counts = dataset.feature_counts()
     feature_scale = np.divide(dataset.n_samples, counts, out=np.zeros(dataset.n_features),
                               where=counts > 0)
@@ -33,7 +34,8 @@ def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=
         dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y, sample_weight,
         feature_scale, order, 0, order.shape[0], batch_size, params, dataset.n_features, model.fit_intercept,
         model.loss_id, model.l2, np.array([alpha, alpha / 2]), True, counter, hist, stats,
-        np.zeros(batch_size))
+        np.zeros(batch_size), momentum, np.zeros(params.shape[0]),
+        np.full(params.shape[0], -1, dtype=np.int64))
     return status, counter[0], hist, stats
 
 
@@ -119,6 +121,51 @@ def test_unit_weights_give_the_unweighted_run_bit_for_bit():
     _run_kernel(dataset, model, order, 2, 0.1, ones, np.ones(dataset.n_samples))
     _run_kernel(dataset, model, order, 2, 0.1, empty)
     assert np.array_equal(ones, empty)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("l2,fit_intercept", [(0.0, True), (0.05, False), (0.05, True)])
+def test_momentum_sgd_chunk_matches_reference(dense, batch_size, l2, fit_intercept):
+    rng = np.random.default_rng(abs(hash((dense, batch_size, l2, fit_intercept))) % 2**32)
+    model = LinearModel("logreg", l2=l2, fit_intercept=fit_intercept)
+    dataset = _random_problem(rng, dense, model)
+    order = np.concatenate([rng.permutation(dataset.n_samples), rng.permutation(dataset.n_samples)])
+    start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
+    params = start.copy()
+    status, counter, hist, stats = _run_kernel(dataset, model, order, batch_size, 0.05, params,
+                                               momentum=0.9)
+    weights, intercept = reference.sequential_sgd(
+        dataset, model, order, batch_size, 0.05, start[: dataset.n_features],
+        start[dataset.n_features] if fit_intercept else 0.0, momentum=0.9)
+    assert status == kernels.STATUS_OK and counter == -(-order.shape[0] // batch_size)
+    np.testing.assert_allclose(params[: dataset.n_features], weights, rtol=0, atol=TOLERANCE)
+    if fit_intercept:
+        assert abs(params[dataset.n_features] - intercept) <= TOLERANCE
+    plain = start.copy()
+    _run_kernel(dataset, model, order, batch_size, 0.05, plain)
+    assert not np.allclose(plain, params)  # the velocity changed the steps
+
+
+def test_dense_momentum_is_torch_sgd_momentum():
+    """On dense data every coordinate is stored, so the lazy velocity is torch.optim.SGD's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    model = LinearModel("lsq", fit_intercept=True)
+    dataset = _random_problem(rng, True, model)
+    order = rng.permutation(dataset.n_samples)
+    params = np.zeros(model.n_params(dataset.n_features))
+    _run_kernel(dataset, model, order, 1, 0.05, params, momentum=0.8)
+    X = torch.tensor(dataset.values.reshape(dataset.n_samples, -1))
+    y = torch.tensor(dataset.y)
+    w = torch.zeros(dataset.n_features, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([w, b], lr=0.05, momentum=0.8)
+    for row in order:
+        optimizer.zero_grad()
+        (0.5 * (X[row] @ w + b - y[row]) ** 2).backward()
+        optimizer.step()
+    np.testing.assert_allclose(params, np.append(w.detach().numpy(), b.item()), rtol=0, atol=1e-12)
 
 
 def test_sgd_chunk_reports_divergence():

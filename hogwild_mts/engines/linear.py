@@ -22,7 +22,7 @@ from hogwild_mts.backends.ray.options import ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
-from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.options import check_choice, check_probability
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.models.linear import LinearModel
@@ -62,7 +62,10 @@ class Engine:
     updates, and after the run; ``fit(..., resume=DIR)`` continues a run from one
     (:mod:`hogwild_mts.checkpoint`: what is stored, and when a resume is exact).
     ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
-    baseline of the stamping-overhead benchmark.
+    baseline of the stamping-overhead benchmark.  ``momentum`` in [0, 1): each worker keeps a
+    private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
+    on sparse data; exactly torch's on dense data; see kernels.sgd_chunk); the L2 penalty
+    ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
     """
 
     def __init__(self, model="logreg", policy="constant", *, workers: int = 2, epochs: int = 5,
@@ -73,7 +76,8 @@ class Engine:
                  start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
                  checkpoint=None, checkpoint_every: float | None = None,
-                 checkpoint_dir=None, checkpoint_every_updates: int | None = None):
+                 checkpoint_dir=None, checkpoint_every_updates: int | None = None,
+                 momentum: float = 0.0):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
@@ -86,6 +90,7 @@ class Engine:
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
+        self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
         self.start_method = check_choice("start_method", start_method or default_start_method(),
                                          START_METHODS)
         self.split = check_choice("split", split, worker.SPLITS)
@@ -99,6 +104,9 @@ class Engine:
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
                                        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                        checkpoint_dir=checkpoint_dir)
+        if self.ray_options is not None and self.momentum:
+            raise ValueError(f"momentum={self.momentum} applies to backend='shm'; backend='ray' "
+                             f"workers take plain SGD steps between pushes")
         if self.ray_options is not None and not self.stamp:
             raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
@@ -136,7 +144,8 @@ class Engine:
             batch_size=self.batch_size, chunk_updates=CHUNK_UPDATES, seeds=seeds,
             n_features=dataset.n_features, dense=dataset.dense,
             fit_intercept=self.model.fit_intercept, loss_id=self.model.loss_id,
-            l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, parent_pid=os.getpid(),
+            l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, momentum=self.momentum,
+            parent_pid=os.getpid(),
             split=self.split,
             checkpoint_every_seconds=self.checkpoints and self.checkpoints.every_seconds,
             checkpoint_every_updates=self.checkpoints and self.checkpoints.every_updates)
@@ -151,7 +160,7 @@ class Engine:
                           spec.batch_size, params, spec.n_features, spec.fit_intercept,
                           spec.loss_id, spec.l2, np.ones(1), spec.stamp, np.zeros(1, np.int64),
                           np.zeros(HIST_BINS, np.int64), np.zeros(8, np.int64),
-                          np.zeros(spec.batch_size))
+                          np.zeros(spec.batch_size), *worker.momentum_buffers(spec))
         first_row = dict(views, indptr=views["indptr"][:2],  # same types, one row of work
                          sample_weight=views["sample_weight"][:1])
         self._objective(first_row, spec, params)
@@ -244,6 +253,7 @@ class Engine:
                     "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
                                  "seed": self.seed, "dtype": self.dtype, "l2": self.model.l2,
                                  "fit_intercept": self.model.fit_intercept, "stamp": self.stamp,
+                                 "momentum": self.momentum,
                                  "split": self.split,
                                  "start_method": self.start_method if self.workers > 1 else "thread",
                                  "loss": "training objective", "accuracy": "train"},

@@ -23,6 +23,8 @@ PREFETCH_ROWS_AHEAD = 4  # rows of the shuffled order fetched ahead of the one b
 VALUES_PER_LINE = 8  # float64 per 64-byte cache line
 INDICES_PER_LINE = 16  # int32 per cache line
 UNIT_WEIGHTS = np.empty(0, dtype=np.float64)  # the sample_weight argument meaning "every row weighs 1"
+# sgd_chunk's (momentum, velocity, touched) for plain SGD: no velocity kept
+NO_MOMENTUM = (0.0, np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -59,6 +61,47 @@ def _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, pen
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+                   fit_intercept, l2, penalised, order, position, batch_end, derivative_buffer,
+                   alpha, momentum, velocity, touched, mark):
+    """One mini-batch with the worker's private ``velocity`` (torch.optim.SGD's momentum
+    buffer, dampening 0): ``v_j = momentum * v_j + g_j`` and ``w_j -= alpha * v_j`` for every
+    coordinate j the batch stores (g the batch's mean gradient, penalty included).  Lazy on
+    sparse data: a coordinate no row of the batch stores keeps its velocity and weight (as
+    TensorFlow's LazyAdam); on dense data every coordinate is stored, so this is exactly
+    torch's momentum.  ``touched[j] == mark`` (the worker's update number, >= 0) marks j as
+    decayed for this batch; ``-1 - mark`` as applied."""
+    scale = 1.0 / (batch_end - position)
+    for b in range(position, batch_end):
+        row = order[b]
+        derivative = derivative_buffer[b - position] * scale
+        start = indptr[row]
+        for k in range(start, indptr[row + 1]):
+            column = k - start if dense else indices[k]
+            if touched[column] != mark:
+                touched[column] = mark
+                velocity[column] *= momentum
+            gradient = derivative * values[k]
+            if penalised:
+                gradient += scale * l2 * feature_scale[column] * params[column]
+            velocity[column] += gradient
+    for b in range(position, batch_end):
+        row = order[b]
+        start = indptr[row]
+        for k in range(start, indptr[row + 1]):
+            column = k - start if dense else indices[k]
+            if touched[column] == mark:
+                touched[column] = -1 - mark
+                params[column] -= alpha * velocity[column]
+    if fit_intercept:
+        total = 0.0
+        for b in range(position, batch_end):
+            total += derivative_buffer[b - position]
+        velocity[n_features] = momentum * velocity[n_features] + total * scale
+        params[n_features] -= alpha * velocity[n_features]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _prefetch_ahead(values, indices, indptr, dense, labels, order, position):
     """Prefetch the row PREFETCH_ROWS_AHEAD places ahead in ``order`` (and the indptr entry of the
     row twice as far): a shuffled pass is otherwise bound by memory latency."""
@@ -91,7 +134,8 @@ def stamped_step(counter, t_read, alpha_table, hist_row, stats_row):
 @njit(cache=True, nogil=True, inline="always")
 def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_scale, order,
                  start, stop, batch_size, params, n_features, fit_intercept, loss_id, l2, penalised,
-                 alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer):
+                 alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer, momentum,
+                 velocity, touched):
     """The loop of :func:`sgd_chunk`; ``dense``, ``fit_intercept`` and ``penalised`` are
     compile-time constants in each copy."""
     weighted = sample_weight.shape[0] != 0
@@ -110,6 +154,15 @@ def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_
                 derivative *= sample_weight[row]
             derivative_buffer[b - position] = derivative
         alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row) if stamp else alpha_table[0]
+        if momentum != 0.0:
+            _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+                           fit_intercept, l2, penalised, order, position, batch_end,
+                           derivative_buffer, alpha, momentum, velocity, touched,
+                           stats_row[STAT_UPDATES])
+            stats_row[STAT_UPDATES] += 1
+            stats_row[STAT_SAMPLES] += batch_end - position
+            position = batch_end
+            continue
         step = alpha / (batch_end - position)
         for b in range(position, batch_end):
             row = order[b]
@@ -127,11 +180,15 @@ def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_
 @njit(cache=True, nogil=True)
 def sgd_chunk(values, indices, indptr, dense, labels, sample_weight, feature_scale, order, start,
               stop, batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table,
-              stamp, counter, hist_row, stats_row, derivative_buffer):
+              stamp, counter, hist_row, stats_row, derivative_buffer, momentum, velocity,
+              touched):
     """Apply the mini-batches ``order[start:stop]`` (batch_size rows each, last one shorter).
 
     ``sample_weight``: float64 per row multiplying that row's loss gradient (not the penalty, as
     in scikit-learn's SGD), or an empty array for unit weights (the same results bit for bit).
+    ``momentum`` > 0 keeps the worker's private ``velocity`` (float64, n_params) with the marks
+    ``touched`` (int64, n_params, start at -1): see :func:`_momentum_step`; with ``momentum``
+    0 both may be empty (NO_MOMENTUM) and the loop is plain SGD.
 
     Per batch: read the counter, compute the margins from the live shared ``params``, claim the
     next sequence number, ``tau = claimed - read``, ``alpha = alpha_table[min(tau, T - 1)]``, and
@@ -149,39 +206,39 @@ def sgd_chunk(values, indices, indptr, dense, labels, sample_weight, feature_sca
                 return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
                                     feature_scale, order, start, stop, batch_size, params, n_features,
                                     True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                    stats_row, derivative_buffer)
+                                    stats_row, derivative_buffer, momentum, velocity, touched)
             return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
                                 feature_scale, order, start, stop, batch_size, params, n_features,
                                 True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer)
+                                stats_row, derivative_buffer, momentum, velocity, touched)
         if l2 != 0.0:
             return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
                                 feature_scale, order, start, stop, batch_size, params, n_features,
                                 False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer)
+                                stats_row, derivative_buffer, momentum, velocity, touched)
         return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
                             feature_scale, order, start, stop, batch_size, params, n_features,
                             False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer)
+                            stats_row, derivative_buffer, momentum, velocity, touched)
     if fit_intercept:
         if l2 != 0.0:
             return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
                                 feature_scale, order, start, stop, batch_size, params, n_features,
                                 True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer)
+                                stats_row, derivative_buffer, momentum, velocity, touched)
         return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
                             feature_scale, order, start, stop, batch_size, params, n_features,
                             True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer)
+                            stats_row, derivative_buffer, momentum, velocity, touched)
     if l2 != 0.0:
         return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
                             feature_scale, order, start, stop, batch_size, params, n_features,
                             False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer)
+                            stats_row, derivative_buffer, momentum, velocity, touched)
     return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
                         feature_scale, order, start, stop, batch_size, params, n_features,
                         False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                        stats_row, derivative_buffer)
+                        stats_row, derivative_buffer, momentum, velocity, touched)
 
 
 @njit(cache=True, nogil=True)

@@ -93,9 +93,19 @@ class WorkerSpec:
     policy: object
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
     split: str = "dynamic"  # one of SPLITS
+    momentum: float = 0.0  # 0: plain SGD; else each worker keeps a private velocity (sgd_chunk)
     views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
+
+
+def momentum_buffers(spec) -> tuple:
+    """A worker's private (momentum, velocity, touched) arguments of ``kernels.sgd_chunk``:
+    zero velocity and unmarked coordinates, or NO_MOMENTUM when ``spec.momentum`` is 0."""
+    if spec.momentum == 0.0:
+        return kernels.NO_MOMENTUM
+    n_params = spec.n_features + int(spec.fit_intercept)
+    return spec.momentum, np.zeros(n_params), np.full(n_params, -1, dtype=np.int64)
 
 
 def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
@@ -418,6 +428,7 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     hist_rows = views["hist"]
     refitter = Refitter(spec.policy, spec.workers, np.float64)
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
+    momentum_state = momentum_buffers(spec)
 
     def run_chunk(order, start: int, stop: int) -> int:
         return kernels.sgd_chunk(
@@ -425,7 +436,7 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
             views["sample_weight"], views["feature_scale"], order, start, stop, spec.batch_size,
             views["params"], spec.n_features, spec.fit_intercept, spec.loss_id, spec.l2,
             refitter.table, spec.stamp, views["counter"], hist_rows[worker_id], stats,
-            derivative_buffer)
+            derivative_buffer, *momentum_state)
 
     run_chunk(np.zeros(0, np.int64), 0, 0)  # loads the compiled kernels before the clock starts
     load_schedule_kernels()
