@@ -371,9 +371,9 @@ def test_mse_regression_on_arrays_of_any_shape(as_tensors):
     inputs = rng.normal(size=(160, 2, 3)).astype(np.float32)
     targets = inputs.reshape(160, 6) @ rng.normal(size=(6, 2)).astype(np.float32)
 
-    def linear(shape, outputs):
+    def linear(shape, outputs):  # its outputs (N, 2, 1) are compared with the targets row by row
         assert shape == (2, 3) and outputs == 2
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, outputs))
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, outputs), torch.nn.Unflatten(1, (2, 1)))
 
     convert = torch.from_numpy if as_tensors else np.asarray
     engine = torch_engine.TorchEngine(linear, loss="mse", workers=2, epochs=10, batch_size=8,
@@ -438,7 +438,7 @@ def to_outputs(outputs):
     (lambda x, y: ((x, y), {}), dict(model=to_outputs(5)),
      r"maps inputs of shape \(2, 6\) to \(2, 5\); loss 'cross_entropy' on arrays needs \(2, 3\) \(one logit per class\)"),
     (lambda x, y: ((x, y.astype(np.float32)), {}), dict(loss="mse", model=to_outputs(2)),
-     r"needs \(2, 1\) \(the values of one target row\)"),
+     r"needs \(2, 1\) \(or any shape \(2, ...\) of 1 values per row\)"),
     (lambda x, y: ((load_images("digits"),), {}), dict(loss="mse"),
      "loss 'mse' cannot train on digits, which holds class labels; use loss='cross_entropy'"),
     (lambda x, y: ((load_images("digits"), y), {}), {}, "y and test go with arrays"),

@@ -144,10 +144,15 @@ class TorchEngine:
         with torch.no_grad():
             output = network(sample)
         expected = (sample.shape[0], dataset.outputs)
-        if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+        if self.loss == "cross_entropy":
+            fits = isinstance(output, torch.Tensor) and tuple(output.shape) == expected
+            per_row = "one logit per class"
+        else:  # any (N, ...) with the values of one target row per row
+            fits = (isinstance(output, torch.Tensor) and output.dim() >= 1
+                    and output.shape[0] == expected[0] and output[0].numel() == expected[1])
+            per_row = f"or any shape (2, ...) of {expected[1]} values per row"
+        if not fits:
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            per_row = ("one logit per class" if self.loss == "cross_entropy"
-                       else "the values of one target row")
             raise ValueError(f"model {self.model_name!r} maps inputs of shape {tuple(sample.shape)} "
                              f"to {got}; loss {self.loss!r} on {dataset.name} needs {expected} "
                              f"({per_row})")
