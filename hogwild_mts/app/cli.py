@@ -26,6 +26,8 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npy"
 MODEL_FILES = "model.json and arrays.npz"
+CHECKPOINT_DIR = "checkpoint"  # under --out
+CHECKPOINT_UNITS = {"s": "seconds", "u": "updates"}
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Defaults that depend on the kind of model: (linear models, torch networks).
@@ -78,6 +80,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", metavar="MODEL",
                         help="linear models: start from the parameters of this model file (a "
                              "directory written by --out or save())")
+    parser.add_argument("--checkpoint-every", metavar="EVERY", action="append", type=_checkpoint_every,
+                        help="linear models, with --out DIR: keep the run's latest checkpoint in "
+                             f"DIR/{CHECKPOINT_DIR} (a model file with the run state), every N "
+                             "seconds (30s) or every N updates (100000u; --backend shm); give both "
+                             "flags for both; also written when the run ends or is stopped")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="linear models: continue the run whose checkpoint is DIR (e.g. "
+                             f"OUT/{CHECKPOINT_DIR}) with the same command-line settings and data; "
+                             "one worker resumes bit for bit")
     parser.add_argument("--backend", choices=("shm", "ray"), default="shm",
                         help="shm: worker processes on shared memory (default); ray: a parameter "
                              "server and worker actors on Ray (docs/distributed.md)")
@@ -90,6 +101,19 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _checkpoint_every(text: str) -> tuple[str, float]:
+    """``30s`` -> ("seconds", 30.0), ``100000u`` -> ("updates", 100000)."""
+    unit = CHECKPOINT_UNITS.get(text[-1:])
+    try:
+        number = float(text[:-1]) if unit == "seconds" else int(text[:-1])
+    except ValueError:
+        number = None
+    if unit is None or number is None or not number > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds like 30s or of "
+                                         "updates like 100000u")
+    return unit, number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,6 +219,11 @@ def train(args, stop_signals: list) -> int:
         if out_dir:
             print(f"wrote {os.path.join(out_dir, METRICS_FILE)}, {PARAMS_FILE}"
                   + (f" and the model file ({MODEL_FILES})" if model is not None else ""))
+        if args.checkpoint_every and not result.interrupted:
+            print(f"checkpoint: {os.path.join(out_dir, CHECKPOINT_DIR)}")
+        elif args.checkpoint_every:
+            print(f"checkpoint: {os.path.join(out_dir, CHECKPOINT_DIR)} (continue with --resume "
+                  f"{os.path.join(out_dir, CHECKPOINT_DIR)} and the same settings)")
         if stop_signals:
             print(f"hogwild-mts: stopped by {signal.Signals(stop_signals[0]).name}"
                   + ("; the result above is partial" if result.interrupted else " as the run ended"),
@@ -221,6 +250,12 @@ def _environment(name: str, value: str | None):
 def train_network(args):
     from hogwild_mts.engines import networks as torch_engine
 
+    given = [flag for flag, value in (("--init", args.init), ("--resume", args.resume),
+                                      ("--checkpoint-every", args.checkpoint_every)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} take linear model files; torch networks start "
+                         "from their seed")
+
     if args.data is None:
         args.data = "digits"
     if args.alpha is None:
@@ -238,8 +273,8 @@ def train_linear(args):
     from hogwild_mts.estimators import estimator_from_run
     from hogwild_mts.models.linear import LinearModel
 
-    if args.init is not None and args.model in TORCH_MODELS:
-        raise ValueError("--init takes a linear model file; torch networks start from their seed")
+    if args.init is not None and args.resume is not None:
+        raise ValueError("give --init or --resume, not both")
     for name, default in LINEAR_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -247,7 +282,7 @@ def train_linear(args):
     policy = make_policy_from_args(args)
     engine = Engine(model, policy, workers=args.workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-                    progress=not args.quiet, **_backend_options(args))
+                    progress=not args.quiet, **_backend_options(args), **_checkpoint_options(args))
     start = _initial_model(args.init, model) if args.init else None
     loading = time.time()
     print(f"loading data {args.data} ...", file=sys.stderr, flush=True)
@@ -260,13 +295,27 @@ def train_linear(args):
             raise ValueError(f"--init {args.init}: the model has {start.n_features_in_} features, "
                              f"{dataset.name} has {dataset.n_features}")
         init_params = np.append(start.coef_[0], start.intercept_[0]) if model.fit_intercept else start.coef_[0]
-    result = engine.fit(dataset, init_params=init_params)
+    result = engine.fit(dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
     fitted = estimator_from_run(result, classes, loss=args.model, policy=policy,
                                 workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
                                 l2=args.l2, fit_intercept=model.fit_intercept, seed=args.seed,
                                 **_backend_options(args))
     return result, fitted
+
+
+def _checkpoint_options(args) -> dict:
+    """The engine options of --checkpoint-every (checkpoints in --out's CHECKPOINT_DIR)."""
+    if not args.checkpoint_every:
+        return {}
+    if not args.out:
+        raise ValueError(f"--checkpoint-every needs --out DIR (the checkpoints go to DIR/{CHECKPOINT_DIR})")
+    every = {unit: [number for u, number in args.checkpoint_every if u == unit] for unit in CHECKPOINT_UNITS.values()}
+    if len(every["seconds"]) > 1 or len(every["updates"]) > 1:
+        raise ValueError("--checkpoint-every takes at most one number of seconds and one of updates")
+    return {"checkpoint_dir": os.path.join(args.out, CHECKPOINT_DIR),
+            "checkpoint_every": (every["seconds"] or [None])[0],
+            "checkpoint_every_updates": (every["updates"] or [None])[0]}
 
 
 def _backend_options(args) -> dict:
