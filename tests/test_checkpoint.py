@@ -72,6 +72,7 @@ EXACT_POLICIES = {
     "exponential": dict(policy=make_policy("exponential", alpha=0.3, beta=0.2), alpha=None),
     "function": dict(policy=lambda tau: 0.3 / (1 + tau), alpha=None),
     "mindthestep-no-refit": dict(policy=make_policy("mindthestep", alpha=0.3, refit_every=0), alpha=None),
+    "tail-no-refit": dict(policy=make_policy("tail", alpha=0.3, refit_every=0), alpha=None),
 }
 
 
