@@ -162,7 +162,8 @@ def prepare_out_dir(path: str) -> str:
 def write_outputs(out_dir: str, result, model=None) -> dict:
     """metrics.json (everything but the weights, strict JSON), params.npy (weights; intercept
     in the JSON) and, for a linear ``model`` (a fitted estimator), its model file (model.json +
-    arrays.npz: what ``predict``, ``--init`` and ``--resume`` read), each written atomically and
+    arrays.npz: what ``predict`` and ``--init`` read; ``--resume`` reads the run's checkpoint in
+    CHECKPOINT_DIR), each written atomically and
     independently; returns ``{file: reason}`` for those that could not be written."""
     from hogwild_mts.app.report import metrics_json
     from hogwild_mts.core.files import npy_bytes, write_atomic
