@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from hogwild_mts import Engine  # noqa: E402
-from hogwild_mts.backends.ray.linear import shard_arrays  # noqa: E402
-from hogwild_mts.backends.ray.workers import LinearModelSpec, LinearWorker, ShardSpec  # noqa: E402
+from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearSetup, LinearWorker,  # noqa: E402
+                                              ShardSpec, shard_arrays)
 from hogwild_mts.backends.shm import kernels  # noqa: E402
 from hogwild_mts.backends.shm.worker import shard_rows  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse  # noqa: E402
@@ -79,14 +79,14 @@ def run_plain(args, dataset, k: int) -> dict:
     spec = LinearModelSpec(n_features=dataset.n_features, dense=dataset.dense,
                            fit_intercept=True, loss_id=model.loss_id, l2=0.0)
     data = {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
-            "labels": dataset.y}
+            "labels": dataset.y, "sample_weight": kernels.UNIT_WEIGHTS}
     seeds = np.random.SeedSequence(0).spawn(args.workers)
-    scale_ref = ray.put(np.zeros(dataset.n_features))
+    setup_ref = ray.put(LinearSetup(model=spec, feature_scale=np.zeros(dataset.n_features)))
     workers = [ray.remote(num_cpus=1)(PlainWorker).remote(
         ShardSpec(epochs=args.epochs, batch_size=args.batch_size, local_steps=k, seed=seeds[w],
                   local_step=args.alpha),
-        spec, ray.put(shard_arrays(data, shard_rows(dataset.n_samples, args.workers, w),
-                                   dataset.n_features, dataset.dense)), scale_ref, "float64")
+        ray.put(shard_arrays(data, shard_rows(dataset.n_samples, args.workers, w),
+                             dataset.n_features, dataset.dense)), "float64", setup_ref)
         for w in range(args.workers)]
     server = ray.remote(num_cpus=0)(PlainServer).remote(np.zeros(dataset.n_features + 1), args.alpha)
     ray.get([w.start.remote() for w in workers])

@@ -1,6 +1,8 @@
 """The Ray backend on a local Ray instance that this module starts itself (2 CPUs, no outside
 cluster): exact version counting at the parameter server, the loss falls, a killed worker actor
-is survived, Ctrl-C keeps the partial result, and no actor or actor process outlives a fit."""
+is re-created and goes on (and is survived once its restarts are spent), workers read their
+parts of a data file, Ctrl-C keeps the partial result, and no actor or actor process outlives a
+fit."""
 
 import os
 import signal
@@ -16,8 +18,11 @@ except ImportError as error:  # the only reason to skip: ray is in the test extr
     pytest.skip(f"ray is not importable: {error}", allow_module_level=True)
 
 from hogwild_mts import Engine
+from hogwild_mts.backends.ray.backend import MAX_WORKER_RESTARTS
+from hogwild_mts.backends.ray.linear import fit_linear_from_path
 from hogwild_mts.backends.shm.worker import total_updates
-from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
+from hogwild_mts.data.tabular import (DataError, load_data, read_file_part, synthetic_dense,
+                                      synthetic_sparse)
 from tests.helpers import WAIT_SECONDS
 
 RAY_CPUS = 2
@@ -108,24 +113,72 @@ def test_one_worker_with_one_local_step_is_the_shared_memory_run():
     assert ray_result.intercept == pytest.approx(shm_result.intercept, abs=1e-9)
 
 
-def test_a_killed_worker_actor_is_reported_and_the_run_finishes_with_the_rest():
+def wait_for_actor(name: str):
+    """The handle of the named actor, once it exists."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            return ray.get_actor(name)
+        except ValueError:
+            time.sleep(POLL_SECONDS)
+    raise AssertionError(f"no actor {name!r} within {WAIT_SECONDS} s")
+
+
+def fit_file(engine, path):
+    """``engine``'s fit on the data file at ``path``, each worker reading its own part."""
+    return fit_linear_from_path(engine, str(path), None, None, lambda n_params: None, time.time())
+
+
+def test_a_worker_actor_killed_past_its_restarts_is_reported_and_the_run_finishes_with_the_rest():
     data = synthetic_dense(4000, 20, seed=1)
     killed = []
 
-    def kill_worker_one():
+    def kill_every_worker_one():
         run = wait_for_version(200)  # both workers are pushing
-        ray.kill(ray.get_actor(f"{run}-worker-1"))
-        killed.append(run)
+        names = [f"{run}-worker-1"] + [f"{run}-worker-1-restart-{k}"
+                                       for k in range(1, MAX_WORKER_RESTARTS + 1)]
+        for name in names:  # each re-created actor as soon as it exists
+            ray.kill(wait_for_actor(name))
+            killed.append(name)
 
-    killer = threading.Thread(target=kill_worker_one, daemon=True)
+    killer = threading.Thread(target=kill_every_worker_one, daemon=True)
     killer.start()
     with pytest.warns(RuntimeWarning, match="worker actor 1 died"):
         result = ray_engine(model="lsq", alpha=0.01, epochs=1).fit(data)
     killer.join(WAIT_SECONDS)
-    assert killed, "the worker was never killed"
+    assert len(killed) == MAX_WORKER_RESTARTS + 1, killed
     assert [lost["worker"] for lost in result.settings["lost_workers"]] == [1]
+    assert [entry["restart"] for entry in result.settings["restarted_workers"]] == \
+        list(range(1, MAX_WORKER_RESTARTS + 1))
     full = total_updates(data.n_samples, 2, 1, 1, "static")
     assert 200 <= result.updates < full  # worker 0 finished its shard, worker 1 stopped early
+    assert result.counter == result.updates == int(result.staleness_histogram.sum())
+    assert sum(result.settings["worker_pushes"]) == result.updates
+    assert result.final_loss < result.history["loss"][0]
+    assert_nothing_left()
+
+
+def test_a_killed_worker_actor_is_recreated_from_its_file_part_and_finishes_its_shard(tmp_path):
+    data = synthetic_dense(4000, 20, seed=1)
+    path = tmp_path / "dense.npz"
+    np.savez(path, X=data.to_scipy(), y=data.y)
+    killed = []
+
+    def kill_worker_one():
+        run = wait_for_version(200)
+        ray.kill(ray.get_actor(f"{run}-worker-1"))
+        killed.append(run)
+
+    threading.Thread(target=kill_worker_one, daemon=True).start()
+    with pytest.warns(RuntimeWarning, match=r"worker actor 1 died .*restarting it \(restart 1 of"):
+        result = fit_file(ray_engine(model="lsq", alpha=0.01, epochs=1), path)
+    assert killed, "the worker was never killed"
+    assert result.settings["lost_workers"] == []
+    assert [(entry["worker"], entry["restart"]) for entry in result.settings["restarted_workers"]] == [(1, 1)]
+    # the new actor went on after the dead one's applied pushes, to the end of its part (a push
+    # in flight when the actor died may be applied and then redone: one more at most)
+    assert 2000 <= result.settings["worker_pushes"][1] <= 2001
+    assert data.n_samples <= result.updates <= data.n_samples + 1
     assert result.counter == result.updates == int(result.staleness_histogram.sum())
     assert result.final_loss < result.history["loss"][0]
     assert_nothing_left()
@@ -223,3 +276,92 @@ def test_estimators_train_on_the_ray_backend(data):
     assert result.counter == result.updates == int(result.staleness_histogram.sum())
     assert ray.is_initialized()  # the module's instance: the estimator did not shut it down
     assert_nothing_left()
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory, data):
+    """The module's sparse data set as a one-based svmlight file and as a CSR .npz, a dense one
+    as .npz, and the same svmlight file gzipped."""
+    import gzip
+
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+
+    folder = tmp_path_factory.mktemp("data")
+    X = data.to_scipy()
+    dump_svmlight_file(X, data.y, str(folder / "sparse.svm"), zero_based=False)
+    (folder / "sparse.svm.gz").write_bytes(gzip.compress((folder / "sparse.svm").read_bytes()))
+    sp.save_npz(folder / "csr.npz", X.tocsr(), compressed=False)
+    with np.load(folder / "csr.npz") as archive:
+        np.savez(folder / "csr.npz", **archive, y=data.y)
+    dense = synthetic_dense(999, 7, seed=2)
+    np.savez_compressed(folder / "dense.npz", X=dense.to_scipy(), y=dense.y)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["sparse.svm", "sparse.svm.gz", "csr.npz", "dense.npz"])
+def test_the_parts_of_a_file_hold_its_rows_once(data_files, name):
+    """read_file_part: parts 0..m-1 together are the rows load_data reads (svmlight: column
+    indices as written, one-based here; .gz parts take every m-th row)."""
+    path = str(data_files / name)
+    whole = load_data(path)
+    parts = [read_file_part(path, part, 3).dataset for part in range(3)]
+    order = (np.concatenate([np.arange(part, whole.n_samples, 3) for part in range(3)])
+             if name.endswith(".gz") else np.arange(whole.n_samples))
+    np.testing.assert_array_equal(np.concatenate([part.y for part in parts]), whole.y[order])
+    shift = 1 if name.startswith("sparse") else 0
+    assert max(part.n_features for part in parts) - shift == whole.n_features
+    rows = [np.asarray(sp_rows(part, shift, whole.n_features)) for part in parts]
+    np.testing.assert_array_equal(np.vstack(rows), np.asarray(sp_rows(whole, 0, whole.n_features))[order])
+
+
+def sp_rows(dataset, shift: int, n_features: int):
+    """``dataset``'s rows as a dense array of ``n_features`` columns, indices shifted down."""
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(dataset.to_scipy())
+    return sp.csr_matrix((matrix.data, matrix.indices - shift, matrix.indptr),
+                         shape=(matrix.shape[0], n_features)).toarray()
+
+
+def test_workers_reading_a_one_based_svmlight_file_train_as_the_shared_memory_engine(data_files):
+    """One worker, K = 1: the worker's part is the whole file, so the pushes are the
+    shared-memory updates on load_data's rows (one-based indices shifted, labels as read)."""
+    path = data_files / "sparse.svm"
+    options = dict(model="logreg", policy="inverse", alpha=0.5, workers=1, epochs=1, seed=3,
+                   progress=False)
+    result = fit_file(Engine(**options, backend="ray"), path)
+    shm_result = Engine(**options, split="static").fit(load_data(str(path)))
+    assert result.staleness_histogram[0] == result.updates == shm_result.updates
+    np.testing.assert_allclose(result.params, shm_result.params, rtol=0, atol=1e-9)
+    assert result.settings["data_path"] == str(path) and result.settings["data_rows"] == 4000
+
+
+def test_two_workers_read_their_parts_of_an_npz_and_the_loss_falls(data_files):
+    result = fit_file(ray_engine(local_steps=4, eval_every_updates=100), data_files / "csr.npz")
+    assert result.counter == result.updates == int(result.staleness_histogram.sum()) == 2 * 2 * 500
+    assert sum(result.settings["worker_pushes"]) == result.updates
+    assert result.samples == 2 * 4000
+    assert result.history["loss"][-1] < 0.7 * result.history["loss"][0]
+    assert "sampled rows" in result.settings["loss"]
+    assert_nothing_left()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda folder: folder / "missing.npz", "worker 0 .*missing.npz: no such file"),
+    (lambda folder: folder / "table.csv", r"unknown data file format \(.csv\)"),
+    (lambda folder: write_npz(folder / "three.npz", rows=10, labels=[0.0, 1.0, 2.0]),
+     r"three.npz: model 'logreg' needs binary labels .* got the values \{0, 1, 2\}"),
+    (lambda folder: write_npz(folder / "one_row.npz", rows=1, labels=[1.0]),
+     "1 rows cannot be split into 2 parts"),
+])
+def test_bad_data_files_are_refused_before_training_and_leave_nothing(tmp_path, make, words):
+    with pytest.raises(DataError, match=words):
+        fit_file(ray_engine(), make(tmp_path))
+    assert_nothing_left()
+
+
+def write_npz(path, rows: int, labels: list):
+    """A small dense .npz whose labels cycle through ``labels``."""
+    np.savez(path, X=np.ones((rows, 3)), y=np.resize(np.array(labels), rows))
+    return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import math
 import numbers
 import os
@@ -347,12 +348,10 @@ def _check_npz_sizes(path: str) -> None:
                 if not info.filename.endswith(".npy"):
                     continue
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version not in ((1, 0), (2, 0)):
+                    header = _npy_header(member)
+                    if header is None:
                         continue  # np.load reads (and checks) other header versions itself
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read_header(member)
+                    shape, _, dtype = header
                     header_bytes = member.tell()
                 nbytes = math.prod(shape) * dtype.itemsize
                 name = info.filename[:-4]
@@ -368,6 +367,17 @@ def _check_npz_sizes(path: str) -> None:
         raise DataError(f"{path}: cannot read as .npz: {error}") from None
     check_memory(sum(declared.values()), f"{path} (arrays {', '.join(declared)})",
                  "use a smaller data set or a machine with more memory")
+
+
+def _npy_header(member) -> tuple | None:
+    """(shape, fortran_order, dtype) from the header of the .npy stream ``member``, left just
+    after the header; None for a format version other than 1.0 and 2.0."""
+    version = np.lib.format.read_magic(member)
+    if version not in ((1, 0), (2, 0)):
+        return None
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(member)
 
 
 def _sparse_from_npz(path: str, archive):
@@ -521,3 +531,208 @@ def _parse_spec_params(kind: str, text: str, defaults: dict) -> dict:
             expected = "a number" if key == "noise" else "an integer"
             raise DataError(f"{kind}: parameter {key}={value!r} must be {expected}") from None
     return params
+
+
+# ---------------------------------------------------------------- one part of a data file
+# The Ray backend's workers each read their own part of a file (docs/distributed.md): nothing
+# here holds more than that part's rows.
+
+DATA_FILE_FORMS = ("an .npz file (keys X and y, or CSR keys data, indices, indptr, shape and y) "
+                   "or an svmlight/libsvm text file (.gz and .bz2 allowed)")
+# Names that say a format load_data does not read (every other name is read as svmlight text).
+OTHER_FORMAT_SUFFIXES = (".npy", ".csv", ".tsv", ".json", ".parquet", ".feather", ".arrow",
+                         ".pkl", ".pickle", ".h5", ".hdf5", ".mat", ".zip", ".xlsx")
+
+
+def data_file_format(path) -> str:
+    """``"npz"`` or ``"svmlight"``: the format load_data reads ``path`` in, from its name alone
+    (nothing is read); DataError for a name that says another format."""
+    name = os.fspath(path).lower()
+    if name.endswith(".npz"):
+        return "npz"
+    bare = name.removesuffix(".gz").removesuffix(".bz2")
+    if bare.endswith(OTHER_FORMAT_SUFFIXES):
+        raise DataError(f"{os.fspath(path)}: unknown data file format "
+                        f"({os.path.splitext(bare)[1]}); allowed: {DATA_FILE_FORMS}")
+    return "svmlight"
+
+
+@dataclass(eq=False)
+class FilePart:
+    """The rows of one part of a data file (:func:`read_file_part`).
+
+    ``dataset``: those rows.  For an svmlight file its column indices are those written in the
+    file (a one-based file is not shifted: only all parts together tell whether any index is 0)
+    and its ``n_features`` is the largest index of these rows plus one; for .npz it is the file's.
+    ``file_rows``: the rows of the whole file where the part knows them (.npz), else None;
+    ``file_bytes``: the file's size, so that readers on several nodes can check they read the
+    same file.
+    """
+
+    dataset: Dataset
+    file_rows: int | None
+    file_bytes: int
+
+
+def read_file_part(path, part: int, parts: int) -> FilePart:
+    """Part ``part`` of ``parts`` of the data file at ``path``, reading (and keeping) only its rows:
+
+    * .npz: rows ``[part*n // parts, (part+1)*n // parts)``, read by seeking to them;
+    * svmlight text: the lines that start in bytes ``[part*size // parts, (part+1)*size // parts)``
+      (scikit-learn's offset/length reader; a part may hold no row);
+    * compressed svmlight (.gz, .bz2): every ``parts``-th data line from the ``part``-th (the
+      stream is scanned; only those lines are parsed).
+
+    The parts of a file hold every row exactly once.  DataError for a missing or malformed file,
+    or an .npz with fewer rows than parts.
+    """
+    path = os.fspath(path)
+    _check_file(path)
+    if not (isinstance(part, int) and isinstance(parts, int) and 0 <= part < parts):
+        raise ValueError(f"part must be in [0, parts), got part={part!r}, parts={parts!r}")
+    file_bytes = os.path.getsize(path)
+    if data_file_format(path) == "npz":
+        return FilePart(*_npz_part(path, part, parts), file_bytes=file_bytes)
+    return FilePart(_svmlight_part(path, part, parts), file_rows=None, file_bytes=file_bytes)
+
+
+def _npz_part(path: str, part: int, parts: int) -> tuple[Dataset, int]:
+    """(rows of part ``part``, rows of the file) of the .npz at ``path``."""
+    name = os.path.basename(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = {member[:-4] for member in archive.namelist() if member.endswith(".npy")}
+            dense = found.issuperset(NPZ_DENSE_KEYS)
+            if dense:
+                n_rows = _npz_header(path, archive, "X")[0][0]
+            elif found.issuperset(NPZ_SPARSE_KEYS):
+                layout = _npz_whole(archive, "format").item() if "format" in found else "csr"
+                if isinstance(layout, bytes):
+                    layout = layout.decode("ascii", errors="replace")
+                if layout != "csr":
+                    raise DataError(f"{path}: sparse format {layout!r} cannot be read by rows; "
+                                    "save the matrix as CSR (X.tocsr())")
+                shape = tuple(int(size) for size in _npz_whole(archive, "shape"))
+                n_rows = shape[0]
+            else:
+                raise DataError(f"{path}: missing keys: found {sorted(found)}; expected "
+                                f"{list(NPZ_DENSE_KEYS)} (dense) or {list(NPZ_SPARSE_KEYS)} (sparse)")
+            labels_rows = _npz_header(path, archive, "y")[0][0]
+            if labels_rows != n_rows:
+                raise DataError(f"{path}: X and y differ in length: X has {n_rows} rows, "
+                                f"y has {labels_rows} entries")
+            if n_rows < parts:
+                raise DataError(f"{path}: {n_rows} rows cannot be split into {parts} parts of "
+                                f"at least one row; use at most {n_rows} workers")
+            start, stop = part * n_rows // parts, (part + 1) * n_rows // parts
+            labels = _npz_rows(path, archive, "y", start, stop)
+            if dense:
+                return as_dataset(_npz_rows(path, archive, "X", start, stop), labels, name), n_rows
+            indptr = _npz_rows(path, archive, "indptr", start, stop + 1).astype(np.int64)
+            first, last = int(indptr[0]), int(indptr[-1])
+            if not 0 <= first <= last:
+                raise DataError(f"{path}: indptr must rise from 0, got {first} .. {last} "
+                                f"at rows {start} .. {stop}")
+            matrix = sp.csr_matrix((_npz_rows(path, archive, "data", first, last),
+                                    _npz_rows(path, archive, "indices", first, last),
+                                    indptr - first), shape=(stop - start, shape[1]))
+            return as_dataset(matrix, labels, name), n_rows
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, *READ_ERRORS) as error:
+        raise DataError(f"{path}: cannot read as .npz: {error}") from None
+
+
+def _npz_header(path: str, archive: zipfile.ZipFile, key: str) -> tuple:
+    """(shape, fortran_order, dtype) of the array ``key`` of the archive; DataError for a
+    scalar, an object array or an unsupported header version."""
+    with archive.open(key + ".npy") as member:
+        return _rows_header(path, member, key)
+
+
+def _rows_header(path: str, member, key: str) -> tuple:
+    """:func:`_npy_header` of ``member``, the array ``key``; DataError unless it is a numeric
+    array of at least one dimension in format 1.0 or 2.0."""
+    header = _npy_header(member)
+    if header is None or header[2].hasobject or not header[0]:
+        raise DataError(f"{path}: array {key!r} must be a numeric array of rows "
+                        "(.npy format 1.0 or 2.0)")
+    return header
+
+
+def _npz_whole(archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    """The small array ``key`` of the archive (shape, format), read whole."""
+    with archive.open(key + ".npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _npz_rows(path: str, archive: zipfile.ZipFile, key: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` (first axis) of the array ``key``: only their bytes are read into
+    memory (a Fortran-order array, whose rows are not contiguous, is read whole and sliced)."""
+    info = archive.getinfo(key + ".npy")
+    with archive.open(info) as member:
+        shape, fortran_order, dtype = _rows_header(path, member, key)
+        if not 0 <= start <= stop <= shape[0]:
+            raise DataError(f"{path}: array {key!r} has {shape[0]} rows; rows {start} .. {stop} "
+                            "are needed (the arrays do not agree)")
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        if member.tell() + stop * row_bytes > info.file_size:
+            raise DataError(f"{path}: array {key!r} declares shape {shape} of {dtype} but the "
+                            "archive holds fewer bytes; the file is truncated or corrupt")
+        check_memory((stop - start) * row_bytes, f"{path} (rows {start} .. {stop} of {key!r})",
+                     "use more workers or a machine with more memory")
+        if fortran_order and len(shape) > 1:
+            with np.load(path, allow_pickle=False) as whole:
+                return whole[key][start:stop].copy()
+        rows = np.empty((stop - start,) + tuple(shape[1:]), dtype=dtype)
+        member.seek(member.tell() + start * row_bytes)
+        buffer, filled = memoryview(rows.reshape(-1).view(np.uint8)), 0
+        while filled < len(buffer):
+            count = member.readinto(buffer[filled:])
+            if not count:
+                raise DataError(f"{path}: array {key!r} ends early; the file is truncated")
+            filled += count
+        return rows
+
+
+def _svmlight_part(path: str, part: int, parts: int) -> Dataset:
+    """The rows of part ``part`` of the svmlight file at ``path``, column indices as written."""
+    from sklearn.datasets import load_svmlight_file
+
+    read = {"n_features": INT32_MAX, "dtype": np.float64, "zero_based": True}
+    try:
+        if path.endswith((".gz", ".bz2")):
+            with _open_maybe_compressed(path) as lines:
+                kept = [line.rstrip(b"\r\n") + b"\n"
+                        for number, line in enumerate(filter(_is_data_line, lines))
+                        if number % parts == part]
+            X, y = load_svmlight_file(io.BytesIO(b"".join(kept)), **read)
+        else:
+            size = os.path.getsize(path)
+            first, last = part * size // parts, (part + 1) * size // parts
+            if last <= first:  # length 0 would mean "to the end" to scikit-learn
+                return _no_rows(path)
+            X, y = load_svmlight_file(path, offset=first, length=last - first, **read)
+    except (ValueError, TypeError, IndexError, OverflowError) as error:
+        _raise_first_malformed_line(path)
+        raise DataError(f"{path}: not a valid svmlight/libsvm file: {error}") from None
+    except READ_ERRORS as error:
+        raise _unreadable(path, error) from None
+    if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
+        _raise_first_malformed_line(path)
+    if X.shape[0] == 0:
+        return _no_rows(path)
+    n_features = int(X.indices.max()) + 1 if X.nnz else 1
+    return as_dataset(sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n_features)),
+                      y, name=os.path.basename(path))
+
+
+def _is_data_line(line: bytes) -> bool:
+    """True for an svmlight line that holds a row (not blank, not only a comment)."""
+    return bool(line.split(b"#", 1)[0].strip())
+
+
+def _no_rows(path: str) -> Dataset:
+    """An empty part of the file at ``path`` (zero rows, zero features)."""
+    return Dataset(values=np.empty(0), indices=np.empty(0, np.int32), indptr=np.zeros(1, np.int64),
+                   n_features=0, y=np.empty(0), name=os.path.basename(path), dense=False)

@@ -1,14 +1,18 @@
 """RayBackend: :class:`hogwild_mts.core.lifecycle.Backend` over a parameter-server actor and
 worker actors, so that :func:`hogwild_mts.core.lifecycle.run` drives a Ray run unchanged.
 
-Faults: a worker actor that dies (killed, out of memory, its node lost) is reported -- a
-RuntimeWarning and an entry in ``lost`` -- and the run goes on with the others; its shard is not
-trained for the rest of the run.  A worker that raises, or the death of every worker or of the
-server, stops the run with WorkerError.  Every actor is killed by :meth:`close`.
+Faults: a worker actor that dies (killed, out of memory, its node lost) is re-created from the
+same shard spec, up to ``max_worker_restarts`` times per worker -- a RuntimeWarning and an entry
+in ``restarts`` each time -- and the new actor goes on after the pushes the server applied from
+the dead one.  Past that limit the worker is reported lost -- a RuntimeWarning and an entry in
+``lost`` -- and the run goes on with the others; its shard is not trained for the rest of the
+run.  A worker that raises, or the death of every worker or of the server, stops the run with
+WorkerError.  Every actor is killed by :meth:`close`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 import warnings
@@ -23,6 +27,7 @@ from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, div
 RUN_NAME_PREFIX = "hogwild-"  # actors are named hogwild-<run>-server, hogwild-<run>-worker-<w>
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
 WORKER_CPUS = 1  # CPUs each worker actor reserves; the server reserves none (it mostly waits)
+MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
 
 
 def require_ray():
@@ -61,15 +66,29 @@ def check_cluster(workers: int) -> None:
                          f"cluster has {cpus:g}; use fewer workers or add nodes")
 
 
+def death_reason(error) -> str:
+    """One line saying why an actor died: the first and the last line of Ray's message (the
+    last names the cause: ``ray.kill``, the exception its creation task raised, ...), without
+    terminal colours."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()
+             if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
 class RayBackend:
     """One run's actors.  ``make_server(name) -> actor handle`` starts the parameter server,
     ``make_worker(worker_id, name) -> actor handle`` one worker, under the given actor names
     (``run_name`` + ``-server`` / ``-worker-<w>``: visible in ``ray list actors`` and the
     dashboard); ``checkpoint``, if given, is called with the server's (params, version,
-    histogram) every ``checkpoint_every`` seconds and once after the run."""
+    histogram) every ``checkpoint_every`` seconds and once after the run.  A worker actor that
+    dies is re-created with ``make_worker`` (named ``-worker-<w>-restart-<k>``) up to
+    ``max_worker_restarts`` times (see the module docstring)."""
 
     def __init__(self, workers: int, make_server, make_worker, policy, *, checkpoint=None,
-                 checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
+                 checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
+                 max_worker_restarts: int = MAX_WORKER_RESTARTS):
         import ray
 
         self._ray = ray
@@ -79,9 +98,14 @@ class RayBackend:
         self._checkpoint, self._checkpoint_every = checkpoint, checkpoint_every
         self.server = None
         self.actors: list = []
-        self.lost: list[dict] = []  # {"worker", "error"} per worker actor that died
+        self.max_worker_restarts = max_worker_restarts
+        self.lost: list[dict] = []  # {"worker", "error"} per worker given up
+        self.restarts: list[dict] = []  # {"worker", "error", "restart"} per re-created actor
+        self.worker_pushes: list[int] = []  # pushes applied by worker id, filled by collect()
         self._ready_refs: list = []
         self._runs: dict = {}  # ObjectRef of run() -> worker id, while it runs
+        self._restarting: dict = {}  # ObjectRef of a re-created actor's ready() -> worker id
+        self._stopping = False
         self._failure: Exception | None = None  # the first worker exception or divergence
         self._go_time = 0.0
         self._next_checkpoint = 0.0
@@ -107,7 +131,7 @@ class RayBackend:
         self._server_call("go")
         self._go_time = time.time()
         self._next_checkpoint = self._go_time + self._checkpoint_every
-        self._runs = {actor.run.remote(self.server): worker_id
+        self._runs = {actor.run.remote(self.server, worker_id): worker_id
                       for worker_id, actor in enumerate(self.actors)}
 
     def _server_call(self, method: str):
@@ -119,9 +143,11 @@ class RayBackend:
             raise WorkerError(f"the parameter server died; the run was stopped:\n{error}") from None
 
     def _collect_ended(self, timeout: float = 0.0) -> None:
-        """Take the workers whose run() ended out of the running set: a death is reported at
-        once (the run goes on); an exception or a divergence is kept for :meth:`poll` to raise."""
+        """Take the workers whose run() ended out of the running set: a death is handled at
+        once (:meth:`_restart_or_lose`; the run goes on); an exception or a divergence is kept
+        for :meth:`poll` to raise.  Re-created actors that are ready start their run()."""
         ray = self._ray
+        self._collect_restarted()
         if not self._runs:
             return
         done, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout)
@@ -130,7 +156,7 @@ class RayBackend:
             try:
                 state = ray.get(ref)
             except ray.exceptions.RayActorError as error:
-                self._report_lost(worker_id, error)
+                self._restart_or_lose(worker_id, error)
                 continue
             except ray.exceptions.RayError as error:
                 self._failure = self._failure or WorkerError(f"worker {worker_id} failed:\n{error}")
@@ -139,8 +165,41 @@ class RayBackend:
                 self._failure = self._failure or DivergenceError(
                     divergence_message(self._policy, "a worker's loss"))
 
-    def _report_lost(self, worker_id: int, error) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    def _collect_restarted(self) -> None:
+        """Start run() on every re-created actor that is ready; one that died again is
+        restarted again or lost."""
+        ray = self._ray
+        if not self._restarting:
+            return
+        done, _ = ray.wait(list(self._restarting), num_returns=len(self._restarting), timeout=0)
+        for ref in done:
+            worker_id = self._restarting.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                self._restart_or_lose(worker_id, error)
+                continue
+            if not self._stopping:
+                self._runs[self.actors[worker_id].run.remote(self.server, worker_id)] = worker_id
+
+    def _restart_or_lose(self, worker_id: int, error) -> None:
+        """Re-create the dead actor of ``worker_id`` (its ready() is then awaited by
+        :meth:`_collect_restarted`), or report the worker lost once its restarts are spent or
+        the run is stopping."""
+        reason = death_reason(error)
+        restart = 1 + sum(entry["worker"] == worker_id for entry in self.restarts)
+        if self._stopping or restart > self.max_worker_restarts:
+            self._report_lost(worker_id, reason)
+            return
+        self._ray.kill(self.actors[worker_id])  # a dead actor stays dead (no Ray restart)
+        self.actors[worker_id] = self._make_worker(
+            worker_id, f"{self.run_name}-worker-{worker_id}-restart-{restart}")
+        self._restarting[self.actors[worker_id].ready.remote()] = worker_id
+        self.restarts.append({"worker": worker_id, "error": reason, "restart": restart})
+        warnings.warn(f"Ray worker actor {worker_id} died ({reason}); restarting it (restart "
+                      f"{restart} of {self.max_worker_restarts})", RuntimeWarning, stacklevel=2)
+
+    def _report_lost(self, worker_id: int, reason: str) -> None:
         self.lost.append({"worker": worker_id, "error": reason})
         remaining = self.workers - len(self.lost)
         warnings.warn(f"Ray worker actor {worker_id} died ({reason}); the run goes on with "
@@ -165,7 +224,7 @@ class RayBackend:
 
     def finished(self) -> bool:
         self._collect_ended()
-        return not self._runs
+        return not self._runs and not self._restarting
 
     def elapsed(self) -> float:
         return time.time() - self._go_time
@@ -177,11 +236,16 @@ class RayBackend:
         time.sleep(POLL_SECONDS)
 
     def request_stop(self) -> None:
+        self._stopping = True
         if self.server is not None:
             self.server.request_stop.remote()
 
     def join(self) -> None:
-        """Wait up to JOIN_SECONDS for the workers to leave their loops; kill the rest."""
+        """Wait up to JOIN_SECONDS for the workers to leave their loops; kill the rest, and
+        the re-created actors that had not started yet."""
+        for worker_id in self._restarting.values():
+            self._ray.kill(self.actors[worker_id])
+        self._restarting = {}
         deadline = time.time() + JOIN_SECONDS
         while self._runs and time.time() < deadline:
             self._collect_ended(timeout=max(0.0, min(POLL_SECONDS * 10, deadline - time.time())))
@@ -191,6 +255,7 @@ class RayBackend:
 
     def collect(self) -> RunTotals:
         totals = self._server_call("totals")
+        self.worker_pushes = self._server_call("pushes_by_worker")
         if self._checkpoint is not None:
             self.write_checkpoint()
         return RunTotals(**totals)
@@ -200,3 +265,4 @@ class RayBackend:
         for actor in self.actors + ([self.server] if self.server is not None else []):
             self._ray.kill(actor)
         self.actors, self.server, self._ready_refs, self._runs = [], None, [], {}
+        self._restarting = {}

@@ -1,26 +1,41 @@
-"""A linear model's fit on Ray: :class:`hogwild_mts.engines.linear.Engine` with
-``backend="ray"`` calls :func:`fit_linear` once its data set and start point are validated.
+"""A linear model's fit on Ray, from data in the driver or from a data file the workers read.
 
-Data flow: the driver (which was handed the data) puts each worker's shard into the object store
-once; a worker actor receives only its own shard's object and reads it in place (read-only,
-no copy); the full data set stays with the driver, which scores snapshots of the server's
-parameters on it (the same objective as the shared-memory engine).
+* :func:`fit_linear` (``Engine(backend="ray").fit(X, y)``): the driver was handed the data; it
+  puts each worker's shard (rows ``w, w+m, ...``) into the object store once; a worker actor
+  receives only its own shard's object and reads it in place (read-only, no copy).  The driver
+  scores snapshots of the server's parameters on the whole data set (the shared-memory
+  engine's objective).
+* :func:`fit_linear_from_path` (``Engine(backend="ray").fit("data.npz")``): the driver never
+  reads the data.  Each worker actor reads its own part of the file
+  (:func:`hogwild_mts.data.tabular.read_file_part`) and reports what it found
+  (:class:`~hogwild_mts.backends.ray.workers.PartReport`: rows, columns, labels, column counts
+  and up to ``EVAL_SAMPLE_ROWS / workers`` evenly spaced rows); the driver checks the reports
+  together before the server starts, sends every worker the same
+  :class:`~hogwild_mts.backends.ray.workers.LinearSetup`, and scores snapshots on the rows the
+  workers sent (the loss of the history is the training objective on that sample).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
 
 import numpy as np
 
-from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, require_ray
+from hogwild_mts.backends.ray.backend import (MAX_WORKER_RESTARTS, RayBackend, WORKER_CPUS,
+                                              check_cluster, connect, require_ray)
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
-from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearWorker, ShardSpec,
+from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
+                                              LinearWorker, ShardSpec, shard_arrays,
                                               warm_up_linear)
+from hogwild_mts.backends.shm import kernels
 from hogwild_mts.backends.shm.worker import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
-from hogwild_mts.core.result import FitResult
+from hogwild_mts.core.result import FitResult, WorkerError
+from hogwild_mts.data.tabular import DataError, data_file_format
+
+EVAL_SAMPLE_ROWS = 10_000  # rows of a data file the workers send the driver to score on
 
 
 def base_step(policy, workers: int) -> float:
@@ -34,42 +49,21 @@ def base_step(policy, workers: int) -> float:
     return float(bound.table()[0])
 
 
-def shard_arrays(data: dict, rows: np.ndarray, n_features: int, dense: bool) -> dict:
-    """The arrays SHARD_FIELDS of ``rows`` of the data set ``data`` (same layout, rows renumbered
-    0 .. len(rows) - 1; an empty ``sample_weight`` stays empty: unit weights)."""
-    labels = data["labels"][rows]
-    weights = data["sample_weight"][rows] if data["sample_weight"].size else data["sample_weight"]
-    if dense:
-        values = data["values"].reshape(-1, n_features)[rows].ravel()
-        return {"values": values, "indices": data["indices"][:0], "labels": labels,
-                "sample_weight": weights,
-                "indptr": np.arange(rows.size + 1, dtype=np.int64) * n_features}
-    starts, stops = data["indptr"][rows], data["indptr"][rows + 1]
-    indptr = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(stops - starts, out=indptr[1:])
-    positions = np.repeat(starts - indptr[:-1], stops - starts) + np.arange(indptr[-1])
-    return {"values": data["values"][positions], "indices": data["indices"][positions],
-            "indptr": indptr, "labels": labels, "sample_weight": weights}
-
-
 def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndarray | None,
-               started: float) -> FitResult:
+               started: float, *, max_worker_restarts: int = MAX_WORKER_RESTARTS) -> FitResult:
     """Train ``engine``'s model on ``dataset`` (rows weighted by ``sample_weight``, empty for
     unit weights) with the server and ``engine.workers`` worker actors (see
     :class:`hogwild_mts.engines.linear.Engine` for the options).  ``updates`` and
-    ``counter`` of the result count pushes, each of up to ``local_steps`` mini-batches."""
+    ``counter`` of the result count pushes, each of up to ``local_steps`` mini-batches; a worker
+    actor that dies is re-created up to ``max_worker_restarts`` times."""
     ray = require_ray()
-    options, ray_options, workers = engine.options, engine.ray_options, engine.workers
-    local_steps = ray_options.local_steps
+    options, workers = engine.options, engine.workers
     model = LinearModelSpec(n_features=dataset.n_features, dense=dataset.dense,
                             fit_intercept=engine.model.fit_intercept, loss_id=engine.model.loss_id,
                             l2=float(engine.model.l2))
     data = {"feature_scale": np.zeros(dataset.n_features)}
     engine._fill(data, dataset, sample_weight)  # the data arrays by their kernel names, L2 weights
-    params = np.zeros(engine.model.n_params(dataset.n_features), dtype=engine.dtype)
-    if start_params is not None:
-        params[:] = start_params
-    local_step = base_step(options.policy, workers)
+    params = _start_params(engine, dataset.n_features, start_params)
     shards = [shard_arrays(data, shard_rows(dataset.n_samples, workers, w), dataset.n_features,
                            dataset.dense) for w in range(workers)]
     warm_up_linear(shards[0], data["feature_scale"], model, options.batch_size, engine.dtype)
@@ -77,50 +71,228 @@ def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndar
     engine._objective(dict(data, indptr=data["indptr"][:2],
                            sample_weight=data["sample_weight"][:1]), model, params)
 
-    started_ray = connect(ray_options.address)
+    started_ray = connect(engine.ray_options.address)
     try:
         check_cluster(workers)
         shard_refs = [ray.put(shard) for shard in shards]
         del shards
-        scale_ref = ray.put(data["feature_scale"])
-        seeds = np.random.SeedSequence(options.seed).spawn(workers)
-        server_actor = ray.remote(num_cpus=0)(ParameterServer)
+        setup_ref = ray.put(LinearSetup(model=model, feature_scale=data["feature_scale"]))
+        shard_spec = _shard_specs(engine)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(LinearWorker)
 
-        def make_server(name: str):
-            return server_actor.options(name=name).remote(params, options.policy, workers)
-
         def make_worker(worker_id: int, name: str):
-            spec = ShardSpec(epochs=options.epochs, batch_size=options.batch_size,
-                             local_steps=local_steps, seed=seeds[worker_id], local_step=local_step)
-            return worker_actor.options(name=name).remote(spec, model, shard_refs[worker_id],
-                                                          scale_ref, engine.dtype)
+            return worker_actor.options(name=name).remote(
+                shard_spec(worker_id), shard_refs[worker_id], engine.dtype, setup_ref)
 
-        def score(snapshot):
-            loss, accuracy = engine._objective(data, model, snapshot.astype(np.float64, copy=False))
-            return loss, accuracy if engine.model.classifier else None
-
-        backend = RayBackend(workers, make_server, make_worker, options.policy,
-                             checkpoint=None if ray_options.checkpoint is None
-                             else functools.partial(ray_options.checkpoint, engine),
-                             checkpoint_every=ray_options.checkpoint_every)
-
-        def details(final):
-            final = final.astype(np.float64)
-            return {"params": final[: dataset.n_features],
-                    "intercept": float(final[dataset.n_features]) if model.fit_intercept else 0.0,
-                    "model": engine.model.name, "data": dataset.name,
-                    "settings": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                 "seed": options.seed, "dtype": engine.dtype, "l2": model.l2,
-                                 "fit_intercept": model.fit_intercept, "backend": "ray",
-                                 "local_steps": local_steps, "local_step": local_step,
-                                 "update": "push", "lost_workers": list(backend.lost),
-                                 "loss": "training objective", "accuracy": "train"}}
-
+        backend = _backend(engine, params, make_worker, max_worker_restarts)
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
-                               options.batch_size * local_steps, "static")
-        return lifecycle.run(backend, options, score=score, details=details,
-                             total_updates=pushes, started=started)
+                               options.batch_size * engine.ray_options.local_steps, "static")
+        return _run(engine, backend, model, data, dataset.name, pushes, started,
+                    {"loss": "training objective", "accuracy": "train"})
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def fit_linear_from_path(engine, path, y, sample_weight, check_start, started: float, *,
+                         max_worker_restarts: int = MAX_WORKER_RESTARTS) -> FitResult:
+    """Train ``engine``'s model on the data file at ``path`` (.npz or svmlight/libsvm, as
+    :func:`hogwild_mts.data.tabular.load_data` reads it), each worker actor reading only its
+    own part (the module docstring has the data flow; the path must name the same file on
+    every node that runs a worker).  ``y`` and ``sample_weight`` must be None (the labels are
+    in the file; weights are not read from files); ``check_start(n_params)`` gives the start
+    parameters (or None) once the number of columns is known.  Bad data (unknown format,
+    missing or malformed file, labels outside the model's domain, fewer rows than workers)
+    raises DataError/ValueError before the server starts; every actor is then already gone."""
+    ray = require_ray()
+    path = os.fspath(path)
+    if y is not None:
+        raise ValueError(f"y must be None when X is a data file ({path}): the labels are read "
+                         "from the file")
+    if sample_weight is not None:
+        raise ValueError(f"sample_weight cannot be given with a data file ({path}); fit arrays "
+                         "(X, y, sample_weight=...) instead")
+    data_format = data_file_format(path)  # an unknown format stops here, before Ray starts
+    options, workers = engine.options, engine.workers
+    warm_up_server_kernel(np.dtype(engine.dtype))
+
+    started_ray = connect(engine.ray_options.address)
+    waiting: dict = {}  # worker id -> actor created here and not yet handed to the backend
+    try:
+        check_cluster(workers)
+        shard_spec = _shard_specs(engine)
+        worker_actor = ray.remote(num_cpus=WORKER_CPUS)(LinearWorker)
+        run: dict = {}  # the checked data (set below, before the backend starts any actor)
+
+        def make_worker(worker_id: int, name: str):
+            if worker_id in waiting:  # the first actor: created, described and configured below
+                return waiting.pop(worker_id)
+            return worker_actor.options(name=name).remote(
+                shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype,
+                run["setup_ref"])
+
+        backend = _backend(engine, lambda: run["params"], make_worker, max_worker_restarts)
+        for worker_id in range(workers):
+            waiting[worker_id] = worker_actor.options(name=f"{backend.run_name}-worker-{worker_id}").remote(
+                shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype)
+        reports = _wait_all(ray, {w: actor.describe.remote(-(-EVAL_SAMPLE_ROWS // workers))
+                                  for w, actor in waiting.items()}, path)
+        setup, sample, rows = _check_parts(engine, path, data_format, reports)
+        run["params"] = _start_params(engine, setup.model.n_features,
+                                      check_start(engine.model.n_params(setup.model.n_features)))
+        run["setup_ref"] = ray.put(setup)
+        _wait_all(ray, {w: actor.configure.remote(run["setup_ref"])
+                        for w, actor in waiting.items()}, path)
+        engine._objective(sample, setup.model, run["params"])  # compiled before the clock starts
+        pushes = options.epochs * sum(-(-count // (options.batch_size * engine.ray_options.local_steps))
+                                      for count in rows)
+        n_sampled = sample["indptr"].shape[0] - 1
+        return _run(engine, backend, setup.model, sample, os.path.basename(path), pushes, started,
+                    {"loss": f"training objective on {n_sampled} sampled rows",
+                     "accuracy": f"train, on {n_sampled} sampled rows",
+                     "data_path": path, "data_rows": sum(rows)})
+    finally:
+        for actor in waiting.values():
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+
+
+def _start_params(engine, n_features: int, start_params: np.ndarray | None) -> np.ndarray:
+    """The server's first parameter vector: zeros, or ``start_params``, in the run's dtype."""
+    params = np.zeros(engine.model.n_params(n_features), dtype=engine.dtype)
+    if start_params is not None:
+        params[:] = start_params
+    return params
+
+
+def _shard_specs(engine):
+    """``worker id -> ShardSpec`` of ``engine``'s options (seeds spawned once per run)."""
+    options = engine.options
+    seeds = np.random.SeedSequence(options.seed).spawn(engine.workers)
+    local_step = base_step(options.policy, engine.workers)
+    return lambda worker_id: ShardSpec(epochs=options.epochs, batch_size=options.batch_size,
+                                       local_steps=engine.ray_options.local_steps,
+                                       seed=seeds[worker_id], local_step=local_step)
+
+
+def _backend(engine, params, make_worker, max_worker_restarts: int) -> RayBackend:
+    """The RayBackend of a linear run; ``params``: the start vector, or a function giving it
+    when the server starts."""
+    import ray
+
+    ray_options = engine.ray_options
+    server_actor = ray.remote(num_cpus=0)(ParameterServer)
+
+    def make_server(name: str):
+        start = params() if callable(params) else params
+        return server_actor.options(name=name).remote(start, engine.options.policy, engine.workers)
+
+    return RayBackend(engine.workers, make_server, make_worker, engine.options.policy,
+                      checkpoint=None if ray_options.checkpoint is None
+                      else functools.partial(ray_options.checkpoint, engine),
+                      checkpoint_every=ray_options.checkpoint_every,
+                      max_worker_restarts=max_worker_restarts)
+
+
+def _run(engine, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,
+         pushes: int, started: float, settings: dict) -> FitResult:
+    """Run ``backend`` through the lifecycle, scoring snapshots on the arrays ``data``."""
+    options = engine.options
+
+    def score(snapshot):
+        loss, accuracy = engine._objective(data, model, snapshot.astype(np.float64, copy=False))
+        return loss, accuracy if engine.model.classifier else None
+
+    def details(final):
+        final = final.astype(np.float64)
+        return {"params": final[: model.n_features],
+                "intercept": float(final[model.n_features]) if model.fit_intercept else 0.0,
+                "model": engine.model.name, "data": name,
+                "settings": {"epochs": options.epochs, "batch_size": options.batch_size,
+                             "seed": options.seed, "dtype": engine.dtype, "l2": model.l2,
+                             "fit_intercept": model.fit_intercept, "backend": "ray",
+                             "local_steps": engine.ray_options.local_steps,
+                             "local_step": base_step(options.policy, engine.workers),
+                             "update": "push", "lost_workers": list(backend.lost),
+                             "restarted_workers": list(backend.restarts),
+                             "worker_pushes": list(backend.worker_pushes), **settings}}
+
+    return lifecycle.run(backend, options, score=score, details=details, total_updates=pushes,
+                         started=started)
+
+
+def _wait_all(ray, refs: dict, path: str) -> list:
+    """The results of ``refs`` (worker id -> ObjectRef), in worker order; a worker's
+    ValueError (bad data; a file part's error names the node) as DataError naming the worker,
+    any other failure as WorkerError."""
+    results = []
+    for worker_id, ref in sorted(refs.items()):
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, ValueError):
+                raise DataError(f"worker {worker_id} {error.cause}") from None
+            raise WorkerError(f"worker {worker_id} failed reading its part of {path}:\n{error}") from None
+        except ray.exceptions.RayError as error:
+            raise WorkerError(f"worker {worker_id} died reading its part of {path}:\n{error}") from None
+    return results
+
+
+def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple[LinearSetup, dict, list]:
+    """(setup, evaluation sample, rows per worker) from the workers' reports on their parts of
+    ``path``; DataError/ValueError for a file the fit cannot use."""
+    sizes = {report.file_bytes for report in reports}
+    if len(sizes) > 1:
+        seen = ", ".join(f"{report.file_bytes} bytes on {report.node}" for report in reports)
+        raise DataError(f"{path}: the workers read different files ({seen}); every node that "
+                        "runs a worker must see the same file")
+    rows = [report.rows for report in reports]
+    n_samples = sum(rows)
+    if 0 in rows:
+        raise DataError(f"{path}: {n_samples} rows for {len(rows)} workers, and the part of "
+                        f"worker {rows.index(0)} holds no row (an svmlight file is split by "
+                        "bytes); use fewer workers")
+    if engine.options.batch_size > n_samples:
+        raise ValueError(f"batch_size ({engine.options.batch_size}) exceeds the number of "
+                         f"samples ({n_samples})")
+    width = max(report.n_features for report in reports)
+    counts = np.zeros(width, np.int64)
+    for report in reports:
+        counts[: report.feature_counts.shape[0]] += report.feature_counts
+    # svmlight indices are one-based unless some index is 0 (load_svmlight's rule, file-wide)
+    index_shift = int(data_format == "svmlight" and counts.any()
+                      and not any(report.has_index_zero for report in reports))
+    n_features, counts = width - index_shift, counts[index_shift:]
+    if n_features < 1:
+        raise DataError(f"{path}: no feature columns")
+    labels = np.unique(np.concatenate([report.labels for report in reports]))
+    try:
+        targets = engine.model.check_labels(labels)
+    except ValueError as error:
+        raise DataError(f"{path}: {error}") from None
+    label_map = (None, None) if targets is labels else (labels, targets)
+    dense = reports[0].dense  # the parts of one file share its layout
+    feature_scale = np.zeros(n_features)
+    if engine.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
+        np.divide(n_samples, counts, out=feature_scale, where=counts > 0)
+    model = LinearModelSpec(n_features=n_features, dense=dense,
+                            fit_intercept=engine.model.fit_intercept,
+                            loss_id=engine.model.loss_id, l2=float(engine.model.l2))
+    setup = LinearSetup(model=model, feature_scale=feature_scale, index_shift=index_shift,
+                        label_values=label_map[0], label_targets=label_map[1])
+    return setup, _joined_sample(reports, setup), rows
+
+
+def _joined_sample(reports: list, setup: LinearSetup) -> dict:
+    """The rows the workers sampled, as one data set in the checked form of ``setup`` (arrays
+    by their kernel names, unit weights)."""
+    samples = [report.sample for report in reports]
+    labels = np.concatenate([sample["labels"] for sample in samples])
+    lengths = np.concatenate([np.diff(sample["indptr"]) for sample in samples])
+    indptr = np.zeros(labels.size + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    joined = {"values": np.concatenate([sample["values"] for sample in samples]),
+              "indices": np.concatenate([sample["indices"] for sample in samples]),
+              "indptr": indptr, "labels": labels, "sample_weight": kernels.UNIT_WEIGHTS}
+    return setup.checked(joined)

@@ -36,8 +36,9 @@ def warm_up_server_kernel(dtype) -> None:
 class ParameterServer:
     """The server actor's state and calls (made a Ray actor by the backend).
 
-    Invariants: ``version`` = pushes applied = ``stats[STAT_UPDATES]`` = the histogram's total;
-    ``params`` only changes inside :meth:`push`, one push at a time.
+    Invariants: ``version`` = pushes applied = ``stats[STAT_UPDATES]`` = the histogram's total
+    = the sum of ``worker_pushes``; ``params`` only changes inside :meth:`push`, one push at a
+    time.
     """
 
     def __init__(self, params: np.ndarray, policy, workers: int):
@@ -46,6 +47,7 @@ class ParameterServer:
         self.counter = np.zeros(8, np.int64)  # word 0: the version
         self.hist = np.zeros((1, control.HIST_BINS), np.int64)
         self.stats = np.zeros(control.STAT_COLUMNS, np.int64)
+        self.worker_pushes = np.zeros(workers, np.int64)  # pushes applied, by worker id
         self.refitter = Refitter(policy, workers, self.params.dtype)
         self.stop = False
         self.started = 0.0  # time.time() of go(), on the server's clock
@@ -55,17 +57,20 @@ class ParameterServer:
         """Start the training clock (the workers start right after)."""
         self.started = self.last_push = time.time()
 
-    def pull(self) -> tuple[int, np.ndarray]:
-        """(version, parameters): a worker's first read."""
-        return int(self.counter[0]), self.params
+    def pull(self, worker_id: int) -> tuple[int, np.ndarray, int]:
+        """(version, parameters, pushes of worker ``worker_id`` applied so far): a worker's
+        first read (a re-created worker goes on after those pushes)."""
+        return int(self.counter[0]), self.params, int(self.worker_pushes[worker_id])
 
-    def push(self, step_sum: np.ndarray, version_read: int, rows: int) -> tuple[bool, int, np.ndarray]:
+    def push(self, step_sum: np.ndarray, version_read: int, rows: int,
+             worker_id: int) -> tuple[bool, int, np.ndarray]:
         """Apply ``params -= alpha(tau) * step_sum`` with ``tau = version - version_read``;
         ``rows``: the samples the push used.  Returns (stop requested, new version, parameters):
         the push answers with the next pull."""
         step_sum.setflags(write=False)  # one kernel signature, whatever the transport gave
         apply_update(self.params, step_sum, self.counter, version_read, self.refitter.table,
                      self.hist[0], self.stats, rows)
+        self.worker_pushes[worker_id] += 1
         self.refitter.maybe_refit(self.stats, self.hist)
         self.last_push = time.time()
         return self.stop, int(self.counter[0]), self.params
@@ -83,6 +88,10 @@ class ParameterServer:
     def state(self) -> tuple[np.ndarray, int, np.ndarray]:
         """(parameters, version, histogram): what a checkpoint stores."""
         return self.params, int(self.counter[0]), self.hist[0]
+
+    def pushes_by_worker(self) -> list[int]:
+        """Pushes applied so far from each worker id (a re-created worker's count goes on)."""
+        return self.worker_pushes.tolist()
 
     def totals(self) -> dict:
         """The run's counts (the fields of :class:`hogwild_mts.core.result.RunTotals`);

@@ -6,13 +6,19 @@ of the K mean mini-batch gradients along the worker's local path (for K = 1 exac
 at the pulled parameters), taken with the local step ``alpha_c``.  The server applies
 ``params -= alpha(tau) * step_sum`` (docs/distributed.md has the reasoning).
 
-A shard is worker ``w``'s rows ``w, w+m, w+2m, ...``, visited every epoch in a fresh permutation
-from the worker's own seed, K batches per push (the last push of an epoch may be shorter), as
-the shared-memory engine's static split does (:func:`hogwild_mts.backends.shm.worker.sharded_pieces`).
+A shard comes from the driver through the object store (worker ``w``'s rows ``w, w+m, w+2m,
+...``) or, for a linear model, from a data file that the worker reads itself (its part of the
+file: :func:`hogwild_mts.data.tabular.read_file_part`).  It is visited every epoch in a fresh
+permutation from the worker's own seed, K batches per push (the last push of an epoch may be
+shorter), as the shared-memory engine's static split does
+(:func:`hogwild_mts.backends.shm.worker.sharded_pieces`).  A worker's first pull tells it how many
+of its pushes the server has applied: a re-created worker (after its actor died) skips those
+pieces and goes on where the dead one stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -22,6 +28,7 @@ import numpy as np
 from hogwild_mts.backends.shm import kernels
 from hogwild_mts.backends.shm.worker import sharded_pieces
 from hogwild_mts.core import control
+from hogwild_mts.data.tabular import DataError, read_file_part
 
 
 @dataclass
@@ -44,20 +51,22 @@ class ShardSpec:
         return sharded_pieces(n_rows, one_worker, 0, self.local_steps)
 
 
-def push_loop(server, spec: ShardSpec, n_rows: int, local: np.ndarray, local_steps) -> int:
-    """Pull into the worker's parameter copy ``local``, then per push: ``local_steps(order,
-    start, stop)`` moves ``local`` (False: a NaN/inf was seen), push the step sum, take the
-    answer as the next pull.  Returns STATE_DONE or STATE_DIVERGED; leaves early when the
-    server answers stop."""
+def push_loop(server, worker_id: int, spec: ShardSpec, n_rows: int, local: np.ndarray,
+              local_steps) -> int:
+    """Pull into the worker's parameter copy ``local`` (and skip the pieces of this worker's
+    pushes the server already applied), then per push: ``local_steps(order, start, stop)`` moves
+    ``local`` (False: a NaN/inf was seen), push the step sum, take the answer as the next pull.
+    Returns STATE_DONE or STATE_DIVERGED; leaves early when the server answers stop."""
     import ray
 
-    version, pulled = ray.get(server.pull.remote())
+    version, pulled, applied = ray.get(server.pull.remote(worker_id))
     local[:] = pulled
-    for order, start, stop in spec.pieces(n_rows):
+    for order, start, stop in itertools.islice(spec.pieces(n_rows), applied, None):
         if not local_steps(order, start, stop):
             return control.STATE_DIVERGED
         step_sum = (pulled - local) / np.asarray(spec.local_step, dtype=local.dtype)
-        stop_now, version, pulled = ray.get(server.push.remote(step_sum, version, stop - start))
+        stop_now, version, pulled = ray.get(server.push.remote(step_sum, version, stop - start,
+                                                               worker_id))
         local[:] = pulled
         if stop_now:
             break
@@ -101,27 +110,149 @@ def warm_up_linear(shard: dict, feature_scale: np.ndarray, model: LinearModelSpe
                       model.n_features, model.fit_intercept, model.loss_id, model.l2,
                       np.ones(1, dtype=dtype), False, np.zeros(8, np.int64),
                       np.zeros(1, np.int64), np.zeros(control.STAT_COLUMNS, np.int64),
-                      np.zeros(batch_size))
+                      np.zeros(batch_size), *kernels.NO_MOMENTUM)
+
+
+@dataclass
+class FileSource:
+    """A shard a worker reads itself: part ``part`` of ``parts`` of the data file at ``path``
+    (the path as the worker's node sees it)."""
+
+    path: str
+    part: int
+    parts: int
+
+
+LABELS_REPORTED = 7  # distinct labels a part reports: enough to show why labels are refused
+
+
+@dataclass
+class PartReport:
+    """What a worker found in its part of a data file, for the driver's checks (see
+    :class:`hogwild_mts.data.tabular.FilePart`; column indices as written in the file).
+    ``labels``: its first LABELS_REPORTED distinct labels, sorted; ``feature_counts``: rows
+    storing each column; ``sample``: SHARD_FIELDS of up to ``sample_rows`` evenly spaced rows."""
+
+    rows: int
+    file_rows: int | None
+    file_bytes: int
+    dense: bool
+    n_features: int
+    has_index_zero: bool
+    labels: np.ndarray
+    feature_counts: np.ndarray
+    sample: dict
+    node: str
+
+
+@dataclass
+class LinearSetup:
+    """What every worker of one run gets once the data is known: the model, the L2 weights of
+    the whole data set, and how to bring a file part's rows to the driver's checked form:
+    ``index_shift`` subtracted from every column index (1 for a one-based svmlight file), and
+    labels ``label_values`` (sorted) replaced by ``label_targets`` (None: kept)."""
+
+    model: LinearModelSpec
+    feature_scale: np.ndarray
+    index_shift: int = 0
+    label_values: np.ndarray | None = None
+    label_targets: np.ndarray | None = None
+
+    def checked(self, shard: dict) -> dict:
+        """``shard`` (arrays SHARD_FIELDS of rows of the file) with its column indices shifted
+        and its labels replaced as this setup says (new arrays; ``shard`` is not changed)."""
+        shard = dict(shard)
+        if self.index_shift:
+            shard["indices"] = shard["indices"] - np.int32(self.index_shift)
+        if self.label_targets is not None:
+            shard["labels"] = self.label_targets[np.searchsorted(self.label_values, shard["labels"])]
+        return shard
+
+
+def shard_arrays(data: dict, rows: np.ndarray, n_features: int, dense: bool) -> dict:
+    """The arrays SHARD_FIELDS of ``rows`` of the data set ``data`` (same layout, rows renumbered
+    0 .. len(rows) - 1; an empty ``sample_weight`` stays empty: unit weights)."""
+    labels = data["labels"][rows]
+    weights = data["sample_weight"][rows] if data["sample_weight"].size else data["sample_weight"]
+    if dense:
+        values = data["values"].reshape(-1, n_features)[rows].ravel()
+        return {"values": values, "indices": data["indices"][:0], "labels": labels,
+                "sample_weight": weights,
+                "indptr": np.arange(rows.size + 1, dtype=np.int64) * n_features}
+    starts, stops = data["indptr"][rows], data["indptr"][rows + 1]
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(stops - starts, out=indptr[1:])
+    positions = np.repeat(starts - indptr[:-1], stops - starts) + np.arange(indptr[-1])
+    return {"values": data["values"][positions], "indices": data["indices"][positions],
+            "indptr": indptr, "labels": labels, "sample_weight": weights}
 
 
 class LinearWorker:
-    """A worker actor of a linear model (made a Ray actor by the backend).  ``shard``: the arrays
-    SHARD_FIELDS of this worker's rows (CSR-like, local row numbers), ``feature_scale``: the
-    L2 weights of the whole data set (see kernels); both stay read-only, never copied."""
+    """A worker actor of a linear model (made a Ray actor by the backend).  ``source``: the
+    arrays SHARD_FIELDS of this worker's rows (CSR-like, local row numbers; checked by the
+    driver, through the object store, read in place) or a :class:`FileSource` it reads itself.
+    ``setup``: a :class:`LinearSetup`, or None when the driver first needs :meth:`describe`
+    (then :meth:`configure`).  Data and L2 weights stay read-only during the run."""
 
-    def __init__(self, spec: ShardSpec, model: LinearModelSpec, shard: dict,
-                 feature_scale: np.ndarray, dtype: str):
-        self.spec, self.model, self.dtype = spec, model, np.dtype(dtype)
-        self.shard = read_only({name: shard[name] for name in SHARD_FIELDS})
-        self.feature_scale = read_only({"s": feature_scale})["s"]
-        self.n_rows = self.shard["indptr"].shape[0] - 1
-        self.local = np.zeros(model.n_features + int(model.fit_intercept), dtype=self.dtype)
+    def __init__(self, spec: ShardSpec, source, dtype: str, setup: LinearSetup | None = None):
+        self.spec, self.source, self.dtype = spec, source, np.dtype(dtype)
+        self.shard: dict | None = None
+        self.local = self.model = self.feature_scale = None
         self.local_table = np.full(1, spec.local_step, dtype=self.dtype)  # stamp=False reads entry 0
         # sgd_chunk's counts and (unused with stamp=False) counter and histogram: local scratch
         self.stats = np.zeros(control.STAT_COLUMNS, np.int64)
         self.unused_counter, self.unused_hist = np.zeros(8, np.int64), np.zeros(1, np.int64)
         self.derivatives = np.zeros(spec.batch_size)
-        warm_up_linear(self.shard, self.feature_scale, model, spec.batch_size, self.dtype)
+        if setup is not None:
+            self.configure(setup)
+
+    def _load(self) -> None:
+        """Take the shard from the object store, or read this worker's part of the file."""
+        if self.shard is not None:
+            return
+        if isinstance(self.source, FileSource):
+            import ray
+
+            try:
+                part = read_file_part(self.source.path, self.source.part, self.source.parts)
+            except ValueError as error:  # bad data: said with the node, where a file may differ
+                raise DataError(f"on node {ray.util.get_node_ip_address()}: {error}") from None
+            self.file_part, dataset = part, part.dataset
+            self.shard = {"values": dataset.values, "indices": dataset.indices,
+                          "indptr": dataset.indptr, "labels": dataset.y,
+                          "sample_weight": kernels.UNIT_WEIGHTS}
+        else:
+            self.shard = read_only({name: self.source[name] for name in SHARD_FIELDS})
+        self.n_rows = self.shard["indptr"].shape[0] - 1
+
+    def describe(self, sample_rows: int) -> PartReport:
+        """Read this worker's part of the data file and report it (see :class:`PartReport`)."""
+        import ray
+
+        self._load()
+        part, shard = self.file_part, self.shard
+        columns = shard["indices"]
+        if part.dataset.dense:
+            counts = np.full(part.dataset.n_features, self.n_rows, dtype=np.int64)
+        else:
+            counts = np.bincount(columns, minlength=part.dataset.n_features).astype(np.int64)
+        rows = np.unique(np.linspace(0, self.n_rows - 1, min(self.n_rows, sample_rows))
+                         .round().astype(np.int64))
+        return PartReport(
+            rows=self.n_rows, file_rows=part.file_rows, file_bytes=part.file_bytes,
+            dense=part.dataset.dense, n_features=part.dataset.n_features, has_index_zero=bool(columns.size and columns.min() == 0),
+            labels=np.unique(shard["labels"])[:LABELS_REPORTED], feature_counts=counts,
+            sample=shard_arrays(shard, rows, part.dataset.n_features, part.dataset.dense),
+            node=ray.util.get_node_ip_address())
+
+    def configure(self, setup: LinearSetup) -> None:
+        """Bring the shard to the checked form ``setup`` describes and load the kernel."""
+        self._load()
+        self.shard = read_only(setup.checked(self.shard))
+        self.model = model = setup.model
+        self.feature_scale = read_only({"s": setup.feature_scale})["s"]
+        self.local = np.zeros(model.n_features + int(model.fit_intercept), dtype=self.dtype)
+        warm_up_linear(self.shard, self.feature_scale, model, self.spec.batch_size, self.dtype)
 
     def ready(self) -> int:
         """The actor's process id, once its kernel is loaded."""
@@ -135,13 +266,14 @@ class LinearWorker:
             shard["values"], shard["indices"], shard["indptr"], model.dense, shard["labels"],
             shard["sample_weight"], self.feature_scale, order, start, stop, self.spec.batch_size,
             self.local, model.n_features, model.fit_intercept, model.loss_id, model.l2, self.local_table,
-            False, self.unused_counter, self.unused_hist, self.stats, self.derivatives)
+            False, self.unused_counter, self.unused_hist, self.stats, self.derivatives,
+            *kernels.NO_MOMENTUM)
         return status == control.STATUS_OK
 
-    def run(self, server) -> int:
-        """Train this shard against ``server`` until the epochs are done or the server says
-        stop; returns STATE_DONE or STATE_DIVERGED."""
-        return push_loop(server, self.spec, self.n_rows, self.local, self._local_steps)
+    def run(self, server, worker_id: int) -> int:
+        """Train this shard as worker ``worker_id`` against ``server`` until the epochs are done
+        or the server says stop; returns STATE_DONE or STATE_DIVERGED."""
+        return push_loop(server, worker_id, self.spec, self.n_rows, self.local, self._local_steps)
 
 
 class TorchWorker:
@@ -201,6 +333,7 @@ class TorchWorker:
             self.local -= step * self.gradient
         return True
 
-    def run(self, server) -> int:
-        """Train this shard against ``server``; returns STATE_DONE or STATE_DIVERGED."""
-        return push_loop(server, self.spec, self.n_rows, self.local, self._local_steps)
+    def run(self, server, worker_id: int) -> int:
+        """Train this shard as worker ``worker_id`` against ``server``; returns STATE_DONE or
+        STATE_DIVERGED."""
+        return push_loop(server, worker_id, self.spec, self.n_rows, self.local, self._local_steps)
