@@ -22,8 +22,9 @@ generator that draws the epochs' orders (``split="dynamic"``, the only split wit
   (``Refitter``), and a resumed worker starts from the policy's prior and refits on the restored
   histogram at its first piece.
 * **m workers**: worker 0 takes the snapshot while the others write (Hogwild-style): the
-  parameters may hold part of the pieces other workers were running; the resumed run restarts
-  from the first batch not yet claimed or still in a piece being run, so those pieces run again.
+  parameters may hold part of the pieces other workers were running (the counter and update
+  count are taken as the histogram's total, so the three agree); the resumed run restarts from
+  the first batch not yet claimed or still in a piece being run, so those pieces run again.
 
 Ray (``backend="ray"``): ``checkpoint_dir`` writes the parameter server's parameters, version and
 histogram every ``checkpoint_every`` seconds and after the run
@@ -43,12 +44,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from hogwild_mts import model_file
+from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.model_file import ModelFileError
 
 DEFAULT_EVERY_SECONDS = 60.0
-GENERATOR_WORDS = 6  # a PCG64 state as uint64 words (see backends/shm/worker.py)
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
@@ -160,6 +161,8 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
     n_features = settings["n_features"]
     params = np.asarray(state.params, dtype=np.float64)
     classifier = settings["loss"] != "lsq"
+    if classifier and classes is None:
+        classes = np.array([-1.0, 1.0])
     estimator_params = {"loss": settings["loss"], "policy": settings["policy"], "alpha": None,
                         "workers": settings["workers"], "epochs": settings["epochs"],
                         "batch_size": settings["batch_size"], "l2": settings["l2"],
@@ -172,7 +175,7 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
             directory, kind="HogwildClassifier" if classifier else "HogwildRegressor",
             coef=params[None, :n_features],
             intercept=params[n_features:] if settings["fit_intercept"] else np.zeros(1),
-            classes=(np.array([-1.0, 1.0]) if classes is None else np.asarray(classes)) if classifier else None,
+            classes=classes if classifier else None,
             estimator_params=estimator_params, histogram=state.histogram, counter=state.counter,
             metrics={"backend": settings["backend"], "updates": int(state.updates),
                      "finished": bool(state.finished)},

@@ -23,7 +23,6 @@ from hogwild_mts.backends.shm.worker import total_updates
 from hogwild_mts.core import files
 from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import Engine
-from hogwild_mts.model_file import ModelFileError
 from hogwild_mts.models.linear import LinearModel
 from tests.helpers import WAIT_SECONDS, default_stop_signals, live_children, shared_blocks
 

@@ -311,7 +311,8 @@ def _checkpoint_options(args) -> dict:
         return {}
     if not args.out:
         raise ValueError(f"--checkpoint-every needs --out DIR (the checkpoints go to DIR/{CHECKPOINT_DIR})")
-    every = {unit: [number for u, number in args.checkpoint_every if u == unit] for unit in CHECKPOINT_UNITS.values()}
+    every = {unit: [number for given, number in args.checkpoint_every if given == unit]
+             for unit in CHECKPOINT_UNITS.values()}
     if len(every["seconds"]) > 1 or len(every["updates"]) > 1:
         raise ValueError("--checkpoint-every takes at most one number of seconds and one of updates")
     return {"checkpoint_dir": os.path.join(args.out, CHECKPOINT_DIR),

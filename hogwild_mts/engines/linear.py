@@ -188,10 +188,10 @@ class Engine:
         ``checkpoint_dir``) whose run this fit continues with the same data and settings: the
         remaining batches only, from its parameters, counter, histogram and counts (Ray: its
         parameters, for the epochs its pushes have not covered); refused before any worker
-        starts for a finished run or other data or settings.  Returns a FitResult.  Ctrl-C stops the workers and
-        returns the partial result with ``interrupted=True``.  Raises WorkerError if a worker
-        fails or dies, DivergenceError on NaN/inf parameters; shared memory is unlinked on
-        every path.
+        starts for a finished run or other data or settings.  Returns a FitResult.  Ctrl-C
+        stops the workers and returns the partial result with ``interrupted=True``.  Raises
+        WorkerError if a worker fails or dies, DivergenceError on NaN/inf parameters; shared
+        memory is unlinked on every path.
         """
         started = time.time()
         if resume is not None and init_params is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from hogwild_mts import checkpoint, model_file
+from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 
 
 class ModelFileCheckpoint:
@@ -35,7 +36,7 @@ class ModelFileCheckpoint:
             params=np.asarray(params, dtype=np.float64), counter=int(version),
             histogram=np.asarray(histogram, dtype=np.int64), updates=int(version),
             samples=int(version) * rows_per_push, max_staleness=int(taus[-1]) if taus.size else 0,
-            refits=0, position=-1, order_generator=np.zeros(checkpoint.GENERATOR_WORDS, np.uint64),
+            refits=0, position=-1, order_generator=np.zeros(GENERATOR_WORDS, np.uint64),
             finished=False)
         checkpoint.write_checkpoint(self.path, settings, state)
 

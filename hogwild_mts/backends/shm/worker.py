@@ -20,8 +20,9 @@ How rows reach the workers (``split``):
   generator ``default_rng(seeds[w])`` (what the simulator emulates for ``m > 1``).
 
 Checkpoints (dynamic split; :mod:`hogwild_mts.checkpoint`): each worker publishes in its
-``positions`` row the first batch of the claim it is working through (NO_POSITION between
-claims), so the run's resumable position is ``min(cursor, positions)``; worker 0 copies the run's
+``positions`` row the first batch of its claim not yet finished (the cursor just before it
+claims; NO_POSITION once nothing is left), so the run's resumable position is
+``min(cursor, positions)``; worker 0 copies the run's
 state into the ``snapshot_*`` fields between two pieces when a checkpoint is due and the parent
 has written the previous one (:class:`Snapshotter`); :func:`restore_schedule` sets a resumed
 run's schedule up from a position and the order generator's state.
@@ -63,7 +64,7 @@ SCHED_SLOT_RNG = 24  # 2 x 6 words: the generator's state before slot s's order 
 SCHEDULE_WORDS = 40
 GENERATOR_WORDS = 6
 _WORD = (1 << 64) - 1
-NO_POSITION = np.iinfo(np.int64).max  # a worker's position between claims
+NO_POSITION = np.iinfo(np.int64).max  # the position of a worker with nothing left to claim
 
 # Words of the "snapshot_words" field (int64): what worker 0 copied besides parameters and histogram.
 SNAP_TAKEN = 0  # snapshots taken; the fields hold the last one
@@ -394,8 +395,11 @@ class Snapshotter:
         np.copyto(views["snapshot_params"], views["params"])
         views["hist"][:, :HIST_BINS].sum(axis=0, out=views["snapshot_hist"])
         stats = views["stats"]
-        words[SNAP_COUNTER] = kernels.load_word(views["counter"], 0)
-        words[SNAP_UPDATES] = stats[:, STAT_UPDATES].sum()
+        # Others write meanwhile: a stamped run's counter and update count are taken as the
+        # histogram's total, so that the three agree as they do at the end of a run.
+        stamped = int(views["snapshot_hist"].sum())
+        words[SNAP_COUNTER] = stamped if self.spec.stamp else kernels.load_word(views["counter"], 0)
+        words[SNAP_UPDATES] = stamped if self.spec.stamp else stats[:, STAT_UPDATES].sum()
         words[SNAP_SAMPLES] = stats[:, STAT_SAMPLES].sum()
         words[SNAP_MAX_TAU] = stats[:, STAT_MAX_TAU].max()
         words[SNAP_REFITS] = stats[:, STAT_REFITS].sum()
