@@ -126,7 +126,8 @@ def wait_for_actor(name: str):
 
 def fit_file(engine, path):
     """``engine``'s fit on the data file at ``path``, each worker reading its own part."""
-    return fit_linear_from_path(engine, str(path), None, None, lambda n_params: None, time.time())
+    return fit_linear_from_path(engine, str(path), check_start=lambda n_params: None,
+                                started=time.time())
 
 
 def test_a_worker_actor_killed_past_its_restarts_is_reported_and_the_run_finishes_with_the_rest():
@@ -343,7 +344,7 @@ def test_two_workers_read_their_parts_of_an_npz_and_the_loss_falls(data_files):
     assert sum(result.settings["worker_pushes"]) == result.updates
     assert result.samples == 2 * 4000
     assert result.history["loss"][-1] < 0.7 * result.history["loss"][0]
-    assert "sampled rows" in result.settings["loss"]
+    assert "sampled rows" in result.settings["loss"] and result.settings["classes"] == [-1.0, 1.0]
     assert_nothing_left()
 
 

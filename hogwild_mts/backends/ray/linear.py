@@ -94,14 +94,17 @@ def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndar
             ray.shutdown()
 
 
-def fit_linear_from_path(engine, path, y, sample_weight, check_start, started: float, *,
+def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=None,
+                         check_start, started: float,
                          max_worker_restarts: int = MAX_WORKER_RESTARTS) -> FitResult:
     """Train ``engine``'s model on the data file at ``path`` (.npz or svmlight/libsvm, as
     :func:`hogwild_mts.data.tabular.load_data` reads it), each worker actor reading only its
     own part (the module docstring has the data flow; the path must name the same file on
-    every node that runs a worker).  ``y`` and ``sample_weight`` must be None (the labels are
-    in the file; weights are not read from files); ``check_start(n_params)`` gives the start
-    parameters (or None) once the number of columns is known.  Bad data (unknown format,
+    every node that runs a worker).  ``y``, ``sample_weight`` and ``resume`` must be None (the
+    labels are in the file; weights are not read from files; a resume checks the data's rows in
+    the driver); ``check_start(n_params)`` gives the start parameters (or None) once the number
+    of columns is known.  ``settings["classes"]`` of the result: the labels found in the file
+    (a classifier's, sorted; None for a regressor).  Bad data (unknown format,
     missing or malformed file, labels outside the model's domain, fewer rows than workers)
     raises DataError/ValueError before the server starts; every actor is then already gone."""
     ray = require_ray()
@@ -112,6 +115,9 @@ def fit_linear_from_path(engine, path, y, sample_weight, check_start, started: f
     if sample_weight is not None:
         raise ValueError(f"sample_weight cannot be given with a data file ({path}); fit arrays "
                          "(X, y, sample_weight=...) instead")
+    if resume is not None:
+        raise ValueError(f"resume cannot be given with a data file ({path}) on backend='ray'; "
+                         "fit the loaded data (load_data(path)) to resume")
     data_format = data_file_format(path)  # an unknown format stops here, before Ray starts
     options, workers = engine.options, engine.workers
     warm_up_server_kernel(np.dtype(engine.dtype))
@@ -138,6 +144,8 @@ def fit_linear_from_path(engine, path, y, sample_weight, check_start, started: f
         reports = _wait_all(ray, {w: actor.describe.remote(-(-EVAL_SAMPLE_ROWS // workers))
                                   for w, actor in waiting.items()}, path)
         setup, sample, rows = _check_parts(engine, path, data_format, reports)
+        classes = (np.unique(np.concatenate([report.labels for report in reports])).tolist()
+                   if engine.model.classifier else None)
         run["params"] = _start_params(engine, setup.model.n_features,
                                       check_start(engine.model.n_params(setup.model.n_features)))
         run["setup_ref"] = ray.put(setup)
@@ -150,7 +158,7 @@ def fit_linear_from_path(engine, path, y, sample_weight, check_start, started: f
         return _run(engine, backend, setup.model, sample, os.path.basename(path), pushes, started,
                     {"loss": f"training objective on {n_sampled} sampled rows",
                      "accuracy": f"train, on {n_sampled} sampled rows",
-                     "data_path": path, "data_rows": sum(rows)})
+                     "data_path": path, "data_rows": sum(rows), "classes": classes})
     finally:
         for actor in waiting.values():
             ray.kill(actor)
