@@ -156,6 +156,15 @@ def test_several_workers_resume_hogwild_style(data, written, tmp_path):
     assert not shared_blocks() and not live_children()
 
 
+def test_checkpoints_every_few_milliseconds_each_resume_exactly(data, written, tmp_path):
+    options = dict(epochs=150)
+    uninterrupted = engine(**options).fit(data)
+    engine(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=0.002, **options).fit(data)
+    middle = [path for path, state in written if not state.finished]
+    assert middle and written[-1][1].finished
+    assert_same_run(engine(**options).fit(data, resume=middle[-1]), uninterrupted)
+
+
 def test_a_checkpoint_is_a_model_file_that_predicts(data, tmp_path):
     result = engine(checkpoint_dir=tmp_path / "ckpt").fit(data)
     model = load(tmp_path / "ckpt")
