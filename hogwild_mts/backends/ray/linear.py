@@ -139,26 +139,26 @@ def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=Non
 
         backend = _backend(engine, lambda: run["params"], make_worker, max_worker_restarts)
         for worker_id in range(workers):
-            waiting[worker_id] = worker_actor.options(name=f"{backend.run_name}-worker-{worker_id}").remote(
+            waiting[worker_id] = worker_actor.options(
+                name=f"{backend.run_name}-worker-{worker_id}").remote(
                 shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype)
         reports = _wait_all(ray, {w: actor.describe.remote(-(-EVAL_SAMPLE_ROWS // workers))
                                   for w, actor in waiting.items()}, path)
-        setup, sample, rows = _check_parts(engine, path, data_format, reports)
-        classes = (np.unique(np.concatenate([report.labels for report in reports])).tolist()
-                   if engine.model.classifier else None)
+        setup, sample, rows, labels = _check_parts(engine, path, data_format, reports)
         run["params"] = _start_params(engine, setup.model.n_features,
                                       check_start(engine.model.n_params(setup.model.n_features)))
         run["setup_ref"] = ray.put(setup)
         _wait_all(ray, {w: actor.configure.remote(run["setup_ref"])
                         for w, actor in waiting.items()}, path)
         engine._objective(sample, setup.model, run["params"])  # compiled before the clock starts
-        pushes = options.epochs * sum(-(-count // (options.batch_size * engine.ray_options.local_steps))
-                                      for count in rows)
+        rows_per_push = options.batch_size * engine.ray_options.local_steps
+        pushes = options.epochs * sum(-(-count // rows_per_push) for count in rows)
         n_sampled = sample["indptr"].shape[0] - 1
         return _run(engine, backend, setup.model, sample, os.path.basename(path), pushes, started,
                     {"loss": f"training objective on {n_sampled} sampled rows",
                      "accuracy": f"train, on {n_sampled} sampled rows",
-                     "data_path": path, "data_rows": sum(rows), "classes": classes})
+                     "data_path": path, "data_rows": sum(rows),
+                     "classes": labels.tolist() if engine.model.classifier else None})
     finally:
         for actor in waiting.values():
             ray.kill(actor)
@@ -241,15 +241,17 @@ def _wait_all(ray, refs: dict, path: str) -> list:
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, ValueError):
                 raise DataError(f"worker {worker_id} {error.cause}") from None
-            raise WorkerError(f"worker {worker_id} failed reading its part of {path}:\n{error}") from None
+            raise WorkerError(f"worker {worker_id} failed reading its part of {path}:\n"
+                              f"{error}") from None
         except ray.exceptions.RayError as error:
-            raise WorkerError(f"worker {worker_id} died reading its part of {path}:\n{error}") from None
+            raise WorkerError(f"worker {worker_id} died reading its part of {path}:\n"
+                              f"{error}") from None
     return results
 
 
-def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple[LinearSetup, dict, list]:
-    """(setup, evaluation sample, rows per worker) from the workers' reports on their parts of
-    ``path``; DataError/ValueError for a file the fit cannot use."""
+def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple:
+    """(setup, evaluation sample, rows per worker, the distinct labels found) from the workers'
+    reports on their parts of ``path``; DataError/ValueError for a file the fit cannot use."""
     sizes = {report.file_bytes for report in reports}
     if len(sizes) > 1:
         seen = ", ".join(f"{report.file_bytes} bytes on {report.node}" for report in reports)
@@ -289,7 +291,7 @@ def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple[Li
                             loss_id=engine.model.loss_id, l2=float(engine.model.l2))
     setup = LinearSetup(model=model, feature_scale=feature_scale, index_shift=index_shift,
                         label_values=label_map[0], label_targets=label_map[1])
-    return setup, _joined_sample(reports, setup), rows
+    return setup, _joined_sample(reports, setup), rows, labels
 
 
 def _joined_sample(reports: list, setup: LinearSetup) -> dict:

@@ -240,7 +240,8 @@ class LinearWorker:
                          .round().astype(np.int64))
         return PartReport(
             rows=self.n_rows, file_rows=part.file_rows, file_bytes=part.file_bytes,
-            dense=part.dataset.dense, n_features=part.dataset.n_features, has_index_zero=bool(columns.size and columns.min() == 0),
+            dense=part.dataset.dense, n_features=part.dataset.n_features,
+            has_index_zero=bool(columns.size and columns.min() == 0),
             labels=np.unique(shard["labels"])[:LABELS_REPORTED], feature_counts=counts,
             sample=shard_arrays(shard, rows, part.dataset.n_features, part.dataset.dense),
             node=ray.util.get_node_ip_address())
