@@ -19,7 +19,6 @@ except ImportError as error:  # the only reason to skip: ray is in the test extr
 
 from hogwild_mts import Engine
 from hogwild_mts.backends.ray.backend import MAX_WORKER_RESTARTS
-from hogwild_mts.backends.ray.linear import fit_linear_from_path
 from hogwild_mts.backends.shm.worker import total_updates
 from hogwild_mts.data.tabular import (DataError, load_data, read_file_part, synthetic_dense,
                                       synthetic_sparse)
@@ -124,12 +123,6 @@ def wait_for_actor(name: str):
     raise AssertionError(f"no actor {name!r} within {WAIT_SECONDS} s")
 
 
-def fit_file(engine, path):
-    """``engine``'s fit on the data file at ``path``, each worker reading its own part."""
-    return fit_linear_from_path(engine, str(path), check_start=lambda n_params: None,
-                                started=time.time())
-
-
 def test_a_worker_actor_killed_past_its_restarts_is_reported_and_the_run_finishes_with_the_rest():
     data = synthetic_dense(4000, 20, seed=1)
     killed = []
@@ -172,7 +165,7 @@ def test_a_killed_worker_actor_is_recreated_from_its_file_part_and_finishes_its_
 
     threading.Thread(target=kill_worker_one, daemon=True).start()
     with pytest.warns(RuntimeWarning, match=r"worker actor 1 died .*restarting it \(restart 1 of"):
-        result = fit_file(ray_engine(model="lsq", alpha=0.01, epochs=1), path)
+        result = ray_engine(model="lsq", alpha=0.01, epochs=1).fit(path)
     assert killed, "the worker was never killed"
     assert result.settings["lost_workers"] == []
     assert [(entry["worker"], entry["restart"]) for entry in result.settings["restarted_workers"]] == [(1, 1)]
@@ -331,7 +324,7 @@ def test_workers_reading_a_one_based_svmlight_file_train_as_the_shared_memory_en
     path = data_files / "sparse.svm"
     options = dict(model="logreg", policy="inverse", alpha=0.5, workers=1, epochs=1, seed=3,
                    progress=False)
-    result = fit_file(Engine(**options, backend="ray"), path)
+    result = Engine(**options, backend="ray").fit(path)
     shm_result = Engine(**options, split="static").fit(load_data(str(path)))
     assert result.staleness_histogram[0] == result.updates == shm_result.updates
     np.testing.assert_allclose(result.params, shm_result.params, rtol=0, atol=1e-9)
@@ -339,7 +332,7 @@ def test_workers_reading_a_one_based_svmlight_file_train_as_the_shared_memory_en
 
 
 def test_two_workers_read_their_parts_of_an_npz_and_the_loss_falls(data_files):
-    result = fit_file(ray_engine(local_steps=4, eval_every_updates=100), data_files / "csr.npz")
+    result = ray_engine(local_steps=4, eval_every_updates=100).fit(data_files / "csr.npz")
     assert result.counter == result.updates == int(result.staleness_histogram.sum()) == 2 * 2 * 500
     assert sum(result.settings["worker_pushes"]) == result.updates
     assert result.samples == 2 * 4000
@@ -358,7 +351,7 @@ def test_two_workers_read_their_parts_of_an_npz_and_the_loss_falls(data_files):
 ])
 def test_bad_data_files_are_refused_before_training_and_leave_nothing(tmp_path, make, words):
     with pytest.raises(DataError, match=words):
-        fit_file(ray_engine(), make(tmp_path))
+        ray_engine().fit(make(tmp_path))
     assert_nothing_left()
 
 

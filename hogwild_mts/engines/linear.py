@@ -176,7 +176,9 @@ class Engine:
 
     # ------------------------------------------------------------------ run
     def fit(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> FitResult:
-        """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``.
+        """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``; with
+        ``backend="ray"``, ``X`` may be the path of a data file (.npz or svmlight, labels
+        inside) that each worker actor reads its own part of (docs/distributed.md).
 
         ``sample_weight``: one finite weight >= 0 per row (not all zero) multiplying that row's
         loss gradient, so the fit minimises ``sum_i w_i loss_i / n + l2/2 ||w||^2`` (the loss in
@@ -196,6 +198,13 @@ class Engine:
         started = time.time()
         if resume is not None and init_params is not None:
             raise ValueError("give init_params or resume, not both")
+        if self.ray_options is not None and isinstance(X, (str, os.PathLike)):
+            # backend="ray" and a data file: each worker actor reads its own part of it
+            from hogwild_mts.backends.ray.linear import fit_linear_from_path
+
+            return fit_linear_from_path(
+                self, X, y=y, sample_weight=sample_weight, resume=resume, started=started,
+                check_start=lambda n_params: check_init_params(init_params, n_params))
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         weights = check_sample_weight(sample_weight, dataset.n_samples)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
