@@ -10,6 +10,9 @@ shared-memory engine, across K (local steps per push).
   weights' object ref.  Its workers run the same K local steps with the same numba kernel.
 * ``shm``: ``Engine(backend="shm")`` on the same data (K does not apply: every update is one
   mini-batch written lock-free into shared memory).
+* ``ray-file`` (with ``--from-file``): the Ray backend fitting the same rows written to a CSR
+  .npz, each worker reading its own part (contiguous rows, not ``w, w+m, ...``; the loss is
+  scored on the rows the workers sample: all of them up to 10,000 rows).
 
 Same data, model, alpha, batch size, epochs, shards and seeds; ``--workers`` worker actors on a
 local Ray instance of ``--workers`` CPUs.  pushes/s = applied pushes / training seconds (shm:
@@ -17,7 +20,7 @@ updates/s); time to target = the first evaluation at or below ``--target`` (eval
 ``--eval-every`` s are parameter copies scored after the run).  Prints one markdown table and the
 machine.
 
-    python scripts/bench_ray.py --n 10000 --d 2000 --nnz 20 --epochs 2 --ks 1,4,16,64
+    python scripts/bench_ray.py --n 10000 --d 2000 --nnz 20 --epochs 2 --ks 1,4,16,64 [--from-file]
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,17 +158,31 @@ def main() -> None:
     parser.add_argument("--ks", default="1,4,16,64", help="local steps per push, comma-separated")
     parser.add_argument("--target", type=float, default=0.4, help="target training loss")
     parser.add_argument("--eval-every", type=float, default=0.05, help="seconds between evaluations")
+    parser.add_argument("--from-file", action="store_true",
+                        help="also fit from an .npz that each Ray worker reads its part of")
     args = parser.parse_args()
     dataset = synthetic_sparse(args.n, args.d, args.nnz, seed=0)
+    folder = tempfile.mkdtemp(prefix="bench_ray_")
+    path = os.path.join(folder, "data.npz")
+    if args.from_file:
+        matrix = dataset.to_scipy()
+        np.savez(path, data=matrix.data, indices=matrix.indices, indptr=matrix.indptr,
+                 shape=matrix.shape, y=dataset.y)
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     common = dict(model="logreg", policy="constant", alpha=args.alpha, workers=args.workers,
                   epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every,
                   defer_evaluation=True, progress=False)
-    rows = [("shm", "-", from_result(Engine(**common, split="static").fit(dataset)))]
-    for k in (int(text) for text in args.ks.split(",")):
-        rows.append(("ray", k, from_result(Engine(**common, backend="ray", local_steps=k).fit(dataset))))
-        rows.append(("plain", k, run_plain(args, dataset, k)))
-    ray.shutdown()
+    try:
+        rows = [("shm", "-", from_result(Engine(**common, split="static").fit(dataset)))]
+        for k in (int(text) for text in args.ks.split(",")):
+            ray_engine = Engine(**common, backend="ray", local_steps=k)
+            rows.append(("ray", k, from_result(ray_engine.fit(dataset))))
+            if args.from_file:
+                rows.append(("ray-file", k, from_result(ray_engine.fit(path))))
+            rows.append(("plain", k, run_plain(args, dataset, k)))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(folder)
     print(f"machine: {machine()}")
     print(f"data: synthetic-sparse n={args.n} d={args.d} nnz={args.nnz}; logreg, constant alpha "
           f"{args.alpha}, batch {args.batch_size}, {args.epochs} epochs, {args.workers} workers; "
