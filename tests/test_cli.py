@@ -50,6 +50,10 @@ BAD_ARGUMENTS = [
     (["--data", "synthetic-sparse:n=-5"], "n_samples must be an integer >= 1, got -5"),
     (["--policy", "tail", "--tail-a", "2"], "A must be a finite number in [0, 1], got 2.0"),
     (["--policy", "mindthestep", "--mu", "1.5"], "mu must be a finite number in [0, 1), got 1.5"),
+    (["--momentum", "1.5"], "momentum must be a finite number in [0, 1), got 1.5"),
+    (["--weight-decay", "0.1"], "a linear model's weight decay is --l2"),
+    (["--model", "mlp", "--momentum", "-0.1"], "momentum must be a finite number in [0, 1), got -0.1"),
+    (["--max-worker-restarts", "1"], "--max-worker-restarts only applies to --backend ray"),
 ]
 
 
@@ -117,6 +121,15 @@ def test_model_file_and_backend_flags_refuse_bad_input(arguments, words, capsys)
     assert main(arguments) == EXIT_BAD_INPUT
     assert words in capsys.readouterr().err
     assert not shared_blocks() and not live_children()
+
+
+def test_momentum_flag_reaches_the_linear_engine(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", "--data", "synthetic-sparse:n=2000,d=500", "--workers", "1",
+                 "--epochs", "1", "--alpha", "0.05", "--momentum", "0.9", "--quiet",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["momentum"] == 0.9 and metrics["final_accuracy"] > 0.7
 
 
 def test_predict_refuses_more_features_than_the_model_has(tmp_path, capsys):

@@ -247,6 +247,8 @@ def test_a_torch_network_trains_on_the_parameter_server():
     (dict(ray_address=""), "ray_address must be None or a non-empty string"),
     (dict(checkpoint="dir"), "checkpoint must be None or a function"),
     (dict(stamp=False), "backend='ray' always stamps"),
+    (dict(max_worker_restarts=-1), "max_worker_restarts must be an integer >= 0, got -1"),
+    (dict(backend="shm", max_worker_restarts=0), "max_worker_restarts only apply to backend='ray'"),
 ])
 def test_bad_options_are_refused_by_the_constructor(options, words):
     with pytest.raises((ValueError, TypeError), match=words):
@@ -338,6 +340,21 @@ def test_two_workers_read_their_parts_of_an_npz_and_the_loss_falls(data_files):
     assert result.samples == 2 * 4000
     assert result.history["loss"][-1] < 0.7 * result.history["loss"][0]
     assert "sampled rows" in result.settings["loss"] and result.settings["classes"] == [-1.0, 1.0]
+    assert_nothing_left()
+
+
+def test_the_command_line_trains_on_ray_from_a_file_the_workers_read(data_files, tmp_path, capsys):
+    from hogwild_mts import load
+    from hogwild_mts.app.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--backend", "ray", "--data", str(data_files / "csr.npz"), "--workers",
+                 "2", "--epochs", "1", "--local-steps", "4", "--max-worker-restarts", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "each Ray worker reads its own part" in printed.err and "4,000 rows" in printed.err
+    model = load(str(out))
+    assert model.classes_.tolist() == [-1.0, 1.0] and model.coef_.shape == (1, 500)
     assert_nothing_left()
 
 

@@ -70,7 +70,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per update (default 1 linear, 16 torch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
-    parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty l2/2 ||w||^2 (default 0)")
+    parser.add_argument("--l2", type=float, default=0.0,
+                        help="linear models: L2 penalty l2/2 ||w||^2, the weight decay (default 0)")
+    parser.add_argument("--momentum", type=float, default=0.0,
+                        help="momentum in [0, 1) of each worker's private velocity, as "
+                             "torch.optim.SGD (default 0: plain SGD)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="torch networks: weight decay, as torch.optim.SGD (default 0; "
+                             "linear models: --l2)")
     parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
                         help="parameter precision (default float64 linear, float32 torch)")
@@ -97,6 +104,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "new local Ray instance)")
     parser.add_argument("--local-steps", type=int, default=1,
                         help="with --backend ray: mini-batches a worker runs between pushes (default 1)")
+    parser.add_argument("--max-worker-restarts", type=int, default=None,
+                        help="with --backend ray, linear models: times a dead worker actor is "
+                             "re-created before the run goes on without it (default 2)")
     parser.add_argument("--shm-dir", metavar="DIR",
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
@@ -257,6 +267,8 @@ def train_network(args):
         raise ValueError(f"{', '.join(given)} take linear model files; torch networks start "
                          "from their seed")
 
+    if args.max_worker_restarts is not None:
+        raise ValueError("--max-worker-restarts applies to linear models on --backend ray")
     if args.data is None:
         args.data = "digits"
     if args.alpha is None:
@@ -271,11 +283,12 @@ def train_linear(args):
     """Load the data, train, and return (the FitResult, the fitted estimator it amounts to)."""
     from hogwild_mts.data.tabular import load_data
     from hogwild_mts.engines.linear import Engine
-    from hogwild_mts.estimators import estimator_from_run
     from hogwild_mts.models.linear import LinearModel
 
     if args.init is not None and args.resume is not None:
         raise ValueError("give --init or --resume, not both")
+    if args.weight_decay is not None:
+        raise ValueError("--weight-decay is for torch networks; a linear model's weight decay is --l2")
     for name, default in LINEAR_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -283,8 +296,11 @@ def train_linear(args):
     policy = make_policy_from_args(args)
     engine = Engine(model, policy, workers=args.workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-                    progress=not args.quiet, **_backend_options(args), **_checkpoint_options(args))
+                    momentum=args.momentum, progress=not args.quiet, **_backend_options(args),
+                    **_restart_options(args), **_checkpoint_options(args))
     start = _initial_model(args.init, model) if args.init else None
+    if args.backend == "ray" and not args.data.startswith("synthetic-"):
+        return _train_linear_from_file(args, engine, model, policy, start)
     loading = time.time()
     print(f"loading data {args.data} ...", file=sys.stderr, flush=True)
     dataset = load_data(args.data)
@@ -295,14 +311,47 @@ def train_linear(args):
         if start.n_features_in_ != dataset.n_features:
             raise ValueError(f"--init {args.init}: the model has {start.n_features_in_} features, "
                              f"{dataset.name} has {dataset.n_features}")
-        init_params = np.append(start.coef_[0], start.intercept_[0]) if model.fit_intercept else start.coef_[0]
+        init_params = _initial_params(start, model)
     result = engine.fit(dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
-    fitted = estimator_from_run(result, classes, loss=args.model, policy=policy,
-                                workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-                                l2=args.l2, fit_intercept=model.fit_intercept, seed=args.seed,
-                                **_backend_options(args))
-    return result, fitted
+    return result, _fitted(result, classes, args, model, policy)
+
+
+def _initial_params(start, model) -> np.ndarray:
+    """The flat parameter vector (weights, then the intercept if fitted) of an --init model."""
+    return np.append(start.coef_[0], start.intercept_[0]) if model.fit_intercept else start.coef_[0]
+
+
+def _train_linear_from_file(args, engine, model, policy, start):
+    """--backend ray with a data file: each worker actor reads its own part of ``args.data``
+    (the file need not exist on this machine, only where the workers run); the driver never
+    loads it.  Returns (the FitResult, the fitted estimator)."""
+    print(f"data {args.data}: each Ray worker reads its own part", file=sys.stderr, flush=True)
+    init_params = _initial_params(start, model) if start is not None else None
+    result = engine.fit(args.data, init_params=init_params, resume=args.resume)
+    print(f"  {result.settings['data_rows']:,} rows x {result.params.size:,} features",
+          file=sys.stderr, flush=True)
+    classes = np.asarray(result.settings["classes"]) if model.classifier else None
+    return result, _fitted(result, classes, args, model, policy)
+
+
+def _fitted(result, classes, args, model, policy):
+    """The estimator a command-line run amounts to (what --out saves as the model file)."""
+    from hogwild_mts.estimators import estimator_from_run
+
+    return estimator_from_run(result, classes, loss=args.model, policy=policy,
+                              workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
+                              l2=args.l2, fit_intercept=model.fit_intercept, seed=args.seed,
+                              **_backend_options(args))
+
+
+def _restart_options(args) -> dict:
+    """The engine option of --max-worker-restarts (Ray only)."""
+    if args.max_worker_restarts is None:
+        return {}
+    if args.backend != "ray":
+        raise ValueError("--max-worker-restarts only applies to --backend ray")
+    return {"max_worker_restarts": args.max_worker_restarts}
 
 
 def _checkpoint_options(args) -> dict:

@@ -18,7 +18,7 @@ from hogwild_mts.backends.shm import kernels, worker
 from hogwild_mts.backends.shm.backend import (START_METHODS, CheckpointWriter, ShmBackend,
                                              control_layout, default_start_method, restore_state,
                                              start_processes, worker_times)
-from hogwild_mts.backends.ray.options import ray_options
+from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS, ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
@@ -56,7 +56,9 @@ class Engine:
     the Ray instance this process is connected to, the cluster at ``ray_address``, or a new
     local one; workers push every ``local_steps`` mini-batches, and ``checkpoint(engine, params,
     version, histogram)`` is called with the server's state every ``checkpoint_every`` seconds
-    and after the run (docs/distributed.md; ``hogwild_mts.backends.ray.checkpoint``).
+    and after the run (docs/distributed.md; ``hogwild_mts.backends.ray.checkpoint``); a dead
+    worker actor is re-created up to ``max_worker_restarts`` times, then the run goes on
+    without it.  ``fit(PATH)`` with Ray: each worker actor reads its own part of the data file.
     ``checkpoint_dir`` keeps the run's latest checkpoint there (both backends), every
     ``checkpoint_every`` seconds and/or (shared memory) every ``checkpoint_every_updates``
     updates, and after the run; ``fit(..., resume=DIR)`` continues a run from one
@@ -77,7 +79,7 @@ class Engine:
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
                  checkpoint=None, checkpoint_every: float | None = None,
                  checkpoint_dir=None, checkpoint_every_updates: int | None = None,
-                 momentum: float = 0.0):
+                 momentum: float = 0.0, max_worker_restarts: int = MAX_WORKER_RESTARTS):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
@@ -103,7 +105,8 @@ class Engine:
                              f"the same rows in the same order), got split={self.split!r}")
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
                                        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                       checkpoint_dir=checkpoint_dir)
+                                       checkpoint_dir=checkpoint_dir,
+                                       max_worker_restarts=max_worker_restarts)
         if self.ray_options is not None and self.momentum:
             raise ValueError(f"momentum={self.momentum} applies to backend='shm'; backend='ray' "
                              f"workers take plain SGD steps between pushes")

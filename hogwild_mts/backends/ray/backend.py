@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS
+from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS
 from hogwild_mts.core import control
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
@@ -27,7 +27,6 @@ from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, div
 RUN_NAME_PREFIX = "hogwild-"  # actors are named hogwild-<run>-server, hogwild-<run>-worker-<w>
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
 WORKER_CPUS = 1  # CPUs each worker actor reserves; the server reserves none (it mostly waits)
-MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
 
 
 def require_ray():

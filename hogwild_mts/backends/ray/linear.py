@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 
-from hogwild_mts.backends.ray.backend import (MAX_WORKER_RESTARTS, RayBackend, WORKER_CPUS,
-                                              check_cluster, connect, require_ray)
+from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect,
+                                              require_ray)
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
                                               LinearWorker, ShardSpec, shard_arrays,
@@ -50,12 +50,12 @@ def base_step(policy, workers: int) -> float:
 
 
 def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndarray | None,
-               started: float, *, max_worker_restarts: int = MAX_WORKER_RESTARTS) -> FitResult:
+               started: float) -> FitResult:
     """Train ``engine``'s model on ``dataset`` (rows weighted by ``sample_weight``, empty for
     unit weights) with the server and ``engine.workers`` worker actors (see
     :class:`hogwild_mts.engines.linear.Engine` for the options).  ``updates`` and
     ``counter`` of the result count pushes, each of up to ``local_steps`` mini-batches; a worker
-    actor that dies is re-created up to ``max_worker_restarts`` times."""
+    actor that dies is re-created up to ``engine.ray_options.max_worker_restarts`` times."""
     ray = require_ray()
     options, workers = engine.options, engine.workers
     model = LinearModelSpec(n_features=dataset.n_features, dense=dataset.dense,
@@ -84,7 +84,7 @@ def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndar
             return worker_actor.options(name=name).remote(
                 shard_spec(worker_id), shard_refs[worker_id], engine.dtype, setup_ref)
 
-        backend = _backend(engine, params, make_worker, max_worker_restarts)
+        backend = _backend(engine, params, make_worker)
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
                                options.batch_size * engine.ray_options.local_steps, "static")
         return _run(engine, backend, model, data, dataset.name, pushes, started,
@@ -95,8 +95,7 @@ def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndar
 
 
 def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=None,
-                         check_start, started: float,
-                         max_worker_restarts: int = MAX_WORKER_RESTARTS) -> FitResult:
+                         check_start, started: float) -> FitResult:
     """Train ``engine``'s model on the data file at ``path`` (.npz or svmlight/libsvm, as
     :func:`hogwild_mts.data.tabular.load_data` reads it), each worker actor reading only its
     own part (the module docstring has the data flow; the path must name the same file on
@@ -137,7 +136,7 @@ def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=Non
                 shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype,
                 run["setup_ref"])
 
-        backend = _backend(engine, lambda: run["params"], make_worker, max_worker_restarts)
+        backend = _backend(engine, lambda: run["params"], make_worker)
         for worker_id in range(workers):
             waiting[worker_id] = worker_actor.options(
                 name=f"{backend.run_name}-worker-{worker_id}").remote(
@@ -184,7 +183,7 @@ def _shard_specs(engine):
                                        seed=seeds[worker_id], local_step=local_step)
 
 
-def _backend(engine, params, make_worker, max_worker_restarts: int) -> RayBackend:
+def _backend(engine, params, make_worker) -> RayBackend:
     """The RayBackend of a linear run; ``params``: the start vector, or a function giving it
     when the server starts."""
     import ray
@@ -200,7 +199,7 @@ def _backend(engine, params, make_worker, max_worker_restarts: int) -> RayBacken
                       checkpoint=None if ray_options.checkpoint is None
                       else functools.partial(ray_options.checkpoint, engine),
                       checkpoint_every=ray_options.checkpoint_every,
-                      max_worker_restarts=max_worker_restarts)
+                      max_worker_restarts=ray_options.max_worker_restarts)
 
 
 def _run(engine, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,

@@ -61,7 +61,8 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
         backend = RayBackend(workers, make_server, make_worker, options.policy,
                              checkpoint=None if ray_options.checkpoint is None
                              else functools.partial(ray_options.checkpoint, engine),
-                             checkpoint_every=ray_options.checkpoint_every)
+                             checkpoint_every=ray_options.checkpoint_every,
+                             max_worker_restarts=ray_options.max_worker_restarts)
 
         def details(final):
             return {"params": final.astype(np.float64), "intercept": 0.0,

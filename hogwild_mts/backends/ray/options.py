@@ -9,6 +9,7 @@ from hogwild_mts.core.options import check_choice, check_int, check_positive
 
 BACKENDS = ("shm", "ray")
 DEFAULT_CHECKPOINT_SECONDS = 60.0
+MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
 
 
 @dataclass
@@ -19,16 +20,19 @@ class RayOptions:
     ``f(engine, params, version, histogram)`` called with the server's state every
     ``checkpoint_every`` seconds and after the run (e.g.
     :class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`, which the engines'
-    ``checkpoint_dir`` sets up)."""
+    ``checkpoint_dir`` sets up); ``max_worker_restarts``: times a dead worker's actor is
+    re-created (per worker, >= 0) before the run goes on without it."""
 
     address: str | None
     local_steps: int
     checkpoint: object
     checkpoint_every: float
+    max_worker_restarts: int = MAX_WORKER_RESTARTS
 
 
 def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
-                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS, checkpoint_dir=None) -> RayOptions | None:
+                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS, checkpoint_dir=None,
+                max_worker_restarts=MAX_WORKER_RESTARTS) -> RayOptions | None:
     """RayOptions for ``backend="ray"``, None for ``"shm"``; ValueError naming the value for an
     unknown backend, a bad option, or a Ray option given with the shared-memory backend.
     ``checkpoint_dir`` (Ray: instead of ``checkpoint``) writes model-file checkpoints there;
@@ -40,6 +44,7 @@ def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
         raise ValueError(f"ray_address must be None or a non-empty string such as "
                          f"'auto' or 'HOST:6379', got {address!r}")
     local_steps = check_int("local_steps", local_steps, 1)
+    max_worker_restarts = check_int("max_worker_restarts", max_worker_restarts, 0)
     checkpoint_every = check_positive("checkpoint_every", checkpoint_every)
     if checkpoint is not None and not callable(checkpoint):
         raise TypeError(f"checkpoint must be None or a function f(engine, params, version, histogram), "
@@ -47,7 +52,8 @@ def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
     if backend == "shm":
         given = [name for name, value, default in (
             ("ray_address", address, None), ("local_steps", local_steps, 1),
-            ("checkpoint", checkpoint, None)) if value != default]
+            ("checkpoint", checkpoint, None),
+            ("max_worker_restarts", max_worker_restarts, MAX_WORKER_RESTARTS)) if value != default]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to backend='ray' (got backend='shm')")
         return None
@@ -58,4 +64,4 @@ def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
 
         checkpoint = ModelFileCheckpoint(checkpoint_dir)
     return RayOptions(address=address, local_steps=local_steps, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, max_worker_restarts=max_worker_restarts)
