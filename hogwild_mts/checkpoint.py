@@ -11,8 +11,9 @@ Shared memory (``backend="shm"``): worker 0 takes a snapshot between two pieces 
 of ``checkpoint_every_updates`` or ``checkpoint_every`` seconds have passed since its last one,
 and the parent writes it; after the run (finished, or stopped by Ctrl-C or SIGTERM) the parent
 writes the final state.  A checkpoint holds the parameters, the counter, the staleness histogram,
-the update, sample, refit and maximum-staleness counts, the batches done and the state of the
-generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints).
+the update, sample, refit and maximum-staleness counts, the batches done, the state of the
+generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints)
+and, with ``momentum``, worker 0's velocity (the other workers' velocities restart at zero).
 
 * **One worker**: the snapshot is the exact state between two pieces, so a resumed run ends with
   the same parameters, counter and histogram, bit for bit, as the run that was never stopped,
@@ -53,7 +54,7 @@ DEFAULT_EVERY_SECONDS = 60.0
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
-                "stamp", "policy")
+                "stamp", "momentum", "policy")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class RunState:
     position: int  # batches of the run done (shm, dynamic split); -1 when unknown (Ray)
     order_generator: np.ndarray  # uint64[6]: the order generator before epoch position // per_epoch
     finished: bool  # every batch of the run was done
+    velocity: np.ndarray | None = None  # worker 0's momentum velocity (shm, momentum > 0)
 
 
 def checkpoint_options(backend: str, directory, every_seconds, every_updates) -> CheckpointOptions | None:
@@ -150,7 +152,8 @@ def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None
             "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
             "batch_size": options.batch_size, "seed": options.seed,
             "split": getattr(engine, "split", None), "dtype": engine.dtype,
-            "stamp": getattr(engine, "stamp", True), "workers": options.workers,
+            "stamp": getattr(engine, "stamp", True), "momentum": getattr(engine, "momentum", 0.0),
+            "workers": options.workers,
             "policy": policy_spec(options.policy, options.workers)}
 
 
@@ -179,7 +182,8 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
             estimator_params=estimator_params, histogram=state.histogram, counter=state.counter,
             metrics={"backend": settings["backend"], "updates": int(state.updates),
                      "finished": bool(state.finished)},
-            run=run, run_arrays={"order_generator": np.asarray(state.order_generator, dtype=np.uint64)})
+            run=run, run_arrays={"order_generator": np.asarray(state.order_generator, dtype=np.uint64),
+                                 **({} if state.velocity is None else {"velocity": state.velocity})})
     except OSError as error:
         raise OSError(error.errno, f"checkpoint {directory} could not be written: "
                                    f"{error.strerror or error}") from None
@@ -212,7 +216,7 @@ def read_checkpoint(path: str) -> tuple[dict, RunState]:
                          updates=int(run["updates"]), samples=int(run["samples"]),
                          max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
                          position=int(run["position"]), order_generator=generator.astype(np.uint64),
-                         finished=bool(run["finished"]))
+                         finished=bool(run["finished"]), velocity=arrays.get("velocity"))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: broken run state ({error!r})") from None
     return settings, state

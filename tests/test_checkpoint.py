@@ -93,7 +93,8 @@ def test_a_resumed_one_worker_run_equals_the_uninterrupted_run(name, data, writt
 @pytest.mark.parametrize("options", [
     dict(model="lsq", alpha=0.01, batch_size=3, dtype="float32"),
     dict(model=LinearModel("svm", l2=1e-3, fit_intercept=False), batch_size=7, epochs=5),
-], ids=["lsq-float32-batches", "svm-l2-no-intercept"])
+    dict(model=LinearModel("svm", l2=1e-3), batch_size=2, epochs=4, momentum=0.9, alpha=0.01),
+], ids=["lsq-float32-batches", "svm-l2-no-intercept", "svm-momentum"])
 def test_resume_is_exact_for_other_models_batches_and_dtypes(options, written, tmp_path):
     data = synthetic_dense(700, 12, seed=5) if options["model"] == "lsq" else synthetic_sparse(900, 80, 6, seed=1)
     uninterrupted = engine(**options).fit(data)
@@ -101,6 +102,7 @@ def test_resume_is_exact_for_other_models_batches_and_dtypes(options, written, t
     engine(checkpoint_dir=tmp_path / "ckpt", checkpoint_every_updates=total // 2, **options).fit(data)
     path, state = written[0]
     assert 0 < state.position < total
+    assert (state.velocity is not None and np.any(state.velocity)) == ("momentum" in options)
     assert_same_run(engine(**options).fit(data, resume=path), uninterrupted)
 
 
@@ -212,6 +214,7 @@ BAD_RESUMES = [
     (lambda tmp, data, ckpt: (dict(data=synthetic_sparse(1200, 150, 10, seed=3)), ckpt), r"rows_digest="),
     (lambda tmp, data, ckpt: (dict(init_params=np.zeros(151)), ckpt), "give init_params or resume, not both"),
     (lambda tmp, data, ckpt: (dict(finished=True), ckpt), "that run finished"),
+    (lambda tmp, data, ckpt: (dict(momentum=0.5), ckpt), r"momentum=0.0 \(this run: 0.5\)"),
 ]
 
 
@@ -305,7 +308,7 @@ def test_cli_checkpoint_predicts_and_a_finished_one_is_not_resumed(tmp_path, cap
     (["--checkpoint-every", "30s", "--checkpoint-every", "40s", "--out", "{tmp}"], "at most one number of seconds"),
     (["--resume", "{tmp}/none"], "is not a directory"),
     (["--resume", "{tmp}", "--init", "{tmp}"], "give --init or --resume, not both"),
-    (["--model", "mlp", "--resume", "{tmp}"], "--resume take linear model files"),
+    (["--model", "mlp", "--data", "digits", "--resume", "{tmp}"], "not a model file"),
     (["--backend", "ray", "--checkpoint-every", "10u", "--out", "{tmp}"], "checkpoint_every_updates applies to backend='shm'"),
 ])
 def test_cli_refuses_bad_checkpoint_flags(arguments, words, tmp_path, capsys):
@@ -316,6 +319,7 @@ def test_cli_refuses_bad_checkpoint_flags(arguments, words, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ Ray
+@pytest.mark.timeout(300)  # starts its own Ray instance: tens of seconds on a busy 2-core machine
 def test_ray_checkpoints_and_resumes_from_the_parameters(tmp_path):
     ray = pytest.importorskip("ray")
     data = synthetic_sparse(2000, 100, 10, seed=0)

@@ -121,9 +121,11 @@ class Engine:
         layout = control_layout(self.workers, self.model.n_params(dataset.n_features), self.dtype)
         layout.add("feature_scale", np.float64, (dataset.n_features,))
         worker.add_schedule(layout, dataset.n_samples, self.split)
+        if self.momentum:
+            worker.add_velocity_field(layout, self.model.n_params(dataset.n_features))
         if self.checkpoints is not None:
             worker.add_checkpoint_fields(layout, self.workers, self.model.n_params(dataset.n_features),
-                                         self.dtype)
+                                         self.dtype, self.momentum)
         if self.workers > 1 and self.start_method != "fork":
             for name, array in _data_arrays(dataset, sample_weight).items():
                 layout.add(name, array.dtype, array.shape)

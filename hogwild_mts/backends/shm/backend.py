@@ -123,6 +123,8 @@ def restore_state(views: dict, spec, state: RunState) -> None:
     stats[control.STAT_UPDATES], stats[control.STAT_SAMPLES] = state.updates, state.samples
     stats[control.STAT_MAX_TAU], stats[control.STAT_REFITS] = state.max_staleness, state.refits
     worker.restore_schedule(views, spec, state.position, state.order_generator)
+    if state.velocity is not None and "velocity0" in views:
+        views["velocity0"][:] = state.velocity
 
 
 class CheckpointWriter:
@@ -149,7 +151,8 @@ class CheckpointWriter:
             max_staleness=int(words[worker.SNAP_MAX_TAU]), refits=int(words[worker.SNAP_REFITS]),
             position=position, finished=position >= self.total_batches,
             order_generator=words.view(np.uint64)[worker.SNAP_GENERATOR:
-                                                  worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy()))
+                                                  worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy(),
+            velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None))
         kernels.store_word(words, worker.SNAP_WRITTEN, taken)
 
     def final(self) -> None:
@@ -166,7 +169,8 @@ class CheckpointWriter:
             samples=int(stats[:, control.STAT_SAMPLES].sum()),
             max_staleness=int(stats[:, control.STAT_MAX_TAU].max()),
             refits=int(stats[:, control.STAT_REFITS].sum()), position=position,
-            order_generator=generator, finished=position >= self.total_batches))
+            order_generator=generator, finished=position >= self.total_batches,
+            velocity=self.views["velocity0"].copy() if "velocity0" in self.views else None))
 
 
 class ShmBackend:

@@ -100,13 +100,16 @@ class WorkerSpec:
     checkpoint_every_updates: int | None = None
 
 
-def momentum_buffers(spec) -> tuple:
+def momentum_buffers(spec, views: dict | None = None, worker_id: int = -1) -> tuple:
     """A worker's private (momentum, velocity, touched) arguments of ``kernels.sgd_chunk``:
-    zero velocity and unmarked coordinates, or NO_MOMENTUM when ``spec.momentum`` is 0."""
+    zero velocity (worker 0 of a checkpointed run: the block's ``velocity0``, restored by a
+    resume) and unmarked coordinates, or NO_MOMENTUM when ``spec.momentum`` is 0."""
     if spec.momentum == 0.0:
         return kernels.NO_MOMENTUM
     n_params = spec.n_features + int(spec.fit_intercept)
-    return spec.momentum, np.zeros(n_params), np.full(n_params, -1, dtype=np.int64)
+    kept = views is not None and worker_id == 0 and "velocity0" in views
+    velocity = views["velocity0"] if kept else np.zeros(n_params)
+    return spec.momentum, velocity, np.full(n_params, -1, dtype=np.int64)
 
 
 def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
@@ -131,13 +134,24 @@ def add_schedule(layout: Layout, n_rows: int, split: str) -> None:
         layout.add("orders", np.int64, (2, n_rows))
 
 
-def add_checkpoint_fields(layout: Layout, workers: int, n_params: int, dtype) -> None:
+def add_checkpoint_fields(layout: Layout, workers: int, n_params: int, dtype,
+                          momentum: float = 0.0) -> None:
     """Add what checkpoints of a dynamic-split run need: the workers' positions and the
-    snapshot fields."""
+    snapshot fields; with momentum also the copy of worker 0's velocity (see
+    :func:`add_velocity_field`)."""
     layout.add_rows("positions", np.int64, workers, 1)
     layout.add("snapshot_words", np.int64, (SNAPSHOT_WORDS,))
     layout.add("snapshot_params", dtype, (n_params,))
     layout.add("snapshot_hist", np.int64, (HIST_BINS,))
+    if momentum:
+        layout.add("snapshot_velocity", np.float64, (n_params,))
+
+
+def add_velocity_field(layout: Layout, n_params: int) -> None:
+    """``velocity0``: worker 0 keeps its momentum velocity in the block (written by worker 0
+    only), so that checkpoints can save it and a resume restore it; the other workers' stay
+    private."""
+    layout.add("velocity0", np.float64, (n_params,))
 
 
 def load_schedule_kernels() -> None:
@@ -393,6 +407,8 @@ class Snapshotter:
         words[SNAP_POSITION], generator = schedule
         words.view(np.uint64)[SNAP_GENERATOR:SNAP_GENERATOR + GENERATOR_WORDS] = generator
         np.copyto(views["snapshot_params"], views["params"])
+        if "snapshot_velocity" in views:
+            np.copyto(views["snapshot_velocity"], views["velocity0"])
         views["hist"][:, :HIST_BINS].sum(axis=0, out=views["snapshot_hist"])
         stats = views["stats"]
         # Others write meanwhile: a stamped run's counter and update count are taken as the
@@ -432,7 +448,7 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     hist_rows = views["hist"]
     refitter = Refitter(spec.policy, spec.workers, np.float64)
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
-    momentum_state = momentum_buffers(spec)
+    momentum_state = momentum_buffers(spec, views, worker_id)
 
     def run_chunk(order, start: int, stop: int) -> int:
         return kernels.sgd_chunk(
