@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Engine": "hogwild_mts.engines.linear",
     "TorchEngine": "hogwild_mts.engines.networks",
+    "load_network": "hogwild_mts.engines.networks",
     "Simulator": "hogwild_mts.engines.simulated",
     "HogwildClassifier": "hogwild_mts.estimators",
     "HogwildRegressor": "hogwild_mts.estimators",

@@ -26,6 +26,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npy"
 MODEL_FILES = "model.json and arrays.npz"
+NETWORK_FILES = "model.json and weights.pt"  # a torch network's model file
 CHECKPOINT_DIR = "checkpoint"  # under --out
 CHECKPOINT_UNITS = {"s": "seconds", "u": "updates"}
 
@@ -82,20 +83,20 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
                         help="parameter precision (default float64 linear, float32 torch)")
     parser.add_argument("--out", metavar="DIR",
-                        help="write metrics.json, params.npy and (linear models) the model file "
-                             "model.json + arrays.npz here")
+                        help="write metrics.json, params.npy and the model file here "
+                             "(model.json + arrays.npz; torch networks: model.json + weights.pt)")
     parser.add_argument("--init", metavar="MODEL",
-                        help="linear models: start from the parameters of this model file (a "
-                             "directory written by --out or save())")
+                        help="start from the parameters (torch: the weights and buffers) of this "
+                             "model file (a directory written by --out, save() or a checkpoint)")
     parser.add_argument("--checkpoint-every", metavar="EVERY", action="append", type=_checkpoint_every,
-                        help="linear models, with --out DIR: keep the run's latest checkpoint in "
+                        help="with --out DIR: keep the run's latest checkpoint in "
                              f"DIR/{CHECKPOINT_DIR} (a model file with the run state), every N "
                              "seconds (30s) or every N updates (100000u; --backend shm); give both "
                              "flags for both; also written when the run ends or is stopped")
     parser.add_argument("--resume", metavar="DIR",
-                        help="linear models: continue the run whose checkpoint is DIR (e.g. "
+                        help="continue the run whose checkpoint is DIR (e.g. "
                              f"OUT/{CHECKPOINT_DIR}) with the same command-line settings and data; "
-                             "one worker resumes bit for bit")
+                             "one worker of a linear model resumes bit for bit")
     parser.add_argument("--backend", choices=("shm", "ray"), default="shm",
                         help="shm: worker processes on shared memory (default); ray: a parameter "
                              "server and worker actors on Ray (docs/distributed.md)")
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hogwild_mts.app import predict
 
     predict.add_arguments(commands.add_parser(
-        "predict", help="predict with a saved linear model (CSV: prediction, class probabilities)"))
+        "predict", help="predict with a saved model (CSV: prediction, class probabilities)"))
     return parser
 
 
@@ -169,20 +170,19 @@ def prepare_out_dir(path: str) -> str:
     return path
 
 
-def write_outputs(out_dir: str, result, model=None) -> dict:
+def write_outputs(out_dir: str, result, save_model=None, model_files: str = MODEL_FILES) -> dict:
     """metrics.json (everything but the weights, strict JSON), params.npy (weights; intercept
-    in the JSON) and, for a linear ``model`` (a fitted estimator), its model file (model.json +
-    arrays.npz: what ``predict`` and ``--init`` read; ``--resume`` reads the run's checkpoint in
-    CHECKPOINT_DIR), each written atomically and
-    independently; returns ``{file: reason}`` for those that could not be written."""
+    in the JSON) and, with ``save_model(directory)``, the model file (``model_files``: what
+    ``predict`` and ``--init`` read; ``--resume`` reads the run's checkpoint in CHECKPOINT_DIR),
+    each written atomically and independently; returns ``{file: reason}`` for those that could
+    not be written."""
     from hogwild_mts.app.report import metrics_json
     from hogwild_mts.core.files import npy_bytes, write_atomic
-    from hogwild_mts.estimators import save
 
     writers = {METRICS_FILE: lambda: write_atomic(os.path.join(out_dir, METRICS_FILE), metrics_json(result)),
                PARAMS_FILE: lambda: write_atomic(os.path.join(out_dir, PARAMS_FILE), npy_bytes(result.params))}
-    if model is not None:
-        writers[MODEL_FILES] = lambda: save(model, out_dir)
+    if save_model is not None:
+        writers[model_files] = lambda: save_model(out_dir)
     failed = {}
     for name, write in writers.items():
         try:
@@ -213,23 +213,24 @@ def train(args, stop_signals: list) -> int:
         raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
     with _environment(SPILL_DIR_ENV, args.shm_dir):
         if args.model in TORCH_MODELS:
-            result, model = train_network(args), None
+            result, save_model = train_network(args)
+            model_files = NETWORK_FILES
         else:
-            result, model = train_linear(args)
+            result, fitted = train_linear(args)
+            save_model, model_files = fitted.save, MODEL_FILES
     with signals.held():  # a stop signal now only decides the exit status
-        failed = write_outputs(out_dir, result, model) if out_dir else {}
+        failed = write_outputs(out_dir, result, save_model, model_files) if out_dir else {}
         print(format_summary(result))
         if failed:
-            written = [name for name in (METRICS_FILE, PARAMS_FILE, MODEL_FILES)
-                       if name not in failed and (model is not None or name != MODEL_FILES)]
+            written = [name for name in (METRICS_FILE, PARAMS_FILE, model_files) if name not in failed]
             print("hogwild-mts: error: could not write "
                   + ", ".join(f"{name} ({reason})" for name, reason in failed.items())
                   + f" in {out_dir}" + (f"; {', '.join(written)} written there" if written else ""),
                   file=sys.stderr)
             return EXIT_RUN_FAILED
         if out_dir:
-            print(f"wrote {os.path.join(out_dir, METRICS_FILE)}, {PARAMS_FILE}"
-                  + (f" and the model file ({MODEL_FILES})" if model is not None else ""))
+            print(f"wrote {os.path.join(out_dir, METRICS_FILE)}, {PARAMS_FILE} and the model file "
+                  f"({model_files})")
         if args.checkpoint_every and not result.interrupted:
             print(f"checkpoint: {os.path.join(out_dir, CHECKPOINT_DIR)}")
         elif args.checkpoint_every:
@@ -259,14 +260,14 @@ def _environment(name: str, value: str | None):
 
 
 def train_network(args):
+    """Load the images, train, and return (the FitResult, a function writing its network's
+    model file into a directory)."""
+    import functools
+
     from hogwild_mts.engines import networks as torch_engine
 
-    given = [flag for flag, value in (("--init", args.init), ("--resume", args.resume),
-                                      ("--checkpoint-every", args.checkpoint_every)) if value]
-    if given:
-        raise ValueError(f"{', '.join(given)} take linear model files; torch networks start "
-                         "from their seed")
-
+    if args.init is not None and args.resume is not None:
+        raise ValueError("give --init or --resume, not both")
     if args.max_worker_restarts is not None:
         raise ValueError("--max-worker-restarts applies to linear models on --backend ray")
     if args.data is None:
@@ -276,7 +277,9 @@ def train_network(args):
     _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
-    return torch_engine.train_images(args)
+    engine = torch_engine.engine_from_args(args, **_checkpoint_options(args))
+    result = torch_engine.train_images(args, engine)
+    return result, functools.partial(engine.save, result)
 
 
 def train_linear(args):

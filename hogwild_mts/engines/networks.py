@@ -13,18 +13,24 @@ network (in eval mode), whose parameters and buffers view that copy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, ray_options
+from hogwild_mts.backends.ray.options import ray_options
 from hogwild_mts.backends.shm import worker
-from hogwild_mts.backends.shm.backend import (START_METHODS, ShmBackend, control_layout,
-                                             default_start_method, start_processes, worker_times)
+from hogwild_mts.backends.shm.backend import (START_METHODS, CheckpointWriter, ShmBackend,
+                                             control_layout, default_start_method, restore_state,
+                                             start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
+from hogwild_mts.checkpoint import RunState, checkpoint_options, policy_spec, prepare_directory
 from hogwild_mts.core import lifecycle
+from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.files import strict_json
 from hogwild_mts.core.options import check_choice, check_nonnegative, check_probability
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
@@ -33,10 +39,12 @@ from hogwild_mts.backends.shm.torch_worker import (LOSSES, TorchWorkerSpec, bind
                                                    bind_parameters, buffer_count, flatten_buffers,
                                                    flatten_parameters, loss_value, make_network,
                                                    parameter_count, serialized_factory,
-                                                   torch_worker_main, warm_up_kernels)
+                                                   state_dict_from_flat, torch_worker_main,
+                                                   warm_up_kernels)
+from hogwild_mts.model_file import ModelFileError, read_network, save_network
 
-__all__ = ["TorchEngine", "train_images", "DEFAULT_ALPHA", "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS",
-           "WorkerError", "DivergenceError"]
+__all__ = ["TorchEngine", "train_images", "load_network", "network_outputs", "DEFAULT_ALPHA",
+           "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "WorkerError", "DivergenceError"]
 
 DEFAULT_ALPHA = 0.05  # base step of the constant policy (per mean mini-batch gradient)
 DEFAULT_BATCH_SIZE = 16
@@ -44,6 +52,10 @@ DEFAULT_EPOCHS = 10
 PARAM_DTYPES = ("float32", "float64")
 EVAL_BATCH = 1024  # test rows per forward pass of an evaluation
 LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mean squared error"}
+# What a resumed run must share with its checkpoint (each one that differs is named).
+RESUME_SETTINGS = ("network", "input_shape", "outputs", "loss", "n_train", "targets_digest",
+                   "epochs", "batch_size", "seed", "split", "dtype", "policy", "momentum",
+                   "weight_decay")
 
 
 class TorchEngine:
@@ -66,9 +78,14 @@ class TorchEngine:
     ``dtype``: of the shared parameters.
     ``split`` and ``start_method`` as for :class:`hogwild_mts.engines.linear.Engine` (dynamic
     claims of batches; ``fork`` where available).
+    ``checkpoint_dir`` keeps the run's latest checkpoint there (a network model file with the
+    run state, see :meth:`fit`'s ``resume``), every ``checkpoint_every`` seconds and/or every
+    ``checkpoint_every_updates`` updates (neither: every 60 s), and when the run ends or is
+    stopped; it needs ``split="dynamic"``.  :meth:`save` writes a fit's network as a model file,
+    :func:`load_network` reads one.
     ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint`` and ``checkpoint_every``
     as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
-    weight decay or buffers.
+    weight decay or buffers, and takes no ``checkpoint_dir``.
     """
 
     def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
@@ -79,7 +96,8 @@ class TorchEngine:
                  progress: bool = True, defer_evaluation: bool = False,
                  start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
-                 checkpoint=None, checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS):
+                 checkpoint=None, checkpoint_every: float | None = None, checkpoint_dir=None,
+                 checkpoint_every_updates: int | None = None):
         from hogwild_mts.models.nets import NETWORKS
 
         if isinstance(model, str):
@@ -106,6 +124,14 @@ class TorchEngine:
         self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
         self.backend = backend
+        if backend == "ray" and checkpoint_dir is not None:
+            raise ValueError("checkpoint_dir applies to backend='shm' for networks; with "
+                             "backend='ray' pass checkpoint=f(engine, params, version, histogram)")
+        self.checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
+                                              checkpoint_every_updates)
+        if self.checkpoints is not None and self.split != "dynamic":
+            raise ValueError("checkpoints need split='dynamic' (with one worker both splits train "
+                             f"the same rows in the same order), got split={self.split!r}")
         self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
                                        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         if self.ray_options is not None:
@@ -188,6 +214,8 @@ class TorchEngine:
         """The block's fields; the inputs and targets only for workers that attach it (not fork)."""
         layout = control_layout(self.workers, n_values, self.dtype)
         worker.add_schedule(layout, dataset.n_train, self.split)
+        if self.checkpoints is not None:
+            worker.add_checkpoint_fields(layout, self.workers, n_values, self.dtype)
         if self.start_method != "fork":
             layout.add("inputs", dataset.train_inputs.dtype, dataset.train_inputs.shape)
             layout.add("targets", dataset.train_targets.dtype, dataset.train_targets.shape)
@@ -200,14 +228,26 @@ class TorchEngine:
             workers=self.workers, epochs=self.epochs, batch_size=self.batch_size,
             seeds=np.random.SeedSequence(self.seed).spawn(self.workers), policy=self.policy,
             dtype=self.dtype, parent_pid=os.getpid(), split=self.split, loss=self.loss,
-            momentum=self.momentum, weight_decay=self.weight_decay)
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            checkpoint_every_seconds=self.checkpoints and self.checkpoints.every_seconds,
+            checkpoint_every_updates=self.checkpoints and self.checkpoints.every_updates)
 
     # ------------------------------------------------------------------ run
-    def fit(self, data, y=None, *, test=None) -> FitResult:
+    def fit(self, data, y=None, *, test=None, init=None, init_params=None, resume=None) -> FitResult:
         """Train on ``data``: an :class:`~hogwild_mts.data.images.ArrayDataset` (an ImageDataset
         included), an image spec for :func:`~hogwild_mts.data.images.load_images`, or arrays /
         torch tensors ``data`` (N x ...) and ``y`` (integer class labels for cross_entropy, float
         values N x ... for mse) with ``test=(X_test, y_test)`` optional.
+
+        Start (default: the network as ``seed`` initialises it) from ``init``, a network model
+        file (a directory written by :meth:`save`, a checkpoint, ``hogwild-mts train --out``) or
+        a ``state_dict``, or from ``init_params``, a previous result's ``params``.  ``resume``: a
+        checkpoint directory (``checkpoint_dir``) whose run this fit continues with the same
+        network, data and settings (the number of workers may differ): the remaining batches
+        only, from its weights and buffers, counter, histogram and counts; each worker's
+        momentum velocity starts again at zero, and an adaptive policy refits on the restored
+        histogram.  A file of another kind, another network, shape or outputs, other settings or
+        a finished run are refused before any worker starts.
 
         ``final_loss`` is the mean loss on the **test** set (on the training rows when arrays
         come without ``test``; ``settings["evaluated_on"]`` says which), ``final_accuracy`` the
@@ -218,8 +258,13 @@ class TorchEngine:
         the shared block is unlinked on every path.
         """
         started = time.time()
+        given = [name for name, value in (("init", init), ("init_params", init_params),
+                                          ("resume", resume)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of init, init_params and resume, got {' and '.join(given)}")
         dataset = self._check(self._dataset(data, y, test))
         network = self._network(dataset)
+        run = _NetworkRun(self, dataset, network, init, init_params, resume)
         if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.networks
             from hogwild_mts.backends.ray.networks import fit_network
 
@@ -227,12 +272,13 @@ class TorchEngine:
         n_values = parameter_count(network) + buffer_count(network)
         block = SharedBlock.create(self._layout(dataset, n_values))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, network, started)
+            return self._run(block, dataset, network, started, run)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
-    def _run(self, block: SharedBlock, dataset: ArrayDataset, network, started: float) -> FitResult:
+    def _run(self, block: SharedBlock, dataset: ArrayDataset, network, started: float,
+             run: "_NetworkRun") -> FitResult:
         """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
         views = block.views
         n_params = parameter_count(network)
@@ -248,7 +294,10 @@ class TorchEngine:
         bind_buffers(network, evaluated[n_params:])
         warm_up_kernels(views["params"].dtype)
         spec = self._spec(block, dataset, n_params)
-        worker.prepare_schedule(views, spec)
+        if run.resumed is not None:
+            restore_state(views, spec, run.resumed)
+        else:
+            worker.prepare_schedule(views, spec)
 
         def launch(views, processes):
             if self.start_method == "fork":
@@ -268,12 +317,57 @@ class TorchEngine:
             evaluated[:] = params
             return self._evaluate(network, dataset)
 
-        backend = ShmBackend(block, self.workers, launch, self.policy)
+        checkpoints = None
+        if self.checkpoints is not None:
+            checkpoints = CheckpointWriter(views, spec, lambda state: run.write(network, state))
+        backend = ShmBackend(block, self.workers, launch, self.policy, checkpoints)
         return lifecycle.run(backend, self.options, score=score, details=details,
                              total_updates=worker.total_updates(dataset.n_train, self.workers,
                                                                 self.epochs, self.batch_size,
                                                                 self.split),
-                             started=started)
+                             started=started,
+                             resumed_updates=0 if run.resumed is None else run.resumed.updates)
+
+    # ------------------------------------------------------------------ model files
+    def save(self, result: FitResult, path) -> str:
+        """Write the network of ``result`` (a fit of this engine's model) as a model file into
+        directory ``path`` (:mod:`hogwild_mts.model_file`); return ``path``.  It loads with
+        :func:`load_network`, starts a new fit with ``fit(..., init=path)`` and predicts with
+        ``hogwild-mts predict``."""
+        if not isinstance(result, FitResult) or "input_shape" not in result.settings:
+            raise TypeError(f"save() takes the FitResult of a TorchEngine fit, got {type(result).__name__}")
+        settings = result.settings
+        if result.model != self.model_name:
+            raise ValueError(f"the result is a fit of model {result.model!r}; this engine trains "
+                             f"{self.model_name!r}")
+        import torch
+
+        network = make_network(self.model, settings["input_shape"], settings["outputs"])
+        network = network.to(getattr(torch, settings["dtype"]))
+        n_values = parameter_count(network) + buffer_count(network)
+        if result.params.shape != (n_values,):
+            raise ValueError(f"the result holds {result.params.shape[0]} values; model "
+                             f"{self.model_name!r} has {n_values} parameters and shared buffer values")
+        metrics = {key: value for key, value in result.to_dict().items()
+                   if key not in ("history", "staleness_histogram", "staleness_fit", "settings")}
+        return save_network(
+            os.fspath(path), state_dict=state_dict_from_flat(network, result.params),
+            network=self._network_description(settings["input_shape"], settings["outputs"]),
+            loss=self.loss, classes=settings.get("class_names"), dtype=settings["dtype"],
+            settings=self._file_settings(), histogram=result.staleness_histogram,
+            counter=result.counter, metrics=metrics)
+
+    def _network_description(self, input_shape, outputs: int) -> dict:
+        """How a model file names the network: a bundled name, or (a factory) only its name."""
+        bundled = isinstance(self.model, str)
+        return {"name": self.model if bundled else None, "factory": None if bundled else self.model_name,
+                "input_shape": list(input_shape), "outputs": int(outputs)}
+
+    def _file_settings(self) -> dict:
+        """The engine's settings as a model file stores them (the policy as a spec)."""
+        return {"workers": self.workers, "epochs": self.epochs, "batch_size": self.batch_size,
+                "seed": self.seed, "split": self.split, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "policy": policy_spec(self.policy, self.workers)}
 
     def _settings(self, dataset: ArrayDataset, n_params: int, n_buffers: int) -> dict:
         """The result's settings common to both backends."""
@@ -281,7 +375,8 @@ class TorchEngine:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
                 "dtype": self.dtype, "parameters": n_params, "buffers": n_buffers,
                 "input_shape": list(dataset.input_shape), "outputs": dataset.outputs,
-                **({"classes": len(dataset.classes)} if classification else {}),
+                **({"classes": len(dataset.classes), "class_names": list(dataset.classes)}
+                   if classification else {}),
                 "momentum": self.momentum, "weight_decay": self.weight_decay,
                 "evaluated_on": dataset.evaluated_on,
                 "loss": f"{dataset.evaluated_on} {LOSS_NAMES[self.loss]}",
@@ -313,28 +408,249 @@ class TorchEngine:
         return total_loss / (dataset.n_test * dataset.outputs), None
 
 
-def train_images(args) -> FitResult:
-    """The CLI hook for ``hogwild-mts train --model {mlp,cnn,lenet} --data {digits,mnist1d,mnist:DIR,...}``.
+class _NetworkRun:
+    """A fit's start and checkpoint side, settled before any worker starts: the weights it starts
+    from (loaded into the engine's ``network``), the state it resumes from (``resumed``, None for
+    a new run, checked against this run), the run's settings as a checkpoint records them, and
+    the checkpoint directory made ready."""
 
-    ``args`` has ``model, data, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype``
-    and optionally ``momentum, weight_decay, backend, address, local_steps``; ``alpha``,
-    ``epochs``, ``batch_size`` and ``dtype`` may be None (or missing) for this module's defaults,
-    ``momentum`` and ``weight_decay`` for 0.  Loads the data (a line on stderr), trains, returns
-    the FitResult; prints no summary.
-    """
+    def __init__(self, engine: TorchEngine, dataset: ArrayDataset, network, init, init_params, resume):
+        self.engine, self.dataset, self.resumed = engine, dataset, None
+        if init is not None:
+            if isinstance(init, (str, os.PathLike)):
+                document, state_dict = read_network(os.fspath(init))
+                self._check_network(os.fspath(init), document)
+                load_state(network, state_dict, f"init {os.fspath(init)}")
+            elif isinstance(init, dict):
+                load_state(network, init, "init")
+            else:
+                raise TypeError(f"init must be a model file path or a state_dict, got {type(init).__name__}")
+        elif init_params is not None:
+            load_state(network, state_dict_from_flat(network, _flat_values(init_params, network)),
+                       "init_params")
+        if resume is None and engine.checkpoints is None:
+            return
+        self.settings = json.loads(strict_json(self._run_settings()))  # as a checkpoint holds them
+        if resume is not None:
+            if engine.ray_options is not None:
+                raise ValueError("resume applies to backend='shm'; with backend='ray' start from the "
+                                 "checkpoint's weights with init=DIR")
+            path = os.fspath(resume)
+            if not os.path.isdir(path):
+                raise ModelFileError(f"resume: {path!r} is not a directory (a checkpoint is the "
+                                     "directory given as checkpoint_dir, or --out DIR/checkpoint)")
+            document, state_dict = read_network(path)
+            run = document.get("run")
+            if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
+                raise ModelFileError(f"{path}: a model file without run state, not a checkpoint "
+                                     "(start from its weights with init= or --init instead)")
+            self._check_resume(path, run["settings"])
+            load_state(network, state_dict, path)
+            self.resumed = _run_state(path, document, network)
+            if self.resumed.finished or self.resumed.position >= worker.total_updates(
+                    dataset.n_train, engine.workers, engine.epochs, engine.batch_size):
+                raise ValueError(f"cannot resume {path}: that run finished (all "
+                                 f"{self.resumed.updates} updates done); load it with "
+                                 "hogwild_mts.load_network, or start a new run from it with "
+                                 "init= / --init")
+        if engine.checkpoints is not None:
+            prepare_directory(engine.checkpoints.directory)
+
+    def _run_settings(self) -> dict:
+        engine, dataset = self.engine, self.dataset
+        digest = hashlib.blake2b(np.ascontiguousarray(dataset.train_targets).tobytes(), digest_size=8)
+        return {"backend": engine.backend, "workers": engine.workers, "network": engine.model_name,
+                "input_shape": list(dataset.input_shape), "outputs": dataset.outputs,
+                "loss": engine.loss, "n_train": dataset.n_train, "targets_digest": digest.hexdigest(),
+                **engine._file_settings(), "dtype": engine.dtype}
+
+    def _check_network(self, path: str, document: dict) -> None:
+        """Refuse (ValueError) a model file whose network is not the one this run builds."""
+        saved = document["network"]
+        mine = self.engine._network_description(self.dataset.input_shape, self.dataset.outputs)
+        differ = [f"{key}={saved.get(key)!r} (this run: {mine[key]!r})"
+                  for key in ("name", "input_shape", "outputs") if saved.get(key) != mine[key]]
+        if differ:
+            raise ValueError(f"init {path}: the file holds another network: " + ", ".join(differ))
+
+    def _check_resume(self, path: str, saved: dict) -> None:
+        """Refuse (ValueError) a checkpoint written by a run with other settings (all named)."""
+        differ = [f"{name}={saved.get(name)!r} (this run: {self.settings[name]!r})"
+                  for name in RESUME_SETTINGS if saved.get(name) != self.settings[name]]
+        if differ:
+            raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
+                             + "; resume with the same network, data and settings")
+
+    def write(self, network, state: RunState) -> None:
+        """Write ``state`` as the checkpoint (``network``: any network of this run, a template);
+        OSError naming the directory when it cannot be written (the previous one stays whole)."""
+        engine, dataset = self.engine, self.dataset
+        directory = engine.checkpoints.directory
+        run = {"settings": self.settings, "updates": int(state.updates), "samples": int(state.samples),
+               "max_staleness": int(state.max_staleness), "refits": int(state.refits),
+               "position": int(state.position), "finished": bool(state.finished),
+               "order_generator": [int(word) for word in state.order_generator]}
+        try:
+            save_network(directory, state_dict=state_dict_from_flat(network, state.params),
+                         network=engine._network_description(dataset.input_shape, dataset.outputs),
+                         loss=engine.loss, classes=dataset.classes, dtype=engine.dtype,
+                         settings=engine._file_settings(), histogram=state.histogram,
+                         counter=state.counter, run=run,
+                         metrics={"updates": int(state.updates), "finished": bool(state.finished)})
+        except OSError as error:
+            raise OSError(error.errno, f"checkpoint {directory} could not be written: "
+                                       f"{error.strerror or error}") from None
+
+
+def _run_state(path: str, document: dict, network) -> RunState:
+    """The run state of the checkpoint ``document`` whose weights ``network`` now holds;
+    ModelFileError naming ``path`` for a broken one."""
+    run = document["run"]
+    try:
+        histogram = np.asarray(document["staleness_histogram"], dtype=np.int64)
+        if histogram.ndim != 1 or histogram.size > HIST_BINS:
+            raise ValueError(f"staleness_histogram must be a list of at most {HIST_BINS} counts")
+        generator = np.array(run["order_generator"], dtype=np.uint64)
+        if generator.shape != (worker.GENERATOR_WORDS,):
+            raise ValueError(f"order_generator must hold {worker.GENERATOR_WORDS} words")
+        state = RunState(params=_flat_values(None, network), counter=int(document["counter"]),
+                         histogram=histogram, updates=int(run["updates"]), samples=int(run["samples"]),
+                         max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
+                         position=int(run["position"]), order_generator=generator,
+                         finished=bool(run["finished"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        raise ModelFileError(f"{path}: broken run state ({error!r})") from None
+    if state.position < 0:
+        raise ModelFileError(f"{path}: broken run state (batch position {state.position})")
+    return state
+
+
+def _flat_values(values, network) -> np.ndarray:
+    """``values`` (a fit's ``params``: the parameters, then the shared buffers) checked against
+    ``network`` as float64, or (None) the network's own; ValueError naming the shape or the
+    first bad entry."""
+    n_params, n_values = parameter_count(network), parameter_count(network) + buffer_count(network)
+    if values is None:
+        flat = np.empty(n_values, dtype=np.float64)
+        flatten_parameters(network, flat[:n_params])
+        flatten_buffers(network, flat[n_params:])
+        return flat
+    flat = np.asarray(values, dtype=np.float64)
+    if flat.shape != (n_values,):
+        raise ValueError(f"init_params must have shape ({n_values},) (the {n_params} parameters, "
+                         f"then {n_values - n_params} shared buffer values), got {flat.shape}")
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:
+        raise ValueError(f"init_params[{bad[0]}] = {float(flat[bad[0]])!r}; every entry must be finite")
+    return flat
+
+
+def load_state(network, state_dict: dict, where: str) -> None:
+    """Load ``state_dict`` into ``network`` (every name and shape must match; values are cast to
+    the network's dtype); ModelFileError naming ``where`` and what differs, or a non-finite
+    weight."""
+    import torch
+
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFileError(f"{where}: {name} holds NaN or infinite values")
+    try:
+        network.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as error:
+        reason = " ".join(line.strip() for line in str(error).splitlines()[1:4]) or str(error)
+        raise ModelFileError(f"{where}: the weights do not fit network "
+                             f"{type(network).__name__} ({reason})") from None
+
+
+def load_network(path, factory=None):
+    """The network stored in the model file at ``path`` (a directory written by
+    :meth:`TorchEngine.save`, a checkpoint, or ``hogwild-mts train --out``), in eval mode, in
+    the dtype it was trained in, ready to predict.  A bundled network is rebuilt from its name
+    and constructor arguments; a network built by a caller's factory needs ``factory``: that
+    function ``f(input_shape, outputs)`` or the ``nn.Module`` itself (ModelFileError without
+    it).  No code is read from the file."""
+    path = os.fspath(path)
+    document, state_dict = read_network(path)
+    return saved_network(document, state_dict, factory, path)
+
+
+def saved_network(document: dict, state_dict: dict, factory=None, where: str = "model file"):
+    """The network a :func:`hogwild_mts.model_file.read_network` pair describes (see
+    :func:`load_network`)."""
+    import torch
+
+    from hogwild_mts.models.nets import NETWORKS, build_network
+
+    described = document["network"]
+    input_shape, outputs, name = tuple(described["input_shape"]), described["outputs"], described.get("name")
+    if document.get("dtype") not in PARAM_DTYPES:
+        raise ModelFileError(f"{where}: dtype {document.get('dtype')!r}; expected one of {list(PARAM_DTYPES)}")
+    if isinstance(factory, torch.nn.Module):
+        network = factory
+    elif factory is not None:
+        if not callable(factory):
+            raise TypeError(f"factory must be a function f(input_shape, outputs) or an nn.Module, "
+                            f"got {factory!r}")
+        network = factory(input_shape, outputs)
+    elif name is None:
+        raise ModelFileError(f"{where}: the network was built by the factory "
+                             f"{described.get('factory')!r}, whose code a model file does not hold; "
+                             "pass it: load_network(path, factory=f) with f(input_shape, outputs) "
+                             "or the nn.Module itself")
+    elif name not in NETWORKS:
+        raise ModelFileError(f"{where}: unknown bundled network {name!r}; this hogwild_mts has "
+                             f"{sorted(NETWORKS)}")
+    else:
+        network = build_network(name, input_shape, outputs)
+    network = network.to(getattr(torch, document["dtype"]))
+    load_state(network, state_dict, where)
+    return network.eval()
+
+
+def network_outputs(network, inputs, dtype: str) -> np.ndarray:
+    """``network``'s outputs (float64, one row per input row) on ``inputs`` (N x the input
+    shape), EVAL_BATCH rows per forward pass, without gradients, in eval mode."""
+    import torch
+
+    network.eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), EVAL_BATCH):
+            batch = torch.as_tensor(np.asarray(inputs[start:start + EVAL_BATCH])).to(getattr(torch, dtype))
+            rows.append(network(batch).to(torch.float64).reshape(batch.shape[0], -1).numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, 0))
+
+
+def engine_from_args(args, **options) -> TorchEngine:
+    """The TorchEngine of ``hogwild-mts train --model {mlp,cnn,lenet} ...``: ``args`` has
+    ``model, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype`` and optionally
+    ``momentum, weight_decay, backend, address, local_steps``; ``alpha``, ``epochs``,
+    ``batch_size`` and ``dtype`` may be None (or missing) for this module's defaults,
+    ``momentum`` and ``weight_decay`` for 0.  ``options``: more engine keywords (checkpoints)."""
     def option(name, default):
         value = getattr(args, name, None)
         return default if value is None else value
 
-    engine = TorchEngine(args.model, option("policy", "constant"), alpha=option("alpha", None),
-                         workers=option("workers", 2), epochs=option("epochs", DEFAULT_EPOCHS),
-                         batch_size=option("batch_size", DEFAULT_BATCH_SIZE), seed=option("seed", 0),
-                         momentum=option("momentum", 0.0), weight_decay=option("weight_decay", 0.0),
-                         dtype=option("dtype", "float32"), progress=not option("quiet", False),
-                         backend=option("backend", "shm"), ray_address=option("address", None),
-                         local_steps=option("local_steps", 1))
+    return TorchEngine(args.model, option("policy", "constant"), alpha=option("alpha", None),
+                       workers=option("workers", 2), epochs=option("epochs", DEFAULT_EPOCHS),
+                       batch_size=option("batch_size", DEFAULT_BATCH_SIZE), seed=option("seed", 0),
+                       momentum=option("momentum", 0.0), weight_decay=option("weight_decay", 0.0),
+                       dtype=option("dtype", "float32"), progress=not option("quiet", False),
+                       backend=option("backend", "shm"), ray_address=option("address", None),
+                       local_steps=option("local_steps", 1), **options)
+
+
+def train_images(args, engine: TorchEngine | None = None) -> FitResult:
+    """The CLI hook for ``hogwild-mts train --model {mlp,cnn,lenet} --data {digits,mnist1d,mnist:DIR,...}``.
+
+    Loads ``args.data`` (a line on stderr) and trains ``engine`` (default:
+    :func:`engine_from_args` of ``args``) on it, from the model file ``args.init`` or
+    continuing the checkpoint ``args.resume`` when given (missing: neither); returns the
+    FitResult; prints no summary.
+    """
+    engine = engine_from_args(args) if engine is None else engine
     loading = time.time()
     print(f"loading images {args.data} ...", file=sys.stderr, flush=True)
     dataset = load_images(args.data)
     print(f"  {dataset!r} ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
-    return engine.fit(dataset)
+    return engine.fit(dataset, init=getattr(args, "init", None), resume=getattr(args, "resume", None))

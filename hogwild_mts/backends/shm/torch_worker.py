@@ -150,6 +150,20 @@ def _bind(tensors, flat: np.ndarray, attribute: str, what: str) -> None:
         offset += n
 
 
+def state_dict_from_flat(model, flat: np.ndarray) -> dict:
+    """The ``state_dict`` of ``model`` (copies) with its parameters and shared buffers taken
+    from ``flat`` (parameters in ``model.parameters()`` order, then :func:`shared_buffers`, as
+    a fit's ``params``); other buffers as ``model`` holds them; ``model`` is not changed."""
+    import copy
+
+    model = copy.deepcopy(model)
+    values = np.array(flat, dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    n_params = parameter_count(model)
+    bind_parameters(model, values[:n_params])
+    bind_buffers(model, values[n_params:])
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
 def serialized_factory(factory) -> bytes:
     """``factory`` (any callable: a lambda, a closure, a function defined in a notebook or in
     ``python -c``) serialized with cloudpickle, by value, so that any worker can rebuild it;
@@ -199,6 +213,9 @@ class TorchWorkerSpec:
     momentum: float = 0.0  # torch.optim.SGD's, per worker (private velocity)
     weight_decay: float = 0.0
     views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
+    checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
+    checkpoint_every_updates: int | None = None
+    stamp: bool = True  # torch workers always stamp (worker.Snapshotter reads it)
 
 
 def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
@@ -210,7 +227,8 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     buffer), then :func:`apply_update` (or :func:`apply_momentum_update` with momentum or
     weight decay, on a private velocity).  Every ``policy.refit_every`` own updates the policy
     refits from all histogram rows, as :func:`hogwild_mts.backends.shm.worker.run_worker` does
-    (a :class:`hogwild_mts.backends.shm.worker.Refitter`).
+    (a :class:`hogwild_mts.backends.shm.worker.Refitter`).  Worker 0 of a checkpointed run lets
+    a :class:`hogwild_mts.backends.shm.worker.Snapshotter` snapshot the run before each piece.
     """
     import torch
 
@@ -251,9 +269,12 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     base.map_pages(views, SHARED_READ_FIELDS)
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
+    snapshotter = base.Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
     state = STATE_DONE
     pieces = base.row_pieces(views, spec, worker_id, inputs.shape[0], CLAIM_BATCHES, 1)
     for order, piece_start, piece_stop in pieces:
+        if snapshotter is not None:
+            snapshotter.maybe_take()
         order = torch.from_numpy(order)
         for start in range(piece_start, piece_stop, spec.batch_size):
             if base._stop_requested(flags, spec.parent_pid):
