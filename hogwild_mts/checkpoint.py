@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,7 @@ import numpy as np
 from hogwild_mts import model_file
 from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.files import writable_directory
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.model_file import ModelFileError
 
@@ -112,17 +112,7 @@ def checkpoint_options(backend: str, directory, every_seconds, every_updates) ->
 def prepare_directory(directory: str) -> str:
     """``directory``, created if needed and checked to accept a file (before any work);
     ValueError naming it and why otherwise."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"checkpoint_dir {directory!r} is a file, not a directory")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise ValueError(f"checkpoint_dir {directory!r} cannot be written: "
-                         f"{error.strerror or error}") from None
-    return directory
+    return writable_directory(directory, f"checkpoint_dir {directory!r}")
 
 
 def rows_digest(labels: np.ndarray, indptr: np.ndarray, sample_weight: np.ndarray) -> str:

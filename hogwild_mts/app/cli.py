@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -158,16 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare_out_dir(path: str) -> str:
     """``--out``, checked before any work: an existing or creatable directory that accepts a
     file; ValueError naming it and why otherwise."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out {path!r} is a file, not a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise ValueError(f"--out {path!r} cannot be written: {error.strerror or error}") from None
-    return path
+    from hogwild_mts.core.files import writable_directory
+
+    return writable_directory(path, f"--out {path!r}")
 
 
 def write_outputs(out_dir: str, result, save_model=None, model_files: str = MODEL_FILES) -> dict:

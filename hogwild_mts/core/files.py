@@ -14,6 +14,21 @@ import tempfile
 import numpy as np
 
 
+def writable_directory(path: str, what: str) -> str:
+    """``path``, created if needed and checked to accept a file, before any work; ValueError
+    naming it as ``what`` (e.g. ``--out 'runs/x'``) and why otherwise."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"{what} cannot be written: {error.strerror or error}") from None
+    return path
+
+
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary file of the
     same directory, then a rename; on any error the temporary file is removed and ``path`` is

@@ -38,15 +38,17 @@ def margin(row, weights, intercept):
 def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
                    sample_weight=None, momentum=0.0):
     """One worker's pass over ``order`` in mini-batches with a fixed step ``alpha`` (tau = 0);
-    ``sample_weight[i]`` (default 1) multiplies row i's loss gradient; ``momentum`` > 0: lazy
-    momentum (see :func:`momentum_sgd`).
+    ``sample_weight[i]`` (default 1) multiplies row i's loss gradient.  ``momentum`` 0: each
+    row of a batch moves the weights in turn by ``alpha / B`` times its gradient (the penalty
+    term read from the weights as they are then).  ``momentum`` > 0: per batch, for each
+    coordinate j that some row of the batch stores, ``v_j = momentum * v_j + g_j`` (g the
+    batch's mean gradient, the penalty term taken per storing row at the batch's start) and
+    ``w_j -= alpha * v_j``; other coordinates keep their velocity and weight.
 
     Returns the new (weights, intercept) as a list and a float; inputs are not modified.
     """
-    if momentum:
-        return momentum_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
-                            sample_weight, momentum)
     weights = [float(w) for w in weights]
+    velocity, intercept_velocity = [0.0] * len(weights), 0.0
     all_rows = list(rows(dataset))
     counts = dataset.feature_counts()
     scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
@@ -56,6 +58,19 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
                                        float(dataset.y[i]))
                        * (1.0 if sample_weight is None else float(sample_weight[i]))
                        for i in batch]
+        if momentum:
+            gradient = {}
+            for i, derivative in zip(batch, derivatives):
+                for column, value in all_rows[i]:
+                    term = derivative * value + model.l2 * scale[column] * weights[column]
+                    gradient[column] = gradient.get(column, 0.0) + term / len(batch)
+            for column, g in gradient.items():
+                velocity[column] = momentum * velocity[column] + g
+                weights[column] -= alpha * velocity[column]
+            if model.fit_intercept:
+                intercept_velocity = momentum * intercept_velocity + sum(derivatives) / len(batch)
+                intercept -= alpha * intercept_velocity
+            continue
         step = alpha / len(batch)
         for i, derivative in zip(batch, derivatives):
             for column, value in all_rows[i]:
@@ -78,35 +93,3 @@ def objective(dataset, model, weights, intercept, sample_weight=None):
         correct += weight * ((m >= 0.0) == (label > 0.0))
     penalty = 0.5 * model.l2 * sum(w * w for w in weights)
     return sum(losses) / len(losses) + penalty, correct / sum(row_weights)
-
-
-def momentum_sgd(dataset, model, order, batch_size, alpha, weights, intercept, sample_weight,
-                 momentum):
-    """:func:`sequential_sgd` with a velocity per coordinate: per batch, for each coordinate j
-    that some row of the batch stores, ``v_j = momentum * v_j + g_j`` (g the batch's mean
-    gradient, the penalty term taken per storing row as in the plain loop) and
-    ``w_j -= alpha * v_j``; other coordinates keep their velocity and weight."""
-    weights = [float(w) for w in weights]
-    velocity = [0.0] * len(weights)
-    intercept_velocity = 0.0
-    all_rows = list(rows(dataset))
-    counts = dataset.feature_counts()
-    scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
-    for start in range(0, len(order), batch_size):
-        batch = [int(i) for i in order[start:start + batch_size]]
-        derivatives = [loss_derivative(model.name, margin(all_rows[i], weights, intercept),
-                                       float(dataset.y[i]))
-                       * (1.0 if sample_weight is None else float(sample_weight[i]))
-                       for i in batch]
-        gradient = {}
-        for i, derivative in zip(batch, derivatives):
-            for column, value in all_rows[i]:
-                term = derivative * value + model.l2 * scale[column] * weights[column]
-                gradient[column] = gradient.get(column, 0.0) + term / len(batch)
-        for column, g in gradient.items():
-            velocity[column] = momentum * velocity[column] + g
-            weights[column] -= alpha * velocity[column]
-        if model.fit_intercept:
-            intercept_velocity = momentum * intercept_velocity + sum(derivatives) / len(batch)
-            intercept -= alpha * intercept_velocity
-    return weights, intercept
