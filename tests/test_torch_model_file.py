@@ -8,6 +8,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +27,7 @@ from hogwild_mts.data.images import load_images
 from hogwild_mts.engines import networks
 from hogwild_mts.model_file import ModelFileError
 from hogwild_mts.models.nets import build_network
-from tests.helpers import shared_blocks
+from tests.helpers import WAIT_SECONDS, live_children, shared_blocks
 
 OPTIONS = dict(workers=1, epochs=3, progress=False, eval_every=100)
 
@@ -197,6 +200,29 @@ def test_several_workers_with_momentum_and_buffers_resume_hogwild_style(digits, 
     total = total_updates(digits.n_train, 2, 2, networks.DEFAULT_BATCH_SIZE)
     assert resumed.counter == resumed.updates >= total  # pieces running at the snapshot run again
     assert resumed.final_accuracy > 0.5 and not shared_blocks()
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resumes(digits, tmp_path):
+    directory = tmp_path / "ckpt"
+
+    def interrupt_once_a_checkpoint_is_written():
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not (directory / "model.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_a_checkpoint_is_written, daemon=True).start()
+    options = dict(OPTIONS, epochs=60)
+    stopped = TorchEngine("mlp", checkpoint_dir=directory, checkpoint_every_updates=50,
+                          **options).fit(digits)
+    assert stopped.interrupted and not shared_blocks() and not live_children()
+    document = json.loads((directory / "model.json").read_text())
+    assert document["run"]["updates"] == document["counter"] == stopped.updates  # the stop state
+    assert not document["run"]["finished"]
+    resumed = TorchEngine("mlp", **options).fit(digits, resume=directory)
+    assert resumed.history["updates"][0] == stopped.updates
+    assert resumed.updates == resumed.counter == total_updates(digits.n_train, 1, 60, 16)
+    assert resumed.samples == 60 * digits.n_train  # no batch twice, none left out
 
 
 @pytest.fixture

@@ -228,7 +228,9 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     weight decay, on a private velocity).  Every ``policy.refit_every`` own updates the policy
     refits from all histogram rows, as :func:`hogwild_mts.backends.shm.worker.run_worker` does
     (a :class:`hogwild_mts.backends.shm.worker.Refitter`).  Worker 0 of a checkpointed run lets
-    a :class:`hogwild_mts.backends.shm.worker.Snapshotter` snapshot the run before each piece.
+    a :class:`hogwild_mts.backends.shm.worker.Snapshotter` snapshot the run before each piece;
+    the worker's position moves past each batch it has applied, so a run stopped between two
+    batches of a piece resumes from the next batch.
     """
     import torch
 
@@ -251,6 +253,9 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     batch_inputs = torch.empty((spec.batch_size,) + tuple(inputs.shape[1:]), dtype=inputs.dtype)
     batch_targets = torch.empty((spec.batch_size,) + tuple(targets.shape[1:]), dtype=targets.dtype)
     hist_row = hist_rows[worker_id]
+    # A checkpointed run: the first batch of this worker's claim not yet done (worker.claimed_pieces
+    # sets it per piece; a stop can come between two batches of a piece, so it moves per batch).
+    position = views["positions"][worker_id] if "positions" in views else None
 
     def gather(rows):
         """The inputs and targets of ``rows`` (int64 tensor), copied into the reused batch buffers."""
@@ -294,6 +299,8 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
             else:
                 apply_update(params, gradient, counter, t_read, refitter.table, hist_row, stats,
                              rows.shape[0])
+            if position is not None:
+                position[0] += 1
             refitter.maybe_refit(stats, hist_rows)
         else:
             continue
