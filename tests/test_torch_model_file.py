@@ -315,3 +315,22 @@ def test_cli_checkpoints_init_and_resume(digits, tmp_path, monkeypatch, capsys):
     assert main(TRAIN + ["--init", str(out), "--epochs", "1"]) == 0
     assert main(TRAIN + ["--init", str(out), "--resume", middle]) == EXIT_BAD_INPUT
     assert "give --init or --resume, not both" in capsys.readouterr().err
+
+
+def test_cli_predicts_the_values_of_a_regression_network(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6)).astype(np.float32)
+    y = np.stack([X[:, 0] - X[:, 1], X[:, 2]], axis=1).astype(np.float32)
+    engine = TorchEngine("mlp", loss="mse", workers=1, epochs=2, progress=False)
+    result = engine.fit(X, y)
+    engine.save(result, tmp_path / "model")
+    np.savez(tmp_path / "rows.npz", X=X, y=y)
+    assert main(["predict", str(tmp_path / "model"), "--data", str(tmp_path / "rows.npz")]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.reader(captured.out.splitlines()))
+    assert rows[0] == ["prediction_0", "prediction_1"] and len(rows) == 201
+    with torch.no_grad():
+        expected = load_network(tmp_path / "model")(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(np.array(rows[1:], dtype=np.float64), expected, rtol=1e-6)
+    error = float(captured.err.split("score on rows.npz: ")[1].split()[0])
+    assert error == pytest.approx(result.final_loss, rel=1e-4)  # evaluated on the training rows

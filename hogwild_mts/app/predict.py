@@ -124,7 +124,8 @@ def network_rows(spec: str, input_shape: tuple):
         from hogwild_mts.data.images import load_images
 
         dataset = load_images(spec)
-        inputs, targets, name = dataset.test_inputs, dataset.test_targets, f"{dataset.name} ({dataset.evaluated_on})"
+        inputs, targets = dataset.test_inputs, dataset.test_targets
+        name = f"{dataset.name} ({dataset.evaluated_on})"
     if tuple(inputs.shape[1:]) != tuple(input_shape):
         raise ValueError(f"--data {spec}: rows of shape {tuple(inputs.shape[1:])}; the network "
                          f"takes rows of shape {tuple(input_shape)}")

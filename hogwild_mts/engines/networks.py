@@ -426,7 +426,7 @@ class _NetworkRun:
             else:
                 raise TypeError(f"init must be a model file path or a state_dict, got {type(init).__name__}")
         elif init_params is not None:
-            load_state(network, state_dict_from_flat(network, _flat_values(init_params, network)),
+            load_state(network, state_dict_from_flat(network, _checked_init_params(init_params, network)),
                        "init_params")
         if resume is None and engine.checkpoints is None:
             return
@@ -513,7 +513,7 @@ def _run_state(path: str, document: dict, network) -> RunState:
         generator = np.array(run["order_generator"], dtype=np.uint64)
         if generator.shape != (worker.GENERATOR_WORDS,):
             raise ValueError(f"order_generator must hold {worker.GENERATOR_WORDS} words")
-        state = RunState(params=_flat_values(None, network), counter=int(document["counter"]),
+        state = RunState(params=_network_values(network), counter=int(document["counter"]),
                          histogram=histogram, updates=int(run["updates"]), samples=int(run["samples"]),
                          max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
                          position=int(run["position"]), order_generator=generator,
@@ -525,17 +525,20 @@ def _run_state(path: str, document: dict, network) -> RunState:
     return state
 
 
-def _flat_values(values, network) -> np.ndarray:
-    """``values`` (a fit's ``params``: the parameters, then the shared buffers) checked against
-    ``network`` as float64, or (None) the network's own; ValueError naming the shape or the
-    first bad entry."""
+def _network_values(network) -> np.ndarray:
+    """``network``'s parameters, then its shared buffers, as one float64 vector (a fit's ``params``)."""
+    n_params = parameter_count(network)
+    flat = np.empty(n_params + buffer_count(network), dtype=np.float64)
+    flatten_parameters(network, flat[:n_params])
+    flatten_buffers(network, flat[n_params:])
+    return flat
+
+
+def _checked_init_params(init_params, network) -> np.ndarray:
+    """``init_params`` (a fit's ``params``) as float64, checked to hold ``network``'s values;
+    ValueError naming the shape or the first bad entry."""
     n_params, n_values = parameter_count(network), parameter_count(network) + buffer_count(network)
-    if values is None:
-        flat = np.empty(n_values, dtype=np.float64)
-        flatten_parameters(network, flat[:n_params])
-        flatten_buffers(network, flat[n_params:])
-        return flat
-    flat = np.asarray(values, dtype=np.float64)
+    flat = np.asarray(init_params, dtype=np.float64)
     if flat.shape != (n_values,):
         raise ValueError(f"init_params must have shape ({n_values},) (the {n_params} parameters, "
                          f"then {n_values - n_params} shared buffer values), got {flat.shape}")
@@ -552,7 +555,8 @@ def load_state(network, state_dict: dict, where: str) -> None:
     import torch
 
     for name, tensor in state_dict.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        floating = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+        if floating and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{where}: {name} holds NaN or infinite values")
     try:
         network.load_state_dict(state_dict)
@@ -584,7 +588,8 @@ def saved_network(document: dict, state_dict: dict, factory=None, where: str = "
     described = document["network"]
     input_shape, outputs, name = tuple(described["input_shape"]), described["outputs"], described.get("name")
     if document.get("dtype") not in PARAM_DTYPES:
-        raise ModelFileError(f"{where}: dtype {document.get('dtype')!r}; expected one of {list(PARAM_DTYPES)}")
+        raise ModelFileError(f"{where}: dtype {document.get('dtype')!r}; expected one of "
+                             f"{list(PARAM_DTYPES)}")
     if isinstance(factory, torch.nn.Module):
         network = factory
     elif factory is not None:
