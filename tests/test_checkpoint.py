@@ -148,10 +148,13 @@ def test_several_workers_resume_hogwild_style(data, written, tmp_path):
     total = total_updates(data.n_samples, 2, 40, 1)
     engine(checkpoint_dir=tmp_path / "ckpt", checkpoint_every_updates=total // 4, **options).fit(data)
     path, state = next((path, state) for path, state in written if not state.finished)
-    assert 0 < state.position < total and state.counter == int(state.histogram.sum())
+    # the position is the first batch not surely done: a worker slowed by the OS may still hold
+    # an early claim, so it can be anywhere up to the updates counted
+    assert 0 <= state.position <= state.updates < total
+    assert state.counter == int(state.histogram.sum())
     resumed = engine(**options).fit(data, resume=path)
-    # pieces other workers were running at the snapshot run again: at most one claim each
-    assert total <= resumed.updates <= total + 2 * linear_engine.CHUNK_UPDATES
+    # the batches from the position on run once more (pieces in flight at the snapshot again)
+    assert resumed.updates == state.updates + total - state.position >= total
     assert resumed.counter == resumed.updates == int(resumed.staleness_histogram.sum())
     assert resumed.history["updates"][0] == state.updates
     assert resumed.final_loss < resumed.history["loss"][0]
