@@ -109,7 +109,7 @@ def network_rows(spec: str, input_shape: tuple):
     """(inputs, targets or None, name) of ``--data`` for a network: an .npz with ``X`` (and
     optionally ``y``), or an image set's test split; ValueError naming the data and the shapes
     when its rows are not of ``input_shape``."""
-    if spec.endswith(".npz") and os.path.isfile(spec):
+    if spec.endswith(".npz"):
         try:
             with np.load(spec, allow_pickle=False) as archive:
                 if "X" not in archive.files:
@@ -123,7 +123,12 @@ def network_rows(spec: str, input_shape: tuple):
     else:
         from hogwild_mts.data.images import load_images
 
-        dataset = load_images(spec)
+        from hogwild_mts.data.tabular import DataError
+
+        try:
+            dataset = load_images(spec)
+        except DataError as error:
+            raise DataError(f"{error}; or, for a network, an .npz with an array X") from None
         inputs, targets = dataset.test_inputs, dataset.test_targets
         name = f"{dataset.name} ({dataset.evaluated_on})"
     if tuple(inputs.shape[1:]) != tuple(input_shape):
