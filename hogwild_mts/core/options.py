@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 
 def check_int(name: str, value, minimum: int, error: type = ValueError) -> int:
     """``value`` as int, unless it is not an integer >= ``minimum`` (bool is not an integer)."""
@@ -58,3 +60,16 @@ def check_choice(name: str, value, choices, error: type = ValueError):
     if not isinstance(value, str) or value not in choices:
         raise error(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_finite_vector(name: str, values, size: int, layout: str) -> np.ndarray:
+    """``values`` as a float64 vector of ``size`` finite numbers; ValueError naming the shape
+    (``layout`` says what the entries are, e.g. "the weights, then the intercept if fitted")
+    or the first entry that is NaN or infinite otherwise."""
+    vector = np.asarray(values, dtype=np.float64)
+    if vector.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},) ({layout}), got {vector.shape}")
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] = {float(vector[bad[0]])!r}; every entry must be finite")
+    return vector

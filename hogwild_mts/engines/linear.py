@@ -22,7 +22,7 @@ from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS, ray_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
-from hogwild_mts.core.options import check_choice, check_probability
+from hogwild_mts.core.options import check_choice, check_finite_vector, check_probability
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.models.linear import LinearModel
@@ -357,14 +357,8 @@ def check_init_params(init_params, n_params: int) -> np.ndarray | None:
     ValueError naming the shape or the first bad entry otherwise."""
     if init_params is None:
         return None
-    params = np.asarray(init_params, dtype=np.float64)
-    if params.shape != (n_params,):
-        raise ValueError(f"init_params must have shape ({n_params},) (the weights, then the "
-                         f"intercept if fitted), got {params.shape}")
-    bad = np.flatnonzero(~np.isfinite(params))
-    if bad.size:
-        raise ValueError(f"init_params[{bad[0]}] = {float(params[bad[0]])!r}; every entry must be finite")
-    return params
+    return check_finite_vector("init_params", init_params, n_params,
+                               "the weights, then the intercept if fitted")
 
 
 def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:

@@ -31,7 +31,8 @@ from hogwild_mts.checkpoint import RunState, checkpoint_options, policy_spec, pr
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import strict_json
-from hogwild_mts.core.options import check_choice, check_nonnegative, check_probability
+from hogwild_mts.core.options import (check_choice, check_finite_vector, check_nonnegative,
+                                      check_probability)
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
 from hogwild_mts.backends.shm import torch_worker
@@ -537,15 +538,9 @@ def _network_values(network) -> np.ndarray:
 def _checked_init_params(init_params, network) -> np.ndarray:
     """``init_params`` (a fit's ``params``) as float64, checked to hold ``network``'s values;
     ValueError naming the shape or the first bad entry."""
-    n_params, n_values = parameter_count(network), parameter_count(network) + buffer_count(network)
-    flat = np.asarray(init_params, dtype=np.float64)
-    if flat.shape != (n_values,):
-        raise ValueError(f"init_params must have shape ({n_values},) (the {n_params} parameters, "
-                         f"then {n_values - n_params} shared buffer values), got {flat.shape}")
-    bad = np.flatnonzero(~np.isfinite(flat))
-    if bad.size:
-        raise ValueError(f"init_params[{bad[0]}] = {float(flat[bad[0]])!r}; every entry must be finite")
-    return flat
+    n_params, n_buffer_values = parameter_count(network), buffer_count(network)
+    return check_finite_vector("init_params", init_params, n_params + n_buffer_values,
+                               f"the {n_params} parameters, then {n_buffer_values} shared buffer values")
 
 
 def load_state(network, state_dict: dict, where: str) -> None:
