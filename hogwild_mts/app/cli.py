@@ -105,8 +105,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-steps", type=int, default=1,
                         help="with --backend ray: mini-batches a worker runs between pushes (default 1)")
     parser.add_argument("--max-worker-restarts", type=int, default=None,
-                        help="with --backend ray, linear models: times a dead worker actor is "
-                             "re-created before the run goes on without it (default 2)")
+                        help="with --backend ray: times a dead worker actor is re-created before "
+                             "the run goes on without it (default 2)")
     parser.add_argument("--shm-dir", metavar="DIR",
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
@@ -260,8 +260,6 @@ def train_network(args):
 
     if args.init is not None and args.resume is not None:
         raise ValueError("give --init or --resume, not both")
-    if args.max_worker_restarts is not None:
-        raise ValueError("--max-worker-restarts applies to linear models on --backend ray")
     if args.data is None:
         args.data = "digits"
     if args.alpha is None:
@@ -269,7 +267,7 @@ def train_network(args):
     _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
-    engine = torch_engine.engine_from_args(args, **_checkpoint_options(args))
+    engine = torch_engine.engine_from_args(args, **_restart_options(args), **_checkpoint_options(args))
     result = torch_engine.train_images(args, engine)
     return result, functools.partial(engine.save, result)
 

@@ -11,16 +11,15 @@ import time
 
 import numpy as np
 
-from hogwild_mts.checkpoint import (RunState, check_resume, check_unfinished, checkpoint_options,
-                                    prepare_directory, read_checkpoint, rows_digest, run_settings,
-                                    write_checkpoint)
+from hogwild_mts.checkpoint import (RunState, check_resume, check_unfinished, prepare_directory,
+                                    read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.backends.shm import kernels, worker
-from hogwild_mts.backends.shm.backend import (START_METHODS, CheckpointWriter, ShmBackend,
-                                             control_layout, default_start_method, restore_state,
-                                             start_processes, worker_times)
-from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS, ray_options
+from hogwild_mts.backends.shm.backend import (CheckpointWriter, ShmBackend, control_layout,
+                                             restore_state, start_processes, worker_times)
+from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
+from hogwild_mts.engines.options import process_options
 from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.core import lifecycle
+from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.options import check_choice, check_finite_vector, check_probability
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
@@ -93,20 +92,12 @@ class Engine:
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
         self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
-        self.start_method = check_choice("start_method", start_method or default_start_method(),
-                                         START_METHODS)
-        self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
-        self.backend = backend
-        self.checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
-                                                         checkpoint_every_updates)
-        if self.checkpoints is not None and self.split != "dynamic":
-            raise ValueError("checkpoints need split='dynamic' (with one worker both splits train "
-                             f"the same rows in the same order), got split={self.split!r}")
-        self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
-                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                       checkpoint_dir=checkpoint_dir,
-                                       max_worker_restarts=max_worker_restarts)
+        vars(self).update(process_options(
+            start_method=start_method, split=split, backend=backend, ray_address=ray_address,
+            local_steps=local_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+            checkpoint_dir=checkpoint_dir, checkpoint_every_updates=checkpoint_every_updates,
+            max_worker_restarts=max_worker_restarts))
         if self.ray_options is not None and self.momentum:
             raise ValueError(f"momentum={self.momentum} applies to backend='shm'; backend='ray' "
                              f"workers take plain SGD steps between pushes")
@@ -234,11 +225,14 @@ class Engine:
         if start_params is not None:
             block.views["params"][:] = start_params
         spec = self._spec(block, dataset)
-        if run.resumed is not None:
-            restore_state(block.views, spec, run.resumed)
-        else:
-            worker.prepare_schedule(block.views, spec)
-        self._warm_up(block.views, spec)
+        # numba compiles or loads kernels here; a stop signal waits until it is done (one that
+        # lands inside numba's cache callback is printed as an ignored exception, not raised)
+        with signals.blocked():
+            if run.resumed is not None:
+                restore_state(block.views, spec, run.resumed)
+            else:
+                worker.prepare_schedule(block.views, spec)
+            self._warm_up(block.views, spec)
 
         def launch(views, processes):
             """One thread of this process when workers == 1, else processes."""

@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.ray.options import ray_options
+from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
 from hogwild_mts.backends.shm import worker
-from hogwild_mts.backends.shm.backend import (START_METHODS, CheckpointWriter, ShmBackend,
-                                             control_layout, default_start_method, restore_state,
-                                             start_processes, worker_times)
+from hogwild_mts.backends.shm.backend import (CheckpointWriter, ShmBackend, control_layout,
+                                             restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.checkpoint import RunState, checkpoint_options, policy_spec, prepare_directory
-from hogwild_mts.core import lifecycle
+from hogwild_mts.checkpoint import RunState, policy_spec, prepare_directory
+from hogwild_mts.engines.options import process_options
+from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import strict_json
 from hogwild_mts.core.options import (check_choice, check_finite_vector, check_nonnegative,
@@ -84,8 +84,8 @@ class TorchEngine:
     ``checkpoint_every_updates`` updates (neither: every 60 s), and when the run ends or is
     stopped; it needs ``split="dynamic"``.  :meth:`save` writes a fit's network as a model file,
     :func:`load_network` reads one.
-    ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint`` and ``checkpoint_every``
-    as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
+    ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint``, ``checkpoint_every``
+    and ``max_worker_restarts`` as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
     weight decay or buffers, and takes no ``checkpoint_dir``.
     """
 
@@ -98,7 +98,8 @@ class TorchEngine:
                  start_method: str | None = None, split: str = "dynamic",
                  backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
                  checkpoint=None, checkpoint_every: float | None = None, checkpoint_dir=None,
-                 checkpoint_every_updates: int | None = None):
+                 checkpoint_every_updates: int | None = None,
+                 max_worker_restarts: int = MAX_WORKER_RESTARTS):
         from hogwild_mts.models.nets import NETWORKS
 
         if isinstance(model, str):
@@ -120,21 +121,15 @@ class TorchEngine:
         self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
-        self.start_method = check_choice("start_method", start_method or default_start_method(),
-                                         START_METHODS)
-        self.split = check_choice("split", split, worker.SPLITS)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
-        self.backend = backend
         if backend == "ray" and checkpoint_dir is not None:
             raise ValueError("checkpoint_dir applies to backend='shm' for networks; with "
                              "backend='ray' pass checkpoint=f(engine, params, version, histogram)")
-        self.checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
-                                              checkpoint_every_updates)
-        if self.checkpoints is not None and self.split != "dynamic":
-            raise ValueError("checkpoints need split='dynamic' (with one worker both splits train "
-                             f"the same rows in the same order), got split={self.split!r}")
-        self.ray_options = ray_options(backend, address=ray_address, local_steps=local_steps,
-                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        vars(self).update(process_options(
+            start_method=start_method, split=split, backend=backend, ray_address=ray_address,
+            local_steps=local_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+            checkpoint_dir=checkpoint_dir, checkpoint_every_updates=checkpoint_every_updates,
+            max_worker_restarts=max_worker_restarts))
         if self.ray_options is not None:
             unsupported = [f"{name}={value!r}" for name, value, default in (
                 ("loss", self.loss, "cross_entropy"), ("momentum", self.momentum, 0.0),
@@ -293,12 +288,13 @@ class TorchEngine:
         evaluated = np.empty_like(views["params"])
         bind_parameters(network, evaluated[:n_params])  # the parent scores copies of the block
         bind_buffers(network, evaluated[n_params:])
-        warm_up_kernels(views["params"].dtype)
         spec = self._spec(block, dataset, n_params)
-        if run.resumed is not None:
-            restore_state(views, spec, run.resumed)
-        else:
-            worker.prepare_schedule(views, spec)
+        with signals.blocked():  # numba compiles or loads kernels: see the linear engine
+            warm_up_kernels(views["params"].dtype)
+            if run.resumed is not None:
+                restore_state(views, spec, run.resumed)
+            else:
+                worker.prepare_schedule(views, spec)
 
         def launch(views, processes):
             if self.start_method == "fork":
