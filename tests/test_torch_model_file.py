@@ -185,8 +185,8 @@ def test_a_checkpoint_resumes_the_remaining_batches_with_the_counter_going_on(di
     assert resumed.history["updates"][0] == state.updates
     assert resumed.updates == resumed.counter == total == int(resumed.staleness_histogram.sum())
     assert resumed.samples == uninterrupted.samples
-    # one worker, no momentum: the same batches in the same order (bit for bit in practice)
-    np.testing.assert_allclose(resumed.params, uninterrupted.params, rtol=0, atol=1e-5)
+    # one worker, no momentum: the same batches in the same order, bit for bit
+    np.testing.assert_array_equal(resumed.params, uninterrupted.params)
 
 
 def test_several_workers_with_momentum_and_buffers_resume_hogwild_style(digits, monkeypatch, tmp_path):
