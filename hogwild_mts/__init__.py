@@ -22,6 +22,8 @@ _EXPORTS = {
     "as_dataset": "hogwild_mts.data.tabular",
     "load_data": "hogwild_mts.data.tabular",
     "load_images": "hogwild_mts.data.images",
+    "ArrayDataset": "hogwild_mts.data.images",
+    "array_dataset": "hogwild_mts.data.images",
     "make_policy": "hogwild_mts.policies",
     "Policy": "hogwild_mts.policies",
     "LinearModel": "hogwild_mts.models.linear",
