@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import warnings
 import time
 
 import numpy as np
@@ -134,26 +135,42 @@ class CheckpointWriter:
 
     def __init__(self, views: dict, spec, write):
         self.views, self.spec, self._write = views, spec, write
+        self._write_failed = False
         self.total_batches = worker.total_updates(views["orders"].shape[1], spec.workers,
                                                   spec.epochs, spec.batch_size)
 
     def poll(self) -> None:
-        """Write the snapshot worker 0 took, if it has not been written yet."""
+        """Write the snapshot worker 0 took, if it has not been written yet -- unless its
+        parameters are not finite (a diverging run: the last good checkpoint stays).  A write
+        that fails (a full disk) is a RuntimeWarning, once: training goes on, and the previous
+        checkpoint is still whole."""
         words = self.views["snapshot_words"]
         taken = int(kernels.load_word(words, worker.SNAP_TAKEN))
         if taken <= words[worker.SNAP_WRITTEN]:
             return
+        params = self.views["snapshot_params"].astype(np.float64)
+        if np.isfinite(params).all():
+            try:
+                self._write(self._snapshot_state(words, params))
+            except OSError as error:
+                if not self._write_failed:
+                    warnings.warn(f"{error}; training goes on, the previous checkpoint stays",
+                                  RuntimeWarning, stacklevel=2)
+                self._write_failed = True
+        kernels.store_word(words, worker.SNAP_WRITTEN, taken)
+
+    def _snapshot_state(self, words, params: np.ndarray) -> RunState:
+        """The RunState of the snapshot fields worker 0 filled."""
         position = int(words[worker.SNAP_POSITION])
-        self._write(RunState(
-            params=self.views["snapshot_params"].astype(np.float64),
+        return RunState(
+            params=params,
             counter=int(words[worker.SNAP_COUNTER]), histogram=self.views["snapshot_hist"].copy(),
             updates=int(words[worker.SNAP_UPDATES]), samples=int(words[worker.SNAP_SAMPLES]),
             max_staleness=int(words[worker.SNAP_MAX_TAU]), refits=int(words[worker.SNAP_REFITS]),
             position=position, finished=position >= self.total_batches,
             order_generator=words.view(np.uint64)[worker.SNAP_GENERATOR:
                                                   worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy(),
-            velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None))
-        kernels.store_word(words, worker.SNAP_WRITTEN, taken)
+            velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None)
 
     def final(self) -> None:
         """Write the state the workers left (call after they have all stopped)."""
