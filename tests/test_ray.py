@@ -24,6 +24,10 @@ from hogwild_mts.data.tabular import (DataError, load_data, read_file_part, synt
                                       synthetic_sparse)
 from tests.helpers import WAIT_SECONDS
 
+# Ray starts its processes and actors in tens of seconds on a busy 2-core machine: a Ray test
+# fails after 300 s instead of the suite's 120 s (still a bound on a hang).
+pytestmark = pytest.mark.timeout(300)
+
 RAY_CPUS = 2
 ACTOR_CLASSES = ("ParameterServer", "LinearWorker", "TorchWorker")
 POLL_SECONDS = 0.01
@@ -348,13 +352,17 @@ def test_the_command_line_trains_on_ray_from_a_file_the_workers_read(data_files,
     from hogwild_mts.app.cli import main
 
     out = tmp_path / "out"
-    assert main(["train", "--backend", "ray", "--data", str(data_files / "csr.npz"), "--workers",
-                 "2", "--epochs", "1", "--local-steps", "4", "--max-worker-restarts", "1",
-                 "--quiet", "--out", str(out)]) == 0
+    arguments = ["train", "--backend", "ray", "--data", str(data_files / "csr.npz"), "--workers",
+                 "2", "--local-steps", "4", "--quiet", "--out", str(out)]
+    assert main(arguments + ["--epochs", "1", "--max-worker-restarts", "1",
+                             "--checkpoint-every", "60s"]) == 0
     printed = capsys.readouterr()
     assert "each Ray worker reads its own part" in printed.err and "4,000 rows" in printed.err
     model = load(str(out))
     assert model.classes_.tolist() == [-1.0, 1.0] and model.coef_.shape == (1, 500)
+    # a resume loads the file here (its rows are checked against the checkpoint): one more epoch
+    assert main(arguments + ["--epochs", "2", "--resume", str(out / "checkpoint")]) == 0
+    assert "each Ray worker reads its own part" not in capsys.readouterr().err
     assert_nothing_left()
 
 

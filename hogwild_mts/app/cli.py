@@ -292,7 +292,9 @@ def train_linear(args):
                     momentum=args.momentum, progress=not args.quiet, **_backend_options(args),
                     **_restart_options(args), **_checkpoint_options(args))
     start = _initial_model(args.init, model) if args.init else None
-    if args.backend == "ray" and not args.data.startswith("synthetic-"):
+    # a data file on Ray is read by the workers; a resume checks the rows against the
+    # checkpoint's digest, so it loads the file here
+    if args.backend == "ray" and not args.data.startswith("synthetic-") and args.resume is None:
         return _train_linear_from_file(args, engine, model, policy, start)
     loading = time.time()
     print(f"loading data {args.data} ...", file=sys.stderr, flush=True)
