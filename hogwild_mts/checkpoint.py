@@ -44,13 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hogwild_mts import model_file
+from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS
 from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import writable_directory
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.model_file import ModelFileError
 
-DEFAULT_EVERY_SECONDS = 60.0
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
@@ -86,8 +86,9 @@ class RunState:
 def checkpoint_options(backend: str, directory, every_seconds, every_updates) -> CheckpointOptions | None:
     """The shared-memory checkpoint options (None without ``directory``, and for Ray, whose
     checkpoints :func:`hogwild_mts.backends.ray.options.ray_options` sets up).  Without
-    ``every_seconds`` and ``every_updates`` a checkpoint is written every DEFAULT_EVERY_SECONDS;
-    ValueError naming the value for a bad option, or one given without ``checkpoint_dir``."""
+    ``every_seconds`` and ``every_updates`` a checkpoint is written every
+    DEFAULT_CHECKPOINT_SECONDS; ValueError naming the value for a bad option, or one given
+    without ``checkpoint_dir``."""
     if every_updates is not None:
         every_updates = check_int("checkpoint_every_updates", every_updates, 1)
         if backend == "ray":
@@ -105,7 +106,7 @@ def checkpoint_options(backend: str, directory, every_seconds, every_updates) ->
     if backend == "ray":
         return None
     if every_seconds is None and every_updates is None:
-        every_seconds = DEFAULT_EVERY_SECONDS
+        every_seconds = DEFAULT_CHECKPOINT_SECONDS
     return CheckpointOptions(os.fspath(directory), every_seconds, every_updates)
 
 

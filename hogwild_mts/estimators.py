@@ -148,6 +148,11 @@ class _HogwildLinear(BaseEstimator):
         train, held_out = self._split_validation(X, y)
         weights = (None, None) if sample_weight is None else (sample_weight[train],
                                                               sample_weight[held_out])
+        for rows, part in zip(weights, ("training", "validation")):
+            if rows is not None and not rows.any():
+                raise ValueError(f"early stopping: every row of the {part} split (seed "
+                                 f"{self.seed}, validation_fraction {self.validation_fraction}) "
+                                 "has sample_weight 0; at least one must carry weight")
         X_val, y_val, weight_val = X[held_out], y[held_out], weights[1]
         X, targets, sample_weight = X[train], self._targets(y[train]), weights[0]
         best_score, best_params, stale_epochs, results = -np.inf, init, 0, []
@@ -347,8 +352,8 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
         X, y = self._validate_xy(X, y, reset=first)
         init = None if first else self._current()
         epoch = 0 if first else self.n_iter_
-        params, results = self._train_problems(X, [y], self._sample_weight(sample_weight, X), init,
-                                               epoch, 1)
+        params, results = self._train_problems(X, self._targets(y),
+                                               self._sample_weight(sample_weight, X), init, epoch, 1)
         self._set_params(params, ([] if first else self.fit_results_) + results, epoch + 1)
         return self
 

@@ -125,6 +125,16 @@ def test_sample_weight_unit_weights_change_nothing_and_weights_steer_the_fit():
     assert clf.n_iter_ == 6
 
 
+def test_early_stopping_refuses_a_split_without_weight(iris):
+    X, y = iris
+    model = HogwildClassifier(early_stopping=True, validation_fraction=0.2, epochs=2)
+    train, held_out = model._split_validation(X, y)
+    weights = np.ones(len(y))
+    weights[held_out] = 0.0
+    with pytest.raises(ValueError, match="every row of the validation split .* has sample_weight 0"):
+        model.fit(X, y, sample_weight=weights)
+
+
 @pytest.mark.parametrize("weights,message", [
     (np.ones(3), r"sample_weight must have one entry per row, shape \(150,\)"),
     (np.r_[np.ones(149), -1.0], r"sample_weight\[149\] = -1\.0; every weight must be finite and >= 0"),

@@ -280,7 +280,8 @@ def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple:
         targets = engine.model.check_labels(labels)
     except ValueError as error:
         raise DataError(f"{path}: {error}") from None
-    label_map = (None, None) if targets is labels else (labels, targets)
+    # classifiers' labels map to -1/+1 in the workers; a regressor's targets stay as they are
+    label_map = (labels, targets) if engine.model.classifier else (None, None)
     dense = reports[0].dense  # the parts of one file share its layout
     feature_scale = np.zeros(n_features)
     if engine.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty

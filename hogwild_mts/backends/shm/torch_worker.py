@@ -246,7 +246,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     inputs, targets = torch.from_numpy(views["inputs"]), torch.from_numpy(views["targets"])
     input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # inputs are float32
     with_momentum = spec.momentum != 0 or spec.weight_decay != 0
-    velocity = np.zeros_like(params)
+    velocity = np.zeros_like(params) if with_momentum else None  # private to this worker
     momentum, weight_decay = params.dtype.type(spec.momentum), params.dtype.type(spec.weight_decay)
 
     refitter = base.Refitter(spec.policy, spec.workers, params.dtype)
