@@ -370,9 +370,12 @@ def test_ray_checkpoints_and_resumes_from_the_parameters(tmp_path):
         assert document["counter"] == first.counter and document["run"]["settings"]["backend"] == "ray"
         with pytest.raises(ValueError, match="pushes covered all 2 epochs"):
             engine(**options).fit(data, resume=tmp_path / "ckpt")
-        resumed = engine(**(options | dict(epochs=3))).fit(data, resume=tmp_path / "ckpt")  # one more epoch
+        resumed = engine(checkpoint_dir=tmp_path / "again", **(options | dict(epochs=3))).fit(
+            data, resume=tmp_path / "ckpt")  # one more epoch
         assert resumed.history["loss"][0] == pytest.approx(first.final_loss)
         assert resumed.updates == total_updates(data.n_samples, 2, 1, 1, "static")
+        with pytest.raises(ValueError, match="pushes covered all 3 epochs"):  # it counts both parts
+            engine(**(options | dict(epochs=3))).fit(data, resume=tmp_path / "again")
         with pytest.raises(ValueError, match="holds no shared-memory run state"):
             engine().fit(data, resume=tmp_path / "ckpt")
     finally:

@@ -314,10 +314,17 @@ class _CheckpointedRun:
         return self.engine.epochs - self.resumed.samples // self.n_samples
 
     def remaining_on_ray(self) -> Engine:
-        """A copy of the engine that runs the remaining epochs (Ray)."""
+        """A copy of the engine that runs the remaining epochs (Ray); its model-file checkpoints
+        count the rows done before and keep the whole run's epochs."""
+        from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint
+
         engine = copy.copy(self.engine)
         engine.options = dataclasses.replace(engine.options, epochs=self.remaining_epochs())
         engine.epochs = engine.options.epochs
+        written = engine.ray_options.checkpoint
+        if isinstance(written, ModelFileCheckpoint):
+            engine.ray_options = dataclasses.replace(engine.ray_options, checkpoint=ModelFileCheckpoint(
+                written.path, samples_before=self.resumed.samples, epochs=self.engine.epochs))
         return engine
 
 

@@ -21,21 +21,27 @@ class ModelFileCheckpoint:
     :class:`hogwild_mts.engines.linear.Engine`: ``params`` the server's flat vector (weights,
     then the intercept if fitted), ``version`` its pushes, ``histogram`` its tau counts.  The
     run state records ``samples`` as pushes x ``local_steps`` x ``batch_size`` (an upper bound:
-    a worker's last push of an epoch may hold fewer rows) and no batch position."""
+    a worker's last push of an epoch may hold fewer rows) and no batch position.  A resumed run
+    writes with ``samples_before``, the rows its earlier part did, and ``epochs``, the whole
+    run's (its engine runs only the remaining ones), so that resuming it again goes on from
+    where it stopped."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, samples_before: int = 0, epochs: int | None = None):
         self.path = str(path)
+        self.samples_before, self.epochs = int(samples_before), epochs
 
     def __call__(self, engine, params: np.ndarray, version: int, histogram: np.ndarray) -> None:
         options = engine.options
         settings = checkpoint.run_settings(
             engine, backend="ray", n_features=params.shape[0] - int(engine.model.fit_intercept))
+        if self.epochs is not None:
+            settings["epochs"] = self.epochs
         rows_per_push = options.batch_size * engine.ray_options.local_steps
         taus = np.flatnonzero(histogram)
         state = checkpoint.RunState(
             params=np.asarray(params, dtype=np.float64), counter=int(version),
             histogram=np.asarray(histogram, dtype=np.int64), updates=int(version),
-            samples=int(version) * rows_per_push, max_staleness=int(taus[-1]) if taus.size else 0,
+            samples=self.samples_before + int(version) * rows_per_push, max_staleness=int(taus[-1]) if taus.size else 0,
             refits=0, position=-1, order_generator=np.zeros(GENERATOR_WORDS, np.uint64),
             finished=False)
         checkpoint.write_checkpoint(self.path, settings, state)
