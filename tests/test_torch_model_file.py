@@ -81,8 +81,13 @@ def cross_entropy_on_test(network, digits) -> float:
 
 
 # ------------------------------------------------------------------------------------ save, load
-def test_a_saved_network_predicts_as_the_fitted_one(digits, fitted):
+def test_a_saved_network_predicts_as_the_fitted_one(digits, fitted, tmp_path):
     engine, result, path = fitted
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    engine.save(result, tmp_path)
+    assert torch.equal(torch.rand(3), expected)  # saving left the caller's random state alone
     loaded = load_network(path)
     assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
     reference = build_network("mlp", digits.input_shape, digits.outputs).eval()

@@ -339,7 +339,8 @@ class TorchEngine:
                              f"{self.model_name!r}")
         import torch
 
-        network = make_network(self.model, settings["input_shape"], settings["outputs"])
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            network = make_network(self.model, settings["input_shape"], settings["outputs"])
         network = network.to(getattr(torch, settings["dtype"]))
         n_values = parameter_count(network) + buffer_count(network)
         if result.params.shape != (n_values,):
