@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from hogwild_mts import Engine  # noqa: E402
+from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearSetup, LinearWorker,  # noqa: E402
                                               ShardSpec, shard_arrays)
 from hogwild_mts.backends.shm import kernels  # noqa: E402
@@ -168,7 +169,8 @@ def main() -> None:
         matrix = dataset.to_scipy()
         np.savez(path, data=matrix.data, indices=matrix.indices, indptr=matrix.indptr,
                  shape=matrix.shape, y=dataset.y)
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+             _system_config=LOCAL_SYSTEM_CONFIG)
     common = dict(model="logreg", policy="constant", alpha=args.alpha, workers=args.workers,
                   epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every,
                   defer_evaluation=True, progress=False)

@@ -362,7 +362,10 @@ def test_cli_refuses_bad_checkpoint_flags(arguments, words, tmp_path, capsys):
 def test_ray_checkpoints_and_resumes_from_the_parameters(tmp_path):
     ray = pytest.importorskip("ray")
     data = synthetic_sparse(2000, 100, 10, seed=0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         options = dict(workers=2, backend="ray", epochs=2)
         first = engine(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1e-3, **options).fit(data)

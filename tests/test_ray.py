@@ -18,7 +18,7 @@ except ImportError as error:  # the only reason to skip: ray is in the test extr
     pytest.skip(f"ray is not importable: {error}", allow_module_level=True)
 
 from hogwild_mts import Engine
-from hogwild_mts.backends.ray.backend import MAX_WORKER_RESTARTS
+from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG, MAX_WORKER_RESTARTS
 from hogwild_mts.backends.shm.worker import total_updates
 from hogwild_mts.data.tabular import (DataError, load_data, read_file_part, synthetic_dense,
                                       synthetic_sparse)
@@ -36,7 +36,7 @@ POLL_SECONDS = 0.01
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         yield
     finally:

@@ -39,16 +39,22 @@ def require_ray():
     return ray
 
 
+# Ray starts worker processes at niceness 15, so any other busy process on the machine starves
+# the actors, which here do the training; a local instance keeps them at the normal priority.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 def connect(address: str | None) -> bool:
     """Use the Ray instance this process is connected to, else connect to ``address`` (a
     cluster started with ``ray start --head``; ``"auto"``: the one this node belongs to), else
     start a new local instance (never a cluster found on the machine: that takes ``"auto"``).
-    Returns True when this call started or connected Ray (the caller then shuts it down)."""
+    Returns True when this call started or connected Ray (the caller then shuts it down).  A
+    local instance runs its actors at the normal CPU priority (LOCAL_SYSTEM_CONFIG)."""
     ray = require_ray()
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG)
     else:
         ray.init(address=address)
     return True
