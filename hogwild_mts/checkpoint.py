@@ -44,13 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hogwild_mts import model_file
-from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS
 from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import writable_directory
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.model_file import ModelFileError
 
+DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is given (both backends)
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",

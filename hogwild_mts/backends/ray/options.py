@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hogwild_mts.checkpoint import DEFAULT_CHECKPOINT_SECONDS
 from hogwild_mts.core.options import check_choice, check_int, check_positive
 
 BACKENDS = ("shm", "ray")
-DEFAULT_CHECKPOINT_SECONDS = 60.0
 MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
 
 
