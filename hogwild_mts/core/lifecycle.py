@@ -77,9 +77,9 @@ class Backend(Protocol):
 
     # Optional: ``stalled(seconds) -> {worker id: seconds}``, the workers that have not left their
     # loop and whose update count has not moved for ``seconds``; :func:`run` shows them.
-    # Optional: ``final_checkpoint()``, called once after ``collect`` and the final evaluation
-    # when the run ended normally or by a stop signal (not after an error or on NaN/inf
-    # parameters): write the run's last checkpoint.
+    # Optional: ``final_checkpoint(totals, params)``, called once with what ``collect`` and
+    # ``snapshot`` returned, after the final evaluation, when the run ended normally or by a
+    # stop signal (not after an error or on NaN/inf parameters): write the run's last checkpoint.
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
     loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
     final_checkpoint = getattr(backend, "final_checkpoint", None)
     if final_checkpoint is not None:  # after the divergence checks: never a NaN checkpoint
-        final_checkpoint()
+        final_checkpoint(totals, final)
     return FitResult(
         history=watcher.history, updates=totals.updates, counter=totals.counter,
         samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,

@@ -172,20 +172,17 @@ class CheckpointWriter:
                                                   worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy(),
             velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None)
 
-    def final(self) -> None:
-        """Write the state the workers left (call after they have all stopped)."""
+    def final(self, totals: RunTotals, params: np.ndarray) -> None:
+        """Write the state the workers left (call after they have all stopped): ``totals`` and
+        ``params`` as :meth:`ShmBackend.collect` and :meth:`ShmBackend.snapshot` gave them."""
         schedule = worker.schedule_state(self.views, self.spec)
         if schedule is None:  # cannot happen once every worker has stopped; keep the last one
             return
         position, generator = schedule
-        stats = self.views["stats"]
         self._write(RunState(
-            params=self.views["params"].astype(np.float64), counter=int(self.views["counter"][0]),
-            histogram=self.views["hist"][:, :control.HIST_BINS].sum(axis=0),
-            updates=int(stats[:, control.STAT_UPDATES].sum()),
-            samples=int(stats[:, control.STAT_SAMPLES].sum()),
-            max_staleness=int(stats[:, control.STAT_MAX_TAU].max()),
-            refits=int(stats[:, control.STAT_REFITS].sum()), position=position,
+            params=params.astype(np.float64), counter=totals.counter, histogram=totals.histogram,
+            updates=totals.updates, samples=totals.samples, max_staleness=totals.max_staleness,
+            refits=totals.refits, position=position,
             order_generator=generator, finished=position >= self.total_batches,
             velocity=self.views["velocity0"].copy() if "velocity0" in self.views else None))
 
@@ -255,10 +252,11 @@ class ShmBackend:
             self._checkpoints.poll()
         return int(self.views["stats"][:, control.STAT_UPDATES].sum())
 
-    def final_checkpoint(self) -> None:
-        """Write the run's last checkpoint (after ``join``), if the run keeps checkpoints."""
+    def final_checkpoint(self, totals: RunTotals, params: np.ndarray) -> None:
+        """Write the run's last checkpoint (after ``join``; ``totals`` from :meth:`collect`,
+        ``params`` from :meth:`snapshot`), if the run keeps checkpoints."""
         if self._checkpoints is not None:
-            self._checkpoints.final()
+            self._checkpoints.final(totals, params)
 
     def finished(self) -> bool:
         return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_DONE)
