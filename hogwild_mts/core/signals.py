@@ -14,6 +14,7 @@ SIGHUP (a closed terminal) all end a run the way Ctrl-C does.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -32,6 +33,9 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+REDELIVER_SECONDS = 0.01  # a stop signal that landed in a finalizer comes again this much later
+
+
 class _Handling:
     """The state of :func:`stop_on_signals`: the signals received, and how deep in :func:`held`."""
 
@@ -40,9 +44,21 @@ class _Handling:
         self.holding = 0
 
     def handle(self, signum, frame) -> None:
+        if not self.holding and _swallows_exceptions(frame):
+            # raised here it would be printed as an ignored exception and lost: deliver it again
+            # in a moment, when Python runs ordinary code
+            threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+            return
         self.received.append(int(signum))
         if not self.holding:
             raise Interrupted(signum)
+
+
+def _swallows_exceptions(frame) -> bool:
+    """The interrupted Python frame is a finalizer (``__del__``) or llvmlite code (numba's
+    compiler runs it as C callbacks and finalizers), where an exception is printed and dropped."""
+    return frame is not None and (frame.f_code.co_name == "__del__"
+                                  or "llvmlite" in frame.f_code.co_filename)
 
 
 _active: _Handling | None = None
