@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hogwild_mts.policies.step_sizes import (POLICIES, CheckedPolicy, ConstantPolicy, FunctionPolicy,
                                   MindTheStepPolicy, Policy, TailPolicy, as_policy, make_policy,
                                   step_size)
-from hogwild_mts.staleness.models import CMP, Geometric, Poisson
+from hogwild_mts.staleness.models import CMP, Geometric, MomentumTarget, Poisson
 from hogwild_mts.policies.testing import check_policy, check_table, histograms, policy_options
 
 NONINCREASING = {"constant", "inverse", "exponential", "tail"}
@@ -326,3 +326,111 @@ def test_rare_huge_staleness_does_not_move_the_default_table():
         policies.append(policy.table())
     np.testing.assert_allclose(policies[1][:30], policies[0][:30], rtol=1e-3)
     assert policies[1][-1] == pytest.approx(0.5e-3)    # the stalest get alpha_min
+
+
+# ---------------------------------------------------------------- explicit momentum (bind(m, momentum))
+def _explicit_kernel(momentum, length):
+    """torch-style momentum as a normalised kernel over lags: (1 - mu_e) mu_e^j."""
+    return (1.0 - momentum) * momentum ** np.arange(length)
+
+
+@given(mu=st.floats(0.0, 0.999), explicit=st.floats(0.0, 0.999), length=st.integers(1, 300))
+@example(mu=0.5, explicit=0.5, length=10)
+@example(mu=0.0, explicit=0.0, length=1)
+def test_momentum_target_is_a_distribution(mu, explicit, length):
+    target = MomentumTarget(mu, explicit)
+    binned = np.exp(target.log_binned_pmf(length))
+    assert np.all(binned >= 0.0)
+    assert binned.sum() == pytest.approx(1.0, abs=1e-12)
+    assert target.pmf(length).sum() + math.exp(target.log_tail(length)) == pytest.approx(1.0, abs=1e-12)
+    assert target.implicit_momentum == pytest.approx(max(0.0, (mu - explicit) / (1.0 - explicit)), abs=1e-15)
+    assert target.capped == (explicit > mu)
+
+
+@given(mu=st.floats(0.0, 0.99), explicit=st.floats(0.0, 0.99), length=st.integers(2, 200))
+@example(mu=0.9, explicit=0.5, length=256)
+@example(mu=0.5, explicit=0.5, length=8)
+def test_momentum_target_with_explicit_momentum_is_the_heavy_ball_kernel(mu, explicit, length):
+    """Binned Q convolved with the explicit momentum's kernel is Geometric(mu) on the bins
+    before the tail bin; when capped, explicit momentum alone: Geometric(mu_e)."""
+    q = np.exp(MomentumTarget(mu, explicit).log_binned_pmf(length))[: length - 1]
+    total = np.convolve(q, _explicit_kernel(explicit, length - 1))[: length - 1]
+    expected = Geometric(max(mu, explicit)).pmf(length - 1)
+    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-12)
+
+
+@given(mu=st.floats(0.0, 0.999), length=st.integers(1, 400), workers=st.integers(1, 64))
+@example(mu=0.5, length=256, workers=16)
+def test_no_explicit_momentum_gives_the_geometric_target_bit_for_bit(mu, length, workers):
+    assert np.array_equal(MomentumTarget(mu, 0.0).log_binned_pmf(length), Geometric(mu).log_binned_pmf(length))
+
+    class GeometricTarget(MindTheStepPolicy):
+        """The momentum target as it was before explicit momentum: Geometric(mu)."""
+
+        def target_model(self, model):
+            return Geometric(self.mu)
+
+    tables = []
+    for cls, momentum in ((GeometricTarget, None), (MindTheStepPolicy, None), (MindTheStepPolicy, 0.0)):
+        policy = cls(alpha=0.1, target="momentum", mu=mu, length=length, min_samples=0)
+        policy.bind(workers) if momentum is None else policy.bind(workers, momentum)
+        policy.observe(np.bincount(Poisson(workers / 2).sample(500, np.random.default_rng(workers))))
+        tables.append(policy.table())
+    assert np.array_equal(tables[0], tables[1]) and np.array_equal(tables[0], tables[2])
+
+
+@given(lam=st.floats(0.05, 20.0), mu=st.floats(0.01, 0.95), explicit=st.floats(0.0, 0.95),
+       length=st.integers(2, 24))
+@example(lam=7.0, mu=0.9, explicit=0.5, length=16)
+def test_mindthestep_momentum_without_clipping_matches_the_deconvolved_target(lam, mu, explicit, length):
+    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, staleness_model="poisson",
+                               alpha_min=1e-300, alpha_max=1e300, length=length, min_samples=0)
+    policy.bind(int(lam) + 1, momentum=explicit)
+    policy.observe(np.bincount(Poisson(lam).sample(5000, np.random.default_rng(0))))
+    p = _binned(policy.model, length)
+    profile = p * policy.table() / 0.2
+    assert float(np.dot(p, policy.table())) == pytest.approx(0.2, abs=1e-9)
+    total = np.convolve(profile, _explicit_kernel(explicit, length))[: length - 1]
+    np.testing.assert_allclose(total, Geometric(max(mu, explicit)).pmf(length - 1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("mu, explicit, implicit, capped", [
+    (0.5, 0.0, 0.5, False), (0.9, 0.5, 0.8, False), (0.5, 0.5, 0.0, False), (0.3, 0.9, 0.0, True)])
+def test_describe_reports_the_explicit_and_implicit_momentum(mu, explicit, implicit, capped):
+    policy = make_policy("mindthestep", target="momentum", mu=mu)
+    policy.bind(8, momentum=explicit)
+    report = json.loads(json.dumps(policy.describe()))
+    assert report["explicit_momentum"] == explicit
+    assert report["implicit_momentum"] == pytest.approx(implicit, abs=1e-15)
+    assert report["momentum_capped"] is capped
+    assert report["target_model"]["model"] == "momentum_target"
+    assert report["target_model"]["params"]["explicit_momentum"] == explicit
+    shrink = make_policy("mindthestep")
+    shrink.bind(8, momentum=explicit)
+    assert shrink.describe()["explicit_momentum"] == explicit   # reported; the shrink target ignores it
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("momentum, named", [(-0.1, "-0.1"), (1.0, "1.0"), (float("nan"), "nan"),
+                                             ("fast", "'fast'"), (True, "True")])
+def test_bind_refuses_bad_momentum_with_the_value_named(name, momentum, named):
+    with pytest.raises(ValueError, match=r"momentum must be a finite number in \[0, 1\)") as error:
+        make_policy(name).bind(4, momentum)
+    assert named in str(error.value)
+
+
+def test_checked_policies_get_the_momentum_if_their_bind_takes_it():
+    class OldDuck:
+        def bind(self, workers): self.workers = workers
+        def table(self): return np.ones(1)
+        def observe(self, histogram): ...
+
+    class NewDuck(OldDuck):
+        def bind(self, workers, momentum=0.0): self.workers, self.momentum = workers, momentum
+
+    old, new = as_policy(OldDuck()), as_policy(NewDuck())
+    old.bind(3, 0.9)
+    new.bind(3, 0.9)
+    assert old.policy.workers == 3 and new.policy.momentum == 0.9
+    with pytest.raises(ValueError, match="momentum must be .* got 1.5"):
+        old.bind(3, 1.5)

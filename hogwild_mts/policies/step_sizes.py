@@ -2,7 +2,11 @@
 
 Interface (every policy, including a user's own):
 
-* ``bind(workers)`` -- called once per run before the first ``table()``; sets the prior.
+* ``bind(workers, momentum=0.0)`` -- called once per run before the first ``table()``; sets the
+  prior.  ``momentum`` in [0, 1) is the explicit heavy-ball momentum every worker applies
+  (torch.optim.SGD: ``v = momentum * v + g; theta -= alpha(tau) * v``); only MindTheStep's
+  momentum target uses it.  A policy object whose ``bind`` takes no ``momentum`` (written before
+  it existed) is bound with ``bind(workers)``: see :func:`bind_policy`.
 * ``table()`` -- float64 array ``alpha[0..T-1]``, non-empty, finite and >= 0 (0 discards an
   update); ``tau >= T`` uses the last entry.  The hot loops index it without bounds checks, so a
   policy object that is not one of the built-in classes runs wrapped in :class:`CheckedPolicy`:
@@ -26,7 +30,7 @@ import math
 import numpy as np
 
 from hogwild_mts.core.options import check_int, check_nonnegative, check_positive, check_probability
-from hogwild_mts.staleness.models import (MODEL_NAMES, Geometric, StalenessModel, check_histogram,
+from hogwild_mts.staleness.models import (MODEL_NAMES, MomentumTarget, StalenessModel, check_histogram,
                                           fit_model, logsumexp, prior)
 
 DEFAULT_TABLE_LENGTH = 256
@@ -39,12 +43,17 @@ HEAD = 8                           # table entries shown by describe()
 
 __all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
            "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "CheckedPolicy", "POLICIES",
-           "make_policy", "as_policy", "check_table", "step_size"]
+           "make_policy", "as_policy", "bind_policy", "check_table", "step_size"]
 
 
 def step_size(table: np.ndarray, tau: int) -> float:
     """The table lookup the hot loop does: ``table[min(tau, T - 1)]``."""
     return float(table[min(int(tau), len(table) - 1)])
+
+
+def check_momentum(momentum) -> float:
+    """``momentum`` as float, unless it is not a finite number in [0, 1)."""
+    return check_probability("momentum", momentum, allow_zero=True, allow_one=False)
 
 
 def _head(values: np.ndarray) -> list:
@@ -57,8 +66,11 @@ class Policy:
     name = "policy"
     refit_every = 0
 
-    def bind(self, workers: int) -> None:
+    def bind(self, workers: int, momentum: float = 0.0) -> None:
+        """Bind to ``workers`` (integer >= 1) workers that apply explicit heavy-ball ``momentum``
+        (in [0, 1), torch.optim.SGD semantics); ValueError naming a bad value."""
         self.workers = check_int("workers", workers, 1)
+        self.explicit_momentum = check_momentum(momentum)
 
     def table(self) -> np.ndarray:
         raise NotImplementedError
@@ -164,8 +176,8 @@ class AdaptivePolicy(BoundedPolicy):
         self.samples = 0
         self._table = None
 
-    def bind(self, workers: int) -> None:
-        super().bind(workers)
+    def bind(self, workers: int, momentum: float = 0.0) -> None:
+        super().bind(workers, momentum)
         self.prior = prior(self.workers)
         self.samples = 0
         self._refit(None)
@@ -285,7 +297,11 @@ class MindTheStepPolicy(AdaptivePolicy):
       default) solved at every refit so that the step's relative variance
       ``E_P[(alpha / alpha_c)^2] - 1`` (the chi-square divergence of Q from P) equals ``chi2``;
       that shifts the staleness about sqrt(log(1 + chi2)) standard deviations down, whatever m.
-    * ``momentum``: Q = Geometric(mu), 0 <= mu < 1 (weights of order 1/P(k) on rare tau).
+    * ``momentum``: Q such that Q convolved with the workers' explicit momentum kernel
+      Geometric(mu_e) (``bind(m, momentum=mu_e)``) is Geometric(mu), 0 <= mu < 1:
+      :class:`~hogwild_mts.staleness.models.MomentumTarget`; Q = Geometric(mu) when mu_e = 0,
+      the point mass at 0 (capped: the explicit momentum alone exceeds mu) when mu_e >= mu.
+      Weights of order 1/P(k) on rare tau.  The shrink target ignores explicit momentum.
 
     With tempering beta in [0, 1]: ``alpha(k) = alpha_c w(k) / E_P[w]``, ``w = (Q/P)^beta``; then
     clipped to [alpha_min, alpha_max].  The table works on binned laws: entry T-1 stands for
@@ -334,16 +350,19 @@ class MindTheStepPolicy(AdaptivePolicy):
     @property
     def formula(self) -> str:
         if self.target == "momentum":
-            q = "Geometric(mu)"
+            q = "Geometric(mu) deconvolved by Geometric(mu_e), mu_e = explicit momentum"
         else:
             q = "r^k P(k) / E_P[r^k]" + ("" if self.chi2 is None else ", r solving E_P[(Q/P)^2] - 1 = chi2")
         return (f"alpha(k) = clip(alpha_c * (Q(k)/P(k))^beta / E_P[(Q/P)^beta], alpha_min, alpha_max), "
                 f"Q = {q}, P = {self.staleness_model} staleness model")
 
     def target_model(self, model: StalenessModel) -> StalenessModel:
-        """Q for the staleness model P = ``model`` before binning (shrink: tilted by the r of the
-        last refit; the table tilts the binned law, the last bin by r^(T-1))."""
-        return Geometric(self.mu) if self.target == "momentum" else model.tilted(self.r_used)
+        """Q for the staleness model P = ``model`` before binning (momentum: given the explicit
+        momentum of ``bind``; shrink: tilted by the r of the last refit; the table tilts the
+        binned law, the last bin by r^(T-1))."""
+        if self.target == "momentum":
+            return MomentumTarget(self.mu, self.explicit_momentum)
+        return model.tilted(self.r_used)
 
     def _refit(self, counts):
         if counts is None:
@@ -352,7 +371,7 @@ class MindTheStepPolicy(AdaptivePolicy):
             self.model = fit_model(self.staleness_model, counts, previous=self.model)
         log_p = self.model.log_binned_pmf(self.length)
         if self.target == "momentum":
-            log_q = Geometric(self.mu).log_binned_pmf(self.length)
+            log_q = self.target_model(self.model).log_binned_pmf(self.length)
         else:
             if self.chi2 is not None:
                 self.r_used = shrink_ratio_for_chi2(log_p, self.chi2)
@@ -394,9 +413,13 @@ class MindTheStepPolicy(AdaptivePolicy):
             clipped_low=self.clipped_low, clipped_high=self.clipped_high,
             clipped_mass=self.clipped_mass,
             unclipped_head=_head(self.unclipped_head),
+            explicit_momentum=self.explicit_momentum,
         )
         if self.target == "shrink":
             out["r"] = self.r_used
+        else:
+            target = self.target_model(self.model)
+            out.update(implicit_momentum=target.implicit_momentum, momentum_capped=target.capped)
         return out
 
 
@@ -474,8 +497,8 @@ class CheckedPolicy(Policy):
     def refit_every(self) -> int:
         return int(getattr(self.policy, "refit_every", 0) or 0)
 
-    def bind(self, workers: int) -> None:
-        self.policy.bind(workers)
+    def bind(self, workers: int, momentum: float = 0.0) -> None:
+        bind_policy(self.policy, workers, momentum)
 
     def table(self) -> np.ndarray:
         return check_table(self.policy.table(), f"policy {self.name!r}")
@@ -495,6 +518,21 @@ class CheckedPolicy(Policy):
 
 
 BUILT_IN_POLICIES = (*POLICIES.values(), FunctionPolicy, CheckedPolicy)
+
+
+def bind_policy(policy, workers: int, momentum: float = 0.0) -> None:
+    """``policy.bind(workers, momentum)`` after checking ``momentum`` (in [0, 1)); a policy
+    object whose ``bind`` has no ``momentum`` parameter (nor ``**kwargs``) gets
+    ``bind(workers)``: it was written before explicit momentum was passed and ignores it."""
+    momentum = check_momentum(momentum)
+    try:
+        parameters = inspect.signature(policy.bind).parameters.values()
+    except (TypeError, ValueError):   # a builtin without a signature: the old interface
+        parameters = ()
+    if any(p.name == "momentum" or p.kind is p.VAR_KEYWORD for p in parameters):
+        policy.bind(workers, momentum=momentum)
+    else:
+        policy.bind(workers)
 
 
 def as_policy(policy, alpha: float | None = None) -> Policy:

@@ -7,7 +7,7 @@ Property-test your own policy in a few lines::
     def test_my_policy():
         check_policy(lambda: MyPolicy(alpha=0.1), nonincreasing=True)
 
-``check_policy`` binds fresh policies to 1..64 workers, feeds them staleness histograms (empty,
+``check_policy`` binds fresh policies to 1..64 workers with explicit momentum in [0, 0.99], feeds them staleness histograms (empty,
 one-bin, dense, sampled from the staleness models, long-tailed) and asserts the invariants of
 :func:`assert_policy_invariants`.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hogwild_mts.policies.step_sizes import POLICIES, step_size
+from hogwild_mts.policies.step_sizes import POLICIES, bind_policy, step_size
 from hogwild_mts.staleness.models import CMP, Empirical, Geometric, Poisson
 
 FAR_TAU = 10 ** 9   # a staleness far past any table
@@ -68,6 +68,11 @@ def histograms(max_tau: int = 20_000):
 
 def worker_counts(max_workers: int = 64):
     return st.integers(1, max_workers)
+
+
+def momentums():
+    """Explicit heavy-ball momentum of the workers: 0 (plain SGD) or in (0, 0.99]."""
+    return st.one_of(st.just(0.0), st.floats(0.0, 0.99))
 
 
 def _bounds(draw, alpha: float) -> dict:
@@ -124,10 +129,11 @@ def check_table(policy, *, nonincreasing: bool = False, stage: str = "") -> np.n
 
 
 def assert_policy_invariants(policy, workers: int, histogram: np.ndarray, *, nonincreasing: bool = False,
-                             taus=(0, FAR_TAU)) -> None:
-    """Bind to ``workers``, check the prior table, observe ``histogram``, check again; each
+                             taus=(0, FAR_TAU), momentum: float = 0.0) -> None:
+    """Bind to ``workers`` with explicit ``momentum`` (:func:`bind_policy`: a ``bind`` without
+    it gets ``bind(workers)``), check the prior table, observe ``histogram``, check again; each
     time every tau in ``taus`` must look up a finite alpha > 0 and describe() must be JSON-able."""
-    policy.bind(workers)
+    bind_policy(policy, workers, momentum)
     for stage in ("before data", "after observe"):
         table = check_table(policy, nonincreasing=nonincreasing, stage=stage)
         for tau in taus:
@@ -146,8 +152,9 @@ def check_policy(factory, options=None, *, nonincreasing: bool = False, max_tau:
     options = st.just({}) if options is None else options
 
     @settings(deadline=None)
-    @given(options=options, workers=worker_counts(), histogram=histograms(max_tau))
-    def policy_properties(options, workers, histogram):
-        assert_policy_invariants(factory(**options), workers, histogram, nonincreasing=nonincreasing)
+    @given(options=options, workers=worker_counts(), histogram=histograms(max_tau), momentum=momentums())
+    def policy_properties(options, workers, histogram, momentum):
+        assert_policy_invariants(factory(**options), workers, histogram, nonincreasing=nonincreasing,
+                                 momentum=momentum)
 
     policy_properties()

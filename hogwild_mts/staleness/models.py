@@ -8,6 +8,8 @@ Models: :class:`Geometric`, :class:`Poisson`, :class:`CMP` (Conway-Maxwell-Poiss
 :class:`Empirical` (smoothed histogram). Each has ``pmf(T)``, ``log_tail(T)``,
 ``log_binned_pmf(T)``, ``mean``, ``variance``, ``sample(size, rng)``, ``tilted(r)``,
 ``to_dict()`` and a maximum-likelihood ``fit(histogram)`` that attaches a :class:`FitReport`.
+:class:`MomentumTarget` is not fitted to staleness: it is the law MindTheStep's momentum target
+aims at, with the same pmf, tail, binning, moments and ``to_dict()``.
 
 Degenerate data are valid: fitting an all-zero (empty) histogram gives the point mass at
 tau = 0 (Poisson(0), Geometric(0), CMP(0, 1), Empirical of nothing), with ``loglik = 0`` and
@@ -250,6 +252,67 @@ class Geometric(StalenessModel):
         model = cls(mean / (1.0 + mean))
         model.fit_report = _fit_report(model, counts)
         return model
+
+
+class MomentumTarget(StalenessModel):
+    """MindTheStep's momentum target when every worker applies explicit heavy-ball momentum mu_e:
+    the law Q of the lag k whose convolution with the explicit momentum's kernel
+    Geometric(mu_e) is the heavy-ball kernel Geometric(mu), 0 <= mu, mu_e < 1.
+
+    Generating function ``(1 - mu)(1 - mu_e z) / ((1 - mu_e)(1 - mu z))``:
+    ``Q(0) = (1 - mu) / (1 - mu_e)``, ``Q(k) = (1 - mu)(mu - mu_e) mu^(k-1) / (1 - mu_e)`` for
+    k >= 1, i.e. the mixture ``(1 - s) delta_0 + s Geometric(mu)`` with stale weight
+    ``s = (mu - mu_e) / (mu (1 - mu_e))``.  A distribution iff mu >= mu_e; when mu_e > mu
+    (``capped``: explicit momentum alone exceeds the target) Q is the point mass at 0, the
+    mu_e = mu limit.  ``implicit_momentum`` = Q(k >= 1) = max(0, (mu - mu_e) / (1 - mu_e)), the
+    momentum asynchrony must add: ``1 - mu = (1 - implicit_momentum)(1 - mu_e)`` unless capped.
+    mu_e = 0 gives Geometric(mu), its log-pmf and tails bit for bit.  A target, not a model of
+    observed staleness: it has no fit, sample or tilted.
+    """
+
+    name = "momentum_target"
+    parameter_count = 2
+
+    def __init__(self, mu: float, explicit_momentum: float):
+        self.mu = check_probability("mu", mu, allow_zero=True, allow_one=False)
+        self.explicit_momentum = check_probability("explicit momentum", explicit_momentum,
+                                                   allow_zero=True, allow_one=False)
+        self.capped = self.explicit_momentum > self.mu
+        self.point_mass = self.explicit_momentum >= self.mu
+        self.implicit_momentum = 0.0 if self.point_mass else \
+            (self.mu - self.explicit_momentum) / (1.0 - self.explicit_momentum)
+        # log s; exactly 0.0 when mu_e = 0, so the sums below are Geometric's bit for bit
+        self._log_stale_weight = -math.inf if self.point_mass else \
+            math.log(self.mu - self.explicit_momentum) - math.log(self.mu) - math.log1p(-self.explicit_momentum)
+
+    def logpmf_at(self, taus) -> np.ndarray:
+        taus = np.asarray(taus, dtype=np.float64)
+        if self.point_mass:
+            return np.where(taus == 0, 0.0, -np.inf)
+        log_fresh = math.log1p(-self.mu) - math.log1p(-self.explicit_momentum)
+        log_stale = (math.log1p(-self.mu) + self._log_stale_weight) + taus * math.log(self.mu)
+        return np.where(taus == 0, log_fresh, log_stale)
+
+    def log_tail(self, T: int) -> float:
+        if T <= 0:
+            return 0.0
+        return -math.inf if self.point_mass else self._log_stale_weight + T * math.log(self.mu)
+
+    @property
+    def mean(self) -> float:
+        return 0.0 if self.point_mass else self.implicit_momentum / (1.0 - self.mu)
+
+    @property
+    def variance(self) -> float:
+        if self.point_mass:
+            return 0.0
+        stale_weight = math.exp(self._log_stale_weight)
+        second_moment = stale_weight * self.mu * (1.0 + self.mu) / (1.0 - self.mu) ** 2
+        return max(second_moment - self.mean ** 2, 0.0)
+
+    def params(self) -> dict:
+        return {"mu": self.mu, "explicit_momentum": self.explicit_momentum,
+                "implicit_momentum": self.implicit_momentum, "capped": self.capped}
 
 
 class CMP(StalenessModel):
