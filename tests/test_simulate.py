@@ -89,6 +89,95 @@ def test_fixed_staleness_equals_sgd_on_gradients_k_steps_old(sparse, k, workers,
     assert result.staleness_histogram[k] == len(batches) - min(k, len(batches))
 
 
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("batch_size,l2", [(1, 0.0), (4, 0.01)])
+def test_one_worker_with_momentum_equals_the_one_worker_engine_bit_for_bit(sparse, dense, batch_size, l2):
+    data = synthetic_dense(300, 12, seed=4) if dense else sparse
+    model = LinearModel("logreg", l2=l2)
+    simulated = Simulator(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
+                          momentum=0.9).fit(data)
+    real = Engine(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
+                  momentum=0.9, progress=False).fit(data)
+    plain = Simulator(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5).fit(data)
+    assert np.array_equal(simulated.params, real.params)
+    assert simulated.intercept == real.intercept
+    assert simulated.final_loss == real.final_loss
+    assert not np.array_equal(simulated.params, plain.params)
+    assert simulated.settings["momentum"] == 0.9
+
+
+def delayed_momentum_reference(dataset, model, batches, workers, taus, alpha, momentum, n_params):
+    """Update t by worker ``t % workers``: margins at ``theta_{t - tau_t}``, then for each
+    coordinate j the batch stores ``v_w[j] = momentum v_w[j] + g_j`` (g the batch's mean
+    gradient, the L2 term per storing row at the current theta) and ``theta_j -= alpha v_w[j]``
+    (the intercept likewise), as torch.optim.SGD applied lazily by each worker."""
+    all_rows = list(rows(dataset))
+    counts = dataset.feature_counts()
+    scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
+    velocity = [[0.0] * n_params for _ in range(workers)]
+    history = [[0.0] * n_params]
+    d = dataset.n_features
+    for t, (batch, tau) in enumerate(zip(batches, taus)):
+        stale, theta, v = history[len(history) - 1 - tau], list(history[-1]), velocity[t % workers]
+        derivatives = []
+        for i in batch:
+            margin = (stale[d] if model.fit_intercept else 0.0) + sum(x * stale[j] for j, x in all_rows[i])
+            derivatives.append(loss_derivative(model.name, margin, float(dataset.y[i])))
+        gradient = {}
+        for i, derivative in zip(batch, derivatives):
+            for j, x in all_rows[i]:
+                term = (derivative * x + model.l2 * scale[j] * theta[j]) / len(batch)
+                gradient[j] = gradient.get(j, 0.0) + term
+        if model.fit_intercept:
+            gradient[d] = sum(derivatives) / len(batch)
+        for j, g in gradient.items():
+            v[j] = momentum * v[j] + g
+            theta[j] -= alpha * v[j]
+        history.append(theta)
+    return np.array(history[-1])
+
+
+@pytest.mark.parametrize("reads", ["snapshots", "log"])
+@pytest.mark.parametrize("k,workers,batch_size,l2", [(0, 1, 1, 0.0), (2, 3, 2, 0.01), (3, 2, 3, 0.0)])
+def test_momentum_with_fixed_staleness_equals_a_delayed_momentum_reference(sparse, reads, k, workers,
+                                                                           batch_size, l2):
+    small = as_dataset(scipy.sparse.csr_matrix(sparse_to_dense(sparse)[:60]), sparse.y[:60])
+    model = LinearModel("logreg", l2=l2)
+    histogram = np.zeros(k + 1, np.int64)
+    histogram[k] = 1
+    result = Simulator(model, "constant", alpha=0.3, workers=workers, epochs=2, batch_size=batch_size,
+                       seed=1, staleness=histogram, stale_reads=reads, momentum=0.8).fit(small)
+    batches = round_robin_batches(small.n_samples, workers, 2, batch_size, seed=1)
+    taus = [min(k, t) for t in range(len(batches))]
+    expected = delayed_momentum_reference(small, model, batches, workers, taus, 0.3, 0.8,
+                                          small.n_features + 1)
+    assert result.settings["stale_reads"] == reads
+    np.testing.assert_allclose(result.params, expected[:-1], rtol=0, atol=1e-12)
+    assert result.intercept == pytest.approx(expected[-1], abs=1e-12)
+
+
+def test_momentum_zero_is_plain_sgd_bit_for_bit(sparse):
+    runs = [Simulator("logreg", "tail", alpha=0.5, workers=4, epochs=1, seed=3, **extra).fit(sparse)
+            for extra in ({}, {"momentum": 0.0})]
+    assert np.array_equal(runs[0].params, runs[1].params) and runs[0].intercept == runs[1].intercept
+
+
+def test_simulator_binds_the_policy_with_its_momentum(sparse, monkeypatch):
+    from hogwild_mts.policies.step_sizes import MindTheStepPolicy
+
+    bound = []
+    original = MindTheStepPolicy.bind
+
+    def recording_bind(self, workers, momentum=0.0):
+        bound.append((workers, momentum))
+        original(self, workers, momentum)
+
+    monkeypatch.setattr(MindTheStepPolicy, "bind", recording_bind)
+    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.9, refit_every=50, min_samples=0)
+    Simulator("logreg", policy, workers=4, epochs=1, seed=0, staleness=Poisson(3.0), momentum=0.5).fit(sparse)
+    assert bound[:4] == [(4, 0.5)] * 4
+
+
 def sparse_to_dense(dataset):
     out = np.zeros((dataset.n_samples, dataset.n_features))
     for i, row in enumerate(rows(dataset)):
@@ -168,6 +257,9 @@ def test_divergence_is_reported():
     (dict(eval_every=0), "eval_every must be an integer >= 1"),
     (dict(policy="nope"), "unknown policy 'nope'"),
     (dict(stale_reads="copy"), "stale_reads must be one of"),
+    (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
+    (dict(momentum=-0.5), "got -0.5"),
+    (dict(momentum=float("nan")), "got nan"),
 ])
 def test_bad_input_is_refused_before_running(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -16,7 +16,7 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in
                                                 compute_sampler, event_schedule, round_robin,
                                                 staleness_source)
 from hogwild_mts.core import lifecycle
-from hogwild_mts.core.options import check_choice, check_int, check_positive
+from hogwild_mts.core.options import check_choice, check_int, check_positive, check_probability
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
 from hogwild_mts.models.linear import LinearModel
@@ -37,6 +37,9 @@ class Simulator:
     ``update_seconds``: simulated mean compute time of one gradient (seconds).
     ``stale_reads``: ``snapshots``, ``log`` (undo log) or ``auto`` (whichever touches fewer
     numbers per update: a snapshot copies all parameters, a read rolls back tau logged updates).
+    ``momentum`` in [0, 1): each emulated worker keeps a private velocity exactly as the
+    engine's workers (``v = momentum * v + g``, ``theta -= alpha(tau) * v`` on the coordinates a
+    batch stores, the L2 penalty in g); the policy is bound with it.
     Deterministic: the same arguments and seed give bit-identical results.
     """
 
@@ -44,7 +47,7 @@ class Simulator:
                  batch_size: int = 1, alpha: float | None = None, seed: int = 0,
                  staleness="event", compute: str = "exponential", eval_every: int | None = None,
                  update_seconds: float = DEFAULT_UPDATE_SECONDS, stale_reads: str = "auto",
-                 progress: bool = False):
+                 momentum: float = 0.0, progress: bool = False):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = lifecycle.run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
@@ -60,6 +63,7 @@ class Simulator:
             compute_sampler(compute)
         self.update_seconds = check_positive("update_seconds", update_seconds)
         self.stale_reads = check_choice("stale_reads", stale_reads, STALE_READS)
+        self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
 
     def _batches(self, n_samples: int):
         """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly
@@ -113,7 +117,7 @@ class Simulator:
         np.divide(dataset.n_samples, counts, out=feature_scale, where=counts > 0)
         policies = [copy.deepcopy(self.policy) for _ in range(self.workers)]
         for policy in policies:
-            policy.bind(self.workers)
+            policy.bind(self.workers, self.momentum)
         eval_every = self.eval_every or max(1, total // DEFAULT_EVALUATIONS)
         backend = SimBackend(
             data={"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
@@ -123,7 +127,7 @@ class Simulator:
             l2=float(self.model.l2), batch_size=self.batch_size, batch_rows=batch_rows,
             batch_ptr=batch_ptr, workers_of=workers_of, taus=taus, times=times, policies=policies,
             refit_every=int(getattr(self.policy, "refit_every", 0) or 0), snapshots=snapshots,
-            n_params=n_params, segment=eval_every, policy=self.policy)
+            n_params=n_params, segment=eval_every, policy=self.policy, momentum=self.momentum)
 
         def score(params):
             loss, accuracy = _objective(dataset, self.model, params)
@@ -140,6 +144,7 @@ class Simulator:
                                  "compute": self.compute if self._draw_tau == "event" else None,
                                  "update_seconds": self.update_seconds,
                                  "stale_reads": "snapshots" if snapshots else "log",
+                                 "momentum": self.momentum,
                                  "real_seconds": time.time() - started}}
 
         options = dataclasses.replace(self.options, eval_every_updates=eval_every)

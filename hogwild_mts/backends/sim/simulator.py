@@ -16,8 +16,10 @@ Where tau comes from (``staleness=``):
 
 Rows, shards and shuffles are those of the engine's ``split="static"`` (worker w owns rows w,
 w+m, ...; a fresh permutation per epoch from its own seed); with one worker that is also the
-default dynamic split, so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for bit.  Each worker owns a copy of the policy and refits it from the global histogram after every
-``refit_every`` of its own updates, as real workers do.  Times are simulated: one gradient takes
+default dynamic split, so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for bit
+(with ``momentum`` too).  Each worker owns a copy of the policy and refits it from the global
+histogram after every ``refit_every`` of its own updates, as real workers do; with ``momentum``
+each keeps a private velocity, updated by the real engine's own momentum step.  Times are simulated: one gradient takes
 ``update_seconds`` on average, so ``train_seconds`` and ``history["time_s"]`` are simulated seconds.
 """
 
@@ -29,7 +31,7 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.backends.shm.kernels import row_margin
+from hogwild_mts.backends.shm.kernels import _momentum_step, row_margin
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
 from hogwild_mts.models.linear import loss_derivative
@@ -140,9 +142,15 @@ def staleness_source(staleness, workers: int):
 def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batch_rows, batch_ptr,
                      update_worker, update_tau, start, stop, params, n_features, fit_intercept,
                      loss_id, l2, tables, hist, snapshots, ring_params, log_cols, log_old,
-                     log_count, marker, stale, derivative_buffer):
+                     log_count, marker, stale, derivative_buffer, momentum, velocity, touched):
     """Apply updates ``start..stop-1``; update t uses rows ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]``,
     margins at ``theta_{t - update_tau[t]}`` and ``alpha = tables[update_worker[t], min(tau, T-1)]``.
+
+    ``momentum`` 0: ``params -= alpha / B * gradient`` row by row (the L2 term on the current
+    value).  ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
+    ``touched[w]``, start at -1; both (workers, n_params)) and the batch is applied by the real
+    engine's ``kernels._momentum_step`` (mark t): ``v = momentum * v + g``, ``params -= alpha * v``
+    on the coordinates the batch stores.
 
     Stale reads: ``snapshots`` -- ``ring_params[v % W]`` holds theta_v for the last W versions;
     else an undo log -- slot ``s % W`` holds (column, old value) of every write of update s
@@ -188,6 +196,28 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
         step = alpha / (last - first)
         entry = 0
         slot = t % window
+        if momentum != 0.0:
+            if not snapshots:
+                # every coordinate the step may write, before it writes (repeats log the same value)
+                for b in range(first, last):
+                    row = batch_rows[b]
+                    for k in range(indptr[row], indptr[row + 1]):
+                        column = k - indptr[row] if dense else indices[k]
+                        log_cols[slot, entry] = column
+                        log_old[slot, entry] = params[column]
+                        entry += 1
+                if fit_intercept:
+                    log_cols[slot, entry] = intercept_col
+                    log_old[slot, entry] = params[intercept_col]
+                    entry += 1
+                log_count[slot] = entry
+            worker = update_worker[t]
+            _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+                           fit_intercept, l2, l2 != 0.0, batch_rows, first, last, derivative_buffer,
+                           alpha, momentum, velocity[worker], touched[worker], t)
+            if snapshots:
+                ring_params[(t + 1) % window, :] = params
+            continue
         for b in range(first, last):
             row = batch_rows[b]
             derivative = derivative_buffer[b - first]
@@ -246,12 +276,13 @@ class SimBackend:
     ``arrays``: the data (values, indices, indptr, labels, feature_scale) and the stale-read
     buffers; ``workers_of``/``taus``/``times``: the schedule in landing order; ``policies``: one
     copy per emulated worker, each refitted from the global histogram after every
-    ``refit_every`` of its worker's own updates."""
+    ``refit_every`` of its worker's own updates; ``momentum`` in [0, 1): > 0 gives each emulated
+    worker a private velocity (zero at the start)."""
 
     def __init__(self, *, data: dict, dense: bool, n_features: int, fit_intercept: bool,
                  loss_id: int, l2: float, batch_size: int, batch_rows, batch_ptr, workers_of, taus,
                  times, policies: list, refit_every: int, snapshots: bool, n_params: int,
-                 segment: int, policy):
+                 segment: int, policy, momentum: float = 0.0):
         self.workers = len(policies)
         self._data, self._dense, self._n_features = data, dense, n_features
         self._fit_intercept, self._loss_id, self._l2 = fit_intercept, loss_id, l2
@@ -261,6 +292,10 @@ class SimBackend:
         self._policy = policy  # the caller's, named in the divergence message
         self.total = int(workers_of.size)
         self.params = np.zeros(max(n_params, n_features + 1), np.float64)  # slot n_features exists
+        self._momentum = momentum
+        rows = self.workers if momentum else 0
+        self._velocity = np.zeros((rows, self.params.size))
+        self._touched = np.full((rows, self.params.size), -1, np.int64)
         self.hist = np.zeros(HIST_BINS, np.int64)
         self.position = 0
         self.refits = 0
@@ -330,7 +365,8 @@ class SimBackend:
             data["feature_scale"], self._batch_rows, self._batch_ptr, self._workers_of, self._taus,
             self.position, stop, self.params, self._n_features, self._fit_intercept, self._loss_id,
             self._l2, self._tables, self.hist, self._snapshots, self._ring, log_cols, log_old,
-            log_count, self._marker, self._stale, self._derivatives)
+            log_count, self._marker, self._stale, self._derivatives, self._momentum, self._velocity,
+            self._touched)
         if status == STATUS_DIVERGED:
             raise DivergenceError(divergence_message(self._policy,
                                                      f"a margin at simulated update {reached}"))
