@@ -126,6 +126,11 @@ def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
     ({"epochs": 0}, "epochs must be an integer >= 1"),
     ({"policy_options": {"tail": {"A": 2.0}}, "policies": ["tail"]}, "A must be"),
     ({"policy_options": {"mts": {"policy": "mindthestep", "speed": 1}}, "policies": ["mts"]}, "unknown option"),
+    ({"momentum": 1.0}, r"momentum must be a finite number in \[0, 1\), got 1.0"),
+    ({"momentum": -0.2}, "momentum must be .* got -0.2"),
+    ({"momentum": "high"}, "momentum must be .* got 'high'"),
+    ({"task": "torch", "weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0"),
+    ({"weight_decay": 0.01}, "weight_decay=0.01 applies to the torch task; .* l2 is the weight decay"),
 ])
 def test_bad_configurations_are_refused_before_running(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -219,3 +224,33 @@ def test_mnist1d_is_generated_offline_with_the_published_shape():
                         ("mnist1d:seed=x", "'x'")):
         with pytest.raises(DataError, match=named):
             load_images(spec)
+
+
+def test_a_grid_with_momentum_runs_and_binds_the_policies_with_it(tmp_path, monkeypatch):
+    config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
+                                "seeds": [0], "workers": [2], "policies": ["constant", "mts"],
+                                "alphas": [0.1], "targets": [0.6], "momentum": 0.5,
+                                "policy_options": {"mts": {"policy": "mindthestep", "target": "momentum",
+                                                           "mu": 0.9, "min_samples": 0}}})
+    made = []
+    original = experiment.make_engine
+    monkeypatch.setattr(experiment, "make_engine", lambda c, cell: made.append(original(c, cell)) or made[-1])
+    assert run_grid(config, str(tmp_path), plots=False) == {"ran": 2, "skipped": 0, "cells": 2}
+    assert [engine.momentum for engine in made] == [0.5, 0.5]
+    record = json.loads((tmp_path / "cells" / "mts-a0.1-m2-s0.json").read_text())
+    assert not record["diverged"] and record["updates"] == 200
+    policy = experiment.make_policy("mindthestep", alpha=0.1, target="momentum", mu=0.9, min_samples=0)
+    policy.bind(2, 0.5)
+    policy.observe(np.asarray(record["staleness_histogram"], dtype=np.int64))
+    assert record["alpha_table"] == [float(a) for a in policy.table()[:experiment.ALPHA_TABLE_ENTRIES]]
+    config["momentum"] = 0.0
+    with pytest.raises(ConfigError, match="other settings.*momentum"):
+        run_grid(config, str(tmp_path), plots=False)
+
+
+def test_a_run_directory_from_before_momentum_resumes(tmp_path):
+    config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
+                                "seeds": [0], "workers": [1], "policies": ["constant"], "alphas": [0.1]})
+    older = {key: value for key, value in config.items() if key not in ("momentum", "weight_decay")}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    experiment.prepare_run_dir(str(tmp_path), config)

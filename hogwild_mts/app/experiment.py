@@ -20,7 +20,10 @@ rebuilt from the cells after every run:
 Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` with
 :class:`~hogwild_mts.engines.simulated.Simulator` or ``real`` with
 :class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec with
-:class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  Every run evaluates the loss
+:class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  ``momentum`` (default 0, any
+task and mode) gives every worker a private heavy-ball velocity and binds the policies with it;
+``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
+Every run evaluates the loss
 every ``eval_updates`` updates (real runs copy the parameters then and score the copies after the
 run).  A cell reaches a target where its loss curve first crosses it: updates- and
 time-to-target are interpolated linearly between the history rows on either side, and the
@@ -44,6 +47,7 @@ import numpy as np
 from hogwild_mts.app.plots import SUMMARY_FILE
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells
 from hogwild_mts.core.files import strict_json, write_atomic
+from hogwild_mts.core.options import check_nonnegative, check_probability
 from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
 
 TASKS = ("linear", "torch")
@@ -76,6 +80,8 @@ QUICK = {
     "staleness": CALIBRATED,
     "compute": "exponential",
     "eval_updates": 300,
+    "momentum": 0.0,        # explicit heavy-ball momentum of every worker, in [0, 1)
+    "weight_decay": 0.0,    # torch task only; linear tasks: l2 is the weight decay
 }
 DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "alphas": [0.05], "batch_size": 16,
                               "epochs": 10, "mode": "real", "targets": [0.25], "eval_updates": 20}}
@@ -179,6 +185,11 @@ def check_config(config: dict) -> dict:
     refit = config["refit_every"]
     if refit is not None and (isinstance(refit, bool) or not isinstance(refit, int) or refit < 0):
         raise ConfigError(f"refit_every must be null or an integer >= 0, got {refit!r}")
+    check_probability("momentum", config["momentum"], allow_zero=True, allow_one=False, error=ConfigError)
+    check_nonnegative("weight_decay", config["weight_decay"], error=ConfigError)
+    if config["task"] == "linear" and config["weight_decay"] != 0:
+        raise ConfigError(f"weight_decay={config['weight_decay']!r} applies to the torch task; for a "
+                          "linear model the L2 penalty l2 is the weight decay: set l2 instead")
     for label in policies:
         name, options = policy_spec(config, label)
         if name not in POLICIES:
@@ -245,7 +256,8 @@ def prepare_run_dir(out_dir: str, config: dict) -> None:
     if os.path.exists(path):
         with open(path) as handle:
             previous = json.load(handle)
-        old, new = _settings(previous), _settings(config)
+        # a config written before a key existed ran with that key's default
+        old, new = _settings({**QUICK, **previous}), _settings(config)
         differ = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         if differ:
             raise ConfigError(f"{out_dir} holds an experiment with other settings ({', '.join(differ)}); "
@@ -277,6 +289,7 @@ def make_engine(config: dict, cell: dict):
         from hogwild_mts.engines.networks import TorchEngine
 
         return TorchEngine(config["model"], policy, eval_every_updates=config["eval_updates"],
+                           momentum=config["momentum"], weight_decay=config["weight_decay"],
                            progress=False, defer_evaluation=True, **common)
     from hogwild_mts.models.linear import LinearModel
 
@@ -284,15 +297,15 @@ def make_engine(config: dict, cell: dict):
     if config["mode"] == "real":
         from hogwild_mts.engines.linear import Engine
 
-        return Engine(model, policy, eval_every_updates=config["eval_updates"], progress=False,
-                      defer_evaluation=True, **common)
+        return Engine(model, policy, eval_every_updates=config["eval_updates"],
+                      momentum=config["momentum"], progress=False, defer_evaluation=True, **common)
     from hogwild_mts.engines.simulated import Simulator
 
     staleness = config["staleness"]
     if staleness == CALIBRATED:
         staleness = calibrated_staleness(cell["workers"])
     return Simulator(model, policy, staleness=staleness, compute=config["compute"],
-                     eval_every=config["eval_updates"], **common)
+                     eval_every=config["eval_updates"], momentum=config["momentum"], **common)
 
 
 def target_reached(history: dict, target: float) -> dict:
@@ -314,10 +327,11 @@ def target_reached(history: dict, target: float) -> dict:
 
 
 def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
-    """The policy's alpha(tau) as the cell ended it (refitted on the cell's histogram)."""
+    """The policy's alpha(tau) as the cell ended it (bound with the workers' momentum, refitted
+    on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
     policy = make_policy(name, alpha=cell["alpha"], **options)
-    policy.bind(cell["workers"])
+    policy.bind(cell["workers"], config["momentum"])
     if getattr(policy, "refit_every", 0):
         policy.observe(histogram)
     return [float(a) for a in policy.table()[:ALPHA_TABLE_ENTRIES]]
@@ -615,6 +629,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--staleness", help="simulated: calibrated (default), event, poisson or geometric")
     parser.add_argument("--compute", help="simulated event model: constant, exponential, gamma:K, lognormal:S")
     parser.add_argument("--eval-updates", type=int, help="updates between loss evaluations")
+    parser.add_argument("--momentum", type=float, help="explicit heavy-ball momentum in [0, 1) of "
+                        "every worker (torch.optim.SGD; default 0)")
+    parser.add_argument("--weight-decay", type=float, help="torch task: weight decay >= 0 (linear "
+                        "models: use --l2)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 
