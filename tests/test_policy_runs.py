@@ -53,3 +53,15 @@ def test_function_policy_plugs_into_the_engine(data):
     assert result.policy["name"] == "function"
     assert result.final_loss < result.history["loss"][0] and result.final_accuracy > 0.7
     assert np.isfinite(result.final_loss)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_workers_bind_the_policy_with_the_engines_momentum(data, workers):
+    """The momentum target subtracts the explicit momentum each worker applies (and the result
+    describes the policy as the workers bound it)."""
+    policy = make_policy("mindthestep", alpha=0.5, target="momentum", mu=0.6, **FAST_REFIT)
+    result = Engine("logreg", policy, workers=workers, epochs=2, momentum=0.2,
+                    progress=False).fit(data)
+    assert result.policy["explicit_momentum"] == 0.2
+    assert result.policy["implicit_momentum"] == pytest.approx(0.5)  # 1 - 0.6 = (1 - 0.5)(1 - 0.2)
+    assert np.isfinite(result.final_loss)

@@ -20,7 +20,7 @@ import numpy as np
 from hogwild_mts.core import signals
 from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, describe, divergence_message
-from hogwild_mts.policies.step_sizes import as_policy
+from hogwild_mts.policies.step_sizes import as_policy, bind_policy, check_momentum
 from hogwild_mts.staleness.summary import fit_staleness_models
 
 POLL_SECONDS = 0.01  # the parent's polling period while workers run
@@ -77,6 +77,10 @@ class Backend(Protocol):
 
     # Optional: ``stalled(seconds) -> {worker id: seconds}``, the workers that have not left their
     # loop and whose update count has not moved for ``seconds``; :func:`run` shows them.
+    # Optional: ``evaluations``, None or a callable ``() -> [(elapsed, updates, params), ...]``:
+    # the evaluations the workers took since the last call, when the run evaluates every
+    # ``eval_every_updates`` updates (copies taken at the due update count, not at the parent's
+    # next poll); without it the parent copies the parameters when a poll finds one due.
     # Optional: ``final_checkpoint(totals, params)``, called once with what ``collect`` and
     # ``snapshot`` returned, after the final evaluation, when the run ended normally or by a
     # stop signal (not after an error or on NaN/inf parameters): write the run's last checkpoint.
@@ -95,14 +99,16 @@ class RunOptions:
     eval_every_updates: int | None  # updates between evaluations (replaces eval_every), or None
     progress: bool
     defer_evaluation: bool
+    momentum: float  # each worker's explicit heavy-ball momentum, in [0, 1); the policy is bound with it
 
 
 def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size, seed,
                 eval_every=None, eval_every_updates=None, progress=False,
-                defer_evaluation=False) -> RunOptions:
+                defer_evaluation=False, momentum=0.0) -> RunOptions:
     """Validate the common options: ``policy`` (a name gets ``alpha``, default ``default_alpha``),
     ``workers``, ``epochs``, ``batch_size`` >= 1, ``seed`` >= 0, the evaluation schedule
-    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given)."""
+    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given),
+    ``momentum`` in [0, 1)."""
     if alpha is None and isinstance(policy, str):
         alpha = default_alpha
     if eval_every_updates is not None:
@@ -115,16 +121,16 @@ def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_s
                       batch_size=check_int("batch_size", batch_size, 1),
                       seed=check_int("seed", seed, 0), eval_every=eval_every,
                       eval_every_updates=eval_every_updates, progress=bool(progress),
-                      defer_evaluation=bool(defer_evaluation))
+                      defer_evaluation=bool(defer_evaluation), momentum=check_momentum(momentum))
 
 
-def describe_fitted(policy, workers: int, histogram: np.ndarray) -> dict:
-    """The policy as the workers ended it: a copy refitted on the final histogram (each worker
-    refits its own copy; the caller's object is never touched)."""
+def describe_fitted(policy, workers: int, momentum: float, histogram: np.ndarray) -> dict:
+    """The policy as the workers ended it: a copy bound as theirs and refitted on the final
+    histogram (each worker refits its own copy; the caller's object is never touched)."""
     import copy
 
     policy = copy.deepcopy(policy)
-    policy.bind(workers)
+    bind_policy(policy, workers, momentum)
     if getattr(policy, "refit_every", 0):
         policy.observe(histogram)
     return describe(policy)
@@ -188,7 +194,7 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
         train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
         final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
         workers=options.workers,
-        policy=describe_fitted(options.policy, options.workers, totals.histogram),
+        policy=describe_fitted(options.policy, options.workers, options.momentum, totals.histogram),
         interrupted=interrupted, **details(final))
 
 
@@ -236,7 +242,9 @@ class _Watcher:
         if spare_core:
             self.record(starting_point, 0.0, resumed_updates)
         every_updates, every_seconds = options.eval_every_updates, options.eval_every
-        next_updates = None if every_updates is None else (resumed_updates // every_updates + 1) * every_updates
+        taken = getattr(backend, "evaluations", None) if every_updates is not None else None
+        next_updates = None if every_updates is None or taken is not None \
+            else (resumed_updates // every_updates + 1) * every_updates
         next_seconds = every_seconds
         bar = progress_bar(total_updates, options.progress)
         bar.update(resumed_updates)
@@ -245,10 +253,13 @@ class _Watcher:
                 finished = backend.finished()  # read before the counts: a later row is the final one
                 updates = backend.poll(next_updates)
                 elapsed = backend.elapsed()
+                if taken is not None:
+                    for row_elapsed, row_updates, params in taken():
+                        self._evaluate(params, row_updates, row_elapsed, bar)
                 due = ((next_updates is not None and updates >= next_updates)
                        or (next_seconds is not None and elapsed >= next_seconds))
                 if due and not backend.finished():  # a run that just ended gets its final row
-                    self._evaluate_now(updates, elapsed, bar)
+                    self._evaluate(backend.snapshot(), updates, elapsed, bar)
                     if next_updates is not None:
                         next_updates = (updates // every_updates + 1) * every_updates
                     else:
@@ -261,8 +272,9 @@ class _Watcher:
         finally:
             bar.close()
 
-    def _evaluate_now(self, updates: int, elapsed: float, bar) -> None:
-        params = self.backend.snapshot()
+    def _evaluate(self, params: np.ndarray, updates: int, elapsed: float, bar) -> None:
+        """Score ``params`` now (or, deferring, keep them to score after the run) as the history
+        row at ``updates`` and ``elapsed`` seconds."""
         if self.options.defer_evaluation:
             if not np.all(np.isfinite(params)):
                 raise DivergenceError(divergence_message(self.options.policy, "the parameters"))

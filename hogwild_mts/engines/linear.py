@@ -14,14 +14,14 @@ import numpy as np
 from hogwild_mts.checkpoint import (RunState, check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.backends.shm import kernels, worker
-from hogwild_mts.backends.shm.backend import (CheckpointWriter, ShmBackend, control_layout,
+from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
 from hogwild_mts.engines.options import process_options
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
-from hogwild_mts.core.options import check_choice, check_finite_vector, check_probability
+from hogwild_mts.core.options import check_choice, check_finite_vector
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.models.linear import LinearModel
@@ -84,14 +84,13 @@ class Engine:
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed, eval_every=eval_every,
             eval_every_updates=eval_every_updates, progress=progress,
-            defer_evaluation=defer_evaluation)
+            defer_evaluation=defer_evaluation, momentum=momentum)
         vars(self).update(vars(self.options))
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
         if not stamp and getattr(self.policy, "name", None) != "constant":
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
-        self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
         vars(self).update(process_options(
             start_method=start_method, split=split, backend=backend, ray_address=ray_address,
@@ -105,11 +104,15 @@ class Engine:
             raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
     # ------------------------------------------------------------------ set-up
-    def _layout(self, dataset: Dataset, sample_weight: np.ndarray):
+    def _layout(self, dataset: Dataset, sample_weight: np.ndarray, evaluations):
         """The block's fields.  The data set goes in only for workers that attach the block
         (spawn, forkserver): the single worker of a ``workers=1`` run is a thread, and forked
-        workers inherit this process's memory, so both read the caller's arrays in place."""
+        workers inherit this process's memory, so both read the caller's arrays in place.
+        ``evaluations``: :func:`worker.evaluation_slots`."""
         layout = control_layout(self.workers, self.model.n_params(dataset.n_features), self.dtype)
+        if evaluations is not None:
+            worker.add_evaluation_fields(layout, evaluations[1], self.model.n_params(dataset.n_features),
+                                         self.dtype)
         layout.add("feature_scale", np.float64, (dataset.n_features,))
         worker.add_schedule(layout, dataset.n_samples, self.split)
         if self.momentum:
@@ -211,17 +214,23 @@ class Engine:
             if run.resumed is not None:
                 return fit_linear(run.remaining_on_ray(), dataset, weights, run.resumed.params, started)
             return fit_linear(self, dataset, weights, start_params, started)
-        block = SharedBlock.create(self._layout(dataset, weights))
+        evaluations = worker.evaluation_slots(
+            self.options.eval_every_updates,
+            worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size, self.split),
+            0 if run.resumed is None else run.resumed.updates)
+        block = SharedBlock.create(self._layout(dataset, weights, evaluations))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, weights, start_params, started, run)
+            return self._run(block, dataset, weights, start_params, started, run, evaluations)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
     def _run(self, block: SharedBlock, dataset: Dataset, sample_weight: np.ndarray, start_params,
-             started: float, run: "_CheckpointedRun") -> FitResult:
+             started: float, run: "_CheckpointedRun", evaluations) -> FitResult:
         """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
         self._fill(block.views, dataset, sample_weight)
+        if evaluations is not None:
+            worker.prepare_evaluations(block.views, evaluations[0], self.options.eval_every_updates)
         if start_params is not None:
             block.views["params"][:] = start_params
         spec = self._spec(block, dataset)
@@ -269,7 +278,8 @@ class Engine:
 
         backend = ShmBackend(block, self.workers, launch, self.policy,
                              None if self.checkpoints is None
-                             else CheckpointWriter(block.views, spec, run.write))
+                             else CheckpointWriter(block.views, spec, run.write),
+                             None if evaluations is None else EvaluationReader(block.views, self.stamp))
         total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
                                      self.split)
         return lifecycle.run(backend, self.options, score=score, details=details,

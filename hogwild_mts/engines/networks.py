@@ -23,7 +23,7 @@ import numpy as np
 
 from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
 from hogwild_mts.backends.shm import worker
-from hogwild_mts.backends.shm.backend import (CheckpointWriter, ShmBackend, control_layout,
+from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.checkpoint import RunState, policy_spec, prepare_directory
@@ -31,8 +31,7 @@ from hogwild_mts.engines.options import process_options
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import strict_json
-from hogwild_mts.core.options import (check_choice, check_finite_vector, check_nonnegative,
-                                      check_probability)
+from hogwild_mts.core.options import check_choice, check_finite_vector, check_nonnegative
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
 from hogwild_mts.backends.shm import torch_worker
@@ -115,10 +114,9 @@ class TorchEngine:
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed, eval_every=eval_every,
             eval_every_updates=eval_every_updates, progress=progress,
-            defer_evaluation=defer_evaluation)
+            defer_evaluation=defer_evaluation, momentum=momentum)
         vars(self).update(vars(self.options))
         self.loss = check_choice("loss", loss, LOSSES)
-        self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
         # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
@@ -206,9 +204,12 @@ class TorchEngine:
                             f"or arrays X and y, got {type(data).__name__} without y")
         return array_dataset(data, y, test, classification=self.loss == "cross_entropy")
 
-    def _layout(self, dataset: ArrayDataset, n_values: int):
-        """The block's fields; the inputs and targets only for workers that attach it (not fork)."""
+    def _layout(self, dataset: ArrayDataset, n_values: int, evaluations):
+        """The block's fields; the inputs and targets only for workers that attach it (not fork).
+        ``evaluations``: :func:`worker.evaluation_slots`."""
         layout = control_layout(self.workers, n_values, self.dtype)
+        if evaluations is not None:
+            worker.add_evaluation_fields(layout, evaluations[1], n_values, self.dtype)
         worker.add_schedule(layout, dataset.n_train, self.split)
         if self.checkpoints is not None:
             worker.add_checkpoint_fields(layout, self.workers, n_values, self.dtype)
@@ -266,17 +267,23 @@ class TorchEngine:
 
             return fit_network(self, dataset, network, started)
         n_values = parameter_count(network) + buffer_count(network)
-        block = SharedBlock.create(self._layout(dataset, n_values))
+        evaluations = worker.evaluation_slots(
+            self.options.eval_every_updates,
+            worker.total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size, self.split),
+            0 if run.resumed is None else run.resumed.updates)
+        block = SharedBlock.create(self._layout(dataset, n_values, evaluations))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, network, started, run)
+            return self._run(block, dataset, network, started, run, evaluations)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
     def _run(self, block: SharedBlock, dataset: ArrayDataset, network, started: float,
-             run: "_NetworkRun") -> FitResult:
+             run: "_NetworkRun", evaluations) -> FitResult:
         """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
         views = block.views
+        if evaluations is not None:
+            worker.prepare_evaluations(views, evaluations[0], self.options.eval_every_updates)
         n_params = parameter_count(network)
         flatten_parameters(network, views["params"][:n_params])
         flatten_buffers(network, views["params"][n_params:])
@@ -317,7 +324,8 @@ class TorchEngine:
         checkpoints = None
         if self.checkpoints is not None:
             checkpoints = CheckpointWriter(views, spec, lambda state: run.write(network, state))
-        backend = ShmBackend(block, self.workers, launch, self.policy, checkpoints)
+        backend = ShmBackend(block, self.workers, launch, self.policy, checkpoints,
+                             None if evaluations is None else EvaluationReader(views, True))
         return lifecycle.run(backend, self.options, score=score, details=details,
                              total_updates=worker.total_updates(dataset.n_train, self.workers,
                                                                 self.epochs, self.batch_size,

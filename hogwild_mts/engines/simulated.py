@@ -16,8 +16,9 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in
                                                 compute_sampler, event_schedule, round_robin,
                                                 staleness_source)
 from hogwild_mts.core import lifecycle
-from hogwild_mts.core.options import check_choice, check_int, check_positive, check_probability
+from hogwild_mts.core.options import check_choice, check_int, check_positive
 from hogwild_mts.core.result import FitResult
+from hogwild_mts.policies.step_sizes import bind_policy
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
 from hogwild_mts.models.linear import LinearModel
 
@@ -53,7 +54,7 @@ class Simulator:
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed,
             eval_every_updates=None if eval_every is None else check_int("eval_every", eval_every, 1),
-            progress=progress)
+            progress=progress, momentum=momentum)
         vars(self).update(vars(self.options))
         self.eval_every = self.options.eval_every_updates
         self.staleness = staleness
@@ -63,7 +64,6 @@ class Simulator:
             compute_sampler(compute)
         self.update_seconds = check_positive("update_seconds", update_seconds)
         self.stale_reads = check_choice("stale_reads", stale_reads, STALE_READS)
-        self.momentum = check_probability("momentum", momentum, allow_zero=True, allow_one=False)
 
     def _batches(self, n_samples: int):
         """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly
@@ -117,7 +117,7 @@ class Simulator:
         np.divide(dataset.n_samples, counts, out=feature_scale, where=counts > 0)
         policies = [copy.deepcopy(self.policy) for _ in range(self.workers)]
         for policy in policies:
-            policy.bind(self.workers, self.momentum)
+            bind_policy(policy, self.workers, self.momentum)
         eval_every = self.eval_every or max(1, total // DEFAULT_EVALUATIONS)
         backend = SimBackend(
             data={"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,

@@ -48,7 +48,7 @@ class ParameterServer:
         self.hist = np.zeros((1, control.HIST_BINS), np.int64)
         self.stats = np.zeros(control.STAT_COLUMNS, np.int64)
         self.worker_pushes = np.zeros(workers, np.int64)  # pushes applied, by worker id
-        self.refitter = Refitter(policy, workers, self.params.dtype)
+        self.refitter = Refitter(policy, workers, 0.0, self.params.dtype)  # Ray workers take plain SGD steps
         self.stop = False
         self.started = 0.0  # time.time() of go(), on the server's clock
         self.last_push = 0.0

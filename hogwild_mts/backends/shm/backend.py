@@ -187,15 +187,48 @@ class CheckpointWriter:
             velocity=self.views["velocity0"].copy() if "velocity0" in self.views else None))
 
 
+class EvaluationReader:
+    """The parent's side of update-triggered evaluations (the workers':
+    :class:`hogwild_mts.backends.shm.worker.EvaluationTaker`): hands out each published slot
+    once, in slot order.  A slot nobody claimed while the run's count was in its window is
+    skipped (one copy's count passed its window; a late claim of it is never handed out)."""
+
+    def __init__(self, views: dict, stamp: bool):
+        self.views, self.stamp = views, stamp
+        self._next = 0  # the first slot not handed out or skipped yet
+
+    def taken(self, origin: float) -> list:
+        """``[(seconds since origin, updates, parameter copy), ...]`` of the slots published since
+        the last call (``origin``: time.time() seconds)."""
+        views = self.views
+        first, every = (int(word) for word in views["eval_words"][[worker.EVAL_FIRST, worker.EVAL_EVERY]])
+        updates = worker.run_updates(views, self.stamp)
+        rows = []
+        while self._next < views["eval_done"].shape[0]:
+            slot = self._next
+            if kernels.load_word(views["eval_done"], slot):  # an acquire: the copy is whole
+                rows.append((float(views["eval_times"][slot]) - origin, int(views["eval_updates"][slot]),
+                             views["eval_params"][slot].copy()))
+            elif views["eval_claims"][slot] or updates < first + (slot + 1) * every:
+                break  # being copied, or its window is still open
+            self._next += 1
+        return rows
+
+
 class ShmBackend:
     """Workers on one shared block.  ``launch(views, processes) -> error queue`` starts them
     (appending each to ``processes``: processes, or a ThreadWorker for one worker).  The block
     is released by :meth:`close`.  ``checkpoints``: None or a :class:`CheckpointWriter`, polled
-    with the workers and asked for the final state by :meth:`final_checkpoint`."""
+    with the workers and asked for the final state by :meth:`final_checkpoint`.
+    ``evaluations``: None (the parent copies the parameters when an evaluation is due) or an
+    :class:`EvaluationReader` over the copies the workers take (update-triggered evaluations)."""
 
-    def __init__(self, block: SharedBlock, workers: int, launch, policy, checkpoints=None):
+    def __init__(self, block: SharedBlock, workers: int, launch, policy, checkpoints=None,
+                 evaluations: EvaluationReader | None = None):
         self.block, self.workers, self._launch, self._policy = block, workers, launch, policy
         self._checkpoints = checkpoints
+        # the lifecycle's optional ``evaluations`` (None: the parent copies the parameters)
+        self.evaluations = None if evaluations is None else lambda: evaluations.taken(self._origin())
         self.views = block.views
         self.processes: list = []
         self._errors = None
@@ -262,12 +295,16 @@ class ShmBackend:
         return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_DONE)
                     or not any(p.is_alive() for p in self.processes))
 
-    def elapsed(self) -> float:
-        """Seconds since the first worker entered its loop (the origin of ``train_seconds`` in
-        :meth:`collect`, so history rows and the final row share one clock); since go before."""
+    def _origin(self) -> float:
+        """time.time() when the first worker entered its loop (the origin of ``train_seconds`` in
+        :meth:`collect`, so history rows and the final row share one clock); go's before."""
         starts = self.views["clock"][:, control.CLOCK_LOOP_START]
         started = starts[starts > 0]
-        return time.time() - (float(started.min()) if started.size else self._go_time)
+        return float(started.min()) if started.size else self._go_time
+
+    def elapsed(self) -> float:
+        return time.time() - self._origin()
+
 
     def snapshot(self) -> np.ndarray:
         return np.array(self.views["params"])

@@ -228,7 +228,9 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     weight decay, on a private velocity).  Every ``policy.refit_every`` own updates the policy
     refits from all histogram rows, as :func:`hogwild_mts.backends.shm.worker.run_worker` does
     (a :class:`hogwild_mts.backends.shm.worker.Refitter`).  Worker 0 of a checkpointed run lets
-    a :class:`hogwild_mts.backends.shm.worker.Snapshotter` snapshot the run before each piece;
+    a :class:`hogwild_mts.backends.shm.worker.Snapshotter` snapshot the run before each piece,
+    and with update-triggered evaluations every worker lets its
+    :class:`hogwild_mts.backends.shm.worker.EvaluationTaker` copy the parameters after each batch;
     the worker's position moves past each batch it has applied, so a run stopped between two
     batches of a piece resumes from the next batch.
     """
@@ -249,7 +251,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     velocity = np.zeros_like(params) if with_momentum else None  # private to this worker
     momentum, weight_decay = params.dtype.type(spec.momentum), params.dtype.type(spec.weight_decay)
 
-    refitter = base.Refitter(spec.policy, spec.workers, params.dtype)
+    refitter = base.Refitter(spec.policy, spec.workers, spec.momentum, params.dtype)
     batch_inputs = torch.empty((spec.batch_size,) + tuple(inputs.shape[1:]), dtype=inputs.dtype)
     batch_targets = torch.empty((spec.batch_size,) + tuple(targets.shape[1:]), dtype=targets.dtype)
     hist_row = hist_rows[worker_id]
@@ -275,6 +277,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
     snapshotter = base.Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
+    evaluations = base.EvaluationTaker(views, spec.stamp, spec.workers) if "eval_words" in views else None
     state = STATE_DONE
     pieces = base.row_pieces(views, spec, worker_id, inputs.shape[0], CLAIM_BATCHES, 1)
     for order, piece_start, piece_stop in pieces:
@@ -301,6 +304,8 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
                              rows.shape[0])
             if position is not None:
                 position[0] += 1
+            if evaluations is not None:
+                evaluations.maybe_take()
             refitter.maybe_refit(stats, hist_rows)
         else:
             continue

@@ -46,6 +46,7 @@ from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO,
                                       STATE_DONE, STATE_DIVERGED, STATE_FAILED, STATE_READY,
                                       STATE_RUNNING, STATUS_DIVERGED)
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, process_alive
+from hogwild_mts.policies.step_sizes import bind_policy
 
 GO_POLL_SECONDS = 0.001
 ORDER_POLL_SECONDS = 0.0001  # waiting for an epoch order (rare: it is drawn half an epoch ahead)
@@ -72,6 +73,14 @@ SNAP_COUNTER, SNAP_UPDATES, SNAP_SAMPLES, SNAP_MAX_TAU, SNAP_REFITS, SNAP_POSITI
 SNAP_WRITTEN = 8  # snapshots the parent has written (its own cache line)
 SNAP_GENERATOR = 16  # 6 words: the order generator before the epoch of SNAP_POSITION
 SNAPSHOT_WORDS = 24
+
+# Update-triggered evaluations: words of the "eval_words" field (int64), then per slot k a claim
+# word, a done word, the update count and time of its copy, and the copy of the parameters.
+# Slot k is due once the run has applied EVAL_FIRST + k * EVAL_EVERY updates, and stays the
+# slot to take until EVAL_FIRST + (k + 1) * EVAL_EVERY.
+EVAL_FIRST, EVAL_EVERY = 0, 1
+EVAL_WORDS = 8
+EVAL_MAX_BYTES = 1 << 30  # largest space for the parameter copies of one run
 
 
 @dataclass
@@ -152,6 +161,45 @@ def add_velocity_field(layout: Layout, n_params: int) -> None:
     only), so that checkpoints can save it and a resume restore it; the other workers' stay
     private."""
     layout.add("velocity0", np.float64, (n_params,))
+
+
+def evaluation_slots(every: int | None, total: int, resumed: int) -> tuple[int, int] | None:
+    """(the update count of the first update-triggered evaluation, the number of slots) for a
+    run that ends at ``total`` updates, starts at ``resumed`` and evaluates every ``every``
+    updates; None when ``every`` is None (evaluations on a time schedule)."""
+    if every is None:
+        return None
+    first = (resumed // every + 1) * every
+    return first, max(0, (total - first) // every + 1)
+
+
+def add_evaluation_fields(layout: Layout, slots: int, n_params: int, dtype) -> None:
+    """Add the fields of update-triggered evaluations (:class:`EvaluationTaker`): ``slots``
+    copies of the parameters.  ValueError when they would take more than EVAL_MAX_BYTES."""
+    size = slots * n_params * np.dtype(dtype).itemsize
+    if size > EVAL_MAX_BYTES:
+        raise ValueError(
+            f"eval_every_updates asks for {slots} copies of {n_params} parameters "
+            f"({size / 2**20:.0f} MiB); at most {EVAL_MAX_BYTES / 2**20:.0f} MiB are allowed: "
+            f"evaluate about {-(-size // EVAL_MAX_BYTES)} times less often")
+    layout.add("eval_words", np.int64, (EVAL_WORDS,))
+    for name in ("eval_claims", "eval_done", "eval_updates"):
+        layout.add(name, np.int64, (slots,))
+    layout.add("eval_times", np.float64, (slots,))
+    layout.add("eval_params", dtype, (slots, n_params))
+
+
+def prepare_evaluations(views: dict, first: int, every: int) -> None:
+    """Parent, before the start: slot k is due at ``first + k * every`` updates."""
+    views["eval_words"][[EVAL_FIRST, EVAL_EVERY]] = first, every
+
+
+def run_updates(views: dict, stamp: bool) -> int:
+    """The updates the run has applied so far: the counter of a stamped run (each update
+    claims one count before it writes), else the sum of the workers' counts."""
+    if stamp:
+        return int(kernels.load_word(views["counter"], 0))
+    return int(views["stats"][:, STAT_UPDATES].sum())
 
 
 def load_schedule_kernels() -> None:
@@ -346,10 +394,10 @@ class Refitter:
     long-tailed histogram, then runs less often instead of stalling training).
     """
 
-    def __init__(self, policy, workers: int, dtype):
+    def __init__(self, policy, workers: int, momentum: float, dtype):
         self.policy = policy
         self.dtype = dtype
-        policy.bind(workers)
+        bind_policy(policy, workers, momentum)
         self.table = np.ascontiguousarray(policy.table(), dtype=dtype)
         self.refit_every = int(getattr(policy, "refit_every", 0) or 0)
         self._next_refit = self.refit_every
@@ -423,6 +471,55 @@ class Snapshotter:
         self._schedule(updates)
 
 
+class EvaluationTaker:
+    """Every worker's side of update-triggered evaluations (the parent's:
+    :class:`hogwild_mts.backends.shm.backend.EvaluationReader`).  Between two pieces of work,
+    when the run's update count (:func:`run_updates`) lies in the window of a slot nobody has
+    claimed, the worker that wins the slot's claim word copies the live parameters into it with
+    the count and time.time() of the copy, then publishes the slot.  A worker never waits: the
+    loser of a claim goes on training, and a worker descheduled while it copies holds back only
+    its own slot."""
+
+    def __init__(self, views: dict, stamp: bool, workers: int):
+        self.views, self.stamp, self._workers = views, stamp, workers
+        words = views["eval_words"]
+        self._first, self._every = int(words[EVAL_FIRST]), int(words[EVAL_EVERY])
+        self._slots = views["eval_done"].shape[0]
+
+    def maybe_take(self) -> int:
+        """Take the slot whose window holds the run's update count if nobody has claimed it;
+        return the updates until the next slot is due."""
+        views = self.views
+        updates = run_updates(views, self.stamp)
+        if updates < self._first:
+            return self._first - updates
+        slot = (updates - self._first) // self._every
+        if slot < self._slots and not views["eval_claims"][slot] \
+                and kernels.add_word(views["eval_claims"], slot, 1) == 0:
+            updates = run_updates(views, self.stamp)
+            np.copyto(views["eval_params"][slot], views["params"])
+            views["eval_updates"][slot], views["eval_times"][slot] = updates, time.time()
+            kernels.store_word(views["eval_done"], slot, 1)  # a release: the copy comes first
+        if slot + 1 >= self._slots:
+            return 0
+        return self._first + (slot + 1) * self._every - updates
+
+    def cut(self, pieces, batch_size: int):
+        """Yield ``pieces`` (``(order, start, stop)`` in rows), each cut where the run would reach
+        the next due count if every worker applied as many updates as this one, taking the due
+        copies before each part: exact due counts with one worker; with more, the parts shrink
+        as the due count nears, so a copy lands within a few small parts of it."""
+        for order, start, stop in pieces:
+            while True:
+                to_due = self.maybe_take()
+                rows = -(-to_due // self._workers) * batch_size  # this worker's share, in rows
+                if to_due <= 0 or start + rows >= stop:
+                    yield order, start, stop
+                    break
+                yield order, start, start + rows
+                start += rows
+
+
 def _parent_alive(parent_pid: int) -> bool:
     """Our parent process lives: it is still our parent, or (a fork server's child, whose
     server lives as long as we do) a running process with its pid exists."""
@@ -441,12 +538,13 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     parent, and lets its :class:`Refitter` refit the policy: refits fall on piece boundaries, so
     they come every ``max(refit_every, piece)`` updates at the most (a piece is a few ms).
     Worker 0 of a checkpointed run lets its :class:`Snapshotter` snapshot the run before it
-    starts a piece.
+    starts a piece; with update-triggered evaluations every worker's :class:`EvaluationTaker`
+    cuts the pieces at the due counts and copies the parameters there.
     """
     stats = views["stats"][worker_id]
     flags = views["flags"]
     hist_rows = views["hist"]
-    refitter = Refitter(spec.policy, spec.workers, np.float64)
+    refitter = Refitter(spec.policy, spec.workers, spec.momentum, np.float64)
     derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
     momentum_state = momentum_buffers(spec, views, worker_id)
 
@@ -464,9 +562,12 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     if not wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
     snapshotter = Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
+    pieces = row_pieces(views, spec, worker_id, views["indptr"].shape[0] - 1, spec.chunk_updates,
+                        MIN_CLAIM_UPDATES)
+    if "eval_words" in views:
+        pieces = EvaluationTaker(views, spec.stamp, spec.workers).cut(pieces, spec.batch_size)
     state = STATE_DONE
-    for order, start, stop in row_pieces(views, spec, worker_id, views["indptr"].shape[0] - 1,
-                                         spec.chunk_updates, MIN_CLAIM_UPDATES):
+    for order, start, stop in pieces:
         if _stop_requested(flags, spec.parent_pid):
             break
         if snapshotter is not None:
