@@ -122,8 +122,8 @@ def test_static_split_counts_each_shard_in_batches(data):
 
 
 def test_forked_workers_read_the_data_in_place_and_only_fork_may_carry_views(data):
-    forked = Engine(workers=2, start_method="fork")._layout(data, kernels.UNIT_WEIGHTS)
-    spawned = Engine(workers=2, start_method="spawn")._layout(data, kernels.UNIT_WEIGHTS)
+    forked = Engine(workers=2, start_method="fork")._layout(data, kernels.UNIT_WEIGHTS, None)
+    spawned = Engine(workers=2, start_method="spawn")._layout(data, kernels.UNIT_WEIGHTS, None)
     assert "values" not in forked.fields and "values" in spawned.fields
     spec = type("Spec", (), {"views": {}})()
     with pytest.raises(ValueError, match="only 'fork' may pass them"):
