@@ -64,6 +64,17 @@ def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monk
         run_grid(config, out, plots=False)
 
 
+def test_a_stop_signal_held_while_a_cell_finished_stops_the_grid_after_that_cell(tmp_path):
+    out = str(tmp_path / "run")
+    config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "policies": ["constant"],
+                                "workers": [1, 2], "seeds": [0], "epochs": 1, "targets": [0.6],
+                                "alphas": [0.5]})
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(config, out, plots=False, stop_signals=[15])  # as signals.stop_on_signals fills it
+    assert os.listdir(os.path.join(out, "cells")) == ["constant-a0.5-m1-s0.json"]
+    assert run_grid(config, out, plots=False) == {"ran": 1, "skipped": 1, "cells": 2}
+
+
 def test_a_target_never_reached_is_recorded_with_its_best_loss(tmp_path):
     out = tmp_path / "run"
     assert main(["experiment", "--out", str(out), "--targets", "1e-9", *TINY, "--no-plots"]) == 0

@@ -459,7 +459,7 @@ def _run_command(args, stop_signals: list) -> int:
     try:
         if args.command == "experiment":
             from hogwild_mts.app.experiment import main as run_experiment
-            return run_experiment(args)
+            return run_experiment(args, stop_signals)
         if args.command == "report":
             from hogwild_mts.app.experiment import report_main
             return report_main(args)

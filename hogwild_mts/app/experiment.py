@@ -365,9 +365,13 @@ def run_cell(config: dict, cell: dict, data) -> dict:
 
 
 # ---------------------------------------------------------------------------- the grid
-def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) -> dict:
+def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True,
+             stop_signals: list = ()) -> dict:
     """Run every cell not already in ``out_dir``; then rewrite the tables (and plots).
-    Returns {"ran": n, "skipped": n, "cells": total}."""
+    Returns {"ran": n, "skipped": n, "cells": total}.  ``stop_signals``: the list
+    :func:`hogwild_mts.core.signals.stop_on_signals` fills; a signal held while a cell's result
+    was being made (so the cell finished) stops the grid after that cell is written
+    (KeyboardInterrupt), as one that cut a cell short does before."""
     prepare_run_dir(out_dir, config)
     cells = cells_of(config)
     done = {record["name"] for record in read_cells(out_dir)}
@@ -386,6 +390,8 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True) 
         print(f"[{skipped + number:>{len(str(len(cells)))}}/{len(cells)}] "
               f"{describe_outcome(record, config['targets'])}"
               f"  ({time.time() - cell_started:.1f} s, about {eta:.0f} s left)", file=log, flush=True)
+        if stop_signals:
+            raise KeyboardInterrupt
     write_tables(out_dir, config)
     if plots:
         from hogwild_mts.app.plots import draw_all
@@ -636,12 +642,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 
-def main(args) -> int:
-    """``hogwild-mts experiment``: load the config, run the missing cells, write tables and plots."""
+def main(args, stop_signals: list = ()) -> int:
+    """``hogwild-mts experiment``: load the config, run the missing cells, write tables and plots
+    (``stop_signals``: see :func:`run_grid`)."""
     overrides = {key: getattr(args, key) for key in QUICK if hasattr(args, key)}
     config = load_config(args.config, overrides)
     out_dir = args.out or os.path.join("runs", config["name"])
-    outcome = run_grid(config, out_dir, plots=not args.no_plots)
+    outcome = run_grid(config, out_dir, plots=not args.no_plots, stop_signals=stop_signals)
     print(f"{outcome['ran']} cells run, {outcome['skipped']} reused; tables in {out_dir}")
     return 0
 

@@ -147,18 +147,20 @@ Score = Callable[[np.ndarray], tuple]  # params -> (loss, accuracy or None)
 
 
 def run(backend: Backend, options: RunOptions, *, score: Score, details: Callable[[np.ndarray], dict],
-        total_updates: int, started: float, resumed_updates: int = 0) -> FitResult:
+        total_updates: int, started: float, resumed_updates: int = 0,
+        score_in_threads: bool = False) -> FitResult:
     """Run ``backend`` to the end (or Ctrl-C) and return the FitResult.
 
     ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
     ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
     settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
     fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
-    counts start there).  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
+    counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
+    releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
     partial result with ``interrupted=True``; a stop signal while the result is being made is
     held, not raised.  The backend is stopped, joined and closed on every path.
     """
-    watcher = _Watcher(backend, options, score)
+    watcher = _Watcher(backend, options, score, score_in_threads)
     try:
         interrupted = False
         try:
@@ -201,20 +203,26 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
 class _Watcher:
     """The parent's side of a running fit: start handshake, polls, evaluation schedule, history."""
 
-    def __init__(self, backend: Backend, options: RunOptions, score: Score):
+    def __init__(self, backend: Backend, options: RunOptions, score: Score, score_in_threads: bool):
         self.backend, self.options, self._score = backend, options, score
+        self._score_in_threads = score_in_threads
         self.history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
         self.deferred = []  # (elapsed, updates, parameter copy) scored after the run
         self.postfix = {}  # what the progress line shows after the counts
         self.stalled = set()  # workers shown as stalled
 
-    def record(self, params: np.ndarray, elapsed: float, updates: int):
-        """Score ``params`` (DivergenceError on NaN/inf) and append a history row."""
+    def _checked_score(self, params: np.ndarray) -> tuple:
+        """``score(params)``; DivergenceError on NaN/inf parameters or loss."""
         if not np.all(np.isfinite(params)):
             raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
         loss, accuracy = self._score(params)
         if not math.isfinite(loss):
             raise DivergenceError(divergence_message(self.options.policy, "the loss"))
+        return loss, accuracy
+
+    def record(self, params: np.ndarray, elapsed: float, updates: int, scored: tuple | None = None):
+        """Score ``params`` (unless ``scored`` gives its (loss, accuracy)) and append a history row."""
+        loss, accuracy = self._checked_score(params) if scored is None else scored
         self.history["time_s"].append(round(float(elapsed), 4))
         self.history["updates"].append(int(updates))
         self.history["loss"].append(float(loss))
@@ -222,9 +230,19 @@ class _Watcher:
         return loss, accuracy
 
     def score_deferred(self) -> None:
-        for elapsed, updates, params in self.deferred:
-            self.record(params, elapsed, updates)
-        self.deferred = []
+        """Score the copies kept during the run into history rows, in order (on every core when
+        ``score`` may run in threads)."""
+        deferred, self.deferred = self.deferred, []
+        copies = [params for _, _, params in deferred]
+        if self._score_in_threads and len(copies) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                scores = list(pool.map(self._checked_score, copies))
+        else:
+            scores = [self._checked_score(params) for params in copies]
+        for (elapsed, updates, params), scored in zip(deferred, scores):
+            self.record(params, elapsed, updates, scored)
 
     def watch(self, total_updates: int, resumed_updates: int = 0) -> None:
         """Start the workers together once all are ready, then poll until they finish,

@@ -284,7 +284,8 @@ class Engine:
                                      self.split)
         return lifecycle.run(backend, self.options, score=score, details=details,
                              total_updates=total, started=started,
-                             resumed_updates=0 if run.resumed is None else run.resumed.updates)
+                             resumed_updates=0 if run.resumed is None else run.resumed.updates,
+                             score_in_threads=True)  # kernels.objective releases the GIL
 
 
 class _CheckpointedRun:
