@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Issue 11 on a machine with >= 16 cores: real worker processes at m = 1, 4, 8, 16 on the convex
 # task (logistic regression, RCV1-shaped sparse data) and on MNIST-1D (MLP), every policy on a
-# step grid, 3 seeds.  Stops starting new cells after DEADLINE seconds (default 570: under 10
+# step grid, 3 seeds; then the MNIST-1D CNN with momentum 0.9 at m = 1 and 16.  Stops starting new cells after DEADLINE seconds (default 570: under 10
 # minutes in all), then writes every table; a rerun resumes the unfinished cells.
 #
 #   scripts/experiments/manycore.sh [OUT_DIR]        # default runs/manycore
 #
-# OUT_DIR/linear and OUT_DIR/mnist1d are experiment run directories (cells, CSV tables, plots);
+# OUT_DIR/linear, OUT_DIR/mnist1d and OUT_DIR/cnn are experiment run directories (cells, CSV tables, plots);
 # OUT_DIR/tables.md holds the markdown tables (staleness fits, best against best, transfer, goal).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -29,6 +29,7 @@ stages=(
     "mnist1d $configs/manycore-mnist1d.json --workers 1,16"
     "linear $configs/manycore-linear.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
     "mnist1d $configs/manycore-mnist1d.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
+    "cnn $configs/mnist1d-cnn-momentum.json --workers 1,16 --policies constant,mindthestep,mts-momentum-explicit"
 )
 for stage in "${stages[@]}"; do
     read -r name config flags <<<"$stage"
@@ -44,7 +45,7 @@ done
 
 {
     echo "# manycore.sh on $(hostname): $cores cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-    for name in linear mnist1d; do
+    for name in linear mnist1d cnn; do
         [[ -d "$out/$name/cells" ]] || continue
         "$python" -m hogwild_mts.app.cli report "$out/$name" >/dev/null
         for table in fits best transfer goal; do
