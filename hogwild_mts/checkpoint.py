@@ -180,37 +180,71 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
                                    f"{error.strerror or error}") from None
 
 
-def read_checkpoint(path: str) -> tuple[dict, RunState]:
-    """(the run's settings, its state) from the checkpoint at ``path``; ModelFileError (a
-    ValueError) naming the path for a missing directory, a model file that is not a
-    checkpoint, or a broken one."""
+def read_checkpoint_files(path: str, read, start_instead: str) -> tuple[dict, object, dict]:
+    """(document, what ``read`` gave beside it, the run record) of the checkpoint directory at
+    ``path``, read with ``read(path) -> (document, arrays or state_dict)`` (linear models:
+    ``model_file.read``; networks: ``model_file.read_network``).  ModelFileError (a ValueError)
+    naming the path for a missing directory or a model file without run state (``start_instead``:
+    how to start from its weights instead)."""
     if not os.path.isdir(path):
         raise ModelFileError(f"resume: {path!r} is not a directory (a checkpoint is the "
                              "directory given as checkpoint_dir, or --out DIR/checkpoint)")
-    document, arrays = model_file.read(path)
+    document, stored = read(path)
     run = document.get("run")
     if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
-        raise ModelFileError(f"{path}: a model file without run state, not a checkpoint (start "
-                             "from its parameters with init_params or --init instead)")
-    settings = run["settings"]
+        raise ModelFileError(f"{path}: a model file without run state, not a checkpoint "
+                             f"({start_instead} instead)")
+    return document, stored, run
+
+
+def run_state(path: str, document: dict, run: dict, pieces) -> RunState:
+    """The RunState of a checkpoint's ``document`` and ``run`` record; ``pieces()`` gives what
+    each format stores its own way: (parameters, staleness histogram, order generator words,
+    velocity or None).  ModelFileError naming ``path`` for a broken state."""
     try:
-        if arrays["staleness_histogram"].ndim != 1 or arrays["staleness_histogram"].size > HIST_BINS:
+        params, histogram, generator, velocity = pieces()
+        histogram = np.asarray(histogram, dtype=np.int64)
+        if histogram.ndim != 1 or histogram.size > HIST_BINS:
             raise ValueError(f"staleness_histogram must be 1-d with at most {HIST_BINS} bins")
-        params = arrays["coef"][0]
-        if settings["fit_intercept"]:
-            params = np.append(params, arrays["intercept"][0])
-        generator = arrays.get("order_generator", np.zeros(GENERATOR_WORDS, np.uint64))
+        generator = np.asarray(generator, dtype=np.uint64)
         if generator.shape != (GENERATOR_WORDS,):
             raise ValueError(f"order_generator must hold {GENERATOR_WORDS} words")
         state = RunState(params=np.array(params, dtype=np.float64), counter=int(document["counter"]),
-                         histogram=np.asarray(arrays["staleness_histogram"], dtype=np.int64),
-                         updates=int(run["updates"]), samples=int(run["samples"]),
+                         histogram=histogram, updates=int(run["updates"]), samples=int(run["samples"]),
                          max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
-                         position=int(run["position"]), order_generator=generator.astype(np.uint64),
-                         finished=bool(run["finished"]), velocity=arrays.get("velocity"))
-    except (KeyError, TypeError, ValueError) as error:
+                         position=int(run["position"]), order_generator=generator,
+                         finished=bool(run["finished"]), velocity=velocity)
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise ModelFileError(f"{path}: broken run state ({error!r})") from None
-    return settings, state
+    return state
+
+
+def read_checkpoint(path: str) -> tuple[dict, RunState]:
+    """(the run's settings, its state) from the linear-model checkpoint at ``path``;
+    ModelFileError (a ValueError) naming the path for a missing directory, a model file that is
+    not a checkpoint, or a broken one."""
+    document, arrays, run = read_checkpoint_files(
+        path, model_file.read, "start from its parameters with init_params or --init")
+    settings = run["settings"]
+
+    def pieces():
+        params = arrays["coef"][0]
+        if settings["fit_intercept"]:
+            params = np.append(params, arrays["intercept"][0])
+        return (params, arrays["staleness_histogram"],
+                arrays.get("order_generator", np.zeros(GENERATOR_WORDS, np.uint64)), arrays.get("velocity"))
+
+    return settings, run_state(path, document, run, pieces)
+
+
+def check_same_settings(path: str, saved: dict, current: dict, names, same: str) -> None:
+    """Refuse (ValueError) to resume the checkpoint at ``path`` when any of the settings ``names``
+    differs between ``saved`` and ``current`` (all of them named; ``same``: what to resume with)."""
+    differ = [f"{name}={saved.get(name)!r} (this run: {current[name]!r})" for name in names
+              if saved.get(name) != current[name]]
+    if differ:
+        raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
+                         + f"; resume with the same {same}")
 
 
 def check_resume(path: str, saved: dict, current: dict) -> None:
@@ -222,19 +256,16 @@ def check_resume(path: str, saved: dict, current: dict) -> None:
                          "run holds no shared-memory run state; resume it with backend='ray', "
                          "or start from its parameters with init_params")
     names = MODEL_SETTINGS + (RUN_SETTINGS if current["backend"] == "shm" else ())
-    differ = [f"{name}={saved.get(name)!r} (this run: {current[name]!r})" for name in names
-              if saved.get(name) != current[name]]
-    if differ:
-        raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
-                         + "; resume with the same model, data and settings")
+    check_same_settings(path, saved, current, names, "model, data and settings")
 
 
-def check_unfinished(path: str, state: RunState, total_batches: int) -> None:
-    """Refuse (ValueError) to resume a run that had done every one of its ``total_batches``
-    (or whose position is not one of them)."""
+def check_unfinished(path: str, state: RunState, total_batches: int,
+                     instead: str = "load it with hogwild_mts.load, or start a new run from it "
+                                    "with init_params / --init") -> None:
+    """Refuse (ValueError) to resume a shared-memory run that had done every one of its
+    ``total_batches`` (``instead``: what to do with it), or whose position is not one of them."""
     if state.finished or state.position >= total_batches:
         raise ValueError(f"cannot resume {path}: that run finished (all {state.updates} updates "
-                         "done); load it with hogwild_mts.load, or start a new run from it with "
-                         "init_params / --init")
+                         f"done); {instead}")
     if state.position < 0:
         raise ModelFileError(f"{path}: broken run state (batch position {state.position})")

@@ -26,10 +26,10 @@ from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.checkpoint import RunState, policy_spec, prepare_directory
+from hogwild_mts.checkpoint import (RunState, check_same_settings, check_unfinished, policy_spec,
+                                    prepare_directory, read_checkpoint_files, run_state)
 from hogwild_mts.engines.options import process_options
 from hogwild_mts.core import lifecycle, signals
-from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import strict_json
 from hogwild_mts.core.options import check_choice, check_finite_vector, check_nonnegative
 from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
@@ -442,23 +442,16 @@ class _NetworkRun:
                 raise ValueError("resume applies to backend='shm'; with backend='ray' start from the "
                                  "checkpoint's weights with init=DIR")
             path = os.fspath(resume)
-            if not os.path.isdir(path):
-                raise ModelFileError(f"resume: {path!r} is not a directory (a checkpoint is the "
-                                     "directory given as checkpoint_dir, or --out DIR/checkpoint)")
-            document, state_dict = read_network(path)
-            run = document.get("run")
-            if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
-                raise ModelFileError(f"{path}: a model file without run state, not a checkpoint "
-                                     "(start from its weights with init= or --init instead)")
-            self._check_resume(path, run["settings"])
+            document, state_dict, run = read_checkpoint_files(
+                path, read_network, "start from its weights with init= or --init")
+            check_same_settings(path, run["settings"], self.settings, RESUME_SETTINGS,
+                                "network, data and settings")
             load_state(network, state_dict, path)
-            self.resumed = _run_state(path, document, network)
-            if self.resumed.finished or self.resumed.position >= worker.total_updates(
-                    dataset.n_train, engine.workers, engine.epochs, engine.batch_size):
-                raise ValueError(f"cannot resume {path}: that run finished (all "
-                                 f"{self.resumed.updates} updates done); load it with "
-                                 "hogwild_mts.load_network, or start a new run from it with "
-                                 "init= / --init")
+            self.resumed = run_state(path, document, run, lambda: (
+                _network_values(network), document["staleness_histogram"], run["order_generator"], None))
+            check_unfinished(path, self.resumed, worker.total_updates(
+                dataset.n_train, engine.workers, engine.epochs, engine.batch_size),
+                "load it with hogwild_mts.load_network, or start a new run from it with init= / --init")
         if engine.checkpoints is not None:
             prepare_directory(engine.checkpoints.directory)
 
@@ -479,14 +472,6 @@ class _NetworkRun:
         if differ:
             raise ValueError(f"init {path}: the file holds another network: " + ", ".join(differ))
 
-    def _check_resume(self, path: str, saved: dict) -> None:
-        """Refuse (ValueError) a checkpoint written by a run with other settings (all named)."""
-        differ = [f"{name}={saved.get(name)!r} (this run: {self.settings[name]!r})"
-                  for name in RESUME_SETTINGS if saved.get(name) != self.settings[name]]
-        if differ:
-            raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
-                             + "; resume with the same network, data and settings")
-
     def write(self, network, state: RunState) -> None:
         """Write ``state`` as the checkpoint (``network``: any network of this run, a template);
         OSError naming the directory when it cannot be written (the previous one stays whole)."""
@@ -506,29 +491,6 @@ class _NetworkRun:
         except OSError as error:
             raise OSError(error.errno, f"checkpoint {directory} could not be written: "
                                        f"{error.strerror or error}") from None
-
-
-def _run_state(path: str, document: dict, network) -> RunState:
-    """The run state of the checkpoint ``document`` whose weights ``network`` now holds;
-    ModelFileError naming ``path`` for a broken one."""
-    run = document["run"]
-    try:
-        histogram = np.asarray(document["staleness_histogram"], dtype=np.int64)
-        if histogram.ndim != 1 or histogram.size > HIST_BINS:
-            raise ValueError(f"staleness_histogram must be a list of at most {HIST_BINS} counts")
-        generator = np.array(run["order_generator"], dtype=np.uint64)
-        if generator.shape != (worker.GENERATOR_WORDS,):
-            raise ValueError(f"order_generator must hold {worker.GENERATOR_WORDS} words")
-        state = RunState(params=_network_values(network), counter=int(document["counter"]),
-                         histogram=histogram, updates=int(run["updates"]), samples=int(run["samples"]),
-                         max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
-                         position=int(run["position"]), order_generator=generator,
-                         finished=bool(run["finished"]))
-    except (KeyError, TypeError, ValueError, OverflowError) as error:
-        raise ModelFileError(f"{path}: broken run state ({error!r})") from None
-    if state.position < 0:
-        raise ModelFileError(f"{path}: broken run state (batch position {state.position})")
-    return state
 
 
 def _network_values(network) -> np.ndarray:

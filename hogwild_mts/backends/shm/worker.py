@@ -427,10 +427,7 @@ class Snapshotter:
     def __init__(self, views: dict, spec: WorkerSpec):
         self.views, self.spec = views, spec
         self._next_updates = self._next_time = math.inf
-        self._schedule(self._updates())
-
-    def _updates(self) -> int:
-        return int(self.views["stats"][:, STAT_UPDATES].sum())
+        self._schedule(run_updates(views, spec.stamp))
 
     def _schedule(self, updates: int) -> None:
         every_updates, every_seconds = self.spec.checkpoint_every_updates, self.spec.checkpoint_every_seconds
@@ -441,7 +438,7 @@ class Snapshotter:
 
     def maybe_take(self) -> None:
         """Take a snapshot if one is due and the parent has written the last one."""
-        updates = self._updates()
+        updates = run_updates(self.views, self.spec.stamp)
         if updates < self._next_updates and time.monotonic() < self._next_time:
             return
         views = self.views
