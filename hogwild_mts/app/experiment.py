@@ -24,12 +24,11 @@ Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` w
 task and mode) gives every worker a private heavy-ball velocity and binds the policies with it;
 ``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
 Every run evaluates the loss
-every ``eval_updates`` updates (real runs copy the parameters then and score the copies after the
-run).  A cell reaches a target where its loss curve first crosses it: updates- and
-time-to-target are interpolated linearly between the history rows on either side, and the
-*resolution* is the gap between those rows over the updates to target (real runs: the gap is at
-least the updates landed in one 10 ms poll of the parent).  ``time_to_target`` is in the run's
-seconds (simulated seconds in simulated mode).
+every ``eval_updates`` updates (in real runs the workers copy the parameters at each due count,
+and the copies are scored after the run).  A cell reaches a target where its loss curve first
+crosses it: updates- and time-to-target are interpolated linearly between the history rows on
+either side, and the *resolution* is the gap between those rows over the updates to target.
+``time_to_target`` is in the run's seconds (simulated seconds in simulated mode).
 """
 
 from __future__ import annotations
