@@ -61,7 +61,7 @@ def _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, pen
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+def momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
                    fit_intercept, l2, penalised, order, position, batch_end, derivative_buffer,
                    alpha, momentum, velocity, touched, mark):
     """One mini-batch with the worker's private ``velocity`` (torch.optim.SGD's momentum
@@ -155,7 +155,7 @@ def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_
             derivative_buffer[b - position] = derivative
         alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row) if stamp else alpha_table[0]
         if momentum != 0.0:
-            _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+            momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
                            fit_intercept, l2, penalised, order, position, batch_end,
                            derivative_buffer, alpha, momentum, velocity, touched,
                            stats_row[STAT_UPDATES])
@@ -187,7 +187,7 @@ def sgd_chunk(values, indices, indptr, dense, labels, sample_weight, feature_sca
     ``sample_weight``: float64 per row multiplying that row's loss gradient (not the penalty, as
     in scikit-learn's SGD), or an empty array for unit weights (the same results bit for bit).
     ``momentum`` > 0 keeps the worker's private ``velocity`` (float64, n_params) with the marks
-    ``touched`` (int64, n_params, start at -1): see :func:`_momentum_step`; with ``momentum``
+    ``touched`` (int64, n_params, start at -1): see :func:`momentum_step`; with ``momentum``
     0 both may be empty (NO_MOMENTUM) and the loop is plain SGD.
 
     Per batch: read the counter, compute the margins from the live shared ``params``, claim the

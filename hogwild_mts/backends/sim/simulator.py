@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.backends.shm.kernels import _momentum_step, row_margin
+from hogwild_mts.backends.shm.kernels import momentum_step, row_margin
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
 from hogwild_mts.models.linear import loss_derivative
@@ -150,7 +150,7 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
     ``momentum`` 0: ``params -= alpha / B * gradient`` row by row (the L2 term on the current
     value).  ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
     ``touched[w]``, start at -1; both (workers, n_params)) and the batch is applied by the real
-    engine's ``kernels._momentum_step`` (mark t): ``v = momentum * v + g``, ``params -= alpha * v``
+    engine's ``kernels.momentum_step`` (mark t): ``v = momentum * v + g``, ``params -= alpha * v``
     on the coordinates the batch stores.
 
     Stale reads: ``snapshots`` -- ``ring_params[v % W]`` holds theta_v for the last W versions;
@@ -213,7 +213,7 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
                     entry += 1
                 log_count[slot] = entry
             worker = update_worker[t]
-            _momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
+            momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
                            fit_intercept, l2, l2 != 0.0, batch_rows, first, last, derivative_buffer,
                            alpha, momentum, velocity[worker], touched[worker], t)
             if snapshots:
