@@ -50,6 +50,39 @@ def test_digits_is_a_fixed_standardised_split():
     assert np.array_equal(first.train_images, second.train_images)
 
 
+def test_digits_are_scikit_learns_split_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    train, test, train_labels, test_labels = train_test_split(
+        bunch.images[:, None], bunch.target, test_size=0.2, random_state=0, stratify=bunch.target)
+    expected_train, expected_test = expected_standardised(train, test)  # standardising removes any scale
+    digits = load_images("digits")
+    assert np.array_equal(digits.train_labels, train_labels) and np.array_equal(digits.test_labels, test_labels)
+    np.testing.assert_allclose(digits.train_images, expected_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(digits.test_images, expected_test, rtol=1e-5, atol=1e-5)
+    code = "import sys; from hogwild_mts import load_images; load_images('digits'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("test_fraction", [0.1, 0.2, 0.33])
+def test_stratified_split_draws_what_scikit_learn_draws(seed, test_fraction):
+    from sklearn.model_selection import train_test_split
+
+    from hogwild_mts.data.images import stratified_split
+
+    labels = np.random.default_rng(seed).integers(0, 7, 503)
+    expected = train_test_split(np.arange(503), test_size=test_fraction, random_state=seed, stratify=labels)
+    for rows, expected_rows in zip(stratified_split(labels, test_fraction, seed), expected):
+        assert np.array_equal(rows, expected_rows)
+
+
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_mnist_idx_files_are_read(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz)

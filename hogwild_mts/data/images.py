@@ -237,16 +237,67 @@ def _standardised(train: np.ndarray, test: np.ndarray, scale: float, classes, na
 
 
 def load_digits() -> ImageDataset:
-    """scikit-learn's 8x8 digits (bundled, no download): 1,437 train / 360 test, stratified, seed 0."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8x8 digits (bundled, no download): 1,437 train / 360 test, stratified, seed 0.
 
-    bunch = sklearn_digits()
-    images = bunch.images[:, None, :, :]
-    train, test, train_labels, test_labels = train_test_split(
-        images, bunch.target, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
-        stratify=bunch.target)
-    return _standardised(train, test, 16.0, MNIST_CLASSES, "digits", train_labels, test_labels)
+    Read from the CSV file scikit-learn ships without importing scikit-learn (its import takes
+    about a second, most of a short command's start-up), and split exactly as
+    ``train_test_split(..., test_size=0.2, random_state=0, stratify=labels)`` does
+    (:func:`stratified_split`; tests/test_images.py checks both against scikit-learn)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits data set comes with scikit-learn, which is not installed "
+                        "(pip install scikit-learn)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "digits.csv.gz")
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    except READ_ERRORS as error:
+        raise DataError(f"{path}: cannot read the digits data set: {error}") from None
+    images, labels = table[:, :64].reshape(-1, 1, 8, 8), table[:, 64].astype(np.int64)
+    train_rows, test_rows = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return _standardised(images[train_rows], images[test_rows], 16.0, MNIST_CLASSES, "digits",
+                         labels[train_rows], labels[test_rows])
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) as scikit-learn's ``train_test_split(test_size=test_fraction,
+    random_state=seed, stratify=labels)`` draws them (StratifiedShuffleSplit: per class, a share
+    of the rows by the approximate mode of the multivariate hypergeometric law, then a shuffle),
+    with the same ``RandomState`` draws in the same order."""
+    rng = np.random.RandomState(seed)
+    n_test = math.ceil(test_fraction * labels.shape[0])
+    n_train = labels.shape[0] - n_test
+    classes, label_ids = np.unique(labels, return_inverse=True)
+    class_counts = np.bincount(label_ids)
+    class_rows = np.split(np.argsort(label_ids, kind="mergesort"), np.cumsum(class_counts)[:-1])
+    train_counts = _approximate_mode(class_counts, n_train, rng)
+    test_counts = _approximate_mode(class_counts - train_counts, n_test, rng)
+    train, test = [], []
+    for rows, n_class_train, n_class_test in zip(class_rows, train_counts, test_counts):
+        shuffled = rows.take(rng.permutation(rows.shape[0]), mode="clip")
+        train.extend(shuffled[:n_class_train])
+        test.extend(shuffled[n_class_train:n_class_train + n_class_test])
+    return rng.permutation(np.array(train, dtype=np.int64)), rng.permutation(np.array(test, dtype=np.int64))
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``n_draws`` rows each class gets (scikit-learn's ``_approximate_mode``): the
+    floor of its share, then one more for the classes with the largest remainders, ties broken
+    by ``rng``."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add_now = min(len(tied), need_to_add)
+            floored[rng.choice(tied, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------- IDX
