@@ -156,9 +156,9 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
     settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
     fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
     counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
-    releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the
-    partial result with ``interrupted=True``; a stop signal while the result is being made is
-    held, not raised.  The backend is stopped, joined and closed on every path.
+    releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C
+    (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the partial result with
+    ``interrupted=True``; a stop signal while the result is being made is held, not raised.  The backend is stopped, joined and closed on every path.
     """
     watcher = _Watcher(backend, options, score, score_in_threads)
     try:
@@ -211,10 +211,14 @@ class _Watcher:
         self.postfix = {}  # what the progress line shows after the counts
         self.stalled = set()  # workers shown as stalled
 
-    def _checked_score(self, params: np.ndarray) -> tuple:
-        """``score(params)``; DivergenceError on NaN/inf parameters or loss."""
+    def _check_finite(self, params: np.ndarray) -> None:
+        """DivergenceError if ``params`` hold NaN or inf."""
         if not np.all(np.isfinite(params)):
             raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
+
+    def _checked_score(self, params: np.ndarray) -> tuple:
+        """``score(params)``; DivergenceError on NaN/inf parameters or loss."""
+        self._check_finite(params)
         loss, accuracy = self._score(params)
         if not math.isfinite(loss):
             raise DivergenceError(divergence_message(self.options.policy, "the loss"))
@@ -294,8 +298,7 @@ class _Watcher:
         """Score ``params`` now (or, deferring, keep them to score after the run) as the history
         row at ``updates`` and ``elapsed`` seconds."""
         if self.options.defer_evaluation:
-            if not np.all(np.isfinite(params)):
-                raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
+            self._check_finite(params)
             self.deferred.append((elapsed, updates, params))
             return
         loss, accuracy = self.record(params, elapsed, updates)

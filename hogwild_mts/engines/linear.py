@@ -214,20 +214,23 @@ class Engine:
             if run.resumed is not None:
                 return fit_linear(run.remaining_on_ray(), dataset, weights, run.resumed.params, started)
             return fit_linear(self, dataset, weights, start_params, started)
-        evaluations = worker.evaluation_slots(
-            self.options.eval_every_updates,
-            worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size, self.split),
-            0 if run.resumed is None else run.resumed.updates)
+        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
+                                     self.split)
+        resumed_updates = 0 if run.resumed is None else run.resumed.updates
+        evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
         block = SharedBlock.create(self._layout(dataset, weights, evaluations))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, weights, start_params, started, run, evaluations)
+            return self._run(block, dataset, weights, start_params, started, run, evaluations,
+                             total, resumed_updates)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
     def _run(self, block: SharedBlock, dataset: Dataset, sample_weight: np.ndarray, start_params,
-             started: float, run: "_CheckpointedRun", evaluations) -> FitResult:
-        """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
+             started: float, run: "_CheckpointedRun", evaluations, total: int,
+             resumed_updates: int) -> FitResult:
+        """Fill ``block``, warm up, and run the workers on it through the lifecycle (``total``
+        updates in all, ``resumed_updates`` of them done before this fit)."""
         self._fill(block.views, dataset, sample_weight)
         if evaluations is not None:
             worker.prepare_evaluations(block.views, evaluations[0], self.options.eval_every_updates)
@@ -280,11 +283,8 @@ class Engine:
                              None if self.checkpoints is None
                              else CheckpointWriter(block.views, spec, run.write),
                              None if evaluations is None else EvaluationReader(block.views, self.stamp))
-        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
-                                     self.split)
         return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=total, started=started,
-                             resumed_updates=0 if run.resumed is None else run.resumed.updates,
+                             total_updates=total, started=started, resumed_updates=resumed_updates,
                              score_in_threads=True)  # kernels.objective releases the GIL
 
 

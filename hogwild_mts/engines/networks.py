@@ -267,20 +267,22 @@ class TorchEngine:
 
             return fit_network(self, dataset, network, started)
         n_values = parameter_count(network) + buffer_count(network)
-        evaluations = worker.evaluation_slots(
-            self.options.eval_every_updates,
-            worker.total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size, self.split),
-            0 if run.resumed is None else run.resumed.updates)
+        total = worker.total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size,
+                                     self.split)
+        resumed_updates = 0 if run.resumed is None else run.resumed.updates
+        evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
         block = SharedBlock.create(self._layout(dataset, n_values, evaluations))
         try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, network, started, run, evaluations)
+            return self._run(block, dataset, network, started, run, evaluations, total,
+                             resumed_updates)
         except BaseException:
             block.release()  # a second release (after the lifecycle's) does nothing
             raise
 
     def _run(self, block: SharedBlock, dataset: ArrayDataset, network, started: float,
-             run: "_NetworkRun", evaluations) -> FitResult:
-        """Fill ``block``, warm up, and run the workers on it through the lifecycle."""
+             run: "_NetworkRun", evaluations, total: int, resumed_updates: int) -> FitResult:
+        """Fill ``block``, warm up, and run the workers on it through the lifecycle (``total``
+        updates in all, ``resumed_updates`` of them done before this fit)."""
         views = block.views
         if evaluations is not None:
             worker.prepare_evaluations(views, evaluations[0], self.options.eval_every_updates)
@@ -327,11 +329,7 @@ class TorchEngine:
         backend = ShmBackend(block, self.workers, launch, self.policy, checkpoints,
                              None if evaluations is None else EvaluationReader(views, True))
         return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=worker.total_updates(dataset.n_train, self.workers,
-                                                                self.epochs, self.batch_size,
-                                                                self.split),
-                             started=started,
-                             resumed_updates=0 if run.resumed is None else run.resumed.updates)
+                             total_updates=total, started=started, resumed_updates=resumed_updates)
 
     # ------------------------------------------------------------------ model files
     def save(self, result: FitResult, path) -> str:

@@ -7,9 +7,9 @@ Property-test your own policy in a few lines::
     def test_my_policy():
         check_policy(lambda: MyPolicy(alpha=0.1), nonincreasing=True)
 
-``check_policy`` binds fresh policies to 1..64 workers with explicit momentum in [0, 0.99], feeds them staleness histograms (empty,
-one-bin, dense, sampled from the staleness models, long-tailed) and asserts the invariants of
-:func:`assert_policy_invariants`.
+``check_policy`` binds fresh policies to 1..64 workers with explicit momentum in [0, 0.99], feeds
+them staleness histograms (empty, one-bin, dense, sampled from the staleness models,
+long-tailed) and asserts the invariants of :func:`assert_policy_invariants`.
 """
 
 from __future__ import annotations

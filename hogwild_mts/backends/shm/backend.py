@@ -305,7 +305,6 @@ class ShmBackend:
     def elapsed(self) -> float:
         return time.time() - self._origin()
 
-
     def snapshot(self) -> np.ndarray:
         return np.array(self.views["params"])
 
