@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts.backends.shm import worker as base
-from hogwild_mts.backends.shm.kernels import load_word, stamped_step
+from hogwild_mts.backends.shm.kernels import keep_largest_tau, load_word, stamped_step
 from hogwild_mts.core.control import STAT_SAMPLES, STAT_UPDATES, STATE_DIVERGED, STATE_DONE
 from hogwild_mts.backends.shm.block import Layout
 
@@ -31,7 +31,8 @@ def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats
     """Stamp and apply one mini-batch gradient lock-free (``kernels.stamped_step``, then
     ``params -= alpha * gradient``; alpha_table has the dtype of params, so float32 stays
     float32) and update the worker's stats row."""
-    alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row)
+    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    keep_largest_tau(stats_row, tau)
     for i in range(params.shape[0]):
         params[i] -= alpha * gradient[i]
     stats_row[STAT_UPDATES] += 1
@@ -45,7 +46,8 @@ def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, co
     Nesterov) on the worker's private ``velocity``: ``g = gradient + weight_decay * params``,
     ``velocity = momentum * velocity + g``, ``params -= alpha(tau) * velocity``.  ``momentum``
     and ``weight_decay`` are scalars of the params dtype."""
-    alpha = stamped_step(counter, t_read, alpha_table, hist_row, stats_row)
+    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    keep_largest_tau(stats_row, tau)
     for i in range(params.shape[0]):
         velocity[i] = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
         params[i] -= alpha * velocity[i]
