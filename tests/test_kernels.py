@@ -1,5 +1,8 @@
 """Each numba kernel against the slow pure-Python reference on random small problems."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -174,6 +177,44 @@ def test_sgd_chunk_reports_divergence():
     params = np.zeros(3)
     status, *_ = _run_kernel(dataset, model, np.zeros(4, dtype=np.int64), 1, 1e200, params)
     assert status == kernels.STATUS_DIVERGED
+
+
+def test_two_threads_record_their_largest_tau():
+    """Two threads on one counter (the kernel releases the GIL): every update is counted once,
+    and each thread's stats row holds the largest tau of its own histogram row (kept in a
+    local during the chunk and written on the way out).  Runs until some tau > 0 is seen."""
+    rng = np.random.default_rng(5)
+    model = LinearModel("logreg")
+    matrix = scipy.sparse.random(2000, 300, density=0.05, format="csr", random_state=5)
+    dataset = as_dataset(matrix, rng.choice([-1.0, 1.0], size=2000))
+    bins = 1 << 16
+    deadline = time.monotonic() + 60.0
+    while True:
+        counter = np.zeros(1, dtype=np.int64)
+        params = np.zeros(dataset.n_features)
+        hists = np.zeros((2, bins), dtype=np.int64)
+        stats = np.zeros((2, 8), dtype=np.int64)
+        orders = [rng.integers(0, dataset.n_samples, 20_000) for _ in range(2)]
+
+        def train(slot):
+            kernels.sgd_chunk(dataset.values, dataset.indices, dataset.indptr, False, dataset.y,
+                              kernels.UNIT_WEIGHTS, np.zeros(dataset.n_features), orders[slot], 0,
+                              orders[slot].shape[0], 1, params, dataset.n_features, False,
+                              model.loss_id, 0.0, np.array([0.01]), True, counter, hists[slot],
+                              stats[slot], np.zeros(1), *kernels.NO_MOMENTUM)
+
+        threads = [threading.Thread(target=train, args=(slot,)) for slot in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert counter[0] == 40_000 and hists.sum() == 40_000
+        for slot in range(2):
+            assert hists[slot, -1] == 0  # every tau fits the row, so its largest bin is exact
+            assert stats[slot, kernels.STAT_MAX_TAU] == np.flatnonzero(hists[slot]).max()
+        if stats[:, kernels.STAT_MAX_TAU].max() > 0 or time.monotonic() > deadline:
+            break
+    assert stats[:, kernels.STAT_MAX_TAU].max() > 0, "the two threads never overlapped in 60 s"
 
 
 def test_claims_are_guided_capped_and_clipped_at_the_end():
