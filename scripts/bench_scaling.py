@@ -14,6 +14,9 @@ d = 2,000,000:
   (``start_method="forkserver"``);
 * balance: the last worker's end minus the first's, over the training time (the static split,
   fixed shards, for comparison); start-up: ``fit()`` call to the first update;
+* the one-way hand-off of one cache line between two threads, once per round: what a write to a
+  parameter line the other core holds costs, which on a virtual machine moves with where the host
+  puts the virtual CPUs (a round with slow hand-offs slows every shared-parameter row of it);
 * the whole ``fit`` of a 4M-update job (d = 47,236) at the most workers vs one worker, and the
   ``hogwild-mts train --model mlp --data digits --workers 2 --epochs 100 --batch-size 32``
   command's time in all.
@@ -41,7 +44,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import machine  # noqa: E402
-from scaling_diagnosis import thp_settings, updates_per_second  # noqa: E402
+from scaling_diagnosis import line_handoff_ns, thp_settings, updates_per_second  # noqa: E402
 
 from hogwild_mts.data.tabular import synthetic_sparse  # noqa: E402
 from hogwild_mts.engines.linear import Engine  # noqa: E402
@@ -106,7 +109,10 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
     engine(2, 1, start_method="forkserver").fit(data)  # starts the fork server, not timed
     runs = {key: [] for key in configs}
     ceiling = {m: [] for m in counts}
+    handoffs = []
     for _ in range(repeats):
+        if len(os.sched_getaffinity(0)) >= 2:
+            handoffs.append(line_handoff_ns())
         for key, run in configs.items():
             result = run()
             runs[key].append({"updates_per_second": result.updates_per_second,
@@ -119,7 +125,8 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
                                                  updates=total_updates // m))
         print(".", end="", flush=True)
     out = {"d": d, "rows": data.n_samples, "updates": total_updates,
-           "huge_page_share": huge_page_share(list(arrays.values())), "by_workers": {}}
+           "huge_page_share": huge_page_share(list(arrays.values())), "handoff_ns": handoffs,
+           "by_workers": {}}
     for m in counts:
         row = {"ceiling": ceiling[m]}
         for kind in ("engine", "classic", "static", "shm data"):
@@ -211,6 +218,10 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
             rows.append((f"{label}: start-up: fit() to the first update, {m} workers{mark(m)}",
                          f"{row['engine startup']:.3f} s", row["engine startup"],
                          "<= 0.3 s" if m == MANY_CORES else "(info)"))
+        if shape["handoff_ns"]:
+            rows.append((f"{label}: one cache line handed between two threads, one way, per round",
+                         " / ".join(f"{ns:.0f} ns" for ns in shape["handoff_ns"]),
+                         med(shape["handoff_ns"]), "(info)"))
         rows.append((f"{label}: data set in the parent's memory on transparent huge pages",
                      f"{shape['huge_page_share']:.1%} of its bytes", shape["huge_page_share"],
                      "1.0 where the OS allows"))

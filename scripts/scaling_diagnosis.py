@@ -12,7 +12,11 @@ interleaved runs.  Rows:
 * the engine pattern with the data in a shared-memory block (4 KB pages: transparent huge pages
   are usually off for /dev/shm), and the same after ``madvise(MADV_HUGEPAGE)`` on the block
   (honoured only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows it): against the
-  first row, the data-location penalty of workers that read the data from /dev/shm.
+  first row, the data-location penalty of workers that read the data from /dev/shm;
+* the one-way hand-off time of one cache line between two threads (:func:`line_handoff_ns`):
+  what every write to a line the other core holds costs.  On a virtual machine it changes with
+  where the host puts the virtual CPUs (tens of ns on cores sharing a last-level cache, about
+  200 ns across dies), and with it every row that shares the parameters.
 
     .venv/bin/python scripts/scaling_diagnosis.py [--features 47236] [--threads 2] [--repeats 3]
 """
@@ -26,8 +30,10 @@ import threading
 import time
 
 import numpy as np
+from numba import njit
 
 from hogwild_mts.backends.shm import kernels
+from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.data.tabular import synthetic_sparse
 
@@ -37,6 +43,8 @@ CHUNK = 8192
 ALPHA_TABLE = np.array([0.5])
 MADV_HUGEPAGE = 14  # linux/mman.h
 PAGE_BYTES = 4096
+HANDOFF_ROUNDS = 100_000  # round trips per hand-off measurement (about 0.04 s at 200 ns)
+CACHE_LINE_WORDS = 8  # int64 per 64-byte line
 
 
 def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, slot: int) -> None:
@@ -72,6 +80,29 @@ def updates_per_second(data: dict, n_features: int, threads: int, shared_params:
     for thread in workers:
         thread.join()
     return threads * updates / (time.perf_counter() - started)
+
+
+@njit(nogil=True)
+def _pass_line(words, parity, rounds):
+    """One side of a ping-pong on ``words[0]``: wait until it holds ``2 i + parity``, add 1."""
+    for i in range(rounds):
+        while atomic_load(words, 0) != 2 * i + parity:
+            pass
+        atomic_fetch_add(words, 0, 1)
+
+
+def line_handoff_ns(rounds: int = HANDOFF_ROUNDS) -> float:
+    """Nanoseconds per one-way hand-off of one cache line between two threads (not pinned:
+    wherever the OS runs them), from ``rounds`` round trips.  Needs 2 cores."""
+    _pass_line(np.zeros(1, np.int64), 0, 1)  # compile
+    words = np.zeros(CACHE_LINE_WORDS, np.int64)
+    sides = [threading.Thread(target=_pass_line, args=(words, parity, rounds)) for parity in (0, 1)]
+    started = time.perf_counter()
+    for side in sides:
+        side.start()
+    for side in sides:
+        side.join()
+    return (time.perf_counter() - started) / (2 * rounds) * 1e9
 
 
 def advise_huge_pages(arrays) -> bool:
@@ -151,6 +182,10 @@ def main() -> None:
         for name, values in measured.items():
             median = float(np.median(values))
             print(f"| {name} | {median / 1e6:.2f} | {median / baseline:.2f}x |")
+        if (os.cpu_count() or 1) >= 2:
+            handoffs = [line_handoff_ns() for _ in range(args.repeats)]
+            print(f"\nOne cache line handed between two threads: {np.median(handoffs):.0f} ns one way "
+                  f"(median of {args.repeats}; {min(handoffs):.0f}-{max(handoffs):.0f} ns)")
         del in_block, in_advised_block
     finally:
         plain_block.release()
