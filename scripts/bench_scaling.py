@@ -145,10 +145,14 @@ def measure_job(sizes: dict, most: int, repeats: int) -> dict:
     data = synthetic_sparse(sizes["rows"], SHAPES[0], 76, seed=0)
     epochs = sizes["job_epochs"]
     seconds = {1: [], most: []}
+    handoffs = []
     for _ in range(repeats):
+        if len(os.sched_getaffinity(0)) >= 2:
+            handoffs.append(line_handoff_ns())
         for m in seconds:
             seconds[m].append(engine(m, epochs).fit(data).wall_seconds)
-    return {"updates": epochs * data.n_samples, "workers": most, "seconds": seconds}
+    return {"updates": epochs * data.n_samples, "workers": most, "seconds": seconds,
+            "handoff_ns": handoffs}
 
 
 def measure_digits(repeats: int) -> dict:
@@ -231,6 +235,10 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
                  f"{med(job['seconds'][most]):.3f} s vs {med(job['seconds'][1]):.3f} s",
                  paired(job["seconds"][most], job["seconds"][1]),
                  "<= 0.25" if most == MANY_CORES else "(info)"))
+    if job["handoff_ns"]:
+        rows.append(("whole fit: one cache line handed between two threads, one way, per round",
+                     " / ".join(f"{ns:.0f} ns" for ns in job["handoff_ns"]), med(job["handoff_ns"]),
+                     "(info)"))
     if digits is not None:
         rows.append(("digits MLP command (2 workers, 100 epochs, batch 32): fit in all",
                      f"{digits['fit_seconds']:.2f} s (whole process {digits['process_seconds']:.2f} s)",
