@@ -29,6 +29,8 @@ import warnings
 import numpy as np
 
 from hogwild_mts.backends.shm import kernels
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scaling_diagnosis import line_handoff_ns  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
 from hogwild_mts.policies.step_sizes import make_policy
@@ -47,11 +49,14 @@ def objective(data, weights) -> float:
     return float(loss)
 
 
-def best_in_rounds(runs: dict, rounds: int, seconds) -> dict:
+def best_in_rounds(runs: dict, rounds: int, seconds, before_round=None) -> dict:
     """Run every configuration once per round (interleaved, so a slow spell of the machine hits
-    them alike) and keep, per configuration, the result with the least ``seconds(result)``."""
+    them alike) and keep, per configuration, the result with the least ``seconds(result)``;
+    ``before_round()``, if given, starts each round."""
     best = {}
     for _ in range(rounds):
+        if before_round is not None:
+            before_round()
         for name, run in runs.items():
             result = run()
             if name not in best or seconds(result) < seconds(best[name]):
@@ -159,13 +164,15 @@ def main() -> None:
 
     engine(2).fit(data)  # first start of worker processes, not timed
     sk_seconds, sk_loss = min(sklearn_fit(data, args.epochs) for _ in range(args.repeats))
+    handoffs = []
     best = best_in_rounds({
         "one": lambda: engine(1).fit(data),
         "unstamped": lambda: engine(1, stamp=False).fit(data),
         "two": lambda: engine(2).fit(data),
         "two_unstamped": lambda: engine(2, stamp=False).fit(data),
         "adaptive": lambda: engine(2, "mindthestep").fit(data),
-    }, args.repeats, seconds=lambda result: result.train_seconds)
+    }, args.repeats, seconds=lambda result: result.train_seconds,
+        before_round=lambda: handoffs.append(line_handoff_ns()) if os.cpu_count() > 1 else None)
     one, unstamped, two = best["one"], best["unstamped"], best["two"]
     two_unstamped, adaptive = best["two_unstamped"], best["adaptive"]
     measured, peak_private, peak_rss = fit_measuring_workers(engine(2), data)
@@ -201,6 +208,11 @@ def main() -> None:
          f"{together_mb:.0f} MB vs {allowed_mb:.0f} MB (RSS sum {sum(peak_rss.values()):.0f} MB)",
          together_mb / allowed_mb, "<= 1.0"),
     ]
+    if handoffs:
+        rows.append(("one cache line handed between two threads, one way, before each round (2 "
+                     "workers share the parameters' lines: slow hand-offs slow them)",
+                     " / ".join(f"{ns:.0f} ns" for ns in handoffs), statistics.median(handoffs),
+                     "(info)"))
     for network, epochs in (("mlp", 20), ("cnn", 5)):
         if args.torch_repeats > 0:
             rows += torch_rows(network, epochs, args.torch_repeats)
