@@ -170,7 +170,10 @@ def main() -> None:
         ]
         updates_per_second(private, args.features, 1, True, True, 10_000)  # compile / warm caches
         measured = {name: [] for name, *_ in cases}
+        handoffs = []
         for _ in range(args.repeats):  # interleaved, so a disturbance hits every case alike
+            if len(os.sched_getaffinity(0)) >= 2:
+                handoffs.append(line_handoff_ns())
             for name, data, threads, shared_params, stamp in cases:
                 measured[name].append(updates_per_second(data, args.features, threads,
                                                          shared_params, stamp, args.updates))
@@ -182,10 +185,9 @@ def main() -> None:
         for name, values in measured.items():
             median = float(np.median(values))
             print(f"| {name} | {median / 1e6:.2f} | {median / baseline:.2f}x |")
-        if (os.cpu_count() or 1) >= 2:
-            handoffs = [line_handoff_ns() for _ in range(args.repeats)]
-            print(f"\nOne cache line handed between two threads: {np.median(handoffs):.0f} ns one way "
-                  f"(median of {args.repeats}; {min(handoffs):.0f}-{max(handoffs):.0f} ns)")
+        if handoffs:
+            print("\nOne cache line handed between two threads, one way, before each round: "
+                  + " / ".join(f"{ns:.0f} ns" for ns in handoffs))
         del in_block, in_advised_block
     finally:
         plain_block.release()
