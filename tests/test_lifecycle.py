@@ -114,3 +114,31 @@ def test_fit_never_changes_the_callers_policy():
         synthetic_sparse(2000, 200, 10, seed=1))
     assert result.refits >= 1 and result.policy != before
     assert policy.describe() == before
+
+
+@pytest.mark.parametrize("cores,defer", [(4, False), (2, False), (2, True)])
+def test_the_starting_point_is_scored_after_the_start_signal(monkeypatch, cores, defer):
+    """2 workers: with a spare core the starting point is scored just after ``go``; when the
+    workers take every core, after the run beside the final parameters -- never between
+    ``fit()`` and the first update -- and its row still comes first."""
+    monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: cores)
+    backend = ScriptedBackend(total=100, step=25)
+    settings = dict(policy="constant", alpha=0.1, default_alpha=0.1, workers=2, epochs=1,
+                    batch_size=1, seed=0, eval_every_updates=50, defer_evaluation=defer)
+    details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
+                              "data": "none", "settings": {}}
+
+    def score(params):
+        backend.calls.append(f"score {params[0]:.0f}")
+        return 1.0 / (1.0 + params[0]), None
+
+    result = lifecycle.run(backend, lifecycle.run_options(**settings), score=score,
+                           details=details, total_updates=100, started=0.0)
+    assert result.history["updates"] == [0, 50, 100]
+    assert result.history["loss"] == [1.0 / (1.0 + u) for u in (0, 50, 100)]
+    first_score = backend.calls.index("score 0")
+    assert backend.calls.index("go") < first_score
+    if cores > 2:
+        assert first_score == backend.calls.index("go") + 1
+    else:
+        assert backend.calls.index("join") < first_score

@@ -182,10 +182,9 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
     the FitResult."""
     backend.request_stop()
     backend.join()
-    watcher.score_deferred()
     totals = backend.collect()
     final = backend.snapshot()
-    loss, accuracy = watcher.record(final, totals.train_seconds, totals.updates)
+    loss, accuracy = watcher.score_after_run(final, totals.train_seconds, totals.updates)
     final_checkpoint = getattr(backend, "final_checkpoint", None)
     if final_checkpoint is not None:  # after the divergence checks: never a NaN checkpoint
         final_checkpoint(totals, final)
@@ -208,6 +207,7 @@ class _Watcher:
         self._score_in_threads = score_in_threads
         self.history = {"time_s": [], "updates": [], "loss": [], "accuracy": []}
         self.deferred = []  # (elapsed, updates, parameter copy) scored after the run
+        self.unscored_start = None  # (updates, parameters): the starting point, scored after the run
         self.postfix = {}  # what the progress line shows after the counts
         self.stalled = set()  # workers shown as stalled
 
@@ -224,44 +224,55 @@ class _Watcher:
             raise DivergenceError(divergence_message(self.options.policy, "the loss"))
         return loss, accuracy
 
-    def record(self, params: np.ndarray, elapsed: float, updates: int, scored: tuple | None = None):
-        """Score ``params`` (unless ``scored`` gives its (loss, accuracy)) and append a history row."""
+    def record(self, params: np.ndarray, elapsed: float, updates: int, scored: tuple | None = None,
+               row: int | None = None):
+        """Score ``params`` (unless ``scored`` gives its (loss, accuracy)) and add a history row:
+        appended, or inserted at index ``row``."""
         loss, accuracy = self._checked_score(params) if scored is None else scored
-        self.history["time_s"].append(round(float(elapsed), 4))
-        self.history["updates"].append(int(updates))
-        self.history["loss"].append(float(loss))
-        self.history["accuracy"].append(None if accuracy is None else float(accuracy))
+        values = {"time_s": round(float(elapsed), 4), "updates": int(updates), "loss": float(loss),
+                  "accuracy": None if accuracy is None else float(accuracy)}
+        for key, value in values.items():
+            self.history[key].insert(len(self.history[key]) if row is None else row, value)
         return loss, accuracy
 
-    def score_deferred(self) -> None:
-        """Score the copies kept during the run into history rows, in order (on every core when
-        ``score`` may run in threads)."""
+    def score_after_run(self, final: np.ndarray, elapsed: float, updates: int) -> tuple:
+        """Score what waited for the end of the run -- the starting point (first row), the copies
+        kept during the run, then ``final`` (last row) -- on every core when ``score`` may run in
+        threads; return the final (loss, accuracy)."""
         deferred, self.deferred = self.deferred, []
-        copies = [params for _, _, params in deferred]
+        copies = [params for _, _, params in deferred] + [final]
+        start, self.unscored_start = self.unscored_start, None
+        if start is not None:
+            copies.insert(0, start[1])
         if self._score_in_threads and len(copies) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            with ThreadPoolExecutor(min(len(copies), os.cpu_count() or 1)) as pool:
                 scores = list(pool.map(self._checked_score, copies))
         else:
             scores = [self._checked_score(params) for params in copies]
-        for (elapsed, updates, params), scored in zip(deferred, scores):
-            self.record(params, elapsed, updates, scored)
+        if start is not None:
+            self.record(start[1], 0.0, start[0], scores.pop(0), row=0)
+        for (row_elapsed, row_updates, params), scored in zip(deferred, scores):
+            self.record(params, row_elapsed, row_updates, scored)
+        return self.record(final, elapsed, updates, scores[-1])
 
     def watch(self, total_updates: int, resumed_updates: int = 0) -> None:
         """Start the workers together once all are ready, then poll until they finish,
         evaluating on the schedule (the final row comes from :func:`run`).  The starting point
-        (``resumed_updates`` updates into the run) is scored on a spare core after the start
-        signal, or, when the workers take every core, while they start up."""
+        (``resumed_updates`` updates into the run), checked finite before the start, is scored
+        on a spare core after the start signal, or, when the workers take every core, after the
+        run beside the final parameters (:meth:`score_after_run`): never between ``fit()`` and
+        the first update."""
         backend, options = self.backend, self.options
         starting_point = backend.snapshot()  # nobody writes yet
-        spare_core = options.workers < (os.cpu_count() or 1)
-        if not spare_core:
-            self.record(starting_point, 0.0, resumed_updates)
+        self._check_finite(starting_point)
+        self.unscored_start = (resumed_updates, starting_point)
         while not backend.ready():
             backend.wait()
         backend.go()
-        if spare_core:
+        if options.workers < (os.cpu_count() or 1):
+            self.unscored_start = None
             self.record(starting_point, 0.0, resumed_updates)
         every_updates, every_seconds = options.eval_every_updates, options.eval_every
         taken = getattr(backend, "evaluations", None) if every_updates is not None else None
