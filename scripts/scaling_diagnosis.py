@@ -13,8 +13,10 @@ interleaved runs.  Rows:
   are usually off for /dev/shm), and the same after ``madvise(MADV_HUGEPAGE)`` on the block
   (honoured only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows it): against the
   first row, the data-location penalty of workers that read the data from /dev/shm;
-* the one-way hand-off time of one cache line between two threads (:func:`line_handoff_ns`):
-  what every write to a line the other core holds costs.  On a virtual machine it changes with
+* the one-way hand-off time of one cache line between two threads (:func:`line_handoff_ns`),
+  before each round and, at the end, pinned from the first CPU to each other one (the machine's
+  topology: cores sharing a last-level cache hand lines over faster): what every write to a line
+  another core holds costs.  On a virtual machine it changes with
   where the host puts the virtual CPUs (tens of ns on cores sharing a last-level cache, about
   200 ns across dies), and with it every row that shares the parameters.
 
@@ -91,12 +93,19 @@ def _pass_line(words, parity, rounds):
         atomic_fetch_add(words, 0, 1)
 
 
-def line_handoff_ns(rounds: int = HANDOFF_ROUNDS) -> float:
-    """Nanoseconds per one-way hand-off of one cache line between two threads (not pinned:
-    wherever the OS runs them), from ``rounds`` round trips.  Needs 2 cores."""
+def line_handoff_ns(rounds: int = HANDOFF_ROUNDS, cpus: tuple | None = None) -> float:
+    """Nanoseconds per one-way hand-off of one cache line between two threads, from ``rounds``
+    round trips: the threads pinned to ``cpus`` (two CPU numbers), or wherever the OS runs them.
+    Needs 2 cores."""
     _pass_line(np.zeros(1, np.int64), 0, 1)  # compile
     words = np.zeros(CACHE_LINE_WORDS, np.int64)
-    sides = [threading.Thread(target=_pass_line, args=(words, parity, rounds)) for parity in (0, 1)]
+
+    def side(parity: int) -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, {cpus[parity]})  # 0: the calling thread
+        _pass_line(words, parity, rounds)
+
+    sides = [threading.Thread(target=side, args=(parity,)) for parity in (0, 1)]
     started = time.perf_counter()
     for side in sides:
         side.start()
@@ -188,6 +197,10 @@ def main() -> None:
         if handoffs:
             print("\nOne cache line handed between two threads, one way, before each round: "
                   + " / ".join(f"{ns:.0f} ns" for ns in handoffs))
+            cpus = sorted(os.sched_getaffinity(0))
+            print(f"The same with the threads pinned, CPU {cpus[0]} to each other CPU: "
+                  + ", ".join(f"{cpu}: {line_handoff_ns(cpus=(cpus[0], cpu)):.0f} ns"
+                              for cpu in cpus[1:]))
         del in_block, in_advised_block
     finally:
         plain_block.release()
