@@ -22,7 +22,7 @@ FLAG_STOP = 1
 
 # Columns of a worker's stats row (int64).
 STAT_UPDATES = 0  # updates this worker applied
-STAT_MAX_TAU = 1  # largest tau it measured
+STAT_MAX_TAU = 1  # largest tau it measured (linear workers write it once per chunk of updates)
 STAT_SAMPLES = 2  # rows it processed
 STAT_STATE = 3  # one of STATE_*
 STAT_REFITS = 4  # policy refits it did from the histogram
