@@ -30,7 +30,7 @@ import numpy as np
 
 from hogwild_mts.backends.shm import kernels
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scaling_diagnosis import line_handoff_ns  # noqa: E402
+from scaling_diagnosis import add_round_handoff, handoffs_text  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
 from hogwild_mts.policies.step_sizes import make_policy
@@ -172,7 +172,7 @@ def main() -> None:
         "two_unstamped": lambda: engine(2, stamp=False).fit(data),
         "adaptive": lambda: engine(2, "mindthestep").fit(data),
     }, args.repeats, seconds=lambda result: result.train_seconds,
-        before_round=lambda: handoffs.append(line_handoff_ns()) if os.cpu_count() > 1 else None)
+        before_round=lambda: add_round_handoff(handoffs))
     one, unstamped, two = best["one"], best["unstamped"], best["two"]
     two_unstamped, adaptive = best["two_unstamped"], best["adaptive"]
     measured, peak_private, peak_rss = fit_measuring_workers(engine(2), data)
@@ -211,7 +211,7 @@ def main() -> None:
     if handoffs:
         rows.append(("one cache line handed between two threads, one way, before each round (2 "
                      "workers share the parameters' lines: slow hand-offs slow them)",
-                     " / ".join(f"{ns:.0f} ns" for ns in handoffs), statistics.median(handoffs),
+                     handoffs_text(handoffs), statistics.median(handoffs),
                      "(info)"))
     for network, epochs in (("mlp", 20), ("cnn", 5)):
         if args.torch_repeats > 0:

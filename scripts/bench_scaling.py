@@ -44,7 +44,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import machine  # noqa: E402
-from scaling_diagnosis import line_handoff_ns, thp_settings, updates_per_second  # noqa: E402
+from scaling_diagnosis import (add_round_handoff, handoffs_text, thp_settings,  # noqa: E402
+                               updates_per_second)
 
 from hogwild_mts.data.tabular import synthetic_sparse  # noqa: E402
 from hogwild_mts.engines.linear import Engine  # noqa: E402
@@ -111,8 +112,7 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
     ceiling = {m: [] for m in counts}
     handoffs = []
     for _ in range(repeats):
-        if len(os.sched_getaffinity(0)) >= 2:
-            handoffs.append(line_handoff_ns())
+        add_round_handoff(handoffs)
         for key, run in configs.items():
             result = run()
             runs[key].append({"updates_per_second": result.updates_per_second,
@@ -147,8 +147,7 @@ def measure_job(sizes: dict, most: int, repeats: int) -> dict:
     seconds = {1: [], most: []}
     handoffs = []
     for _ in range(repeats):
-        if len(os.sched_getaffinity(0)) >= 2:
-            handoffs.append(line_handoff_ns())
+        add_round_handoff(handoffs)
         for m in seconds:
             seconds[m].append(engine(m, epochs).fit(data).wall_seconds)
     return {"updates": epochs * data.n_samples, "workers": most, "seconds": seconds,
@@ -224,7 +223,7 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
                          "<= 0.3 s" if m == MANY_CORES else "(info)"))
         if shape["handoff_ns"]:
             rows.append((f"{label}: one cache line handed between two threads, one way, per round",
-                         " / ".join(f"{ns:.0f} ns" for ns in shape["handoff_ns"]),
+                         handoffs_text(shape["handoff_ns"]),
                          med(shape["handoff_ns"]), "(info)"))
         rows.append((f"{label}: data set in the parent's memory on transparent huge pages",
                      f"{shape['huge_page_share']:.1%} of its bytes", shape["huge_page_share"],
@@ -237,7 +236,7 @@ def table(shapes: list, job: dict, digits: dict | None, cores: int) -> tuple[lis
                  "<= 0.25" if most == MANY_CORES else "(info)"))
     if job["handoff_ns"]:
         rows.append(("whole fit: one cache line handed between two threads, one way, per round",
-                     " / ".join(f"{ns:.0f} ns" for ns in job["handoff_ns"]), med(job["handoff_ns"]),
+                     handoffs_text(job["handoff_ns"]), med(job["handoff_ns"]),
                      "(info)"))
     if digits is not None:
         rows.append(("digits MLP command (2 workers, 100 epochs, batch 32): fit in all",

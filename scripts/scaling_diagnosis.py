@@ -16,9 +16,9 @@ interleaved runs.  Rows:
 * the one-way hand-off time of one cache line between two threads (:func:`line_handoff_ns`),
   before each round and, at the end, pinned from the first CPU to each other one (the machine's
   topology: cores sharing a last-level cache hand lines over faster): what every write to a line
-  another core holds costs.  On a virtual machine it changes with
-  where the host puts the virtual CPUs (tens of ns on cores sharing a last-level cache, about
-  200 ns across dies), and with it every row that shares the parameters.
+  another core holds costs.  On a virtual machine it changes with where the host puts the
+  virtual CPUs (tens of ns on cores sharing a last-level cache, about 200 ns across dies), and
+  with it every row that shares the parameters.
 
     .venv/bin/python scripts/scaling_diagnosis.py [--features 47236] [--threads 2] [--repeats 3]
 """
@@ -105,13 +105,25 @@ def line_handoff_ns(rounds: int = HANDOFF_ROUNDS, cpus: tuple | None = None) -> 
             os.sched_setaffinity(0, {cpus[parity]})  # 0: the calling thread
         _pass_line(words, parity, rounds)
 
-    sides = [threading.Thread(target=side, args=(parity,)) for parity in (0, 1)]
+    threads = [threading.Thread(target=side, args=(parity,)) for parity in (0, 1)]
     started = time.perf_counter()
-    for side in sides:
-        side.start()
-    for side in sides:
-        side.join()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return (time.perf_counter() - started) / (2 * rounds) * 1e9
+
+
+def add_round_handoff(handoffs: list) -> None:
+    """Append this moment's :func:`line_handoff_ns` to ``handoffs`` (a benchmark calls it before
+    each round), where this process may run on 2 CPUs."""
+    if len(os.sched_getaffinity(0)) >= 2:
+        handoffs.append(line_handoff_ns())
+
+
+def handoffs_text(handoffs: list) -> str:
+    """``"52 ns / 48 ns / ..."``: the hand-offs of the rounds, in order."""
+    return " / ".join(f"{ns:.0f} ns" for ns in handoffs)
 
 
 def advise_huge_pages(arrays) -> bool:
@@ -181,8 +193,7 @@ def main() -> None:
         measured = {name: [] for name, *_ in cases}
         handoffs = []
         for _ in range(args.repeats):  # interleaved, so a disturbance hits every case alike
-            if len(os.sched_getaffinity(0)) >= 2:
-                handoffs.append(line_handoff_ns())
+            add_round_handoff(handoffs)
             for name, data, threads, shared_params, stamp in cases:
                 measured[name].append(updates_per_second(data, args.features, threads,
                                                          shared_params, stamp, args.updates))
@@ -196,7 +207,7 @@ def main() -> None:
             print(f"| {name} | {median / 1e6:.2f} | {median / baseline:.2f}x |")
         if handoffs:
             print("\nOne cache line handed between two threads, one way, before each round: "
-                  + " / ".join(f"{ns:.0f} ns" for ns in handoffs))
+                  + handoffs_text(handoffs))
             cpus = sorted(os.sched_getaffinity(0))
             print(f"The same with the threads pinned, CPU {cpus[0]} to each other CPU: "
                   + ", ".join(f"{cpu}: {line_handoff_ns(cpus=(cpus[0], cpu)):.0f} ns"
