@@ -44,10 +44,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hogwild_mts import model_file
-from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import writable_directory
 from hogwild_mts.core.options import check_int, check_positive
+from hogwild_mts.core.result import RunState
+from hogwild_mts.kernels.split import GENERATOR_WORDS
 from hogwild_mts.model_file import ModelFileError
 
 DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is given (both backends)
@@ -64,23 +65,6 @@ class CheckpointOptions:
     directory: str
     every_seconds: float | None  # seconds between snapshots, or None
     every_updates: int | None  # updates between snapshots, or None
-
-
-@dataclass
-class RunState:
-    """What a checkpoint holds about a run (the parameters are the model file's)."""
-
-    params: np.ndarray  # float64: the weights, then the intercept if fitted
-    counter: int  # the sequence counter
-    histogram: np.ndarray  # int64 staleness counts by tau
-    updates: int  # updates applied so far, all workers together
-    samples: int  # rows processed so far
-    max_staleness: int
-    refits: int
-    position: int  # batches of the run done (shm, dynamic split); -1 when unknown (Ray)
-    order_generator: np.ndarray  # uint64[6]: the order generator before epoch position // per_epoch
-    finished: bool  # every batch of the run was done
-    velocity: np.ndarray | None = None  # worker 0's momentum velocity (shm, momentum > 0)
 
 
 def checkpoint_options(backend: str, directory, every_seconds, every_updates) -> CheckpointOptions | None:

@@ -251,7 +251,7 @@ def read_network(path: str) -> tuple[dict, dict]:
     ``path`` (the directory or its model.json); ModelFileError naming the file and the problem."""
     import torch
 
-    from hogwild_mts.backends.shm.torch_worker import LOSSES
+    from hogwild_mts.kernels.flat import LOSSES
 
     directory = _directory(path)
     for attempt in range(2):  # a save may switch weights files between our two reads: read again

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from hogwild_mts.backends.shm import kernels
+from hogwild_mts.kernels import linear as kernels
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_diagnosis import add_round_handoff, handoffs_text  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse

@@ -34,8 +34,8 @@ import time
 import numpy as np
 from numba import njit
 
-from hogwild_mts.backends.shm import kernels
-from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.kernels.atomics import atomic_fetch_add, atomic_load
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.data.tabular import synthetic_sparse
 

@@ -5,7 +5,7 @@ import multiprocessing
 import numpy as np
 from numba import njit
 
-from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, atomic_store
+from hogwild_mts.kernels.atomics import atomic_fetch_add, atomic_load, atomic_store
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 
 INCREMENTS_PER_PROCESS = 1_000_000
@@ -65,7 +65,7 @@ def test_counter_is_exact_across_processes():
 
 
 def test_word_operations_callable_from_python():
-    from hogwild_mts.backends.shm.kernels import add_word, load_word, store_word
+    from hogwild_mts.kernels.linear import add_word, load_word, store_word
 
     words = np.zeros(8, dtype=np.int64)
     store_word(words, 3, 40)

@@ -19,7 +19,7 @@ import pytest
 import hogwild_mts.engines.linear as linear_engine
 from hogwild_mts import load, make_policy, model_file
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
-from hogwild_mts.backends.shm.worker import total_updates
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.core import files
 from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import Engine

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from hogwild_mts.backends.shm import kernels
-from hogwild_mts.backends.shm import reference
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.kernels import reference
 from hogwild_mts.data.tabular import as_dataset
 from hogwild_mts.models.linear import LinearModel
 

@@ -19,7 +19,7 @@ except ImportError as error:  # the only reason to skip: ray is in the test extr
 
 from hogwild_mts import Engine
 from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG, MAX_WORKER_RESTARTS
-from hogwild_mts.backends.shm.worker import total_updates
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.tabular import (DataError, load_data, read_file_part, synthetic_dense,
                                       synthetic_sparse)
 from tests.helpers import WAIT_SECONDS

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from hogwild_mts.backends.shm import kernels, worker
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import start_processes
 from hogwild_mts.backends.shm.block import Layout
 from hogwild_mts.core.result import WorkerError

@@ -8,7 +8,7 @@ import scipy.sparse
 from hogwild_mts.backends.sim import simulator as simulate
 from hogwild_mts.data.tabular import as_dataset, synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import DivergenceError, Engine
-from hogwild_mts.backends.shm.reference import loss_derivative, rows
+from hogwild_mts.kernels.reference import loss_derivative, rows
 from hogwild_mts.backends.sim.simulator import event_schedule
 from hogwild_mts.engines.simulated import Simulator
 from hogwild_mts.staleness.models import Poisson

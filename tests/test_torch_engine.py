@@ -20,8 +20,7 @@ from hogwild_mts.engines import networks as torch_engine
 from hogwild_mts.core.result import DivergenceError, WorkerError
 from hogwild_mts.data.images import load_images
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
-from hogwild_mts.backends.shm.torch_worker import (bind_gradients, bind_parameters, flatten_parameters,
-                                      parameter_count)
+from hogwild_mts.kernels.flat import bind_gradients, bind_parameters, flatten_parameters, parameter_count
 from hogwild_mts.models.nets import build_network
 from tests.helpers import WAIT_SECONDS, wait_for_updates
 

@@ -21,8 +21,8 @@ from torch import nn
 import hogwild_mts
 from hogwild_mts import TorchEngine, load_network, model_file
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
-from hogwild_mts.backends.shm.torch_worker import bind_parameters, parameter_count
-from hogwild_mts.backends.shm.worker import total_updates
+from hogwild_mts.kernels.flat import bind_parameters, parameter_count
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.images import load_images
 from hogwild_mts.engines import networks
 from hogwild_mts.model_file import ModelFileError

@@ -44,6 +44,23 @@ class RunTotals:
 
 
 @dataclass
+class RunState:
+    """What a checkpoint holds about a run (the parameters are the model file's)."""
+
+    params: np.ndarray  # float64: the weights, then the intercept if fitted
+    counter: int  # the sequence counter
+    histogram: np.ndarray  # int64 staleness counts by tau
+    updates: int  # updates applied so far, all workers together
+    samples: int  # rows processed so far
+    max_staleness: int
+    refits: int
+    position: int  # batches of the run done (shm, dynamic split); -1 when unknown (Ray)
+    order_generator: np.ndarray  # uint64[6]: the order generator before epoch position // per_epoch
+    finished: bool  # every batch of the run was done
+    velocity: np.ndarray | None = None  # worker 0's momentum velocity (shm, momentum > 0)
+
+
+@dataclass
 class FitResult:
     """What ``fit`` returns.  Times are seconds; ``history`` rows are evaluations."""
 

@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
-from hogwild_mts.checkpoint import (RunState, check_resume, check_unfinished, prepare_directory,
+from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
-from hogwild_mts.backends.shm import kernels, worker
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
@@ -22,7 +23,8 @@ from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.options import check_choice, check_finite_vector
-from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
+from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.models.linear import LinearModel
 
@@ -214,7 +216,7 @@ class Engine:
             if run.resumed is not None:
                 return fit_linear(run.remaining_on_ray(), dataset, weights, run.resumed.params, started)
             return fit_linear(self, dataset, weights, start_params, started)
-        total = worker.total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
+        total = total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
                                      self.split)
         resumed_updates = 0 if run.resumed is None else run.resumed.updates
         evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
@@ -308,7 +310,7 @@ class _CheckpointedRun:
             saved, self.resumed = read_checkpoint(path)
             check_resume(path, saved, self.settings)
             if engine.ray_options is None:
-                check_unfinished(path, self.resumed, worker.total_updates(
+                check_unfinished(path, self.resumed, total_updates(
                     dataset.n_samples, engine.workers, engine.epochs, engine.batch_size))
             elif self.remaining_epochs() < 1:
                 raise ValueError(f"cannot resume {path}: its pushes covered all {engine.epochs} "

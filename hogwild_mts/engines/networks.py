@@ -26,21 +26,20 @@ from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.checkpoint import (RunState, check_same_settings, check_unfinished, policy_spec,
+from hogwild_mts.checkpoint import (check_same_settings, check_unfinished, policy_spec,
                                     prepare_directory, read_checkpoint_files, run_state)
 from hogwild_mts.engines.options import process_options
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.files import strict_json
 from hogwild_mts.core.options import check_choice, check_finite_vector, check_nonnegative
-from hogwild_mts.core.result import DivergenceError, FitResult, WorkerError
+from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
 from hogwild_mts.backends.shm import torch_worker
-from hogwild_mts.backends.shm.torch_worker import (LOSSES, TorchWorkerSpec, bind_buffers,
-                                                   bind_parameters, buffer_count, flatten_buffers,
-                                                   flatten_parameters, loss_value, make_network,
-                                                   parameter_count, serialized_factory,
-                                                   state_dict_from_flat, torch_worker_main,
-                                                   warm_up_kernels)
+from hogwild_mts.kernels.flat import (LOSSES, bind_buffers, bind_parameters, buffer_count, flatten_buffers,
+                                      flatten_parameters, loss_value, make_network, parameter_count,
+                                      serialized_factory, state_dict_from_flat)
+from hogwild_mts.backends.shm.torch_worker import TorchWorkerSpec, torch_worker_main, warm_up_kernels
 from hogwild_mts.model_file import ModelFileError, read_network, save_network
 
 __all__ = ["TorchEngine", "train_images", "load_network", "network_outputs", "DEFAULT_ALPHA",
@@ -267,7 +266,7 @@ class TorchEngine:
 
             return fit_network(self, dataset, network, started)
         n_values = parameter_count(network) + buffer_count(network)
-        total = worker.total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size,
+        total = total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size,
                                      self.split)
         resumed_updates = 0 if run.resumed is None else run.resumed.updates
         evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
@@ -447,7 +446,7 @@ class _NetworkRun:
             load_state(network, state_dict, path)
             self.resumed = run_state(path, document, run, lambda: (
                 _network_values(network), document["staleness_histogram"], run["order_generator"], None))
-            check_unfinished(path, self.resumed, worker.total_updates(
+            check_unfinished(path, self.resumed, total_updates(
                 dataset.n_train, engine.workers, engine.epochs, engine.batch_size),
                 "load it with hogwild_mts.load_network, or start a new run from it with init= / --init")
         if engine.checkpoints is not None:

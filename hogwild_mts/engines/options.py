@@ -6,10 +6,10 @@ the same way."""
 from __future__ import annotations
 
 from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS, ray_options
-from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import START_METHODS, default_start_method
 from hogwild_mts.checkpoint import checkpoint_options
 from hogwild_mts.core.options import check_choice
+from hogwild_mts.kernels.split import SPLITS
 
 
 def process_options(*, start_method, split, backend, ray_address, local_steps, checkpoint,
@@ -18,7 +18,7 @@ def process_options(*, start_method, split, backend, ray_address, local_steps, c
     """``start_method`` (None: the platform's default), ``split``, ``backend``, ``checkpoints``
     (shared-memory CheckpointOptions or None) and ``ray_options`` (RayOptions or None), checked;
     ValueError naming the value otherwise (checkpoints need the dynamic split)."""
-    split = check_choice("split", split, worker.SPLITS)
+    split = check_choice("split", split, SPLITS)
     checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
                                      checkpoint_every_updates)
     if checkpoints is not None and split != "dynamic":

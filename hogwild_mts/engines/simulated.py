@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.shm.kernels import UNIT_WEIGHTS, objective
-from hogwild_mts.backends.shm.worker import shard_rows
+from hogwild_mts.kernels.linear import UNIT_WEIGHTS, objective
+from hogwild_mts.kernels.split import shard_rows
 from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in_landing_order,
                                                 compute_sampler, event_schedule, round_robin,
                                                 staleness_source)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from hogwild_mts import checkpoint, model_file
-from hogwild_mts.backends.shm.worker import GENERATOR_WORDS
+from hogwild_mts.core.result import RunState
+from hogwild_mts.kernels.split import GENERATOR_WORDS
 
 
 class ModelFileCheckpoint:
@@ -38,7 +39,7 @@ class ModelFileCheckpoint:
             settings["epochs"] = self.epochs
         rows_per_push = options.batch_size * engine.ray_options.local_steps
         taus = np.flatnonzero(histogram)
-        state = checkpoint.RunState(
+        state = RunState(
             params=np.asarray(params, dtype=np.float64), counter=int(version),
             histogram=np.asarray(histogram, dtype=np.int64), updates=int(version),
             samples=self.samples_before + int(version) * rows_per_push, max_staleness=int(taus[-1]) if taus.size else 0,

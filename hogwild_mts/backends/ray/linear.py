@@ -29,8 +29,8 @@ from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kern
 from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
                                               LinearWorker, ShardSpec, shard_arrays,
                                               warm_up_linear)
-from hogwild_mts.backends.shm import kernels
-from hogwild_mts.backends.shm.worker import shard_rows, total_updates
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult, WorkerError
 from hogwild_mts.data.tabular import DataError, data_file_format

@@ -13,8 +13,8 @@ from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_clus
 from hogwild_mts.backends.ray.linear import base_step
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import ShardSpec, TorchWorker
-from hogwild_mts.backends.shm.torch_worker import bind_parameters, flatten_parameters, parameter_count
-from hogwild_mts.backends.shm.worker import shard_rows, total_updates
+from hogwild_mts.kernels.flat import bind_parameters, flatten_parameters, parameter_count
+from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult
 

@@ -6,9 +6,9 @@ the shared-memory sequence counter one level up (:mod:`hogwild_mts.core.control`
 pulls ``(version, params)``, runs K local steps and pushes ``(step_sum, version read)``; the
 server stamps ``tau = version at apply - version read`` (in pushes) and applies
 ``params -= alpha(tau) * step_sum`` with the shared-memory workers' own kernel
-(:func:`hogwild_mts.backends.shm.torch_worker.apply_update`: stamp, table lookup, histogram,
+(:func:`hogwild_mts.kernels.flat.apply_update`: stamp, table lookup, histogram,
 maximum tau, counts).  Every ``policy.refit_every`` pushes the policy refits from the server's
-histogram (a :class:`hogwild_mts.backends.shm.worker.Refitter`, with its time budget).
+histogram (a :class:`hogwild_mts.policies.refit.Refitter`, with its time budget).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.shm.torch_worker import apply_update, warm_up_kernels
-from hogwild_mts.backends.shm.worker import Refitter
+from hogwild_mts.kernels.flat import apply_update
+from hogwild_mts.backends.shm.torch_worker import warm_up_kernels
+from hogwild_mts.policies.refit import Refitter
 from hogwild_mts.core import control
 
 

@@ -11,7 +11,7 @@ A shard comes from the driver through the object store (worker ``w``'s rows ``w,
 file: :func:`hogwild_mts.data.tabular.read_file_part`).  It is visited every epoch in a fresh
 permutation from the worker's own seed, K batches per push (the last push of an epoch may be
 shorter), as the shared-memory engine's static split does
-(:func:`hogwild_mts.backends.shm.worker.sharded_pieces`).  A worker's first pull tells it how many
+(:func:`hogwild_mts.kernels.split.sharded_pieces`).  A worker's first pull tells it how many
 of its pushes the server has applied: a re-created worker (after its actor died) skips those
 pieces and goes on where the dead one stopped.
 """
@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hogwild_mts.backends.shm import kernels
-from hogwild_mts.backends.shm.worker import sharded_pieces
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.kernels.split import sharded_pieces
 from hogwild_mts.core import control
 from hogwild_mts.data.tabular import DataError, read_file_part
 
@@ -75,7 +75,7 @@ def push_loop(server, worker_id: int, spec: ShardSpec, n_rows: int, local: np.nd
 
 @dataclass
 class LinearModelSpec:
-    """The linear model the kernels train (see :mod:`hogwild_mts.backends.shm.kernels`)."""
+    """The linear model the kernels train (see :mod:`hogwild_mts.kernels.linear`)."""
 
     n_features: int
     dense: bool
@@ -288,8 +288,7 @@ class TorchWorker:
 
         import torch
 
-        from hogwild_mts.backends.shm.torch_worker import (bind_gradients, bind_parameters,
-                                                           make_network, parameter_count)
+        from hogwild_mts.kernels.flat import bind_gradients, bind_parameters, make_network, parameter_count
 
         torch.set_num_threads(1)
         self.spec, self.torch_dtype = spec, getattr(torch, dtype)

@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 
-from hogwild_mts.backends.shm import kernels, worker
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, owner_named_semaphores
-from hogwild_mts.checkpoint import RunState
 from hogwild_mts.core import control, signals
 from hogwild_mts.core.lifecycle import POLL_SECONDS
-from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
+from hogwild_mts.core.result import DivergenceError, RunState, RunTotals, WorkerError, divergence_message
+from hogwild_mts.kernels.split import GENERATOR_WORDS, total_updates
 
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -136,7 +137,7 @@ class CheckpointWriter:
     def __init__(self, views: dict, spec, write):
         self.views, self.spec, self._write = views, spec, write
         self._write_failed = False
-        self.total_batches = worker.total_updates(views["orders"].shape[1], spec.workers,
+        self.total_batches = total_updates(views["orders"].shape[1], spec.workers,
                                                   spec.epochs, spec.batch_size)
 
     def poll(self) -> None:
@@ -169,7 +170,7 @@ class CheckpointWriter:
             max_staleness=int(words[worker.SNAP_MAX_TAU]), refits=int(words[worker.SNAP_REFITS]),
             position=position, finished=position >= self.total_batches,
             order_generator=words.view(np.uint64)[worker.SNAP_GENERATOR:
-                                                  worker.SNAP_GENERATOR + worker.GENERATOR_WORDS].copy(),
+                                                  worker.SNAP_GENERATOR + GENERATOR_WORDS].copy(),
             velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None)
 
     def final(self, totals: RunTotals, params: np.ndarray) -> None:

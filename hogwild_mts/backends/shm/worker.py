@@ -8,7 +8,7 @@ How rows reach the workers (``split``):
 
 * ``"dynamic"`` (default): every epoch is one shuffled order of all rows, split into batches
   (the last one shorter); workers claim runs of batches from one shared cursor
-  (:func:`hogwild_mts.backends.shm.kernels.claim_batches`, guided: claims shrink towards the end),
+  (:func:`hogwild_mts.kernels.linear.claim_batches`, guided: claims shrink towards the end),
   so a worker slowed by the OS leaves no others idle: all end within about one small claim.
   The orders live in two shared slots: epoch 0's is drawn by the parent before the start; the
   worker whose claim holds the middle batch of epoch ``e`` draws epoch ``e + 1``'s into the other
@@ -40,20 +40,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hogwild_mts.backends.shm import kernels
+from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO, FLAG_STOP, HIST_BINS,
                                       STAT_MAX_TAU, STAT_REFITS, STAT_SAMPLES, STAT_STATE, STAT_UPDATES,
                                       STATE_DONE, STATE_DIVERGED, STATE_FAILED, STATE_READY,
                                       STATE_RUNNING, STATUS_DIVERGED)
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, process_alive
-from hogwild_mts.policies.step_sizes import bind_policy
+from hogwild_mts.kernels.split import GENERATOR_WORDS, sharded_pieces
+from hogwild_mts.policies.refit import Refitter
 
 GO_POLL_SECONDS = 0.001
 ORDER_POLL_SECONDS = 0.0001  # waiting for an epoch order (rare: it is drawn half an epoch ahead)
 PAGE_BYTES = 4096
 SHARED_READ_FIELDS = ("values", "indices", "indptr", "labels", "sample_weight", "params", "orders")
-REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
-SPLITS = ("dynamic", "static")
 MIN_CLAIM_UPDATES = 64  # smallest claim of a linear worker (updates), a few tens of microseconds
 
 # Words of the "schedule" field of the dynamic split (int64).  The cursor has a cache line alone.
@@ -63,7 +62,6 @@ SCHED_DONE = 10  # 2 words: batches finished from slot s, summed over the epochs
 SCHED_RNG = 16  # 6 words: the order generator's PCG64 state after the last order drawn
 SCHED_SLOT_RNG = 24  # 2 x 6 words: the generator's state before slot s's order was drawn
 SCHEDULE_WORDS = 40
-GENERATOR_WORDS = 6
 _WORD = (1 << 64) - 1
 NO_POSITION = np.iinfo(np.int64).max  # the position of a worker with nothing left to claim
 
@@ -119,21 +117,6 @@ def momentum_buffers(spec, views: dict | None = None, worker_id: int = -1) -> tu
     kept = views is not None and worker_id == 0 and "velocity0" in views
     velocity = views["velocity0"] if kept else np.zeros(n_params)
     return spec.momentum, velocity, np.full(n_params, -1, dtype=np.int64)
-
-
-def shard_rows(n_samples: int, workers: int, worker_id: int) -> np.ndarray:
-    """Rows a worker owns under the static split: every ``workers``-th row from ``worker_id``."""
-    return np.arange(worker_id, n_samples, workers, dtype=np.int64)
-
-
-def total_updates(n_rows: int, workers: int, epochs: int, batch_size: int,
-                  split: str = "dynamic") -> int:
-    """Updates a full run applies: per epoch, all rows in batches (last one shorter) -- for the
-    static split, each worker's shard in batches."""
-    if split == "dynamic":
-        return epochs * -(-n_rows // batch_size)
-    return epochs * sum(-(-len(shard_rows(n_rows, workers, w)) // batch_size)
-                        for w in range(workers))
 
 
 def add_schedule(layout: Layout, n_rows: int, split: str) -> None:
@@ -341,18 +324,6 @@ def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int, worker_id:
             return
 
 
-def sharded_pieces(n_rows: int, spec, worker_id: int, chunk_batches: int):
-    """Static split: yield ``(order, start, stop)`` over this worker's shard, epoch after epoch,
-    ``chunk_batches`` batches per piece."""
-    shard = shard_rows(n_rows, spec.workers, worker_id)
-    rng = np.random.default_rng(spec.seeds[worker_id])
-    rows = chunk_batches * spec.batch_size
-    for _ in range(spec.epochs):
-        order = rng.permutation(shard)
-        for start in range(0, order.shape[0], rows):
-            yield order, start, min(start + rows, order.shape[0])
-
-
 def row_pieces(views: dict, spec, worker_id: int, n_rows: int, max_claim: int, min_claim: int):
     """The pieces of rows this worker trains on under ``spec.split`` (see the module docstring);
     ``max_claim``/``min_claim`` in batches."""
@@ -384,37 +355,6 @@ def wait_for_go(views: dict, worker_id: int, parent_pid: int) -> bool:
     stats[STAT_STATE] = STATE_RUNNING
     views["clock"][worker_id][CLOCK_LOOP_START] = time.time()
     return True
-
-
-class Refitter:
-    """A worker's copy of the policy and its refit schedule.
-
-    Refits every ``policy.refit_every`` own updates from all histogram rows -- but never sooner
-    than keeps refitting within REFIT_TIME_SHARE of the worker's time (a slow fit, e.g. CMP on a
-    long-tailed histogram, then runs less often instead of stalling training).
-    """
-
-    def __init__(self, policy, workers: int, momentum: float, dtype):
-        self.policy = policy
-        self.dtype = dtype
-        bind_policy(policy, workers, momentum)
-        self.table = np.ascontiguousarray(policy.table(), dtype=dtype)
-        self.refit_every = int(getattr(policy, "refit_every", 0) or 0)
-        self._next_refit = self.refit_every
-        self._allowed_at = 0.0
-
-    def maybe_refit(self, stats: np.ndarray, hist_rows: np.ndarray) -> None:
-        """Refit (and count it in ``stats``) if this worker's update count and time budget allow."""
-        if not self.refit_every or stats[STAT_UPDATES] < self._next_refit \
-                or time.perf_counter() < self._allowed_at:
-            return
-        started = time.perf_counter()
-        self.policy.observe(hist_rows.sum(axis=0))
-        self.table = np.ascontiguousarray(self.policy.table(), dtype=self.dtype)
-        stats[STAT_REFITS] += 1
-        self._next_refit = stats[STAT_UPDATES] + self.refit_every
-        spent = time.perf_counter() - started
-        self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
 
 
 class Snapshotter:

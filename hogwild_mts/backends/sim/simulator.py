@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.backends.shm.kernels import momentum_step, row_margin
+from hogwild_mts.kernels.linear import momentum_step, row_margin
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
 from hogwild_mts.models.linear import loss_derivative

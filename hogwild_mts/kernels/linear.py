@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from hogwild_mts.core.control import STAT_MAX_TAU, STAT_SAMPLES, STAT_UPDATES, STATUS_DIVERGED, STATUS_OK
-from hogwild_mts.backends.shm.atomics import atomic_fetch_add, atomic_load, atomic_store, prefetch
+from hogwild_mts.kernels.atomics import atomic_fetch_add, atomic_load, atomic_store, prefetch
 from hogwild_mts.models.linear import loss_derivative, loss_value
 
 

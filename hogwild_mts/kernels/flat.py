@@ -1,0 +1,182 @@
+"""A torch network on one flat vector, and its stamped updates.
+
+A network's parameters are *views* into one flat vector: ``param.data`` is a slice of the shared
+(or pulled) parameter vector, so every forward pass reads the live values; ``param.grad`` is a
+slice of a private flat gradient buffer that ``backward`` accumulates into in place.  The update
+itself (stamp, table lookup, ``theta -= alpha * g``, histogram) is one numba call per mini-batch.
+
+Buffers (batch-norm running statistics): the floating-point buffers are views of the flat vector
+too, right after the parameters (``params[n_params:]``), so every worker's forward pass updates
+them in place, lock-free, as Hogwild! updates the parameters (unstamped: they are not gradient
+steps).  Other buffers (batch norm's integer ``num_batches_tracked``) stay private to each worker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from hogwild_mts.core.control import STAT_SAMPLES, STAT_UPDATES
+from hogwild_mts.kernels.linear import keep_largest_tau, load_word, stamped_step
+
+
+@njit(cache=True, nogil=True)
+def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats_row, batch_rows):
+    """Stamp and apply one mini-batch gradient lock-free (``kernels.stamped_step``, then
+    ``params -= alpha * gradient``; alpha_table has the dtype of params, so float32 stays
+    float32) and update the worker's stats row."""
+    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    keep_largest_tau(stats_row, tau)
+    for i in range(params.shape[0]):
+        params[i] -= alpha * gradient[i]
+    stats_row[STAT_UPDATES] += 1
+    stats_row[STAT_SAMPLES] += batch_rows
+
+
+@njit(cache=True, nogil=True)
+def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, counter, t_read,
+                          alpha_table, hist_row, stats_row, batch_rows):
+    """:func:`apply_update` with torch.optim.SGD's weight decay and momentum (dampening 0, no
+    Nesterov) on the worker's private ``velocity``: ``g = gradient + weight_decay * params``,
+    ``velocity = momentum * velocity + g``, ``params -= alpha(tau) * velocity``.  ``momentum``
+    and ``weight_decay`` are scalars of the params dtype."""
+    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    keep_largest_tau(stats_row, tau)
+    for i in range(params.shape[0]):
+        velocity[i] = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
+        params[i] -= alpha * velocity[i]
+    stats_row[STAT_UPDATES] += 1
+    stats_row[STAT_SAMPLES] += batch_rows
+
+
+def warm_up_updates(dtype) -> None:
+    """Compile (parent) or load from numba's cache (workers) the update kernels for this
+    parameter dtype, on scratch arrays, so that no compilation happens while training is timed."""
+    scratch = np.zeros(1, dtype=dtype)
+    counter = np.zeros(8, np.int64)
+    scalar = scratch.dtype.type(0)
+    apply_update(scratch, scratch.copy(), counter, load_word(counter, 0), np.ones(1, dtype=dtype),
+                 np.zeros(2, np.int64), np.zeros(8, np.int64), 1)
+    apply_momentum_update(scratch, scratch.copy(), scratch.copy(), scalar, scalar, counter,
+                          load_word(counter, 0), np.ones(1, dtype=dtype), np.zeros(2, np.int64),
+                          np.zeros(8, np.int64), 1)
+
+
+LOSSES = ("cross_entropy", "mse")  # TorchEngine(loss=...)
+
+
+def loss_value(loss: str, outputs, targets, reduction: str = "mean"):
+    """The ``loss`` of a batch: ``cross_entropy`` of logits ``(N, classes)`` against int64 labels,
+    or ``mse`` of outputs against float targets, both flattened to ``(N, values per row)`` (the
+    mean, or the sum with ``reduction="sum"``, over every value)."""
+    import torch.nn.functional as F
+
+    if loss == "cross_entropy":
+        return F.cross_entropy(outputs, targets, reduction=reduction)
+    rows = targets.shape[0]
+    return F.mse_loss(outputs.reshape(rows, -1), targets.reshape(rows, -1).to(outputs.dtype),
+                      reduction=reduction)
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def shared_buffers(model) -> list:
+    """The buffers shared like parameters: the floating-point ones, in ``model.buffers()`` order."""
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+def buffer_count(model) -> int:
+    """Values in :func:`shared_buffers`."""
+    return sum(b.numel() for b in shared_buffers(model))
+
+
+def flatten_parameters(model, out: np.ndarray) -> None:
+    """Copy the parameters, in ``model.parameters()`` order, into the flat array ``out``."""
+    _flatten(list(model.parameters()), out)
+
+
+def flatten_buffers(model, out: np.ndarray) -> None:
+    """Copy the :func:`shared_buffers` into the flat array ``out``."""
+    _flatten(shared_buffers(model), out)
+
+
+def _flatten(tensors, out: np.ndarray) -> None:
+    offset = 0
+    for tensor in tensors:
+        n = tensor.numel()
+        out[offset:offset + n] = tensor.detach().reshape(-1).numpy()
+        offset += n
+
+
+def bind_parameters(model, flat: np.ndarray) -> None:
+    """Make every parameter a view of its slice of ``flat`` (no copy; writes to ``flat`` show up
+    in the next forward pass).  ``flat`` must hold exactly parameter_count(model) values."""
+    _bind(list(model.parameters()), flat, "data", "parameters")
+
+
+def bind_gradients(model, flat: np.ndarray) -> None:
+    """Make every ``param.grad`` a view of its slice of ``flat``; backward accumulates into it in place."""
+    _bind(list(model.parameters()), flat, "grad", "parameters")
+
+
+def bind_buffers(model, flat: np.ndarray) -> None:
+    """Make every shared buffer a view of its slice of ``flat`` (buffer_count(model) values): the
+    forward pass's in-place updates (batch-norm running statistics) land in ``flat``."""
+    _bind(shared_buffers(model), flat, "data", "buffer values")
+
+
+def _bind(tensors, flat: np.ndarray, attribute: str, what: str) -> None:
+    import torch
+
+    total = sum(t.numel() for t in tensors)
+    if flat.ndim != 1 or flat.shape[0] != total:
+        raise ValueError(f"flat buffer has shape {flat.shape}, the model has {total} {what}")
+    flat_tensor = torch.from_numpy(flat)
+    offset = 0
+    for tensor in tensors:
+        n = tensor.numel()
+        setattr(tensor, attribute, flat_tensor[offset:offset + n].view(tensor.shape))
+        offset += n
+
+
+def state_dict_from_flat(model, flat: np.ndarray) -> dict:
+    """The ``state_dict`` of ``model`` (copies) with its parameters and shared buffers taken
+    from ``flat`` (parameters in ``model.parameters()`` order, then :func:`shared_buffers`, as
+    a fit's ``params``); other buffers as ``model`` holds them; ``model`` is not changed."""
+    import copy
+
+    model = copy.deepcopy(model)
+    values = np.array(flat, dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    n_params = parameter_count(model)
+    bind_parameters(model, values[:n_params])
+    bind_buffers(model, values[n_params:])
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def serialized_factory(factory) -> bytes:
+    """``factory`` (any callable: a lambda, a closure, a function defined in a notebook or in
+    ``python -c``) serialized with cloudpickle, by value, so that any worker can rebuild it;
+    ValueError naming it when it cannot be serialized."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(factory)
+    except Exception as error:
+        raise ValueError(f"model factory {factory!r} cannot be serialized for the workers "
+                         f"({type(error).__name__}: {error})") from None
+
+
+def make_network(network, input_shape, outputs: int):
+    """A registered network name, a factory ``f(input_shape, outputs) -> nn.Module``, or such a
+    factory serialized by :func:`serialized_factory` (rebuilt here, in the worker, so a failure
+    is reported with the worker's own traceback)."""
+    import cloudpickle
+
+    from hogwild_mts.models.nets import build_network
+
+    if isinstance(network, str):
+        return build_network(network, input_shape, outputs)
+    factory = cloudpickle.loads(network) if isinstance(network, bytes) else network
+    return factory(tuple(input_shape), outputs)

@@ -1,0 +1,44 @@
+"""A worker's copy of its step-size policy and the schedule of its online refits (every backend:
+shared-memory workers, torch workers, the Ray parameter server)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hogwild_mts.core.control import STAT_REFITS, STAT_UPDATES
+from hogwild_mts.policies.step_sizes import bind_policy
+
+REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
+
+
+class Refitter:
+    """A worker's copy of the policy and its refit schedule.
+
+    Refits every ``policy.refit_every`` own updates from all histogram rows -- but never sooner
+    than keeps refitting within REFIT_TIME_SHARE of the worker's time (a slow fit, e.g. CMP on a
+    long-tailed histogram, then runs less often instead of stalling training).
+    """
+
+    def __init__(self, policy, workers: int, momentum: float, dtype):
+        self.policy = policy
+        self.dtype = dtype
+        bind_policy(policy, workers, momentum)
+        self.table = np.ascontiguousarray(policy.table(), dtype=dtype)
+        self.refit_every = int(getattr(policy, "refit_every", 0) or 0)
+        self._next_refit = self.refit_every
+        self._allowed_at = 0.0
+
+    def maybe_refit(self, stats: np.ndarray, hist_rows: np.ndarray) -> None:
+        """Refit (and count it in ``stats``) if this worker's update count and time budget allow."""
+        if not self.refit_every or stats[STAT_UPDATES] < self._next_refit \
+                or time.perf_counter() < self._allowed_at:
+            return
+        started = time.perf_counter()
+        self.policy.observe(hist_rows.sum(axis=0))
+        self.table = np.ascontiguousarray(self.policy.table(), dtype=self.dtype)
+        stats[STAT_REFITS] += 1
+        self._next_refit = stats[STAT_UPDATES] + self.refit_every
+        spent = time.perf_counter() - started
+        self._allowed_at = time.perf_counter() + spent * (1 / REFIT_TIME_SHARE - 1)
