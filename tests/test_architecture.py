@@ -1,5 +1,7 @@
-"""The layout the docs promise: core never imports backends, engines or app; no import cycles;
-the top-level models/ folder installs as ``hogwild_mts.models`` and never as ``models``."""
+"""The layout the docs promise: core never imports backends, engines, app or a policy; no backend
+imports another, and neither the file formats nor the shared worker kernels import a backend;
+no import cycles; the top-level models/ folder installs as ``hogwild_mts.models`` and never as
+``models``."""
 
 import ast
 import os
@@ -46,6 +48,36 @@ def test_core_imports_no_backend_engine_or_app():
             outside = {m for m in imported
                        if m.split(".")[1] in ("backends", "engines", "app", "data")}
             assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def _package(module: str) -> str:
+    """``hogwild_mts.backends.shm.worker`` -> ``backends.shm``; ``hogwild_mts.job`` -> ``job``."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:2]) if parts and parts[0] == "backends" else (parts[0] if parts else "")
+
+
+def test_core_imports_no_policy():
+    for module, imported in _graph().items():
+        if module.startswith("hogwild_mts.core"):
+            policies = {m for m in imported if _package(m) == "policies"}
+            assert not policies, f"{module} imports {sorted(policies)}"
+
+
+def test_no_backend_imports_another():
+    for module, imported in _graph().items():
+        own = _package(module)
+        if own.startswith("backends."):
+            others = {m for m in imported if _package(m).startswith("backends.") and _package(m) != own}
+            assert not others, f"{module} imports {sorted(others)}"
+
+
+@pytest.mark.parametrize("prefix", ["hogwild_mts.checkpoint", "hogwild_mts.model_file",
+                                    "hogwild_mts.kernels", "hogwild_mts.job", "hogwild_mts.policies"])
+def test_file_formats_kernels_and_the_job_import_no_backend(prefix):
+    for module, imported in _graph().items():
+        if module == prefix or module.startswith(prefix + "."):
+            backends = {m for m in imported if _package(m).startswith("backends")}
+            assert not backends, f"{module} imports {sorted(backends)}"
 
 
 def test_no_import_cycles():

@@ -1,4 +1,4 @@
-"""Hostile input and faults, across the CLI and the Python API (issue 9): each case ends with
+"""Hostile input and faults, across the CLI and the Python API: each case ends with
 the exit status or exception it should and a message that names the problem, leaves this
 process's /dev/shm entries (blocks and semaphores) as they were and no worker behind.
 

@@ -8,6 +8,7 @@ from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError
 from hogwild_mts.engines.linear import Engine
+from hogwild_mts.job import run_options
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.policies import make_policy
 
@@ -54,8 +55,9 @@ def _run(backend, **options):
                     batch_size=1, seed=0) | options
     details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
                               "data": "none", "settings": {}}
-    return lifecycle.run(backend, lifecycle.run_options(**settings),
+    return lifecycle.run(backend, run_options(**settings),
                          score=lambda params: (1.0 / (1.0 + params[0]), None), details=details,
+                         describe_policy=lambda histogram: {"name": "constant"},
                          total_updates=backend.total, started=0.0)
 
 
@@ -132,8 +134,8 @@ def test_the_starting_point_is_scored_after_the_start_signal(monkeypatch, cores,
         backend.calls.append(f"score {params[0]:.0f}")
         return 1.0 / (1.0 + params[0]), None
 
-    result = lifecycle.run(backend, lifecycle.run_options(**settings), score=score,
-                           details=details, total_updates=100, started=0.0)
+    result = lifecycle.run(backend, run_options(**settings), score=score,
+                           details=details, describe_policy=lambda histogram: {"name": "constant"}, total_updates=100, started=0.0)
     assert result.history["updates"] == [0, 50, 100]
     assert result.history["loss"] == [1.0 / (1.0 + u) for u in (0, 50, 100)]
     first_score = backend.calls.index("score 0")

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from hogwild_mts.kernels import linear as kernels
-from hogwild_mts.backends.shm import worker
+from hogwild_mts.backends.shm import run as shm_run, worker
 from hogwild_mts.backends.shm.backend import start_processes
 from hogwild_mts.backends.shm.block import Layout
 from hogwild_mts.core.result import WorkerError
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
+from hogwild_mts.job import LinearProblem
 from tests.helpers import WAIT_SECONDS, live_children, shared_blocks, wait_for_updates
 
 
@@ -123,8 +124,12 @@ def test_static_split_counts_each_shard_in_batches(data):
 
 
 def test_forked_workers_read_the_data_in_place_and_only_fork_may_carry_views(data):
-    forked = Engine(workers=2, start_method="fork")._layout(data, kernels.UNIT_WEIGHTS, None)
-    spawned = Engine(workers=2, start_method="spawn")._layout(data, kernels.UNIT_WEIGHTS, None)
+    def layout(start_method):
+        engine = Engine(workers=2, start_method=start_method)
+        problem = LinearProblem(engine.model, engine.dtype, data, kernels.UNIT_WEIGHTS)
+        return shm_run.layout(engine._job(problem, 0.0, None))
+
+    forked, spawned = layout("fork"), layout("spawn")
     assert "values" not in forked.fields and "values" in spawned.fields
     spec = type("Spec", (), {"views": {}})()
     with pytest.raises(ValueError, match="only 'fork' may pass them"):
@@ -160,6 +165,7 @@ def test_fork_server_run_and_killed_worker_clean_up(data):
 KILLED_PARENT = """
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
+from hogwild_mts.job import LinearProblem
 if __name__ == "__main__":
     Engine("logreg", alpha=0.1, workers=2, epochs=100_000, start_method="forkserver",
            progress=False).fit(synthetic_sparse(2000, 500, 10, seed=0))

@@ -20,7 +20,8 @@ from hogwild_mts.engines import networks as torch_engine
 from hogwild_mts.core.result import DivergenceError, WorkerError
 from hogwild_mts.data.images import load_images
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
-from hogwild_mts.kernels.flat import bind_gradients, bind_parameters, flatten_parameters, parameter_count
+from hogwild_mts.kernels.flat import (bind_buffers, bind_gradients, bind_parameters, flatten_parameters,
+                                      parameter_count)
 from hogwild_mts.models.nets import build_network
 from tests.helpers import WAIT_SECONDS, wait_for_updates
 
@@ -43,7 +44,7 @@ def recorded_blocks(monkeypatch):
         names.append(block.name)
         return block
 
-    monkeypatch.setattr(torch_engine.SharedBlock, "create", classmethod(recording))
+    monkeypatch.setattr(SharedBlock, "create", classmethod(recording))
     return names
 
 
@@ -355,7 +356,7 @@ def test_batch_norm_statistics_are_shared_by_two_workers_and_used_by_the_evaluat
     network = batch_norm_network((1, 8, 8), 10).double()
     flat = result.params.copy()
     bind_parameters(network, flat[:n_params])
-    torch_engine.bind_buffers(network, flat[n_params:])
+    bind_buffers(network, flat[n_params:])
     network.eval()
     with torch.no_grad():
         outputs = network(torch.from_numpy(digits.test_images).double())

@@ -21,6 +21,7 @@ from torch import nn
 import hogwild_mts
 from hogwild_mts import TorchEngine, load_network, model_file
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
+from hogwild_mts.backends.shm.block import SharedBlock
 from hogwild_mts.kernels.flat import bind_parameters, parameter_count
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.images import load_images
@@ -236,7 +237,7 @@ def no_workers(monkeypatch):
     def refuse(layout):
         raise AssertionError("the fit created its shared block before refusing")
 
-    monkeypatch.setattr(networks.SharedBlock, "create", refuse)
+    monkeypatch.setattr(SharedBlock, "create", refuse)
 
 
 @pytest.mark.parametrize("case, message", [

@@ -6,7 +6,7 @@ seconds) and a staleness **histogram** row of HIST_BINS bins (the last bin colle
 tau >= HIST_BINS - 1).  A worker's state column moves STARTING -> READY -> RUNNING -> one of
 DONE, DIVERGED, FAILED.
 
-Stamping contract (DESIGN.md section 1): before reading the parameters a worker reads the counter
+Stamping contract: before reading the parameters a worker reads the counter
 (``t_read``); after computing its gradient it claims ``t_write = fetch_add(counter, 1)``; the
 update's staleness is ``tau = t_write - t_read`` (updates landed in between, >= 0); it applies
 ``alpha = table[min(tau, T - 1)]`` and counts tau in its histogram row.  So the counter ends equal

@@ -18,9 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hogwild_mts.core import signals
-from hogwild_mts.core.options import check_int, check_positive
-from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, describe, divergence_message
-from hogwild_mts.policies.step_sizes import as_policy, bind_policy, check_momentum
+from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, divergence_message
 from hogwild_mts.staleness.summary import fit_staleness_models
 
 POLL_SECONDS = 0.01  # the parent's polling period while workers run
@@ -88,7 +86,8 @@ class Backend(Protocol):
 
 @dataclass
 class RunOptions:
-    """The options every trainer (engines, simulator) has, validated (see :func:`run_options`)."""
+    """The options every trainer (engines, simulator) has, validated by
+    :func:`hogwild_mts.job.run_options`."""
 
     policy: object
     workers: int
@@ -102,40 +101,6 @@ class RunOptions:
     momentum: float  # each worker's explicit heavy-ball momentum, in [0, 1); the policy is bound with it
 
 
-def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size, seed,
-                eval_every=None, eval_every_updates=None, progress=False,
-                defer_evaluation=False, momentum=0.0) -> RunOptions:
-    """Validate the common options: ``policy`` (a name gets ``alpha``, default ``default_alpha``),
-    ``workers``, ``epochs``, ``batch_size`` >= 1, ``seed`` >= 0, the evaluation schedule
-    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given),
-    ``momentum`` in [0, 1)."""
-    if alpha is None and isinstance(policy, str):
-        alpha = default_alpha
-    if eval_every_updates is not None:
-        eval_every_updates = check_int("eval_every_updates", eval_every_updates, 1)
-        eval_every = None
-    elif eval_every is not None:
-        eval_every = check_positive("eval_every", eval_every)
-    return RunOptions(policy=as_policy(policy, alpha), workers=check_int("workers", workers, 1),
-                      epochs=check_int("epochs", epochs, 1),
-                      batch_size=check_int("batch_size", batch_size, 1),
-                      seed=check_int("seed", seed, 0), eval_every=eval_every,
-                      eval_every_updates=eval_every_updates, progress=bool(progress),
-                      defer_evaluation=bool(defer_evaluation), momentum=check_momentum(momentum))
-
-
-def describe_fitted(policy, workers: int, momentum: float, histogram: np.ndarray) -> dict:
-    """The policy as the workers ended it: a copy bound as theirs and refitted on the final
-    histogram (each worker refits its own copy; the caller's object is never touched)."""
-    import copy
-
-    policy = copy.deepcopy(policy)
-    bind_policy(policy, workers, momentum)
-    if getattr(policy, "refit_every", 0):
-        policy.observe(histogram)
-    return describe(policy)
-
-
 def progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -147,13 +112,14 @@ Score = Callable[[np.ndarray], tuple]  # params -> (loss, accuracy or None)
 
 
 def run(backend: Backend, options: RunOptions, *, score: Score, details: Callable[[np.ndarray], dict],
-        total_updates: int, started: float, resumed_updates: int = 0,
-        score_in_threads: bool = False) -> FitResult:
+        describe_policy: Callable[[np.ndarray], dict], total_updates: int, started: float,
+        resumed_updates: int = 0, score_in_threads: bool = False) -> FitResult:
     """Run ``backend`` to the end (or Ctrl-C) and return the FitResult.
 
     ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
     ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
-    settings``; ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
+    settings``; ``describe_policy(histogram) -> dict`` describes the policy as the workers ended
+    the run (:func:`hogwild_mts.policies.refit.describe_fitted`); ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
     fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
     counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
     releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C
@@ -169,15 +135,15 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
         except KeyboardInterrupt:
             interrupted = True
         with signals.held():
-            return _result(backend, options, watcher, details, started, interrupted)
+            return _result(backend, options, watcher, details, describe_policy, started, interrupted)
     finally:
         backend.request_stop()
         backend.join()
         backend.close()
 
 
-def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details, started: float,
-            interrupted: bool) -> FitResult:
+def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details, describe_policy,
+            started: float, interrupted: bool) -> FitResult:
     """Stop and join the workers, score what was deferred and the final parameters, and build
     the FitResult."""
     backend.request_stop()
@@ -195,7 +161,7 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
         train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
         final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
         workers=options.workers,
-        policy=describe_fitted(options.policy, options.workers, options.momentum, totals.histogram),
+        policy=describe_policy(totals.histogram),
         interrupted=interrupted, **details(final))
 
 

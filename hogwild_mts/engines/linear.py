@@ -1,36 +1,31 @@
-"""The linear-model engine: validate, place data and parameters in shared memory once, then run
-the workers through the shared lifecycle of :mod:`hogwild_mts.core.lifecycle`."""
+"""The linear-model engine: validate the options and the data, describe the fit as a
+:class:`hogwild_mts.job.Job`, and hand it to the backend's ``fit(job)``."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
-import queue
 import time
 
 import numpy as np
 
+from hogwild_mts.backends.ray import run as ray_backend
+from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
+from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
-from hogwild_mts.kernels import linear as kernels
-from hogwild_mts.backends.shm import worker
-from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
-                                             restore_state, start_processes, worker_times)
-from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
-from hogwild_mts.engines.options import process_options
-from hogwild_mts.backends.shm.block import SharedBlock
-from hogwild_mts.core import lifecycle, signals
-from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.options import check_choice, check_finite_vector
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
-from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.tabular import Dataset, as_dataset
+from hogwild_mts.engines.options import process_options
+from hogwild_mts.job import run_options, Job, LinearProblem
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.models.linear import LinearModel
 
 __all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
-CHUNK_UPDATES = 8192  # updates per numba call between Python checks in a worker
 PARAM_DTYPES = ("float64", "float32")
 DEFAULT_ALPHA = 0.1
 
@@ -82,7 +77,7 @@ class Engine:
                  checkpoint_dir=None, checkpoint_every_updates: int | None = None,
                  momentum: float = 0.0, max_worker_restarts: int = MAX_WORKER_RESTARTS):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        self.options = lifecycle.run_options(
+        self.options = run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed, eval_every=eval_every,
             eval_every_updates=eval_every_updates, progress=progress,
@@ -93,7 +88,7 @@ class Engine:
             raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
                              f"got {getattr(self.policy, 'name', self.policy)!r}")
         self.stamp = bool(stamp)
-        # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
+        # backend="ray": all Ray code lives in hogwild_mts.backends.ray
         vars(self).update(process_options(
             start_method=start_method, split=split, backend=backend, ray_address=ray_address,
             local_steps=local_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -105,75 +100,20 @@ class Engine:
         if self.ray_options is not None and not self.stamp:
             raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
 
-    # ------------------------------------------------------------------ set-up
-    def _layout(self, dataset: Dataset, sample_weight: np.ndarray, evaluations):
-        """The block's fields.  The data set goes in only for workers that attach the block
-        (spawn, forkserver): the single worker of a ``workers=1`` run is a thread, and forked
-        workers inherit this process's memory, so both read the caller's arrays in place.
-        ``evaluations``: :func:`worker.evaluation_slots`."""
-        layout = control_layout(self.workers, self.model.n_params(dataset.n_features), self.dtype)
-        if evaluations is not None:
-            worker.add_evaluation_fields(layout, evaluations[1], self.model.n_params(dataset.n_features),
-                                         self.dtype)
-        layout.add("feature_scale", np.float64, (dataset.n_features,))
-        worker.add_schedule(layout, dataset.n_samples, self.split)
-        if self.momentum:
-            worker.add_velocity_field(layout, self.model.n_params(dataset.n_features))
-        if self.checkpoints is not None:
-            worker.add_checkpoint_fields(layout, self.workers, self.model.n_params(dataset.n_features),
-                                         self.dtype, self.momentum)
-        if self.workers > 1 and self.start_method != "fork":
-            for name, array in _data_arrays(dataset, sample_weight).items():
-                layout.add(name, array.dtype, array.shape)
-        return layout
-
-    def _fill(self, views: dict, dataset: Dataset, sample_weight: np.ndarray) -> None:
-        """Put the data in the block (or, for one worker, beside it) and the L2 weights."""
-        for name, array in _data_arrays(dataset, sample_weight).items():
-            if name in views:
-                views[name][:] = array
-            else:
-                views[name] = np.ascontiguousarray(array)
-        if self.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
-            counts = dataset.feature_counts()
-            np.divide(dataset.n_samples, counts, out=views["feature_scale"], where=counts > 0)
-
-    def _spec(self, block: SharedBlock, dataset: Dataset) -> worker.WorkerSpec:
-        seeds = np.random.SeedSequence(self.seed).spawn(self.workers)
-        return worker.WorkerSpec(
-            block_name=block.name, layout=block.layout, workers=self.workers, epochs=self.epochs,
-            batch_size=self.batch_size, chunk_updates=CHUNK_UPDATES, seeds=seeds,
-            n_features=dataset.n_features, dense=dataset.dense,
-            fit_intercept=self.model.fit_intercept, loss_id=self.model.loss_id,
-            l2=float(self.model.l2), stamp=self.stamp, policy=self.policy, momentum=self.momentum,
-            parent_pid=os.getpid(),
-            split=self.split,
-            checkpoint_every_seconds=self.checkpoints and self.checkpoints.every_seconds,
-            checkpoint_every_updates=self.checkpoints and self.checkpoints.every_updates)
-
-    def _warm_up(self, views: dict, spec: worker.WorkerSpec) -> None:
-        """Compile (or load from numba's cache) the kernels for these types in the parent."""
-        params = np.zeros_like(views["params"])
-        empty_order = np.zeros(0, dtype=np.int64)
-        kernels.sgd_chunk(views["values"], views["indices"], views["indptr"], spec.dense,
-                          views["labels"], views["sample_weight"], views["feature_scale"],
-                          empty_order, 0, 0,
-                          spec.batch_size, params, spec.n_features, spec.fit_intercept,
-                          spec.loss_id, spec.l2, np.ones(1), spec.stamp, np.zeros(1, np.int64),
-                          np.zeros(HIST_BINS, np.int64), np.zeros(8, np.int64),
-                          np.zeros(spec.batch_size), *worker.momentum_buffers(spec))
-        first_row = dict(views, indptr=views["indptr"][:2],  # same types, one row of work
-                         sample_weight=views["sample_weight"][:1])
-        self._objective(first_row, spec, params)
-        worker.load_schedule_kernels()
-
-    @staticmethod
-    def _objective(data: dict, spec: worker.WorkerSpec, params: np.ndarray):
-        """(training objective, accuracy) of ``params`` on the arrays of ``data`` (weighted by
-        ``data["sample_weight"]`` when it is not empty: see kernels.objective)."""
-        return kernels.objective(data["values"], data["indices"], data["indptr"], spec.dense,
-                                 data["labels"], data["sample_weight"], params, spec.n_features,
-                                 spec.fit_intercept, spec.loss_id, spec.l2)
+    def _job(self, problem: LinearProblem, started: float, run: "_CheckpointedRun | None") -> Job:
+        """The Job of a fit of ``problem`` (``run``: its checkpoint side, None for a data file)."""
+        model = self.model
+        ray_checkpoint = None
+        if self.ray_options is not None and self.ray_options.checkpoint is not None:
+            ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
+        return Job(options=self.options, problem=problem, started=started,
+                   settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
+                             "dtype": self.dtype, "l2": model.l2, "fit_intercept": model.fit_intercept},
+                   split=self.split, start_method=self.start_method, stamp=self.stamp,
+                   checkpoints=self.checkpoints,
+                   write_checkpoint=None if self.checkpoints is None else run.write,
+                   resumed=None if run is None else run.resumed,
+                   ray=self.ray_options, ray_checkpoint=ray_checkpoint)
 
     # ------------------------------------------------------------------ run
     def fit(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> FitResult:
@@ -201,93 +141,21 @@ class Engine:
             raise ValueError("give init_params or resume, not both")
         if self.ray_options is not None and isinstance(X, (str, os.PathLike)):
             # backend="ray" and a data file: each worker actor reads its own part of it
-            from hogwild_mts.backends.ray.linear import fit_linear_from_path
-
-            return fit_linear_from_path(
-                self, X, y=y, sample_weight=sample_weight, resume=resume, started=started,
-                check_start=lambda n_params: check_init_params(init_params, n_params))
+            path = os.fspath(X)
+            check_data_file_arguments(path, y, sample_weight, resume)
+            problem = LinearProblem(self.model, self.dtype, path=path,
+                                    check_start=lambda n_params: check_init_params(init_params, n_params))
+            return ray_backend.fit(self._job(problem, started, None))
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         weights = check_sample_weight(sample_weight, dataset.n_samples)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
         run = _CheckpointedRun(self, dataset, weights, X if y is None else y, resume)
-        if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.linear
-            from hogwild_mts.backends.ray.linear import fit_linear
-
-            if run.resumed is not None:
-                return fit_linear(run.remaining_on_ray(), dataset, weights, run.resumed.params, started)
-            return fit_linear(self, dataset, weights, start_params, started)
-        total = total_updates(dataset.n_samples, self.workers, self.epochs, self.batch_size,
-                                     self.split)
-        resumed_updates = 0 if run.resumed is None else run.resumed.updates
-        evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
-        block = SharedBlock.create(self._layout(dataset, weights, evaluations))
-        try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, weights, start_params, started, run, evaluations,
-                             total, resumed_updates)
-        except BaseException:
-            block.release()  # a second release (after the lifecycle's) does nothing
-            raise
-
-    def _run(self, block: SharedBlock, dataset: Dataset, sample_weight: np.ndarray, start_params,
-             started: float, run: "_CheckpointedRun", evaluations, total: int,
-             resumed_updates: int) -> FitResult:
-        """Fill ``block``, warm up, and run the workers on it through the lifecycle (``total``
-        updates in all, ``resumed_updates`` of them done before this fit)."""
-        self._fill(block.views, dataset, sample_weight)
-        if evaluations is not None:
-            worker.prepare_evaluations(block.views, evaluations[0], self.options.eval_every_updates)
-        if start_params is not None:
-            block.views["params"][:] = start_params
-        spec = self._spec(block, dataset)
-        # numba compiles or loads kernels here; a stop signal waits until it is done (one that
-        # lands inside numba's cache callback is printed as an ignored exception, not raised)
-        with signals.blocked():
-            if run.resumed is not None:
-                restore_state(block.views, spec, run.resumed)
-            else:
-                worker.prepare_schedule(block.views, spec)
-            self._warm_up(block.views, spec)
-
-        def launch(views, processes):
-            """One thread of this process when workers == 1, else processes."""
-            if self.workers > 1:
-                if self.start_method == "fork":
-                    spec.views = views
-                return start_processes(worker.worker_main, spec, self.workers, processes,
-                                       self.start_method, preload=(worker.__name__,))
-            errors = queue.SimpleQueue()
-            spec.parent_pid = 0
-            processes.append(worker.ThreadWorker(views, spec, errors))
-            processes[0].start()
-            return errors
-
-        data = _data_arrays(dataset, sample_weight)
-
-        def score(params):
-            loss, accuracy = self._objective(data, spec, params.astype(np.float64, copy=False))
-            return loss, accuracy if self.model.classifier else None
-
-        def details(params):
-            params = params.astype(np.float64)
-            return {"params": params[: dataset.n_features],
-                    "intercept": float(params[dataset.n_features]) if self.model.fit_intercept else 0.0,
-                    "model": self.model.name, "data": dataset.name,
-                    "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
-                                 "seed": self.seed, "dtype": self.dtype, "l2": self.model.l2,
-                                 "fit_intercept": self.model.fit_intercept, "stamp": self.stamp,
-                                 "momentum": self.momentum,
-                                 "split": self.split,
-                                 "start_method": self.start_method if self.workers > 1 else "thread",
-                                 "loss": "training objective", "accuracy": "train"},
-                    **worker_times(block.views["clock"], started)}
-
-        backend = ShmBackend(block, self.workers, launch, self.policy,
-                             None if self.checkpoints is None
-                             else CheckpointWriter(block.views, spec, run.write),
-                             None if evaluations is None else EvaluationReader(block.views, self.stamp))
-        return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=total, started=started, resumed_updates=resumed_updates,
-                             score_in_threads=True)  # kernels.objective releases the GIL
+        if self.ray_options is not None and run.resumed is not None:
+            # Ray resumes from the checkpoint's parameters, for the epochs its pushes have not covered
+            problem = LinearProblem(self.model, self.dtype, dataset, weights, run.resumed.params)
+            return ray_backend.fit(run.remaining_on_ray()._job(problem, started, None))
+        job = self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params), started, run)
+        return (shm_backend if self.ray_options is None else ray_backend).fit(job)
 
 
 class _CheckpointedRun:
@@ -393,8 +261,15 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
     return np.ascontiguousarray(weights)
 
 
-def _data_arrays(dataset: Dataset, sample_weight: np.ndarray) -> dict:
-    """The data set's arrays by their names in the worker views (``sample_weight`` empty for
-    unit weights)."""
-    return {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
-            "labels": dataset.y, "sample_weight": sample_weight}
+def check_data_file_arguments(path: str, y, sample_weight, resume) -> None:
+    """A fit on a data file (Ray) takes no ``y``, ``sample_weight`` or ``resume``: ValueError
+    saying why otherwise."""
+    if y is not None:
+        raise ValueError(f"y must be None when X is a data file ({path}): the labels are read "
+                         "from the file")
+    if sample_weight is not None:
+        raise ValueError(f"sample_weight cannot be given with a data file ({path}); fit arrays "
+                         "(X, y, sample_weight=...) instead")
+    if resume is not None:
+        raise ValueError(f"resume cannot be given with a data file ({path}) on backend='ray'; "
+                         "fit the loaded data (load_data(path)) to resume")

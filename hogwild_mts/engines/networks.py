@@ -1,18 +1,18 @@
 """Hogwild! for torch networks: ``TorchEngine(...).fit(data)`` and the CLI hook.
 
-One shared block per run holds the sequence counter, run flags, per-worker stats/clock/histogram
-rows (:mod:`hogwild_mts.core.control`), the flat vector of parameters and shared buffers, and the
-epoch orders; the training inputs and targets are read in this process's memory by forked
-workers, or placed in the block once for spawned ones.  Workers (processes, one torch/BLAS
-thread each; forked by default, so they start with torch already imported) bind their network's
-parameters and floating-point buffers to views of that vector and update the parameters
-lock-free with exact staleness stamps (:mod:`hogwild_mts.backends.shm.torch_worker`).  The parent
-evaluates a copy of the shared vector on the test set every ``eval_every`` seconds with its own
-network (in eval mode), whose parameters and buffers view that copy.
+The engine validates the options, the data and the network, settles the start weights and the
+checkpoint side, and describes the fit as a :class:`hogwild_mts.job.Job` with a
+:class:`~hogwild_mts.job.NetworkProblem`.  On shared memory (:mod:`hogwild_mts.backends.shm.run`)
+one block holds the control fields, the flat vector of parameters and shared buffers and the
+epoch orders; workers (processes, one torch/BLAS thread each) bind their network's parameters and
+floating-point buffers to views of that vector and update it lock-free with exact staleness
+stamps (:mod:`hogwild_mts.backends.shm.torch_worker`).  The parent evaluates copies of the vector
+with its own network (in eval mode), whose parameters and buffers view that copy.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,25 +21,21 @@ import time
 
 import numpy as np
 
+from hogwild_mts.backends.ray import run as ray_backend
 from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
-from hogwild_mts.backends.shm import worker
-from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
-                                             restore_state, start_processes, worker_times)
-from hogwild_mts.backends.shm.block import SharedBlock
+from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_same_settings, check_unfinished, policy_spec,
                                     prepare_directory, read_checkpoint_files, run_state)
-from hogwild_mts.engines.options import process_options
-from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.files import strict_json
 from hogwild_mts.core.options import check_choice, check_finite_vector, check_nonnegative
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
-from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
-from hogwild_mts.backends.shm import torch_worker
-from hogwild_mts.kernels.flat import (LOSSES, bind_buffers, bind_parameters, buffer_count, flatten_buffers,
-                                      flatten_parameters, loss_value, make_network, parameter_count,
-                                      serialized_factory, state_dict_from_flat)
-from hogwild_mts.backends.shm.torch_worker import TorchWorkerSpec, torch_worker_main, warm_up_kernels
+from hogwild_mts.engines.options import process_options
+from hogwild_mts.job import run_options, EVAL_BATCH, LOSS_NAMES, Job, NetworkProblem
+from hogwild_mts.kernels.flat import (LOSSES, buffer_count, flatten_buffers, flatten_parameters,
+                                      make_network, parameter_count, serialized_factory,
+                                      state_dict_from_flat)
+from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.model_file import ModelFileError, read_network, save_network
 
 __all__ = ["TorchEngine", "train_images", "load_network", "network_outputs", "DEFAULT_ALPHA",
@@ -49,8 +45,6 @@ DEFAULT_ALPHA = 0.05  # base step of the constant policy (per mean mini-batch gr
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_EPOCHS = 10
 PARAM_DTYPES = ("float32", "float64")
-EVAL_BATCH = 1024  # test rows per forward pass of an evaluation
-LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mean squared error"}
 # What a resumed run must share with its checkpoint (each one that differs is named).
 RESUME_SETTINGS = ("network", "input_shape", "outputs", "loss", "n_train", "targets_digest",
                    "epochs", "batch_size", "seed", "split", "dtype", "policy", "momentum",
@@ -109,7 +103,7 @@ class TorchEngine:
                             f"f(input_shape, outputs) -> nn.Module, got {model!r}")
         self.model = model
         self._network_spec = model if isinstance(model, str) else serialized_factory(model)
-        self.options = lifecycle.run_options(
+        self.options = run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed, eval_every=eval_every,
             eval_every_updates=eval_every_updates, progress=progress,
@@ -118,7 +112,7 @@ class TorchEngine:
         self.loss = check_choice("loss", loss, LOSSES)
         self.weight_decay = check_nonnegative("weight_decay", weight_decay)
         self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
-        # backend="ray" (issue 13): all Ray code lives in hogwild_mts.backends.ray
+        # backend="ray": all Ray code lives in hogwild_mts.backends.ray
         if backend == "ray" and checkpoint_dir is not None:
             raise ValueError("checkpoint_dir applies to backend='shm' for networks; with "
                              "backend='ray' pass checkpoint=f(engine, params, version, histogram)")
@@ -203,31 +197,6 @@ class TorchEngine:
                             f"or arrays X and y, got {type(data).__name__} without y")
         return array_dataset(data, y, test, classification=self.loss == "cross_entropy")
 
-    def _layout(self, dataset: ArrayDataset, n_values: int, evaluations):
-        """The block's fields; the inputs and targets only for workers that attach it (not fork).
-        ``evaluations``: :func:`worker.evaluation_slots`."""
-        layout = control_layout(self.workers, n_values, self.dtype)
-        if evaluations is not None:
-            worker.add_evaluation_fields(layout, evaluations[1], n_values, self.dtype)
-        worker.add_schedule(layout, dataset.n_train, self.split)
-        if self.checkpoints is not None:
-            worker.add_checkpoint_fields(layout, self.workers, n_values, self.dtype)
-        if self.start_method != "fork":
-            layout.add("inputs", dataset.train_inputs.dtype, dataset.train_inputs.shape)
-            layout.add("targets", dataset.train_targets.dtype, dataset.train_targets.shape)
-        return layout
-
-    def _spec(self, block: SharedBlock, dataset: ArrayDataset, n_params: int) -> TorchWorkerSpec:
-        return TorchWorkerSpec(
-            block_name=block.name, layout=block.layout, network=self._network_spec,
-            input_shape=dataset.input_shape, outputs=dataset.outputs, n_params=n_params,
-            workers=self.workers, epochs=self.epochs, batch_size=self.batch_size,
-            seeds=np.random.SeedSequence(self.seed).spawn(self.workers), policy=self.policy,
-            dtype=self.dtype, parent_pid=os.getpid(), split=self.split, loss=self.loss,
-            momentum=self.momentum, weight_decay=self.weight_decay,
-            checkpoint_every_seconds=self.checkpoints and self.checkpoints.every_seconds,
-            checkpoint_every_updates=self.checkpoints and self.checkpoints.every_updates)
-
     # ------------------------------------------------------------------ run
     def fit(self, data, y=None, *, test=None, init=None, init_params=None, resume=None) -> FitResult:
         """Train on ``data``: an :class:`~hogwild_mts.data.images.ArrayDataset` (an ImageDataset
@@ -261,74 +230,20 @@ class TorchEngine:
         dataset = self._check(self._dataset(data, y, test))
         network = self._network(dataset)
         run = _NetworkRun(self, dataset, network, init, init_params, resume)
-        if self.ray_options is not None:  # backend="ray": hogwild_mts.backends.ray.networks
-            from hogwild_mts.backends.ray.networks import fit_network
-
-            return fit_network(self, dataset, network, started)
-        n_values = parameter_count(network) + buffer_count(network)
-        total = total_updates(dataset.n_train, self.workers, self.epochs, self.batch_size,
-                                     self.split)
-        resumed_updates = 0 if run.resumed is None else run.resumed.updates
-        evaluations = worker.evaluation_slots(self.options.eval_every_updates, total, resumed_updates)
-        block = SharedBlock.create(self._layout(dataset, n_values, evaluations))
-        try:  # the lifecycle releases the block; until it holds it (or if it never does), here
-            return self._run(block, dataset, network, started, run, evaluations, total,
-                             resumed_updates)
-        except BaseException:
-            block.release()  # a second release (after the lifecycle's) does nothing
-            raise
-
-    def _run(self, block: SharedBlock, dataset: ArrayDataset, network, started: float,
-             run: "_NetworkRun", evaluations, total: int, resumed_updates: int) -> FitResult:
-        """Fill ``block``, warm up, and run the workers on it through the lifecycle (``total``
-        updates in all, ``resumed_updates`` of them done before this fit)."""
-        views = block.views
-        if evaluations is not None:
-            worker.prepare_evaluations(views, evaluations[0], self.options.eval_every_updates)
         n_params = parameter_count(network)
-        flatten_parameters(network, views["params"][:n_params])
-        flatten_buffers(network, views["params"][n_params:])
-        for name, array in (("inputs", dataset.train_inputs), ("targets", dataset.train_targets)):
-            if name in views:
-                views[name][:] = array
-            else:
-                views[name] = np.ascontiguousarray(array)
-        evaluated = np.empty_like(views["params"])
-        bind_parameters(network, evaluated[:n_params])  # the parent scores copies of the block
-        bind_buffers(network, evaluated[n_params:])
-        spec = self._spec(block, dataset, n_params)
-        with signals.blocked():  # numba compiles or loads kernels: see the linear engine
-            warm_up_kernels(views["params"].dtype)
-            if run.resumed is not None:
-                restore_state(views, spec, run.resumed)
-            else:
-                worker.prepare_schedule(views, spec)
-
-        def launch(views, processes):
-            if self.start_method == "fork":
-                spec.views = views
-            return start_processes(torch_worker_main, spec, self.workers, processes,
-                                   self.start_method, name="hogwild-torch-worker",
-                                   preload=(torch_worker.__name__, "torch"))
-
-        def details(params):
-            return {"params": params.astype(np.float64), "intercept": 0.0,
-                    "model": self.model_name, "data": dataset.name,
-                    "settings": {**self._settings(dataset, n_params, int(params.shape[0]) - n_params),
-                                 "split": self.split, "start_method": self.start_method},
-                    **worker_times(block.views["clock"], started)}
-
-        def score(params):
-            evaluated[:] = params
-            return self._evaluate(network, dataset)
-
-        checkpoints = None
-        if self.checkpoints is not None:
-            checkpoints = CheckpointWriter(views, spec, lambda state: run.write(network, state))
-        backend = ShmBackend(block, self.workers, launch, self.policy, checkpoints,
-                             None if evaluations is None else EvaluationReader(views, True))
-        return lifecycle.run(backend, self.options, score=score, details=details,
-                             total_updates=total, started=started, resumed_updates=resumed_updates)
+        ray_checkpoint = None
+        if self.ray_options is not None and self.ray_options.checkpoint is not None:
+            ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
+        job = Job(options=self.options, started=started,
+                  problem=NetworkProblem(name=self.model_name, build=self._network_spec,
+                                         network=network, dataset=dataset, loss=self.loss,
+                                         dtype=self.dtype, weight_decay=self.weight_decay),
+                  settings=self._settings(dataset, n_params, buffer_count(network)),
+                  split=self.split, start_method=self.start_method, checkpoints=self.checkpoints,
+                  write_checkpoint=None if self.checkpoints is None
+                  else lambda state: run.write(network, state),
+                  resumed=run.resumed, ray=self.ray_options, ray_checkpoint=ray_checkpoint)
+        return (shm_backend if self.ray_options is None else ray_backend).fit(job)
 
     # ------------------------------------------------------------------ model files
     def save(self, result: FitResult, path) -> str:
@@ -384,31 +299,6 @@ class TorchEngine:
                 "evaluated_on": dataset.evaluated_on,
                 "loss": f"{dataset.evaluated_on} {LOSS_NAMES[self.loss]}",
                 "accuracy": dataset.evaluated_on if classification else None}
-
-    def _evaluate(self, network, dataset: ArrayDataset) -> tuple[float, float | None]:
-        """(mean loss, accuracy or None for mse) of ``network`` on the evaluated rows, on one
-        thread, in eval mode (dropout off, batch norm on its running statistics)."""
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        network.eval()
-        try:
-            total_loss, correct = 0.0, 0
-            dtype = getattr(torch, self.dtype)
-            with torch.no_grad():
-                for start in range(0, dataset.n_test, EVAL_BATCH):
-                    inputs = torch.from_numpy(dataset.test_inputs[start:start + EVAL_BATCH]).to(dtype)
-                    targets = torch.from_numpy(dataset.test_targets[start:start + EVAL_BATCH])
-                    outputs = network(inputs)
-                    total_loss += float(loss_value(self.loss, outputs, targets, reduction="sum"))
-                    if self.loss == "cross_entropy":
-                        correct += int((outputs.argmax(dim=1) == targets).sum())
-        finally:
-            torch.set_num_threads(threads)
-        if self.loss == "cross_entropy":
-            return total_loss / dataset.n_test, correct / dataset.n_test
-        return total_loss / (dataset.n_test * dataset.outputs), None
 
 
 class _NetworkRun:

@@ -1,4 +1,4 @@
-"""The options both engines share beyond the run options of :func:`hogwild_mts.core.lifecycle.
+"""The options both engines share beyond the run options of :func:`hogwild_mts.job.
 run_options`: how worker processes start, how the rows are split among them, and the backend
 with its checkpoints, validated in one place so that the two engines refuse the same things
 the same way."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -18,6 +19,8 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.options import check_choice, check_int, check_positive
 from hogwild_mts.core.result import FitResult
+from hogwild_mts.job import run_options
+from hogwild_mts.policies.refit import describe_fitted
 from hogwild_mts.policies.step_sizes import bind_policy
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
 from hogwild_mts.models.linear import LinearModel
@@ -50,7 +53,7 @@ class Simulator:
                  update_seconds: float = DEFAULT_UPDATE_SECONDS, stale_reads: str = "auto",
                  momentum: float = 0.0, progress: bool = False):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        self.options = lifecycle.run_options(
+        self.options = run_options(
             policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
             batch_size=batch_size, seed=seed,
             eval_every_updates=None if eval_every is None else check_int("eval_every", eval_every, 1),
@@ -148,7 +151,10 @@ class Simulator:
                                  "real_seconds": time.time() - started}}
 
         options = dataclasses.replace(self.options, eval_every_updates=eval_every)
-        return lifecycle.run(backend, options, score=score, details=details, total_updates=total,
+        return lifecycle.run(backend, options, score=score, details=details,
+                             describe_policy=functools.partial(describe_fitted, self.policy, self.workers,
+                                                               self.momentum),
+                             total_updates=total,
                              started=started)
 
 

@@ -1,4 +1,5 @@
-"""numba worker loops for linear models: DESIGN.md steps 1-6, no Python per sample.
+"""numba worker loops for linear models (the stamping contract of :mod:`hogwild_mts.core.control`):
+no Python per sample.
 
 Rows come in one format for sparse and dense data (see ``hogwild_mts.data.tabular.Dataset``): row ``i`` is
 ``values[indptr[i]:indptr[i+1]]`` with columns ``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).

@@ -3,14 +3,26 @@ shared-memory workers, torch workers, the Ray parameter server)."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
 
 from hogwild_mts.core.control import STAT_REFITS, STAT_UPDATES
+from hogwild_mts.core.result import describe
 from hogwild_mts.policies.step_sizes import bind_policy
 
 REFIT_TIME_SHARE = 0.05  # refits may take at most this share of a worker's time
+
+
+def describe_fitted(policy, workers: int, momentum: float, histogram: np.ndarray) -> dict:
+    """The policy as the workers ended it: a copy bound as theirs and refitted on the final
+    histogram (each worker refits its own copy; the caller's object is never touched)."""
+    policy = copy.deepcopy(policy)
+    bind_policy(policy, workers, momentum)
+    if getattr(policy, "refit_every", 0):
+        policy.observe(histogram)
+    return describe(policy)
 
 
 class Refitter:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import os
 
 import numpy as np
@@ -34,6 +33,7 @@ from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult, WorkerError
 from hogwild_mts.data.tabular import DataError, data_file_format
+from hogwild_mts.job import Job
 
 EVAL_SAMPLE_ROWS = 10_000  # rows of a data file the workers send the driver to score on
 
@@ -49,83 +49,68 @@ def base_step(policy, workers: int) -> float:
     return float(bound.table()[0])
 
 
-def fit_linear(engine, dataset, sample_weight: np.ndarray, start_params: np.ndarray | None,
-               started: float) -> FitResult:
-    """Train ``engine``'s model on ``dataset`` (rows weighted by ``sample_weight``, empty for
-    unit weights) with the server and ``engine.workers`` worker actors (see
-    :class:`hogwild_mts.engines.linear.Engine` for the options).  ``updates`` and
+def fit_linear(job: Job) -> FitResult:
+    """Train the job's linear problem on its data set (rows weighted by ``sample_weight``, empty
+    for unit weights) with the server and ``job.workers`` worker actors.  ``updates`` and
     ``counter`` of the result count pushes, each of up to ``local_steps`` mini-batches; a worker
-    actor that dies is re-created up to ``engine.ray_options.max_worker_restarts`` times."""
+    actor that dies is re-created up to ``job.ray.max_worker_restarts`` times."""
     ray = require_ray()
-    options, workers = engine.options, engine.workers
-    model = LinearModelSpec(n_features=dataset.n_features, dense=dataset.dense,
-                            fit_intercept=engine.model.fit_intercept, loss_id=engine.model.loss_id,
-                            l2=float(engine.model.l2))
+    options, workers, problem = job.options, job.workers, job.problem
+    dataset = problem.dataset
+    model = _model_spec(problem, dataset.n_features, dataset.dense)
     data = {"feature_scale": np.zeros(dataset.n_features)}
-    engine._fill(data, dataset, sample_weight)  # the data arrays by their kernel names, L2 weights
-    params = _start_params(engine, dataset.n_features, start_params)
+    problem.fill(data)  # the data arrays by their kernel names, L2 weights
+    params = _start_params(problem, dataset.n_features, problem.start_params)
     shards = [shard_arrays(data, shard_rows(dataset.n_samples, workers, w), dataset.n_features,
                            dataset.dense) for w in range(workers)]
-    warm_up_linear(shards[0], data["feature_scale"], model, options.batch_size, engine.dtype)
+    warm_up_linear(shards[0], data["feature_scale"], model, options.batch_size, problem.dtype)
     warm_up_server_kernel(params.dtype)
-    engine._objective(dict(data, indptr=data["indptr"][:2],
-                           sample_weight=data["sample_weight"][:1]), model, params)
+    problem.score(dict(data, indptr=data["indptr"][:2], sample_weight=data["sample_weight"][:1]),
+                  model, params)
 
-    started_ray = connect(engine.ray_options.address)
+    started_ray = connect(job.ray.address)
     try:
         check_cluster(workers)
         shard_refs = [ray.put(shard) for shard in shards]
         del shards
         setup_ref = ray.put(LinearSetup(model=model, feature_scale=data["feature_scale"]))
-        shard_spec = _shard_specs(engine)
+        shard_spec = _shard_specs(job)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(LinearWorker)
 
         def make_worker(worker_id: int, name: str):
             return worker_actor.options(name=name).remote(
-                shard_spec(worker_id), shard_refs[worker_id], engine.dtype, setup_ref)
+                shard_spec(worker_id), shard_refs[worker_id], problem.dtype, setup_ref)
 
-        backend = _backend(engine, params, make_worker)
+        backend = _backend(job, params, make_worker)
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
-                               options.batch_size * engine.ray_options.local_steps, "static")
-        return _run(engine, backend, model, data, dataset.name, pushes, started,
+                               options.batch_size * job.ray.local_steps, "static")
+        return _run(job, backend, model, data, dataset.name, pushes,
                     {"loss": "training objective", "accuracy": "train"})
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=None,
-                         check_start, started: float) -> FitResult:
-    """Train ``engine``'s model on the data file at ``path`` (.npz or svmlight/libsvm, as
-    :func:`hogwild_mts.data.tabular.load_data` reads it), each worker actor reading only its
-    own part (the module docstring has the data flow; the path must name the same file on
-    every node that runs a worker).  ``y``, ``sample_weight`` and ``resume`` must be None (the
-    labels are in the file; weights are not read from files; a resume checks the data's rows in
-    the driver); ``check_start(n_params)`` gives the start parameters (or None) once the number
-    of columns is known.  ``settings["classes"]`` of the result: the labels found in the file
+def fit_linear_from_path(job: Job) -> FitResult:
+    """Train the job's linear problem on the data file at ``problem.path`` (.npz or
+    svmlight/libsvm, as :func:`hogwild_mts.data.tabular.load_data` reads it), each worker actor
+    reading only its own part (the module docstring has the data flow; the path must name the
+    same file on every node that runs a worker); ``problem.check_start(n_params)`` gives the
+    start parameters (or None) once the number of columns is known.  ``settings["classes"]`` of the result: the labels found in the file
     (a classifier's, sorted; None for a regressor).  Bad data (unknown format,
     missing or malformed file, labels outside the model's domain, fewer rows than workers)
     raises DataError/ValueError before the server starts; every actor is then already gone."""
     ray = require_ray()
-    path = os.fspath(path)
-    if y is not None:
-        raise ValueError(f"y must be None when X is a data file ({path}): the labels are read "
-                         "from the file")
-    if sample_weight is not None:
-        raise ValueError(f"sample_weight cannot be given with a data file ({path}); fit arrays "
-                         "(X, y, sample_weight=...) instead")
-    if resume is not None:
-        raise ValueError(f"resume cannot be given with a data file ({path}) on backend='ray'; "
-                         "fit the loaded data (load_data(path)) to resume")
+    options, workers, problem = job.options, job.workers, job.problem
+    path = problem.path
     data_format = data_file_format(path)  # an unknown format stops here, before Ray starts
-    options, workers = engine.options, engine.workers
-    warm_up_server_kernel(np.dtype(engine.dtype))
+    warm_up_server_kernel(np.dtype(problem.dtype))
 
-    started_ray = connect(engine.ray_options.address)
+    started_ray = connect(job.ray.address)
     waiting: dict = {}  # worker id -> actor created here and not yet handed to the backend
     try:
         check_cluster(workers)
-        shard_spec = _shard_specs(engine)
+        shard_spec = _shard_specs(job)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(LinearWorker)
         run: dict = {}  # the checked data (set below, before the backend starts any actor)
 
@@ -133,31 +118,31 @@ def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=Non
             if worker_id in waiting:  # the first actor: created, described and configured below
                 return waiting.pop(worker_id)
             return worker_actor.options(name=name).remote(
-                shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype,
+                shard_spec(worker_id), FileSource(path, worker_id, workers), problem.dtype,
                 run["setup_ref"])
 
-        backend = _backend(engine, lambda: run["params"], make_worker)
+        backend = _backend(job, lambda: run["params"], make_worker)
         for worker_id in range(workers):
             waiting[worker_id] = worker_actor.options(
                 name=f"{backend.run_name}-worker-{worker_id}").remote(
-                shard_spec(worker_id), FileSource(path, worker_id, workers), engine.dtype)
+                shard_spec(worker_id), FileSource(path, worker_id, workers), problem.dtype)
         reports = _wait_all(ray, {w: actor.describe.remote(-(-EVAL_SAMPLE_ROWS // workers))
                                   for w, actor in waiting.items()}, path)
-        setup, sample, rows, labels = _check_parts(engine, path, data_format, reports)
-        run["params"] = _start_params(engine, setup.model.n_features,
-                                      check_start(engine.model.n_params(setup.model.n_features)))
+        setup, sample, rows, labels = _check_parts(job, path, data_format, reports)
+        run["params"] = _start_params(problem, setup.model.n_features, problem.check_start(
+            problem.model.n_params(setup.model.n_features)))
         run["setup_ref"] = ray.put(setup)
         _wait_all(ray, {w: actor.configure.remote(run["setup_ref"])
                         for w, actor in waiting.items()}, path)
-        engine._objective(sample, setup.model, run["params"])  # compiled before the clock starts
-        rows_per_push = options.batch_size * engine.ray_options.local_steps
+        problem.score(sample, setup.model, run["params"])  # compiled before the clock starts
+        rows_per_push = options.batch_size * job.ray.local_steps
         pushes = options.epochs * sum(-(-count // rows_per_push) for count in rows)
         n_sampled = sample["indptr"].shape[0] - 1
-        return _run(engine, backend, setup.model, sample, os.path.basename(path), pushes, started,
+        return _run(job, backend, setup.model, sample, os.path.basename(path), pushes,
                     {"loss": f"training objective on {n_sampled} sampled rows",
                      "accuracy": f"train, on {n_sampled} sampled rows",
                      "data_path": path, "data_rows": sum(rows),
-                     "classes": labels.tolist() if engine.model.classifier else None})
+                     "classes": labels.tolist() if problem.model.classifier else None})
     finally:
         for actor in waiting.values():
             ray.kill(actor)
@@ -165,68 +150,66 @@ def fit_linear_from_path(engine, path, *, y=None, sample_weight=None, resume=Non
             ray.shutdown()
 
 
-def _start_params(engine, n_features: int, start_params: np.ndarray | None) -> np.ndarray:
+def _model_spec(problem, n_features: int, dense: bool) -> LinearModelSpec:
+    """The linear model the worker kernels train, for data of this shape."""
+    model = problem.model
+    return LinearModelSpec(n_features=n_features, dense=dense, fit_intercept=model.fit_intercept,
+                           loss_id=model.loss_id, l2=float(model.l2))
+
+
+def _start_params(problem, n_features: int, start_params: np.ndarray | None) -> np.ndarray:
     """The server's first parameter vector: zeros, or ``start_params``, in the run's dtype."""
-    params = np.zeros(engine.model.n_params(n_features), dtype=engine.dtype)
+    params = np.zeros(problem.model.n_params(n_features), dtype=problem.dtype)
     if start_params is not None:
         params[:] = start_params
     return params
 
 
-def _shard_specs(engine):
-    """``worker id -> ShardSpec`` of ``engine``'s options (seeds spawned once per run)."""
-    options = engine.options
-    seeds = np.random.SeedSequence(options.seed).spawn(engine.workers)
-    local_step = base_step(options.policy, engine.workers)
+def _shard_specs(job: Job):
+    """``worker id -> ShardSpec`` of the job's options (seeds spawned once per run)."""
+    options, seeds = job.options, job.seeds()
+    local_step = base_step(options.policy, job.workers)
     return lambda worker_id: ShardSpec(epochs=options.epochs, batch_size=options.batch_size,
-                                       local_steps=engine.ray_options.local_steps,
+                                       local_steps=job.ray.local_steps,
                                        seed=seeds[worker_id], local_step=local_step)
 
 
-def _backend(engine, params, make_worker) -> RayBackend:
-    """The RayBackend of a linear run; ``params``: the start vector, or a function giving it
-    when the server starts."""
+def _backend(job: Job, params, make_worker) -> RayBackend:
+    """The RayBackend of a run; ``params``: the start vector, or a function giving it when the
+    server starts."""
     import ray
 
-    ray_options = engine.ray_options
     server_actor = ray.remote(num_cpus=0)(ParameterServer)
 
     def make_server(name: str):
         start = params() if callable(params) else params
-        return server_actor.options(name=name).remote(start, engine.options.policy, engine.workers)
+        return server_actor.options(name=name).remote(start, job.options.policy, job.workers)
 
-    return RayBackend(engine.workers, make_server, make_worker, engine.options.policy,
-                      checkpoint=None if ray_options.checkpoint is None
-                      else functools.partial(ray_options.checkpoint, engine),
-                      checkpoint_every=ray_options.checkpoint_every,
-                      max_worker_restarts=ray_options.max_worker_restarts)
+    return RayBackend(job.workers, make_server, make_worker, job.options.policy,
+                      checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
+                      max_worker_restarts=job.ray.max_worker_restarts)
 
 
-def _run(engine, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,
-         pushes: int, started: float, settings: dict) -> FitResult:
+def _run(job: Job, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,
+         pushes: int, settings: dict) -> FitResult:
     """Run ``backend`` through the lifecycle, scoring snapshots on the arrays ``data``."""
-    options = engine.options
+    options, problem = job.options, job.problem
 
     def score(snapshot):
-        loss, accuracy = engine._objective(data, model, snapshot.astype(np.float64, copy=False))
-        return loss, accuracy if engine.model.classifier else None
+        return problem.score(data, model, snapshot)
 
     def details(final):
-        final = final.astype(np.float64)
-        return {"params": final[: model.n_features],
-                "intercept": float(final[model.n_features]) if model.fit_intercept else 0.0,
-                "model": engine.model.name, "data": name,
-                "settings": {"epochs": options.epochs, "batch_size": options.batch_size,
-                             "seed": options.seed, "dtype": engine.dtype, "l2": model.l2,
-                             "fit_intercept": model.fit_intercept, "backend": "ray",
-                             "local_steps": engine.ray_options.local_steps,
-                             "local_step": base_step(options.policy, engine.workers),
+        return {**problem.result_fields(final, model.n_features, name),
+                "settings": {**job.settings, "backend": "ray",
+                             "local_steps": job.ray.local_steps,
+                             "local_step": base_step(options.policy, job.workers),
                              "update": "push", "lost_workers": list(backend.lost),
                              "restarted_workers": list(backend.restarts),
                              "worker_pushes": list(backend.worker_pushes), **settings}}
 
-    return lifecycle.run(backend, options, score=score, details=details, total_updates=pushes,
-                         started=started)
+    return lifecycle.run(backend, options, score=score, details=details,
+                         describe_policy=job.describe_policy, total_updates=pushes,
+                         started=job.started)
 
 
 def _wait_all(ray, refs: dict, path: str) -> list:
@@ -248,7 +231,7 @@ def _wait_all(ray, refs: dict, path: str) -> list:
     return results
 
 
-def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple:
+def _check_parts(job: Job, path: str, data_format: str, reports: list) -> tuple:
     """(setup, evaluation sample, rows per worker, the distinct labels found) from the workers'
     reports on their parts of ``path``; DataError/ValueError for a file the fit cannot use."""
     sizes = {report.file_bytes for report in reports}
@@ -262,8 +245,9 @@ def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple:
         raise DataError(f"{path}: {n_samples} rows for {len(rows)} workers, and the part of "
                         f"worker {rows.index(0)} holds no row (an svmlight file is split by "
                         "bytes); use fewer workers")
-    if engine.options.batch_size > n_samples:
-        raise ValueError(f"batch_size ({engine.options.batch_size}) exceeds the number of "
+    model = job.problem.model
+    if job.options.batch_size > n_samples:
+        raise ValueError(f"batch_size ({job.options.batch_size}) exceeds the number of "
                          f"samples ({n_samples})")
     width = max(report.n_features for report in reports)
     counts = np.zeros(width, np.int64)
@@ -277,19 +261,16 @@ def _check_parts(engine, path: str, data_format: str, reports: list) -> tuple:
         raise DataError(f"{path}: no feature columns")
     labels = np.unique(np.concatenate([report.labels for report in reports]))
     try:
-        targets = engine.model.check_labels(labels)
+        targets = model.check_labels(labels)
     except ValueError as error:
         raise DataError(f"{path}: {error}") from None
     # classifiers' labels map to -1/+1 in the workers; a regressor's targets stay as they are
-    label_map = (labels, targets) if engine.model.classifier else (None, None)
+    label_map = (labels, targets) if model.classifier else (None, None)
     dense = reports[0].dense  # the parts of one file share its layout
     feature_scale = np.zeros(n_features)
-    if engine.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
+    if model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
         np.divide(n_samples, counts, out=feature_scale, where=counts > 0)
-    model = LinearModelSpec(n_features=n_features, dense=dense,
-                            fit_intercept=engine.model.fit_intercept,
-                            loss_id=engine.model.loss_id, l2=float(engine.model.l2))
-    setup = LinearSetup(model=model, feature_scale=feature_scale, index_shift=index_shift,
+    setup = LinearSetup(model=_model_spec(job.problem, n_features, dense), feature_scale=feature_scale, index_shift=index_shift,
                         label_values=label_map[0], label_targets=label_map[1])
     return setup, _joined_sample(reports, setup), rows, labels
 

@@ -1,11 +1,8 @@
-"""A torch network's fit on Ray: :class:`hogwild_mts.engines.networks.TorchEngine` with
-``backend="ray"`` calls :func:`fit_network` once its data set and network are validated.  The
-driver puts each worker's training inputs and labels into the object store once and scores snapshots of
+"""A torch network's fit on Ray (:func:`fit_network`, for a Job whose problem is a
+:class:`hogwild_mts.job.NetworkProblem`, its data set and network validated).  The driver puts each worker's training inputs and labels into the object store once and scores snapshots of
 the server's parameters on the test set, as the shared-memory engine does."""
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -17,14 +14,16 @@ from hogwild_mts.kernels.flat import bind_parameters, flatten_parameters, parame
 from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult
+from hogwild_mts.job import Job
 
 
-def fit_network(engine, dataset, network, started: float) -> FitResult:
-    """Train ``network`` (built and checked by ``engine``) on ``dataset`` with the server and
-    ``engine.workers`` worker actors; ``updates`` and ``counter`` count pushes."""
+def fit_network(job: Job) -> FitResult:
+    """Train the job's network (its start weights) on its data set with the server and
+    ``job.workers`` worker actors; ``updates`` and ``counter`` count pushes."""
     ray = require_ray()
-    options, ray_options, workers = engine.options, engine.ray_options, engine.workers
-    params = np.zeros(parameter_count(network), dtype=engine.dtype)
+    options, ray_options, workers, problem = job.options, job.ray, job.workers, job.problem
+    network, dataset = problem.network, problem.dataset
+    params = np.zeros(parameter_count(network), dtype=problem.dtype)
     flatten_parameters(network, params)
     evaluated_params = np.empty_like(params)
     bind_parameters(network, evaluated_params)  # the driver scores copies of the server's vector
@@ -39,7 +38,7 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
             rows = shard_rows(dataset.n_train, workers, worker_id)
             shard_refs.append(ray.put({"images": dataset.train_inputs[rows],
                                        "labels": dataset.train_targets[rows]}))
-        seeds = np.random.SeedSequence(options.seed).spawn(workers)
+        seeds = job.seeds()
         server_actor = ray.remote(num_cpus=0)(ParameterServer)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(TorchWorker)
 
@@ -51,31 +50,29 @@ def fit_network(engine, dataset, network, started: float) -> FitResult:
                              local_steps=ray_options.local_steps, seed=seeds[worker_id],
                              local_step=local_step)
             return worker_actor.options(name=name).remote(
-                spec, engine._network_spec, dataset.input_shape, dataset.outputs,
-                shard_refs[worker_id], engine.dtype)
+                spec, problem.build, dataset.input_shape, dataset.outputs,
+                shard_refs[worker_id], problem.dtype)
 
         def score(snapshot):
             evaluated_params[:] = snapshot
-            return engine._evaluate(network, dataset)
+            return problem.evaluate(network)
 
         backend = RayBackend(workers, make_server, make_worker, options.policy,
-                             checkpoint=None if ray_options.checkpoint is None
-                             else functools.partial(ray_options.checkpoint, engine),
-                             checkpoint_every=ray_options.checkpoint_every,
+                             checkpoint=job.ray_checkpoint, checkpoint_every=ray_options.checkpoint_every,
                              max_worker_restarts=ray_options.max_worker_restarts)
 
         def details(final):
             return {"params": final.astype(np.float64), "intercept": 0.0,
-                    "model": engine.model_name, "data": dataset.name,
-                    "settings": {**engine._settings(dataset, int(final.shape[0]), 0),
-                                 "backend": "ray", "local_steps": ray_options.local_steps,
+                    "model": problem.name, "data": dataset.name,
+                    "settings": {**job.settings, "backend": "ray", "local_steps": ray_options.local_steps,
                                  "local_step": local_step, "update": "push",
                                  "lost_workers": list(backend.lost)}}
 
         pushes = total_updates(dataset.n_train, workers, options.epochs,
                                options.batch_size * ray_options.local_steps, "static")
         return lifecycle.run(backend, options, score=score, details=details,
-                             total_updates=pushes, started=started)
+                             describe_policy=job.describe_policy,
+                             total_updates=pushes, started=job.started)
     finally:
         if started_ray:
             ray.shutdown()

@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 
-from hogwild_mts.kernels.flat import apply_update
-from hogwild_mts.backends.shm.torch_worker import warm_up_kernels
+from hogwild_mts.kernels.flat import apply_update, warm_up_updates
 from hogwild_mts.policies.refit import Refitter
 from hogwild_mts.core import control
 
@@ -26,7 +25,7 @@ from hogwild_mts.core import control
 def warm_up_server_kernel(dtype) -> None:
     """Compile (or load from numba's cache) the apply kernel for the types a server meets:
     parameters of ``dtype`` and a read-only step sum (arrays arrive read-only from Ray)."""
-    warm_up_kernels(dtype)
+    warm_up_updates(dtype)
     params = np.zeros(1, dtype=dtype)
     step_sum = np.zeros(1, dtype=dtype)
     step_sum.setflags(write=False)

@@ -1,0 +1,228 @@
+"""One fit, described for any backend: a :class:`Job`.
+
+An engine validates its arguments and the data, then builds a Job: the run options, the problem
+(a :class:`LinearProblem` or a :class:`NetworkProblem`, each able to score a parameter vector),
+the row split and process options, the checkpoint side (where, when, how to write one, the state
+a resumed run starts from) and the Ray options.  A backend's ``fit(job) -> FitResult``
+(:mod:`hogwild_mts.backends.shm.run`, :mod:`hogwild_mts.backends.ray.run`) is the one place
+where that backend's run is assembled; no backend reads an engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from hogwild_mts.core.lifecycle import RunOptions
+from hogwild_mts.core.options import check_int, check_positive
+from hogwild_mts.core.result import RunState
+from hogwild_mts.kernels import linear as kernels
+from hogwild_mts.kernels.flat import loss_value
+from hogwild_mts.kernels.split import total_updates
+from hogwild_mts.policies.refit import describe_fitted
+from hogwild_mts.policies.step_sizes import as_policy, check_momentum
+
+EVAL_BATCH = 1024  # test rows per forward pass of a network's evaluation
+LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mean squared error"}
+
+
+def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size, seed,
+                eval_every=None, eval_every_updates=None, progress=False,
+                defer_evaluation=False, momentum=0.0) -> RunOptions:
+    """Validate the common options: ``policy`` (a name gets ``alpha``, default ``default_alpha``),
+    ``workers``, ``epochs``, ``batch_size`` >= 1, ``seed`` >= 0, the evaluation schedule
+    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given),
+    ``momentum`` in [0, 1)."""
+    if alpha is None and isinstance(policy, str):
+        alpha = default_alpha
+    if eval_every_updates is not None:
+        eval_every_updates = check_int("eval_every_updates", eval_every_updates, 1)
+        eval_every = None
+    elif eval_every is not None:
+        eval_every = check_positive("eval_every", eval_every)
+    return RunOptions(policy=as_policy(policy, alpha), workers=check_int("workers", workers, 1),
+                      epochs=check_int("epochs", epochs, 1),
+                      batch_size=check_int("batch_size", batch_size, 1),
+                      seed=check_int("seed", seed, 0), eval_every=eval_every,
+                      eval_every_updates=eval_every_updates, progress=bool(progress),
+                      defer_evaluation=bool(defer_evaluation), momentum=check_momentum(momentum))
+
+
+@dataclass
+class LinearProblem:
+    """A linear model on rows this process holds (``dataset``: a
+    :class:`hogwild_mts.data.tabular.Dataset` whose labels are in the model's domain) or, with
+    Ray only, on a data file each worker reads its part of (``path``; ``dataset`` None).
+
+    Parameters
+    ----------
+    model : LinearModel
+    dtype : "float64" or "float32", of the trained parameters.
+    sample_weight : one weight per row, or empty for unit weights.
+    start_params : the flat vector to start from (weights, then the intercept), or None (zeros).
+    check_start : ``path`` only: ``n_params -> start_params or None``, once the file's columns are known.
+    """
+
+    model: object
+    dtype: str
+    dataset: object = None
+    sample_weight: np.ndarray = field(default_factory=lambda: kernels.UNIT_WEIGHTS)
+    start_params: np.ndarray | None = None
+    path: str | None = None
+    check_start: Callable | None = None
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params(self.dataset.n_features)
+
+    def arrays(self) -> dict:
+        """The data set's arrays by their names in the kernels (``sample_weight`` empty for unit
+        weights)."""
+        dataset = self.dataset
+        return {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
+                "labels": dataset.y, "sample_weight": self.sample_weight}
+
+    def fill(self, data: dict) -> None:
+        """Put the data arrays into ``data`` (into its arrays where it has them, else as
+        contiguous arrays) and the L2 weights into ``data["feature_scale"]``."""
+        for name, array in self.arrays().items():
+            if name in data:
+                data[name][:] = array
+            else:
+                data[name] = np.ascontiguousarray(array)
+        if self.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
+            counts = self.dataset.feature_counts()
+            np.divide(self.dataset.n_samples, counts, out=data["feature_scale"], where=counts > 0)
+
+    def score(self, data: dict, shape, params: np.ndarray):
+        """(training objective, accuracy or None for a regressor) of ``params`` on the arrays of
+        ``data`` (weighted by ``data["sample_weight"]`` when it is not empty);
+        ``shape``: anything with ``n_features, dense, fit_intercept, loss_id, l2``."""
+        loss, accuracy = objective(data, shape, params.astype(np.float64, copy=False))
+        return loss, accuracy if self.model.classifier else None
+
+    def result_fields(self, params: np.ndarray, n_features: int, data_name: str) -> dict:
+        """The FitResult fields of a final parameter vector: weights, intercept, model and data."""
+        params = params.astype(np.float64)
+        return {"params": params[:n_features],
+                "intercept": float(params[n_features]) if self.model.fit_intercept else 0.0,
+                "model": self.model.name, "data": data_name}
+
+
+def objective(data: dict, shape, params: np.ndarray):
+    """:func:`hogwild_mts.kernels.linear.objective` of ``params`` on the arrays of ``data``;
+    ``shape`` has ``n_features, dense, fit_intercept, loss_id, l2``."""
+    return kernels.objective(data["values"], data["indices"], data["indptr"], shape.dense,
+                             data["labels"], data["sample_weight"], params, shape.n_features,
+                             shape.fit_intercept, shape.loss_id, shape.l2)
+
+
+@dataclass
+class NetworkProblem:
+    """A torch network on an :class:`hogwild_mts.data.images.ArrayDataset`.
+
+    Parameters
+    ----------
+    name : how results name the network (a bundled name or the factory's name).
+    build : what a worker builds the network from: a bundled name or a serialized factory.
+    network : the parent's network, initialised (its weights and buffers are the start).
+    dataset : the training rows, and the rows evaluations score.
+    loss : "cross_entropy" or "mse".
+    dtype : "float32" or "float64", of the parameters.
+    weight_decay : torch.optim.SGD's, >= 0.
+    """
+
+    name: str
+    build: object
+    network: object
+    dataset: object
+    loss: str
+    dtype: str
+    weight_decay: float = 0.0
+
+    def evaluate(self, network) -> tuple[float, float | None]:
+        """(mean loss, accuracy or None for mse) of ``network`` on the evaluated rows, on one
+        thread, in eval mode (dropout off, batch norm on its running statistics)."""
+        import torch
+
+        dataset = self.dataset
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        network.eval()
+        try:
+            total_loss, correct = 0.0, 0
+            dtype = getattr(torch, self.dtype)
+            with torch.no_grad():
+                for start in range(0, dataset.n_test, EVAL_BATCH):
+                    inputs = torch.from_numpy(dataset.test_inputs[start:start + EVAL_BATCH]).to(dtype)
+                    targets = torch.from_numpy(dataset.test_targets[start:start + EVAL_BATCH])
+                    outputs = network(inputs)
+                    total_loss += float(loss_value(self.loss, outputs, targets, reduction="sum"))
+                    if self.loss == "cross_entropy":
+                        correct += int((outputs.argmax(dim=1) == targets).sum())
+        finally:
+            torch.set_num_threads(threads)
+        if self.loss == "cross_entropy":
+            return total_loss / dataset.n_test, correct / dataset.n_test
+        return total_loss / (dataset.n_test * dataset.outputs), None
+
+
+@dataclass
+class Job:
+    """One fit for a backend to run.
+
+    Parameters
+    ----------
+    options : the validated run options (policy, workers, epochs, batch size, seed, evaluation
+        schedule, progress, momentum).
+    problem : a LinearProblem or a NetworkProblem.
+    started : ``time.time()`` when the fit began (the result's wall time counts from it).
+    settings : the result settings every backend reports for this problem (a backend adds its own).
+    split : "dynamic" or "static" (:mod:`hogwild_mts.kernels.split`).
+    start_method : how worker processes start (shared memory): fork, forkserver or spawn.
+    stamp : False only for the unstamped baseline of the stamping benchmark (shared memory, linear).
+    checkpoints : where and when shared-memory checkpoints are written, or None.
+    write_checkpoint : ``RunState -> None``, writes one (with ``checkpoints``).
+    resumed : the state a resumed run starts from, or None.
+    ray : the Ray options, or None for the shared-memory backend.
+    ray_checkpoint : ``(params, version, histogram) -> None``, called with the server's state
+        every ``ray.checkpoint_every`` seconds and after the run, or None.
+    """
+
+    options: RunOptions
+    problem: LinearProblem | NetworkProblem
+    started: float
+    settings: dict
+    split: str = "dynamic"
+    start_method: str = "fork"
+    stamp: bool = True
+    checkpoints: object = None
+    write_checkpoint: Callable[[RunState], None] | None = None
+    resumed: RunState | None = None
+    ray: object = None
+    ray_checkpoint: Callable | None = None
+
+    @property
+    def workers(self) -> int:
+        return self.options.workers
+
+    @property
+    def resumed_updates(self) -> int:
+        """Updates the resumed run had applied before this fit (0 for a new run)."""
+        return 0 if self.resumed is None else self.resumed.updates
+
+    def total_updates(self, n_rows: int) -> int:
+        """Updates the whole run applies on ``n_rows`` training rows (resumed updates included)."""
+        options = self.options
+        return total_updates(n_rows, options.workers, options.epochs, options.batch_size, self.split)
+
+    def describe_policy(self, histogram: np.ndarray) -> dict:
+        """The policy as the workers ended the run, refitted on its final ``histogram``."""
+        options = self.options
+        return describe_fitted(options.policy, options.workers, options.momentum, histogram)
+
+    def seeds(self) -> list:
+        """One SeedSequence per worker, spawned from the run's seed."""
+        return np.random.SeedSequence(self.options.seed).spawn(self.options.workers)
