@@ -17,7 +17,7 @@ import numpy as np
 
 from hogwild_mts.core.lifecycle import RunOptions
 from hogwild_mts.core.options import check_int, check_positive
-from hogwild_mts.core.result import RunState
+from hogwild_mts.core.result import OMIT_NONE, RunState, Settings
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.kernels.flat import loss_value
 from hogwild_mts.kernels.split import total_updates
@@ -48,6 +48,97 @@ def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_s
                       seed=check_int("seed", seed, 0), eval_every=eval_every,
                       eval_every_updates=eval_every_updates, progress=bool(progress),
                       defer_evaluation=bool(defer_evaluation), momentum=check_momentum(momentum))
+
+
+@dataclass(frozen=True, eq=False)
+class ShmSettings(Settings):
+    """How a shared-memory run split its rows and started its workers ("thread": one worker)."""
+
+    split: str
+    start_method: str
+
+
+@dataclass(frozen=True, eq=False)
+class RaySettings(Settings):
+    """A Ray run: ``local_steps`` mini-batches of ``local_step`` per push; the workers lost (and,
+    linear runs, re-created) and each worker's pushes."""
+
+    local_steps: int
+    local_step: float
+    lost_workers: list
+    restarted_workers: list | None = field(default=None, metadata=OMIT_NONE)
+    worker_pushes: list | None = field(default=None, metadata=OMIT_NONE)
+    backend: str = "ray"
+    update: str = "push"
+
+
+@dataclass(frozen=True, eq=False)
+class DataFileSettings(Settings):
+    """A Ray run on a data file the workers read: its path, its rows, the labels found there (a
+    classifier's, sorted; None for a regressor)."""
+
+    data_path: str
+    data_rows: int
+    classes: list | None
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationSettings(Settings):
+    """A simulated run: the staleness law, the compute times (event-driven staleness), the
+    simulated seconds per update, how stale reads were kept, and the real seconds it took."""
+
+    staleness: dict
+    compute: str | None
+    update_seconds: float
+    stale_reads: str
+    real_seconds: float
+    simulated: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class LinearSettings(Settings):
+    """The result settings of a linear fit.  ``loss`` and ``accuracy`` say what the history's
+    columns are (the training objective on the training rows, or on a sample of a data file)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    dtype: str
+    l2: float
+    fit_intercept: bool
+    stamp: bool | None = field(default=None, metadata=OMIT_NONE)  # shared memory
+    momentum: float | None = field(default=None, metadata=OMIT_NONE)  # shared memory, simulator
+    shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
+    ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
+    simulation: SimulationSettings | None = field(default=None, metadata=OMIT_NONE)
+    loss: str | None = field(default=None, metadata=OMIT_NONE)
+    accuracy: str | None = field(default=None, metadata=OMIT_NONE)
+    data_file: DataFileSettings | None = field(default=None, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkSettings(Settings):
+    """The result settings of a network fit: ``parameters`` and ``buffers`` count the values of
+    the result's ``params`` (parameters first); ``evaluated_on`` says which rows the loss and
+    accuracy are measured on ("test", or "train" when arrays came without a test set)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    dtype: str
+    parameters: int
+    buffers: int
+    input_shape: list
+    outputs: int
+    classes: int | None = field(metadata=OMIT_NONE)  # classification only
+    class_names: list | None = field(metadata=OMIT_NONE)
+    momentum: float
+    weight_decay: float
+    evaluated_on: str
+    loss: str
+    accuracy: str | None
+    shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
+    ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass
@@ -179,7 +270,8 @@ class Job:
         schedule, progress, momentum).
     problem : a LinearProblem or a NetworkProblem.
     started : ``time.time()`` when the fit began (the result's wall time counts from it).
-    settings : the result settings every backend reports for this problem (a backend adds its own).
+    settings : the result settings every backend reports for this problem; a backend fills in
+        its own part (``dataclasses.replace``).
     split : "dynamic" or "static" (:mod:`hogwild_mts.kernels.split`).
     start_method : how worker processes start (shared memory): fork, forkserver or spawn.
     stamp : False only for the unstamped baseline of the stamping benchmark (shared memory, linear).
@@ -194,7 +286,7 @@ class Job:
     options: RunOptions
     problem: LinearProblem | NetworkProblem
     started: float
-    settings: dict
+    settings: LinearSettings | NetworkSettings
     split: str = "dynamic"
     start_method: str = "fork"
     stamp: bool = True

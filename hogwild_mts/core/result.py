@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,36 @@ def divergence_message(policy, where: str) -> str:
     return (f"training diverged: {where} became NaN or infinite (policy "
             f"{describe(policy).get('name')}); lower the step size (alpha) or use a policy that "
             "damps stale updates")
+
+
+OMIT_NONE = {"omit_none": True}  # field metadata: a Settings field left out while it is None
+
+
+class Settings(Mapping):
+    """The base of the typed result settings (one frozen dataclass per problem kind, in
+    :mod:`hogwild_mts.job`), read like a dict (``result.settings["epochs"]``) and written to JSON
+    as one.  A field holding another Settings is flattened in; a field with ``OMIT_NONE``
+    metadata is left out while it is None."""
+
+    def _items(self):
+        for entry in dataclasses.fields(self):
+            value = getattr(self, entry.name)
+            if isinstance(value, Settings):
+                yield from value._items()
+            elif value is not None or not entry.metadata.get("omit_none"):
+                yield entry.name, value
+
+    def __getitem__(self, key):
+        for name, value in self._items():
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self):
+        return (name for name, _ in self._items())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._items())
 
 
 @dataclass
@@ -83,7 +115,7 @@ class FitResult:
     refits: int = 0  # policy refits done by the workers, summed
     staleness_fit: dict = field(default_factory=dict)  # best model by AIC + every model's fit
     interrupted: bool = False
-    settings: dict = field(default_factory=dict)
+    settings: Mapping = field(default_factory=dict)  # a Settings of the problem's kind
     startup_seconds: float | None = None  # fit() call to the first worker's loop start (None: not measured)
     finish_spread_seconds: float | None = None  # first worker's loop end to the last's (None: not measured)
 
@@ -102,7 +134,7 @@ class FitResult:
         """JSON-able metrics (no parameter vector)."""
         return {
             "model": self.model, "data": self.data, "workers": self.workers, "policy": self.policy,
-            "settings": self.settings, "final_loss": self.final_loss,
+            "settings": dict(self.settings), "final_loss": self.final_loss,
             "final_accuracy": self.final_accuracy, "updates": self.updates, "counter": self.counter,
             "samples": self.samples, "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds, "updates_per_second": self.updates_per_second,

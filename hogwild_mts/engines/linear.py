@@ -20,7 +20,7 @@ from hogwild_mts.core.options import check_choice, check_finite_vector
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines.options import process_options
-from hogwild_mts.job import run_options, Job, LinearProblem
+from hogwild_mts.job import Job, LinearProblem, LinearSettings, run_options
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.models.linear import LinearModel
 
@@ -107,8 +107,9 @@ class Engine:
         if self.ray_options is not None and self.ray_options.checkpoint is not None:
             ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
         return Job(options=self.options, problem=problem, started=started,
-                   settings={"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
-                             "dtype": self.dtype, "l2": model.l2, "fit_intercept": model.fit_intercept},
+                   settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
+                                           seed=self.seed, dtype=self.dtype, l2=model.l2,
+                                           fit_intercept=model.fit_intercept),
                    split=self.split, start_method=self.start_method, stamp=self.stamp,
                    checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,

@@ -31,7 +31,7 @@ from hogwild_mts.core.options import check_choice, check_finite_vector, check_no
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
 from hogwild_mts.engines.options import process_options
-from hogwild_mts.job import run_options, EVAL_BATCH, LOSS_NAMES, Job, NetworkProblem
+from hogwild_mts.job import EVAL_BATCH, LOSS_NAMES, Job, NetworkProblem, NetworkSettings, run_options
 from hogwild_mts.kernels.flat import (LOSSES, buffer_count, flatten_buffers, flatten_parameters,
                                       make_network, parameter_count, serialized_factory,
                                       state_dict_from_flat)
@@ -287,18 +287,18 @@ class TorchEngine:
                 "seed": self.seed, "split": self.split, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "policy": policy_spec(self.policy, self.workers)}
 
-    def _settings(self, dataset: ArrayDataset, n_params: int, n_buffers: int) -> dict:
+    def _settings(self, dataset: ArrayDataset, n_params: int, n_buffers: int) -> NetworkSettings:
         """The result's settings common to both backends."""
         classification = dataset.classes is not None
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
-                "dtype": self.dtype, "parameters": n_params, "buffers": n_buffers,
-                "input_shape": list(dataset.input_shape), "outputs": dataset.outputs,
-                **({"classes": len(dataset.classes), "class_names": list(dataset.classes)}
-                   if classification else {}),
-                "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "evaluated_on": dataset.evaluated_on,
-                "loss": f"{dataset.evaluated_on} {LOSS_NAMES[self.loss]}",
-                "accuracy": dataset.evaluated_on if classification else None}
+        return NetworkSettings(
+            epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, dtype=self.dtype,
+            parameters=n_params, buffers=n_buffers, input_shape=list(dataset.input_shape),
+            outputs=dataset.outputs, classes=len(dataset.classes) if classification else None,
+            class_names=list(dataset.classes) if classification else None,
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            evaluated_on=dataset.evaluated_on,
+            loss=f"{dataset.evaluated_on} {LOSS_NAMES[self.loss]}",
+            accuracy=dataset.evaluated_on if classification else None)
 
 
 class _NetworkRun:

@@ -19,7 +19,7 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.options import check_choice, check_int, check_positive
 from hogwild_mts.core.result import FitResult
-from hogwild_mts.job import run_options
+from hogwild_mts.job import LinearSettings, SimulationSettings, run_options
 from hogwild_mts.policies.refit import describe_fitted
 from hogwild_mts.policies.step_sizes import bind_policy
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
@@ -140,15 +140,15 @@ class Simulator:
             return {"params": params[:dataset.n_features].copy(),
                     "intercept": float(params[dataset.n_features]) if self.model.fit_intercept else 0.0,
                     "model": self.model.name, "data": dataset.name,
-                    "settings": {"epochs": self.epochs, "batch_size": self.batch_size,
-                                 "seed": self.seed, "dtype": "float64", "l2": self.model.l2,
-                                 "fit_intercept": self.model.fit_intercept, "simulated": True,
-                                 "staleness": self._staleness_description,
-                                 "compute": self.compute if self._draw_tau == "event" else None,
-                                 "update_seconds": self.update_seconds,
-                                 "stale_reads": "snapshots" if snapshots else "log",
-                                 "momentum": self.momentum,
-                                 "real_seconds": time.time() - started}}
+                    "settings": LinearSettings(
+                        epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                        dtype="float64", l2=self.model.l2, fit_intercept=self.model.fit_intercept,
+                        momentum=self.momentum, simulation=SimulationSettings(
+                            staleness=self._staleness_description,
+                            compute=self.compute if self._draw_tau == "event" else None,
+                            update_seconds=self.update_seconds,
+                            stale_reads="snapshots" if snapshots else "log",
+                            real_seconds=time.time() - started))}
 
         options = dataclasses.replace(self.options, eval_every_updates=eval_every)
         return lifecycle.run(backend, options, score=score, details=details,

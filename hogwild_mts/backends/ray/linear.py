@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -33,7 +34,7 @@ from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult, WorkerError
 from hogwild_mts.data.tabular import DataError, data_file_format
-from hogwild_mts.job import Job
+from hogwild_mts.job import DataFileSettings, Job, LinearSettings, RaySettings
 
 EVAL_SAMPLE_ROWS = 10_000  # rows of a data file the workers send the driver to score on
 
@@ -85,7 +86,7 @@ def fit_linear(job: Job) -> FitResult:
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
                                options.batch_size * job.ray.local_steps, "static")
         return _run(job, backend, model, data, dataset.name, pushes,
-                    {"loss": "training objective", "accuracy": "train"})
+                    dataclasses.replace(job.settings, loss="training objective", accuracy="train"))
     finally:
         if started_ray:
             ray.shutdown()
@@ -139,10 +140,10 @@ def fit_linear_from_path(job: Job) -> FitResult:
         pushes = options.epochs * sum(-(-count // rows_per_push) for count in rows)
         n_sampled = sample["indptr"].shape[0] - 1
         return _run(job, backend, setup.model, sample, os.path.basename(path), pushes,
-                    {"loss": f"training objective on {n_sampled} sampled rows",
-                     "accuracy": f"train, on {n_sampled} sampled rows",
-                     "data_path": path, "data_rows": sum(rows),
-                     "classes": labels.tolist() if problem.model.classifier else None})
+                    dataclasses.replace(job.settings, loss=f"training objective on {n_sampled} sampled rows",
+                                        accuracy=f"train, on {n_sampled} sampled rows",
+                                        data_file=DataFileSettings(path, sum(rows), labels.tolist()
+                                                                   if problem.model.classifier else None)))
     finally:
         for actor in waiting.values():
             ray.kill(actor)
@@ -191,8 +192,9 @@ def _backend(job: Job, params, make_worker) -> RayBackend:
 
 
 def _run(job: Job, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,
-         pushes: int, settings: dict) -> FitResult:
-    """Run ``backend`` through the lifecycle, scoring snapshots on the arrays ``data``."""
+         pushes: int, settings: LinearSettings) -> FitResult:
+    """Run ``backend`` through the lifecycle, scoring snapshots on the arrays ``data``;
+    ``settings``: the result's, less its Ray part."""
     options, problem = job.options, job.problem
 
     def score(snapshot):
@@ -200,12 +202,9 @@ def _run(job: Job, backend: RayBackend, model: LinearModelSpec, data: dict, name
 
     def details(final):
         return {**problem.result_fields(final, model.n_features, name),
-                "settings": {**job.settings, "backend": "ray",
-                             "local_steps": job.ray.local_steps,
-                             "local_step": base_step(options.policy, job.workers),
-                             "update": "push", "lost_workers": list(backend.lost),
-                             "restarted_workers": list(backend.restarts),
-                             "worker_pushes": list(backend.worker_pushes), **settings}}
+                "settings": dataclasses.replace(settings, ray=RaySettings(
+                    job.ray.local_steps, base_step(options.policy, job.workers), list(backend.lost),
+                    list(backend.restarts), list(backend.worker_pushes)))}
 
     return lifecycle.run(backend, options, score=score, details=details,
                          describe_policy=job.describe_policy, total_updates=pushes,

@@ -4,6 +4,8 @@ the server's parameters on the test set, as the shared-memory engine does."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, require_ray
@@ -14,7 +16,7 @@ from hogwild_mts.kernels.flat import bind_parameters, flatten_parameters, parame
 from hogwild_mts.kernels.split import shard_rows, total_updates
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult
-from hogwild_mts.job import Job
+from hogwild_mts.job import Job, RaySettings
 
 
 def fit_network(job: Job) -> FitResult:
@@ -64,9 +66,8 @@ def fit_network(job: Job) -> FitResult:
         def details(final):
             return {"params": final.astype(np.float64), "intercept": 0.0,
                     "model": problem.name, "data": dataset.name,
-                    "settings": {**job.settings, "backend": "ray", "local_steps": ray_options.local_steps,
-                                 "local_step": local_step, "update": "push",
-                                 "lost_workers": list(backend.lost)}}
+                    "settings": dataclasses.replace(job.settings, ray=RaySettings(
+                        ray_options.local_steps, local_step, list(backend.lost)))}
 
         pushes = total_updates(dataset.n_train, workers, options.epochs,
                                options.batch_size * ray_options.local_steps, "static")

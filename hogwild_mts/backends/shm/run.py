@@ -9,6 +9,7 @@ one-worker linear run), the checkpoint writer and the evaluation reader; then
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 
@@ -21,7 +22,7 @@ from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.result import FitResult
-from hogwild_mts.job import Job, NetworkProblem
+from hogwild_mts.job import Job, NetworkProblem, ShmSettings
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.kernels.flat import (bind_buffers, bind_parameters, buffer_count, flatten_buffers,
                                       flatten_parameters, parameter_count)
@@ -190,10 +191,10 @@ class _LinearRun(_Run):
 
         def details(params):
             return {**problem.result_fields(params, n_features, problem.dataset.name),
-                    "settings": {**job.settings, "stamp": job.stamp, "momentum": job.options.momentum,
-                                 "split": job.split,
-                                 "start_method": job.start_method if job.workers > 1 else "thread",
-                                 "loss": "training objective", "accuracy": "train"},
+                    "settings": dataclasses.replace(
+                        job.settings, stamp=job.stamp, momentum=job.options.momentum,
+                        shm=ShmSettings(job.split, job.start_method if job.workers > 1 else "thread"),
+                        loss="training objective", accuracy="train"),
                     **worker_times(block.views["clock"], job.started)}
 
         # kernels.objective releases the GIL: deferred copies are scored in threads
@@ -260,7 +261,8 @@ class _NetworkRun(_Run):
         def details(params):
             return {"params": params.astype(np.float64), "intercept": 0.0,
                     "model": problem.name, "data": dataset.name,
-                    "settings": {**job.settings, "split": job.split, "start_method": job.start_method},
+                    "settings": dataclasses.replace(job.settings,
+                                                    shm=ShmSettings(job.split, job.start_method)),
                     **worker_times(block.views["clock"], job.started)}
 
         def score(params):
