@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hogwild_mts.core import signals
-from hogwild_mts.core.result import DivergenceError, FitResult, RunTotals, divergence_message
+from hogwild_mts.core.result import Diverged, DivergenceError, FitResult, RunTotals, divergence_message
 from hogwild_mts.staleness.summary import fit_staleness_models
 
 POLL_SECONDS = 0.01  # the parent's polling period while workers run
@@ -31,8 +31,8 @@ class Backend(Protocol):
     """Runs one fit's workers.  :func:`run` calls, in order: ``start``; ``ready`` until True;
     ``go``; ``poll``/``finished``/``elapsed``/``snapshot``/``wait`` while it runs;
     ``request_stop`` + ``join`` (always, also after errors); ``collect``; ``close`` (always).
-    ``ready`` and ``poll`` raise WorkerError for a failed worker and DivergenceError for one that
-    saw NaN/inf."""
+    ``ready`` and ``poll`` raise WorkerError for a failed worker and Diverged for one that saw
+    NaN/inf."""
 
     workers: int
 
@@ -119,8 +119,8 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
     ``score(params) -> (loss, accuracy or None)`` evaluates a parameter vector;
     ``details(params) -> dict`` gives the FitResult fields ``params, intercept, model, data,
     settings``; ``describe_policy(histogram) -> dict`` describes the policy as the workers ended
-    the run (:func:`hogwild_mts.policies.refit.describe_fitted`); ``total_updates`` sizes the progress bar; ``started`` is ``time.time()`` when the
-    fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
+    the run (:func:`hogwild_mts.policies.refit.describe_fitted`); ``total_updates`` sizes the
+    progress bar; ``started`` is ``time.time()`` when the fit began; ``resumed_updates``: the updates a resumed run had already applied (the backend's
     counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
     releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C
     (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the partial result with
@@ -134,6 +134,8 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
             watcher.watch(total_updates, resumed_updates)
         except KeyboardInterrupt:
             interrupted = True
+        except Diverged as diverged:
+            raise DivergenceError(divergence_message(options.policy, diverged.where)) from None
         with signals.held():
             return _result(backend, options, watcher, details, describe_policy, started, interrupted)
     finally:

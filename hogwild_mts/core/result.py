@@ -19,6 +19,16 @@ class DivergenceError(FloatingPointError):
     """The parameters (or a loss) became NaN or infinite."""
 
 
+class Diverged(Exception):
+    """What a backend raises when a worker saw NaN or inf (``where``: in what, e.g. "a worker's
+    loss"); :func:`hogwild_mts.core.lifecycle.run` raises it as the run's DivergenceError, whose
+    message names the policy."""
+
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
+
+
 def describe(policy) -> dict:
     """The policy's ``describe()``, or its class name for a user policy without one."""
     method = getattr(policy, "describe", None)

@@ -22,7 +22,7 @@ import numpy as np
 from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS
 from hogwild_mts.core import control
 from hogwild_mts.core.lifecycle import POLL_SECONDS
-from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError, divergence_message
+from hogwild_mts.core.result import Diverged, RunTotals, WorkerError
 
 RUN_NAME_PREFIX = "hogwild-"  # actors are named hogwild-<run>-server, hogwild-<run>-worker-<w>
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
@@ -91,14 +91,13 @@ class RayBackend:
     dies is re-created with ``make_worker`` (named ``-worker-<w>-restart-<k>``) up to
     ``max_worker_restarts`` times (see the module docstring)."""
 
-    def __init__(self, workers: int, make_server, make_worker, policy, *, checkpoint=None,
+    def __init__(self, workers: int, make_server, make_worker, *, checkpoint=None,
                  checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
                  max_worker_restarts: int = MAX_WORKER_RESTARTS):
         import ray
 
         self._ray = ray
         self.workers, self._make_server, self._make_worker = workers, make_server, make_worker
-        self._policy = policy
         self.run_name = f"{RUN_NAME_PREFIX}{uuid.uuid4().hex[:8]}"
         self._checkpoint, self._checkpoint_every = checkpoint, checkpoint_every
         self.server = None
@@ -167,8 +166,7 @@ class RayBackend:
                 self._failure = self._failure or WorkerError(f"worker {worker_id} failed:\n{error}")
                 continue
             if state == control.STATE_DIVERGED:
-                self._failure = self._failure or DivergenceError(
-                    divergence_message(self._policy, "a worker's loss"))
+                self._failure = self._failure or Diverged("a worker's loss")
 
     def _collect_restarted(self) -> None:
         """Start run() on every re-created actor that is ready; one that died again is

@@ -186,7 +186,7 @@ def _backend(job: Job, params, make_worker) -> RayBackend:
         start = params() if callable(params) else params
         return server_actor.options(name=name).remote(start, job.options.policy, job.workers)
 
-    return RayBackend(job.workers, make_server, make_worker, job.options.policy,
+    return RayBackend(job.workers, make_server, make_worker,
                       checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
                       max_worker_restarts=job.ray.max_worker_restarts)
 

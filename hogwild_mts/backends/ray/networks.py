@@ -59,7 +59,7 @@ def fit_network(job: Job) -> FitResult:
             evaluated_params[:] = snapshot
             return problem.evaluate(network)
 
-        backend = RayBackend(workers, make_server, make_worker, options.policy,
+        backend = RayBackend(workers, make_server, make_worker,
                              checkpoint=job.ray_checkpoint, checkpoint_every=ray_options.checkpoint_every,
                              max_worker_restarts=ray_options.max_worker_restarts)
 

@@ -20,7 +20,7 @@ from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, owner_named_semaphores
 from hogwild_mts.core import control, signals
 from hogwild_mts.core.lifecycle import POLL_SECONDS
-from hogwild_mts.core.result import DivergenceError, RunState, RunTotals, WorkerError, divergence_message
+from hogwild_mts.core.result import Diverged, RunState, RunTotals, WorkerError
 from hogwild_mts.kernels.split import GENERATOR_WORDS, total_updates
 
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
@@ -224,9 +224,9 @@ class ShmBackend:
     ``evaluations``: None (the parent copies the parameters when an evaluation is due) or an
     :class:`EvaluationReader` over the copies the workers take (update-triggered evaluations)."""
 
-    def __init__(self, block: SharedBlock, workers: int, launch, policy, checkpoints=None,
+    def __init__(self, block: SharedBlock, workers: int, launch, checkpoints=None,
                  evaluations: EvaluationReader | None = None):
-        self.block, self.workers, self._launch, self._policy = block, workers, launch, policy
+        self.block, self.workers, self._launch = block, workers, launch
         self._checkpoints = checkpoints
         # the lifecycle's optional ``evaluations`` (None: the parent copies the parameters)
         self.evaluations = None if evaluations is None else lambda: evaluations.taken(self._origin())
@@ -244,7 +244,7 @@ class ShmBackend:
 
     def _check(self) -> None:
         """Raise WorkerError for a worker that reported an exception or exited abnormally, and
-        DivergenceError for one that stopped on a NaN/inf."""
+        Diverged for one that stopped on a NaN/inf."""
         if self._errors is not None and not self._errors.empty():
             worker_id, text = self._errors.get()
             raise WorkerError(f"worker {worker_id} failed:\n{text}")
@@ -256,7 +256,7 @@ class ShmBackend:
                    else f"exited with code {code}")
             raise WorkerError(f"worker {worker_id} (pid {process.pid}) {how}; the run was stopped")
         if np.any(self.views["stats"][:, control.STAT_STATE] == control.STATE_DIVERGED):
-            raise DivergenceError(divergence_message(self._policy, "a worker's loss"))
+            raise Diverged("a worker's loss")
 
     def ready(self) -> bool:
         self._check()

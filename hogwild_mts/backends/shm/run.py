@@ -95,7 +95,7 @@ class _Run:
         checkpoints = None
         if job.checkpoints is not None:
             checkpoints = CheckpointWriter(block.views, spec, job.write_checkpoint)
-        backend = ShmBackend(block, job.workers, launch, job.options.policy, checkpoints,
+        backend = ShmBackend(block, job.workers, launch, checkpoints,
                              None if self.evaluations is None else EvaluationReader(block.views, stamp))
         return lifecycle.run(backend, job.options, score=score, details=details,
                              describe_policy=job.describe_policy,
