@@ -38,13 +38,14 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
 from hogwild_mts.app.plots import SUMMARY_FILE
-from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, read_cells
+from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, RunFileError, read_cells, read_config
 from hogwild_mts.core.files import strict_json, write_atomic
 from hogwild_mts.core.options import check_nonnegative, check_probability
 from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
@@ -82,6 +83,11 @@ QUICK = {
     "momentum": 0.0,        # explicit heavy-ball momentum of every worker, in [0, 1)
     "weight_decay": 0.0,    # torch task only; linear tasks: l2 is the weight decay
 }
+# Policy labels and experiment names become file names (cells/<label>-a..json, runs/<name>):
+# letters, digits and ``._+-``, starting with a letter or digit, so none can leave its directory.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+SAFE_NAME_RULE = ("1 to 100 letters, digits and '._+-', starting with a letter or digit "
+                  "(it becomes a file name)")
 DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "alphas": [0.05], "batch_size": 16,
                               "epochs": 10, "mode": "real", "targets": [0.25], "eval_updates": 20}}
 
@@ -101,7 +107,7 @@ def load_config(path: str | None, overrides: dict) -> dict:
                 given = json.load(handle)
         except OSError as error:
             raise ConfigError(f"cannot read experiment config {path}: {error.strerror}") from None
-        except json.JSONDecodeError as error:
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path} is not valid JSON: {error}") from None
         if not isinstance(given, dict):
             raise ConfigError(f"{path} must hold a JSON object of settings, got {type(given).__name__}")
@@ -138,6 +144,12 @@ def _positive_list(key: str, value) -> list:
     return value
 
 
+def _check_safe_name(what: str, value) -> None:
+    """ConfigError unless ``value`` is a string that is safe as a file name (SAFE_NAME)."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(f"{what} {value!r} is not allowed; use {SAFE_NAME_RULE}")
+
+
 def policy_spec(config: dict, label: str) -> tuple[str, dict]:
     """(registered policy name, options) of a grid entry: ``policy_options[label]`` may name the
     policy with ``"policy"`` (so one policy can appear with several settings under other labels)
@@ -163,14 +175,16 @@ def check_config(config: dict) -> dict:
         raise ConfigError(f"unknown mode {config['mode']!r}; choose one of {list(MODES)}")
     if config["task"] == "torch" and config["mode"] == "simulated":
         raise ConfigError("the simulator runs linear models only; use mode 'real' for the torch task")
-    if not isinstance(config["name"], str) or not config["name"]:
-        raise ConfigError(f"name must be a non-empty string, got {config['name']!r}")
+    _check_safe_name("name", config["name"])
     policies = config["policies"]
     if not isinstance(policies, list) or not policies:
         raise ConfigError(f"policies must be a non-empty list of policy names, got {policies!r}")
-    if not isinstance(config["policy_options"], dict):
-        raise ConfigError(f"policy_options must map a policy label to its options, got "
-                          f"{config['policy_options']!r}")
+    options = config["policy_options"]
+    if not isinstance(options, dict) or not all(isinstance(value, dict) for value in options.values()):
+        raise ConfigError(f"policy_options must map a policy label to an object of its options, got "
+                          f"{options!r}")
+    for label in policies:
+        _check_safe_name("policy label", label)
     if len(set(policies)) != len(policies):
         raise ConfigError(f"policies has repeated entries: {policies!r}")
     _int_list("workers", config["workers"], 1)
@@ -253,8 +267,7 @@ def prepare_run_dir(out_dir: str, config: dict) -> None:
     a grid reuses the cells it shares)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     if os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
+        previous = read_config(out_dir)
         # a config written before a key existed ran with that key's default
         old, new = _settings({**QUICK, **previous}), _settings(config)
         differ = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
@@ -652,13 +665,22 @@ def main(args, stop_signals: list = ()) -> int:
     return 0
 
 
+def run_config(out_dir: str) -> dict:
+    """The settings of the run directory ``out_dir``, validated as :func:`load_config` does
+    (keys it lacks take their defaults); RunFileError naming config.json otherwise."""
+    given = read_config(out_dir)
+    try:
+        return load_config(None, given)
+    except (ValueError, TypeError) as error:
+        raise RunFileError(f"{os.path.join(out_dir, CONFIG_FILE)}: {error}") from None
+
+
 def report_main(args) -> int:
     """``hogwild-mts report RUN_DIR``: redraw the plots (and tables) of a run directory."""
     from hogwild_mts.app.plots import check_run_dir, draw_all
 
     check_run_dir(args.run_dir)
-    with open(os.path.join(args.run_dir, CONFIG_FILE)) as handle:
-        write_tables(args.run_dir, json.load(handle))
+    write_tables(args.run_dir, run_config(args.run_dir))
     for path in draw_all(args.run_dir):
         print(f"wrote {path}")
     return 0

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hogwild_mts.core.options import check_int
-from hogwild_mts.core.resources import check_memory, format_bytes
+from hogwild_mts.core.resources import available_memory, check_memory, format_bytes
 
 # Defaults of the ``--data`` specs (keys are the spec's parameter names).
 # RCV1 (Lewis et al. 2004) is 804,414 x 47,236 with about 76 nonzeros per row.
@@ -41,6 +41,10 @@ DATA_SPEC_FORMS = (
 )
 
 INT32_MAX = np.iinfo(np.int32).max
+# The most bytes a compressed data file (.gz, .bz2 svmlight; a deflated .npz member) may expand
+# to, unless the environment variable says otherwise; never more than the available memory.
+MAX_DECOMPRESSED_BYTES = 16 * 2 ** 30
+MAX_DECOMPRESSED_ENV = "HOGWILD_MTS_MAX_DECOMPRESSED_BYTES"
 # What reading a (possibly compressed) file can raise besides a parse error.
 READ_ERRORS = (OSError, EOFError, zlib.error)
 
@@ -198,17 +202,22 @@ def load_svmlight(path) -> Dataset:
     """Read an svmlight/libsvm file (``.gz``/``.bz2`` by extension) with scikit-learn's Cython
     parser ``sklearn.datasets.load_svmlight_file``.
 
-    Lines are ``LABEL [qid:Q] INDEX:VALUE ...`` with ``#`` comments; ``qid`` is ignored.  Indices use
-    scikit-learn's ``zero_based="auto"``: a file with any index 0 is zero-based, otherwise
-    one-based (the LIBSVM convention) and shifted down by one.  ``n_features`` is the largest
-    column seen plus one.  A malformed line is reported as ``FILE:LINE: what is wrong``.
+    Lines are ``LABEL [qid:Q] INDEX:VALUE ...`` with ``#`` comments; ``qid`` (an integer >= 0) is
+    checked and ignored.  Indices use scikit-learn's ``zero_based="auto"``: a file with any index
+    0 is zero-based, otherwise one-based (the LIBSVM convention) and shifted down by one.
+    ``n_features`` is the largest column seen plus one.  A malformed line is reported as
+    ``FILE:LINE: what is wrong``; a compressed file may expand to at most
+    :func:`decompressed_limit`.
     """
     from sklearn.datasets import load_svmlight_file
 
     path = os.fspath(path)
     _check_file(path)
     try:
-        X, y = load_svmlight_file(path, dtype=np.float64)
+        with _open_maybe_compressed(path) as stream:
+            X, y, query_ids = load_svmlight_file(stream, dtype=np.float64, query_id=True)
+    except DataError:
+        raise
     except (ValueError, TypeError, IndexError, OverflowError) as error:
         _raise_first_malformed_line(path)
         raise DataError(f"{path}: not a valid svmlight/libsvm file: {error}") from None
@@ -216,7 +225,7 @@ def load_svmlight(path) -> Dataset:
         raise _unreadable(path, error) from None
     if X.shape[0] == 0:
         raise DataError(f"{path}: no data rows (the file is empty or holds only comments)")
-    if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
+    if not (np.isfinite(X.data).all() and np.isfinite(y).all()) or (query_ids < 0).any():
         _raise_first_malformed_line(path)
     return as_dataset(X, y, name=os.path.basename(path))
 
@@ -237,11 +246,69 @@ def _unreadable(path: str, error: BaseException) -> DataError:
     return DataError(f"{path}: cannot read the file: {error}")
 
 
+def max_decompressed_bytes() -> int:
+    """MAX_DECOMPRESSED_BYTES, or the whole number of bytes in $HOGWILD_MTS_MAX_DECOMPRESSED_BYTES."""
+    text = os.environ.get(MAX_DECOMPRESSED_ENV)
+    if text is None:
+        return MAX_DECOMPRESSED_BYTES
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(f"{MAX_DECOMPRESSED_ENV}={text!r} must be a whole number of bytes >= 1")
+    return limit
+
+
+def decompressed_limit() -> tuple[int, str]:
+    """(bytes, what sets them): the most a compressed data file may expand to, which is
+    :func:`max_decompressed_bytes` or the available memory if that is less."""
+    limit, available = max_decompressed_bytes(), available_memory()
+    if available is not None and available < limit:
+        return available, (f"the {format_bytes(available)} of memory available (the limit "
+                           f"{MAX_DECOMPRESSED_ENV} is {format_bytes(limit)})")
+    return limit, (f"the limit of {format_bytes(limit)} on decompressed data ({MAX_DECOMPRESSED_ENV}="
+                   f"{limit}; set it to a larger number of bytes to allow more)")
+
+
+def check_decompressed_size(path: str, size: int, limit: tuple[int, str] | None = None) -> None:
+    """DataError unless ``size`` decompressed bytes of ``path`` are within ``limit`` (default
+    :func:`decompressed_limit`)."""
+    most, why = limit or decompressed_limit()
+    if size > most:
+        raise DataError(f"{path}: the compressed data expands to more than {why}; a file that "
+                        "expands this much is a decompression bomb or needs a larger machine")
+
+
+class _BoundedStream(io.RawIOBase):
+    """The decompressed bytes of ``stream`` (a gzip or bz2 file of ``path``), refused with
+    :func:`check_decompressed_size` as soon as they pass the limit."""
+
+    def __init__(self, path: str, stream):
+        super().__init__()
+        self._path, self._stream, self._read = path, stream, 0
+        self._limit = decompressed_limit()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._stream.readinto(buffer)
+        self._read += count
+        check_decompressed_size(self._path, self._read, self._limit)
+        return count
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
 def _open_maybe_compressed(path: str):
+    """``path`` opened for binary reading; .gz and .bz2 decompressed, within the size limit."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return io.BufferedReader(_BoundedStream(path, gzip.open(path, "rb")))
     if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
+        return io.BufferedReader(_BoundedStream(path, bz2.open(path, "rb")))
     return open(path, "rb")
 
 
@@ -279,8 +346,8 @@ def _svmlight_line_problem(tokens: list[str]) -> str | None:
         if not colon:
             return f"expected INDEX:VALUE, got {token!r}"
         if key == "qid" and position == 1:
-            if not _is_int(value):
-                return f"qid {value!r} is not an integer"
+            if not _is_int(value) or int(value) < 0 or int(value) > np.iinfo(np.int64).max:
+                return f"qid {value!r} is not an integer in [0, 2**63)"
             continue
         if not _is_int(key) or int(key) < 0:
             return f"feature index {key!r} is not an integer >= 0"
@@ -341,7 +408,7 @@ def load_npz(path) -> Dataset:
 def _check_npz_sizes(path: str) -> None:
     """Read only the headers of the arrays in the archive: DataError if one declares more bytes
     than the archive holds for it, ResourceError if together they exceed the available memory."""
-    declared = {}
+    declared, deflated = {}, 0
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -361,10 +428,13 @@ def _check_npz_sizes(path: str) -> None:
                                     f"{format_bytes(info.file_size - header_bytes)} for it; the "
                                     "file is truncated or corrupt")
                 declared[name] = nbytes
+                if info.compress_type != zipfile.ZIP_STORED:
+                    deflated += nbytes
     except DataError:
         raise
     except (zipfile.BadZipFile, ValueError, *READ_ERRORS) as error:
         raise DataError(f"{path}: cannot read as .npz: {error}") from None
+    check_decompressed_size(path, deflated)
     check_memory(sum(declared.values()), f"{path} (arrays {', '.join(declared)})",
                  "use a smaller data set or a machine with more memory")
 
@@ -699,26 +769,28 @@ def _svmlight_part(path: str, part: int, parts: int) -> Dataset:
     """The rows of part ``part`` of the svmlight file at ``path``, column indices as written."""
     from sklearn.datasets import load_svmlight_file
 
-    read = {"n_features": INT32_MAX, "dtype": np.float64, "zero_based": True}
+    read = {"n_features": INT32_MAX, "dtype": np.float64, "zero_based": True, "query_id": True}
     try:
         if path.endswith((".gz", ".bz2")):
             with _open_maybe_compressed(path) as lines:
                 kept = [line.rstrip(b"\r\n") + b"\n"
                         for number, line in enumerate(filter(_is_data_line, lines))
                         if number % parts == part]
-            X, y = load_svmlight_file(io.BytesIO(b"".join(kept)), **read)
+            X, y, query_ids = load_svmlight_file(io.BytesIO(b"".join(kept)), **read)
         else:
             size = os.path.getsize(path)
             first, last = part * size // parts, (part + 1) * size // parts
             if last <= first:  # length 0 would mean "to the end" to scikit-learn
                 return _no_rows(path)
-            X, y = load_svmlight_file(path, offset=first, length=last - first, **read)
+            X, y, query_ids = load_svmlight_file(path, offset=first, length=last - first, **read)
+    except DataError:
+        raise
     except (ValueError, TypeError, IndexError, OverflowError) as error:
         _raise_first_malformed_line(path)
         raise DataError(f"{path}: not a valid svmlight/libsvm file: {error}") from None
     except READ_ERRORS as error:
         raise _unreadable(path, error) from None
-    if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
+    if not (np.isfinite(X.data).all() and np.isfinite(y).all()) or (query_ids < 0).any():
         _raise_first_malformed_line(path)
     if X.shape[0] == 0:
         return _no_rows(path)
