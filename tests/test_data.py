@@ -2,6 +2,7 @@
 
 import bz2
 import gzip
+import re
 import zipfile
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.datasets import dump_svmlight_file
 
+from hogwild_mts.data import tabular
 from hogwild_mts.data.tabular import (
+    MAX_DECOMPRESSED_ENV,
     SYNTHETIC_DENSE_DEFAULTS,
     DataError,
     Dataset,
@@ -17,6 +20,7 @@ from hogwild_mts.data.tabular import (
     load_data,
     load_npz,
     load_svmlight,
+    read_file_part,
     synthetic_dense,
     synthetic_sparse,
 )
@@ -338,3 +342,70 @@ def test_load_data_synthetic_specs():
     assert (sparse.n_samples, sparse.n_features, sparse.nnz) == (400, 1000, 2000)
     np.testing.assert_array_equal(sparse.indices, synthetic_sparse(400, 1000, 5).indices)
     assert load_data("synthetic-dense").n_samples == SYNTHETIC_DENSE_DEFAULTS["n"]
+
+
+# ------------------------------------------------------------------ decompression bombs, qid
+SMALL_LIMIT = 2 ** 16  # the tests' limit on decompressed data: 64 KiB
+
+
+@pytest.fixture
+def small_decompression_limit(monkeypatch):
+    monkeypatch.setenv(MAX_DECOMPRESSED_ENV, str(SMALL_LIMIT))
+
+
+@pytest.mark.parametrize("name,pack", [("bomb.svm.gz", gzip.compress), ("bomb.svm.bz2", bz2.compress)])
+@pytest.mark.parametrize("read", [load_data, lambda path: read_file_part(path, 0, 2)], ids=["whole", "part"])
+def test_a_compressed_file_expanding_past_the_limit_is_refused(tmp_path, small_decompression_limit,
+                                                               name, pack, read):
+    path = tmp_path / name
+    path.write_bytes(pack(b"1 1:1\n" * (SMALL_LIMIT // 3)))  # 128 KiB of text
+    with pytest.raises(DataError, match=rf"{name}: the compressed data expands to more than the limit "
+                                        rf"of 64.0 KiB on decompressed data \({MAX_DECOMPRESSED_ENV}=65536; "
+                                        "set it to a larger number"):
+        read(str(path))
+
+
+def test_a_compressed_file_within_the_limit_loads(tmp_path, small_decompression_limit):
+    path = tmp_path / "ok.svm.gz"
+    path.write_bytes(gzip.compress(b"1 1:1\n-1 2:1\n" * 1000))
+    assert load_data(str(path)).n_samples == 2000
+
+
+def test_the_decompression_limit_is_the_available_memory_when_that_is_less(tmp_path, monkeypatch):
+    monkeypatch.delenv(MAX_DECOMPRESSED_ENV, raising=False)
+    monkeypatch.setattr(tabular, "available_memory", lambda: SMALL_LIMIT)
+    path = tmp_path / "bomb.svm.gz"
+    path.write_bytes(gzip.compress(b"0" * 2 * SMALL_LIMIT))
+    with pytest.raises(DataError, match=r"bomb.svm.gz: the compressed data expands to more than the "
+                                        r"64.0 KiB of memory available \(the limit .* is 16.0 GiB\)"):
+        load_data(str(path))
+
+
+def test_a_deflated_npz_expanding_past_the_limit_is_refused(tmp_path, small_decompression_limit):
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, X=np.zeros((2000, 100)), y=np.ones(2000))
+    with pytest.raises(DataError, match="z.npz: the compressed data expands to more than the limit"):
+        load_data(str(path))
+
+
+def test_a_bad_decompression_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(MAX_DECOMPRESSED_ENV, "lots")
+    path = tmp_path / "ok.svm.gz"
+    path.write_bytes(gzip.compress(b"1 1:1\n"))
+    with pytest.raises(DataError, match=f"{MAX_DECOMPRESSED_ENV}='lots' must be a whole number of bytes"):
+        load_data(str(path))
+
+
+@pytest.mark.parametrize("qid", ["-3", "abc", "1.5", "99999999999999999999"])
+@pytest.mark.parametrize("read", [load_data, lambda path: read_file_part(path, 0, 1)], ids=["whole", "part"])
+def test_a_bad_qid_is_refused_with_its_line(tmp_path, qid, read):
+    path = tmp_path / "q.svm"
+    path.write_text(f"1 qid:2 1:1\n-1 qid:{qid} 2:1\n")
+    with pytest.raises(DataError, match=rf"q.svm:2: qid '{re.escape(qid)}' is not an integer in \[0, 2\*\*63\)"):
+        read(str(path))
+
+
+def test_a_good_qid_is_read_and_ignored(tmp_path):
+    path = tmp_path / "q.svm"
+    path.write_text("1 qid:2 1:1\n-1 qid:0 2:1\n")
+    assert load_data(str(path)).n_samples == 2

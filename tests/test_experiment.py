@@ -4,6 +4,7 @@ reached, report, and bad configurations refused before anything runs."""
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -265,3 +266,77 @@ def test_a_run_directory_from_before_momentum_resumes(tmp_path):
     older = {key: value for key, value in config.items() if key not in ("momentum", "weight_decay")}
     (tmp_path / "config.json").write_text(json.dumps(older))
     experiment.prepare_run_dir(str(tmp_path), config)
+
+
+# ------------------------------------------------------------- hostile labels, names, run files
+@pytest.mark.parametrize("overrides,message", [
+    ({"policies": ["../../../ESCAPED"], "policy_options": {"../../../ESCAPED": {"policy": "constant"}}},
+     r"policy label '../../../ESCAPED' is not allowed; use 1 to 100 letters, digits and '._\+-'"),
+    ({"policies": ["constant", "/tmp/x"], "policy_options": {"/tmp/x": {"policy": "tail"}}},
+     "policy label '/tmp/x' is not allowed"),
+    ({"policies": [["constant"]]}, r"policy label \['constant'\] is not allowed"),
+    ({"name": "../../ESCAPED"}, "name '../../ESCAPED' is not allowed; use 1 to 100 letters"),
+    ({"name": ".hidden"}, "name '.hidden' is not allowed"),
+    ({"policy_options": {"constant": 5}}, "policy_options must map a policy label to an object"),
+])
+def test_labels_and_names_that_would_leave_the_run_directory_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_label_with_a_path_writes_nothing_outside_the_run(tmp_path, capsys):
+    config = tmp_path / "escape.json"
+    config.write_text(json.dumps({"policies": ["../../../ESCAPED"],
+                                  "policy_options": {"../../../ESCAPED": {"policy": "constant"}}}))
+    out = tmp_path / "a" / "b" / "run"
+    assert main(["experiment", "--config", str(config), "--out", str(out), *TINY[:2]]) == 2
+    assert "policy label '../../../ESCAPED' is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main(["experiment", "--name", "../ESCAPED", "--no-plots", *TINY[:2]]) == 2
+    assert "name '../ESCAPED' is not allowed" in capsys.readouterr().err
+
+
+GOOD_CELL = {"name": "constant-a0.5-m1-s0", "policy": "constant", "alpha": 0.5, "workers": 1, "seed": 0,
+             "diverged": False, "best_loss": 0.5, "final_loss": 0.5, "staleness_histogram": [10],
+             "staleness": {"mean": 0.0, "p99": 0, "max": 0},
+             "history": {"loss": [0.7, 0.5], "updates": [0, 10], "time_s": [0.0, 0.1]}}
+
+
+def _run_dir(tmp_path, config_text: str, cell_text: str):
+    out = tmp_path / "run"
+    (out / "cells").mkdir(parents=True)
+    (out / "config.json").write_text(config_text)
+    (out / "cells" / "constant-a0.5-m1-s0.json").write_text(cell_text)
+    return out
+
+
+@pytest.mark.parametrize("config_text,cell,message", [
+    ("[1, 2]", GOOD_CELL, "config.json: the experiment config must be a JSON object, got list"),
+    ("{broken", GOOD_CELL, "config.json: the experiment config is not valid JSON"),
+    ('{"workers": "many"}', GOOD_CELL, "config.json: workers must be a non-empty list"),
+    ("{}", "{broken", "constant-a0.5-m1-s0.json: the cell record is not valid JSON"),
+    ("{}", [GOOD_CELL], "constant-a0.5-m1-s0.json: the cell record must be a JSON object, got list"),
+    ("{}", {"name": "x"}, "constant-a0.5-m1-s0.json: cell key 'policy' must be a string, got missing"),
+    ("{}", {**GOOD_CELL, "workers": "4"}, "cell key 'workers' must be an integer >= 1, got '4'"),
+    ("{}", {**GOOD_CELL, "history": {"loss": [0.7, float("nan")], "updates": [0, 10], "time_s": [0, 1]}},
+     "cell key 'history' must be an object of non-empty lists .* \\('loss' is not\\)"),
+    ("{}", {**GOOD_CELL, "history": {"loss": [0.7], "updates": [0, 10], "time_s": [0, 1]}},
+     "cell key 'history' must be an object of lists .* of one length"),
+    ("{}", {**GOOD_CELL, "final_loss": None}, "cell key 'final_loss' must be a finite number, got None"),
+    ("{}", {**GOOD_CELL, "staleness_histogram": {"0": 1}}, "cell key 'staleness_histogram' must be a list"),
+])
+def test_report_names_the_corrupt_run_file(tmp_path, capsys, config_text, cell, message):
+    out = _run_dir(tmp_path, config_text, cell if isinstance(cell, str) else json.dumps(cell))
+    assert main(["report", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert error.count("\n") == 1 and str(out) in error
+    assert re.search(message, error), error
+
+
+def test_resuming_over_a_corrupt_config_names_it(tmp_path, capsys):
+    out = _run_dir(tmp_path, '["not", "settings"]', json.dumps(GOOD_CELL))
+    assert main(["experiment", "--out", str(out), "--no-plots", *TINY]) == 2
+    error = capsys.readouterr().err
+    assert f"{out / 'config.json'}: the experiment config must be a JSON object, got list" in error
+    assert "Traceback" not in error

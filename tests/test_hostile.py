@@ -366,6 +366,19 @@ CASES = [
     Case("api-worker-killed", api(lambda tmp, mp: (kill_a_worker_once_training(),
                                                    engine(workers=2, epochs=100000).fit(load_data(TINY)))),
          WorkerError, r"worker \d \(pid \d+\) was killed by signal SIGKILL"),
+    # issue 24: decompression bombs, impossible sizes, one-class data, bad qids
+    Case("cli-svmlight-gzip-bomb", cli("--data", lambda tmp: write(tmp, "bomb.svm.gz", gzip.compress(b"0" * 2 ** 17)),
+                                       before=lambda tmp, mp: mp.setenv("HOGWILD_MTS_MAX_DECOMPRESSED_BYTES", "65536")),
+         2, r"bomb.svm.gz: the compressed data expands to more than the limit of 64.0 KiB .*"
+            r"HOGWILD_MTS_MAX_DECOMPRESSED_BYTES=65536; set it to a larger number of bytes"),
+    Case("cli-mnist1d-absurd", cli("--model", "mlp", "--data", "mnist1d:n=100000000000"), 2,
+         r"mnist1d:n=100000000000 \(100,000,000,000 signals\) needs 186.3 TiB of memory"),
+    Case("cli-svmlight-one-class", cli("--data", lambda tmp: write(tmp, "one.svm", b"1 1:0.5\n1 2:1\n1 1:1\n")), 2,
+         r"model 'logreg' needs labels of two classes, but every label is 1"),
+    Case("cli-npz-one-class", cli("--model", "svm", "--data", lambda tmp: npz(tmp, "one.npz", X=np.eye(3), y=np.zeros(3))),
+         2, r"model 'svm' needs labels of two classes, but every label is 0"),
+    Case("cli-svmlight-negative-qid", cli("--data", lambda tmp: write(tmp, "q.svm", b"1 qid:1 1:1\n-1 qid:-7 2:1\n")),
+         2, r"q.svm:2: qid '-7' is not an integer in \[0, 2\*\*63\)"),
 ]
 
 

@@ -273,3 +273,13 @@ def test_array_dataset_from_arrays_and_tensors():
         array_dataset(inputs, np.zeros(4), test=(inputs, np.full(4, np.nan)), classification=False)
     with pytest.raises(DataError, match="the targets y are missing"):
         array_dataset(inputs, None, classification=True)
+
+
+def test_an_mnist1d_size_that_cannot_fit_is_refused_before_generating(monkeypatch):
+    from hogwild_mts.core import resources
+    from hogwild_mts.core.resources import ResourceError
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 2 ** 30)
+    with pytest.raises(ResourceError, match=r"mnist1d:n=100000000000 \(100,000,000,000 signals\) needs "
+                                            r"186.3 TiB of memory but this machine has 1.0 GiB available"):
+        load_images("mnist1d:n=100000000000")
