@@ -77,11 +77,15 @@ class LinearModel:
         return n_features + int(self.fit_intercept)
 
     def check_labels(self, y: np.ndarray) -> np.ndarray:
-        """Return float64 labels in the model's domain or raise ValueError naming what was found."""
+        """Return float64 labels in the model's domain or raise ValueError naming what was found
+        (a classifier needs both classes)."""
         y = np.asarray(y, dtype=np.float64)
         if not self.classifier:
             return y
         classes = np.unique(y)
+        if classes.size == 1:
+            raise ValueError(f"model {self.name!r} needs labels of two classes, but every label is "
+                             f"{classes[0]:g}; a binary classifier cannot learn from one class")
         if np.all(np.isin(classes, (-1.0, 1.0))):
             return y
         if np.all(np.isin(classes, (0.0, 1.0))):
