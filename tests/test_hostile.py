@@ -366,7 +366,7 @@ CASES = [
     Case("api-worker-killed", api(lambda tmp, mp: (kill_a_worker_once_training(),
                                                    engine(workers=2, epochs=100000).fit(load_data(TINY)))),
          WorkerError, r"worker \d \(pid \d+\) was killed by signal SIGKILL"),
-    # issue 24: decompression bombs, impossible sizes, one-class data, bad qids
+    # decompression bombs, impossible sizes, one-class data, bad qids
     Case("cli-svmlight-gzip-bomb", cli("--data", lambda tmp: write(tmp, "bomb.svm.gz", gzip.compress(b"0" * 2 ** 17)),
                                        before=lambda tmp, mp: mp.setenv("HOGWILD_MTS_MAX_DECOMPRESSED_BYTES", "65536")),
          2, r"bomb.svm.gz: the compressed data expands to more than the limit of 64.0 KiB .*"
