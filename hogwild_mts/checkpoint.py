@@ -36,7 +36,6 @@ from zero).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.core.result import RunState
 from hogwild_mts.kernels.split import GENERATOR_WORDS
 from hogwild_mts.model_file import ModelFileError
+from hogwild_mts.policies.step_sizes import policy_state
 
 DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is given (both backends)
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
@@ -110,11 +110,11 @@ def rows_digest(labels: np.ndarray, indptr: np.ndarray, sample_weight: np.ndarra
 
 
 def policy_spec(policy, workers: int) -> dict:
-    """:func:`hogwild_mts.model_file.policy_spec` of an engine's policy (a policy that is not a
-    registered one is bound to ``workers`` on a copy first, so that it has a table)."""
+    """:func:`hogwild_mts.model_file.policy_spec` of an engine's policy (of a policy that is not
+    a registered one, its :func:`~hogwild_mts.policies.step_sizes.policy_state` for ``workers``,
+    so that it has a table)."""
     if model_file.POLICIES.get(getattr(policy, "name", None)) is not type(policy):
-        policy = copy.deepcopy(policy)
-        policy.bind(workers)
+        policy = policy_state(policy, workers)
     return model_file.policy_spec(policy)
 
 

@@ -38,7 +38,7 @@ import os
 import numpy as np
 
 from hogwild_mts.core.files import npz_bytes, strict_json, write_atomic
-from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy
+from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy, policy_table
 
 FORMAT = "hogwild-mts-model"
 VERSION = 1
@@ -69,7 +69,7 @@ def policy_spec(policy) -> dict:
         names = list(inspect.signature(cls).parameters)
         if all(hasattr(policy, name) for name in names):
             return {"name": policy.name, "options": {name: getattr(policy, name) for name in names}}
-    return {"name": "table", "table": [float(a) for a in np.asarray(policy.table())]}
+    return {"name": "table", "table": [float(a) for a in policy_table(policy)]}
 
 
 def policy_from_spec(spec: dict, where: str):

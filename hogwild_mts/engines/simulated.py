@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
@@ -21,7 +20,7 @@ from hogwild_mts.core.options import check_choice, check_int, check_positive
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.job import LinearSettings, SimulationSettings, run_options
 from hogwild_mts.policies.refit import describe_fitted
-from hogwild_mts.policies.step_sizes import bind_policy
+from hogwild_mts.policies.step_sizes import policy_state
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
 from hogwild_mts.models.linear import LinearModel
 
@@ -118,9 +117,7 @@ class Simulator:
         feature_scale = np.zeros(dataset.n_features)
         counts = dataset.feature_counts()
         np.divide(dataset.n_samples, counts, out=feature_scale, where=counts > 0)
-        policies = [copy.deepcopy(self.policy) for _ in range(self.workers)]
-        for policy in policies:
-            bind_policy(policy, self.workers, self.momentum)
+        policies = [policy_state(self.policy, self.workers, self.momentum) for _ in range(self.workers)]
         eval_every = self.eval_every or max(1, total // DEFAULT_EVALUATIONS)
         backend = SimBackend(
             data={"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,

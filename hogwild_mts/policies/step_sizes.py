@@ -6,7 +6,7 @@ Interface (every policy, including a user's own):
   prior.  ``momentum`` in [0, 1) is the explicit heavy-ball momentum every worker applies
   (torch.optim.SGD: ``v = momentum * v + g; theta -= alpha(tau) * v``); only MindTheStep's
   momentum target uses it.  A policy object whose ``bind`` takes no ``momentum`` (written before
-  it existed) is bound with ``bind(workers)``: see :func:`bind_policy`.
+  it existed) is bound with ``bind(workers)``.
 * ``table()`` -- float64 array ``alpha[0..T-1]``, non-empty, finite and >= 0 (0 discards an
   update); ``tau >= T`` uses the last entry.  The hot loops index it without bounds checks, so a
   policy object that is not one of the built-in classes runs wrapped in :class:`CheckedPolicy`:
@@ -15,6 +15,10 @@ Interface (every policy, including a user's own):
 * ``observe(histogram)`` -- refit from the run's staleness histogram (int64 counts by tau).
 * ``refit_every`` -- a worker calls ``observe`` after this many of its own updates; 0 = never.
 * ``describe()`` -- a JSON-able dict saying what the policy is and what it fitted.
+
+A run never binds or refits its policy object: each worker (or the Ray server) owns a *policy
+state*, made by :func:`policy_state` (a bound copy), read by :func:`policy_table` and refitted by
+:func:`refit_policy`.
 
 Built-in policies keep every entry in ``[alpha_min, alpha_max]``; by default
 ``alpha_min = 1e-3 * alpha`` and ``alpha_max = 10 * alpha`` and ``alpha`` (alpha_c) must lie
@@ -43,7 +47,8 @@ HEAD = 8                           # table entries shown by describe()
 
 __all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
            "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "CheckedPolicy", "POLICIES",
-           "make_policy", "as_policy", "bind_policy", "check_table", "step_size"]
+           "make_policy", "as_policy", "policy_state", "policy_table", "refit_policy", "check_table",
+           "step_size"]
 
 
 def step_size(table: np.ndarray, tau: int) -> float:
@@ -498,7 +503,7 @@ class CheckedPolicy(Policy):
         return int(getattr(self.policy, "refit_every", 0) or 0)
 
     def bind(self, workers: int, momentum: float = 0.0) -> None:
-        bind_policy(self.policy, workers, momentum)
+        _bind(self.policy, workers, momentum)
 
     def table(self) -> np.ndarray:
         return check_table(self.policy.table(), f"policy {self.name!r}")
@@ -520,7 +525,7 @@ class CheckedPolicy(Policy):
 BUILT_IN_POLICIES = (*POLICIES.values(), FunctionPolicy, CheckedPolicy)
 
 
-def bind_policy(policy, workers: int, momentum: float = 0.0) -> None:
+def _bind(policy, workers: int, momentum: float) -> None:
     """``policy.bind(workers, momentum)`` after checking ``momentum`` (in [0, 1)); a policy
     object whose ``bind`` has no ``momentum`` parameter (nor ``**kwargs``) gets
     ``bind(workers)``: it was written before explicit momentum was passed and ignores it."""
@@ -535,6 +540,31 @@ def bind_policy(policy, workers: int, momentum: float = 0.0) -> None:
         policy.bind(workers)
 
 
+def policy_state(policy, workers: int, momentum: float = 0.0):
+    """The policy state of one worker (or of the Ray server): a copy of the run's ``policy``
+    bound to ``workers`` workers that apply explicit heavy-ball ``momentum`` (in [0, 1)).
+
+    The state is the only object a run binds and refits; ``policy`` itself is never changed.
+    ValueError naming a bad ``workers`` or ``momentum``.
+    """
+    state = copy.deepcopy(policy)
+    _bind(state, workers, momentum)
+    return state
+
+
+def policy_table(state, dtype=np.float64) -> np.ndarray:
+    """The step-size table of a policy ``state`` as a contiguous array of ``dtype`` (the hot
+    loops index it without bounds checks)."""
+    return np.ascontiguousarray(state.table(), dtype=dtype)
+
+
+def refit_policy(state, histogram: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """Refit the policy ``state`` in place on ``histogram`` (int64 counts by tau); return its
+    new :func:`policy_table`.  Whether and when to refit is the caller's schedule."""
+    state.observe(histogram)
+    return policy_table(state, dtype)
+
+
 def as_policy(policy, alpha: float | None = None) -> Policy:
     """Turn a name, a Policy or a function of tau into a Policy (validated, before workers start).
     A policy object is copied: fitting never changes the caller's object.  Any other policy
@@ -547,9 +577,7 @@ def as_policy(policy, alpha: float | None = None) -> Policy:
         return copy.deepcopy(policy)
     if isinstance(policy, Policy) or all(hasattr(policy, a) for a in ("bind", "table", "observe")):
         checked = CheckedPolicy(copy.deepcopy(policy))
-        probe = copy.deepcopy(checked)
-        probe.bind(1)
-        probe.table()
+        policy_table(policy_state(checked, 1))
         return checked
     if callable(policy):
         return FunctionPolicy(policy)

@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hogwild_mts.policies.step_sizes import POLICIES, bind_policy, step_size
+from hogwild_mts.policies.step_sizes import POLICIES, policy_state, refit_policy, step_size
 from hogwild_mts.staleness.models import CMP, Empirical, Geometric, Poisson
 
 FAR_TAU = 10 ** 9   # a staleness far past any table
@@ -130,17 +130,18 @@ def check_table(policy, *, nonincreasing: bool = False, stage: str = "") -> np.n
 
 def assert_policy_invariants(policy, workers: int, histogram: np.ndarray, *, nonincreasing: bool = False,
                              taus=(0, FAR_TAU), momentum: float = 0.0) -> None:
-    """Bind to ``workers`` with explicit ``momentum`` (:func:`bind_policy`: a ``bind`` without
-    it gets ``bind(workers)``), check the prior table, observe ``histogram``, check again; each
-    time every tau in ``taus`` must look up a finite alpha > 0 and describe() must be JSON-able."""
-    bind_policy(policy, workers, momentum)
+    """Make the :func:`policy_state` of ``policy`` for ``workers`` with explicit ``momentum`` (a
+    ``bind`` without it gets ``bind(workers)``), check its prior table, refit it on
+    ``histogram``, check again; each time every tau in ``taus`` must look up a finite alpha > 0
+    and describe() must be JSON-able.  ``policy`` itself is left as it was."""
+    state = policy_state(policy, workers, momentum)
     for stage in ("before data", "after observe"):
-        table = check_table(policy, nonincreasing=nonincreasing, stage=stage)
+        table = check_table(state, nonincreasing=nonincreasing, stage=stage)
         for tau in taus:
             alpha = step_size(table, tau)
             assert math.isfinite(alpha) and alpha > 0, f"alpha({tau}) = {alpha} {stage}"
-        json.dumps(policy.describe())
-        policy.observe(histogram)
+        json.dumps(state.describe())
+        refit_policy(state, histogram)
 
 
 def check_policy(factory, options=None, *, nonincreasing: bool = False, max_tau: int = 20_000) -> None:

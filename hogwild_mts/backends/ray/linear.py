@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 
@@ -35,6 +34,7 @@ from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult, WorkerError
 from hogwild_mts.data.tabular import DataError, data_file_format
 from hogwild_mts.job import DataFileSettings, Job, LinearSettings, RaySettings
+from hogwild_mts.policies.step_sizes import policy_state, policy_table
 
 EVAL_SAMPLE_ROWS = 10_000  # rows of a data file the workers send the driver to score on
 
@@ -45,9 +45,7 @@ def base_step(policy, workers: int) -> float:
     alpha = getattr(policy, "alpha", None)
     if alpha is not None:
         return float(alpha)
-    bound = copy.deepcopy(policy)
-    bound.bind(workers)
-    return float(bound.table()[0])
+    return float(policy_table(policy_state(policy, workers))[0])
 
 
 def fit_linear(job: Job) -> FitResult:
