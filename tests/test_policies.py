@@ -2,15 +2,18 @@
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from hogwild_mts.core.control import STAT_COLUMNS, STAT_REFITS, STAT_UPDATES
+from hogwild_mts.policies.refit import Refitter, describe_fitted
 from hogwild_mts.policies.step_sizes import (POLICIES, CheckedPolicy, ConstantPolicy, FunctionPolicy,
                                   MindTheStepPolicy, Policy, TailPolicy, as_policy, make_policy,
-                                  step_size)
+                                  policy_state, policy_table, refit_policy, step_size)
 from hogwild_mts.staleness.models import CMP, Geometric, MomentumTarget, Poisson
 from hogwild_mts.policies.testing import check_policy, check_table, histograms, policy_options
 
@@ -434,3 +437,44 @@ def test_checked_policies_get_the_momentum_if_their_bind_takes_it():
     assert old.policy.workers == 3 and new.policy.momentum == 0.9
     with pytest.raises(ValueError, match="momentum must be .* got 1.5"):
         old.bind(3, 1.5)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_policy_state_is_a_bound_copy_refitted_like_the_policy_itself(name):
+    """policy_state / policy_table / refit_policy give the tables bind / table / observe give,
+    bit for bit, and never bind, observe or change the run's policy object."""
+    options = dict(alpha=0.2, **(dict(refit_every=10, min_samples=0) if name in ("tail", "mindthestep") else {}))
+    run_policy, direct = make_policy(name, **options), make_policy(name, **options)
+    before = pickle.dumps(run_policy)
+    histogram = np.bincount(Poisson(3.0).sample(500, np.random.default_rng(0)))
+    direct.bind(7, 0.3)
+    state = policy_state(run_policy, 7, 0.3)
+    assert state is not run_policy and np.array_equal(policy_table(state), direct.table())
+    low = policy_table(state, np.float32)
+    assert low.dtype == np.float32 and low.flags.c_contiguous
+    direct.observe(histogram)
+    assert np.array_equal(refit_policy(state, histogram), direct.table())
+    assert describe_fitted(run_policy, 7, 0.3, histogram) == direct.describe()
+    refitter = Refitter(run_policy, 7, 0.3, np.float32)
+    stats = np.zeros(STAT_COLUMNS, np.int64)
+    stats[STAT_UPDATES] = 10
+    refitter.maybe_refit(stats, histogram[None, :])
+    assert stats[STAT_REFITS] == (1 if run_policy.refit_every else 0)
+    assert np.array_equal(refitter.table, direct.table().astype(np.float32))
+    assert pickle.dumps(run_policy) == before   # the run's policy was never bound or refitted
+
+
+def test_a_policy_state_binds_old_user_policies_without_momentum_and_checks_their_tables():
+    class OldDuck:
+        refit_every = 1
+        def bind(self, workers): self.workers = workers
+        def table(self): return np.full(self.workers, -1.0 if getattr(self, "seen", False) else 0.1)
+        def observe(self, histogram): self.seen = True
+
+    run_policy = as_policy(OldDuck())
+    state = policy_state(run_policy, 3, 0.9)
+    assert state.policy.workers == 3 and not hasattr(run_policy.policy, "workers")
+    assert np.array_equal(policy_table(state), np.full(3, 0.1))
+    with pytest.raises(ValueError, match=r"alpha\(0\) = -1.0"):
+        refit_policy(state, np.ones(2, np.int64))
+    assert not hasattr(run_policy.policy, "seen")

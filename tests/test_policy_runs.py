@@ -1,5 +1,7 @@
 """Every policy on real multi-worker runs: it sees the measured staleness and refits online."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,13 @@ def test_the_workers_bind_the_policy_with_the_engines_momentum(data, workers):
     assert result.policy["explicit_momentum"] == 0.2
     assert result.policy["implicit_momentum"] == pytest.approx(0.5)  # 1 - 0.6 = (1 - 0.5)(1 - 0.2)
     assert np.isfinite(result.final_loss)
+
+
+def test_the_workers_refit_their_own_policy_states_never_the_engines_policy(data):
+    """One worker runs in a thread of this process and refits; the engine's policy stays as built."""
+    engine = Engine("logreg", make_policy("mindthestep", alpha=0.5, **FAST_REFIT), workers=1, epochs=2,
+                    progress=False)
+    before = pickle.dumps(engine.policy)
+    result = engine.fit(data)
+    assert result.refits > 0 and result.policy["using_prior"] is False
+    assert pickle.dumps(engine.policy) == before
