@@ -7,8 +7,8 @@ pulls ``(version, params)``, runs K local steps and pushes ``(step_sum, version 
 server stamps ``tau = version at apply - version read`` (in pushes) and applies
 ``params -= alpha(tau) * step_sum`` with the shared-memory workers' own kernel
 (:func:`hogwild_mts.kernels.flat.apply_update`: stamp, table lookup, histogram,
-maximum tau, counts).  Every ``policy.refit_every`` pushes the policy refits from the server's
-histogram (a :class:`hogwild_mts.policies.refit.Refitter`, with its time budget).
+maximum tau, counts).  Every ``policy.refit_every`` pushes the server's own policy state refits
+from its histogram (a :class:`hogwild_mts.policies.refit.Refitter`, with its time budget).
 """
 
 from __future__ import annotations
