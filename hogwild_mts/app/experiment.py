@@ -48,7 +48,8 @@ from hogwild_mts.app.plots import SUMMARY_FILE
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, RunFileError, read_cells, read_config
 from hogwild_mts.core.files import strict_json, write_atomic
 from hogwild_mts.core.options import check_nonnegative, check_probability
-from hogwild_mts.policies.step_sizes import POLICIES, AdaptivePolicy, make_policy
+from hogwild_mts.policies.step_sizes import (POLICIES, AdaptivePolicy, make_policy, policy_state,
+                                            policy_table, refit_policy)
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
@@ -342,11 +343,10 @@ def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
     """The policy's alpha(tau) as the cell ended it (bound with the workers' momentum, refitted
     on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
-    policy = make_policy(name, alpha=cell["alpha"], **options)
-    policy.bind(cell["workers"], config["momentum"])
-    if getattr(policy, "refit_every", 0):
-        policy.observe(histogram)
-    return [float(a) for a in policy.table()[:ALPHA_TABLE_ENTRIES]]
+    state = policy_state(make_policy(name, alpha=cell["alpha"], **options), cell["workers"],
+                         config["momentum"])
+    table = refit_policy(state, histogram) if state.refit_every else policy_table(state)
+    return [float(a) for a in table[:ALPHA_TABLE_ENTRIES]]
 
 
 def run_cell(config: dict, cell: dict, data) -> dict:
