@@ -45,7 +45,7 @@ import numpy as np
 from hogwild_mts import model_file
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.files import writable_directory
-from hogwild_mts.core.options import check_int, check_positive
+from hogwild_mts.core.params import Integer, Option, Optional, Positive
 from hogwild_mts.core.result import RunState
 from hogwild_mts.kernels.split import GENERATOR_WORDS
 from hogwild_mts.model_file import ModelFileError
@@ -67,26 +67,40 @@ class CheckpointOptions:
     every_updates: int | None  # updates between snapshots, or None
 
 
-def checkpoint_options(backend: str, directory, every_seconds, every_updates) -> CheckpointOptions | None:
-    """The shared-memory checkpoint options (None without ``directory``, and for Ray, whose
-    checkpoints :func:`hogwild_mts.backends.ray.options.ray_options` sets up).  Without
-    ``every_seconds`` and ``every_updates`` a checkpoint is written every
-    DEFAULT_CHECKPOINT_SECONDS; ValueError naming the value for a bad option, or one given
-    without ``checkpoint_dir``."""
-    if every_updates is not None:
-        every_updates = check_int("checkpoint_every_updates", every_updates, 1)
-        if backend == "ray":
-            raise ValueError("checkpoint_every_updates applies to backend='shm'; the Ray server "
-                             "is checkpointed every checkpoint_every seconds")
-    if every_seconds is not None:
-        every_seconds = check_positive("checkpoint_every", every_seconds)
+class Directory:
+    """None, or a directory path (a non-empty string or path)."""
+
+    def __call__(self, name: str, value):
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
+            raise ValueError(f"{name} must be a directory path, got {value!r}")
+        return value
+
+    def __str__(self) -> str:
+        return "None or a directory path"
+
+
+# The engines' checkpoint options (both backends; checkpoint_every_updates: shared memory only).
+CHECKPOINT_OPTIONS = (Option("checkpoint_every", Optional(Positive()), None, "checkpoints"),
+                      Option("checkpoint_dir", Directory(), None, "checkpoints"),
+                      Option("checkpoint_every_updates", Optional(Integer(1)), None, "checkpoints"))
+
+
+def checkpoint_options(values) -> CheckpointOptions | None:
+    """The shared-memory checkpoint options of the checked ``values`` (the CHECKPOINT_OPTIONS
+    and ``backend``): None without ``checkpoint_dir``, and for Ray, whose checkpoints
+    :func:`hogwild_mts.backends.ray.options.ray_options` sets up.  Without ``checkpoint_every``
+    and ``checkpoint_every_updates`` a checkpoint is written every DEFAULT_CHECKPOINT_SECONDS;
+    ValueError for an interval Ray does not take, or one given without ``checkpoint_dir``."""
+    backend, directory = values["backend"], values["checkpoint_dir"]
+    every_seconds, every_updates = values["checkpoint_every"], values["checkpoint_every_updates"]
+    if every_updates is not None and backend == "ray":
+        raise ValueError("checkpoint_every_updates applies to backend='shm'; the Ray server "
+                         "is checkpointed every checkpoint_every seconds")
     if directory is None:
         if every_updates is not None or (every_seconds is not None and backend == "shm"):
             raise ValueError("checkpoint_every and checkpoint_every_updates need checkpoint_dir "
                              "(the directory the checkpoints go to)")
         return None
-    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
-        raise ValueError(f"checkpoint_dir must be a directory path, got {directory!r}")
     if backend == "ray":
         return None
     if every_seconds is None and every_updates is None:
@@ -120,16 +134,15 @@ def policy_spec(policy, workers: int) -> dict:
 
 def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None = None,
                  digest: str | None = None) -> dict:
-    """What a run of ``engine`` on a data set of this shape is, as a checkpoint records it."""
+    """What a run of the linear ``engine`` on a data set of this shape is, as a checkpoint
+    records it (from the engine's validated ``options``)."""
     model, options = engine.model, engine.options
     return {"backend": backend, "n_features": int(n_features), "loss": model.name,
             "l2": float(model.l2), "fit_intercept": bool(model.fit_intercept),
             "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
-            "batch_size": options.batch_size, "seed": options.seed,
-            "split": getattr(engine, "split", None), "dtype": engine.dtype,
-            "stamp": getattr(engine, "stamp", True), "momentum": getattr(engine, "momentum", 0.0),
-            "workers": options.workers,
-            "policy": policy_spec(options.policy, options.workers)}
+            "batch_size": options.batch_size, "seed": options.seed, "split": options.split,
+            "dtype": options.dtype, "stamp": options.stamp, "momentum": options.momentum,
+            "workers": options.workers, "policy": policy_spec(options.policy, options.workers)}
 
 
 def write_checkpoint(directory: str, settings: dict, state: RunState, classes=None) -> None:

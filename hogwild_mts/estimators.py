@@ -18,13 +18,32 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from hogwild_mts.core.options import check_choice, check_int, check_nonnegative, check_probability
-from hogwild_mts.engines.linear import Engine
+from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.params import (Checked, Flag, Fraction, Integer, NonNegative, Option, Table,
+                                     validate)
+from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, Engine
 from hogwild_mts.model_file import ModelFileError, policy_from_spec, read, save_linear
 from hogwild_mts.models.linear import LinearModel
 
 CLASSIFIER_LOSSES = ("logreg", "svm")
 REGRESSOR_LOSSES = ("lsq",)
+
+
+# The estimators' options, in validation order.  Engine's entries where the estimators share
+# its default; their own where they differ: one worker (deterministic: the same seed gives the
+# same coefficients) and no progress bar (scikit-learn's estimators run quietly).
+ESTIMATOR_OPTIONS = Table(
+    (Option("loss", Checked("one of the estimator's losses (None: its first)"), None, "the model"),
+     ENGINE_OPTIONS["policy"], ENGINE_OPTIONS["alpha"], Option("workers", Integer(1), 1, "run"),
+     ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"],
+     Option("l2", NonNegative(), 0.0, "the model"), Option("fit_intercept", Flag(), True, "the model"),
+     ENGINE_OPTIONS["seed"], Option("warm_start", Flag(), False, "fit"),
+     Option("early_stopping", Flag(), False, "fit"),
+     Option("validation_fraction", Fraction(allow_zero=False, allow_one=False), 0.1, "fit"),
+     Option("n_iter_no_change", Integer(1), 3, "fit"), Option("tol", NonNegative(), 1e-4, "fit"),
+     Option("progress", Flag(), False, "run"), ENGINE_OPTIONS["backend"],
+     ENGINE_OPTIONS["ray_address"], ENGINE_OPTIONS["local_steps"]))
+DEFAULTS = ESTIMATOR_OPTIONS.defaults
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -36,17 +55,21 @@ class _HogwildLinear(BaseEstimator):
     """What the classifier and the regressor share: options, the engine runs, early stopping."""
 
     _losses: tuple = ()
-    _default_alpha: float = 0.1  # base step of a named policy when ``alpha`` is None
+    _default_alpha: float = DEFAULT_ALPHA  # base step of a named policy when ``alpha`` is None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
 
-    def __init__(self, loss=None, *, policy="constant", alpha=None, workers=1, epochs=5,
-                 batch_size=1, l2=0.0, fit_intercept=True, seed=0, warm_start=False,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, tol=1e-4,
-                 progress=False, backend="shm", ray_address=None, local_steps=1):
+    def __init__(self, loss=DEFAULTS.loss, *, policy=DEFAULTS.policy, alpha=DEFAULTS.alpha,
+                 workers=DEFAULTS.workers, epochs=DEFAULTS.epochs, batch_size=DEFAULTS.batch_size,
+                 l2=DEFAULTS.l2, fit_intercept=DEFAULTS.fit_intercept, seed=DEFAULTS.seed,
+                 warm_start=DEFAULTS.warm_start, early_stopping=DEFAULTS.early_stopping,
+                 validation_fraction=DEFAULTS.validation_fraction,
+                 n_iter_no_change=DEFAULTS.n_iter_no_change, tol=DEFAULTS.tol,
+                 progress=DEFAULTS.progress, backend=DEFAULTS.backend,
+                 ray_address=DEFAULTS.ray_address, local_steps=DEFAULTS.local_steps):
         self.loss = loss
         self.policy = policy
         self.alpha = alpha
@@ -72,14 +95,11 @@ class _HogwildLinear(BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_options(self) -> None:
-        """Validate the stored options (plain messages naming the value), before any training."""
+        """Validate the stored options against ESTIMATOR_OPTIONS (plain messages naming the
+        value), and build an engine, which checks the policy with its alpha; before any training."""
         check_choice("loss", self.resolved_loss(), self._losses)
-        check_int("epochs", self.epochs, 1)
-        check_int("n_iter_no_change", self.n_iter_no_change, 1)
-        check_nonnegative("tol", self.tol)
-        check_probability("validation_fraction", self.validation_fraction, allow_zero=False,
-                          allow_one=False)
-        self._engine(epochs=1, seed=0)  # the engine validates policy, alpha, workers, batch size, l2
+        validate(ESTIMATOR_OPTIONS, self.get_params())
+        self._engine(epochs=1, seed=0)
 
     def _engine(self, epochs: int, seed: int) -> Engine:
         model = LinearModel(self.resolved_loss(), l2=self.l2, fit_intercept=bool(self.fit_intercept))
@@ -222,7 +242,7 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
     hinge) trained by
     Hogwild! SGD with a staleness-aware step-size ``policy``.  Multiclass: one-vs-rest.
     Parameters are those of :class:`hogwild_mts.engines.linear.Engine` (``alpha`` of a named
-    policy defaults to 0.1) plus scikit-learn's ``warm_start``, ``early_stopping``,
+    policy defaults to Engine's DEFAULT_ALPHA) plus scikit-learn's ``warm_start``, ``early_stopping``,
     ``validation_fraction``, ``n_iter_no_change``, ``tol``.
     """
 
@@ -321,7 +341,7 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
     policy's default ``alpha`` is 0.01 here: squared loss steps grow with the targets)."""
 
     _losses = REGRESSOR_LOSSES
-    _default_alpha = 0.01
+    _default_alpha = 0.01  # squared-loss steps grow with the targets: a tenth of Engine's
 
 
     def _targets(self, y) -> list:

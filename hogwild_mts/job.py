@@ -10,44 +10,29 @@ where that backend's run is assembled; no backend reads an engine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from hogwild_mts.core.lifecycle import RunOptions
-from hogwild_mts.core.options import check_int, check_positive
 from hogwild_mts.core.result import OMIT_NONE, RunState, Settings
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.kernels.flat import loss_value
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.policies.refit import describe_fitted
-from hogwild_mts.policies.step_sizes import as_policy, check_momentum
 
 EVAL_BATCH = 1024  # test rows per forward pass of a network's evaluation
 LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mean squared error"}
 
 
-def run_options(*, policy, alpha, default_alpha: float, workers, epochs, batch_size, seed,
-                eval_every=None, eval_every_updates=None, progress=False,
-                defer_evaluation=False, momentum=0.0) -> RunOptions:
-    """Validate the common options: ``policy`` (a name gets ``alpha``, default ``default_alpha``),
-    ``workers``, ``epochs``, ``batch_size`` >= 1, ``seed`` >= 0, the evaluation schedule
-    (``eval_every`` seconds > 0 or ``eval_every_updates`` >= 1; the latter wins when given),
-    ``momentum`` in [0, 1)."""
-    if alpha is None and isinstance(policy, str):
-        alpha = default_alpha
-    if eval_every_updates is not None:
-        eval_every_updates = check_int("eval_every_updates", eval_every_updates, 1)
-        eval_every = None
-    elif eval_every is not None:
-        eval_every = check_positive("eval_every", eval_every)
-    return RunOptions(policy=as_policy(policy, alpha), workers=check_int("workers", workers, 1),
-                      epochs=check_int("epochs", epochs, 1),
-                      batch_size=check_int("batch_size", batch_size, 1),
-                      seed=check_int("seed", seed, 0), eval_every=eval_every,
-                      eval_every_updates=eval_every_updates, progress=bool(progress),
-                      defer_evaluation=bool(defer_evaluation), momentum=check_momentum(momentum))
+def run_options(options, **changes) -> RunOptions:
+    """The run options every backend reads, taken by name from an engine's validated
+    ``options`` (:func:`hogwild_mts.core.params.validate`), with ``changes`` for those the
+    engine settles otherwise."""
+    return RunOptions(**{field.name: changes[field.name] if field.name in changes else options[field.name]
+                         for field in dataclasses.fields(RunOptions)})
 
 
 @dataclass(frozen=True, eq=False)

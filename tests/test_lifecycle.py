@@ -7,7 +7,8 @@ import pytest
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS
 from hogwild_mts.core.result import DivergenceError, RunTotals, WorkerError
-from hogwild_mts.engines.linear import Engine
+from hogwild_mts.core.params import validate
+from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine
 from hogwild_mts.job import run_options
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.policies import make_policy
@@ -51,11 +52,11 @@ class ScriptedBackend:
 
 
 def _run(backend, **options):
-    settings = dict(policy="constant", alpha=0.1, default_alpha=0.1, workers=2, epochs=1,
-                    batch_size=1, seed=0) | options
+    settings = dict(policy="constant", alpha=0.1, workers=2, epochs=1, batch_size=1, seed=0,
+                    eval_every=None, progress=False) | options
     details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
                               "data": "none", "settings": {}}
-    return lifecycle.run(backend, run_options(**settings),
+    return lifecycle.run(backend, run_options(validate(ENGINE_OPTIONS, settings)),
                          score=lambda params: (1.0 / (1.0 + params[0]), None), details=details,
                          describe_policy=lambda histogram: {"name": "constant"},
                          total_updates=backend.total, started=0.0)
@@ -125,8 +126,8 @@ def test_the_starting_point_is_scored_after_the_start_signal(monkeypatch, cores,
     ``fit()`` and the first update -- and its row still comes first."""
     monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: cores)
     backend = ScriptedBackend(total=100, step=25)
-    settings = dict(policy="constant", alpha=0.1, default_alpha=0.1, workers=2, epochs=1,
-                    batch_size=1, seed=0, eval_every_updates=50, defer_evaluation=defer)
+    settings = dict(policy="constant", alpha=0.1, workers=2, epochs=1, batch_size=1, seed=0,
+                    eval_every_updates=50, defer_evaluation=defer, progress=False)
     details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
                               "data": "none", "settings": {}}
 
@@ -134,7 +135,7 @@ def test_the_starting_point_is_scored_after_the_start_signal(monkeypatch, cores,
         backend.calls.append(f"score {params[0]:.0f}")
         return 1.0 / (1.0 + params[0]), None
 
-    result = lifecycle.run(backend, run_options(**settings), score=score,
+    result = lifecycle.run(backend, run_options(validate(ENGINE_OPTIONS, settings)), score=score,
                            details=details, describe_policy=lambda histogram: {"name": "constant"}, total_updates=100, started=0.0)
     assert result.history["updates"] == [0, 50, 100]
     assert result.history["loss"] == [1.0 / (1.0 + u) for u in (0, 50, 100)]

@@ -30,8 +30,15 @@ CHECKPOINT_DIR = "checkpoint"  # under --out
 CHECKPOINT_UNITS = {"s": "seconds", "u": "updates"}
 
 TORCH_MODELS = ("mlp", "cnn", "lenet")
-# Defaults that depend on the kind of model: (linear models, torch networks).
-LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 20, "batch_size": 1, "dtype": "float64"}
+# Flags whose default is the engine's (Engine's or TorchEngine's option table), where the
+# command line has none of its own.
+ENGINE_FLAGS = ("policy", "workers", "alpha", "epochs", "batch_size", "seed", "momentum", "dtype",
+                "local_steps")
+# The command line's own defaults, where they differ from the engine's (docs/api.md): for
+# linear models a larger base step and more epochs (Engine: 0.1 and 5), fit for its synthetic
+# data; torch networks start from TorchEngine's base step (a policy object takes no default).
+LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 20}
+NETWORK_DATA = "digits"
 
 # (flag, policy option, type, help): see docs/policies.md for what each policy takes.
 POLICY_FLAGS = (
@@ -58,29 +65,31 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "synthetic-sparse); torch models: digits, mnist1d[:n=..,seed=..], mnist:DIR, "
                              "fashion-mnist:DIR, "
                              "cifar10:DIR (default digits)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--policy", default="constant", help="step-size policy (default constant)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: the engine's)")
+    parser.add_argument("--policy", default=None, help="step-size policy (default: the engine's)")
     parser.add_argument("--alpha", type=float, default=None,
-                        help="base step size alpha_c (default 0.5 linear, 0.05 torch)")
+                        help="base step size alpha_c (default 0.5 linear, the engine's torch)")
     policy = parser.add_argument_group("policy options (given ones are passed to the policy)")
     for flag, option, kind, text in POLICY_FLAGS:
         policy.add_argument(flag, dest=f"policy_{option}", type=kind, default=None, help=text)
     parser.add_argument("--epochs", type=int, default=None,
-                        help="passes over the data (default 20 linear, 10 torch)")
+                        help="passes over the data (default 20 linear, the engine's torch)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="rows per update (default 1 linear, 16 torch)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default 0)")
+                        help="rows per update (default: the engine's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the shuffles (default: the engine's)")
     parser.add_argument("--l2", type=float, default=0.0,
                         help="linear models: L2 penalty l2/2 ||w||^2, the weight decay (default 0)")
-    parser.add_argument("--momentum", type=float, default=0.0,
+    parser.add_argument("--momentum", type=float, default=None,
                         help="momentum in [0, 1) of each worker's private velocity, as "
-                             "torch.optim.SGD (default 0: plain SGD)")
+                             "torch.optim.SGD (default: the engine's, plain SGD)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="torch networks: weight decay, as torch.optim.SGD (default 0; "
                              "linear models: --l2)")
     parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
-                        help="parameter precision (default float64 linear, float32 torch)")
+                        help="parameter precision (default: the engine's)")
     parser.add_argument("--out", metavar="DIR",
                         help="write metrics.json, params.npy and the model file here "
                              "(model.json + arrays.npz; torch networks: model.json + weights.pt)")
@@ -102,11 +111,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="with --backend ray: the cluster (e.g. HOST:6379 or auto; default: a "
                              "new local Ray instance)")
-    parser.add_argument("--local-steps", type=int, default=1,
-                        help="with --backend ray: mini-batches a worker runs between pushes (default 1)")
+    parser.add_argument("--local-steps", type=int, default=None,
+                        help="with --backend ray: mini-batches a worker runs between pushes "
+                             "(default: the engine's)")
     parser.add_argument("--max-worker-restarts", type=int, default=None,
                         help="with --backend ray: times a dead worker actor is re-created before "
-                             "the run goes on without it (default 2)")
+                             "the run goes on without it (default: the engine's)")
     parser.add_argument("--shm-dir", metavar="DIR",
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
@@ -260,10 +270,8 @@ def train_network(args):
 
     if args.init is not None and args.resume is not None:
         raise ValueError("give --init or --resume, not both")
-    if args.data is None:
-        args.data = "digits"
-    if args.alpha is None:
-        args.alpha = torch_engine.DEFAULT_ALPHA
+    _fill_defaults(args, torch_engine.DEFAULTS,
+                   {"data": NETWORK_DATA, "alpha": torch_engine.DEFAULT_ALPHA})
     _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
@@ -275,22 +283,21 @@ def train_network(args):
 def train_linear(args):
     """Load the data, train, and return (the FitResult, the fitted estimator it amounts to)."""
     from hogwild_mts.data.tabular import load_data
-    from hogwild_mts.engines.linear import Engine
+    from hogwild_mts.engines import linear
     from hogwild_mts.models.linear import LinearModel
 
     if args.init is not None and args.resume is not None:
         raise ValueError("give --init or --resume, not both")
     if args.weight_decay is not None:
         raise ValueError("--weight-decay is for torch networks; a linear model's weight decay is --l2")
-    for name, default in LINEAR_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    _fill_defaults(args, linear.DEFAULTS, LINEAR_DEFAULTS)
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
     policy = make_policy_from_args(args)
-    engine = Engine(model, policy, workers=args.workers, epochs=args.epochs,
-                    batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-                    momentum=args.momentum, progress=not args.quiet, **_backend_options(args),
-                    **_restart_options(args), **_checkpoint_options(args))
+    engine = linear.Engine(model, policy, workers=args.workers, epochs=args.epochs,
+                           batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+                           momentum=args.momentum, progress=not args.quiet,
+                           **_backend_options(args), **_restart_options(args),
+                           **_checkpoint_options(args))
     start = _initial_model(args.init, model) if args.init else None
     # a data file on Ray is read by the workers; a resume checks the rows against the
     # checkpoint's digest, so it loads the file here
@@ -310,6 +317,14 @@ def train_linear(args):
     result = engine.fit(dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
     return result, _fitted(result, classes, args, model, policy)
+
+
+def _fill_defaults(args, engine_defaults, own: dict) -> None:
+    """Give each ENGINE_FLAGS flag (and --data) that was not given the command line's ``own``
+    default, else the engine's (``engine_defaults``: its option table's defaults)."""
+    for name in ("data",) + ENGINE_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, own[name] if name in own else engine_defaults[name])
 
 
 def _initial_params(start, model) -> np.ndarray:
@@ -367,7 +382,9 @@ def _checkpoint_options(args) -> dict:
 def _backend_options(args) -> dict:
     """The engine options of --backend, --address and --local-steps."""
     if args.backend == "shm":
-        if args.address is not None or args.local_steps != 1:
+        from hogwild_mts.backends.ray.options import LOCAL_STEPS
+
+        if args.address is not None or args.local_steps != LOCAL_STEPS.default:
             raise ValueError("--address and --local-steps only apply to --backend ray")
         return {}
     return {"backend": "ray", "ray_address": args.address, "local_steps": args.local_steps}

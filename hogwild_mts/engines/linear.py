@@ -12,14 +12,14 @@ import time
 import numpy as np
 
 from hogwild_mts.backends.ray import run as ray_backend
-from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
 from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
-from hogwild_mts.core.options import check_choice, check_finite_vector
+from hogwild_mts.core.options import check_finite_vector
+from hogwild_mts.core.params import Choice, Flag, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
-from hogwild_mts.engines.options import process_options
+from hogwild_mts.engines import options as shared
 from hogwild_mts.job import Job, LinearProblem, LinearSettings, run_options
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.models.linear import LinearModel
@@ -27,7 +27,38 @@ from hogwild_mts.models.linear import LinearModel
 __all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
 PARAM_DTYPES = ("float64", "float32")
-DEFAULT_ALPHA = 0.1
+DEFAULT_ALPHA = 0.1  # base step of a named policy (the Simulator's and the classifier's too)
+
+
+def _stamp_needs_constant(values) -> dict:
+    """``stamp=False`` (the unstamped baseline) runs the constant policy only."""
+    if not values["stamp"] and getattr(values["policy"], "name", None) != "constant":
+        raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
+                         f"got {getattr(values['policy'], 'name', values['policy'])!r}")
+    return {}
+
+
+def _ray_takes_plain_stamped_steps(values) -> dict:
+    """Ray workers take plain, stamped SGD steps: no momentum, no ``stamp=False``."""
+    if values["ray_options"] is not None and values["momentum"]:
+        raise ValueError(f"momentum={values['momentum']} applies to backend='shm'; backend='ray' "
+                         f"workers take plain SGD steps between pushes")
+    if values["ray_options"] is not None and not values["stamp"]:
+        raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
+    return {}
+
+
+# Engine's options in validation order: name, constraint, default, where it goes.
+ENGINE_OPTIONS = Table(
+    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+     Option("epochs", Integer(1), 5, "run"), Option("batch_size", Integer(1), 1, "run"),
+     shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
+     shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
+     Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
+     Option("stamp", Flag(), True, "the workers"), *shared.PROCESS_OPTIONS),
+    rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule, _stamp_needs_constant,
+           shared.process_options, _ray_takes_plain_stamped_steps))
+DEFAULTS = ENGINE_OPTIONS.defaults
 
 
 class Engine:
@@ -64,41 +95,29 @@ class Engine:
     private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
     on sparse data; exactly torch's on dense data; see kernels.sgd_chunk); the L2 penalty
     ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
+    Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
+    options are ``self.options``, and ``self.<option>`` reads them there.
     """
 
-    def __init__(self, model="logreg", policy="constant", *, workers: int = 2, epochs: int = 5,
-                 batch_size: int = 1, alpha: float | None = None, seed: int = 0,
-                 dtype: str = "float64", eval_every: float = 0.5,
-                 eval_every_updates: int | None = None, progress: bool = True,
-                 defer_evaluation: bool = False, stamp: bool = True,
-                 start_method: str | None = None, split: str = "dynamic",
-                 backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
-                 checkpoint=None, checkpoint_every: float | None = None,
-                 checkpoint_dir=None, checkpoint_every_updates: int | None = None,
-                 momentum: float = 0.0, max_worker_restarts: int = MAX_WORKER_RESTARTS):
+    def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
+                 epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
+                 alpha: float | None = DEFAULTS.alpha, seed: int = DEFAULTS.seed,
+                 dtype: str = DEFAULTS.dtype, eval_every: float = DEFAULTS.eval_every,
+                 eval_every_updates: int | None = DEFAULTS.eval_every_updates,
+                 progress: bool = DEFAULTS.progress,
+                 defer_evaluation: bool = DEFAULTS.defer_evaluation, stamp: bool = DEFAULTS.stamp,
+                 start_method: str | None = DEFAULTS.start_method, split: str = DEFAULTS.split,
+                 backend: str = DEFAULTS.backend, ray_address: str | None = DEFAULTS.ray_address,
+                 local_steps: int = DEFAULTS.local_steps, checkpoint=DEFAULTS.checkpoint,
+                 checkpoint_every: float | None = DEFAULTS.checkpoint_every,
+                 checkpoint_dir=DEFAULTS.checkpoint_dir,
+                 checkpoint_every_updates: int | None = DEFAULTS.checkpoint_every_updates,
+                 momentum: float = DEFAULTS.momentum,
+                 max_worker_restarts: int = DEFAULTS.max_worker_restarts):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        self.options = run_options(
-            policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
-            batch_size=batch_size, seed=seed, eval_every=eval_every,
-            eval_every_updates=eval_every_updates, progress=progress,
-            defer_evaluation=defer_evaluation, momentum=momentum)
-        vars(self).update(vars(self.options))
-        self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
-        if not stamp and getattr(self.policy, "name", None) != "constant":
-            raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
-                             f"got {getattr(self.policy, 'name', self.policy)!r}")
-        self.stamp = bool(stamp)
-        # backend="ray": all Ray code lives in hogwild_mts.backends.ray
-        vars(self).update(process_options(
-            start_method=start_method, split=split, backend=backend, ray_address=ray_address,
-            local_steps=local_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-            checkpoint_dir=checkpoint_dir, checkpoint_every_updates=checkpoint_every_updates,
-            max_worker_restarts=max_worker_restarts))
-        if self.ray_options is not None and self.momentum:
-            raise ValueError(f"momentum={self.momentum} applies to backend='shm'; backend='ray' "
-                             f"workers take plain SGD steps between pushes")
-        if self.ray_options is not None and not self.stamp:
-            raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
+        self.options = validate(ENGINE_OPTIONS, ENGINE_OPTIONS.arguments(locals()))
+
+    __getattr__ = shared.option_of
 
     def _job(self, problem: LinearProblem, started: float, run: "_CheckpointedRun | None") -> Job:
         """The Job of a fit of ``problem`` (``run``: its checkpoint side, None for a data file)."""
@@ -106,7 +125,7 @@ class Engine:
         ray_checkpoint = None
         if self.ray_options is not None and self.ray_options.checkpoint is not None:
             ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
-        return Job(options=self.options, problem=problem, started=started,
+        return Job(options=run_options(self.options), problem=problem, started=started,
                    settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
                                            seed=self.seed, dtype=self.dtype, l2=model.l2,
                                            fit_intercept=model.fit_intercept),
@@ -201,12 +220,11 @@ class _CheckpointedRun:
         from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint
 
         engine = copy.copy(self.engine)
-        engine.options = dataclasses.replace(engine.options, epochs=self.remaining_epochs())
-        engine.epochs = engine.options.epochs
-        written = engine.ray_options.checkpoint
+        ray_options, written = engine.ray_options, engine.ray_options.checkpoint
         if isinstance(written, ModelFileCheckpoint):
-            engine.ray_options = dataclasses.replace(engine.ray_options, checkpoint=ModelFileCheckpoint(
+            ray_options = dataclasses.replace(ray_options, checkpoint=ModelFileCheckpoint(
                 written.path, samples_before=self.resumed.samples, epochs=self.engine.epochs))
+        engine.options = engine.options.replace(epochs=self.remaining_epochs(), ray_options=ray_options)
         return engine
 
 

@@ -22,15 +22,15 @@ import time
 import numpy as np
 
 from hogwild_mts.backends.ray import run as ray_backend
-from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS
 from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_same_settings, check_unfinished, policy_spec,
                                     prepare_directory, read_checkpoint_files, run_state)
 from hogwild_mts.core.files import strict_json
-from hogwild_mts.core.options import check_choice, check_finite_vector, check_nonnegative
+from hogwild_mts.core.options import check_finite_vector
+from hogwild_mts.core.params import Choice, Integer, NonNegative, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
-from hogwild_mts.engines.options import process_options
+from hogwild_mts.engines import options as shared
 from hogwild_mts.job import EVAL_BATCH, LOSS_NAMES, Job, NetworkProblem, NetworkSettings, run_options
 from hogwild_mts.kernels.flat import (LOSSES, buffer_count, flatten_buffers, flatten_parameters,
                                       make_network, parameter_count, serialized_factory,
@@ -41,10 +41,46 @@ from hogwild_mts.model_file import ModelFileError, read_network, save_network
 __all__ = ["TorchEngine", "train_images", "load_network", "network_outputs", "DEFAULT_ALPHA",
            "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "WorkerError", "DivergenceError"]
 
-DEFAULT_ALPHA = 0.05  # base step of the constant policy (per mean mini-batch gradient)
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_EPOCHS = 10
+DEFAULT_ALPHA = 0.05  # base step of a named policy (per mean mini-batch gradient)
 PARAM_DTYPES = ("float32", "float64")
+
+
+def _ray_checkpoints_are_functions(values) -> dict:
+    """Ray checkpoints a network through ``checkpoint=f(...)``, not ``checkpoint_dir``."""
+    if values["backend"] == "ray" and values["checkpoint_dir"] is not None:
+        raise ValueError("checkpoint_dir applies to backend='shm' for networks; with "
+                         "backend='ray' pass checkpoint=f(engine, params, version, histogram)")
+    return {}
+
+
+def _ray_trains_plain_cross_entropy(values) -> dict:
+    """Ray trains cross-entropy with plain SGD steps (no momentum, no weight decay)."""
+    if values["ray_options"] is not None:
+        unsupported = [f"{option.name}={values[option.name]!r}"
+                       for option in (LOSS, shared.MOMENTUM, WEIGHT_DECAY)
+                       if values[option.name] != option.default]
+        if unsupported:
+            raise ValueError(f"backend='ray' trains with loss='cross_entropy', no momentum and "
+                             f"no weight decay; got {', '.join(unsupported)} (use backend='shm')")
+    return {}
+
+
+LOSS = Option("loss", Choice(LOSSES), "cross_entropy", "the network")
+WEIGHT_DECAY = Option("weight_decay", NonNegative(), 0.0, "the workers' update")
+# TorchEngine's options in validation order: name, constraint, default, where it goes.  A
+# network's step, epochs, batch size, evaluation period and dtype have their own defaults.
+NETWORK_OPTIONS = Table(
+    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+     Option("epochs", Integer(1), 10, "run"), Option("batch_size", Integer(1), 16, "run"),
+     shared.SEED, Option("eval_every", Optional(Positive()), 1.0, "run"),
+     shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
+     LOSS, WEIGHT_DECAY, Option("dtype", Choice(PARAM_DTYPES), "float32", "the network"),
+     *shared.PROCESS_OPTIONS),
+    rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
+           _ray_checkpoints_are_functions, shared.process_options, _ray_trains_plain_cross_entropy))
+DEFAULTS = NETWORK_OPTIONS.defaults
+DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS = DEFAULTS.batch_size, DEFAULTS.epochs  # public names of two
+
 # What a resumed run must share with its checkpoint (each one that differs is named).
 RESUME_SETTINGS = ("network", "input_shape", "outputs", "loss", "n_train", "targets_digest",
                    "epochs", "batch_size", "seed", "split", "dtype", "policy", "momentum",
@@ -79,19 +115,26 @@ class TorchEngine:
     ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint``, ``checkpoint_every``
     and ``max_worker_restarts`` as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
     weight decay or buffers, and takes no ``checkpoint_dir``.
+    Every option, its allowed values and default: NETWORK_OPTIONS (docs/api.md); the validated
+    options are ``self.options``, and ``self.<option>`` reads them there.
     """
 
-    def __init__(self, model="mlp", policy="constant", *, workers: int = 2,
-                 epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
-                 alpha: float | None = None, loss: str = "cross_entropy", momentum: float = 0.0,
-                 weight_decay: float = 0.0, seed: int = 0, dtype: str = "float32",
-                 eval_every: float = 1.0, eval_every_updates: int | None = None,
-                 progress: bool = True, defer_evaluation: bool = False,
-                 start_method: str | None = None, split: str = "dynamic",
-                 backend: str = "shm", ray_address: str | None = None, local_steps: int = 1,
-                 checkpoint=None, checkpoint_every: float | None = None, checkpoint_dir=None,
-                 checkpoint_every_updates: int | None = None,
-                 max_worker_restarts: int = MAX_WORKER_RESTARTS):
+    def __init__(self, model="mlp", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
+                 epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
+                 alpha: float | None = DEFAULTS.alpha, loss: str = DEFAULTS.loss,
+                 momentum: float = DEFAULTS.momentum, weight_decay: float = DEFAULTS.weight_decay,
+                 seed: int = DEFAULTS.seed, dtype: str = DEFAULTS.dtype,
+                 eval_every: float = DEFAULTS.eval_every,
+                 eval_every_updates: int | None = DEFAULTS.eval_every_updates,
+                 progress: bool = DEFAULTS.progress,
+                 defer_evaluation: bool = DEFAULTS.defer_evaluation,
+                 start_method: str | None = DEFAULTS.start_method, split: str = DEFAULTS.split,
+                 backend: str = DEFAULTS.backend, ray_address: str | None = DEFAULTS.ray_address,
+                 local_steps: int = DEFAULTS.local_steps, checkpoint=DEFAULTS.checkpoint,
+                 checkpoint_every: float | None = DEFAULTS.checkpoint_every,
+                 checkpoint_dir=DEFAULTS.checkpoint_dir,
+                 checkpoint_every_updates: int | None = DEFAULTS.checkpoint_every_updates,
+                 max_worker_restarts: int = DEFAULTS.max_worker_restarts):
         from hogwild_mts.models.nets import NETWORKS
 
         if isinstance(model, str):
@@ -103,31 +146,9 @@ class TorchEngine:
                             f"f(input_shape, outputs) -> nn.Module, got {model!r}")
         self.model = model
         self._network_spec = model if isinstance(model, str) else serialized_factory(model)
-        self.options = run_options(
-            policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
-            batch_size=batch_size, seed=seed, eval_every=eval_every,
-            eval_every_updates=eval_every_updates, progress=progress,
-            defer_evaluation=defer_evaluation, momentum=momentum)
-        vars(self).update(vars(self.options))
-        self.loss = check_choice("loss", loss, LOSSES)
-        self.weight_decay = check_nonnegative("weight_decay", weight_decay)
-        self.dtype = check_choice("dtype", dtype, PARAM_DTYPES)
-        # backend="ray": all Ray code lives in hogwild_mts.backends.ray
-        if backend == "ray" and checkpoint_dir is not None:
-            raise ValueError("checkpoint_dir applies to backend='shm' for networks; with "
-                             "backend='ray' pass checkpoint=f(engine, params, version, histogram)")
-        vars(self).update(process_options(
-            start_method=start_method, split=split, backend=backend, ray_address=ray_address,
-            local_steps=local_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-            checkpoint_dir=checkpoint_dir, checkpoint_every_updates=checkpoint_every_updates,
-            max_worker_restarts=max_worker_restarts))
-        if self.ray_options is not None:
-            unsupported = [f"{name}={value!r}" for name, value, default in (
-                ("loss", self.loss, "cross_entropy"), ("momentum", self.momentum, 0.0),
-                ("weight_decay", self.weight_decay, 0.0)) if value != default]
-            if unsupported:
-                raise ValueError(f"backend='ray' trains with loss='cross_entropy', no momentum and "
-                                 f"no weight decay; got {', '.join(unsupported)} (use backend='shm')")
+        self.options = validate(NETWORK_OPTIONS, NETWORK_OPTIONS.arguments(locals()))
+
+    __getattr__ = shared.option_of
 
     @property
     def model_name(self) -> str:
@@ -234,7 +255,7 @@ class TorchEngine:
         ray_checkpoint = None
         if self.ray_options is not None and self.ray_options.checkpoint is not None:
             ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
-        job = Job(options=self.options, started=started,
+        job = Job(options=run_options(self.options), started=started,
                   problem=NetworkProblem(name=self.model_name, build=self._network_spec,
                                          network=network, dataset=dataset, loss=self.loss,
                                          dtype=self.dtype, weight_decay=self.weight_decay),
@@ -478,20 +499,18 @@ def network_outputs(network, inputs, dtype: str) -> np.ndarray:
 def engine_from_args(args, **options) -> TorchEngine:
     """The TorchEngine of ``hogwild-mts train --model {mlp,cnn,lenet} ...``: ``args`` has
     ``model, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype`` and optionally
-    ``momentum, weight_decay, backend, address, local_steps``; ``alpha``, ``epochs``,
-    ``batch_size`` and ``dtype`` may be None (or missing) for this module's defaults,
-    ``momentum`` and ``weight_decay`` for 0.  ``options``: more engine keywords (checkpoints)."""
-    def option(name, default):
-        value = getattr(args, name, None)
-        return default if value is None else value
+    ``momentum, weight_decay, backend, address, local_steps``; any of them None (or missing)
+    takes NETWORK_OPTIONS' default.  ``options``: more engine keywords (checkpoints)."""
+    def option(name, flag=None):
+        value = getattr(args, flag or name, None)
+        return DEFAULTS[name] if value is None else value
 
-    return TorchEngine(args.model, option("policy", "constant"), alpha=option("alpha", None),
-                       workers=option("workers", 2), epochs=option("epochs", DEFAULT_EPOCHS),
-                       batch_size=option("batch_size", DEFAULT_BATCH_SIZE), seed=option("seed", 0),
-                       momentum=option("momentum", 0.0), weight_decay=option("weight_decay", 0.0),
-                       dtype=option("dtype", "float32"), progress=not option("quiet", False),
-                       backend=option("backend", "shm"), ray_address=option("address", None),
-                       local_steps=option("local_steps", 1), **options)
+    return TorchEngine(args.model, option("policy"), alpha=option("alpha"), workers=option("workers"),
+                       epochs=option("epochs"), batch_size=option("batch_size"), seed=option("seed"),
+                       momentum=option("momentum"), weight_decay=option("weight_decay"),
+                       dtype=option("dtype"), progress=not getattr(args, "quiet", False),
+                       backend=option("backend"), ray_address=option("ray_address", "address"),
+                       local_steps=option("local_steps"), **options)
 
 
 def train_images(args, engine: TorchEngine | None = None) -> FitResult:

@@ -1,33 +1,80 @@
-"""The options both engines share beyond the run options of :func:`hogwild_mts.job.
-run_options`: how worker processes start, how the rows are split among them, and the backend
-with its checkpoints, validated in one place so that the two engines refuse the same things
-the same way."""
+"""The options the engines share, as entries of their option tables
+(:class:`hogwild_mts.core.params.Table`; each engine's own table sits beside its class), and the
+rules that check options against each other.  Each entry states its default once; an engine
+whose default differs has its own entry (its module says why).
+
+Where an option goes: ``run`` (the run options every backend reads:
+:func:`hogwild_mts.job.run_options`), ``policy`` (the policy built from ``policy`` and
+``alpha``), ``processes`` (how shared-memory workers start and split the rows), ``ray`` and
+``checkpoints`` (:mod:`hogwild_mts.backends.ray.options`, :mod:`hogwild_mts.checkpoint`).
+"""
 
 from __future__ import annotations
 
-from hogwild_mts.backends.ray.options import MAX_WORKER_RESTARTS, ray_options
+from hogwild_mts.backends.ray.options import BACKEND, RAY_OPTIONS, ray_options
 from hogwild_mts.backends.shm.backend import START_METHODS, default_start_method
-from hogwild_mts.checkpoint import checkpoint_options
+from hogwild_mts.checkpoint import CHECKPOINT_OPTIONS, checkpoint_options
 from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, Option, Optional,
+                                     Positive, Rule)
 from hogwild_mts.kernels.split import SPLITS
+from hogwild_mts.policies.step_sizes import as_policy
+
+POLICY = Option("policy", Checked("a name, a policy object or a function of tau"), "constant", "policy")
+WORKERS = Option("workers", Integer(1), 2, "run")
+SEED = Option("seed", Integer(0), 0, "run")
+MOMENTUM = Option("momentum", Fraction(allow_zero=True, allow_one=False), 0.0, "run")
+PROGRESS = Option("progress", Flag(), True, "run")
+DEFER_EVALUATION = Option("defer_evaluation", Flag(), False, "run")
+EVAL_EVERY_UPDATES = Option("eval_every_updates", Optional(Integer(1)), None, "run")
+START_METHOD = Option("start_method", Checked(f"None (the platform's default) or one of "
+                                              f"{', '.join(START_METHODS)}"), None, "processes")
+SPLIT = Option("split", Choice(SPLITS), "dynamic", "processes")
+
+# The entries after the run options, in validation order, of both shared-memory engines.
+PROCESS_OPTIONS = (START_METHOD, SPLIT, BACKEND, *RAY_OPTIONS, *CHECKPOINT_OPTIONS)
 
 
-def process_options(*, start_method, split, backend, ray_address, local_steps, checkpoint,
-                    checkpoint_every, checkpoint_dir, checkpoint_every_updates,
-                    max_worker_restarts=MAX_WORKER_RESTARTS) -> dict:
-    """``start_method`` (None: the platform's default), ``split``, ``backend``, ``checkpoints``
-    (shared-memory CheckpointOptions or None) and ``ray_options`` (RayOptions or None), checked;
-    ValueError naming the value otherwise (checkpoints need the dynamic split)."""
-    split = check_choice("split", split, SPLITS)
-    checkpoints = checkpoint_options(backend, checkpoint_dir, checkpoint_every,
-                                     checkpoint_every_updates)
-    if checkpoints is not None and split != "dynamic":
+def base_step(alpha: float) -> Option:
+    """The ``alpha`` entry of an engine whose named policies start from ``alpha`` when none is
+    given (a policy object takes no alpha)."""
+    return Option("alpha", Optional(Positive()), None, f"policy (None: {alpha} for a named policy)")
+
+
+def named_policy(alpha: float) -> Rule:
+    """The rule that makes ``policy`` a policy object: a name gets ``values["alpha"]`` (None:
+    ``alpha``), an object is copied (see :func:`hogwild_mts.policies.step_sizes.as_policy`)."""
+    def rule(values) -> dict:
+        given = values["alpha"]
+        resolved = alpha if given is None and isinstance(values["policy"], str) else given
+        return {"alpha": resolved, "policy": as_policy(values["policy"], resolved)}
+
+    return rule
+
+
+def evaluation_schedule(values) -> dict:
+    """``eval_every_updates``, when given, replaces the seconds of ``eval_every``."""
+    return {"eval_every": None} if values["eval_every_updates"] is not None else {}
+
+
+def process_options(values) -> dict:
+    """``start_method`` (None: the platform's default), ``checkpoints`` (shared-memory
+    CheckpointOptions or None) and ``ray_options`` (RayOptions or None); ValueError naming the
+    value otherwise (checkpoints need the dynamic split)."""
+    checkpoints = checkpoint_options(values)
+    if checkpoints is not None and values["split"] != "dynamic":
         raise ValueError("checkpoints need split='dynamic' (with one worker both splits train "
-                         f"the same rows in the same order), got split={split!r}")
-    return {"start_method": check_choice("start_method", start_method or default_start_method(),
+                         f"the same rows in the same order), got split={values['split']!r}")
+    return {"start_method": check_choice("start_method", values["start_method"] or default_start_method(),
                                          START_METHODS),
-            "split": split, "backend": backend, "checkpoints": checkpoints,
-            "ray_options": ray_options(backend, address=ray_address, local_steps=local_steps,
-                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                       checkpoint_dir=checkpoint_dir,
-                                       max_worker_restarts=max_worker_restarts)}
+            "checkpoints": checkpoints, "ray_options": ray_options(values)}
+
+
+def option_of(engine, name: str):
+    """An engine's ``__getattr__``: option ``name`` read from its validated ``options``, where
+    it lives (``engine.epochs`` is ``engine.options.epochs``).  Delegation rather than one
+    property per option: the table stays the one list of names, so a new option is one entry."""
+    try:
+        return engine.__dict__["options"][name]
+    except KeyError:
+        raise AttributeError(f"{type(engine).__name__!r} object has no attribute {name!r}") from None

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 
@@ -16,17 +15,44 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, SimBackend, rows_in
                                                 compute_sampler, event_schedule, round_robin,
                                                 staleness_source)
 from hogwild_mts.core import lifecycle
-from hogwild_mts.core.options import check_choice, check_int, check_positive
+from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.job import LinearSettings, SimulationSettings, run_options
 from hogwild_mts.policies.refit import describe_fitted
 from hogwild_mts.policies.step_sizes import policy_state
-from hogwild_mts.engines.linear import DEFAULT_ALPHA, prepare_dataset
+from hogwild_mts.engines import options as shared
+from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, prepare_dataset
 from hogwild_mts.models.linear import LinearModel
 
 DEFAULT_EVALUATIONS = 50  # history rows when eval_every is not given
-DEFAULT_UPDATE_SECONDS = 1e-6  # simulated compute time of one gradient (mean)
 EVENT_SCHEDULE_SEED = 0x5CED  # second word of the schedule's seed sequence
+
+
+def _staleness_source(values) -> dict:
+    """How the staleness is drawn (``draw_tau``: "event" or a sampler) and described; the
+    ``compute`` distribution checked for the event schedule."""
+    draw_tau, description = staleness_source(values["staleness"], values["workers"])
+    if draw_tau == "event":
+        compute_sampler(values["compute"])
+    return {"draw_tau": draw_tau, "staleness_description": description}
+
+
+# Simulator's options in validation order: name, constraint, default, where it goes.  Its
+# eval_every counts updates, and it shows no progress bar by default (runs take milliseconds).
+SIMULATOR_OPTIONS = Table(
+    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+     ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED,
+     Option("eval_every", Optional(Integer(1)), None,
+            f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
+     Option("progress", Flag(), False, "run"), shared.MOMENTUM,
+     Option("staleness", Checked("'event', 'poisson', 'geometric', a StalenessModel or a "
+                                 "histogram"), "event", "the schedule"),
+     Option("compute", Checked("'constant', 'exponential', 'gamma:SHAPE' or 'lognormal:SIGMA'"),
+            "exponential", "the schedule"),
+     Option("update_seconds", Positive(), 1e-6, "the schedule (mean seconds of one gradient)"),
+     Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
+    rules=(shared.named_policy(DEFAULT_ALPHA), _staleness_source))
+DEFAULTS = SIMULATOR_OPTIONS.defaults
 
 
 class Simulator:
@@ -44,28 +70,22 @@ class Simulator:
     engine's workers (``v = momentum * v + g``, ``theta -= alpha(tau) * v`` on the coordinates a
     batch stores, the L2 penalty in g); the policy is bound with it.
     Deterministic: the same arguments and seed give bit-identical results.
+    Every option, its allowed values and default: SIMULATOR_OPTIONS (docs/api.md); the validated
+    options are ``self.options``, and ``self.<option>`` reads them there.
     """
 
-    def __init__(self, model="logreg", policy="constant", *, workers: int = 2, epochs: int = 5,
-                 batch_size: int = 1, alpha: float | None = None, seed: int = 0,
-                 staleness="event", compute: str = "exponential", eval_every: int | None = None,
-                 update_seconds: float = DEFAULT_UPDATE_SECONDS, stale_reads: str = "auto",
-                 momentum: float = 0.0, progress: bool = False):
+    def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
+                 epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
+                 alpha: float | None = DEFAULTS.alpha, seed: int = DEFAULTS.seed,
+                 staleness=DEFAULTS.staleness, compute: str = DEFAULTS.compute,
+                 eval_every: int | None = DEFAULTS.eval_every,
+                 update_seconds: float = DEFAULTS.update_seconds,
+                 stale_reads: str = DEFAULTS.stale_reads, momentum: float = DEFAULTS.momentum,
+                 progress: bool = DEFAULTS.progress):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
-        self.options = run_options(
-            policy=policy, alpha=alpha, default_alpha=DEFAULT_ALPHA, workers=workers, epochs=epochs,
-            batch_size=batch_size, seed=seed,
-            eval_every_updates=None if eval_every is None else check_int("eval_every", eval_every, 1),
-            progress=progress, momentum=momentum)
-        vars(self).update(vars(self.options))
-        self.eval_every = self.options.eval_every_updates
-        self.staleness = staleness
-        self._draw_tau, self._staleness_description = staleness_source(staleness, self.workers)
-        self.compute = compute
-        if self._draw_tau == "event":
-            compute_sampler(compute)
-        self.update_seconds = check_positive("update_seconds", update_seconds)
-        self.stale_reads = check_choice("stale_reads", stale_reads, STALE_READS)
+        self.options = validate(SIMULATOR_OPTIONS, SIMULATOR_OPTIONS.arguments(locals()))
+
+    __getattr__ = shared.option_of
 
     def _batches(self, n_samples: int):
         """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly
@@ -85,11 +105,11 @@ class Simulator:
     def _schedule(self, updates_per_worker: np.ndarray):
         """(worker, tau, simulated finish time in seconds) of every update, in landing order."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, EVENT_SCHEDULE_SEED]))
-        if self._draw_tau == "event":
+        if self.draw_tau == "event":
             workers_of, taus, times = event_schedule(updates_per_worker, self.compute, rng)
             return workers_of, taus, times * self.update_seconds
         workers_of = round_robin(updates_per_worker)
-        draws = np.asarray(self._draw_tau(rng, workers_of.size), dtype=np.int64)
+        draws = np.asarray(self.draw_tau(rng, workers_of.size), dtype=np.int64)
         taus = np.minimum(draws, np.arange(workers_of.size))
         times = np.arange(1, workers_of.size + 1) * (self.update_seconds / self.workers)
         return workers_of, taus, times
@@ -141,13 +161,14 @@ class Simulator:
                         epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
                         dtype="float64", l2=self.model.l2, fit_intercept=self.model.fit_intercept,
                         momentum=self.momentum, simulation=SimulationSettings(
-                            staleness=self._staleness_description,
-                            compute=self.compute if self._draw_tau == "event" else None,
+                            staleness=self.staleness_description,
+                            compute=self.compute if self.draw_tau == "event" else None,
                             update_seconds=self.update_seconds,
                             stale_reads="snapshots" if snapshots else "log",
                             real_seconds=time.time() - started))}
 
-        options = dataclasses.replace(self.options, eval_every_updates=eval_every)
+        options = run_options(self.options, eval_every=None, eval_every_updates=eval_every,
+                              defer_evaluation=False)
         return lifecycle.run(backend, options, score=score, details=details,
                              describe_policy=functools.partial(describe_fitted, self.policy, self.workers,
                                                                self.momentum),

@@ -6,10 +6,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hogwild_mts.checkpoint import DEFAULT_CHECKPOINT_SECONDS
-from hogwild_mts.core.options import check_choice, check_int, check_positive
+from hogwild_mts.core.params import Choice, Integer, Option
 
 BACKENDS = ("shm", "ray")
 MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
+
+
+class Address:
+    """None, or a non-empty string naming a Ray cluster."""
+
+    def __call__(self, name: str, value):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name} must be None or a non-empty string such as "
+                             f"'auto' or 'HOST:6379', got {value!r}")
+        return value
+
+    def __str__(self) -> str:
+        return "None or a cluster address"
+
+
+class Callback:
+    """None, or a function ``f(engine, params, version, histogram)``."""
+
+    def __call__(self, name: str, value):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be None or a function f(engine, params, version, histogram), "
+                            f"got {value!r}")
+        return value
+
+    def __str__(self) -> str:
+        return "None or f(engine, params, version, histogram)"
+
+
+BACKEND = Option("backend", Choice(BACKENDS), "shm", "the backend")
+# The engines' Ray options (checkpoint_every is a checkpoint option: hogwild_mts.checkpoint).
+LOCAL_STEPS = Option("local_steps", Integer(1), 1, "ray")
+RAY_OPTIONS = (Option("ray_address", Address(), None, "ray"), LOCAL_STEPS,
+               Option("checkpoint", Callback(), None, "ray"),
+               Option("max_worker_restarts", Integer(0), MAX_WORKER_RESTARTS, "ray"))
 
 
 @dataclass
@@ -30,38 +64,26 @@ class RayOptions:
     max_worker_restarts: int = MAX_WORKER_RESTARTS
 
 
-def ray_options(backend, *, address=None, local_steps=1, checkpoint=None,
-                checkpoint_every=DEFAULT_CHECKPOINT_SECONDS, checkpoint_dir=None,
-                max_worker_restarts=MAX_WORKER_RESTARTS) -> RayOptions | None:
-    """RayOptions for ``backend="ray"``, None for ``"shm"``; ValueError naming the value for an
-    unknown backend, a bad option, or a Ray option given with the shared-memory backend.
-    ``checkpoint_dir`` (Ray: instead of ``checkpoint``) writes model-file checkpoints there;
-    ``checkpoint_every`` None means DEFAULT_CHECKPOINT_SECONDS."""
-    check_choice("backend", backend, BACKENDS)
-    if checkpoint_every is None:
-        checkpoint_every = DEFAULT_CHECKPOINT_SECONDS
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise ValueError(f"ray_address must be None or a non-empty string such as "
-                         f"'auto' or 'HOST:6379', got {address!r}")
-    local_steps = check_int("local_steps", local_steps, 1)
-    max_worker_restarts = check_int("max_worker_restarts", max_worker_restarts, 0)
-    checkpoint_every = check_positive("checkpoint_every", checkpoint_every)
-    if checkpoint is not None and not callable(checkpoint):
-        raise TypeError(f"checkpoint must be None or a function f(engine, params, version, histogram), "
-                        f"got {checkpoint!r}")
-    if backend == "shm":
-        given = [name for name, value, default in (
-            ("ray_address", address, None), ("local_steps", local_steps, 1),
-            ("checkpoint", checkpoint, None),
-            ("max_worker_restarts", max_worker_restarts, MAX_WORKER_RESTARTS)) if value != default]
+def ray_options(values) -> RayOptions | None:
+    """RayOptions of the checked ``values`` (the RAY_OPTIONS, ``backend``, ``checkpoint_every``
+    and ``checkpoint_dir``) for ``backend="ray"``, None for ``"shm"``; ValueError naming the
+    Ray options given with the shared-memory backend.  ``checkpoint_dir`` (Ray: instead of
+    ``checkpoint``) writes model-file checkpoints there; ``checkpoint_every`` None means
+    DEFAULT_CHECKPOINT_SECONDS."""
+    if values["backend"] == "shm":
+        given = [option.name for option in RAY_OPTIONS if values[option.name] != option.default]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to backend='ray' (got backend='shm')")
         return None
-    if checkpoint_dir is not None:
+    checkpoint, directory = values["checkpoint"], values["checkpoint_dir"]
+    if directory is not None:
         if checkpoint is not None:
             raise ValueError("give checkpoint (a function) or checkpoint_dir, not both")
         from hogwild_mts.backends.ray.checkpoint import ModelFileCheckpoint
 
-        checkpoint = ModelFileCheckpoint(checkpoint_dir)
-    return RayOptions(address=address, local_steps=local_steps, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, max_worker_restarts=max_worker_restarts)
+        checkpoint = ModelFileCheckpoint(directory)
+    every = values["checkpoint_every"]
+    return RayOptions(address=values["ray_address"], local_steps=values["local_steps"],
+                      checkpoint=checkpoint,
+                      checkpoint_every=DEFAULT_CHECKPOINT_SECONDS if every is None else every,
+                      max_worker_restarts=values["max_worker_restarts"])
