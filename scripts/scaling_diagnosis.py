@@ -2,7 +2,7 @@
 """Why m workers scale as they do: the worker loop on m threads of one process, with the shared
 parts switched on and off one at a time.
 
-Same numba loop as the engine (``kernels.sgd_chunk``), RCV1-shaped data (76 nonzeros per row,
+Same numba loop as the engine (``kernels.sgd_kernel``), RCV1-shaped data (76 nonzeros per row,
 logistic loss, constant step), ``--updates`` updates per thread, median of ``--repeats``
 interleaved runs.  Rows:
 
@@ -51,14 +51,15 @@ CACHE_LINE_WORDS = 8  # int64 per 64-byte line
 
 def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, slot: int) -> None:
     """One thread's share: the engine's kernel over ``order`` in chunks; its time into ``seconds``."""
-    hist, stats = np.zeros(1024, np.int64), np.zeros(8, np.int64)
-    feature_scale = np.zeros(params.shape[0])
+    buffers = kernels.WorkerBuffers(np.zeros(8, np.int64), np.zeros(1024, np.int64), np.zeros(1),
+                                    kernels.NO_VELOCITY, kernels.NO_MARKS)
+    rows = kernels.Rows(data["values"], data["indices"], data["indptr"], data["labels"],
+                        kernels.UNIT_WEIGHTS, kernels.UNIT_WEIGHTS)  # no penalty: no feature_scale
+    kernel = kernels.sgd_kernel(False, False, 0.0, stamp, 0.0)
     started = time.perf_counter()
     for start in range(0, order.shape[0], CHUNK):
-        kernels.sgd_chunk(data["values"], data["indices"], data["indptr"], False, data["labels"],
-                          kernels.UNIT_WEIGHTS, feature_scale, order, start, min(start + CHUNK, order.shape[0]), 1,
-                          params, params.shape[0], False, 0, 0.0, ALPHA_TABLE, stamp, counter,
-                          hist, stats, np.zeros(1), *kernels.NO_MOMENTUM)
+        kernel(rows, order, start, min(start + CHUNK, order.shape[0]), 1, params, params.shape[0],
+               0, 0.0, 0.0, ALPHA_TABLE, counter, buffers)
     seconds[slot] = time.perf_counter() - started
 
 

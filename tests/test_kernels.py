@@ -25,20 +25,25 @@ def _random_problem(rng, dense: bool, model: LinearModel):
     return as_dataset(matrix, labels)
 
 
-def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS,
-                momentum=0.0):
+def _rows(dataset, sample_weight=kernels.UNIT_WEIGHTS):
     counts = dataset.feature_counts()
     feature_scale = np.divide(dataset.n_samples, counts, out=np.zeros(dataset.n_features),
                               where=counts > 0)
+    return kernels.Rows(dataset.values, dataset.indices, dataset.indptr, dataset.y, sample_weight,
+                        feature_scale)
+
+
+def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS,
+                momentum=0.0, stamped=True):
     counter = np.zeros(1, dtype=np.int64)
     hist = np.zeros(16, dtype=np.int64)
     stats = np.zeros(8, dtype=np.int64)
-    status = kernels.sgd_chunk(
-        dataset.values, dataset.indices, dataset.indptr, dataset.dense, dataset.y, sample_weight,
-        feature_scale, order, 0, order.shape[0], batch_size, params, dataset.n_features, model.fit_intercept,
-        model.loss_id, model.l2, np.array([alpha, alpha / 2]), True, counter, hist, stats,
-        np.zeros(batch_size), momentum, np.zeros(params.shape[0]),
-        np.full(params.shape[0], -1, dtype=np.int64))
+    buffers = kernels.WorkerBuffers(stats, hist, np.zeros(batch_size), np.zeros(params.shape[0]),
+                                    np.full(params.shape[0], -1, dtype=np.int64))
+    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, stamped, momentum)
+    status = kernel(_rows(dataset, sample_weight), order, 0, order.shape[0], batch_size, params,
+                    dataset.n_features, model.loss_id, model.l2, momentum,
+                    np.array([alpha, alpha / 2]), counter, buffers)
     return status, counter[0], hist, stats
 
 
@@ -150,6 +155,34 @@ def test_momentum_sgd_chunk_matches_reference(dense, batch_size, l2, fit_interce
     assert not np.allclose(plain, params)  # the velocity changed the steps
 
 
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+@pytest.mark.parametrize("stamped", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_every_kernel_variant_matches_reference(dense, fit_intercept, l2, stamped, momentum):
+    """Each variant :func:`kernels.sgd_kernel` compiles (32 flag sets) against the reference;
+    unstamped it steps with alpha_table[0] and leaves the counter and histogram alone."""
+    rng = np.random.default_rng(abs(hash((dense, fit_intercept, l2, stamped, momentum))) % 2**32)
+    model = LinearModel("logreg", l2=l2, fit_intercept=fit_intercept)
+    dataset = _random_problem(rng, dense, model)
+    order = np.concatenate([rng.permutation(dataset.n_samples), rng.permutation(dataset.n_samples)])
+    start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
+    params = start.copy()
+    status, counter, hist, stats = _run_kernel(dataset, model, order, 3, 0.05, params,
+                                               momentum=momentum, stamped=stamped)
+    weights, intercept = reference.sequential_sgd(
+        dataset, model, order, 3, 0.05, start[: dataset.n_features],
+        start[dataset.n_features] if fit_intercept else 0.0, momentum=momentum)
+    updates = -(-order.shape[0] // 3)
+    assert status == kernels.STATUS_OK
+    np.testing.assert_allclose(params[: dataset.n_features], weights, rtol=0, atol=TOLERANCE)
+    if fit_intercept:
+        assert abs(params[dataset.n_features] - intercept) <= TOLERANCE
+    assert (counter, hist.sum()) == ((updates, updates) if stamped else (0, 0))
+    assert stats[kernels.STAT_UPDATES] == updates and stats[kernels.STAT_SAMPLES] == order.shape[0]
+
+
 def test_dense_momentum_is_torch_sgd_momentum():
     """On dense data every coordinate is stored, so the lazy velocity is torch.optim.SGD's."""
     torch = pytest.importorskip("torch")
@@ -197,11 +230,11 @@ def test_two_threads_record_their_largest_tau():
         orders = [rng.integers(0, dataset.n_samples, 20_000) for _ in range(2)]
 
         def train(slot):
-            kernels.sgd_chunk(dataset.values, dataset.indices, dataset.indptr, False, dataset.y,
-                              kernels.UNIT_WEIGHTS, np.zeros(dataset.n_features), orders[slot], 0,
-                              orders[slot].shape[0], 1, params, dataset.n_features, False,
-                              model.loss_id, 0.0, np.array([0.01]), True, counter, hists[slot],
-                              stats[slot], np.zeros(1), *kernels.NO_MOMENTUM)
+            kernel = kernels.sgd_kernel(False, False, 0.0, True, 0.0)
+            buffers = kernels.WorkerBuffers(stats[slot], hists[slot], np.zeros(1),
+                                            kernels.NO_VELOCITY, kernels.NO_MARKS)
+            kernel(_rows(dataset), orders[slot], 0, orders[slot].shape[0], 1, params,
+                   dataset.n_features, model.loss_id, 0.0, 0.0, np.array([0.01]), counter, buffers)
 
         threads = [threading.Thread(target=train, args=(slot,)) for slot in range(2)]
         for thread in threads:

@@ -93,7 +93,7 @@ class Engine:
     ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
     baseline of the stamping-overhead benchmark.  ``momentum`` in [0, 1): each worker keeps a
     private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
-    on sparse data; exactly torch's on dense data; see kernels.sgd_chunk); the L2 penalty
+    on sparse data; exactly torch's on dense data; see kernels.linear.sgd_kernel); the L2 penalty
     ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
     Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.

@@ -1,16 +1,22 @@
 """numba worker loops for linear models (the stamping contract of :mod:`hogwild_mts.core.control`):
 no Python per sample.
 
-Rows come in one format for sparse and dense data (see ``hogwild_mts.data.tabular.Dataset``): row ``i`` is
-``values[indptr[i]:indptr[i+1]]`` with columns ``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).
-The L2 penalty ``l2/2 ||w||^2`` is split over samples the Hogwild! way: a sample moves only the
-coordinates it stores, with weight ``feature_scale[j] = n / (rows storing j)``, so the per-sample
-gradients still average to the full penalty gradient (dense data: every scale is 1).
+Rows come in one format for sparse and dense data (see ``hogwild_mts.data.tabular.Dataset``) and
+travel as one :class:`Rows` structure: row ``i`` is ``values[indptr[i]:indptr[i+1]]`` with columns
+``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).  The L2 penalty ``l2/2 ||w||^2`` is split over
+samples the Hogwild! way: a sample moves only the coordinates it stores, with weight
+``feature_scale[j] = n / (rows storing j)``, so the per-sample gradients still average to the full
+penalty gradient (dense data: every scale is 1).
 
-No fastmath: update loops keep IEEE semantics so one worker is bit-reproducible.
+The SGD loop is one Python function compiled once per flag set (:func:`sgd_kernel`): a run
+compiles only the variant it uses.  No fastmath: update loops keep IEEE semantics so one worker is
+bit-reproducible.
 """
 
 from __future__ import annotations
+
+import functools
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -23,15 +29,46 @@ from hogwild_mts.models.linear import loss_derivative, loss_value
 PREFETCH_ROWS_AHEAD = 4  # rows of the shuffled order fetched ahead of the one being read
 VALUES_PER_LINE = 8  # float64 per 64-byte cache line
 INDICES_PER_LINE = 16  # int32 per cache line
-UNIT_WEIGHTS = np.empty(0, dtype=np.float64)  # the sample_weight argument meaning "every row weighs 1"
-# sgd_chunk's (momentum, velocity, touched) for plain SGD: no velocity kept
-NO_MOMENTUM = (0.0, np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64))
+UNIT_WEIGHTS = np.empty(0, dtype=np.float64)  # the sample_weight array meaning "every row weighs 1"
+NO_VELOCITY = np.empty(0, dtype=np.float64)  # WorkerBuffers.velocity of plain SGD (no momentum)
+NO_MARKS = np.empty(0, dtype=np.int64)  # WorkerBuffers.touched of plain SGD
+NO_ROWS = np.empty(0, dtype=np.int64)  # an empty order: a kernel call that only loads the kernel
+
+Rows = namedtuple("Rows", ["values", "indices", "indptr", "labels", "sample_weight", "feature_scale"])
+Rows.__doc__ = """The data set as one numba argument (read-only in the kernels).
+
+values : float64 (nnz), the stored values, row after row.
+indices : int32 (nnz), their columns (sparse rows; empty or ignored for dense rows).
+indptr : int64 (n + 1), row ``i`` is ``values[indptr[i]:indptr[i+1]]``.
+labels : float64 (n), in the model's domain.
+sample_weight : float64 (n) multiplying each row's loss gradient, or empty for unit weights
+    (the same results bit for bit).
+feature_scale : float64 (d), ``n / (rows storing j)``, read only with a penalty (may be empty
+    without one).
+"""
+
+WorkerBuffers = namedtuple("WorkerBuffers", ["stats", "hist", "derivatives", "velocity", "touched"])
+WorkerBuffers.__doc__ = """One worker's arrays, as one numba argument (the kernels write them).
+
+stats : int64 (STAT_COLUMNS), its row of counts (STAT_UPDATES, STAT_SAMPLES, STAT_MAX_TAU).
+hist : int64 (bins), its tau histogram row (last bin collects ``tau >= bins - 1``); unread by
+    an unstamped kernel.
+derivatives : float64 (batch_size), scratch for one batch's loss derivatives.
+velocity : float64 (n_params), the private momentum velocity, or NO_VELOCITY without momentum.
+touched : int64 (n_params), the momentum marks (start at -1), or NO_MARKS without momentum.
+"""
+
+
+def rows_of(arrays: dict) -> Rows:
+    """The :class:`Rows` of a dict holding (at least) the arrays by their field names."""
+    return Rows(*(arrays[name] for name in Rows._fields))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row):
+def row_margin(rows, dense, params, n_features, fit_intercept, row):
     """w . x_row + b (b = params[n_features] with an intercept), in the row's stored order."""
-    start, stop = indptr[row], indptr[row + 1]
+    values, indices = rows.values, rows.indices
+    start, stop = rows.indptr[row], rows.indptr[row + 1]
     total = params[n_features] if fit_intercept else 0.0
     if dense:
         for k in range(start, stop):
@@ -43,11 +80,11 @@ def row_margin(values, indices, indptr, dense, params, n_features, fit_intercept
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, penalised, row,
-                  derivative, step):
+def _add_gradient(rows, dense, params, l2, penalised, row, derivative, step):
     """params[j] -= step * (derivative * x_j + l2 * feature_scale[j] * params[j]) over the row;
     without ``penalised`` (l2 == 0) the penalty term is left out."""
-    start, stop = indptr[row], indptr[row + 1]
+    values, indices, feature_scale = rows.values, rows.indices, rows.feature_scale
+    start, stop = rows.indptr[row], rows.indptr[row + 1]
     if not penalised:
         if dense:
             for k in range(start, stop):
@@ -62,20 +99,21 @@ def _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, pen
 
 
 @njit(cache=True, nogil=True, inline="always")
-def momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
-                   fit_intercept, l2, penalised, order, position, batch_end, derivative_buffer,
-                   alpha, momentum, velocity, touched, mark):
-    """One mini-batch with the worker's private ``velocity`` (torch.optim.SGD's momentum
-    buffer, dampening 0): ``v_j = momentum * v_j + g_j`` and ``w_j -= alpha * v_j`` for every
-    coordinate j the batch stores (g the batch's mean gradient, penalty included).  Lazy on
-    sparse data: a coordinate no row of the batch stores keeps its velocity and weight (as
-    TensorFlow's LazyAdam); on dense data every coordinate is stored, so this is exactly
+def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised, order, position,
+                  batch_end, derivatives, alpha, momentum, velocity, touched, mark):
+    """One mini-batch ``order[position:batch_end]`` with the worker's private ``velocity``
+    (torch.optim.SGD's momentum buffer, dampening 0): ``v_j = momentum * v_j + g_j`` and
+    ``w_j -= alpha * v_j`` for every coordinate j the batch stores (g the batch's mean gradient,
+    penalty included; ``derivatives[b - position]`` the loss derivative of row ``order[b]``).
+    Lazy on sparse data: a coordinate no row of the batch stores keeps its velocity and weight
+    (as TensorFlow's LazyAdam); on dense data every coordinate is stored, so this is exactly
     torch's momentum.  ``touched[j] == mark`` (the worker's update number, >= 0) marks j as
     decayed for this batch; ``-1 - mark`` as applied."""
+    values, indices, indptr, feature_scale = rows.values, rows.indices, rows.indptr, rows.feature_scale
     scale = 1.0 / (batch_end - position)
     for b in range(position, batch_end):
         row = order[b]
-        derivative = derivative_buffer[b - position] * scale
+        derivative = derivatives[b - position] * scale
         start = indptr[row]
         for k in range(start, indptr[row + 1]):
             column = k - start if dense else indices[k]
@@ -97,27 +135,28 @@ def momentum_step(values, indices, indptr, dense, feature_scale, params, n_featu
     if fit_intercept:
         total = 0.0
         for b in range(position, batch_end):
-            total += derivative_buffer[b - position]
+            total += derivatives[b - position]
         velocity[n_features] = momentum * velocity[n_features] + total * scale
         params[n_features] -= alpha * velocity[n_features]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_ahead(values, indices, indptr, dense, labels, order, position):
+def _prefetch_ahead(rows, dense, order, position):
     """Prefetch the row PREFETCH_ROWS_AHEAD places ahead in ``order`` (and the indptr entry of the
     row twice as far): a shuffled pass is otherwise bound by memory latency."""
+    indptr = rows.indptr
     ahead = position + PREFETCH_ROWS_AHEAD
     if ahead + PREFETCH_ROWS_AHEAD < order.shape[0]:
         prefetch(indptr, order[ahead + PREFETCH_ROWS_AHEAD])
     if ahead < order.shape[0]:
         row = order[ahead]
         start, stop = indptr[row], indptr[row + 1]
-        prefetch(labels, row)
+        prefetch(rows.labels, row)
         for k in range(start, stop, VALUES_PER_LINE):
-            prefetch(values, k)
+            prefetch(rows.values, k)
         if not dense:
             for k in range(start, stop, INDICES_PER_LINE):
-                prefetch(indices, k)
+                prefetch(rows.indices, k)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -137,123 +176,94 @@ def keep_largest_tau(stats_row, tau):
         stats_row[STAT_MAX_TAU] = tau
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _sgd_batches(values, indices, indptr, dense, labels, sample_weight, feature_scale, order,
-                 start, stop, batch_size, params, n_features, fit_intercept, loss_id, l2, penalised,
-                 alpha_table, stamp, counter, hist_row, stats_row, derivative_buffer, momentum,
-                 velocity, touched):
-    """The loop of :func:`sgd_chunk`; ``dense``, ``fit_intercept`` and ``penalised`` are
-    compile-time constants in each copy.  The chunk's largest tau is kept in a local and written
-    to ``stats_row`` once on the way out: comparing and storing it in ``stats_row`` on every
-    update cost one worker about 10% of its updates/s."""
-    weighted = sample_weight.shape[0] != 0
-    position = start
-    largest_tau = 0
-    while position < stop:
-        batch_end = min(position + batch_size, stop)
-        t_read = atomic_load(counter, 0) if stamp else 0
-        for b in range(position, batch_end):
-            _prefetch_ahead(values, indices, indptr, dense, labels, order, b)
-            row = order[b]
-            margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
-            if not np.isfinite(margin):
-                keep_largest_tau(stats_row, largest_tau)
-                return STATUS_DIVERGED
-            derivative = loss_derivative(loss_id, margin, labels[row])
-            if weighted:
-                derivative *= sample_weight[row]
-            derivative_buffer[b - position] = derivative
-        if stamp:
-            tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
-            largest_tau = max(largest_tau, tau)
-        else:
-            alpha = alpha_table[0]
-        if momentum != 0.0:
-            momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
-                           fit_intercept, l2, penalised, order, position, batch_end,
-                           derivative_buffer, alpha, momentum, velocity, touched,
-                           stats_row[STAT_UPDATES])
-            stats_row[STAT_UPDATES] += 1
-            stats_row[STAT_SAMPLES] += batch_end - position
+def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
+                      with_momentum: bool):
+    """The Python function of one kernel variant: the five flags are constants of its closure,
+    so numba compiles (and caches) one loop per flag set with no flag tested per row."""
+
+    def sgd_chunk(rows, order, start, stop, batch_size, params, n_features, loss_id, l2, momentum,
+                  alpha_table, counter, buffers):
+        """Apply the mini-batches ``order[start:stop]`` (batch_size rows each, last one shorter).
+
+        Parameters
+        ----------
+        rows : Rows, the data set (read-only).
+        order : int64, row numbers; ``start``, ``stop`` the slice of it to train on.
+        batch_size : rows per update (>= 1, at most ``len(buffers.derivatives)``).
+        params : float64 or float32 (n_features + intercept), the live (shared) parameters,
+            written without locks.
+        n_features, loss_id, l2 : the model (``l2 != 0`` exactly when the variant is penalised).
+        momentum : in (0, 1) for a momentum variant (the private ``buffers.velocity``, see
+            :func:`momentum_step`); unread otherwise.
+        alpha_table : alpha(tau) per tau (its last entry for every larger tau); an unstamped
+            variant reads entry 0 only.
+        counter : int64, ``counter[0]`` is the run's shared sequence number (unread unstamped).
+        buffers : WorkerBuffers, this worker's counts, histogram row and scratch.
+
+        Per batch, stamped: read the counter, compute the margins from the live ``params``, claim
+        the next sequence number, ``tau = claimed - read``, ``alpha = alpha_table[min(tau, T -
+        1)]``, write ``params -= alpha * mean gradient`` and count ``tau`` in ``buffers.hist``.
+        Unstamped (classic Hogwild!): no counter, no histogram, alpha = alpha_table[0].  The
+        chunk's largest tau is kept in a local and written to ``buffers.stats`` once on the way
+        out (comparing and storing it on every update cost one worker about 10% of its
+        updates/s).  Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
+        """
+        stats, derivatives = buffers.stats, buffers.derivatives
+        weighted = rows.sample_weight.shape[0] != 0
+        position = start
+        largest_tau = 0
+        while position < stop:
+            batch_end = min(position + batch_size, stop)
+            t_read = atomic_load(counter, 0) if stamped else 0
+            for b in range(position, batch_end):
+                _prefetch_ahead(rows, dense, order, b)
+                row = order[b]
+                margin = row_margin(rows, dense, params, n_features, fit_intercept, row)
+                if not np.isfinite(margin):
+                    keep_largest_tau(stats, largest_tau)
+                    return STATUS_DIVERGED
+                derivative = loss_derivative(loss_id, margin, rows.labels[row])
+                if weighted:
+                    derivative *= rows.sample_weight[row]
+                derivatives[b - position] = derivative
+            if stamped:
+                tau, alpha = stamped_step(counter, t_read, alpha_table, buffers.hist)
+                largest_tau = max(largest_tau, tau)
+            else:
+                alpha = alpha_table[0]
+            if with_momentum:
+                momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised, order,
+                              position, batch_end, derivatives, alpha, momentum, buffers.velocity,
+                              buffers.touched, stats[STAT_UPDATES])
+            else:
+                step = alpha / (batch_end - position)
+                for b in range(position, batch_end):
+                    derivative = derivatives[b - position]
+                    _add_gradient(rows, dense, params, l2, penalised, order[b], derivative, step)
+                    if fit_intercept:
+                        params[n_features] -= step * derivative
+            stats[STAT_UPDATES] += 1
+            stats[STAT_SAMPLES] += batch_end - position
             position = batch_end
-            continue
-        step = alpha / (batch_end - position)
-        for b in range(position, batch_end):
-            row = order[b]
-            derivative = derivative_buffer[b - position]
-            _add_gradient(values, indices, indptr, dense, feature_scale, params, l2, penalised, row,
-                          derivative, step)
-            if fit_intercept:
-                params[n_features] -= step * derivative
-        stats_row[STAT_UPDATES] += 1
-        stats_row[STAT_SAMPLES] += batch_end - position
-        position = batch_end
-    keep_largest_tau(stats_row, largest_tau)
-    return STATUS_OK
+        keep_largest_tau(stats, largest_tau)
+        return STATUS_OK
+
+    return sgd_chunk
 
 
-@njit(cache=True, nogil=True)
-def sgd_chunk(values, indices, indptr, dense, labels, sample_weight, feature_scale, order, start,
-              stop, batch_size, params, n_features, fit_intercept, loss_id, l2, alpha_table,
-              stamp, counter, hist_row, stats_row, derivative_buffer, momentum, velocity,
-              touched):
-    """Apply the mini-batches ``order[start:stop]`` (batch_size rows each, last one shorter).
+@functools.cache
+def _compiled_sgd_chunk(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
+                        with_momentum: bool):
+    return njit(cache=True, nogil=True)(
+        _sgd_chunk_source(dense, fit_intercept, penalised, stamped, with_momentum))
 
-    ``sample_weight``: float64 per row multiplying that row's loss gradient (not the penalty, as
-    in scikit-learn's SGD), or an empty array for unit weights (the same results bit for bit).
-    ``momentum`` > 0 keeps the worker's private ``velocity`` (float64, n_params) with the marks
-    ``touched`` (int64, n_params, start at -1): see :func:`momentum_step`; with ``momentum``
-    0 both may be empty (NO_MOMENTUM) and the loop is plain SGD.
 
-    Per batch: read the counter, compute the margins from the live shared ``params``, claim the
-    next sequence number, ``tau = claimed - read``, ``alpha = alpha_table[min(tau, T - 1)]``, and
-    write ``params -= alpha * mean gradient`` without locks; count ``tau`` in ``hist_row`` (last bin
-    collects ``tau >= len(hist_row) - 1``).  ``stamp=False`` drops the counter, the table lookup
-    (alpha = alpha_table[0]) and the histogram: classic Hogwild!, the baseline for overhead.
-    Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
-
-    The loop is compiled once per combination of the flags it would otherwise test on every row
-    (dense, intercept, l2 != 0): about 20% faster, the same results bit for bit.
-    """
-    if dense:
-        if fit_intercept:
-            if l2 != 0.0:
-                return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
-                                    feature_scale, order, start, stop, batch_size, params, n_features,
-                                    True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                    stats_row, derivative_buffer, momentum, velocity, touched)
-            return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
-                                feature_scale, order, start, stop, batch_size, params, n_features,
-                                True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer, momentum, velocity, touched)
-        if l2 != 0.0:
-            return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
-                                feature_scale, order, start, stop, batch_size, params, n_features,
-                                False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer, momentum, velocity, touched)
-        return _sgd_batches(values, indices, indptr, True, labels, sample_weight,
-                            feature_scale, order, start, stop, batch_size, params, n_features,
-                            False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer, momentum, velocity, touched)
-    if fit_intercept:
-        if l2 != 0.0:
-            return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
-                                feature_scale, order, start, stop, batch_size, params, n_features,
-                                True, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                                stats_row, derivative_buffer, momentum, velocity, touched)
-        return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
-                            feature_scale, order, start, stop, batch_size, params, n_features,
-                            True, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer, momentum, velocity, touched)
-    if l2 != 0.0:
-        return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
-                            feature_scale, order, start, stop, batch_size, params, n_features,
-                            False, loss_id, l2, True, alpha_table, stamp, counter, hist_row,
-                            stats_row, derivative_buffer, momentum, velocity, touched)
-    return _sgd_batches(values, indices, indptr, False, labels, sample_weight,
-                        feature_scale, order, start, stop, batch_size, params, n_features,
-                        False, loss_id, l2, False, alpha_table, stamp, counter, hist_row,
-                        stats_row, derivative_buffer, momentum, velocity, touched)
+def sgd_kernel(dense: bool, fit_intercept: bool, l2: float, stamped: bool, momentum: float):
+    """The SGD loop for this flag set (see ``sgd_chunk`` in :func:`_sgd_chunk_source`): one numba
+    dispatcher per (dense, fit_intercept, l2 != 0, stamped, momentum != 0), made on first use and
+    compiled (or loaded from numba's cache) on its first call, so a run compiles only its own."""
+    return _compiled_sgd_chunk(bool(dense), bool(fit_intercept), l2 != 0.0, bool(stamped),
+                               momentum != 0.0)
 
 
 @njit(cache=True, nogil=True)
@@ -294,8 +304,9 @@ def claim_batches(words, index, total, workers, per_epoch, max_claim, min_claim)
 def objective(values, indices, indptr, dense, labels, sample_weight, params, n_features,
               fit_intercept, loss_id, l2):
     """Return (sum of weight * loss / n + l2/2 ||w||^2, weighted fraction of rows with
-    sign(margin) == label): the objective SGD minimises.  ``sample_weight`` empty: unit weights
-    (mean loss, plain accuracy)."""
+    sign(margin) == label): the objective SGD minimises.  The arrays are those of :class:`Rows`
+    (no feature_scale); ``sample_weight`` empty: unit weights (mean loss, plain accuracy)."""
+    rows = Rows(values, indices, indptr, labels, sample_weight, sample_weight)  # scale unread
     n_rows = indptr.shape[0] - 1
     weighted = sample_weight.shape[0] != 0
     total_loss = 0.0
@@ -303,7 +314,7 @@ def objective(values, indices, indptr, dense, labels, sample_weight, params, n_f
     total_weight = 0.0
     for row in range(n_rows):
         weight = sample_weight[row] if weighted else 1.0
-        margin = row_margin(values, indices, indptr, dense, params, n_features, fit_intercept, row)
+        margin = row_margin(rows, dense, params, n_features, fit_intercept, row)
         total_loss += weight * loss_value(loss_id, margin, labels[row])
         total_weight += weight
         if (margin >= 0.0) == (labels[row] > 0.0):

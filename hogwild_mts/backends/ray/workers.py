@@ -98,19 +98,27 @@ def read_only(arrays: dict) -> dict:
     return views
 
 
+def local_steps_kernel(model: LinearModelSpec):
+    """The unstamped plain-SGD kernel variant a worker's local steps run (no counter, no
+    histogram: the server stamps the pushes)."""
+    return kernels.sgd_kernel(model.dense, model.fit_intercept, model.l2, False, 0.0)
+
+
+def local_buffers(batch_size: int) -> kernels.WorkerBuffers:
+    """A worker's counts and scratch for :func:`local_steps_kernel` (its histogram row unread)."""
+    return kernels.WorkerBuffers(np.zeros(control.STAT_COLUMNS, np.int64), np.zeros(1, np.int64),
+                                 np.zeros(batch_size), kernels.NO_VELOCITY, kernels.NO_MARKS)
+
+
 def warm_up_linear(shard: dict, feature_scale: np.ndarray, model: LinearModelSpec, batch_size: int,
                    dtype) -> None:
-    """Compile (driver) or load from numba's cache (workers) ``sgd_chunk`` for the types a worker
-    runs it with: read-only data, a private writable parameter copy of ``dtype``."""
-    shard, feature_scale = read_only(shard), read_only({"s": feature_scale})["s"]
-    kernels.sgd_chunk(shard["values"], shard["indices"], shard["indptr"], model.dense,
-                      shard["labels"], shard["sample_weight"], feature_scale,
-                      np.zeros(0, np.int64), 0, 0, batch_size,
-                      np.zeros(model.n_features + int(model.fit_intercept), dtype=dtype),
-                      model.n_features, model.fit_intercept, model.loss_id, model.l2,
-                      np.ones(1, dtype=dtype), False, np.zeros(8, np.int64),
-                      np.zeros(1, np.int64), np.zeros(control.STAT_COLUMNS, np.int64),
-                      np.zeros(batch_size), *kernels.NO_MOMENTUM)
+    """Compile (driver) or load from numba's cache (workers) the local-steps kernel for the types
+    a worker runs it with: read-only data, a private writable parameter copy of ``dtype``."""
+    rows = kernels.rows_of(read_only({**shard, "feature_scale": feature_scale}))
+    local_steps_kernel(model)(rows, kernels.NO_ROWS, 0, 0, batch_size,
+                              np.zeros(model.n_features + int(model.fit_intercept), dtype=dtype),
+                              model.n_features, model.loss_id, model.l2, 0.0,
+                              np.ones(1, dtype=dtype), np.zeros(1, np.int64), local_buffers(batch_size))
 
 
 @dataclass
@@ -197,12 +205,10 @@ class LinearWorker:
     def __init__(self, spec: ShardSpec, source, dtype: str, setup: LinearSetup | None = None):
         self.spec, self.source, self.dtype = spec, source, np.dtype(dtype)
         self.shard: dict | None = None
-        self.local = self.model = self.feature_scale = None
-        self.local_table = np.full(1, spec.local_step, dtype=self.dtype)  # stamp=False reads entry 0
-        # sgd_chunk's counts and (unused with stamp=False) counter and histogram: local scratch
-        self.stats = np.zeros(control.STAT_COLUMNS, np.int64)
-        self.unused_counter, self.unused_hist = np.zeros(8, np.int64), np.zeros(1, np.int64)
-        self.derivatives = np.zeros(spec.batch_size)
+        self.local = self.model = self.feature_scale = self.rows = self.kernel = None
+        self.local_table = np.full(1, spec.local_step, dtype=self.dtype)  # unstamped: entry 0
+        self.buffers = local_buffers(spec.batch_size)
+        self.unused_counter = np.zeros(1, np.int64)
         if setup is not None:
             self.configure(setup)
 
@@ -252,6 +258,8 @@ class LinearWorker:
         self.shard = read_only(setup.checked(self.shard))
         self.model = model = setup.model
         self.feature_scale = read_only({"s": setup.feature_scale})["s"]
+        self.rows = kernels.rows_of({**self.shard, "feature_scale": self.feature_scale})
+        self.kernel = local_steps_kernel(model)
         self.local = np.zeros(model.n_features + int(model.fit_intercept), dtype=self.dtype)
         warm_up_linear(self.shard, self.feature_scale, model, self.spec.batch_size, self.dtype)
 
@@ -261,14 +269,11 @@ class LinearWorker:
 
     def _local_steps(self, order, start: int, stop: int) -> bool:
         """Plain SGD with step alpha_c over the batches ``order[start:stop]`` on the local copy
-        (``sgd_chunk`` with stamp=False: no counter, no histogram)."""
-        shard, model = self.shard, self.model
-        status = kernels.sgd_chunk(
-            shard["values"], shard["indices"], shard["indptr"], model.dense, shard["labels"],
-            shard["sample_weight"], self.feature_scale, order, start, stop, self.spec.batch_size,
-            self.local, model.n_features, model.fit_intercept, model.loss_id, model.l2, self.local_table,
-            False, self.unused_counter, self.unused_hist, self.stats, self.derivatives,
-            *kernels.NO_MOMENTUM)
+        (:func:`local_steps_kernel`: no counter, no histogram)."""
+        model = self.model
+        status = self.kernel(self.rows, order, start, stop, self.spec.batch_size, self.local,
+                             model.n_features, model.loss_id, model.l2, 0.0, self.local_table,
+                             self.unused_counter, self.buffers)
         return status == control.STATUS_OK
 
     def run(self, server, worker_id: int) -> int:

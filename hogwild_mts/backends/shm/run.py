@@ -20,7 +20,7 @@ from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.core import lifecycle, signals
-from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.control import HIST_BINS, STAT_COLUMNS
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.job import Job, NetworkProblem, ShmSettings
 from hogwild_mts.kernels import linear as kernels
@@ -141,16 +141,13 @@ class _LinearRun(_Run):
 
     @staticmethod
     def _warm_up(views: dict, spec: worker.WorkerSpec, problem) -> None:
-        """Compile (or load from numba's cache) the kernels for these types in the parent."""
+        """Compile (or load from numba's cache) the run's kernels for these types in the parent:
+        its SGD variant on no rows (scratch counts), the objective on one row, the claims."""
+        scratch = worker.worker_buffers(spec, np.zeros(STAT_COLUMNS, np.int64),
+                                        np.zeros(HIST_BINS, np.int64))
         params = np.zeros_like(views["params"])
-        empty_order = np.zeros(0, dtype=np.int64)
-        kernels.sgd_chunk(views["values"], views["indices"], views["indptr"], spec.dense,
-                          views["labels"], views["sample_weight"], views["feature_scale"],
-                          empty_order, 0, 0,
-                          spec.batch_size, params, spec.n_features, spec.fit_intercept,
-                          spec.loss_id, spec.l2, np.ones(1), spec.stamp, np.zeros(1, np.int64),
-                          np.zeros(HIST_BINS, np.int64), np.zeros(8, np.int64),
-                          np.zeros(spec.batch_size), *worker.momentum_buffers(spec))
+        worker.chunk_runner(dict(views, params=params), spec, scratch,
+                            lambda: np.ones(1))(kernels.NO_ROWS, 0, 0)
         first_row = dict(views, indptr=views["indptr"][:2],  # same types, one row of work
                          sample_weight=views["sample_weight"][:1])
         problem.score(first_row, spec, params)

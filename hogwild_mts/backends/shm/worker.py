@@ -101,22 +101,40 @@ class WorkerSpec:
     policy: object
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
     split: str = "dynamic"  # one of SPLITS
-    momentum: float = 0.0  # 0: plain SGD; else each worker keeps a private velocity (sgd_chunk)
+    momentum: float = 0.0  # 0: plain SGD; else each worker keeps a private velocity (worker_buffers)
     views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
 
 
-def momentum_buffers(spec, views: dict | None = None, worker_id: int = -1) -> tuple:
-    """A worker's private (momentum, velocity, touched) arguments of ``kernels.sgd_chunk``:
-    zero velocity (worker 0 of a checkpointed run: the block's ``velocity0``, restored by a
-    resume) and unmarked coordinates, or NO_MOMENTUM when ``spec.momentum`` is 0."""
+def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: dict | None = None,
+                   worker_id: int = -1) -> kernels.WorkerBuffers:
+    """A worker's :class:`kernels.WorkerBuffers` on its ``stats`` and ``hist`` rows: scratch for
+    one batch and, when ``spec.momentum`` is not 0, zero velocity (worker 0 of a checkpointed
+    run: the block's ``velocity0``, restored by a resume) and unmarked coordinates."""
+    derivatives = np.empty(spec.batch_size, dtype=np.float64)
     if spec.momentum == 0.0:
-        return kernels.NO_MOMENTUM
+        return kernels.WorkerBuffers(stats, hist, derivatives, kernels.NO_VELOCITY, kernels.NO_MARKS)
     n_params = spec.n_features + int(spec.fit_intercept)
     kept = views is not None and worker_id == 0 and "velocity0" in views
     velocity = views["velocity0"] if kept else np.zeros(n_params)
-    return spec.momentum, velocity, np.full(n_params, -1, dtype=np.int64)
+    return kernels.WorkerBuffers(stats, hist, derivatives, velocity,
+                                 np.full(n_params, -1, dtype=np.int64))
+
+
+def chunk_runner(views: dict, spec, buffers: kernels.WorkerBuffers, table):
+    """``run_chunk(order, start, stop) -> STATUS_*``: the spec's SGD kernel variant on the rows
+    and parameters of ``views``, stepping with ``table()`` (the current alpha(tau) table).
+    ``run_chunk(kernels.NO_ROWS, 0, 0)`` only compiles or loads the kernel for these types."""
+    kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, spec.l2, spec.stamp, spec.momentum)
+    rows = kernels.rows_of(views)
+    params, counter = views["params"], views["counter"]
+
+    def run_chunk(order, start: int, stop: int) -> int:
+        return kernel(rows, order, start, stop, spec.batch_size, params, spec.n_features,
+                      spec.loss_id, spec.l2, spec.momentum, table(), counter, buffers)
+
+    return run_chunk
 
 
 def add_schedule(layout: Layout, n_rows: int, split: str) -> None:
@@ -482,18 +500,10 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     flags = views["flags"]
     hist_rows = views["hist"]
     refitter = Refitter(spec.policy, spec.workers, spec.momentum, np.float64)
-    derivative_buffer = np.empty(spec.batch_size, dtype=np.float64)
-    momentum_state = momentum_buffers(spec, views, worker_id)
+    buffers = worker_buffers(spec, stats, hist_rows[worker_id], views, worker_id)
+    run_chunk = chunk_runner(views, spec, buffers, lambda: refitter.table)
 
-    def run_chunk(order, start: int, stop: int) -> int:
-        return kernels.sgd_chunk(
-            views["values"], views["indices"], views["indptr"], spec.dense, views["labels"],
-            views["sample_weight"], views["feature_scale"], order, start, stop, spec.batch_size,
-            views["params"], spec.n_features, spec.fit_intercept, spec.loss_id, spec.l2,
-            refitter.table, spec.stamp, views["counter"], hist_rows[worker_id], stats,
-            derivative_buffer, *momentum_state)
-
-    run_chunk(np.zeros(0, np.int64), 0, 0)  # loads the compiled kernels before the clock starts
+    run_chunk(kernels.NO_ROWS, 0, 0)  # loads the compiled kernels before the clock starts
     load_schedule_kernels()
     map_pages(views, SHARED_READ_FIELDS)
     if not wait_for_go(views, worker_id, spec.parent_pid):

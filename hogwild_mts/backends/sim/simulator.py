@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.kernels.linear import momentum_step, row_margin
+from hogwild_mts.kernels.linear import UNIT_WEIGHTS, Rows, momentum_step, row_margin
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
 from hogwild_mts.models.linear import loss_derivative
@@ -140,12 +140,13 @@ def staleness_source(staleness, workers: int):
 
 # ---------------------------------------------------------------------------- numba kernel
 @njit(cache=True, nogil=True)
-def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batch_rows, batch_ptr,
+def simulate_updates(rows, dense, batch_rows, batch_ptr,
                      update_worker, update_tau, start, stop, params, n_features, fit_intercept,
                      loss_id, l2, tables, hist, snapshots, ring_params, log_cols, log_old,
                      log_count, marker, stale, derivative_buffer, momentum, velocity, touched):
     """Apply updates ``start..stop-1``; update t uses rows ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]``,
-    margins at ``theta_{t - update_tau[t]}`` and ``alpha = tables[update_worker[t], min(tau, T-1)]``.
+    margins at ``theta_{t - update_tau[t]}`` and ``alpha = tables[update_worker[t], min(tau, T-1)]``;
+    ``rows``: the data set (a :class:`hogwild_mts.kernels.linear.Rows` of unit weights).
 
     ``momentum`` 0: ``params -= alpha / B * gradient`` row by row (the L2 term on the current
     value).  ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
@@ -159,6 +160,8 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
     ``marker``/``stale`` are (n_params,) scratch arrays.  Counts tau in ``hist`` (last bin: tau >=
     len - 1).  Returns (STATUS_*, the update index reached).
     """
+    values, indices, indptr, labels = rows.values, rows.indices, rows.indptr, rows.labels
+    feature_scale = rows.feature_scale
     last_alpha = tables.shape[1] - 1
     last_bin = hist.shape[0] - 1
     window = ring_params.shape[0] if snapshots else log_count.shape[0]
@@ -188,7 +191,7 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
             source = stale
         for b in range(first, last):
             row = batch_rows[b]
-            margin = row_margin(values, indices, indptr, dense, source, n_features, fit_intercept, row)
+            margin = row_margin(rows, dense, source, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED, t
             derivative_buffer[b - first] = loss_derivative(loss_id, margin, labels[row])
@@ -213,9 +216,9 @@ def simulate_updates(values, indices, indptr, dense, labels, feature_scale, batc
                     entry += 1
                 log_count[slot] = entry
             worker = update_worker[t]
-            momentum_step(values, indices, indptr, dense, feature_scale, params, n_features,
-                           fit_intercept, l2, l2 != 0.0, batch_rows, first, last, derivative_buffer,
-                           alpha, momentum, velocity[worker], touched[worker], t)
+            momentum_step(rows, dense, params, n_features, fit_intercept, l2, l2 != 0.0, batch_rows,
+                          first, last, derivative_buffer, alpha, momentum, velocity[worker],
+                          touched[worker], t)
             if snapshots:
                 ring_params[(t + 1) % window, :] = params
             continue
@@ -361,9 +364,10 @@ class SimBackend:
     def _apply(self, stop: int) -> None:
         data = self._data
         log_cols, log_old, log_count = self._log
+        rows = Rows(data["values"], data["indices"], data["indptr"], data["labels"], UNIT_WEIGHTS,
+                    data["feature_scale"])
         status, reached = simulate_updates(
-            data["values"], data["indices"], data["indptr"], self._dense, data["labels"],
-            data["feature_scale"], self._batch_rows, self._batch_ptr, self._workers_of, self._taus,
+            rows, self._dense, self._batch_rows, self._batch_ptr, self._workers_of, self._taus,
             self.position, stop, self.params, self._n_features, self._fit_intercept, self._loss_id,
             self._l2, self._tables, self.hist, self._snapshots, self._ring, log_cols, log_old,
             log_count, self._marker, self._stale, self._derivatives, self._momentum, self._velocity,
