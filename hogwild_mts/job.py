@@ -126,6 +126,40 @@ class NetworkSettings(Settings):
     ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
 
 
+@dataclass(frozen=True)
+class Simulation:
+    """How the simulator emulates the workers (see :class:`hogwild_mts.engines.simulated.Simulator`).
+
+    Parameters
+    ----------
+    draw_tau : "event" (an event-driven schedule) or a sampler ``(rng, size) -> taus``.
+    staleness : what the staleness law is, as results describe it.
+    compute : the compute-time law of the event-driven schedule.
+    update_seconds : simulated mean seconds of one gradient.
+    stale_reads : "snapshots", "log" or "auto".
+    eval_every : updates between history rows, or None for about 50 rows (the sim backend's
+        ``DEFAULT_EVALUATIONS``).
+    """
+
+    draw_tau: object
+    staleness: dict
+    compute: str
+    update_seconds: float
+    stale_reads: str
+    eval_every: int | None
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    """What the linear kernels need to know of a problem besides its arrays."""
+
+    n_features: int
+    dense: bool
+    fit_intercept: bool
+    loss_id: int
+    l2: float
+
+
 @dataclass
 class LinearProblem:
     """A linear model on rows this process holds (``dataset``: a
@@ -152,6 +186,13 @@ class LinearProblem:
     @property
     def n_params(self) -> int:
         return self.model.n_params(self.dataset.n_features)
+
+    @property
+    def shape(self) -> KernelShape:
+        """The kernels' view of the model on this data set."""
+        model = self.model
+        return KernelShape(self.dataset.n_features, self.dataset.dense, model.fit_intercept,
+                           model.loss_id, float(model.l2))
 
     def arrays(self) -> dict:
         """The data set's arrays by their names in the kernels (``sample_weight`` empty for unit
@@ -266,6 +307,7 @@ class Job:
     ray : the Ray options, or None for the shared-memory backend.
     ray_checkpoint : ``(params, version, histogram) -> None``, called with the server's state
         every ``ray.checkpoint_every`` seconds and after the run, or None.
+    simulation : how the simulator emulates the workers (its backend only), or None.
     """
 
     options: RunOptions
@@ -280,6 +322,7 @@ class Job:
     resumed: RunState | None = None
     ray: object = None
     ray_checkpoint: Callable | None = None
+    simulation: Simulation | None = None
 
     @property
     def workers(self) -> int:

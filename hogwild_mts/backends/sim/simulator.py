@@ -34,8 +34,9 @@ from numba import njit
 
 from hogwild_mts.kernels.linear import UNIT_WEIGHTS, Rows, momentum_step, row_margin
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
-from hogwild_mts.core.result import DivergenceError, RunTotals, divergence_message
+from hogwild_mts.core.result import Diverged, RunTotals
 from hogwild_mts.models.linear import loss_derivative
+from hogwild_mts.policies.step_sizes import policy_table, refit_policy
 from hogwild_mts.staleness.models import Geometric, Poisson, StalenessModel, check_histogram
 
 STALENESS_SOURCES = ("event", "poisson", "geometric")
@@ -286,14 +287,13 @@ class SimBackend:
     def __init__(self, *, data: dict, dense: bool, n_features: int, fit_intercept: bool,
                  loss_id: int, l2: float, batch_size: int, batch_rows, batch_ptr, workers_of, taus,
                  times, policies: list, refit_every: int, snapshots: bool, n_params: int,
-                 segment: int, policy, momentum: float = 0.0):
+                 segment: int, momentum: float = 0.0):
         self.workers = len(policies)
         self._data, self._dense, self._n_features = data, dense, n_features
         self._fit_intercept, self._loss_id, self._l2 = fit_intercept, loss_id, l2
         self._batch_rows, self._batch_ptr = batch_rows, batch_ptr
         self._workers_of, self._taus, self._times = workers_of, taus, times
         self._policies, self._snapshots, self._segment = policies, snapshots, segment
-        self._policy = policy  # the caller's, named in the divergence message
         self.total = int(workers_of.size)
         self.params = np.zeros(max(n_params, n_features + 1), np.float64)  # slot n_features exists
         self._momentum = momentum
@@ -304,10 +304,11 @@ class SimBackend:
         self.position = 0
         self.refits = 0
         self._stop_requested = False
-        self._table_length = max(len(policy.table()) for policy in policies)
+        tables = [policy_table(policy) for policy in policies]
+        self._table_length = max(table.size for table in tables)
         self._tables = np.empty((self.workers, self._table_length))
-        for w, policy in enumerate(policies):
-            self._tables[w] = _padded(policy.table(), self._table_length)
+        for w, table in enumerate(tables):
+            self._tables[w] = _padded(table, self._table_length)
         self._refit_points = {}  # global update index after which worker w refits
         if refit_every:
             for w in range(self.workers):
@@ -356,8 +357,7 @@ class SimBackend:
             stop = min(next(s for s in self._stops if s > self.position), target)
             self._apply(stop)
             for w in self._refit_points.get(stop, ()):
-                self._policies[w].observe(self.hist)
-                self._tables[w] = _padded(self._policies[w].table(), self._table_length)
+                self._tables[w] = _padded(refit_policy(self._policies[w], self.hist), self._table_length)
                 self.refits += 1
         return self.position
 
@@ -373,8 +373,7 @@ class SimBackend:
             log_count, self._marker, self._stale, self._derivatives, self._momentum, self._velocity,
             self._touched)
         if status == STATUS_DIVERGED:
-            raise DivergenceError(divergence_message(self._policy,
-                                                     f"a margin at simulated update {reached}"))
+            raise Diverged(f"a margin at simulated update {reached}")
         self.position = stop
 
     def finished(self) -> bool:
