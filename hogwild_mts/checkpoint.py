@@ -55,7 +55,7 @@ DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is giv
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
-                "stamp", "momentum", "policy")
+                "momentum", "policy")
 
 
 @dataclass
@@ -141,7 +141,7 @@ def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None
             "l2": float(model.l2), "fit_intercept": bool(model.fit_intercept),
             "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
             "batch_size": options.batch_size, "seed": options.seed, "split": options.split,
-            "dtype": options.dtype, "stamp": options.stamp, "momentum": options.momentum,
+            "dtype": options.dtype, "momentum": options.momentum,
             "workers": options.workers, "policy": policy_spec(options.policy, options.workers)}
 
 

@@ -16,6 +16,7 @@ disturbed) run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -28,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from hogwild_mts.backends.shm import run as shm_run
 from hogwild_mts.kernels import linear as kernels
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_diagnosis import add_round_handoff, handoffs_text  # noqa: E402
@@ -40,6 +42,14 @@ ALPHA = 0.5
 MB = 1024 * 1024
 WORKER_ALLOWANCE_MB = 150
 MODEL = LinearModel("logreg", fit_intercept=False)
+
+
+def unstamped_fit(engine: Engine, data):
+    """Classic Hogwild! without the counter: ``engine``'s fit of ``data`` with ``stamp=False`` in
+    its Job (the constant policy's table entry 0 is every step), on shared memory."""
+    if getattr(engine.policy, "name", None) != "constant":
+        raise ValueError("the unstamped baseline measures no staleness: it needs the constant policy")
+    return shm_run.fit(dataclasses.replace(engine.job(data), stamp=False))
 
 
 def objective(data, weights) -> float:
@@ -167,9 +177,9 @@ def main() -> None:
     handoffs = []
     best = best_in_rounds({
         "one": lambda: engine(1).fit(data),
-        "unstamped": lambda: engine(1, stamp=False).fit(data),
+        "unstamped": lambda: unstamped_fit(engine(1), data),
         "two": lambda: engine(2).fit(data),
-        "two_unstamped": lambda: engine(2, stamp=False).fit(data),
+        "two_unstamped": lambda: unstamped_fit(engine(2), data),
         "adaptive": lambda: engine(2, "mindthestep").fit(data),
     }, args.repeats, seconds=lambda result: result.train_seconds,
         before_round=lambda: add_round_handoff(handoffs))

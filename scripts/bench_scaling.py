@@ -6,7 +6,7 @@ synthetic data (76 nonzeros per row, logistic loss, constant step 0.5, seed 0) a
 d = 2,000,000:
 
 * the engine (fork start, dynamic claims, exact stamps), classic Hogwild! (the engine with
-  ``stamp=False``: no counter) and the nothing-shared ceiling (the same kernel on m threads with
+  ``bench.unstamped_fit``: no counter) and the nothing-shared ceiling (the same kernel on m threads with
   private parameters and counters): updates/s over the training time, each vs its own 1-worker run;
 * the counter's cost: the engine vs classic Hogwild! at each m;
 * the data's location: the engine (forked workers read the data set in the parent's memory, on
@@ -43,7 +43,7 @@ import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import machine  # noqa: E402
+from bench import machine, unstamped_fit  # noqa: E402
 from scaling_diagnosis import (add_round_handoff, handoffs_text, thp_settings,  # noqa: E402
                                updates_per_second)
 
@@ -102,7 +102,7 @@ def measure_shape(d: int, sizes: dict, counts: list, repeats: int) -> dict:
     configs = {}
     for m in counts:
         configs[("engine", m)] = lambda m=m: engine(m, epochs).fit(data)
-        configs[("classic", m)] = lambda m=m: engine(m, epochs, stamp=False).fit(data)
+        configs[("classic", m)] = lambda m=m: unstamped_fit(engine(m, epochs), data)
         if m > 1:
             configs[("static", m)] = lambda m=m: engine(m, epochs, split="static").fit(data)
             configs[("shm data", m)] = lambda m=m: engine(m, epochs, start_method="forkserver").fit(data)

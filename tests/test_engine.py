@@ -1,5 +1,6 @@
 """Engine: exact counting, determinism, multi-worker accuracy, bad input, faults and clean-up."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import scipy.sparse
 
 from hogwild_mts.data.tabular import DataError, synthetic_dense, synthetic_sparse
+from hogwild_mts.backends.shm import run as shm_run
 from hogwild_mts.engines.linear import DivergenceError, Engine, WorkerError
 from tests.helpers import (WAIT_SECONDS, default_stop_signals, live_children, shared_blocks,
                            wait_for_updates)
@@ -77,8 +79,8 @@ def test_other_losses_train_on_dense_data(model):
 
 
 def test_float32_parameters_and_unstamped_baseline(separable):
-    result = Engine("logreg", alpha=0.5, workers=1, epochs=2, dtype="float32", stamp=False,
-                    progress=False).fit(separable)
+    engine = Engine("logreg", alpha=0.5, workers=1, epochs=2, dtype="float32", progress=False)
+    result = shm_run.fit(dataclasses.replace(engine.job(separable), stamp=False))
     exact = Engine("logreg", alpha=0.5, workers=1, epochs=2, progress=False).fit(separable)
     np.testing.assert_allclose(result.params, exact.params, atol=1e-3)  # same path, float32 rounding
     assert abs(result.final_accuracy - exact.final_accuracy) < 0.01

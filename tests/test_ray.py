@@ -250,7 +250,6 @@ def test_a_torch_network_trains_on_the_parameter_server():
     (dict(backend="shm", local_steps=4), "only apply to backend='ray'"),
     (dict(ray_address=""), "ray_address must be None or a non-empty string"),
     (dict(checkpoint="dir"), "checkpoint must be None or a function"),
-    (dict(stamp=False), "backend='ray' always stamps"),
     (dict(max_worker_restarts=-1), "max_worker_restarts must be an integer >= 0, got -1"),
     (dict(backend="shm", max_worker_restarts=0), "max_worker_restarts only apply to backend='ray'"),
 ])

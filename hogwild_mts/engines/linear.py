@@ -16,7 +16,7 @@ from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.core.options import check_finite_vector
-from hogwild_mts.core.params import Choice, Flag, Integer, Option, Optional, Positive, Table, validate
+from hogwild_mts.core.params import Choice, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines import options as shared
@@ -30,21 +30,11 @@ PARAM_DTYPES = ("float64", "float32")
 DEFAULT_ALPHA = 0.1  # base step of a named policy (the Simulator's and the classifier's too)
 
 
-def _stamp_needs_constant(values) -> dict:
-    """``stamp=False`` (the unstamped baseline) runs the constant policy only."""
-    if not values["stamp"] and getattr(values["policy"], "name", None) != "constant":
-        raise ValueError("stamp=False measures no staleness, so it needs the constant policy, "
-                         f"got {getattr(values['policy'], 'name', values['policy'])!r}")
-    return {}
-
-
-def _ray_takes_plain_stamped_steps(values) -> dict:
-    """Ray workers take plain, stamped SGD steps: no momentum, no ``stamp=False``."""
+def _ray_takes_plain_steps(values) -> dict:
+    """Ray workers take plain SGD steps between pushes: no momentum."""
     if values["ray_options"] is not None and values["momentum"]:
         raise ValueError(f"momentum={values['momentum']} applies to backend='shm'; backend='ray' "
                          f"workers take plain SGD steps between pushes")
-    if values["ray_options"] is not None and not values["stamp"]:
-        raise ValueError("stamp=False is a shared-memory baseline; backend='ray' always stamps")
     return {}
 
 
@@ -54,10 +44,9 @@ ENGINE_OPTIONS = Table(
      Option("epochs", Integer(1), 5, "run"), Option("batch_size", Integer(1), 1, "run"),
      shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
-     Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
-     Option("stamp", Flag(), True, "the workers"), *shared.PROCESS_OPTIONS),
-    rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule, _stamp_needs_constant,
-           shared.process_options, _ray_takes_plain_stamped_steps))
+     Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"), *shared.PROCESS_OPTIONS),
+    rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
+           shared.process_options, _ray_takes_plain_steps))
 DEFAULTS = ENGINE_OPTIONS.defaults
 
 
@@ -90,8 +79,8 @@ class Engine:
     ``checkpoint_every`` seconds and/or (shared memory) every ``checkpoint_every_updates``
     updates, and after the run; ``fit(..., resume=DIR)`` continues a run from one
     (:mod:`hogwild_mts.checkpoint`: what is stored, and when a resume is exact).
-    ``stamp=False`` runs classic Hogwild! without the counter (constant step only), the
-    baseline of the stamping-overhead benchmark.  ``momentum`` in [0, 1): each worker keeps a
+    :meth:`job` describes a fit without running it (the benchmarks run its unstamped variant,
+    classic Hogwild! without the counter, on the shared-memory backend).  ``momentum`` in [0, 1): each worker keeps a
     private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
     on sparse data; exactly torch's on dense data; see kernels.linear.sgd_kernel); the L2 penalty
     ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
@@ -105,7 +94,7 @@ class Engine:
                  dtype: str = DEFAULTS.dtype, eval_every: float = DEFAULTS.eval_every,
                  eval_every_updates: int | None = DEFAULTS.eval_every_updates,
                  progress: bool = DEFAULTS.progress,
-                 defer_evaluation: bool = DEFAULTS.defer_evaluation, stamp: bool = DEFAULTS.stamp,
+                 defer_evaluation: bool = DEFAULTS.defer_evaluation,
                  start_method: str | None = DEFAULTS.start_method, split: str = DEFAULTS.split,
                  backend: str = DEFAULTS.backend, ray_address: str | None = DEFAULTS.ray_address,
                  local_steps: int = DEFAULTS.local_steps, checkpoint=DEFAULTS.checkpoint,
@@ -129,7 +118,7 @@ class Engine:
                    settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
                                            seed=self.seed, dtype=self.dtype, l2=model.l2,
                                            fit_intercept=model.fit_intercept),
-                   split=self.split, start_method=self.start_method, stamp=self.stamp,
+                   split=self.split, start_method=self.start_method,
                    checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,
@@ -156,6 +145,13 @@ class Engine:
         WorkerError if a worker fails or dies, DivergenceError on NaN/inf parameters; shared
         memory is unlinked on every path.
         """
+        job = self.job(X, y, sample_weight=sample_weight, init_params=init_params, resume=resume)
+        return (shm_backend if job.ray is None else ray_backend).fit(job)
+
+    def job(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> Job:
+        """The Job :meth:`fit` runs with these arguments (validated, with the resumed state and
+        the checkpoint directory settled), without running it: ``backends.shm.run.fit(job)``
+        (or ``backends.ray.run.fit`` with ``backend="ray"``) runs it."""
         started = time.time()
         if resume is not None and init_params is not None:
             raise ValueError("give init_params or resume, not both")
@@ -165,7 +161,7 @@ class Engine:
             check_data_file_arguments(path, y, sample_weight, resume)
             problem = LinearProblem(self.model, self.dtype, path=path,
                                     check_start=lambda n_params: check_init_params(init_params, n_params))
-            return ray_backend.fit(self._job(problem, started, None))
+            return self._job(problem, started, None)
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         weights = check_sample_weight(sample_weight, dataset.n_samples)
         start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
@@ -173,9 +169,8 @@ class Engine:
         if self.ray_options is not None and run.resumed is not None:
             # Ray resumes from the checkpoint's parameters, for the epochs its pushes have not covered
             problem = LinearProblem(self.model, self.dtype, dataset, weights, run.resumed.params)
-            return ray_backend.fit(run.remaining_on_ray()._job(problem, started, None))
-        job = self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params), started, run)
-        return (shm_backend if self.ray_options is None else ray_backend).fit(job)
+            return run.remaining_on_ray()._job(problem, started, None)
+        return self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params), started, run)
 
 
 class _CheckpointedRun:
