@@ -218,8 +218,8 @@ def train(args, stop_signals: list) -> int:
             result, save_model = train_network(args)
             model_files = NETWORK_FILES
         else:
-            result, fitted = train_linear(args)
-            save_model, model_files = fitted.save, MODEL_FILES
+            result, save_model = train_linear(args)
+            model_files = MODEL_FILES
     with signals.held():  # a stop signal now only decides the exit status
         failed = write_outputs(out_dir, result, save_model, model_files) if out_dir else {}
         print(format_summary(result))
@@ -281,7 +281,8 @@ def train_network(args):
 
 
 def train_linear(args):
-    """Load the data, train, and return (the FitResult, the fitted estimator it amounts to)."""
+    """Load the data, train, and return (the FitResult, ``save(path)``: writes the fitted
+    estimator it amounts to as a model file)."""
     from hogwild_mts.data.tabular import load_data
     from hogwild_mts.engines import linear
     from hogwild_mts.models.linear import LinearModel
@@ -316,7 +317,7 @@ def train_linear(args):
         init_params = _initial_params(start, model)
     result = engine.fit(dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
-    return result, _fitted(result, classes, args, model, policy)
+    return result, _saver(result, classes, args, model, policy)
 
 
 def _fill_defaults(args, engine_defaults, own: dict) -> None:
@@ -335,14 +336,20 @@ def _initial_params(start, model) -> np.ndarray:
 def _train_linear_from_file(args, engine, model, policy, start):
     """--backend ray with a data file: each worker actor reads its own part of ``args.data``
     (the file need not exist on this machine, only where the workers run); the driver never
-    loads it.  Returns (the FitResult, the fitted estimator)."""
+    loads it.  Returns (the FitResult, ``save(path)`` of the fitted estimator)."""
     print(f"data {args.data}: each Ray worker reads its own part", file=sys.stderr, flush=True)
     init_params = _initial_params(start, model) if start is not None else None
     result = engine.fit(args.data, init_params=init_params, resume=args.resume)
     print(f"  {result.settings['data_rows']:,} rows x {result.params.size:,} features",
           file=sys.stderr, flush=True)
     classes = np.asarray(result.settings["classes"]) if model.classifier else None
-    return result, _fitted(result, classes, args, model, policy)
+    return result, _saver(result, classes, args, model, policy)
+
+
+def _saver(result, classes, args, model, policy):
+    """``save(path)``: writes the estimator a command-line run amounts to as the model file
+    (built only when --out saves it: the estimators import scikit-learn)."""
+    return lambda path: _fitted(result, classes, args, model, policy).save(path)
 
 
 def _fitted(result, classes, args, model, policy):
