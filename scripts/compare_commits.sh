@@ -13,7 +13,8 @@ if [ "$#" -lt 6 ] || [ "$5" != "--" ]; then
     exit 2
 fi
 before="$1"; after="$2"; rounds="$3"; out="$4"; shift 5
-python="$(realpath "${PYTHON:-.venv/bin/python}")"
+python="${PYTHON:-.venv/bin/python}"
+[[ "$python" = */* ]] && python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"  # a venv's link, kept
 mkdir -p "$out"
 out="$(realpath "$out")"
 trees="$(mktemp -d)"
