@@ -483,7 +483,12 @@ def _run_command(args, stop_signals: list) -> int:
     try:
         if args.command == "experiment":
             from hogwild_mts.app.experiment import main as run_experiment
-            return run_experiment(args, stop_signals)
+            status = run_experiment(args, stop_signals)
+            if stop_signals:  # held while the last cell's result, the tables or plots were written
+                print(f"hogwild-mts: stopped by {signal.Signals(stop_signals[0]).name} as the grid "
+                      "ended", file=sys.stderr)
+                return 128 + stop_signals[0]
+            return status
         if args.command == "report":
             from hogwild_mts.app.experiment import report_main
             return report_main(args)

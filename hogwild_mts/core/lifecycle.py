@@ -124,14 +124,20 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
     counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
     releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C
     (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the partial result with
-    ``interrupted=True``; a stop signal while the result is being made is held, not raised.  The backend is stopped, joined and closed on every path.
+    ``interrupted=True``; a stop signal while the result is being made (or, under
+    :func:`signals.stop_on_signals`, at any later moment) is held, not raised, and a second
+    signal joins the first stop.  The backend is stopped, joined and closed on every path.
     """
     watcher = _Watcher(backend, options, score, score_in_threads)
     try:
         interrupted = False
         try:
-            backend.start()
-            watcher.watch(total_updates, resumed_updates)
+            try:
+                with signals.interruptible():  # the one part a stop signal cuts short
+                    backend.start()
+                    watcher.watch(total_updates, resumed_updates)
+            finally:
+                signals.hold_rest()  # from here on a signal only decides the exit status
         except KeyboardInterrupt:
             interrupted = True
         except Diverged as diverged:

@@ -4,8 +4,15 @@ SIGHUP (a closed terminal) all end a run the way Ctrl-C does.
 * :func:`stop_on_signals` (the CLI, or any program that wants it) makes each of them raise
   :class:`Interrupted`, a KeyboardInterrupt, so the run lifecycle stops the workers and returns
   the partial result; the program then exits with ``128 + signal``.
+* One stop, however many signals: the first stop signal raises; every later one (a second
+  Ctrl-C, SIGTERM after Ctrl-C) is only recorded and joins that stop, so the stop path and the
+  writing of the partial result are never cut short.
 * :func:`held` wraps work that must not be cut short (finishing a run, writing its results): a
-  stop signal that arrives inside is recorded, not raised.
+  stop signal that arrives inside is recorded, not raised.  :func:`interruptible` wraps the part
+  of a run that a signal should cut short (the workers running), even inside a held section;
+  :func:`hold_rest` (the run lifecycle calls it when the workers have stopped) holds every
+  signal from then until the end of :func:`stop_on_signals`, so a signal that lands between the
+  end of training and the written result only decides the exit status.
 * :func:`blocked_for_children` wraps the start of worker processes: they inherit the blocked
   signals, so a signal sent to the whole process group reaches only the parent, which stops them
   through the shared stop flag (no child dies half-way or prints a KeyboardInterrupt traceback).
@@ -37,21 +44,34 @@ REDELIVER_SECONDS = 0.01  # a stop signal that landed in a finalizer comes again
 
 
 class _Handling:
-    """The state of :func:`stop_on_signals`: the signals received, and how deep in :func:`held`."""
+    """The state of :func:`stop_on_signals`: the signals received, how deep in :func:`held` and
+    :func:`interruptible`, whether :func:`hold_rest` was called, and whether a stop was raised."""
 
     def __init__(self):
         self.received: list[int] = []
         self.holding = 0
+        self.opened = 0  # depth in interruptible()
+        self.rest_held = False
+        self.raised = False
+
+    def may_raise(self) -> bool:
+        """A signal now raises: none was raised yet, and this is an interruptible section, or
+        neither held nor past :func:`hold_rest`."""
+        return not self.raised and (self.opened > 0 or (not self.holding and not self.rest_held))
+
+    def raise_stop(self, signum: int) -> None:
+        self.raised = True
+        raise Interrupted(signum)
 
     def handle(self, signum, frame) -> None:
-        if not self.holding and _swallows_exceptions(frame):
+        if self.may_raise() and _swallows_exceptions(frame):
             # raised here it would be printed as an ignored exception and lost: deliver it again
             # in a moment, when Python runs ordinary code
             threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
             return
         self.received.append(int(signum))
-        if not self.holding:
-            raise Interrupted(signum)
+        if self.may_raise():
+            self.raise_stop(signum)
 
 
 def _swallows_exceptions(frame) -> bool:
@@ -102,6 +122,31 @@ def held():
 
 
 @contextlib.contextmanager
+def interruptible():
+    """Inside, a stop signal handled by :func:`stop_on_signals` raises :class:`Interrupted`, even
+    within :func:`held` or after :func:`hold_rest` (a signal already recorded and not yet raised
+    raises on entering).  Still at most one stop is raised per :func:`stop_on_signals`."""
+    handling = _active
+    if handling is None:
+        yield
+        return
+    handling.opened += 1
+    try:
+        if handling.received and not handling.raised:
+            handling.raise_stop(handling.received[0])
+        yield
+    finally:
+        handling.opened -= 1
+
+
+def hold_rest() -> None:
+    """From now until :func:`stop_on_signals` ends, stop signals outside :func:`interruptible`
+    are recorded, not raised (what follows a run is making and writing its result)."""
+    if _active is not None:
+        _active.rest_held = True
+
+
+@contextlib.contextmanager
 def blocked():
     """Block the stop signals in this thread inside (a critical section, such as creating a
     shared block and recording it for release); on leaving, those that arrived meanwhile are
@@ -118,10 +163,24 @@ def blocked_for_children():
     """Block the stop signals in this thread while worker processes are started, so that they
     inherit the block; on leaving, signals that arrived meanwhile are delivered here.
 
-    multiprocessing's resource tracker is started first: its own start unblocks SIGINT and
-    SIGTERM afterwards, which would lift the block half-way."""
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
+    multiprocessing's resource tracker is started first (:func:`start_resource_tracker`): its
+    own start unblocks SIGINT and SIGTERM afterwards, which would lift the block half-way."""
+    start_resource_tracker()
     with blocked():
         yield
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker if it is not running, with SIGHUP ignored: it
+    ignores SIGINT and SIGTERM itself, but a SIGHUP to the process group (a closed terminal)
+    would kill it with a traceback while the run it serves stops cleanly."""
+    from multiprocessing import resource_tracker
+
+    if threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an ignored signal stays so in the child
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -270,7 +270,7 @@ class SharedBlock:
         check_run(workers=workers, parameter_count=params, block_bytes=size, block_in_memory=free >= size)
         if free < size and spill_dir is None:
             raise ResourceError(_shm_short_message(size, free))
-        resource_tracker.ensure_running()  # its start (a new process) is not in the section below
+        signals.start_resource_tracker()  # its start (a new process) is not in the section below
         with signals.blocked():  # a stop signal waits until the block is recorded for release
             mapping = None
             if free >= size:
