@@ -223,6 +223,10 @@ def train(args, stop_signals: list) -> int:
     with signals.held():  # a stop signal now only decides the exit status
         failed = write_outputs(out_dir, result, save_model, model_files) if out_dir else {}
         print(format_summary(result))
+        if result.stopped_by is not None:
+            print(f"hogwild-mts: run failed: {result.stopped_by}"
+                  + ("; the partial result above was written" if out_dir and not failed else ""),
+                  file=sys.stderr)
         if failed:
             written = [name for name in (METRICS_FILE, PARAMS_FILE, model_files) if name not in failed]
             print("hogwild-mts: error: could not write "
@@ -243,6 +247,8 @@ def train(args, stop_signals: list) -> int:
                   + ("; the result above is partial" if result.interrupted else " as the run ended"),
                   file=sys.stderr)
             return 128 + stop_signals[0]
+    if result.stopped_by is not None:
+        return EXIT_RUN_FAILED
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
@@ -276,7 +282,7 @@ def train_network(args):
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
     engine = torch_engine.engine_from_args(args, **_restart_options(args), **_checkpoint_options(args))
-    result = torch_engine.train_images(args, engine)
+    result = _kept(torch_engine.train_images, args, engine)
     return result, functools.partial(engine.save, result)
 
 
@@ -315,9 +321,23 @@ def train_linear(args):
             raise ValueError(f"--init {args.init}: the model has {start.n_features_in_} features, "
                              f"{dataset.name} has {dataset.n_features}")
         init_params = _initial_params(start, model)
-    result = engine.fit(dataset, init_params=init_params, resume=args.resume)
+    result = _kept(engine.fit, dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
     return result, _saver(result, classes, args, model, policy)
+
+
+def _kept(fit, *arguments, **keywords):
+    """``fit(...)``'s result or, when a worker failed or died once the run had started, the
+    partial result the WorkerError carries (``stopped_by`` says why): written like an
+    interrupted run's, then reported as a failed run."""
+    from hogwild_mts.core.result import WorkerError
+
+    try:
+        return fit(*arguments, **keywords)
+    except WorkerError as failure:
+        if failure.result is None:
+            raise
+        return failure.result
 
 
 def _fill_defaults(args, engine_defaults, own: dict) -> None:
@@ -339,7 +359,7 @@ def _train_linear_from_file(args, engine, model, policy, start):
     loads it.  Returns (the FitResult, ``save(path)`` of the fitted estimator)."""
     print(f"data {args.data}: each Ray worker reads its own part", file=sys.stderr, flush=True)
     init_params = _initial_params(start, model) if start is not None else None
-    result = engine.fit(args.data, init_params=init_params, resume=args.resume)
+    result = _kept(engine.fit, args.data, init_params=init_params, resume=args.resume)
     print(f"  {result.settings['data_rows']:,} rows x {result.params.size:,} features",
           file=sys.stderr, flush=True)
     classes = np.asarray(result.settings["classes"]) if model.classifier else None

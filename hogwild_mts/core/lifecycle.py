@@ -18,7 +18,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hogwild_mts.core import signals
-from hogwild_mts.core.result import Diverged, DivergenceError, FitResult, RunTotals, divergence_message
+from hogwild_mts.core.result import (Diverged, DivergenceError, FitResult, RunTotals, WorkerError,
+                                     divergence_message)
 from hogwild_mts.staleness.summary import fit_staleness_models
 
 POLL_SECONDS = 0.01  # the parent's polling period while workers run
@@ -124,7 +125,9 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
     counts start there); ``score_in_threads``: ``score`` may run in several threads at once (it
     releases the GIL), so copies kept by ``defer_evaluation`` are scored on every core.  Ctrl-C
     (or SIGTERM/SIGHUP under :func:`signals.stop_on_signals`) returns the partial result with
-    ``interrupted=True``; a stop signal while the result is being made (or, under
+    ``interrupted=True``.  A worker that fails or dies once the run has started raises
+    WorkerError carrying the partial result of the updates applied (``stopped_by`` its message);
+    the others are stopped.  A stop signal while the result is being made (or, under
     :func:`signals.stop_on_signals`, at any later moment) is held, not raised, and a second
     signal joins the first stop.  The backend is stopped, joined and closed on every path.
     """
@@ -142,6 +145,13 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
             interrupted = True
         except Diverged as diverged:
             raise DivergenceError(divergence_message(options.policy, diverged.where)) from None
+        except WorkerError as failure:
+            if not watcher.started:
+                raise
+            with signals.held():
+                raise _keeping_the_others(failure, lambda: _result(
+                    backend, options, watcher, details, describe_policy, started, True,
+                    stopped_by=str(failure))) from None
         with signals.held():
             return _result(backend, options, watcher, details, describe_policy, started, interrupted)
     finally:
@@ -150,10 +160,22 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
         backend.close()
 
 
+def _keeping_the_others(failure: WorkerError, partial: Callable[[], FitResult]) -> WorkerError:
+    """``failure`` carrying ``partial()``, the result of the updates the workers applied (a
+    killed worker's peers kept training until the stop); ``failure`` alone if that result
+    cannot be made (say, its parameters are not finite)."""
+    try:
+        result = partial()
+    except Exception as error:  # the failure is what the caller must see; the reason is logged
+        log.warning("no partial result after %s: %s", failure, error)
+        return failure
+    return WorkerError(str(failure), result=result)
+
+
 def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details, describe_policy,
-            started: float, interrupted: bool) -> FitResult:
+            started: float, interrupted: bool, stopped_by: str | None = None) -> FitResult:
     """Stop and join the workers, score what was deferred and the final parameters, and build
-    the FitResult."""
+    the FitResult (``stopped_by``: the failure that stopped an interrupted run)."""
     backend.request_stop()
     backend.join()
     totals = backend.collect()
@@ -170,7 +192,7 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
         final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
         workers=options.workers,
         policy=describe_policy(totals.histogram),
-        interrupted=interrupted, **details(final))
+        interrupted=interrupted, stopped_by=stopped_by, **details(final))
 
 
 class _Watcher:
@@ -184,6 +206,7 @@ class _Watcher:
         self.unscored_start = None  # (updates, parameters): the starting point, scored after the run
         self.postfix = {}  # what the progress line shows after the counts
         self.stalled = set()  # workers shown as stalled
+        self.started = False  # the workers were told to go
 
     def _check_finite(self, params: np.ndarray) -> None:
         """DivergenceError if ``params`` hold NaN or inf."""
@@ -245,6 +268,7 @@ class _Watcher:
         while not backend.ready():
             backend.wait()
         backend.go()
+        self.started = True
         if options.workers < (os.cpu_count() or 1):
             self.unscored_start = None
             self.record(starting_point, 0.0, resumed_updates)

@@ -12,7 +12,13 @@ from hogwild_mts.staleness.summary import staleness_summary
 
 
 class WorkerError(RuntimeError):
-    """A worker raised or died; the message says which and how."""
+    """A worker raised or died; the message says which and how.  ``result``: the partial
+    FitResult the other workers' updates make (``interrupted``, ``stopped_by`` this message)
+    when the run had started, else None."""
+
+    def __init__(self, message: str, result: "FitResult | None" = None):
+        super().__init__(message)
+        self.result = result
 
 
 class DivergenceError(FloatingPointError):
@@ -128,6 +134,7 @@ class FitResult:
     settings: Mapping = field(default_factory=dict)  # a Settings of the problem's kind
     startup_seconds: float | None = None  # fit() call to the first worker's loop start (None: not measured)
     finish_spread_seconds: float | None = None  # first worker's loop end to the last's (None: not measured)
+    stopped_by: str | None = None  # why an interrupted run stopped: a worker's failure; None for a signal
 
     @property
     def updates_per_second(self) -> float:
@@ -149,6 +156,7 @@ class FitResult:
             "samples": self.samples, "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds, "updates_per_second": self.updates_per_second,
             "samples_per_second": self.samples_per_second, "interrupted": self.interrupted,
+            "stopped_by": self.stopped_by,
             "staleness": self.staleness_summary(), "staleness_fit": self.staleness_fit,
             "refits": self.refits, "startup_seconds": self.startup_seconds,
             "finish_spread_seconds": self.finish_spread_seconds,

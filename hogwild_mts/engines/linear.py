@@ -142,8 +142,9 @@ class Engine:
         parameters, for the epochs its pushes have not covered); refused before any worker
         starts for a finished run or other data or settings.  Returns a FitResult.  Ctrl-C
         stops the workers and returns the partial result with ``interrupted=True``.  Raises
-        WorkerError if a worker fails or dies, DivergenceError on NaN/inf parameters; shared
-        memory is unlinked on every path.
+        WorkerError if a worker fails or dies (its ``result``: the partial result of the
+        updates applied, once the run had started), DivergenceError on NaN/inf parameters;
+        shared memory is unlinked on every path.
         """
         job = self.job(X, y, sample_weight=sample_weight, init_params=init_params, resume=resume)
         return (shm_backend if job.ray is None else ray_backend).fit(job)
