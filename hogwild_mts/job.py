@@ -196,28 +196,32 @@ class LinearProblem:
 
     def arrays(self) -> dict:
         """The data set's arrays by their names in the kernels (``sample_weight`` empty for unit
-        weights)."""
+        weights), as the caller gave them."""
         dataset = self.dataset
         return {"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
                 "labels": dataset.y, "sample_weight": self.sample_weight}
 
-    def fill(self, data: dict) -> None:
-        """Put the data arrays into ``data`` (into its arrays where it has them, else as
-        contiguous arrays) and the L2 weights into ``data["feature_scale"]``."""
-        for name, array in self.arrays().items():
-            if name in data:
-                data[name][:] = array
-            else:
-                data[name] = np.ascontiguousarray(array)
-        if self.model.l2 > 0.0:  # the kernels read feature_scale only with a penalty
+    def rows(self) -> kernels.Rows:
+        """The data set as the kernels take it: :meth:`arrays` made contiguous (the caller's own
+        arrays where they are already) and new L2 weights ``feature_scale`` (``n / (rows storing
+        j)``; zeros without a penalty, when the kernels do not read them)."""
+        feature_scale = np.zeros(self.dataset.n_features)
+        if self.model.l2 > 0.0:
             counts = self.dataset.feature_counts()
-            np.divide(self.dataset.n_samples, counts, out=data["feature_scale"], where=counts > 0)
+            np.divide(self.dataset.n_samples, counts, out=feature_scale, where=counts > 0)
+        arrays = {name: np.ascontiguousarray(array) for name, array in self.arrays().items()}
+        return kernels.Rows(**arrays, feature_scale=feature_scale)
 
-    def score(self, data: dict, shape, params: np.ndarray):
-        """(training objective, accuracy or None for a regressor) of ``params`` on the arrays of
-        ``data`` (weighted by ``data["sample_weight"]`` when it is not empty);
-        ``shape``: anything with ``n_features, dense, fit_intercept, loss_id, l2``."""
-        loss, accuracy = objective(data, shape, params.astype(np.float64, copy=False))
+    def score(self, rows: kernels.Rows, shape, params: np.ndarray):
+        """(training objective, accuracy or None for a regressor) of ``params``.
+
+        Parameters
+        ----------
+        rows : the rows to score on (weighted by ``rows.sample_weight`` when it is not empty).
+        shape : anything with ``n_features, dense, fit_intercept, loss_id, l2``.
+        params : the flat parameter vector (weights, then the intercept), any float dtype.
+        """
+        loss, accuracy = objective(rows, shape, params.astype(np.float64, copy=False))
         return loss, accuracy if self.model.classifier else None
 
     def result_fields(self, params: np.ndarray, n_features: int, data_name: str) -> dict:
@@ -228,12 +232,11 @@ class LinearProblem:
                 "model": self.model.name, "data": data_name}
 
 
-def objective(data: dict, shape, params: np.ndarray):
-    """:func:`hogwild_mts.kernels.linear.objective` of ``params`` on the arrays of ``data``;
-    ``shape`` has ``n_features, dense, fit_intercept, loss_id, l2``."""
-    return kernels.objective(data["values"], data["indices"], data["indptr"], shape.dense,
-                             data["labels"], data["sample_weight"], params, shape.n_features,
-                             shape.fit_intercept, shape.loss_id, shape.l2)
+def objective(rows: kernels.Rows, shape, params: np.ndarray):
+    """:func:`hogwild_mts.kernels.linear.objective` of ``params`` on ``rows``; ``shape`` has
+    ``n_features, dense, fit_intercept, loss_id, l2``."""
+    return kernels.objective(rows, shape.dense, params, shape.n_features, shape.fit_intercept,
+                             shape.loss_id, shape.l2)
 
 
 @dataclass

@@ -53,9 +53,9 @@ def unstamped_fit(engine: Engine, data):
 
 
 def objective(data, weights) -> float:
-    loss, _ = kernels.objective(data.values, data.indices, data.indptr, data.dense, data.y,
-                                kernels.UNIT_WEIGHTS, weights, data.n_features, False,
-                                MODEL.loss_id, 0.0)
+    rows = kernels.Rows(data.values, data.indices, data.indptr, data.y, kernels.UNIT_WEIGHTS,
+                        kernels.UNIT_WEIGHTS)  # no penalty: feature_scale unread
+    loss, _ = kernels.objective(rows, data.dense, weights, data.n_features, False, MODEL.loss_id, 0.0)
     return float(loss)
 
 

@@ -115,11 +115,11 @@ def run_plain(args, dataset, k: int) -> dict:
         pending[worker.compute.remote(current)] = worker
     snapshots.append((finished - started, current))
     history = []
+    rows = kernels.Rows(dataset.values, dataset.indices, dataset.indptr, dataset.y,
+                        kernels.UNIT_WEIGHTS, kernels.UNIT_WEIGHTS)  # no penalty: feature_scale unread
     for elapsed, ref in snapshots:
-        loss, _ = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
-                                    dataset.y, kernels.UNIT_WEIGHTS, np.array(ray.get(ref)),
-                                    dataset.n_features, True,
-                                    model.loss_id, 0.0)
+        loss, _ = kernels.objective(rows, dataset.dense, np.array(ray.get(ref)), dataset.n_features,
+                                    True, model.loss_id, 0.0)
         history.append((elapsed, loss))
     for actor in workers + [server]:
         ray.kill(actor)

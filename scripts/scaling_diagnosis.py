@@ -141,16 +141,17 @@ def advise_huge_pages(arrays) -> bool:
 
 
 def data_in_block(private: dict, huge_pages: bool):
-    """(block, views, advised): a copy of the data arrays in a new shared-memory block, advised
-    to use huge pages before it is filled when ``huge_pages``; release the block when done."""
+    """(block, its arrays by name, advised): a copy of the data arrays in a new shared-memory
+    block, advised to use huge pages before it is filled when ``huge_pages``; release the block
+    when done."""
     layout = Layout()
     for name, array in private.items():
         layout.add(name, array.dtype, array.shape)
     block = SharedBlock.create(layout)
-    advised = huge_pages and advise_huge_pages(list(block.views.values()))
-    for name, array in private.items():
-        block.views[name][:] = array
-    return block, dict(block.views), advised
+    in_block = {name: getattr(block.views, name) for name in private}
+    advised = huge_pages and advise_huge_pages(list(in_block.values()))
+    block.views.place(**private)
+    return block, in_block, advised
 
 
 def thp_settings() -> str:

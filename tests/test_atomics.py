@@ -32,7 +32,7 @@ def _load_store(words):
 
 def _hammer_in_child(name, layout, results, index):
     block = SharedBlock.attach(name, layout)
-    results[index] = _hammer(block.views["counter"], INCREMENTS_PER_PROCESS)
+    results[index] = _hammer(block.views.counter, INCREMENTS_PER_PROCESS)
     block.close()
 
 
@@ -57,7 +57,7 @@ def test_counter_is_exact_across_processes():
         for child in children:
             child.join(120)
             assert child.exitcode == 0
-        assert block.views["counter"][0] == PROCESSES * INCREMENTS_PER_PROCESS
+        assert block.views.counter[0] == PROCESSES * INCREMENTS_PER_PROCESS
         assert all(r >= INCREMENTS_PER_PROCESS - 1 for r in results[:])  # none saw a repeat (-1)
         assert max(results[:]) == PROCESSES * INCREMENTS_PER_PROCESS - 1
     finally:

@@ -214,30 +214,31 @@ def test_a_snapshot_is_not_written_over_the_last_good_one_when_not_finite_or_the
 
     from hogwild_mts.backends.shm import worker
     from hogwild_mts.backends.shm.backend import CheckpointWriter
+    from hogwild_mts.backends.shm.fields import BlockViews
     from hogwild_mts.core.control import HIST_BINS
 
-    views = {"snapshot_words": np.zeros(worker.SNAPSHOT_WORDS, np.int64),
-             "snapshot_params": np.full(3, np.nan), "snapshot_hist": np.zeros(HIST_BINS, np.int64),
-             "orders": np.zeros((2, 10), np.int64)}
+    views = BlockViews(snapshot_words=np.zeros(worker.SNAPSHOT_WORDS, np.int64),
+                       snapshot_params=np.full(3, np.nan), snapshot_hist=np.zeros(HIST_BINS, np.int64),
+                       orders=np.zeros((2, 10), np.int64))
     written = []
     writer = CheckpointWriter(views, SimpleNamespace(workers=1, epochs=1, batch_size=1), written.append)
-    views["snapshot_words"][worker.SNAP_TAKEN] = 1
+    views.snapshot_words[worker.SNAP_TAKEN] = 1
     writer.poll()
-    assert written == [] and views["snapshot_words"][worker.SNAP_WRITTEN] == 1
+    assert written == [] and views.snapshot_words[worker.SNAP_WRITTEN] == 1
 
     def full_disk(state):
         raise OSError(28, "checkpoint ckpt could not be written: No space left on device")
 
     writer._write = full_disk
-    views["snapshot_params"][:] = 1.0
-    views["snapshot_words"][worker.SNAP_TAKEN] = 2
+    views.snapshot_params[:] = 1.0
+    views.snapshot_words[worker.SNAP_TAKEN] = 2
     with pytest.warns(RuntimeWarning, match="No space left on device; training goes on"):
         writer.poll()
-    assert views["snapshot_words"][worker.SNAP_WRITTEN] == 2
-    views["snapshot_words"][worker.SNAP_TAKEN] = 3
+    assert views.snapshot_words[worker.SNAP_WRITTEN] == 2
+    views.snapshot_words[worker.SNAP_TAKEN] = 3
     writer.poll()  # warned once
     writer._write = written.append
-    views["snapshot_words"][worker.SNAP_TAKEN] = 4
+    views.snapshot_words[worker.SNAP_TAKEN] = 4
     writer.poll()
     assert len(written) == 1 and np.array_equal(written[0].params, np.ones(3))
 

@@ -2,12 +2,15 @@
 reaches each due count (worker.EvaluationTaker), the parent hands the copies out in order
 (backend.EvaluationReader) -- exact with one worker, within a piece with several."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.backend import EvaluationReader
 from hogwild_mts.backends.shm.block import Layout
+from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
 from tests.helpers import live_children, shared_blocks
@@ -25,13 +28,13 @@ def data():
     return synthetic_sparse(n_samples=4000, n_features=500, nnz_per_row=10, seed=5)
 
 
-def _views(slots: int, n_params: int, first: int, every: int, workers: int = 2) -> dict:
+def _views(slots: int, n_params: int, first: int, every: int, workers: int = 2) -> BlockViews:
     """The fields a taker and a reader use, as plain arrays (no block, no processes)."""
     layout = Layout()
     worker.add_evaluation_fields(layout, slots, n_params, np.float64)
-    views = layout.views(bytearray(layout.nbytes))
-    views.update(counter=np.zeros(8, np.int64), params=np.zeros(n_params),
-                 stats=np.zeros((workers, 8), np.int64))
+    views = dataclasses.replace(layout.views(bytearray(layout.nbytes)),
+                                counter=np.zeros(8, np.int64), params=np.zeros(n_params),
+                                stats=np.zeros((workers, 8), np.int64))
     worker.prepare_evaluations(views, first, every)
     return views
 
@@ -50,7 +53,7 @@ def test_evaluation_slots(total, resumed, every, expected):
 def test_taker_copies_in_each_window_once_and_the_reader_skips_windows_nobody_took():
     views = _views(slots=6, n_params=3, first=10, every=10)  # due at 10, 20, ..., 60
     taker, reader = worker.EvaluationTaker(views, stamp=True, workers=2), EvaluationReader(views, True)
-    counter, params = views["counter"], views["params"]
+    counter, params = views.counter, views.params
     for updates, value in [(5, 1.0), (10, 2.0), (12, 3.0), (35, 4.0), (39, 5.0), (40, 6.0)]:
         counter[0], params[:] = updates, value
         taker.maybe_take()
@@ -70,19 +73,19 @@ def test_a_slot_being_copied_holds_back_the_reader_not_the_workers():
     views = _views(slots=3, n_params=2, first=10, every=10)
     reader = EvaluationReader(views, True)
     taker = worker.EvaluationTaker(views, stamp=True, workers=2)
-    views["counter"][0] = 10
-    views["eval_claims"][0] = 1  # another worker is copying slot 0 (descheduled, say)
+    views.counter[0] = 10
+    views.eval_claims[0] = 1  # another worker is copying slot 0 (descheduled, say)
     taker.maybe_take()  # loses the claim, goes on
-    views["counter"][0] = 20
+    views.counter[0] = 20
     taker.maybe_take()  # takes slot 1 all the same
     assert reader.taken(origin=0.0) == []
-    views["eval_updates"][0], views["eval_done"][0] = 10, 1
+    views.eval_updates[0], views.eval_done[0] = 10, 1
     assert [row[1] for row in reader.taken(origin=0.0)] == [10, 20]
 
 
 def test_unstamped_runs_count_the_workers_updates():
     views = _views(slots=2, n_params=1, first=10, every=10)
-    views["stats"][:, worker.STAT_UPDATES] = [6, 5]
+    views.stats[:, worker.STAT_UPDATES] = [6, 5]
     worker.EvaluationTaker(views, stamp=False, workers=2).maybe_take()
     assert [row[1] for row in EvaluationReader(views, False).taken(origin=0.0)] == [11]
 

@@ -498,7 +498,7 @@ def test_leftovers_of_a_killed_group_are_removed_at_the_next_start():
         open(path, "w").close()
     try:
         layout = Layout()
-        layout.add("x", np.float64, (4,))
+        layout.add("params", np.float64, (4,))
         SharedBlock.create(layout).release()
         assert not owned_entries(process.pid)
         assert not any(os.path.exists(path) for path in planted)

@@ -82,8 +82,7 @@ def test_objective_matches_reference(name, dense):
     model = LinearModel(name, l2=0.1)
     dataset = _random_problem(rng, dense, model)
     params = rng.normal(size=model.n_params(dataset.n_features))
-    loss, accuracy = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
-                                       dataset.y, kernels.UNIT_WEIGHTS, params, dataset.n_features,
+    loss, accuracy = kernels.objective(_rows(dataset), dataset.dense, params, dataset.n_features,
                                        True, model.loss_id, model.l2)
     expected_loss, expected_accuracy = reference.objective(
         dataset, model, params[: dataset.n_features], params[dataset.n_features])
@@ -112,9 +111,8 @@ def test_weighted_sgd_chunk_and_objective_match_reference(name, dense):
     _run_kernel(dataset, model, order, 3, 0.05, unweighted)
     assert not np.allclose(unweighted, params)  # the weights changed the steps
 
-    loss, accuracy = kernels.objective(dataset.values, dataset.indices, dataset.indptr, dataset.dense,
-                                       dataset.y, sample_weight, params, dataset.n_features, True,
-                                       model.loss_id, model.l2)
+    loss, accuracy = kernels.objective(_rows(dataset, sample_weight), dataset.dense, params,
+                                       dataset.n_features, True, model.loss_id, model.l2)
     expected_loss, expected_accuracy = reference.objective(
         dataset, model, params[: dataset.n_features], params[dataset.n_features], sample_weight)
     assert abs(loss - expected_loss) <= TOLERANCE and abs(accuracy - expected_accuracy) <= TOLERANCE

@@ -58,7 +58,7 @@ def test_claims_visit_every_row_once_per_epoch_in_the_seeded_orders(workers, bat
 
     def consume(w):
         for order, start, stop in worker.claimed_pieces(views, spec, spec.chunk_updates, 1):
-            slot = 0 if np.shares_memory(order, views["orders"][0]) else 1
+            slot = 0 if np.shares_memory(order, views.orders[0]) else 1
             pieces[w].append((slot, start, stop, order[start:stop].copy()))
 
     threads = [threading.Thread(target=consume, args=(w,)) for w in range(workers)]
@@ -73,7 +73,7 @@ def test_claims_visit_every_row_once_per_epoch_in_the_seeded_orders(workers, bat
         np.add.at(visits, rows, 1)
     assert np.all(visits == epochs)
     per_epoch = -(-n_rows // batch_size)
-    assert views["schedule"][worker.SCHED_DONE:worker.SCHED_DONE + 2].sum() == epochs * per_epoch
+    assert views.schedule[worker.SCHED_DONE:worker.SCHED_DONE + 2].sum() == epochs * per_epoch
 
 
 def test_concurrent_claims_cover_every_batch_exactly_once():

@@ -94,7 +94,7 @@ def outputs_from_shared_parameters(block_name, layout, images, written, results)
     parent writes into the block."""
     block = SharedBlock.attach(block_name, layout)
     model = build_network("mlp", (1, 8, 8), 10)
-    bind_parameters(model, block.views["params"])
+    bind_parameters(model, block.views.params)
     with torch.no_grad():
         results.put(model(images).numpy())
         written.wait(30)
@@ -111,7 +111,7 @@ def test_a_write_into_the_shared_block_changes_another_process_output():
     block = SharedBlock.create(layout)
     context = multiprocessing.get_context("spawn")
     try:
-        flatten_parameters(model, block.views["params"])
+        flatten_parameters(model, block.views.params)
         images = torch.randn(3, 1, 8, 8)
         written, results = context.Event(), context.SimpleQueue()
         child = context.Process(target=outputs_from_shared_parameters,
@@ -120,7 +120,7 @@ def test_a_write_into_the_shared_block_changes_another_process_output():
         before = results.get()
         with torch.no_grad():
             np.testing.assert_array_equal(before, model(images).numpy())
-        block.views["params"][-10:] += 1.0  # the output layer's biases
+        block.views.params[-10:] += 1.0  # the output layer's biases
         written.set()
         after = results.get()
         child.join(30)

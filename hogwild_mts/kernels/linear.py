@@ -59,11 +59,6 @@ touched : int64 (n_params), the momentum marks (start at -1), or NO_MARKS withou
 """
 
 
-def rows_of(arrays: dict) -> Rows:
-    """The :class:`Rows` of a dict holding (at least) the arrays by their field names."""
-    return Rows(*(arrays[name] for name in Rows._fields))
-
-
 @njit(cache=True, nogil=True, inline="always")
 def row_margin(rows, dense, params, n_features, fit_intercept, row):
     """w . x_row + b (b = params[n_features] with an intercept), in the row's stored order."""
@@ -301,13 +296,13 @@ def claim_batches(words, index, total, workers, per_epoch, max_claim, min_claim)
 
 
 @njit(cache=True, nogil=True)
-def objective(values, indices, indptr, dense, labels, sample_weight, params, n_features,
-              fit_intercept, loss_id, l2):
+def objective(rows, dense, params, n_features, fit_intercept, loss_id, l2):
     """Return (sum of weight * loss / n + l2/2 ||w||^2, weighted fraction of rows with
-    sign(margin) == label): the objective SGD minimises.  The arrays are those of :class:`Rows`
-    (no feature_scale); ``sample_weight`` empty: unit weights (mean loss, plain accuracy)."""
-    rows = Rows(values, indices, indptr, labels, sample_weight, sample_weight)  # scale unread
-    n_rows = indptr.shape[0] - 1
+    sign(margin) == label): the objective SGD minimises, on ``rows`` (a :class:`Rows`; its
+    ``feature_scale`` is unread).  ``rows.sample_weight`` empty: unit weights (mean loss, plain
+    accuracy)."""
+    labels, sample_weight = rows.labels, rows.sample_weight
+    n_rows = rows.indptr.shape[0] - 1
     weighted = sample_weight.shape[0] != 0
     total_loss = 0.0
     correct = 0.0

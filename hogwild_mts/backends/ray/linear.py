@@ -57,14 +57,13 @@ def fit_linear(job: Job) -> FitResult:
     options, workers, problem = job.options, job.workers, job.problem
     dataset = problem.dataset
     model = _model_spec(problem, dataset.n_features, dataset.dense)
-    data = {"feature_scale": np.zeros(dataset.n_features)}
-    problem.fill(data)  # the data arrays by their kernel names, L2 weights
+    rows = problem.rows()
     params = _start_params(problem, dataset.n_features, problem.start_params)
-    shards = [shard_arrays(data, shard_rows(dataset.n_samples, workers, w), dataset.n_features,
-                           dataset.dense) for w in range(workers)]
-    warm_up_linear(shards[0], data["feature_scale"], model, options.batch_size, problem.dtype)
+    shards = [shard_arrays(rows._asdict(), shard_rows(dataset.n_samples, workers, w),
+                           dataset.n_features, dataset.dense) for w in range(workers)]
+    warm_up_linear(shards[0], rows.feature_scale, model, options.batch_size, problem.dtype)
     warm_up_server_kernel(params.dtype)
-    problem.score(dict(data, indptr=data["indptr"][:2], sample_weight=data["sample_weight"][:1]),
+    problem.score(rows._replace(indptr=rows.indptr[:2], sample_weight=rows.sample_weight[:1]),
                   model, params)
 
     started_ray = connect(job.ray.address)
@@ -72,7 +71,7 @@ def fit_linear(job: Job) -> FitResult:
         check_cluster(workers)
         shard_refs = [ray.put(shard) for shard in shards]
         del shards
-        setup_ref = ray.put(LinearSetup(model=model, feature_scale=data["feature_scale"]))
+        setup_ref = ray.put(LinearSetup(model=model, feature_scale=rows.feature_scale))
         shard_spec = _shard_specs(job)
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(LinearWorker)
 
@@ -83,7 +82,7 @@ def fit_linear(job: Job) -> FitResult:
         backend = _backend(job, params, make_worker)
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
                                options.batch_size * job.ray.local_steps, "static")
-        return _run(job, backend, model, data, dataset.name, pushes,
+        return _run(job, backend, model, rows, dataset.name, pushes,
                     dataclasses.replace(job.settings, loss="training objective", accuracy="train"))
     finally:
         if started_ray:
@@ -136,7 +135,7 @@ def fit_linear_from_path(job: Job) -> FitResult:
         problem.score(sample, setup.model, run["params"])  # compiled before the clock starts
         rows_per_push = options.batch_size * job.ray.local_steps
         pushes = options.epochs * sum(-(-count // rows_per_push) for count in rows)
-        n_sampled = sample["indptr"].shape[0] - 1
+        n_sampled = sample.indptr.shape[0] - 1
         return _run(job, backend, setup.model, sample, os.path.basename(path), pushes,
                     dataclasses.replace(job.settings, loss=f"training objective on {n_sampled} sampled rows",
                                         accuracy=f"train, on {n_sampled} sampled rows",
@@ -189,14 +188,14 @@ def _backend(job: Job, params, make_worker) -> RayBackend:
                       max_worker_restarts=job.ray.max_worker_restarts)
 
 
-def _run(job: Job, backend: RayBackend, model: LinearModelSpec, data: dict, name: str,
+def _run(job: Job, backend: RayBackend, model: LinearModelSpec, rows: kernels.Rows, name: str,
          pushes: int, settings: LinearSettings) -> FitResult:
-    """Run ``backend`` through the lifecycle, scoring snapshots on the arrays ``data``;
-    ``settings``: the result's, less its Ray part."""
+    """Run ``backend`` through the lifecycle, scoring snapshots on ``rows``; ``settings``: the
+    result's, less its Ray part."""
     options, problem = job.options, job.problem
 
     def score(snapshot):
-        return problem.score(data, model, snapshot)
+        return problem.score(rows, model, snapshot)
 
     def details(final):
         return {**problem.result_fields(final, model.n_features, name),
@@ -272,9 +271,9 @@ def _check_parts(job: Job, path: str, data_format: str, reports: list) -> tuple:
     return setup, _joined_sample(reports, setup), rows, labels
 
 
-def _joined_sample(reports: list, setup: LinearSetup) -> dict:
-    """The rows the workers sampled, as one data set in the checked form of ``setup`` (arrays
-    by their kernel names, unit weights)."""
+def _joined_sample(reports: list, setup: LinearSetup) -> kernels.Rows:
+    """The rows the workers sampled, as one data set in the checked form of ``setup`` (unit
+    weights, the setup's L2 weights)."""
     samples = [report.sample for report in reports]
     labels = np.concatenate([sample["labels"] for sample in samples])
     lengths = np.concatenate([np.diff(sample["indptr"]) for sample in samples])
@@ -283,4 +282,4 @@ def _joined_sample(reports: list, setup: LinearSetup) -> dict:
     joined = {"values": np.concatenate([sample["values"] for sample in samples]),
               "indices": np.concatenate([sample["indices"] for sample in samples]),
               "indptr": indptr, "labels": labels, "sample_weight": kernels.UNIT_WEIGHTS}
-    return setup.checked(joined)
+    return kernels.Rows(**setup.checked(joined), feature_scale=setup.feature_scale)

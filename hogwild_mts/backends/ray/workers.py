@@ -114,7 +114,7 @@ def warm_up_linear(shard: dict, feature_scale: np.ndarray, model: LinearModelSpe
                    dtype) -> None:
     """Compile (driver) or load from numba's cache (workers) the local-steps kernel for the types
     a worker runs it with: read-only data, a private writable parameter copy of ``dtype``."""
-    rows = kernels.rows_of(read_only({**shard, "feature_scale": feature_scale}))
+    rows = kernels.Rows(**read_only({**shard, "feature_scale": feature_scale}))
     local_steps_kernel(model)(rows, kernels.NO_ROWS, 0, 0, batch_size,
                               np.zeros(model.n_features + int(model.fit_intercept), dtype=dtype),
                               model.n_features, model.loss_id, model.l2, 0.0,
@@ -258,7 +258,7 @@ class LinearWorker:
         self.shard = read_only(setup.checked(self.shard))
         self.model = model = setup.model
         self.feature_scale = read_only({"s": setup.feature_scale})["s"]
-        self.rows = kernels.rows_of({**self.shard, "feature_scale": self.feature_scale})
+        self.rows = kernels.Rows(**self.shard, feature_scale=self.feature_scale)
         self.kernel = local_steps_kernel(model)
         self.local = np.zeros(model.n_features + int(model.fit_intercept), dtype=self.dtype)
         warm_up_linear(self.shard, self.feature_scale, model, self.spec.batch_size, self.dtype)

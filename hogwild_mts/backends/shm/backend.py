@@ -18,6 +18,7 @@ import numpy as np
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, owner_named_semaphores
+from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.core import control, signals
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import Diverged, RunState, RunTotals, WorkerError
@@ -115,18 +116,18 @@ def join(processes) -> None:
             process.join()
 
 
-def restore_state(views: dict, spec, state: RunState) -> None:
+def restore_state(views: BlockViews, spec, state: RunState) -> None:
     """Put a checkpoint's run state in a new block before the start: parameters, counter, the
     histogram and the counts (as worker 0's row), and the dynamic split's schedule."""
-    views["params"][:] = state.params
-    views["counter"][0] = state.counter
-    views["hist"][0, :state.histogram.size] = state.histogram
-    stats = views["stats"][0]
+    views.params[:] = state.params
+    views.counter[0] = state.counter
+    views.hist[0, :state.histogram.size] = state.histogram
+    stats = views.stats[0]
     stats[control.STAT_UPDATES], stats[control.STAT_SAMPLES] = state.updates, state.samples
     stats[control.STAT_MAX_TAU], stats[control.STAT_REFITS] = state.max_staleness, state.refits
     worker.restore_schedule(views, spec, state.position, state.order_generator)
-    if state.velocity is not None and "velocity0" in views:
-        views["velocity0"][:] = state.velocity
+    if state.velocity is not None and views.velocity0 is not None:
+        views.velocity0[:] = state.velocity
 
 
 class CheckpointWriter:
@@ -134,10 +135,10 @@ class CheckpointWriter:
     :class:`hogwild_mts.backends.shm.worker.Snapshotter`): ``write(RunState)`` each snapshot
     worker 0 takes, then tell it the fields are free again; after the run, the final state."""
 
-    def __init__(self, views: dict, spec, write):
+    def __init__(self, views: BlockViews, spec, write):
         self.views, self.spec, self._write = views, spec, write
         self._write_failed = False
-        self.total_batches = total_updates(views["orders"].shape[1], spec.workers,
+        self.total_batches = total_updates(views.orders.shape[1], spec.workers,
                                                   spec.epochs, spec.batch_size)
 
     def poll(self) -> None:
@@ -145,11 +146,11 @@ class CheckpointWriter:
         parameters are not finite (a diverging run: the last good checkpoint stays).  A write
         that fails (a full disk) is a RuntimeWarning, once: training goes on, and the previous
         checkpoint is still whole."""
-        words = self.views["snapshot_words"]
+        words = self.views.snapshot_words
         taken = int(kernels.load_word(words, worker.SNAP_TAKEN))
         if taken <= words[worker.SNAP_WRITTEN]:
             return
-        params = self.views["snapshot_params"].astype(np.float64)
+        params = self.views.snapshot_params.astype(np.float64)
         if np.isfinite(params).all():
             try:
                 self._write(self._snapshot_state(words, params))
@@ -165,13 +166,13 @@ class CheckpointWriter:
         position = int(words[worker.SNAP_POSITION])
         return RunState(
             params=params,
-            counter=int(words[worker.SNAP_COUNTER]), histogram=self.views["snapshot_hist"].copy(),
+            counter=int(words[worker.SNAP_COUNTER]), histogram=self.views.snapshot_hist.copy(),
             updates=int(words[worker.SNAP_UPDATES]), samples=int(words[worker.SNAP_SAMPLES]),
             max_staleness=int(words[worker.SNAP_MAX_TAU]), refits=int(words[worker.SNAP_REFITS]),
             position=position, finished=position >= self.total_batches,
             order_generator=words.view(np.uint64)[worker.SNAP_GENERATOR:
                                                   worker.SNAP_GENERATOR + GENERATOR_WORDS].copy(),
-            velocity=self.views["snapshot_velocity"].copy() if "snapshot_velocity" in self.views else None)
+            velocity=None if self.views.snapshot_velocity is None else self.views.snapshot_velocity.copy())
 
     def final(self, totals: RunTotals, params: np.ndarray) -> None:
         """Write the state the workers left (call after they have all stopped): ``totals`` and
@@ -185,7 +186,7 @@ class CheckpointWriter:
             updates=totals.updates, samples=totals.samples, max_staleness=totals.max_staleness,
             refits=totals.refits, position=position,
             order_generator=generator, finished=position >= self.total_batches,
-            velocity=self.views["velocity0"].copy() if "velocity0" in self.views else None))
+            velocity=None if self.views.velocity0 is None else self.views.velocity0.copy()))
 
 
 class EvaluationReader:
@@ -194,7 +195,7 @@ class EvaluationReader:
     once, in slot order.  A slot nobody claimed while the run's count was in its window is
     skipped (one copy's count passed its window; a late claim of it is never handed out)."""
 
-    def __init__(self, views: dict, stamp: bool):
+    def __init__(self, views: BlockViews, stamp: bool):
         self.views, self.stamp = views, stamp
         self._next = 0  # the first slot not handed out or skipped yet
 
@@ -202,15 +203,15 @@ class EvaluationReader:
         """``[(seconds since origin, updates, parameter copy), ...]`` of the slots published since
         the last call (``origin``: time.time() seconds)."""
         views = self.views
-        first, every = (int(word) for word in views["eval_words"][[worker.EVAL_FIRST, worker.EVAL_EVERY]])
+        first, every = (int(word) for word in views.eval_words[[worker.EVAL_FIRST, worker.EVAL_EVERY]])
         updates = worker.run_updates(views, self.stamp)
         rows = []
-        while self._next < views["eval_done"].shape[0]:
+        while self._next < views.eval_done.shape[0]:
             slot = self._next
-            if kernels.load_word(views["eval_done"], slot):  # an acquire: the copy is whole
-                rows.append((float(views["eval_times"][slot]) - origin, int(views["eval_updates"][slot]),
-                             views["eval_params"][slot].copy()))
-            elif views["eval_claims"][slot] or updates < first + (slot + 1) * every:
+            if kernels.load_word(views.eval_done, slot):  # an acquire: the copy is whole
+                rows.append((float(views.eval_times[slot]) - origin, int(views.eval_updates[slot]),
+                             views.eval_params[slot].copy()))
+            elif views.eval_claims[slot] or updates < first + (slot + 1) * every:
                 break  # being copied, or its window is still open
             self._next += 1
         return rows
@@ -255,22 +256,22 @@ class ShmBackend:
             how = (f"was killed by signal {signal.Signals(-code).name}" if code < 0
                    else f"exited with code {code}")
             raise WorkerError(f"worker {worker_id} (pid {process.pid}) {how}; the run was stopped")
-        if np.any(self.views["stats"][:, control.STAT_STATE] == control.STATE_DIVERGED):
+        if np.any(self.views.stats[:, control.STAT_STATE] == control.STATE_DIVERGED):
             raise Diverged("a worker's loss")
 
     def ready(self) -> bool:
         self._check()
-        return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_READY))
+        return bool(np.all(self.views.stats[:, control.STAT_STATE] >= control.STATE_READY))
 
     def go(self) -> None:
         self._go_time = time.time()
-        self.views["flags"][control.FLAG_GO] = 1
+        self.views.flags[control.FLAG_GO] = 1
 
     def stalled(self, seconds: float) -> dict:
         """{worker id: seconds} of the workers not yet done whose update count has not moved for
         at least ``seconds`` (measured between calls; call it every poll)."""
         now = time.monotonic()
-        stats = self.views["stats"]
+        stats = self.views.stats
         updates = stats[:, control.STAT_UPDATES].copy()
         working = stats[:, control.STAT_STATE] < control.STATE_DONE
         if self._moved_at is None:
@@ -284,7 +285,7 @@ class ShmBackend:
         self._check()
         if self._checkpoints is not None:
             self._checkpoints.poll()
-        return int(self.views["stats"][:, control.STAT_UPDATES].sum())
+        return int(self.views.stats[:, control.STAT_UPDATES].sum())
 
     def final_checkpoint(self, totals: RunTotals, params: np.ndarray) -> None:
         """Write the run's last checkpoint (after ``join``; ``totals`` from :meth:`collect`,
@@ -293,13 +294,13 @@ class ShmBackend:
             self._checkpoints.final(totals, params)
 
     def finished(self) -> bool:
-        return bool(np.all(self.views["stats"][:, control.STAT_STATE] >= control.STATE_DONE)
+        return bool(np.all(self.views.stats[:, control.STAT_STATE] >= control.STATE_DONE)
                     or not any(p.is_alive() for p in self.processes))
 
     def _origin(self) -> float:
         """time.time() when the first worker entered its loop (the origin of ``train_seconds`` in
         :meth:`collect`, so history rows and the final row share one clock); go's before."""
-        starts = self.views["clock"][:, control.CLOCK_LOOP_START]
+        starts = self.views.clock[:, control.CLOCK_LOOP_START]
         started = starts[starts > 0]
         return float(started.min()) if started.size else self._go_time
 
@@ -307,14 +308,14 @@ class ShmBackend:
         return time.time() - self._origin()
 
     def snapshot(self) -> np.ndarray:
-        return np.array(self.views["params"])
+        return np.array(self.views.params)
 
     def wait(self) -> None:
         time.sleep(POLL_SECONDS)
 
     def request_stop(self) -> None:
-        if "flags" in self.views:
-            self.views["flags"][control.FLAG_STOP] = 1
+        if self.views.flags is not None:
+            self.views.flags[control.FLAG_STOP] = 1
 
     def join(self) -> None:
         for process in self.processes:  # a stopped (SIGSTOP) worker resumes, sees the flag, leaves
@@ -324,18 +325,18 @@ class ShmBackend:
         join(self.processes)
 
     def collect(self) -> RunTotals:
-        stats, clock = self.views["stats"], self.views["clock"]
+        stats, clock = self.views.stats, self.views.clock
         ran = clock[:, control.CLOCK_LOOP_START] > 0
         train_seconds = max(0.0, float(clock[ran, control.CLOCK_LOOP_END].max()
                                        - clock[ran, control.CLOCK_LOOP_START].min())) if ran.any() else 0.0
         return RunTotals(updates=int(stats[:, control.STAT_UPDATES].sum()),
-                         counter=int(self.views["counter"][0]),
+                         counter=int(self.views.counter[0]),
                          samples=int(stats[:, control.STAT_SAMPLES].sum()),
-                         histogram=self.views["hist"][:, :control.HIST_BINS].sum(axis=0),
+                         histogram=self.views.hist[:, :control.HIST_BINS].sum(axis=0),
                          max_staleness=int(stats[:, control.STAT_MAX_TAU].max()),
                          refits=int(stats[:, control.STAT_REFITS].sum()),
                          train_seconds=train_seconds)
 
     def close(self) -> None:
         self.block.release()
-        self.views = {}
+        self.views = BlockViews()

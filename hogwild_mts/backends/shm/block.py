@@ -33,6 +33,7 @@ from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 
+from hogwild_mts.backends.shm.fields import FIELD_NAMES, BlockViews
 from hogwild_mts.core import signals
 from hogwild_mts.core.resources import ResourceError, check_run, format_bytes, free_bytes
 
@@ -129,14 +130,20 @@ class Field:
 
 
 class Layout:
-    """An ordered set of fields; picklable, so workers can rebuild the same views."""
+    """An ordered set of fields, each named after a field of
+    :class:`~hogwild_mts.backends.shm.fields.BlockViews`; picklable, so workers can rebuild the
+    same views."""
 
     def __init__(self):
         self.fields: dict[str, Field] = {}
         self.nbytes = 0
 
     def add(self, name: str, dtype, shape) -> None:
-        """Append a field on a fresh cache line; ``shape`` is a tuple of ints (may contain 0)."""
+        """Append a field on a fresh cache line; ``shape`` is a tuple of ints (may contain 0).
+        ValueError for a name BlockViews has no field for, or one already in the layout."""
+        if name not in FIELD_NAMES:
+            raise ValueError(f"{name!r} is not a field of a shared block; BlockViews has: "
+                             + ", ".join(sorted(FIELD_NAMES)))
         if name in self.fields:
             raise ValueError(f"field {name!r} is already in the layout")
         field = Field(name, np.dtype(dtype).str, tuple(int(s) for s in shape), self.nbytes)
@@ -153,11 +160,13 @@ class Layout:
         self.add(name, dtype, (rows, padded))
         return padded
 
-    def views(self, buffer) -> dict[str, np.ndarray]:
-        return {
+    def views(self, buffer) -> BlockViews:
+        """The fields as numpy arrays on ``buffer`` (the block's bytes); None for those of
+        BlockViews this layout lacks."""
+        return BlockViews(**{
             f.name: np.ndarray(f.shape, dtype=np.dtype(f.dtype), buffer=buffer, offset=f.offset)
             for f in self.fields.values()
-        }
+        })
 
 
 class _FileMapping:
@@ -241,7 +250,8 @@ def _unlink_unreleased() -> None:
 
 
 class SharedBlock:
-    """A created or attached shared-memory block with numpy views named by its layout."""
+    """A created or attached shared-memory block with the typed numpy views of its layout
+    (``views``, a :class:`~hogwild_mts.backends.shm.fields.BlockViews`)."""
 
     def __init__(self, mapping, layout: Layout, owner: bool):
         self._mapping = mapping
@@ -294,7 +304,7 @@ class SharedBlock:
 
     def close(self) -> None:
         """Drop the views and unmap; arrays still referenced elsewhere keep the mapping alive."""
-        self.views = {}
+        self.views = BlockViews()
         try:
             self._mapping.close()
         except BufferError:

@@ -19,6 +19,7 @@ from hogwild_mts.backends.shm import torch_worker, worker
 from hogwild_mts.backends.shm.backend import (CheckpointWriter, EvaluationReader, ShmBackend, control_layout,
                                              restore_state, start_processes, worker_times)
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS, STAT_COLUMNS
 from hogwild_mts.core.result import FitResult
@@ -69,12 +70,12 @@ class _Run:
             worker.add_evaluation_fields(layout, self.evaluations[1], self.n_values, self.dtype)
         return layout
 
-    def _prepare_evaluations(self, views: dict) -> None:
+    def _prepare_evaluations(self, views: BlockViews) -> None:
         """The due counts of the update-triggered evaluations, if the run has them."""
         if self.evaluations is not None:
             worker.prepare_evaluations(views, self.evaluations[0], self.job.options.eval_every_updates)
 
-    def _schedule(self, views: dict, spec) -> None:
+    def _schedule(self, views: BlockViews, spec) -> None:
         """The row split's schedule: new, or restored with the rest of a resumed run's state."""
         if self.job.resumed is not None:
             restore_state(views, spec, self.job.resumed)
@@ -140,32 +141,34 @@ class _LinearRun(_Run):
             **self._checkpoint_fields())
 
     @staticmethod
-    def _warm_up(views: dict, spec: worker.WorkerSpec, problem) -> None:
+    def _warm_up(views: BlockViews, spec: worker.WorkerSpec, problem, rows: kernels.Rows) -> None:
         """Compile (or load from numba's cache) the run's kernels for these types in the parent:
-        its SGD variant on no rows (scratch counts), the objective on one row, the claims."""
+        its SGD variant on no rows of ``views`` (scratch parameters and counts), the objective on
+        one row of ``rows`` (those the run scores on), the claims."""
         scratch = worker.worker_buffers(spec, np.zeros(STAT_COLUMNS, np.int64),
                                         np.zeros(HIST_BINS, np.int64))
-        params = np.zeros_like(views["params"])
-        worker.chunk_runner(dict(views, params=params), spec, scratch,
+        params = np.zeros_like(views.params)
+        worker.chunk_runner(dataclasses.replace(views, params=params), spec, scratch,
                             lambda: np.ones(1))(kernels.NO_ROWS, 0, 0)
-        first_row = dict(views, indptr=views["indptr"][:2],  # same types, one row of work
-                         sample_weight=views["sample_weight"][:1])
+        first_row = rows._replace(indptr=rows.indptr[:2],  # same types, one row of work
+                                  sample_weight=rows.sample_weight[:1])
         problem.score(first_row, spec, params)
         worker.load_schedule_kernels()
 
     def run(self, block: SharedBlock) -> FitResult:
         job, problem = self.job, self.job.problem
         views = block.views
-        problem.fill(views)
+        rows = problem.rows()
+        views.place(**rows._asdict())
         self._prepare_evaluations(views)
         if problem.start_params is not None:
-            views["params"][:] = problem.start_params
+            views.params[:] = problem.start_params
         spec = self._spec(block)
         # numba compiles or loads kernels here; a stop signal waits until it is done (one that
         # lands inside numba's cache callback is printed as an ignored exception, not raised)
         with signals.blocked():
             self._schedule(views, spec)
-            self._warm_up(views, spec, problem)
+            self._warm_up(views, spec, problem, rows)
 
         def launch(views, processes):
             """One thread of this process when workers == 1, else processes."""
@@ -180,11 +183,10 @@ class _LinearRun(_Run):
             processes[0].start()
             return errors
 
-        data = problem.arrays()
         n_features = problem.dataset.n_features
 
         def score(params):
-            return problem.score(data, spec, params)
+            return problem.score(rows, spec, params)
 
         def details(params):
             return {**problem.result_fields(params, n_features, problem.dataset.name),
@@ -192,7 +194,7 @@ class _LinearRun(_Run):
                         job.settings, stamp=job.stamp, momentum=job.options.momentum,
                         shm=ShmSettings(job.split, job.start_method if job.workers > 1 else "thread"),
                         loss="training objective", accuracy="train"),
-                    **worker_times(block.views["clock"], job.started)}
+                    **worker_times(block.views.clock, job.started)}
 
         # kernels.objective releases the GIL: deferred copies are scored in threads
         return self._lifecycle(block, spec, launch, score, details, job.stamp, score_in_threads=True)
@@ -233,19 +235,15 @@ class _NetworkRun(_Run):
         network, dataset, n_params = problem.network, problem.dataset, self.n_params
         views = block.views
         self._prepare_evaluations(views)
-        flatten_parameters(network, views["params"][:n_params])
-        flatten_buffers(network, views["params"][n_params:])
-        for name, array in (("inputs", dataset.train_inputs), ("targets", dataset.train_targets)):
-            if name in views:
-                views[name][:] = array
-            else:
-                views[name] = np.ascontiguousarray(array)
-        evaluated = np.empty_like(views["params"])
+        flatten_parameters(network, views.params[:n_params])
+        flatten_buffers(network, views.params[n_params:])
+        views.place(inputs=dataset.train_inputs, targets=dataset.train_targets)
+        evaluated = np.empty_like(views.params)
         bind_parameters(network, evaluated[:n_params])  # the parent scores copies of the block
         bind_buffers(network, evaluated[n_params:])
         spec = self._spec(block)
         with signals.blocked():  # numba compiles or loads kernels: see the linear run
-            torch_worker.warm_up_kernels(views["params"].dtype)
+            torch_worker.warm_up_kernels(views.params.dtype)
             self._schedule(views, spec)
 
         def launch(views, processes):
@@ -260,7 +258,7 @@ class _NetworkRun(_Run):
                     "model": problem.name, "data": dataset.name,
                     "settings": dataclasses.replace(job.settings,
                                                     shm=ShmSettings(job.split, job.start_method)),
-                    **worker_times(block.views["clock"], job.started)}
+                    **worker_times(block.views.clock, job.started)}
 
         def score(params):
             evaluated[:] = params

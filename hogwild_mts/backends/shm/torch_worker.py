@@ -13,6 +13,7 @@ import numpy as np
 
 from hogwild_mts.backends.shm import worker as base
 from hogwild_mts.backends.shm.block import Layout
+from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.core.control import STATE_DIVERGED, STATE_DONE
 from hogwild_mts.kernels.flat import (apply_momentum_update, apply_update, bind_buffers, bind_gradients,
                                       bind_parameters, loss_value, make_network, warm_up_updates)
@@ -52,13 +53,13 @@ class TorchWorkerSpec:
     loss: str = "cross_entropy"  # one of LOSSES
     momentum: float = 0.0  # torch.optim.SGD's, per worker (private velocity)
     weight_decay: float = 0.0
-    views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
+    views: BlockViews | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
     stamp: bool = True  # torch workers always stamp (worker.Snapshotter reads it)
 
 
-def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
+def run_torch_worker(views: BlockViews, spec: TorchWorkerSpec, worker_id: int) -> int:
     """Train on the rows :func:`hogwild_mts.backends.shm.worker.row_pieces` hands this worker
     (CLAIM_BATCHES batches per claim at most); return its STATE_*.
 
@@ -76,16 +77,16 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     """
     import torch
 
-    stats = views["stats"][worker_id]
-    flags, counter = views["flags"], views["counter"]
-    params = views["params"][:spec.n_params]  # the shared buffers follow
-    hist_rows = views["hist"]
+    stats = views.stats[worker_id]
+    flags, counter = views.flags, views.counter
+    params = views.params[:spec.n_params]  # the shared buffers follow
+    hist_rows = views.hist
     model = make_network(spec.network, spec.input_shape, spec.outputs).to(getattr(torch, spec.dtype))
     bind_parameters(model, params)
     gradient = np.zeros_like(params)
     bind_gradients(model, gradient)
     gradient_tensor = torch.from_numpy(gradient)
-    inputs, targets = torch.from_numpy(views["inputs"]), torch.from_numpy(views["targets"])
+    inputs, targets = torch.from_numpy(views.inputs), torch.from_numpy(views.targets)
     input_dtype = None if spec.dtype == "float32" else getattr(torch, spec.dtype)  # inputs are float32
     with_momentum = spec.momentum != 0 or spec.weight_decay != 0
     velocity = np.zeros_like(params) if with_momentum else None  # private to this worker
@@ -97,7 +98,7 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
     hist_row = hist_rows[worker_id]
     # A checkpointed run: the first batch of this worker's claim not yet done (worker.claimed_pieces
     # sets it per piece; a stop can come between two batches of a piece, so it moves per batch).
-    position = views["positions"][worker_id] if "positions" in views else None
+    position = views.positions[worker_id] if views.positions is not None else None
 
     def gather(rows):
         """The inputs and targets of ``rows`` (int64 tensor), copied into the reused batch buffers."""
@@ -111,13 +112,15 @@ def run_torch_worker(views: dict, spec: TorchWorkerSpec, worker_id: int) -> int:
 
     first_rows = torch.arange(min(spec.batch_size, inputs.shape[0]))
     batch_loss(*gather(first_rows)).backward()  # warm-up: first calls are slow
-    bind_buffers(model, views["params"][spec.n_params:])  # after the warm-up, which updated its own
+    bind_buffers(model, views.params[spec.n_params:])  # after the warm-up, which updated its own
     warm_up_kernels(params.dtype)
     base.map_pages(views, SHARED_READ_FIELDS)
     if not base.wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
-    snapshotter = base.Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
-    evaluations = base.EvaluationTaker(views, spec.stamp, spec.workers) if "eval_words" in views else None
+    taking_snapshots = worker_id == 0 and views.snapshot_words is not None
+    snapshotter = base.Snapshotter(views, spec) if taking_snapshots else None
+    evaluations = (base.EvaluationTaker(views, spec.stamp, spec.workers)
+                   if views.eval_words is not None else None)
     state = STATE_DONE
     pieces = base.row_pieces(views, spec, worker_id, inputs.shape[0], CLAIM_BATCHES, 1)
     for order, piece_start, piece_stop in pieces:

@@ -46,6 +46,7 @@ from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO,
                                       STATE_DONE, STATE_DIVERGED, STATE_FAILED, STATE_READY,
                                       STATE_RUNNING, STATUS_DIVERGED)
 from hogwild_mts.backends.shm.block import Layout, SharedBlock, process_alive
+from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.kernels.split import GENERATOR_WORDS, sharded_pieces
 from hogwild_mts.policies.refit import Refitter
 
@@ -102,12 +103,12 @@ class WorkerSpec:
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
     split: str = "dynamic"  # one of SPLITS
     momentum: float = 0.0  # 0: plain SGD; else each worker keeps a private velocity (worker_buffers)
-    views: dict | None = None  # the parent's views, inherited by forked workers (never pickled)
+    views: BlockViews | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
 
 
-def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: dict | None = None,
+def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews | None = None,
                    worker_id: int = -1) -> kernels.WorkerBuffers:
     """A worker's :class:`kernels.WorkerBuffers` on its ``stats`` and ``hist`` rows: scratch for
     one batch and, when ``spec.momentum`` is not 0, zero velocity (worker 0 of a checkpointed
@@ -116,19 +117,19 @@ def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: dict | None
     if spec.momentum == 0.0:
         return kernels.WorkerBuffers(stats, hist, derivatives, kernels.NO_VELOCITY, kernels.NO_MARKS)
     n_params = spec.n_features + int(spec.fit_intercept)
-    kept = views is not None and worker_id == 0 and "velocity0" in views
-    velocity = views["velocity0"] if kept else np.zeros(n_params)
+    kept = views is not None and worker_id == 0 and views.velocity0 is not None
+    velocity = views.velocity0 if kept else np.zeros(n_params)
     return kernels.WorkerBuffers(stats, hist, derivatives, velocity,
                                  np.full(n_params, -1, dtype=np.int64))
 
 
-def chunk_runner(views: dict, spec, buffers: kernels.WorkerBuffers, table):
+def chunk_runner(views: BlockViews, spec, buffers: kernels.WorkerBuffers, table):
     """``run_chunk(order, start, stop) -> STATUS_*``: the spec's SGD kernel variant on the rows
     and parameters of ``views``, stepping with ``table()`` (the current alpha(tau) table).
     ``run_chunk(kernels.NO_ROWS, 0, 0)`` only compiles or loads the kernel for these types."""
     kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, spec.l2, spec.stamp, spec.momentum)
-    rows = kernels.rows_of(views)
-    params, counter = views["params"], views["counter"]
+    rows = views.rows()
+    params, counter = views.params, views.counter
 
     def run_chunk(order, start: int, stop: int) -> int:
         return kernel(rows, order, start, stop, spec.batch_size, params, spec.n_features,
@@ -190,17 +191,17 @@ def add_evaluation_fields(layout: Layout, slots: int, n_params: int, dtype) -> N
     layout.add("eval_params", dtype, (slots, n_params))
 
 
-def prepare_evaluations(views: dict, first: int, every: int) -> None:
+def prepare_evaluations(views: BlockViews, first: int, every: int) -> None:
     """Parent, before the start: slot k is due at ``first + k * every`` updates."""
-    views["eval_words"][[EVAL_FIRST, EVAL_EVERY]] = first, every
+    views.eval_words[[EVAL_FIRST, EVAL_EVERY]] = first, every
 
 
-def run_updates(views: dict, stamp: bool) -> int:
+def run_updates(views: BlockViews, stamp: bool) -> int:
     """The updates the run has applied so far: the counter of a stamped run (each update
     claims one count before it writes), else the sum of the workers' counts."""
     if stamp:
-        return int(kernels.load_word(views["counter"], 0))
-    return int(views["stats"][:, STAT_UPDATES].sum())
+        return int(kernels.load_word(views.counter, 0))
+    return int(views.stats[:, STAT_UPDATES].sum())
 
 
 def load_schedule_kernels() -> None:
@@ -212,21 +213,21 @@ def load_schedule_kernels() -> None:
     kernels.store_word(words, SCHED_READY, kernels.load_word(words, SCHED_DONE))
 
 
-def prepare_schedule(views: dict, spec) -> None:
+def prepare_schedule(views: BlockViews, spec) -> None:
     """Parent, before the start: draw epoch 0's order (dynamic split; nothing for static)."""
     if spec.split == "dynamic":
         _draw_order(views, np.random.default_rng(spec.seeds[0]), 0)
-        if "positions" in views:
-            views["positions"][:, 0] = NO_POSITION
+        if views.positions is not None:
+            views.positions[:, 0] = NO_POSITION
 
 
-def restore_schedule(views: dict, spec, position: int, generator_words: np.ndarray) -> None:
+def restore_schedule(views: BlockViews, spec, position: int, generator_words: np.ndarray) -> None:
     """Parent, before the start of a resumed run: the dynamic split's words and orders as they
     were when batches ``0 .. position - 1`` were done and no later one was claimed.
     ``generator_words``: the order generator's state before the order of epoch
     ``position // per_epoch`` was drawn (:func:`schedule_state`)."""
-    words = views["schedule"]
-    per_epoch = -(-views["orders"].shape[1] // spec.batch_size)
+    words = views.schedule
+    per_epoch = -(-views.orders.shape[1] // spec.batch_size)
     epoch = position // per_epoch
     words[:] = 0
     _draw_order(views, _generator(np.asarray(generator_words, dtype=np.uint64)), epoch)
@@ -237,19 +238,19 @@ def restore_schedule(views: dict, spec, position: int, generator_words: np.ndarr
     if epoch * per_epoch + per_epoch // 2 < position and epoch + 1 < spec.epochs:
         _draw_order(views, _saved_generator(words), epoch + 1)  # drawn at the middle batch
     words[SCHED_CURSOR] = position
-    if "positions" in views:
-        views["positions"][:, 0] = NO_POSITION
+    if views.positions is not None:
+        views.positions[:, 0] = NO_POSITION
 
 
-def schedule_state(views: dict, spec) -> tuple[int, np.ndarray] | None:
+def schedule_state(views: BlockViews, spec) -> tuple[int, np.ndarray] | None:
     """(the first batch not surely done: ``min(cursor, positions)``, the order generator's state
     before that batch's epoch was drawn) of a dynamic-split run with checkpoint fields; a
     finished run gives (its batches, zeros).  None when that epoch's slot does not hold it (a
     snapshot racing another worker's draw)."""
-    words, orders = views["schedule"], views["orders"]
+    words, orders = views.schedule, views.orders
     per_epoch = -(-orders.shape[1] // spec.batch_size)
     total = spec.epochs * per_epoch
-    position = min(int(kernels.load_word(words, SCHED_CURSOR)), int(views["positions"][:, 0].min()), total)
+    position = min(int(kernels.load_word(words, SCHED_CURSOR)), int(views.positions[:, 0].min()), total)
     if position == total:
         return position, np.zeros(GENERATOR_WORDS, np.uint64)
     epoch = position // per_epoch
@@ -260,10 +261,10 @@ def schedule_state(views: dict, spec) -> tuple[int, np.ndarray] | None:
     return position, words.view(np.uint64)[first:first + GENERATOR_WORDS].copy()
 
 
-def _draw_order(views: dict, rng: np.random.Generator, epoch: int) -> None:
+def _draw_order(views: BlockViews, rng: np.random.Generator, epoch: int) -> None:
     """Shuffle all rows into epoch ``epoch``'s slot, save the generator (before and after),
     then publish the slot."""
-    slot, words = views["orders"][epoch % 2], views["schedule"]
+    slot, words = views.orders[epoch % 2], views.schedule
     before = SCHED_SLOT_RNG + GENERATOR_WORDS * (epoch % 2)
     words.view(np.uint64)[before:before + GENERATOR_WORDS] = _generator_words(rng)
     slot[:] = np.arange(slot.shape[0])
@@ -295,9 +296,9 @@ def _generator(state_words: np.ndarray) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def _wait_for_word(views: dict, index: int, value: int, parent_pid: int) -> bool:
+def _wait_for_word(views: BlockViews, index: int, value: int, parent_pid: int) -> bool:
     """Wait until schedule word ``index`` reaches ``value``; False if told to stop first."""
-    words, flags = views["schedule"], views["flags"]
+    words, flags = views.schedule, views.flags
     while kernels.load_word(words, index) < value:
         if _stop_requested(flags, parent_pid):
             return False
@@ -305,17 +306,17 @@ def _wait_for_word(views: dict, index: int, value: int, parent_pid: int) -> bool
     return True
 
 
-def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int, worker_id: int = 0):
+def claimed_pieces(views: BlockViews, spec, max_claim: int, min_claim: int, worker_id: int = 0):
     """Dynamic split: yield ``(order, start, stop)``, rows ``order[start:stop]`` to train on in
     batches of ``spec.batch_size``, claim after claim until the run's batches are gone (or a wait
     is cut short by a stop request).  A piece counts as finished when the next one is asked for.
     With checkpoint fields, the worker's position is the first batch of its claim not finished
     (never above a batch it may still run: the cursor is published before each claim)."""
-    words, orders = views["schedule"], views["orders"]
+    words, orders = views.schedule, views.orders
     n_rows, batch = orders.shape[1], spec.batch_size
     per_epoch = -(-n_rows // batch)
     total = spec.epochs * per_epoch
-    position = views["positions"][worker_id] if "positions" in views else np.zeros(1, np.int64)
+    position = views.positions[worker_id] if views.positions is not None else np.zeros(1, np.int64)
     while True:
         position[0] = kernels.load_word(words, SCHED_CURSOR)
         first, end = kernels.claim_batches(words, SCHED_CURSOR, total, spec.workers, per_epoch,
@@ -342,7 +343,7 @@ def claimed_pieces(views: dict, spec, max_claim: int, min_claim: int, worker_id:
             return
 
 
-def row_pieces(views: dict, spec, worker_id: int, n_rows: int, max_claim: int, min_claim: int):
+def row_pieces(views: BlockViews, spec, worker_id: int, n_rows: int, max_claim: int, min_claim: int):
     """The pieces of rows this worker trains on under ``spec.split`` (see the module docstring);
     ``max_claim``/``min_claim`` in batches."""
     if spec.split == "dynamic":
@@ -350,28 +351,29 @@ def row_pieces(views: dict, spec, worker_id: int, n_rows: int, max_claim: int, m
     return sharded_pieces(n_rows, spec, worker_id, max_claim)
 
 
-def map_pages(views: dict, names) -> None:
+def map_pages(views: BlockViews, names) -> None:
     """Read one byte of every page of the named fields present, so the page-table work of a
     freshly attached block happens before the start signal, not inside the timed loop."""
     for name in names:
-        if name not in views:
+        field = getattr(views, name)
+        if field is None:
             continue
-        flat_bytes = views[name].reshape(-1).view(np.uint8)
+        flat_bytes = field.reshape(-1).view(np.uint8)
         if flat_bytes.size:
             int(flat_bytes[::PAGE_BYTES].sum())
 
 
-def wait_for_go(views: dict, worker_id: int, parent_pid: int) -> bool:
+def wait_for_go(views: BlockViews, worker_id: int, parent_pid: int) -> bool:
     """Say READY, wait for the parent's start signal; False if told to stop first.  On True the
     worker is RUNNING and its loop-start time is stamped."""
-    stats, flags = views["stats"][worker_id], views["flags"]
+    stats, flags = views.stats[worker_id], views.flags
     stats[STAT_STATE] = STATE_READY
     while not flags[FLAG_GO]:
         if _stop_requested(flags, parent_pid):
             return False
         time.sleep(GO_POLL_SECONDS)
     stats[STAT_STATE] = STATE_RUNNING
-    views["clock"][worker_id][CLOCK_LOOP_START] = time.time()
+    views.clock[worker_id][CLOCK_LOOP_START] = time.time()
     return True
 
 
@@ -382,7 +384,7 @@ class Snapshotter:
     the run's state into the snapshot fields -- unless the parent has not written the previous
     snapshot yet: then the next piece boundary tries again (a worker never waits for the disk)."""
 
-    def __init__(self, views: dict, spec: WorkerSpec):
+    def __init__(self, views: BlockViews, spec: WorkerSpec):
         self.views, self.spec = views, spec
         self._next_updates = self._next_time = math.inf
         self._schedule(run_updates(views, spec.stamp))
@@ -400,7 +402,7 @@ class Snapshotter:
         if updates < self._next_updates and time.monotonic() < self._next_time:
             return
         views = self.views
-        words = views["snapshot_words"]
+        words = views.snapshot_words
         taken = kernels.load_word(words, SNAP_TAKEN)
         if kernels.load_word(words, SNAP_WRITTEN) < taken:
             return
@@ -409,15 +411,15 @@ class Snapshotter:
             return
         words[SNAP_POSITION], generator = schedule
         words.view(np.uint64)[SNAP_GENERATOR:SNAP_GENERATOR + GENERATOR_WORDS] = generator
-        np.copyto(views["snapshot_params"], views["params"])
-        if "snapshot_velocity" in views:
-            np.copyto(views["snapshot_velocity"], views["velocity0"])
-        views["hist"][:, :HIST_BINS].sum(axis=0, out=views["snapshot_hist"])
-        stats = views["stats"]
+        np.copyto(views.snapshot_params, views.params)
+        if views.snapshot_velocity is not None:
+            np.copyto(views.snapshot_velocity, views.velocity0)
+        views.hist[:, :HIST_BINS].sum(axis=0, out=views.snapshot_hist)
+        stats = views.stats
         # Others write meanwhile: a stamped run's counter and update count are taken as the
         # histogram's total, so that the three agree as they do at the end of a run.
-        stamped = int(views["snapshot_hist"].sum())
-        words[SNAP_COUNTER] = stamped if self.spec.stamp else kernels.load_word(views["counter"], 0)
+        stamped = int(views.snapshot_hist.sum())
+        words[SNAP_COUNTER] = stamped if self.spec.stamp else kernels.load_word(views.counter, 0)
         words[SNAP_UPDATES] = stamped if self.spec.stamp else stats[:, STAT_UPDATES].sum()
         words[SNAP_SAMPLES] = stats[:, STAT_SAMPLES].sum()
         words[SNAP_MAX_TAU] = stats[:, STAT_MAX_TAU].max()
@@ -435,11 +437,11 @@ class EvaluationTaker:
     loser of a claim goes on training, and a worker descheduled while it copies holds back only
     its own slot."""
 
-    def __init__(self, views: dict, stamp: bool, workers: int):
+    def __init__(self, views: BlockViews, stamp: bool, workers: int):
         self.views, self.stamp, self._workers = views, stamp, workers
-        words = views["eval_words"]
+        words = views.eval_words
         self._first, self._every = int(words[EVAL_FIRST]), int(words[EVAL_EVERY])
-        self._slots = views["eval_done"].shape[0]
+        self._slots = views.eval_done.shape[0]
 
     def maybe_take(self) -> int:
         """Take the slot whose window holds the run's update count if nobody has claimed it;
@@ -449,12 +451,12 @@ class EvaluationTaker:
         if updates < self._first:
             return self._first - updates
         slot = (updates - self._first) // self._every
-        if slot < self._slots and not views["eval_claims"][slot] \
-                and kernels.add_word(views["eval_claims"], slot, 1) == 0:
+        if slot < self._slots and not views.eval_claims[slot] \
+                and kernels.add_word(views.eval_claims, slot, 1) == 0:
             updates = run_updates(views, self.stamp)
-            np.copyto(views["eval_params"][slot], views["params"])
-            views["eval_updates"][slot], views["eval_times"][slot] = updates, time.time()
-            kernels.store_word(views["eval_done"], slot, 1)  # a release: the copy comes first
+            np.copyto(views.eval_params[slot], views.params)
+            views.eval_updates[slot], views.eval_times[slot] = updates, time.time()
+            kernels.store_word(views.eval_done, slot, 1)  # a release: the copy comes first
         if slot + 1 >= self._slots:
             return 0
         return self._first + (slot + 1) * self._every - updates
@@ -486,7 +488,7 @@ def _stop_requested(flags, parent_pid) -> bool:
     return bool(flags[FLAG_STOP]) or (parent_pid > 0 and not _parent_alive(parent_pid))
 
 
-def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
+def run_worker(views: BlockViews, spec: WorkerSpec, worker_id: int) -> int:
     """Train on the rows :func:`row_pieces` hands this worker; return its final STATE_* value.
 
     Between pieces (``chunk_updates`` updates at most) the worker checks the stop flag and the
@@ -496,9 +498,9 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     starts a piece; with update-triggered evaluations every worker's :class:`EvaluationTaker`
     cuts the pieces at the due counts and copies the parameters there.
     """
-    stats = views["stats"][worker_id]
-    flags = views["flags"]
-    hist_rows = views["hist"]
+    stats = views.stats[worker_id]
+    flags = views.flags
+    hist_rows = views.hist
     refitter = Refitter(spec.policy, spec.workers, spec.momentum, np.float64)
     buffers = worker_buffers(spec, stats, hist_rows[worker_id], views, worker_id)
     run_chunk = chunk_runner(views, spec, buffers, lambda: refitter.table)
@@ -508,10 +510,11 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     map_pages(views, SHARED_READ_FIELDS)
     if not wait_for_go(views, worker_id, spec.parent_pid):
         return STATE_DONE
-    snapshotter = Snapshotter(views, spec) if worker_id == 0 and "snapshot_words" in views else None
-    pieces = row_pieces(views, spec, worker_id, views["indptr"].shape[0] - 1, spec.chunk_updates,
+    taking_snapshots = worker_id == 0 and views.snapshot_words is not None
+    snapshotter = Snapshotter(views, spec) if taking_snapshots else None
+    pieces = row_pieces(views, spec, worker_id, views.indptr.shape[0] - 1, spec.chunk_updates,
                         MIN_CLAIM_UPDATES)
-    if "eval_words" in views:
+    if views.eval_words is not None:
         pieces = EvaluationTaker(views, spec.stamp, spec.workers).cut(pieces, spec.batch_size)
     state = STATE_DONE
     for order, start, stop in pieces:
@@ -526,14 +529,14 @@ def run_worker(views: dict, spec: WorkerSpec, worker_id: int) -> int:
     return finish(views, worker_id, state)
 
 
-def finish(views: dict, worker_id: int, state: int) -> int:
+def finish(views: BlockViews, worker_id: int, state: int) -> int:
     """Stamp the loop-end time and the final state; return the state."""
-    views["clock"][worker_id][CLOCK_LOOP_END] = time.time()
-    views["stats"][worker_id][STAT_STATE] = state
+    views.clock[worker_id][CLOCK_LOOP_END] = time.time()
+    views.stats[worker_id][STAT_STATE] = state
     return state
 
 
-def run_reporting_errors(run, views: dict, spec, worker_id: int, error_queue) -> bool:
+def run_reporting_errors(run, views: BlockViews, spec, worker_id: int, error_queue) -> bool:
     """``run(views, spec, worker_id)``; on an exception mark the worker failed, queue its
     traceback, return False."""
     try:
@@ -541,7 +544,7 @@ def run_reporting_errors(run, views: dict, spec, worker_id: int, error_queue) ->
         return True
     except BaseException:
         error_queue.put((worker_id, traceback.format_exc()))  # before the state the parent polls
-        views["stats"][worker_id][STAT_STATE] = STATE_FAILED
+        views.stats[worker_id][STAT_STATE] = STATE_FAILED
         return False
 
 
@@ -580,7 +583,7 @@ class ThreadWorker(threading.Thread):
 
     pid = None
 
-    def __init__(self, views: dict, spec: WorkerSpec, error_queue):
+    def __init__(self, views: BlockViews, spec: WorkerSpec, error_queue):
         super().__init__(name="hogwild-worker-0", daemon=True)
         self._views, self._spec, self._errors = views, spec, error_queue
         self.exitcode = None

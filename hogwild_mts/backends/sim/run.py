@@ -40,25 +40,21 @@ def fit(job: Job) -> FitResult:
         snapshots = max(n_params, dataset.n_features + 1) <= mean_tau * entries
     else:
         snapshots = simulation.stale_reads == "snapshots"
-    feature_scale = np.zeros(dataset.n_features)
-    counts = dataset.feature_counts()
-    np.divide(dataset.n_samples, counts, out=feature_scale, where=counts > 0)
+    rows = problem.rows()
     policies = [policy_state(options.policy, options.workers, options.momentum)
                 for _ in range(options.workers)]
     eval_every = simulation.eval_every or max(1, total // DEFAULT_EVALUATIONS)
     shape = problem.shape
     backend = SimBackend(
-        data={"values": dataset.values, "indices": dataset.indices, "indptr": dataset.indptr,
-              "labels": dataset.y, "feature_scale": feature_scale},
+        data={"values": rows.values, "indices": rows.indices, "indptr": rows.indptr,
+              "labels": rows.labels, "feature_scale": rows.feature_scale},
         dense=shape.dense, n_features=shape.n_features, fit_intercept=shape.fit_intercept,
         loss_id=shape.loss_id, l2=shape.l2, batch_size=options.batch_size, batch_rows=batch_rows,
         batch_ptr=batch_ptr, workers_of=workers_of, taus=taus, times=times, policies=policies,
         refit_every=int(getattr(options.policy, "refit_every", 0) or 0), snapshots=snapshots,
         n_params=n_params, segment=eval_every, momentum=options.momentum)
-    data = problem.arrays()
-
     def score(params):
-        return problem.score(data, shape, params)
+        return problem.score(rows, shape, params)
 
     def details(params):
         return {**problem.result_fields(params, dataset.n_features, dataset.name),
