@@ -88,3 +88,47 @@ def test_sigkill_of_one_worker_keeps_the_others_updates(tmp_path):
         assert time.monotonic() < deadline, "processes of the run are still there"
         time.sleep(0.01)
     assert not shared_blocks(process.pid)
+
+
+def _boom(tau):
+    raise RuntimeError("boom")
+
+
+class FailsToRefit:
+    """A user policy whose refit raises once the workers call it."""
+
+    refit_every = 10
+
+    def bind(self, workers, momentum=0.0):
+        pass
+
+    def table(self):
+        return np.full(8, 0.1)
+
+    def observe(self, histogram):
+        raise RuntimeError("observe boom")
+
+
+def test_a_policy_function_that_raises_is_named_before_any_worker_starts():
+    from hogwild_mts import Engine
+    from hogwild_mts.data.tabular import synthetic_sparse
+    from hogwild_mts.policies.step_sizes import PolicyError
+
+    data = synthetic_sparse(400, 50, 5, seed=1)
+    with pytest.raises(PolicyError, match=r"policy function '_boom' raised RuntimeError at tau = 0: boom"):
+        Engine("logreg", policy=_boom, workers=2, epochs=1, progress=False).fit(data)
+    assert not shared_blocks()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_policy_that_raises_in_a_worker_fails_the_run_naming_it_and_keeps_the_updates(workers):
+    from hogwild_mts import Engine
+    from hogwild_mts.data.tabular import synthetic_sparse
+
+    data = synthetic_sparse(400, 50, 5, seed=1)
+    engine = Engine("logreg", policy=FailsToRefit(), workers=workers, epochs=50, progress=False)
+    with pytest.raises(WorkerError, match=r"worker \d failed: \S*PolicyError: policy 'FailsToRefit' "
+                                          r"raised RuntimeError in observe\(\): observe boom") as caught:
+        engine.fit(data)
+    assert caught.value.result is not None and caught.value.result.interrupted
+    assert not shared_blocks()

@@ -172,6 +172,15 @@ def _keeping_the_others(failure: WorkerError, partial: Callable[[], FitResult]) 
     return WorkerError(str(failure), result=result)
 
 
+def _described(describe_policy, histogram: np.ndarray) -> dict:
+    """``describe_policy(histogram)``, or, when the policy fails to refit (a user's policy that
+    raises), ``{"error": ...}``: the result is kept without the description."""
+    try:
+        return describe_policy(histogram)
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details, describe_policy,
             started: float, interrupted: bool, stopped_by: str | None = None) -> FitResult:
     """Stop and join the workers, score what was deferred and the final parameters, and build
@@ -191,7 +200,7 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
         train_seconds=totals.train_seconds, wall_seconds=time.time() - started,
         final_loss=float(loss), final_accuracy=None if accuracy is None else float(accuracy),
         workers=options.workers,
-        policy=describe_policy(totals.histogram),
+        policy=_described(describe_policy, totals.histogram),
         interrupted=interrupted, stopped_by=stopped_by, **details(final))
 
 

@@ -440,8 +440,11 @@ class FunctionPolicy(Policy):
         if not callable(function):
             raise TypeError(f"a function policy needs a callable, got {function!r}")
         self.function_name = getattr(function, "__name__", repr(function))
-        values = [float(function(tau)) for tau in range(check_int("length", length, 1))]
-        self._table = check_table(values, f"policy function {self.function_name!r}")
+        source = f"policy function {self.function_name!r}"
+        values = []
+        for tau in range(check_int("length", length, 1)):
+            values.append(_calling(source, f"at tau = {tau}", function, tau))
+        self._table = check_table(values, source)
 
     def table(self) -> np.ndarray:
         return self._table
@@ -469,6 +472,21 @@ def make_policy(name: str, **options) -> Policy:
         allowed = [p for p in inspect.signature(cls).parameters]
         unknown = sorted(set(options) - set(allowed))
         raise ValueError(f"policy {name!r} got unknown option(s) {unknown}; allowed: {allowed}") from None
+
+
+class PolicyError(ValueError):
+    """A user's policy (object or function) raised; the message names it, where, and the error."""
+
+
+def _calling(source: str, where: str, function, *arguments):
+    """``function(*arguments)``; an exception it raises (the user's code) becomes a PolicyError
+    naming ``source`` and ``where``, chained to the original."""
+    try:
+        return function(*arguments)
+    except PolicyError:
+        raise
+    except Exception as error:
+        raise PolicyError(f"{source} raised {type(error).__name__} {where}: {error}") from error
 
 
 def check_table(values, source: str) -> np.ndarray:
@@ -503,13 +521,14 @@ class CheckedPolicy(Policy):
         return int(getattr(self.policy, "refit_every", 0) or 0)
 
     def bind(self, workers: int, momentum: float = 0.0) -> None:
-        _bind(self.policy, workers, momentum)
+        _calling(f"policy {self.name!r}", "in bind()", _bind, self.policy, workers, momentum)
 
     def table(self) -> np.ndarray:
-        return check_table(self.policy.table(), f"policy {self.name!r}")
+        source = f"policy {self.name!r}"
+        return check_table(_calling(source, "in table()", self.policy.table), source)
 
     def observe(self, histogram: np.ndarray) -> None:
-        self.policy.observe(histogram)
+        _calling(f"policy {self.name!r}", "in observe()", self.policy.observe, histogram)
 
     def describe(self) -> dict:
         method = getattr(self.policy, "describe", None)

@@ -248,7 +248,7 @@ class ShmBackend:
         Diverged for one that stopped on a NaN/inf."""
         if self._errors is not None and not self._errors.empty():
             worker_id, text = self._errors.get()
-            raise WorkerError(f"worker {worker_id} failed:\n{text}")
+            raise WorkerError(f"worker {worker_id} failed: {text}")
         for worker_id, process in enumerate(self.processes):
             code = process.exitcode
             if code is None or code == 0:

@@ -537,13 +537,14 @@ def finish(views: BlockViews, worker_id: int, state: int) -> int:
 
 
 def run_reporting_errors(run, views: BlockViews, spec, worker_id: int, error_queue) -> bool:
-    """``run(views, spec, worker_id)``; on an exception mark the worker failed, queue its
-    traceback, return False."""
+    """``run(views, spec, worker_id)``; on an exception mark the worker failed, queue the
+    exception's line followed by its traceback, return False."""
     try:
         run(views, spec, worker_id)
         return True
-    except BaseException:
-        error_queue.put((worker_id, traceback.format_exc()))  # before the state the parent polls
+    except BaseException as error:
+        text = "".join(traceback.format_exception_only(error)).strip() + "\n" + traceback.format_exc()
+        error_queue.put((worker_id, text))  # before the state the parent polls
         views.stats[worker_id][STAT_STATE] = STATE_FAILED
         return False
 
