@@ -602,9 +602,15 @@ def edge_notes(best: list[dict], config: dict) -> list[str]:
     lines = []
     for policy, rows in at_edge.items():
         grid = alphas_of(config, policy)
-        where = "; ".join(f"alpha {r['alpha']:g} at m = {r['workers']}, target {r['target']:g}" for r in rows)
-        lines.append(f"note: {policy}'s best step is at the edge of its grid "
-                     f"[{min(grid):g}, {max(grid):g}] ({where}): widen its alphas")
+        for alpha, side, hint in ((max(grid), "largest", "larger"), (min(grid), "smallest", "smaller")):
+            where = {}
+            for row in rows:
+                if row["alpha"] == alpha:
+                    where.setdefault(row["target"], []).append(str(row["workers"]))
+            if where:
+                places = "; ".join(f"target {target:g} at m = {', '.join(ms)}" for target, ms in where.items())
+                lines.append(f"note: {policy}'s best step is the {side} of its grid ({alpha:g} of "
+                             f"{min(grid):g}-{max(grid):g}) for {places}: try {hint} alphas")
     return lines
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import textwrap
 import zlib
 
 import numpy as np
@@ -64,6 +63,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 KNOWN_POLICIES = ("constant", "inverse", "exponential", "tail", "mindthestep")
 MISSED_LABEL = "target not reached (open marker at the top)"
 EDGE_LABEL = "step at the edge of its grid (ringed): widen the grid"
+BAND_BELOW = 0.88   # missed targets sit in the band above this share of a comparison panel's height
+MISSED_AT = 0.94
 
 
 class RunDirError(ValueError):
@@ -137,11 +138,15 @@ def _figure(panels: int, title: str, *, rows_per_panel: int = 1, columns: int = 
     return figure, panels_axes
 
 
-def _legend(figure, handles: list, labels: list) -> None:
-    """One legend for the whole figure, below its panels."""
+def _legend(figure, handles: list, labels: list, notes: list = ()) -> None:
+    """One legend for the whole figure, below its panels; ``notes`` (lines) above its entries."""
     if handles:
-        columns = 3 if figure.get_figwidth() > COLUMN_WIDTH else 1
-        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+        wide = figure.get_figwidth() > COLUMN_WIDTH
+        columns = min(len(handles), 3 if wide and max(map(len, labels)) <= 30 else 2 if wide else 1)
+        legend = figure.legend(handles, labels, loc="outside lower center", ncols=columns,
+                               frameon=False, title="\n".join(notes) or None,
+                               title_fontsize=LEGEND_SIZE)
+        legend.get_title().set_multialignment("center")
 
 
 def _policy_handle(label: str):
@@ -174,20 +179,35 @@ def identical_groups(curves: dict, rtol: float = IDENTICAL_RTOL) -> list[list[st
     return [group for group in groups if len(group) > 1]
 
 
-def _identical_note(axis, curves: dict, where: str) -> list[list[str]]:
+def _identical_notes(axis, curves: dict, panel: str) -> list[str]:
+    """Flag the panel's title when some of its ``curves`` are identical; return the legend's
+    note lines naming them."""
     groups = identical_groups(curves)
-    if groups:
-        lines = ["identical, drawn over each other:"]
-        for group in groups:
-            lines += textwrap.wrap(" = ".join(group), 34, subsequent_indent="  ")
-        _note(axis, "\n".join(lines), where)
-    return groups
+    if not groups:
+        return []
+    axis.set_title(axis.get_title() + f" ({sum(map(len, groups))} curves identical)")
+    return [f"{panel}: identical curves, drawn over each other: " + " = ".join(group) for group in groups]
+
+
+def _log_ticks(axis) -> None:
+    """Plain tick labels (0.3, 1, 2) on a log y axis that may span less than a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    axis.yaxis.set_minor_locator(LogLocator(base=10, subs=(4.0, 6.0, 7.0, 8.0, 9.0)))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(figure, path: str, dpi: int) -> str:
     with _rc():
         figure.savefig(path, dpi=dpi)
     return path
+
+
+def _count(number: int) -> str:
+    """A count in a short title: 2,250 or 2.25 M."""
+    return f"{number / 1e6:.3g} M" if number >= 1e6 else f"{number:,}"
 
 
 # ---------------------------------------------------------------------------- records
@@ -199,7 +219,11 @@ def _by_workers(records: list[dict]) -> dict:
 
 
 def _policies(records: list[dict]) -> list[str]:
-    return list(dict.fromkeys(record["policy"] for record in records))
+    """The policy labels of ``records`` (or table rows) in one order for every figure: the
+    registered policies in KNOWN_POLICIES order, then other labels as they come."""
+    labels = list(dict.fromkeys(record["policy"] for record in records))
+    return sorted(labels, key=lambda label: (KNOWN_POLICIES.index(label) if label in KNOWN_POLICIES
+                                             else len(KNOWN_POLICIES), labels.index(label)))
 
 
 # ---------------------------------------------------------------------------- staleness
@@ -226,7 +250,7 @@ def _staleness_figure(records: list[dict]):
         recorded = [r["staleness"]["max"] for r in group if r.get("staleness")]
         largest = int(max(recorded)) if recorded else int(np.flatnonzero(counts)[-1])
         overflow = largest > size - 1    # the last bin holds every tau >= size - 1
-        body.set_title(f"m = {workers}: body ({total:,} updates)")
+        body.set_title(f"m = {workers}: body, {_count(total)} updates")
         tail.set_title(f"m = {workers}: tail, max tau {largest:,}")
         if largest == 0:
             for axis in (body, tail):
@@ -256,7 +280,7 @@ def _staleness_figure(records: list[dict]):
             model_ccdf = pmf[::-1].cumsum()[::-1]
             tail.plot(t, model_ccdf[1:size], color=color, linestyle=style, linewidth=1.0)
             tvs.append(f"{name} {model.fit_report.tv:.3f}")
-        _note(body, "TV: " + "\n      ".join(tvs), "upper right")
+        _note(tail, "total variation\n" + "\n".join(tvs), "upper right")
         floor = 0.5 / total
         if overflow:
             beyond = observed_ccdf[-1]
@@ -319,23 +343,28 @@ def _shown(records: list[dict], summary: list[dict]) -> list[dict]:
 
 
 def _step_labels(shown: list[dict], policies: list[str], workers: list) -> list[str]:
-    """Legend text per policy: its shown step, or its step at each m where they differ."""
+    """Legend text per policy: its shown step, or its step at each m (in ``workers`` order, as
+    the title says) where they differ."""
     labels = []
     for policy in policies:
         steps = {r["workers"]: r["alpha"] for r in shown if r["policy"] == policy}
         if len(set(steps.values())) <= 1:
             labels.append(f"{policy} (alpha {next(iter(steps.values())):g})" if steps else policy)
         else:
-            labels.append(f"{policy} (alpha {' / '.join(f'{steps[m]:g}' if m in steps else '-' for m in workers)}"
-                          f" at m = {' / '.join(str(m) for m in workers)})")
+            labels.append(f"{policy} (alpha {', '.join(f'{steps[m]:g}' if m in steps else '-' for m in workers)})")
     return labels
+
+
+def _steps_title(workers: list) -> str:
+    return "" if len(workers) < 2 else f"; steps in the legend at m = {', '.join(map(str, workers))}"
 
 
 def _stagger(index: int, count: int, points: int = CURVE_POINTS) -> tuple:
     """markevery of the index-th of ``count`` policies: markers at staggered places, so curves
     drawn over each other still show each policy's marker."""
-    every = max(1, points // 8)
-    return (index * every // max(count, 1), every)
+    count = max(count, 1)
+    every = max(count, points // 8)
+    return (index * every // count, every)
 
 
 def loss_figure(records: list[dict], tables: dict, x_key: str, x_label: str):
@@ -350,9 +379,11 @@ def _loss_figure(records: list[dict], tables: dict, x_key: str, x_label: str):
     targets = tables["config"]["targets"]
     groups = _by_workers(shown)
     policies = _policies(records)
-    figure, panels = _figure(len(groups), f"loss against {x_label} (each policy at its shown step; "
-                                          "mean over seeds, min-max band)")
+    figure, panels = _figure(len(groups), f"loss against {x_label}: each policy at its shown step, mean "
+                                          f"over seeds, min-max band\n(log loss axis{_steps_title(list(groups))})")
+    notes = []
     for (axis,), (workers, group) in zip(panels, groups.items()):
+        axis.set_title(f"m = {workers}")
         curves, lows, highs = {}, [], []
         for index, policy in enumerate(policies):
             mine = [r for r in group if r["policy"] == policy]
@@ -371,18 +402,18 @@ def _loss_figure(records: list[dict], tables: dict, x_key: str, x_label: str):
         for target in targets:
             axis.axhline(target, color="k", linestyle="--", linewidth=0.6)
         axis.set_yscale("log")
+        _log_ticks(axis)
         if highs:
             bottom = min(min(lows), min(targets))
             axis.set_ylim(bottom / 1.08, max(highs) * 1.08)
-        _identical_note(axis, curves, "lower left")
-        axis.set_title(f"m = {workers}")
+        notes += _identical_notes(axis, curves, f"m = {workers}")
         axis.set_xlabel(x_label)
-        axis.set_ylabel("loss (log scale)")
+        axis.set_ylabel("loss")
     handles = [_policy_handle(policy) for policy in policies]
     labels = _step_labels(shown, policies, list(groups))
     handles.append(Line2D([], [], color="k", linestyle="--", linewidth=0.6))
     labels.append("target losses")
-    _legend(figure, handles, labels)
+    _legend(figure, handles, labels, notes)
     return figure
 
 
@@ -400,7 +431,9 @@ def _alpha_tables_figure(records: list[dict], tables: dict):
     all_shown = _shown(records, tables["summary"])
     groups = _by_workers([r for r in all_shown if r.get("alpha_table")])
     policies = _policies(records)
-    figure, panels = _figure(len(groups), "alpha(tau) as the runs ended (shown step, mean over seeds)")
+    figure, panels = _figure(len(groups), "alpha(tau) as the runs ended: shown step, mean over seeds"
+                                          f"\n(log axis{_steps_title(list(groups))})")
+    notes = []
     for (axis,), (workers, group) in zip(panels, groups.items()):
         p99 = max(r["staleness"]["p99"] for r in group)
         shown = int(min(256, max(8, 2 * p99 + 2)))
@@ -416,12 +449,14 @@ def _alpha_tables_figure(records: list[dict], tables: dict):
             axis.plot(taus, mean, color=style["color"], marker=style["marker"],
                       markevery=_stagger(index, len(policies), shown), gid=f"policy:{policy}")
             curves[policy] = (taus, mean)
-        _identical_note(axis, curves, "lower left")
         axis.set_yscale("log")
-        axis.set_title(f"m = {workers}" + (" (every update had tau = 0)" if p99 == 0 else ""))
+        _log_ticks(axis)
+        axis.set_title(f"m = {workers}" + (", all tau = 0" if p99 == 0 else ""))
+        notes += _identical_notes(axis, curves, f"m = {workers}")
         axis.set_xlabel("staleness tau")
         axis.set_ylabel("alpha(tau)")
-    _legend(figure, [_policy_handle(p) for p in policies], _step_labels(all_shown, policies, list(groups)))
+    _legend(figure, [_policy_handle(p) for p in policies], _step_labels(all_shown, policies, list(groups)),
+            notes)
     return figure
 
 
@@ -444,12 +479,12 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
     from matplotlib.transforms import blended_transform_factory
 
     targets = sorted({row["target"] for row in rows}, reverse=True)
-    policies = list(dict.fromkeys(row["policy"] for row in rows))
+    policies = _policies(rows)
     figure, panels = _figure(len(targets), title + (f"\n{note}" if note else ""), columns=2)
     missed_any = edge_any = False
     for (axis,), target in zip(panels, targets):
         top = blended_transform_factory(axis.transData, axis.transAxes)
-        reached_any = False
+        reached_any = panel_missed = False
         for index, policy in enumerate(policies):
             style = policy_style(policy)
             mine = sorted((r for r in rows if r["target"] == target and r["policy"] == policy),
@@ -464,8 +499,8 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
                 axis.errorbar(m, mean, yerr=[mean - low, high - mean], color=style["color"],
                               marker=style["marker"], capsize=2, gid=f"policy:{policy}")
             if (~reached).any():
-                missed_any = True
-                axis.plot(m[~reached], np.full((~reached).sum(), 0.97), linestyle="none",
+                missed_any = panel_missed = True
+                axis.plot(m[~reached], np.full((~reached).sum(), MISSED_AT), linestyle="none",
                           marker=style["marker"], markersize=6, markerfacecolor="none",
                           markeredgecolor=style["color"], markeredgewidth=1.3, transform=top,
                           clip_on=False, gid=f"missed:{policy}")
@@ -475,10 +510,16 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
                 axis.plot(m[ringed], mean[ringed], linestyle="none", marker="o", markersize=10,
                           markerfacecolor="none", markeredgecolor="k", markeredgewidth=0.9,
                           gid=f"edge:{policy}")
+        axis.set_xscale("log", base=2)
+        axis.margins(y=0.08)
         if not reached_any:
             _note(axis, "no policy reached this target", "lower left")
-        axis.set_xscale("log", base=2)
-        axis.margins(y=0.12)
+        elif panel_missed:    # a band at the top for the missed targets, clear of the data
+            low, high = axis.get_ylim()
+            axis.set_yticks([tick for tick in axis.get_yticks() if low <= tick <= high])
+            axis.set_ylim(low, low + (high - low) / BAND_BELOW)
+            axis.plot([0, 1], [BAND_BELOW, BAND_BELOW], transform=axis.transAxes, color="0.75",
+                      linewidth=0.6, linestyle="-")
         axis.set_title(f"target loss {target:g}")
         axis.set_xlabel("workers m")
         axis.set_ylabel("updates to target")
