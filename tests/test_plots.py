@@ -202,3 +202,11 @@ def test_the_quick_grid_has_steps_around_every_measured_best():
     # measured (docs/results.md): every policy's best step of the quick grid lies in 2-8
     alphas = experiment.QUICK["alphas"]
     assert min(alphas) < 2 and max(alphas) > 8
+
+
+def test_the_transfer_figure_says_when_it_shows_the_best_figure_s_numbers():
+    best = [dict(_row("constant", 1, 100.0), alpha=1.0), dict(_row("constant", 4, 120.0), alpha=1.0)]
+    assert plots.same_numbers(best, [dict(row) for row in best])
+    assert not plots.same_numbers(best, [best[0], _row("constant", 4, 150.0)])
+    figure = plots.comparison_figure(best, "transfer", note="the same numbers as best against best")
+    assert "the same numbers as best against best" in figure.get_suptitle()

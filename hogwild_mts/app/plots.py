@@ -356,7 +356,7 @@ def _step_labels(shown: list[dict], policies: list[str], workers: list) -> list[
 
 
 def _steps_title(workers: list) -> str:
-    return "" if len(workers) < 2 else f"; steps in the legend at m = {', '.join(map(str, workers))}"
+    return "" if len(workers) < 2 else f" (the legend's steps at m = {', '.join(map(str, workers))})"
 
 
 def _stagger(index: int, count: int, points: int = CURVE_POINTS) -> tuple:
@@ -379,8 +379,8 @@ def _loss_figure(records: list[dict], tables: dict, x_key: str, x_label: str):
     targets = tables["config"]["targets"]
     groups = _by_workers(shown)
     policies = _policies(records)
-    figure, panels = _figure(len(groups), f"loss against {x_label}: each policy at its shown step, mean "
-                                          f"over seeds, min-max band\n(log loss axis{_steps_title(list(groups))})")
+    figure, panels = _figure(len(groups), f"loss against {x_label}: mean over seeds, min-max band, log axis"
+                                          f"\neach policy at its shown step{_steps_title(list(groups))}")
     notes = []
     for (axis,), (workers, group) in zip(panels, groups.items()):
         axis.set_title(f"m = {workers}")
@@ -431,8 +431,8 @@ def _alpha_tables_figure(records: list[dict], tables: dict):
     all_shown = _shown(records, tables["summary"])
     groups = _by_workers([r for r in all_shown if r.get("alpha_table")])
     policies = _policies(records)
-    figure, panels = _figure(len(groups), "alpha(tau) as the runs ended: shown step, mean over seeds"
-                                          f"\n(log axis{_steps_title(list(groups))})")
+    figure, panels = _figure(len(groups), "alpha(tau) as the runs ended: mean over seeds, log axis"
+                                          f"\neach policy at its shown step{_steps_title(list(groups))}")
     notes = []
     for (axis,), (workers, group) in zip(panels, groups.items()):
         p99 = max(r["staleness"]["p99"] for r in group)
@@ -511,6 +511,9 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
                           markerfacecolor="none", markeredgecolor="k", markeredgewidth=0.9,
                           gid=f"edge:{policy}")
         axis.set_xscale("log", base=2)
+        workers = sorted({r["workers"] for r in rows})
+        axis.set_xticks(workers, [str(m) for m in workers])
+        axis.minorticks_off()
         axis.margins(y=0.08)
         if not reached_any:
             _note(axis, "no policy reached this target", "lower left")
