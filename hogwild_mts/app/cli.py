@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_arguments(grid)
     report = commands.add_parser("report", help="redraw the plots and tables of an experiment run")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    experiment.add_figure_arguments(report)
     from hogwild_mts.app import predict
 
     predict.add_arguments(commands.add_parser(

@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from hogwild_mts.app.plots import SUMMARY_FILE
+from hogwild_mts.app.plots import (DEFAULT_DPI, DEFAULT_FORMAT, DPI_RANGE, FORMATS, SUMMARY_FILE,
+                                   check_dpi)
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, RunFileError, read_cells, read_config
 from hogwild_mts.core.files import strict_json, write_atomic
 from hogwild_mts.core.options import check_nonnegative, check_probability
@@ -61,7 +62,8 @@ CALIBRATED_TAIL_SHARE = 1e-4        # share of updates from a descheduled worker
 CALIBRATED_TAIL_RANGE = (100, 30_000)  # their tau, log-uniform (measured maxima 1,701-29,756 at m = 16)
 
 # The default grid: simulated workers with calibrated staleness on a small sparse logistic
-# regression (about a minute on 2 cores).
+# regression (about 45 s on 2 cores).  Its steps span 1-16: every policy's best step at both
+# targets and every m lies inside the grid (2-8 when measured), so best and transfer differ.
 QUICK = {
     "name": "quick",
     "task": "linear",
@@ -74,7 +76,7 @@ QUICK = {
     "refit_every": None,
     "workers": [1, 4, 16],
     "seeds": [0, 1, 2],
-    "alphas": [0.5, 1.0],
+    "alphas": [1.0, 2.0, 4.0, 8.0, 16.0],
     "epochs": 3,
     "batch_size": 1,
     "targets": [0.4, 0.3],
@@ -378,8 +380,9 @@ def run_cell(config: dict, cell: dict, data) -> dict:
 
 # ---------------------------------------------------------------------------- the grid
 def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True,
-             stop_signals: list = ()) -> dict:
-    """Run every cell not already in ``out_dir``; then rewrite the tables (and plots).
+             stop_signals: list = (), fmt: str = DEFAULT_FORMAT, dpi: int = DEFAULT_DPI) -> dict:
+    """Run every cell not already in ``out_dir``; then rewrite the tables (and plots, as ``fmt``
+    at ``dpi``) and say which policies' best steps are at the edge of their step grids.
     Returns {"ran": n, "skipped": n, "cells": total}.  ``stop_signals``: the list
     :func:`hogwild_mts.core.signals.stop_on_signals` fills; a signal held while a cell's result
     was being made (so the cell finished) stops the grid after that cell is written
@@ -405,10 +408,12 @@ def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True,
         if stop_signals:
             raise KeyboardInterrupt
     write_tables(out_dir, config)
+    for line in grid_edge_notes(out_dir, config):
+        print(line, file=log)
     if plots:
         from hogwild_mts.app.plots import draw_all
 
-        for path in draw_all(out_dir):
+        for path in draw_all(out_dir, fmt, dpi):
             print(f"wrote {path}", file=log)
     return {"ran": len(todo), "skipped": skipped, "cells": len(cells)}
 
@@ -583,6 +588,38 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
     write_atomic(path, text.getvalue())
 
 
+def edge_notes(best: list[dict], config: dict) -> list[str]:
+    """One line per policy whose best step (rows of best.csv) is the smallest or largest of its
+    step grid somewhere (the grid may be too narrow there), or one line saying none is."""
+    at_edge = {}
+    for row in best:
+        if row["alpha_at_grid_edge"]:
+            at_edge.setdefault(row["policy"], []).append(row)
+    tuned = [label for label in dict.fromkeys(row["policy"] for row in best)
+             if len(alphas_of(config, label)) > 1]
+    if not at_edge:
+        return ["every policy's best step is inside its step grid (at every m and target)"] if tuned else []
+    lines = []
+    for policy, rows in at_edge.items():
+        grid = alphas_of(config, policy)
+        for alpha, side, hint in ((max(grid), "largest", "larger"), (min(grid), "smallest", "smaller")):
+            where = {}
+            for row in rows:
+                if row["alpha"] == alpha:
+                    where.setdefault(row["target"], []).append(str(row["workers"]))
+            if where:
+                places = "; ".join(f"target {target:g} at m = {', '.join(ms)}" for target, ms in where.items())
+                lines.append(f"note: {policy}'s best step is the {side} of its grid ({alpha:g} of "
+                             f"{min(grid):g}-{max(grid):g}) for {places}: try {hint} alphas")
+    return lines
+
+
+def grid_edge_notes(out_dir: str, config: dict) -> list[str]:
+    """:func:`edge_notes` of the run directory's summary.json (written by write_tables)."""
+    with open(os.path.join(out_dir, SUMMARY_FILE)) as handle:
+        return edge_notes(json.load(handle)["best"], config)
+
+
 def write_tables(out_dir: str, config: dict) -> None:
     """cells.csv, summary.csv, best.csv, transfer.csv, staleness_fits.csv and summary.json from
     the cell files."""
@@ -652,6 +689,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weight-decay", type=float, help="torch task: weight decay >= 0 (linear "
                         "models: use --l2)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    add_figure_arguments(parser)
+
+
+def _dpi(text: str) -> int:
+    import argparse
+
+    try:
+        return check_dpi(int(text))
+    except ValueError:
+        low, high = DPI_RANGE
+        raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}") from None
+
+
+def add_figure_arguments(parser) -> None:
+    """--format and --dpi of the figures (``experiment`` and ``report``)."""
+    parser.add_argument("--format", choices=FORMATS, default=DEFAULT_FORMAT,
+                        help=f"figure file format (default {DEFAULT_FORMAT})")
+    parser.add_argument("--dpi", type=_dpi, default=DEFAULT_DPI,
+                        help=f"figure resolution in dots per inch, 50-1200 (default {DEFAULT_DPI}; "
+                             "PNG, and raster parts of PDF/SVG)")
 
 
 def main(args, stop_signals: list = ()) -> int:
@@ -660,7 +717,8 @@ def main(args, stop_signals: list = ()) -> int:
     overrides = {key: getattr(args, key) for key in QUICK if hasattr(args, key)}
     config = load_config(args.config, overrides)
     out_dir = args.out or os.path.join("runs", config["name"])
-    outcome = run_grid(config, out_dir, plots=not args.no_plots, stop_signals=stop_signals)
+    outcome = run_grid(config, out_dir, plots=not args.no_plots, stop_signals=stop_signals,
+                       fmt=args.format, dpi=args.dpi)
     print(f"{outcome['ran']} cells run, {outcome['skipped']} reused; tables in {out_dir}")
     return 0
 
@@ -680,7 +738,10 @@ def report_main(args) -> int:
     from hogwild_mts.app.plots import check_run_dir, draw_all
 
     check_run_dir(args.run_dir)
-    write_tables(args.run_dir, run_config(args.run_dir))
-    for path in draw_all(args.run_dir):
+    config = run_config(args.run_dir)
+    write_tables(args.run_dir, config)
+    for line in grid_edge_notes(args.run_dir, config):
+        print(line)
+    for path in draw_all(args.run_dir, args.format, args.dpi):
         print(f"wrote {path}")
     return 0
