@@ -204,7 +204,7 @@ def test_what_the_engine_does_not_take_is_refused_naming_what_it_takes(make, err
     (DataLoader(TensorDataset(torch.zeros(8, 1, 8, 8)), batch_size=4), ValueError,
      r"the DataLoader's dataset is a TensorDataset of 1 tensors; its items must be \(input, target\) pairs"),
     (_Dicts(), ValueError, r"item 0 is a dict; TorchEngine takes a Dataset whose items are \(input, target\) pairs"),
-    ({"x": 1}, TypeError, r"fit\(\) takes arrays or tensors X with y, .* a DataLoader of one; got dict"),
+    ({"x": 1}, TypeError, r"fit\(\) needs a data set .* a DataLoader of one\) or arrays X and y, got dict"),
 ])
 def test_data_the_engine_does_not_take_is_refused_before_any_worker_starts(data, error, message):
     with pytest.raises(error, match=message):

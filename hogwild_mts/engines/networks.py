@@ -328,7 +328,9 @@ class TorchEngine:
                                  f"({type(data).__name__})")
             return (load_images(data) if isinstance(data, str) else data), None
         elif y is None:
-            raise TypeError(f"fit() takes {DATA_ACCEPTED}; got {type(data).__name__} without y")
+            raise TypeError(f"fit() needs a data set (an ArrayDataset or image spec, a map-style "
+                            "torch Dataset of (input, target) pairs such as a TensorDataset, or a "
+                            f"DataLoader of one) or arrays X and y, got {type(data).__name__} without y")
         if test is not None:
             torch_test = torch_dataset(test, "fit(test=...)")
             if torch_test is not None:
