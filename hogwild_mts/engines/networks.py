@@ -1,6 +1,7 @@
 """Hogwild! for torch networks: ``TorchEngine(...).fit(data)`` and the CLI hook.
 
-The engine validates the options, the data and the network, settles the start weights and the
+The engine validates the options, the data (arrays, a data set, a torch Dataset or DataLoader)
+and the network (a bundled name, an nn.Module instance or class, a factory), settles the start weights and the
 checkpoint side, and describes the fit as a :class:`hogwild_mts.job.Job` with a
 :class:`~hogwild_mts.job.NetworkProblem`.  On shared memory (:mod:`hogwild_mts.backends.shm.run`)
 one block holds the control fields, the flat vector of parameters and shared buffers and the
@@ -155,14 +156,24 @@ class TorchEngine:
     """Asynchronous lock-free SGD of a torch network with ``workers`` processes.
 
     ``model``: ``mlp``, ``cnn`` (2-D on images, 1-D on signals such as MNIST-1D), ``lenet`` (see
-    :mod:`hogwild_mts.models.nets`) or a factory ``f(input_shape, outputs) -> nn.Module``
-    (``outputs``: the classes, or the values per target row for ``mse``), defined anywhere (a
-    lambda, a notebook, ``python -c``: it is sent to the workers with cloudpickle).  Floating-point
+    :mod:`hogwild_mts.models.nets`); an ``nn.Module`` instance (each worker gets a deep copy; the
+    run starts from its own weights and buffers); an ``nn.Module`` class, built as
+    ``cls(*model_args, **model_kwargs)`` (or a ``functools.partial`` of one), initialised from
+    ``seed``; or a factory ``f(input_shape, outputs) -> nn.Module`` (``outputs``: the classes, or
+    the values per target row for ``mse``).  Each may be defined anywhere (a notebook,
+    ``python -c``: it is sent to the workers with cloudpickle); its forward takes one batch
+    ``(N, *input_shape)``.  Anything else is refused here, naming what is accepted; a fit's
+    ``result.module()`` is the trained module.  Floating-point
     buffers (batch-norm running statistics) are shared like the parameters and updated in place,
     lock-free, by every worker's forward pass; other buffers stay private to each worker.
     ``policy``: a name, policy object or function of tau; ``alpha`` the base step of a named
-    policy (default DEFAULT_ALPHA).  ``loss``: ``cross_entropy`` (integer class labels) or
-    ``mse`` (float targets).  ``epochs`` passes over the training set in total, shuffled every
+    policy (default DEFAULT_ALPHA).  ``loss``: ``cross_entropy`` (integer class labels),
+    ``mse`` (float targets) or a function ``loss(outputs, targets) -> scalar tensor`` (the batch's
+    mean, e.g. ``torch.nn.functional.cross_entropy`` or ``nn.HuberLoss()``; integer targets are
+    class labels whose accuracy the evaluations report, float targets regression values).
+    ``batch_size``: rows per update (None: a DataLoader's batch size, else DEFAULT_BATCH_SIZE).
+    Evaluations: every ``eval_every`` seconds or ``eval_every_updates`` updates; neither: about
+    DEFAULT_EVALUATIONS over the run's updates.  ``epochs`` passes over the training set in total, shuffled every
     epoch (generators seeded from ``seed``, which also initialises the network).
     Each update is ``theta -= alpha(tau) * g`` with ``g`` the mean loss gradient of ``batch_size``
     rows (the last batch of an epoch may be shorter); with ``momentum`` (in [0, 1)) or
@@ -794,9 +805,10 @@ def load_network(path, factory=None):
     """The network stored in the model file at ``path`` (a directory written by
     :meth:`TorchEngine.save`, a checkpoint, or ``hogwild-mts train --out``), in eval mode, in
     the dtype it was trained in, ready to predict.  A bundled network is rebuilt from its name
-    and constructor arguments; a network built by a caller's factory needs ``factory``: that
-    function ``f(input_shape, outputs)`` or the ``nn.Module`` itself (ModelFileError without
-    it).  No code is read from the file."""
+    and constructor arguments; a network built by a caller's factory, module instance or class
+    needs ``factory``: that function ``f(input_shape, outputs)``, an ``nn.Module`` instance
+    (loaded in place), or the module class / a ``functools.partial`` of it (built without
+    other arguments) (ModelFileError without it).  No code is read from the file."""
     path = os.fspath(path)
     document, state_dict = read_network(path)
     return saved_network(document, state_dict, factory, path)
