@@ -19,7 +19,7 @@ import numpy as np
 from hogwild_mts.core.lifecycle import RunOptions
 from hogwild_mts.core.result import OMIT_NONE, RunState, Settings
 from hogwild_mts.kernels import linear as kernels
-from hogwild_mts.kernels.flat import loss_value
+from hogwild_mts.kernels.flat import classifies, loss_value, loss_values_per_row
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.policies.refit import describe_fitted
 
@@ -249,7 +249,7 @@ class NetworkProblem:
     build : what a worker builds the network from: a bundled name or a serialized factory.
     network : the parent's network, initialised (its weights and buffers are the start).
     dataset : the training rows, and the rows evaluations score.
-    loss : "cross_entropy" or "mse".
+    loss : "cross_entropy", "mse" or a :class:`hogwild_mts.kernels.flat.LossFunction`.
     dtype : "float32" or "float64", of the parameters.
     weight_decay : torch.optim.SGD's, >= 0.
     """
@@ -267,7 +267,7 @@ class NetworkProblem:
         thread, in eval mode (dropout off, batch norm on its running statistics)."""
         import torch
 
-        dataset = self.dataset
+        dataset, classification = self.dataset, classifies(self.loss)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         network.eval()
@@ -280,13 +280,13 @@ class NetworkProblem:
                     targets = torch.from_numpy(dataset.test_targets[start:start + EVAL_BATCH])
                     outputs = network(inputs)
                     total_loss += float(loss_value(self.loss, outputs, targets, reduction="sum"))
-                    if self.loss == "cross_entropy":
+                    if classification:
                         correct += int((outputs.argmax(dim=1) == targets).sum())
         finally:
             torch.set_num_threads(threads)
-        if self.loss == "cross_entropy":
+        if classification:
             return total_loss / dataset.n_test, correct / dataset.n_test
-        return total_loss / (dataset.n_test * dataset.outputs), None
+        return total_loss / (dataset.n_test * loss_values_per_row(self.loss, dataset.outputs)), None
 
 
 @dataclass

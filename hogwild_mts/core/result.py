@@ -135,6 +135,19 @@ class FitResult:
     startup_seconds: float | None = None  # fit() call to the first worker's loop start (None: not measured)
     finish_spread_seconds: float | None = None  # first worker's loop end to the last's (None: not measured)
     stopped_by: str | None = None  # why an interrupted run stopped: a worker's failure; None for a signal
+    # A TorchEngine fit's ``params -> nn.Module`` (see module()); None for other fits.
+    module_builder: object = field(default=None, repr=False, compare=False)
+
+    def module(self):
+        """The trained torch network of a :class:`~hogwild_mts.engines.networks.TorchEngine` fit:
+        a new ``nn.Module`` (the engine's model, a copy) with the trained parameters and
+        floating-point buffers (batch-norm running statistics) of ``params`` loaded, in eval
+        mode, in the dtype it was trained in, ready for ``state_dict()`` or ``torch.save``.
+        Each call returns a fresh copy.  TypeError for a fit of another engine."""
+        if self.module_builder is None:
+            raise TypeError(f"module() gives the network of a TorchEngine fit; this is a fit of "
+                            f"model {self.model!r}, whose parameters are params (and intercept)")
+        return self.module_builder(self.params)
 
     @property
     def updates_per_second(self) -> float:

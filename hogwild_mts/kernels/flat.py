@@ -62,20 +62,85 @@ def warm_up_updates(dtype) -> None:
                           np.zeros(8, np.int64), 1)
 
 
-LOSSES = ("cross_entropy", "mse")  # TorchEngine(loss=...)
+LOSSES = ("cross_entropy", "mse")  # TorchEngine(loss=...): the named losses
 
 
-def loss_value(loss: str, outputs, targets, reduction: str = "mean"):
+class LossFunction:
+    """A caller's ``loss(outputs, targets) -> scalar tensor`` (the batch's mean loss, e.g.
+    ``torch.nn.functional.cross_entropy`` or an ``nn.Module`` loss such as ``nn.HuberLoss()``),
+    carried to the workers serialized with cloudpickle (by value, like a model factory).
+    ``classification``: the targets are integer class labels (evaluations then report the
+    accuracy of the outputs' argmax); ``name`` says what the loss is in results and files."""
+
+    def __init__(self, function, classification: bool, payload: bytes | None = None):
+        self.payload = serialized_factory(function, "loss") if payload is None else payload
+        self.classification = bool(classification)
+        self.name = callable_name(function)
+        self._function = function
+
+    def __getstate__(self) -> dict:
+        return {"payload": self.payload, "classification": self.classification, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _function=None)
+
+    def __call__(self, outputs, targets):
+        import torch
+
+        if self._function is None:  # in a worker: rebuilt once from the payload
+            import cloudpickle
+
+            self._function = cloudpickle.loads(self.payload)
+        value = self._function(outputs, targets)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+                else type(value).__name__
+            raise TypeError(f"loss {self.name!r} returned {got}; a loss function must return the "
+                            "batch's mean loss as a scalar tensor")
+        return value.reshape(())
+
+    def __repr__(self) -> str:
+        return f"LossFunction({self.name})"
+
+
+def callable_name(function) -> str:
+    """How results name a caller's function, module class or module instance."""
+    name = getattr(function, "__name__", None)
+    if name is None and hasattr(function, "func"):  # functools.partial
+        name = getattr(function.func, "__name__", None)
+    return name or type(function).__name__
+
+
+def classifies(loss) -> bool:
+    """Whether ``loss`` (a name or a :class:`LossFunction`) trains on integer class labels."""
+    return loss == "cross_entropy" if isinstance(loss, str) else loss.classification
+
+
+def loss_name(loss) -> str:
+    """``loss`` as results and files name it: the name, or the loss function's name."""
+    return loss if isinstance(loss, str) else loss.name
+
+
+def loss_value(loss, outputs, targets, reduction: str = "mean"):
     """The ``loss`` of a batch: ``cross_entropy`` of logits ``(N, classes)`` against int64 labels,
     or ``mse`` of outputs against float targets, both flattened to ``(N, values per row)`` (the
-    mean, or the sum with ``reduction="sum"``, over every value)."""
+    mean, or the sum with ``reduction="sum"``, over every value); a :class:`LossFunction` gives
+    its mean (times the batch's rows with ``reduction="sum"``)."""
     import torch.nn.functional as F
 
+    if isinstance(loss, LossFunction):
+        value = loss(outputs, targets)
+        return value * targets.shape[0] if reduction == "sum" else value
     if loss == "cross_entropy":
         return F.cross_entropy(outputs, targets, reduction=reduction)
     rows = targets.shape[0]
     return F.mse_loss(outputs.reshape(rows, -1), targets.reshape(rows, -1).to(outputs.dtype),
                       reduction=reduction)
+
+
+def loss_values_per_row(loss, outputs: int) -> int:
+    """How many values one row's ``reduction="sum"`` loss adds up (``mse``: every output)."""
+    return outputs if loss == "mse" else 1
 
 
 def parameter_count(model) -> int:
@@ -155,7 +220,7 @@ def state_dict_from_flat(model, flat: np.ndarray) -> dict:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def serialized_factory(factory) -> bytes:
+def serialized_factory(factory, what: str = "model factory") -> bytes:
     """``factory`` (any callable: a lambda, a closure, a function defined in a notebook or in
     ``python -c``) serialized with cloudpickle, by value, so that any worker can rebuild it;
     ValueError naming it when it cannot be serialized."""
@@ -164,8 +229,32 @@ def serialized_factory(factory) -> bytes:
     try:
         return cloudpickle.dumps(factory)
     except Exception as error:
-        raise ValueError(f"model factory {factory!r} cannot be serialized for the workers "
+        raise ValueError(f"{what} {factory!r} cannot be serialized for the workers "
                          f"({type(error).__name__}: {error})") from None
+
+
+class ModuleCopy:
+    """The factory of a caller's ``nn.Module`` instance: each call returns a deep copy of it,
+    on the CPU, in train mode (its weights are overwritten by the run's start anyway)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, input_shape, outputs):
+        import copy
+
+        return copy.deepcopy(self.module).cpu().train()
+
+
+class ModuleClass:
+    """The factory of a caller's ``nn.Module`` class (or a ``functools.partial`` of one): each
+    call returns ``module_class(*args, **kwargs)``; the input shape and outputs are not passed."""
+
+    def __init__(self, module_class, args=(), kwargs=None):
+        self.module_class, self.args, self.kwargs = module_class, tuple(args), dict(kwargs or {})
+
+    def __call__(self, input_shape, outputs):
+        return self.module_class(*self.args, **self.kwargs)
 
 
 def make_network(network, input_shape, outputs: int):
