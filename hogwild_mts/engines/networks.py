@@ -427,6 +427,8 @@ class TorchEngine:
         try:
             result = (shm_backend if self.ray_options is None else ray_backend).fit(job)
         except WorkerError as error:
+            if error.result is not None:  # the partial result of the other workers' updates
+                error.result.module_builder = functools.partial(trained_module, template)
             if self.ray_options is None and self.start_method != "fork" and " exited with code " in str(error):
                 raise WorkerError(f"{error}.  A {self.start_method} worker that exits before it "
                                   "can report has most often failed to start: it runs the caller's "
@@ -434,7 +436,7 @@ class TorchEngine:
                                   "python - or stdin cannot be run again) and unpickles its "
                                   "arguments; its traceback is on stderr.  Use start_method='fork', "
                                   "or define the model factory, loss and policy in an importable "
-                                  "module (docs/deep_learning.md)") from None
+                                  "module (docs/deep_learning.md)", result=error.result) from None
             raise
         result.module_builder = functools.partial(trained_module, template)
         return result
