@@ -288,7 +288,7 @@ TRAIN = ["train", "--model", "mlp", "--data", "digits", "--workers", "1", "--epo
 def test_cli_train_out_then_predict(digits, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TRAIN + ["--out", str(out)]) == 0
-    assert "model.json and weights.pt" in capsys.readouterr().out
+    assert "model.json and its weights-*.pt" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = tmp_path / "predictions.csv"
     assert main(["predict", str(out), "--data", "digits", "--out", str(predictions)]) == 0
