@@ -208,14 +208,15 @@ def run_state(path: str, document: dict, run: dict, pieces) -> RunState:
     field = model_file.field
     counts = "an integer in [0, 2**62)"
     counter = field(where, document, "counter", model_file.is_count, counts)
+    record = {"run": run}
     for name in ("updates", "samples", "max_staleness", "refits"):
-        field(where, run, name, model_file.is_count, counts)
+        field(where, record, f"run.{name}", model_file.is_count, counts)
     if shm:
-        field(where, run, "position", model_file.is_count, counts)
+        field(where, record, "run.position", model_file.is_count, counts)
     else:
-        field(where, run, "position", lambda v: isinstance(v, int) and not isinstance(v, bool) and v == -1,
+        field(where, record, "run.position", lambda v: isinstance(v, int) and not isinstance(v, bool) and v == -1,
               "-1 (a Ray checkpoint has no batch position)")
-    finished = field(where, run, "finished", lambda v: isinstance(v, bool), "true or false")
+    finished = field(where, record, "run.finished", lambda v: isinstance(v, bool), "true or false")
     try:
         params, histogram, generator, velocity = pieces()
     except (KeyError, TypeError, ValueError, OverflowError) as error:
@@ -263,7 +264,8 @@ def read_checkpoint(path: str) -> tuple[dict, RunState]:
         path, model_file.read, "start from its parameters with init_params or --init")
     settings = run["settings"]
     where = os.path.join(path, model_file.MODEL_JSON)
-    model_file.field(where, run, "settings.fit_intercept", lambda v: isinstance(v, bool), "true or false")
+    model_file.field(where, document, "run.settings.fit_intercept", lambda v: isinstance(v, bool),
+                     "true or false")
 
     def pieces():
         params = arrays["coef"][0]
