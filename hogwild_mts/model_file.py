@@ -423,7 +423,7 @@ def _read_document(path: str, directory: str, kinds: tuple, key: str) -> tuple[d
                              f"{list(kinds)}{loader}")
     if key in document:
         field(json_path, document, key, lambda v: isinstance(v, str) and DATA_FILES[key].match(v),
-              f"the name of a {key} file of this directory ({key}-<pid>-<hex>{DATA_SUFFIXES[key]})")
+              f"the name of a data file of this directory ({key}-<pid>-<hex>{DATA_SUFFIXES[key]})")
     return document, json_path
 
 

@@ -595,7 +595,7 @@ CASES = [
     Case("model-names-a-missing-arrays-file", names_missing_arrays_file, 2,
          r"m/model.json: field 'arrays' names arrays-b.npz, which is missing"),
     Case("model-arrays-outside-the-directory", predict(json_edit=edit("arrays", "../../etc/passwd")), 2,
-         r"m/model.json: field 'arrays' must be the name of a arrays file .*, got '../../etc/passwd'"),
+         r"m/model.json: field 'arrays' must be the name of a data file of this directory .*, got '../../etc/passwd'"),
     Case("init-nan-coef", init_from(arrays_edit=array("coef", np.array([[np.nan, 0.0, 1.0]]))), 2,
          r"array 'coef' holds a non-finite value \(nan\)"),
     Case("init-policy-a-string", init_from(json_edit=edit("params.policy", "constant")), 2,
