@@ -195,25 +195,65 @@ def read_checkpoint_files(path: str, read, start_instead: str) -> tuple[dict, ob
 
 
 def run_state(path: str, document: dict, run: dict, pieces) -> RunState:
-    """The RunState of a checkpoint's ``document`` and ``run`` record; ``pieces()`` gives what
-    each format stores its own way: (parameters, staleness histogram, order generator words,
-    velocity or None).  ModelFileError naming ``path`` for a broken state."""
+    """The RunState of a checkpoint's ``document`` and ``run`` record, each field checked (the
+    schema of :mod:`hogwild_mts.model_file` for the run state); ``pieces()`` gives what each
+    format stores its own way: (parameters, staleness histogram, order generator words or None
+    when missing, velocity or None).  ModelFileError naming ``path`` and the field for a broken
+    state: a count that is not an integer in [0, 2**62) (the shared counters are int64 and
+    must have room to go on), a missing or degenerate order generator of a shared-memory run, a
+    velocity that is not one finite number per parameter."""
+    where = os.path.join(path, model_file.MODEL_JSON)
+    settings = run["settings"]
+    shm = settings.get("backend") != "ray"
+    field = model_file.field
+    counts = "an integer in [0, 2**62)"
+    counter = field(where, document, "counter", model_file.is_count, counts)
+    record = {"run": run}
+    for name in ("updates", "samples", "max_staleness", "refits"):
+        field(where, record, f"run.{name}", model_file.is_count, counts)
+    if shm:
+        field(where, record, "run.position", model_file.is_count, counts)
+    else:
+        field(where, record, "run.position", lambda v: isinstance(v, int) and not isinstance(v, bool) and v == -1,
+              "-1 (a Ray checkpoint has no batch position)")
+    finished = field(where, record, "run.finished", lambda v: isinstance(v, bool), "true or false")
     try:
         params, histogram, generator, velocity = pieces()
-        histogram = np.asarray(histogram, dtype=np.int64)
-        if histogram.ndim != 1 or histogram.size > HIST_BINS:
-            raise ValueError(f"staleness_histogram must be 1-d with at most {HIST_BINS} bins")
-        generator = np.asarray(generator, dtype=np.uint64)
-        if generator.shape != (GENERATOR_WORDS,):
-            raise ValueError(f"order_generator must hold {GENERATOR_WORDS} words")
-        state = RunState(params=np.array(params, dtype=np.float64), counter=int(document["counter"]),
-                         histogram=histogram, updates=int(run["updates"]), samples=int(run["samples"]),
-                         max_staleness=int(run["max_staleness"]), refits=int(run["refits"]),
-                         position=int(run["position"]), order_generator=generator,
-                         finished=bool(run["finished"]), velocity=velocity)
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise ModelFileError(f"{path}: broken run state ({error!r})") from None
-    return state
+    params = np.array(params, dtype=np.float64)
+    if not np.isfinite(params).all():
+        raise ModelFileError(f"{where}: the parameters hold a non-finite value")
+    histogram = np.asarray(histogram)
+    if (histogram.dtype.kind not in "iu" or histogram.ndim != 1 or histogram.size > HIST_BINS
+            or histogram.size and histogram.min() < 0):
+        raise ModelFileError(f"{path}: staleness_histogram must be 1-d with at most {HIST_BINS} "
+                             "bins of counts >= 0")
+    histogram = histogram.astype(np.int64)
+    if generator is None:
+        if shm:
+            raise ModelFileError(f"{path}: the order generator (order_generator) is missing; a "
+                                 "shared-memory run resumes its epochs' orders from it")
+        generator = np.zeros(GENERATOR_WORDS, np.uint64)
+    words = generator.tolist() if isinstance(generator, np.ndarray) else generator
+    if (isinstance(generator, np.ndarray) and generator.dtype.kind not in "iu"
+            or not isinstance(words, list) or len(words) != GENERATOR_WORDS
+            or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2 ** 64 for w in words)):
+        raise ModelFileError(f"{path}: order_generator must hold {GENERATOR_WORDS} unsigned 64-bit "
+                             f"words, got {model_file._shown(words)}")
+    generator = np.array(words, dtype=np.uint64)
+    if shm and not finished and not generator.any():
+        raise ModelFileError(f"{path}: order_generator is all zeros, not a generator's state")
+    if velocity is not None:
+        velocity = np.asarray(velocity)
+        if (velocity.dtype.kind != "f" or velocity.shape != params.shape
+                or not np.isfinite(velocity).all()):
+            raise ModelFileError(f"{path}: velocity must hold one finite number per parameter "
+                                 f"({params.size}), got {velocity.dtype} of shape {velocity.shape}")
+    return RunState(params=params, counter=counter, histogram=histogram, updates=run["updates"],
+                    samples=run["samples"], max_staleness=run["max_staleness"], refits=run["refits"],
+                    position=run["position"], order_generator=generator, finished=finished,
+                    velocity=velocity)
 
 
 def read_checkpoint(path: str) -> tuple[dict, RunState]:
@@ -223,13 +263,16 @@ def read_checkpoint(path: str) -> tuple[dict, RunState]:
     document, arrays, run = read_checkpoint_files(
         path, model_file.read, "start from its parameters with init_params or --init")
     settings = run["settings"]
+    where = os.path.join(path, model_file.MODEL_JSON)
+    model_file.field(where, document, "run.settings.fit_intercept", lambda v: isinstance(v, bool),
+                     "true or false")
 
     def pieces():
         params = arrays["coef"][0]
         if settings["fit_intercept"]:
             params = np.append(params, arrays["intercept"][0])
         return (params, arrays["staleness_histogram"],
-                arrays.get("order_generator", np.zeros(GENERATOR_WORDS, np.uint64)), arrays.get("velocity"))
+                arrays.get("order_generator"), arrays.get("velocity"))
 
     return settings, run_state(path, document, run, pieces)
 

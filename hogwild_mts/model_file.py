@@ -21,11 +21,26 @@ tau, trailing zeros dropped); the weights file holds the network's whole ``state
 (parameters and buffers), so ``net.load_state_dict(torch.load(path, weights_only=True))`` works
 without hogwild_mts.  A checkpoint adds ``run`` (the order generator's state inside it).
 
-Saving is atomic for the directory as a whole: the data go to whichever of the two data files
-(``arrays.npz`` / ``arrays-b.npz``, ``weights.pt`` / ``weights-b.pt``) the current
-``model.json`` does not name, then ``model.json`` is replaced (the commit), then the other data
-files are removed.  A crash at any point leaves the previous model or the new one whole, never
-a mix.
+Saving is atomic for the directory as a whole, with ``model.json`` as the manifest written last:
+each save writes its data into a file of its own, named after the writing process and a random
+token (``arrays-<pid>-<hex>.npz``, ``weights-<pid>-<hex>.pt``), then replaces ``model.json``
+naming it (the commit), then removes the data files no manifest needs any more: it keeps the one
+it wrote and the one the previous ``model.json`` named (a reader that read the manifest just
+before the commit still finds its file), and removes the others that an earlier version wrote
+(``arrays.npz``, ``arrays-b.npz``, ``weights.pt``, ``weights-b.pt``) or that a process no longer
+alive wrote (a data file a killed writer never committed); a live writer's files are never
+removed.  A crash at any point leaves the previous model or the new one whole, never a mix, and
+since a data file's name is never reused, a manifest and the file it names always belong
+together.  Readers open the file the manifest names; if it has just been removed (a newer save
+committed meanwhile) they read the manifest again.  Files written by earlier versions (data
+files ``arrays.npz`` / ``arrays-b.npz``, ``weights.pt`` / ``weights-b.pt``, or no name in
+``model.json``: ``arrays.npz`` / ``weights.pt``) still load.
+
+Reading checks the whole file against one schema (:func:`check_linear`, :func:`check_network`,
+and for a checkpoint's run state :func:`hogwild_mts.checkpoint.run_state`): every field a later
+step uses, its type, range and shape, and that the arrays are finite and agree with each other.
+A file that fails is one :class:`ModelFileError` naming the file and the field, e.g.
+``run/model.json: field 'params.policy' must be an object with a policy 'name', got 'constant'``.
 """
 
 from __future__ import annotations
@@ -33,18 +48,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
+import numbers
 import os
+import re
+import secrets
 
 import numpy as np
 
-from hogwild_mts.core.files import npz_bytes, strict_json, write_atomic
+from hogwild_mts.core.files import npz_bytes, pid_alive, strict_json, write_atomic
 from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy, policy_table
 
 FORMAT = "hogwild-mts-model"
 VERSION = 1
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.npz"
-ARRAYS_NAMES = (ARRAYS, "arrays-b.npz")  # a save writes the one model.json does not name
+ARRAYS_NAMES = (ARRAYS, "arrays-b.npz")  # data files of earlier versions (still read)
 WEIGHTS_NAMES = ("weights.pt", "weights-b.pt")  # the same for a network's state_dict
 LINEAR_KINDS = ("HogwildClassifier", "HogwildRegressor")
 NETWORK_KIND = "TorchNetwork"
@@ -72,17 +91,158 @@ def policy_spec(policy) -> dict:
     return {"name": "table", "table": [float(a) for a in policy_table(policy)]}
 
 
-def policy_from_spec(spec: dict, where: str):
-    """The policy (a name, or a policy object) that ``spec`` describes."""
-    name = spec.get("name")
+def policy_from_spec(spec, where: str, field: str = "params.policy"):
+    """The policy (a name, or a policy object) that ``spec`` describes; ModelFileError naming
+    ``where`` (the file) and ``field`` when it describes none."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        refuse(where, field, "an object with a policy 'name'", spec)
+    name = spec["name"]
     if name == "table":
-        table = np.asarray(spec.get("table", []), dtype=np.float64)
-        if table.ndim != 1 or table.size == 0:
-            raise ModelFileError(f"{where}: the policy table must be a non-empty list of numbers")
+        table = spec.get("table", MISSING)
+        if (not isinstance(table, list) or not table
+                or not all(_is_number(a) and a >= 0 for a in table)):
+            refuse(where, f"{field}.table", "a non-empty list of finite numbers >= 0", table)
+        table = np.asarray(table, dtype=np.float64)
         return FunctionPolicy(lambda tau: table[min(tau, table.size - 1)], length=table.size)
     if name not in POLICIES:
-        raise ModelFileError(f"{where}: unknown policy {name!r}; allowed: {sorted(POLICIES)} or 'table'")
-    return make_policy(name, **spec["options"]) if "options" in spec else name
+        refuse(where, f"{field}.name", f"one of {sorted(POLICIES)} or 'table'", name)
+    if "options" not in spec:
+        return name
+    options = spec["options"]
+    if not isinstance(options, dict):
+        refuse(where, f"{field}.options", "an object of the policy's options", options)
+    try:
+        return make_policy(name, **options)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ModelFileError(f"{where}: field {field}.options is not a valid {name!r} policy "
+                             f"({_first_line(error)})") from None
+
+
+# ---------------------------------------------------------------------------- schema
+MISSING = object()
+COUNT_LIMIT = 2 ** 62  # counts (counter, updates, samples) stay below: int64 fields with room to go on
+LINEAR_LOSSES = {"HogwildClassifier": ("logreg", "svm"), "HogwildRegressor": ("lsq",)}
+READ_TRIES = 100  # manifests read while saves keep replacing the data file before giving up
+
+
+def _shown(value) -> str:
+    if value is MISSING:
+        return "missing"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _first_line(error) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def refuse(where: str, field: str, allowed: str, value=MISSING):
+    """Raise the ModelFileError of a field: ``WHERE: field 'F' must be ALLOWED, got VALUE``."""
+    raise ModelFileError(f"{where}: field {field!r} must be {allowed}, got {_shown(value)}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value, minimum: int = 0) -> bool:
+    """An int (not a bool) in [minimum, COUNT_LIMIT)."""
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value < COUNT_LIMIT
+
+
+def field(where: str, document: dict, name: str, valid, allowed: str):
+    """``document[name]`` (name may be dotted: ``params.policy``) if ``valid`` accepts it, else
+    ModelFileError naming ``where`` and the field."""
+    value = document
+    for part in name.split("."):
+        value = value.get(part, MISSING) if isinstance(value, dict) else MISSING
+    if value is MISSING or not valid(value):
+        refuse(where, name, allowed, value)
+    return value
+
+
+def check_array(where: str, arrays: dict, name: str, *, ndim: int, kinds: str = "fiu",
+                shape: tuple | None = None, finite: bool = True, minimum=None) -> np.ndarray:
+    """``arrays[name]`` if it is a ``ndim``-d array of a dtype kind among ``kinds`` (real
+    numbers by default: no complex, bool or object), of ``shape`` (None entries: any length),
+    finite, and at least ``minimum``; else ModelFileError naming the file and the array."""
+    array = arrays.get(name)
+    if array is None:
+        raise ModelFileError(f"{where}: array {name!r} is missing")
+    if array.dtype.kind not in kinds or array.dtype.kind == "b" and "b" not in kinds:
+        raise ModelFileError(f"{where}: array {name!r} has dtype {array.dtype}; expected "
+                             + {"fiu": "real numbers", "iu": "integers"}.get(kinds, f"kind {kinds!r}"))
+    expected = f"{ndim}-d" + (" of shape (" + ", ".join("*" if n is None else str(n) for n in shape)
+                              + ("," if len(shape) == 1 else "") + ")" if shape else "")
+    if array.ndim != ndim or shape and any(n is not None and n != m for n, m in zip(shape, array.shape)):
+        raise ModelFileError(f"{where}: array {name!r} has shape {array.shape}; expected {expected}")
+    if finite and array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        bad = array.flat[np.flatnonzero(~np.isfinite(array))[0]]
+        raise ModelFileError(f"{where}: array {name!r} holds a non-finite value ({bad})")
+    if minimum is not None and array.size and array.min() < minimum:
+        raise ModelFileError(f"{where}: array {name!r} holds {array.min()}; every entry must be "
+                             f">= {minimum}")
+    return array
+
+
+def check_linear(json_path: str, arrays_path: str, document: dict, arrays: dict) -> None:
+    """Refuse (ModelFileError naming the file and the field) a linear model file whose
+    ``model.json`` document or arrays are not what the estimators and checkpoints use."""
+    kind = document["kind"]
+    n_features = field(json_path, document, "n_features", lambda v: is_count(v, 1), "an integer >= 1")
+    field(json_path, document, "counter", is_count, "an integer in [0, 2**62)")
+    field(json_path, document, "params", lambda v: isinstance(v, dict), "an object of the estimator's settings")
+    field(json_path, document, "params.loss", lambda v: v is None or v in LINEAR_LOSSES[kind],
+          f"null or one of {list(LINEAR_LOSSES[kind])} (a {kind})")
+    field(json_path, document, "params.fit_intercept", lambda v: isinstance(v, bool), "true or false")
+    policy_from_spec(document["params"].get("policy", MISSING), json_path)
+    if "metrics" in document:
+        field(json_path, document, "metrics", lambda v: isinstance(v, dict), "an object")
+    coef = check_array(arrays_path, arrays, "coef", ndim=2, shape=(None, n_features))
+    rows = coef.shape[0]
+    if rows < 1:
+        raise ModelFileError(f"{arrays_path}: array 'coef' has no rows")
+    check_array(arrays_path, arrays, "intercept", ndim=1, shape=(rows,))
+    check_array(arrays_path, arrays, "staleness_histogram", ndim=1, kinds="iu", minimum=0)
+    if kind == "HogwildRegressor":
+        if rows != 1 or "classes" in arrays:
+            raise ModelFileError(f"{arrays_path}: a regressor holds one row of coef and no "
+                                 f"classes, found {rows} rows" + (" and classes" if "classes" in arrays else ""))
+        return
+    classes = check_array(arrays_path, arrays, "classes", ndim=1, kinds="iufU")
+    if classes.size < 2 or np.unique(classes).size != classes.size:
+        raise ModelFileError(f"{arrays_path}: array 'classes' must hold at least 2 distinct "
+                             f"labels, got {_shown(classes.tolist())}")
+    expected = 1 if classes.size == 2 else classes.size
+    if rows != expected:
+        raise ModelFileError(f"{arrays_path}: array 'classes' holds {classes.size} labels but "
+                             f"'coef' has {rows} rows ({expected} expected: one row for 2 classes, "
+                             "one per class for more)")
+
+
+def check_network(json_path: str, document: dict) -> None:
+    """Refuse (ModelFileError naming the file and the field) a network's ``model.json`` document
+    that is not what :func:`hogwild_mts.engines.networks.saved_network` uses."""
+    from hogwild_mts.kernels.flat import LOSSES
+
+    field(json_path, document, "network", lambda v: isinstance(v, dict), "an object")
+    field(json_path, document, "network.input_shape",
+          lambda v: isinstance(v, list) and v and all(is_count(n, 1) for n in v),
+          "a non-empty list of integers >= 1")
+    outputs = field(json_path, document, "network.outputs", lambda v: is_count(v, 1), "an integer >= 1")
+    field(json_path, document, "staleness_histogram",
+          lambda v: isinstance(v, list) and all(is_count(n) for n in v), "a list of counts")
+    loss = field(json_path, document, "loss", lambda v: v in LOSSES, f"one of {list(LOSSES)}")
+    field(json_path, document, "counter", is_count, "an integer in [0, 2**62)")
+    field(json_path, document, "dtype", lambda v: v in ("float32", "float64"), "'float32' or 'float64'")
+    field(json_path, document, "settings", lambda v: isinstance(v, dict), "an object of the engine's settings")
+    policy_from_spec(document["settings"].get("policy", MISSING), json_path, "settings.policy")
+    if loss == "cross_entropy":
+        field(json_path, document, "classes",
+              lambda v: v is None or isinstance(v, list) and len(v) == outputs
+              and all(isinstance(c, str) for c in v) and len(set(v)) == len(v),
+              f"null or a list of {outputs} distinct class names (one per output)")
 
 
 # ---------------------------------------------------------------------------- files
@@ -114,59 +274,106 @@ def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray
                 "metrics": metrics}
     if run is not None:
         document["run"] = run
-    return _save(path, document, "arrays", ARRAYS_NAMES, npz_bytes(arrays))
+    return _save(path, document, "arrays", npz_bytes(arrays))
 
 
-def _save(path: str, document: dict, key: str, names: tuple, payload: bytes) -> str:
-    """Write ``payload`` into the one of ``names`` that the model.json in ``path`` does not name
-    under ``key``, then ``document`` (naming it) as model.json (the commit), then remove every
-    other data file; return ``path``."""
+DATA_FILES = {"arrays": re.compile(r"^arrays(?:-b|-(\d+)-[0-9a-f]{8})?\.npz$"),
+              "weights": re.compile(r"^weights(?:-b|-(\d+)-[0-9a-f]{8})?\.pt$")}
+DATA_DEFAULTS = {"arrays": ARRAYS, "weights": WEIGHTS_NAMES[0]}  # files that name none
+DATA_SUFFIXES = {"arrays": ".npz", "weights": ".pt"}
+
+
+def _save(path: str, document: dict, key: str, payload: bytes) -> str:
+    """Write ``payload`` into a new data file of ``path`` (``<key>-<pid>-<hex><suffix>``), then
+    ``document`` naming it under ``key`` as model.json (the commit), then remove the data files
+    no longer needed (see the module docstring); return ``path``."""
     os.makedirs(path, exist_ok=True)
-    name = names[1] if _data_name(path, key, names) == names[0] else names[0]
+    previous = _named_data(path)
+    name = f"{key}-{os.getpid()}-{secrets.token_hex(4)}{DATA_SUFFIXES[key]}"
     document = {**document, key: name}
     text = strict_json(document)  # before any write: a document that is not JSON changes nothing
     write_atomic(os.path.join(path, name), payload)
-    write_atomic(os.path.join(path, MODEL_JSON), text)  # the commit
-    for other in ARRAYS_NAMES + WEIGHTS_NAMES:
-        if other != name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(path, other))
+    try:
+        write_atomic(os.path.join(path, MODEL_JSON), text)  # the commit
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
+        raise
+    _remove_superseded(path, keep={name, previous})
     return path
 
 
-def _data_name(directory: str, key: str, names: tuple) -> str | None:
-    """The data file (one of ``names``) the model.json in ``directory`` names under ``key``
-    (None: no readable model.json, or it names none of them)."""
+def _named_data(directory: str) -> str | None:
+    """The data file the model.json in ``directory`` names (None: no readable model.json)."""
     try:
-        with open(os.path.join(directory, MODEL_JSON)) as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
+        with open(os.path.join(directory, MODEL_JSON), "rb") as handle:
+            document = json.loads(handle.read())
+    except (OSError, ValueError, RecursionError):
         return None
-    name = document.get(key, names[0]) if isinstance(document, dict) else None
-    return name if name in names else None
+    if not isinstance(document, dict):
+        return None
+    key = "weights" if document.get("kind") == NETWORK_KIND else "arrays"
+    name = document.get(key, DATA_DEFAULTS[key])
+    return name if isinstance(name, str) else None
+
+
+def _remove_superseded(directory: str, keep: set) -> None:
+    """Remove the data files of ``directory`` not in ``keep`` that an earlier version wrote (no
+    pid in their name), this process wrote, or a process no longer alive wrote."""
+    for name in os.listdir(directory):
+        if name in keep:
+            continue
+        for pattern in DATA_FILES.values():
+            match = pattern.match(name)
+            if match is None:
+                continue
+            pid = match.group(1)
+            if pid is None or int(pid) == os.getpid() or not pid_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+
+
+def _read_pair(path: str, kinds: tuple, key: str, load) -> tuple[dict, str, object]:
+    """(the ``model.json`` document, the data file's path, ``load(file object, its path)``) of
+    the model file at ``path``: the data file the manifest names, opened before it is read.  A
+    file removed between reading the manifest and opening it (a newer save committed) is looked
+    up again in the new manifest; one the manifest still names is missing."""
+    directory = _directory(path)
+    missing = None
+    for _ in range(READ_TRIES):
+        document, json_path = _read_document(path, directory, kinds, key)
+        name = document.get(key, DATA_DEFAULTS[key])
+        data_path = os.path.join(directory, name)
+        try:
+            handle = open(data_path, "rb")
+        except FileNotFoundError:
+            if name == missing:
+                raise ModelFileError(f"{json_path}: field {key!r} names {name}, which is missing "
+                                     "(the model file is incomplete)") from None
+            missing = name
+            continue
+        except OSError as error:
+            raise ModelFileError(f"{data_path}: cannot be read ({error.strerror or error})") from None
+        with handle:
+            return document, data_path, load(handle, data_path)
+    raise ModelFileError(f"{directory}: the model file was replaced {READ_TRIES} times while "
+                         "it was being read; read it when the writer pauses")
+
+
+def _load_arrays(handle, arrays_path: str) -> dict:
+    try:
+        with np.load(handle, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as error:  # truncated or corrupt: zipfile, zlib, EOFError, ValueError ...
+        raise ModelFileError(f"{arrays_path}: unreadable arrays ({type(error).__name__}: "
+                             f"{_first_line(error)})") from None
 
 
 def read(path: str) -> tuple[dict, dict]:
     """(the checked ``model.json`` document, its arrays) of the model file at ``path`` (the
-    directory or its model.json)."""
-    directory = _directory(path)
-    for attempt in range(2):  # a save may switch arrays files between our two reads: read again
-        document = _read_document(path, directory, LINEAR_KINDS, "arrays", ARRAYS_NAMES)
-        arrays_path = os.path.join(directory, document.get("arrays", ARRAYS))
-        try:
-            with np.load(arrays_path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
-            break
-        except FileNotFoundError:
-            if attempt:
-                raise ModelFileError(f"{arrays_path}: missing (the model file is incomplete)") from None
-        except (OSError, ValueError) as error:
-            raise ModelFileError(f"{arrays_path}: unreadable arrays ({error})") from None
-    coef = arrays.get("coef")
-    if coef is None or coef.ndim != 2 or coef.shape[1] != document.get("n_features"):
-        raise ModelFileError(f"{directory}: coef must be a (K, n_features) array")
-    if arrays.get("intercept") is None or arrays["intercept"].shape != (coef.shape[0],):
-        raise ModelFileError(f"{directory}: intercept must hold one number per row of coef")
+    directory or its model.json); ModelFileError naming the file and the field otherwise."""
+    document, arrays_path, arrays = _read_pair(path, LINEAR_KINDS, "arrays", _load_arrays)
+    check_linear(os.path.join(_directory(path), MODEL_JSON), arrays_path, document, arrays)
     return document, arrays
 
 
@@ -174,9 +381,9 @@ def model_kind(path: str) -> str | None:
     """The ``kind`` the model.json at ``path`` (the directory or its model.json) names; None
     when there is no readable one (the reader of its kind then says what is wrong)."""
     try:
-        with open(os.path.join(_directory(path), MODEL_JSON)) as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
+        with open(os.path.join(_directory(path), MODEL_JSON), "rb") as handle:
+            document = json.loads(handle.read())
+    except (OSError, ValueError, RecursionError):
         return None
     return document.get("kind") if isinstance(document, dict) else None
 
@@ -186,32 +393,38 @@ def _directory(path: str) -> str:
     return os.path.dirname(path) if os.path.basename(path) == MODEL_JSON else path
 
 
-def _read_document(path: str, directory: str, kinds: tuple, key: str, names: tuple) -> dict:
-    """The checked ``model.json`` of the model file in ``directory``: one of ``kinds``, naming
-    one of the data files ``names`` under ``key``."""
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not a JSON number (strict JSON)")
+
+
+def _read_document(path: str, directory: str, kinds: tuple, key: str) -> tuple[dict, str]:
+    """(the ``model.json`` of the model file in ``directory``, its path): a JSON object of one
+    of ``kinds``, naming a data file of ``key`` (or none: a file of an earlier version)."""
     json_path = os.path.join(directory, MODEL_JSON)
     if not os.path.isfile(json_path):
         raise ModelFileError(f"{path}: not a model file (no {MODEL_JSON}; a model file is the "
                              "directory that `hogwild-mts train --out` or save() wrote)")
     try:
-        with open(json_path) as handle:
-            document = json.load(handle)
+        with open(json_path, "rb") as handle:
+            document = json.loads(handle.read(), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ModelFileError(f"{json_path}: nested too deeply to be a model description") from None
     except (OSError, ValueError) as error:
         raise ModelFileError(f"{json_path}: unreadable model description ({error})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ModelFileError(f"{json_path}: not a {FORMAT} file")
     if document.get("version") != VERSION:
-        raise ModelFileError(f"{json_path}: format version {document.get('version')!r}; this "
+        raise ModelFileError(f"{json_path}: format version {_shown(document.get('version'))}; this "
                              f"hogwild_mts reads version {VERSION}")
     kind = document.get("kind")
     if kind not in kinds:
-        loader = f" (load it with {LOADERS[kind]})" if kind in LOADERS else ""
-        raise ModelFileError(f"{json_path}: a model of kind {kind!r}; expected one of "
+        loader = f" (load it with {LOADERS[kind]})" if isinstance(kind, str) and kind in LOADERS else ""
+        raise ModelFileError(f"{json_path}: a model of kind {_shown(kind)}; expected one of "
                              f"{list(kinds)}{loader}")
-    if document.get(key, names[0]) not in names:
-        raise ModelFileError(f"{json_path}: {key} file {document.get(key)!r}; expected one "
-                             f"of {list(names)}")
-    return document
+    if key in document:
+        field(json_path, document, key, lambda v: isinstance(v, str) and DATA_FILES[key].match(v),
+              f"the name of a data file of this directory ({key}-<pid>-<hex>{DATA_SUFFIXES[key]})")
+    return document, json_path
 
 
 # ---------------------------------------------------------------------------- networks
@@ -243,42 +456,29 @@ def save_network(path: str, *, state_dict: dict, network: dict, loss: str, class
         document["run"] = run
     buffer = io.BytesIO()
     torch.save({name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}, buffer)
-    return _save(path, document, "weights", WEIGHTS_NAMES, buffer.getvalue())
+    return _save(path, document, "weights", buffer.getvalue())
 
 
 def read_network(path: str) -> tuple[dict, dict]:
     """(the checked ``model.json`` document, the ``state_dict``) of the network model file at
-    ``path`` (the directory or its model.json); ModelFileError naming the file and the problem."""
+    ``path`` (the directory or its model.json); ModelFileError naming the file and the field."""
     import torch
 
-    from hogwild_mts.kernels.flat import LOSSES
-
-    directory = _directory(path)
-    for attempt in range(2):  # a save may switch weights files between our two reads: read again
-        document = _read_document(path, directory, (NETWORK_KIND,), "weights", WEIGHTS_NAMES)
-        weights_path = os.path.join(directory, document.get("weights", WEIGHTS_NAMES[0]))
+    def load(handle, weights_path):
         try:
-            state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
-            break
-        except FileNotFoundError:
-            if attempt:
-                raise ModelFileError(f"{weights_path}: missing (the model file is incomplete)") from None
+            return torch.load(handle, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a broken or unsafe file
             raise ModelFileError(f"{weights_path}: unreadable weights ({type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    json_path = os.path.join(directory, MODEL_JSON)
+                                 f"{_first_line(error) if str(error) else ''})") from None
+
+    document, weights_path, state_dict = _read_pair(path, (NETWORK_KIND,), "weights", load)
     if not isinstance(state_dict, dict) or not all(
             isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in state_dict.items()):
         raise ModelFileError(f"{weights_path}: not a state_dict (names -> tensors)")
-    network = document.get("network")
-    if (not isinstance(network, dict) or not isinstance(network.get("input_shape"), list)
-            or not isinstance(network.get("outputs"), int) or network["outputs"] < 1):
-        raise ModelFileError(f"{json_path}: 'network' must give input_shape (a list) and "
-                             "outputs (an integer >= 1)")
-    histogram = document.get("staleness_histogram")
-    if not isinstance(histogram, list) or not all(isinstance(n, int) and n >= 0 for n in histogram):
-        raise ModelFileError(f"{json_path}: staleness_histogram must be a list of counts")
-    if document.get("loss") not in LOSSES:
-        raise ModelFileError(f"{json_path}: loss {document.get('loss')!r}; expected one of "
-                             f"{list(LOSSES)}")
+    for name, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(f"{weights_path}: tensor {name!r} holds a non-finite value")
+        if value.is_complex():
+            raise ModelFileError(f"{weights_path}: tensor {name!r} is complex")
+    check_network(os.path.join(_directory(path), MODEL_JSON), document)
     return document, state_dict

@@ -168,8 +168,8 @@ def test_save_and_load_round_trip(tmp_path, iris):
     (lambda d: d.update(format="other"), "not a hogwild-mts-model file"),
     (lambda d: d.update(version=99), "format version 99"),
     (lambda d: d.update(kind="TorchNetwork"), "a model of kind 'TorchNetwork'"),
-    (lambda d: d.update(n_features=7), "coef must be a"),
-    (lambda d: d["params"].update(policy={"name": "nope"}), "unknown policy 'nope'"),
+    (lambda d: d.update(n_features=7), r"array 'coef' has shape \(3, 4\); expected 2-d of shape \(\*, 7\)"),
+    (lambda d: d["params"].update(policy={"name": "nope"}), "field 'params.policy.name' must be one of .* or 'table', got 'nope'"),
 ])
 def test_bad_model_files_are_refused_with_the_reason(tmp_path, iris, edit, message):
     X, y = iris

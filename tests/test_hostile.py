@@ -246,6 +246,187 @@ def read_only_directory(tmp_path) -> str:
     return "/proc/hogwild-mts-out"
 
 
+
+# ------------------------------------------------------------------------------------- model files
+def temporary_files(directory) -> list:
+    return sorted(name for name in os.listdir(directory) if name.startswith(".tmp-")) \
+        if os.path.isdir(directory) else []
+
+
+def nothing_temporary(tmp_path):
+    for directory in (tmp_path / "out", tmp_path / "out" / "checkpoint", tmp_path / "m"):
+        assert not temporary_files(directory), f"temporary files left in {directory}"
+
+
+def model(tmp_path, *, json_edit=None, arrays_edit=None, raw_json=None) -> str:
+    """A binary logreg model file ``tmp/m`` of 3 features (written by save_linear, no training),
+    its model.json edited by ``json_edit(document)`` or replaced by ``raw_json``, its arrays by
+    ``arrays_edit(arrays)`` (rewritten in place as the file model.json names)."""
+    from hogwild_mts import model_file
+
+    path = model_file.save_linear(
+        str(tmp_path / "m"), kind="HogwildClassifier", coef=np.array([[0.5, -0.5, 1.0]]),
+        intercept=np.zeros(1), classes=np.array([-1.0, 1.0]),
+        estimator_params={"loss": "logreg", "policy": "constant", "fit_intercept": True},
+        histogram=np.zeros(2), counter=7, metrics={})
+    document_path = tmp_path / "m" / "model.json"
+    document = json.loads(document_path.read_text())
+    if arrays_edit is not None:
+        arrays_path = tmp_path / "m" / document["arrays"]
+        with np.load(arrays_path) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        arrays_edit(arrays)
+        np.savez(arrays_path, **arrays)
+    if json_edit is not None:
+        json_edit(document)
+        document_path.write_text(json.dumps(document))
+    if raw_json is not None:
+        document_path.write_text(raw_json)
+    return path
+
+
+def rows(tmp_path) -> str:
+    return write(tmp_path, "rows.svm", b"1 1:0.5 2:1\n-1 3:0.25\n")
+
+
+def predict(**edits):
+    """``hogwild-mts predict`` of the model file ``model(tmp, **edits)``."""
+    def run(tmp_path, monkeypatch):
+        return main(["predict", model(tmp_path, **edits), "--data", rows(tmp_path)])
+    return run
+
+
+def init_from(**edits):
+    """``hogwild-mts train --init`` of the model file ``model(tmp, **edits)``."""
+    def run(tmp_path, monkeypatch):
+        return main(["train", "--quiet", "--data", "synthetic-sparse:n=100,d=3,nnz=2,seed=1",
+                     "--workers", "1", "--init", model(tmp_path, **edits)])
+    return run
+
+
+def edit(path: str, value):
+    """A json_edit setting (value) or deleting (MISSING) the dotted ``path`` of the document."""
+    def change(document):
+        *parents, last = path.split(".")
+        for part in parents:
+            document = document[part]
+        if value is MISSING:
+            del document[last]
+        else:
+            document[last] = value
+    return change
+
+
+MISSING = object()
+
+
+def array(name, value):
+    def change(arrays):
+        if value is MISSING:
+            del arrays[name]
+        else:
+            arrays[name] = value
+    return change
+
+
+def truncated(tmp_path, monkeypatch):
+    path = model(tmp_path)
+    named = tmp_path / "m" / json.loads((tmp_path / "m" / "model.json").read_text())["arrays"]
+    content = named.read_bytes()
+    named.write_bytes(content[: len(content) // 2])
+    return main(["predict", path, "--data", rows(tmp_path)])
+
+
+def names_missing_arrays_file(tmp_path, monkeypatch):
+    path = model(tmp_path, json_edit=edit("arrays", "arrays-b.npz"))
+    np.savez(tmp_path / "m" / "arrays.npz", coef=np.zeros((1, 3)))  # the other file is there
+    return main(["predict", path, "--data", rows(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_RUN = ["--data", TINY, "--workers", "1", "--epochs", "4", "--batch-size", "1"]
+
+
+def tampered_checkpoint(*, run_edit=None, json_edit=None, arrays_edit=None):
+    """Train TINY for one epoch with checkpoints, make its checkpoint that of a 4-epoch run one
+    epoch in (resumable), tamper with it, then ``--resume`` it."""
+    def run(tmp_path, monkeypatch):
+        from hogwild_mts.checkpoint import read_checkpoint, write_checkpoint
+
+        out = tmp_path / "out"
+        assert main(["train", "--quiet", *CHECKPOINT_RUN, "--epochs", "1", "--out", str(out),
+                     "--checkpoint-every", "100u"]) == 0
+        checkpoint = out / "checkpoint"
+        settings, state = read_checkpoint(str(checkpoint))
+        settings["epochs"] = 4  # the checkpoint of a 4-epoch run, one epoch done: resumable
+        state.finished = False
+        state.order_generator = np.arange(1, 7, dtype=np.uint64)  # a state, not a finished run's zeros
+        write_checkpoint(str(checkpoint), settings, state)
+        document_path = checkpoint / "model.json"
+        document = json.loads(document_path.read_text())
+        if arrays_edit is not None:
+            arrays_path = checkpoint / document["arrays"]
+            with np.load(arrays_path) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            arrays_edit(arrays)
+            np.savez(arrays_path, **arrays)
+        if run_edit is not None:
+            run_edit(document["run"])
+        if json_edit is not None:
+            json_edit(document)
+        document_path.write_text(json.dumps(document))
+        return main(["train", "--quiet", *CHECKPOINT_RUN, "--resume", str(checkpoint),
+                     "--out", str(tmp_path / "resumed")])
+    return run
+
+
+# ------------------------------------------------------------------------------------- output dirs
+def checkpoints_fail(tmp_path, monkeypatch):
+    """Every write under a checkpoint directory fails for a full disk."""
+    reserve = os.posix_fallocate
+
+    def fallocate(fd, offset, length):
+        if "/checkpoint/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return reserve(fd, offset, length)
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+
+
+def results_written_checkpoint_not(tmp_path):
+    out = tmp_path / "out"
+    assert strict_metrics(tmp_path)["updates"] > 0 and (out / "params.npy").exists()
+    assert not (out / "checkpoint" / "model.json").exists()
+    nothing_temporary(tmp_path)
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def plant_leftovers(tmp_path, monkeypatch):
+    """What a writer SIGKILLed during its final write and its checkpoint write leaves: its
+    temporary files (a dead pid), beside a live writer's (this test's parent)."""
+    dead = dead_pid()
+    for directory in (tmp_path / "out", tmp_path / "out" / "checkpoint"):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f".tmp-{dead}-abcd1234-arrays-{dead}-0badc0de.npz").write_bytes(b"\0" * 4096)
+        (directory / f".tmp-{dead}-abcd1234-model.json").write_text("{")
+        (directory / f".tmp-{os.getppid()}-abcd1234-model.json").write_text("{")  # alive
+
+
+def only_live_leftovers_remain(tmp_path):
+    for directory in (tmp_path / "out", tmp_path / "out" / "checkpoint"):
+        assert temporary_files(directory) == [f".tmp-{os.getppid()}-abcd1234-model.json"]
+    assert strict_metrics(tmp_path)["updates"] > 0
+
+
+def margin_short(tmp_path, monkeypatch):
+    memory_of(24)(tmp_path, monkeypatch)
+    resources.check_run(workers=1, parameter_count=10, block_bytes=22 * 2 ** 30, block_in_memory=True)
+
+
 def engine(**options):
     return Engine(**(dict(progress=False, workers=1, epochs=2) | options))
 
@@ -282,7 +463,7 @@ CASES = [
     Case("cli-svmlight-index-2e9-needs-too-much-memory",
          cli("--data", lambda tmp: write(tmp, "w.svm", b"1 1:0.5 2000000000:1\n-1 2:0.25\n"), "--workers", "1",
              before=memory_of(8)),
-         2, r"this run \(.*parameter copies 59.6 GiB\) needs .* of memory but this machine has 8.0 GiB available"),
+         2, r"this run \(.*parameter copies 59.6 GiB\) needs .* of memory, plus 819.2 MiB kept free, but this machine has 8.0 GiB available"),
     Case("cli-svmlight-corrupt-gzip", cli("--data", corrupt_gzip), 2, r"corrupt.svm.gz: the compressed data is corrupt"),
     Case("cli-svmlight-truncated-gzip", cli("--data", truncated_gzip), 2, r"truncated.svm.gz: the compressed data ends early"),
     Case("cli-svmlight-bz2-garbage", cli("--data", lambda tmp: write(tmp, "g.svm.bz2", b"BZh9 not bzip2 at all")), 2,
@@ -316,7 +497,7 @@ CASES = [
     Case("cli-disk-full-keeps-previous-results",
          cli("--data", TINY, "--workers", "1", "--out", out_dir, before=disk_fills_up, after=previous_outputs_intact), 1,
          r"could not write metrics.json \(No space left on device\), params.npy \(No space left on device\), "
-         r"model.json and arrays.npz \(No space left on device\) in "),
+         r"model.json and its arrays-\*.npz \(No space left on device\) in "),
     Case("cli-closed-stdout-still-writes",
          cli("--data", TINY, "--workers", "1", "--out", out_dir, before=stdout_closed, after=outputs_written), 0, r""),
     # --------------------------------------------------------------- CLI: faults
@@ -379,6 +560,83 @@ CASES = [
          2, r"model 'svm' needs labels of two classes, but every label is 0"),
     Case("cli-svmlight-negative-qid", cli("--data", lambda tmp: write(tmp, "q.svm", b"1 qid:1 1:1\n-1 qid:-7 2:1\n")),
          2, r"q.svm:2: qid '-7' is not an integer in \[0, 2\*\*63\)"),
+    # model files (one schema: the file and the field named), through predict and train --init
+    Case("model-missing-params", predict(json_edit=edit("params", MISSING)), 2,
+         r"m/model.json: field 'params' must be an object of the estimator's settings, got missing"),
+    Case("model-missing-classes", predict(arrays_edit=array("classes", MISSING)), 2,
+         r"m/arrays-\d+-[0-9a-f]+.npz: array 'classes' is missing"),
+    Case("model-missing-policy", predict(json_edit=edit("params.policy", MISSING)), 2,
+         r"m/model.json: field 'params.policy' must be an object with a policy 'name', got missing"),
+    Case("model-policy-a-string", predict(json_edit=edit("params.policy", "constant")), 2,
+         r"m/model.json: field 'params.policy' must be an object .*, got 'constant'"),
+    Case("model-policy-a-list", predict(json_edit=edit("params.policy", [0.1, 0.2])), 2,
+         r"m/model.json: field 'params.policy' must be an object .*, got \[0.1, 0.2\]"),
+    Case("model-policy-bad-options", predict(json_edit=edit("params.policy", {"name": "tail", "options": {"A": 7}})),
+         2, r"m/model.json: field params.policy.options is not a valid 'tail' policy"),
+    Case("model-deeply-nested-json", predict(raw_json="[" * 100000 + "]" * 100000), 2,
+         r"m/model.json: nested too deeply to be a model description"),
+    Case("model-counter-negative", predict(json_edit=edit("counter", -1)), 2,
+         r"m/model.json: field 'counter' must be an integer in \[0, 2\*\*62\), got -1"),
+    Case("model-one-class", predict(arrays_edit=array("classes", np.array([1.0]))), 2,
+         r"array 'classes' must hold at least 2 distinct labels, got \[1.0\]"),
+    Case("model-2d-classes", predict(arrays_edit=array("classes", np.array([[-1.0, 1.0]]))), 2,
+         r"array 'classes' has shape \(1, 2\); expected 1-d"),
+    Case("model-duplicate-classes", predict(arrays_edit=array("classes", np.array([1.0, 1.0]))), 2,
+         r"array 'classes' must hold at least 2 distinct labels, got \[1.0, 1.0\]"),
+    Case("model-3-classes-for-one-row", predict(arrays_edit=array("classes", np.array([0.0, 1.0, 2.0]))), 2,
+         r"array 'classes' holds 3 labels but 'coef' has 1 rows"),
+    Case("model-truncated-arrays", truncated, 2, r"m/arrays-\d+-[0-9a-f]+.npz: unreadable arrays"),
+    Case("model-nan-coef", predict(arrays_edit=array("coef", np.array([[np.nan, 0.0, 1.0]]))), 2,
+         r"array 'coef' holds a non-finite value \(nan\)"),
+    Case("model-inf-intercept", predict(arrays_edit=array("intercept", np.array([np.inf]))), 2,
+         r"array 'intercept' holds a non-finite value \(inf\)"),
+    Case("model-complex-coef", predict(arrays_edit=array("coef", np.array([[1j, 0.0, 1.0]]))), 2,
+         r"array 'coef' has dtype complex128; expected real numbers"),
+    Case("model-names-a-missing-arrays-file", names_missing_arrays_file, 2,
+         r"m/model.json: field 'arrays' names arrays-b.npz, which is missing"),
+    Case("model-arrays-outside-the-directory", predict(json_edit=edit("arrays", "../../etc/passwd")), 2,
+         r"m/model.json: field 'arrays' must be the name of a data file of this directory .*, got '../../etc/passwd'"),
+    Case("init-nan-coef", init_from(arrays_edit=array("coef", np.array([[np.nan, 0.0, 1.0]]))), 2,
+         r"array 'coef' holds a non-finite value \(nan\)"),
+    Case("init-policy-a-string", init_from(json_edit=edit("params.policy", "constant")), 2,
+         r"m/model.json: field 'params.policy' must be an object"),
+    # checkpoints: the run state's schema, at --resume
+    Case("resume-counter-negative", tampered_checkpoint(json_edit=edit("counter", -5)), 2,
+         r"checkpoint/model.json: field 'counter' must be an integer in \[0, 2\*\*62\), got -5"),
+    Case("resume-counter-maximal", tampered_checkpoint(json_edit=edit("counter", 2 ** 63 - 1)), 2,
+         r"checkpoint/model.json: field 'counter' must be an integer in \[0, 2\*\*62\), got 9223372036854775807"),
+    Case("resume-counter-overflowing", tampered_checkpoint(json_edit=edit("counter", 2 ** 64)), 2,
+         r"checkpoint/model.json: field 'counter' must be an integer .*, got 18446744073709551616"),
+    Case("resume-samples-negative", tampered_checkpoint(run_edit=edit("samples", -400)), 2,
+         r"checkpoint/model.json: field 'run.samples' must be an integer in \[0, 2\*\*62\), got -400"),
+    Case("resume-position-a-string", tampered_checkpoint(run_edit=edit("position", "7")), 2,
+         r"checkpoint/model.json: field 'run.position' must be an integer .*, got '7'"),
+    Case("resume-order-generator-missing", tampered_checkpoint(arrays_edit=array("order_generator", MISSING)), 2,
+         r"checkpoint: the order generator \(order_generator\) is missing"),
+    Case("resume-order-generator-zeros",
+         tampered_checkpoint(arrays_edit=array("order_generator", np.zeros(6, np.uint64))), 2,
+         r"checkpoint: order_generator is all zeros"),
+    Case("resume-velocity-bad-shape", tampered_checkpoint(arrays_edit=array("velocity", np.ones(3))), 2,
+         r"checkpoint: velocity must hold one finite number per parameter \(51\), got float64 of shape \(3,\)"),
+    Case("resume-velocity-nan", tampered_checkpoint(arrays_edit=array("velocity", np.full(51, np.nan))), 2,
+         r"checkpoint: velocity must hold one finite number per parameter"),
+    # output directories: leftovers, a full disk at checkpoints, torch-only flags, memory margin
+    Case("cli-leftovers-of-dead-writers-removed",
+         cli("--data", TINY, "--workers", "1", "--out", out_dir, "--checkpoint-every", "100u",
+             before=plant_leftovers, after=only_live_leftovers_remain), 0, r""),
+    Case("cli-checkpoint-disk-full-training-goes-on",
+         cli("--data", TINY, "--workers", "1", "--out", out_dir, "--checkpoint-every", "100u",
+             before=checkpoints_fail, after=results_written_checkpoint_not), 1,
+         r"could not write checkpoint \(every write failed: there is none\) in .*out; metrics.json, "
+         r"params.npy, model.json and its arrays-\*.npz written there"),
+    Case("cli-l2-with-a-network", cli("--model", "mlp", "--l2", "0.1"), 2,
+         r"--l2 applies to linear models \(logreg, svm, lsq\), not to the torch network 'mlp'; "
+         r"its weight decay is --weight-decay"),
+    Case("cli-no-intercept-with-a-network", cli("--model", "cnn", "--no-intercept"), 2,
+         r"--no-intercept applies to linear models \(logreg, svm, lsq\), not to the torch network 'cnn'"),
+    Case("api-run-memory-without-margin", api(margin_short), ResourceError,
+         r"this run \(shared block 22.0 GiB.*\) needs 22.0 GiB of memory, plus 2.4 GiB kept free, "
+         r"but this machine has 24.0 GiB available"),
 ]
 
 
@@ -401,7 +659,7 @@ def test_hostile_input_and_faults(case, tmp_path, monkeypatch, capsys):
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 90
 
 
 # ----------------------------------------------------------------------- process-level faults

@@ -138,8 +138,8 @@ def test_files_of_another_kind_version_or_content_are_refused(fitted, tmp_path):
     with pytest.raises(ModelFileError, match="kind 'HogwildClassifier'.*hogwild_mts.load\\)"):
         load_network(linear)
     for change, message in ((dict(version=99), "format version 99"),
-                            (dict(weights="../elsewhere.pt"), "weights file '../elsewhere.pt'"),
-                            (dict(loss="hinge"), "loss 'hinge'")):
+                            (dict(weights="../elsewhere.pt"), "field 'weights' .*got '../elsewhere.pt'"),
+                            (dict(loss="hinge"), "field 'loss' must be one of .*got 'hinge'")):
         copy = tmp_path / f"changed-{len(os.listdir(tmp_path))}"
         shutil.copytree(path, copy)
         document = json.loads((copy / "model.json").read_text())
@@ -148,7 +148,8 @@ def test_files_of_another_kind_version_or_content_are_refused(fitted, tmp_path):
             load_network(copy)
     pickled = tmp_path / "pickled"
     shutil.copytree(path, pickled)
-    torch.save({"weight": nn.Linear(2, 2)}, pickled / "weights.pt")  # a module: pickled code
+    named = json.loads((pickled / "model.json").read_text())["weights"]
+    torch.save({"weight": nn.Linear(2, 2)}, pickled / named)  # a module: pickled code
     with pytest.raises(ModelFileError, match="unreadable weights"):
         load_network(pickled)
 
@@ -287,7 +288,7 @@ TRAIN = ["train", "--model", "mlp", "--data", "digits", "--workers", "1", "--epo
 def test_cli_train_out_then_predict(digits, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TRAIN + ["--out", str(out)]) == 0
-    assert "model.json and weights.pt" in capsys.readouterr().out
+    assert "model.json and its weights-*.pt" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = tmp_path / "predictions.csv"
     assert main(["predict", str(out), "--data", "digits", "--out", str(predictions)]) == 0

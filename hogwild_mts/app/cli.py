@@ -3,9 +3,12 @@
 Exit status: 0 done; 1 the run failed (a worker failed or died, divergence) or its results could
 not be written; 2 bad input (one line on stderr, before any worker starts); 128 + N stopped by
 signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) -- the partial result is still printed and
-written.  ``--out`` is checked before any work; results are written before anything is printed,
-each file atomically (a temporary file, then a rename), and a closed stdout or stderr never stops
-a run or its writing.
+written.  ``--out`` is checked before any work and locked for the whole run (a second run on the
+same directory is refused at once, naming the holder's pid); results are written before
+anything is printed, each file atomically (a temporary file, then a rename), every file is tried
+even when one fails (exit 1, naming the ones that failed), and a closed stdout or stderr never
+stops a run or its writing.  SIGXFSZ is ignored, so a file past ``ulimit -f`` fails to write
+with EFBIG like a full disk instead of killing the process.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -24,8 +28,8 @@ EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npy"
-MODEL_FILES = "model.json and arrays.npz"
-NETWORK_FILES = "model.json and weights.pt"  # a torch network's model file
+MODEL_FILES = "model.json and its arrays-*.npz"
+NETWORK_FILES = "model.json and its weights-*.pt"  # a torch network's model file
 CHECKPOINT_DIR = "checkpoint"  # under --out
 CHECKPOINT_UNITS = {"s": "seconds", "u": "updates"}
 
@@ -79,7 +83,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows per update (default: the engine's)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the shuffles (default: the engine's)")
-    parser.add_argument("--l2", type=float, default=0.0,
+    parser.add_argument("--l2", type=float, default=None,
                         help="linear models: L2 penalty l2/2 ||w||^2, the weight decay (default 0)")
     parser.add_argument("--momentum", type=float, default=None,
                         help="momentum in [0, 1) of each worker's private velocity, as "
@@ -87,12 +91,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="torch networks: weight decay, as torch.optim.SGD (default 0; "
                              "linear models: --l2)")
-    parser.add_argument("--no-intercept", action="store_true", help="fit no intercept")
+    parser.add_argument("--no-intercept", action="store_true", help="linear models: fit no intercept")
     parser.add_argument("--dtype", default=None, choices=("float64", "float32"),
                         help="parameter precision (default: the engine's)")
     parser.add_argument("--out", metavar="DIR",
                         help="write metrics.json, params.npy and the model file here "
-                             "(model.json + arrays.npz; torch networks: model.json + weights.pt)")
+                             "(model.json + its arrays-*.npz; torch networks: model.json + its "
+                             "weights-*.pt); one run at a time: a second run on DIR is refused")
     parser.add_argument("--init", metavar="MODEL",
                         help="start from the parameters (torch: the weights and buffers) of this "
                              "model file (a directory written by --out, save() or a checkpoint)")
@@ -104,7 +109,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run whose checkpoint is DIR (e.g. "
                              f"OUT/{CHECKPOINT_DIR}) with the same command-line settings and data; "
-                             "one worker of a linear model resumes bit for bit")
+                             "one worker of a linear model resumes bit for bit; without --out the "
+                             "continued run's results are not saved (a warning says so)")
     parser.add_argument("--backend", choices=("shm", "ray"), default="shm",
                         help="shm: worker processes on shared memory (default); ray: a parameter "
                              "server and worker actors on Ray (docs/distributed.md)")
@@ -205,15 +211,33 @@ def make_policy_from_args(args):
 
 
 def train(args, stop_signals: list) -> int:
-    """Check --out and --shm-dir, train, write the results, then print the summary; the exit
-    status (see the module docstring).  ``stop_signals``: the stop signals received so far."""
-    from hogwild_mts.app.report import format_summary
-    from hogwild_mts.backends.shm.block import SPILL_DIR_ENV
-    from hogwild_mts.core import signals
+    """Check --out and --shm-dir, lock --out, train, write the results, then print the summary;
+    the exit status (see the module docstring).  ``stop_signals``: the stop signals received so
+    far."""
+    from hogwild_mts.core.files import directory_lock
 
     out_dir = prepare_out_dir(args.out) if args.out else None
     if args.shm_dir is not None and not os.path.isdir(args.shm_dir):
         raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
+    if args.model in TORCH_MODELS:
+        for flag, given in (("--l2", args.l2 is not None), ("--no-intercept", args.no_intercept)):
+            if given:
+                raise ValueError(f"{flag} applies to linear models (logreg, svm, lsq), not to the "
+                                 f"torch network {args.model!r}"
+                                 + ("; its weight decay is --weight-decay" if flag == "--l2" else ""))
+    if args.resume is not None and out_dir is None:
+        print("hogwild-mts: warning: --resume without --out: the continued run's results and "
+              "checkpoints are not saved", file=sys.stderr, flush=True)
+    with (directory_lock(out_dir, f"--out {out_dir!r}") if out_dir else contextlib.nullcontext()), \
+            _one_line_warnings():
+        return _train_and_write(args, stop_signals, out_dir)
+
+
+def _train_and_write(args, stop_signals: list, out_dir: str | None) -> int:
+    from hogwild_mts.app.report import format_summary
+    from hogwild_mts.backends.shm.block import SPILL_DIR_ENV
+    from hogwild_mts.core import signals
+
     with _environment(SPILL_DIR_ENV, args.shm_dir):
         if args.model in TORCH_MODELS:
             result, save_model = train_network(args)
@@ -223,6 +247,10 @@ def train(args, stop_signals: list) -> int:
             model_files = MODEL_FILES
     with signals.held():  # a stop signal now only decides the exit status
         failed = write_outputs(out_dir, result, save_model, model_files) if out_dir else {}
+        if out_dir and args.checkpoint_every and args.backend == "shm":
+            stale = _stale_checkpoint(os.path.join(out_dir, CHECKPOINT_DIR), result)
+            if stale:
+                failed[CHECKPOINT_DIR] = stale
         print(format_summary(result))
         if result.stopped_by is not None:
             print(f"hogwild-mts: run failed: {result.stopped_by}"
@@ -251,6 +279,35 @@ def train(args, stop_signals: list) -> int:
     if result.stopped_by is not None:
         return EXIT_RUN_FAILED
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _stale_checkpoint(directory: str, result) -> str | None:
+    """Why the checkpoint in ``directory`` does not hold the run's final state (its last write
+    failed: a warning said why), or None when it does."""
+    import json
+
+    from hogwild_mts.model_file import MODEL_JSON
+
+    try:
+        with open(os.path.join(directory, MODEL_JSON), "rb") as handle:
+            updates = json.loads(handle.read()).get("metrics", {}).get("updates")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return "every write failed: there is none"
+    if updates != result.updates:
+        return (f"the final write failed: it holds the state after {updates} of "
+                f"{result.updates} updates")
+    return None
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Inside, each warning is one line on stderr: ``hogwild-mts: warning: MESSAGE``."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"hogwild-mts: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager
@@ -299,6 +356,8 @@ def train_linear(args):
     if args.weight_decay is not None:
         raise ValueError("--weight-decay is for torch networks; a linear model's weight decay is --l2")
     _fill_defaults(args, linear.DEFAULTS, LINEAR_DEFAULTS)
+    if args.l2 is None:
+        args.l2 = 0.0
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
     policy = make_policy_from_args(args)
     engine = linear.Engine(model, policy, workers=args.workers, epochs=args.epochs,
@@ -493,8 +552,23 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    with _unbreakable_output(), signals.stop_on_signals() as stop_signals:
+    with _unbreakable_output(), _file_size_limit_as_error(), signals.stop_on_signals() as stop_signals:
         return _run_command(args, stop_signals)
+
+
+@contextlib.contextmanager
+def _file_size_limit_as_error():
+    """Inside, SIGXFSZ is ignored: a write past ``ulimit -f`` fails with EFBIG (an OSError the
+    command reports like a full disk) instead of killing the process with a core dump."""
+    try:
+        saved = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signal dispositions stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, saved)
 
 
 def _run_command(args, stop_signals: list) -> int:

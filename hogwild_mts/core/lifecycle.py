@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -83,6 +84,7 @@ class Backend(Protocol):
     # Optional: ``final_checkpoint(totals, params)``, called once with what ``collect`` and
     # ``snapshot`` returned, after the final evaluation, when the run ended normally or by a
     # stop signal (not after an error or on NaN/inf parameters): write the run's last checkpoint.
+    # An OSError it raises (a full disk) is a RuntimeWarning: the run's result is still returned.
 
 
 @dataclass
@@ -192,7 +194,11 @@ def _result(backend: Backend, options: RunOptions, watcher: "_Watcher", details,
     loss, accuracy = watcher.score_after_run(final, totals.train_seconds, totals.updates)
     final_checkpoint = getattr(backend, "final_checkpoint", None)
     if final_checkpoint is not None:  # after the divergence checks: never a NaN checkpoint
-        final_checkpoint(totals, final)
+        try:
+            final_checkpoint(totals, final)
+        except OSError as error:  # a full disk: the run's result is not lost with its checkpoint
+            warnings.warn(f"{error}; the run's result is kept, the previous checkpoint stays",
+                          RuntimeWarning, stacklevel=2)
     return FitResult(
         history=watcher.history, updates=totals.updates, counter=totals.counter,
         samples=totals.samples, staleness_histogram=totals.histogram, refits=totals.refits,

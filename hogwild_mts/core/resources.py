@@ -18,6 +18,10 @@ WORKER_BYTES = 200 * MIB
 # an evaluation snapshot, the result's copy and the L2 column counts.
 PARENT_PARAMETER_COPIES = 4
 MAX_WORKERS_PER_CPU = 8  # more processes than this per core only queue for the same cores
+# What a run leaves free of the available memory: the larger of 10 % of it and 512 MiB (page
+# cache, the interpreter's own growth, other processes); a run that would leave less is refused.
+MARGIN_FRACTION = 0.10
+MARGIN_BYTES = 512 * MIB
 MEMINFO = "/proc/meminfo"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -104,13 +108,23 @@ def available_memory() -> int | None:
     return min(known) if known else None
 
 
-def check_memory(needed: int, what: str, fixes: str) -> None:
-    """ResourceError unless ``needed`` bytes fit the available memory; ``what`` says what needs
-    them (e.g. "the array X of data.npz"), ``fixes`` what the user can do."""
+def memory_margin(available: int) -> int:
+    """Bytes a run leaves free of ``available``: MARGIN_FRACTION of it, at least MARGIN_BYTES."""
+    return max(int(MARGIN_FRACTION * available), MARGIN_BYTES)
+
+
+def check_memory(needed: int, what: str, fixes: str, *, margin: bool = False) -> None:
+    """ResourceError unless ``needed`` bytes fit the available memory (with ``margin``, and
+    :func:`memory_margin` left free besides); ``what`` says what needs them (e.g. "the array X
+    of data.npz"), ``fixes`` what the user can do."""
     available = available_memory()
-    if available is not None and needed > available:
-        raise ResourceError(f"{what} needs {format_bytes(needed)} of memory but this machine has "
-                            f"{format_bytes(available)} available; {fixes}")
+    if available is None:
+        return
+    kept = memory_margin(available) if margin else 0
+    if needed + kept > available:
+        plus = f", plus {format_bytes(kept)} kept free," if kept else ""
+        raise ResourceError(f"{what} needs {format_bytes(needed)} of memory{plus} but this machine "
+                            f"has {format_bytes(available)} available; {fixes}")
 
 
 def usable_cpus() -> int:
@@ -129,7 +143,8 @@ def max_workers() -> int:
 def check_run(*, workers: int, parameter_count: int, block_bytes: int, block_in_memory: bool) -> None:
     """ResourceError unless a run of ``workers`` processes fits: at most :func:`max_workers`, and
     memory for the block (when it lives in memory, i.e. /dev/shm), the parent's parameter copies
-    and every worker process (a single worker is a thread and costs none)."""
+    and every worker process (a single worker is a thread and costs none), with a margin left
+    free (:func:`memory_margin`)."""
     if workers > max_workers():
         raise ResourceError(f"workers ({workers}) is more than this machine runs usefully: at most "
                             f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU, {usable_cpus()} CPUs); "
@@ -139,4 +154,5 @@ def check_run(*, workers: int, parameter_count: int, block_bytes: int, block_in_
              f"{workers} worker processes": WORKER_BYTES * workers if workers > 1 else 0}
     detail = ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items() if size)
     check_memory(sum(parts.values()), f"this run ({detail})",
-                 "use fewer workers, fewer features (columns) or a machine with more memory")
+                 "use fewer workers, fewer features (columns) or a machine with more memory",
+                 margin=True)
