@@ -238,7 +238,9 @@ def test_train_images_cli_hook_uses_image_defaults_for_unset_options(capsys):
 
     args = argparse.Namespace(model="mlp", data="digits", workers=1, policy="inverse", alpha=None,
                               epochs=2, batch_size=None, seed=3, quiet=True, dtype="float64")
-    result = torch_engine.train_images(args)
+    from hogwild_mts.app.cli import train_images
+
+    result = train_images(args)
     assert result.settings["dtype"] == "float64" and result.settings["batch_size"] == torch_engine.DEFAULT_BATCH_SIZE
     assert result.policy["name"] == "inverse" and result.policy["alpha_c"] == torch_engine.DEFAULT_ALPHA
     assert result.final_accuracy > 0.5 and result.data == "digits"

@@ -339,9 +339,43 @@ def train_network(args):
     _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
     args.alpha = None  # it is inside the policy now
-    engine = torch_engine.engine_from_args(args, **_restart_options(args), **_checkpoint_options(args))
-    result = _kept(torch_engine.train_images, args, engine)
+    engine = engine_from_args(args, **_restart_options(args), **_checkpoint_options(args))
+    result = _kept(train_images, args, engine)
     return result, functools.partial(engine.save, result)
+
+
+def engine_from_args(args, **options):
+    """The TorchEngine of ``hogwild-mts train --model {mlp,cnn,lenet} ...``: ``args`` has
+    ``model, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype`` and optionally
+    ``momentum, weight_decay, backend, address, local_steps``; any of them None (or missing)
+    takes NETWORK_OPTIONS' default.  ``options``: more engine keywords (checkpoints)."""
+    from hogwild_mts.engines.networks import DEFAULTS, TorchEngine
+
+    def option(name, flag=None):
+        value = getattr(args, flag or name, None)
+        return DEFAULTS[name] if value is None else value
+
+    return TorchEngine(args.model, option("policy"), alpha=option("alpha"), workers=option("workers"),
+                       epochs=option("epochs"), batch_size=option("batch_size"), seed=option("seed"),
+                       momentum=option("momentum"), weight_decay=option("weight_decay"),
+                       dtype=option("dtype"), progress=not getattr(args, "quiet", False),
+                       backend=option("backend"), ray_address=option("ray_address", "address"),
+                       local_steps=option("local_steps"), **options)
+
+
+def train_images(args, engine=None):
+    """Load the images ``args.data`` (a line on stderr) and train ``engine`` (default:
+    :func:`engine_from_args` of ``args``) on them, from the model file ``args.init`` or
+    continuing the checkpoint ``args.resume`` when given (missing: neither); return the
+    FitResult; print no summary."""
+    from hogwild_mts.data.images import load_images
+
+    engine = engine_from_args(args) if engine is None else engine
+    loading = time.time()
+    print(f"loading images {args.data} ...", file=sys.stderr, flush=True)
+    dataset = load_images(args.data)
+    print(f"  {dataset!r} ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
+    return engine.fit(dataset, init=getattr(args, "init", None), resume=getattr(args, "resume", None))
 
 
 def train_linear(args):

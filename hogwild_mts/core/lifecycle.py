@@ -150,10 +150,11 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
         except WorkerError as failure:
             if not watcher.started:
                 raise
+            cause = str(failure)
             with signals.held():
                 raise _keeping_the_others(failure, lambda: _result(
                     backend, options, watcher, details, describe_policy, started, True,
-                    stopped_by=str(failure))) from None
+                    stopped_by=cause)) from None
         with signals.held():
             return _result(backend, options, watcher, details, describe_policy, started, interrupted)
     finally:

@@ -46,7 +46,7 @@ from hogwild_mts.kernels.flat import (LOSSES, LossFunction, ModuleClass, ModuleC
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.model_file import ModelFileError, read_network, save_network
 
-__all__ = ["TorchEngine", "train_images", "load_network", "network_outputs", "DEFAULT_ALPHA",
+__all__ = ["TorchEngine", "load_network", "network_outputs", "DEFAULT_ALPHA",
            "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "WorkerError", "DivergenceError"]
 
 DEFAULT_ALPHA = 0.05  # base step of a named policy (per mean mini-batch gradient)
@@ -862,36 +862,3 @@ def network_outputs(network, inputs, dtype: str) -> np.ndarray:
             batch = torch.as_tensor(np.asarray(inputs[start:start + EVAL_BATCH])).to(getattr(torch, dtype))
             rows.append(network(batch).to(torch.float64).reshape(batch.shape[0], -1).numpy())
     return np.concatenate(rows) if rows else np.zeros((0, 0))
-
-
-def engine_from_args(args, **options) -> TorchEngine:
-    """The TorchEngine of ``hogwild-mts train --model {mlp,cnn,lenet} ...``: ``args`` has
-    ``model, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype`` and optionally
-    ``momentum, weight_decay, backend, address, local_steps``; any of them None (or missing)
-    takes NETWORK_OPTIONS' default.  ``options``: more engine keywords (checkpoints)."""
-    def option(name, flag=None):
-        value = getattr(args, flag or name, None)
-        return DEFAULTS[name] if value is None else value
-
-    return TorchEngine(args.model, option("policy"), alpha=option("alpha"), workers=option("workers"),
-                       epochs=option("epochs"), batch_size=option("batch_size"), seed=option("seed"),
-                       momentum=option("momentum"), weight_decay=option("weight_decay"),
-                       dtype=option("dtype"), progress=not getattr(args, "quiet", False),
-                       backend=option("backend"), ray_address=option("ray_address", "address"),
-                       local_steps=option("local_steps"), **options)
-
-
-def train_images(args, engine: TorchEngine | None = None) -> FitResult:
-    """The CLI hook for ``hogwild-mts train --model {mlp,cnn,lenet} --data {digits,mnist1d,mnist:DIR,...}``.
-
-    Loads ``args.data`` (a line on stderr) and trains ``engine`` (default:
-    :func:`engine_from_args` of ``args``) on it, from the model file ``args.init`` or
-    continuing the checkpoint ``args.resume`` when given (missing: neither); returns the
-    FitResult; prints no summary.
-    """
-    engine = engine_from_args(args) if engine is None else engine
-    loading = time.time()
-    print(f"loading images {args.data} ...", file=sys.stderr, flush=True)
-    dataset = load_images(args.data)
-    print(f"  {dataset!r} ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
-    return engine.fit(dataset, init=getattr(args, "init", None), resume=getattr(args, "resume", None))

@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
 import numpy as np
 
