@@ -56,7 +56,7 @@ import secrets
 
 import numpy as np
 
-from hogwild_mts.core.files import npz_bytes, pid_alive, strict_json, write_atomic
+from hogwild_mts.core.files import npz_bytes, process_alive, strict_json, write_atomic
 from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy, policy_table
 
 FORMAT = "hogwild-mts-model"
@@ -328,7 +328,7 @@ def _remove_superseded(directory: str, keep: set) -> None:
             if match is None:
                 continue
             pid = match.group(1)
-            if pid is None or int(pid) == os.getpid() or not pid_alive(int(pid)):
+            if pid is None or int(pid) == os.getpid() or not process_alive(int(pid)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, name))
 

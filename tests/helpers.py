@@ -57,3 +57,12 @@ def wait_for_updates(pid: int | None = None, minimum: int = 1, seconds: float = 
         time.sleep(POLL_SECONDS)
     raise AssertionError(f"no block of process {pid or os.getpid()} reached {minimum} updates "
                          f"within {seconds} s")
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of process group ``group`` is still there."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -373,7 +373,7 @@ def test_ray_checkpoints_and_resumes_from_the_parameters(tmp_path):
     data = synthetic_sparse(2000, 100, 10, seed=0)
     from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         options = dict(workers=2, backend="ray", epochs=2)

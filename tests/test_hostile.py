@@ -32,7 +32,7 @@ from hogwild_mts.core.result import DivergenceError, WorkerError
 from hogwild_mts.data.images import load_images
 from hogwild_mts.data.tabular import DataError, load_data, synthetic_sparse
 from hogwild_mts.engines.linear import Engine
-from tests.helpers import SHM_DIR, WAIT_SECONDS, default_stop_signals, live_children, wait_for_updates
+from tests.helpers import group_alive, SHM_DIR, WAIT_SECONDS, default_stop_signals, live_children, wait_for_updates
 
 TINY = "synthetic-sparse:n=400,d=50,nnz=5,seed=1"
 ROWS_10K = "synthetic-sparse:n=10000,d=50,nnz=2,seed=1"
@@ -692,13 +692,6 @@ def _wait_for(condition, what: str):
     raise AssertionError(f"{what} did not happen within {WAIT_SECONDS} s")
 
 
-def _group_gone(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
 
 def test_sigterm_to_the_process_group_keeps_the_partial_result(tmp_path):
     """What ``timeout`` and a batch scheduler do: SIGTERM to every process of the run."""
@@ -713,7 +706,7 @@ def test_sigterm_to_the_process_group_keeps_the_partial_result(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "INTERRUPTED" in stdout and "Traceback" not in stderr
     interrupted_and_written(tmp_path)
-    _wait_for(lambda: _group_gone(process.pid), "the end of every process of the run")
+    _wait_for(lambda: not group_alive(process.pid), "the end of every process of the run")
     assert not owned_entries(process.pid)
 
 
@@ -730,7 +723,7 @@ def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
-    _wait_for(lambda: _group_gone(process.pid), "the end of every process of the run")
+    _wait_for(lambda: not group_alive(process.pid), "the end of every process of the run")
     assert not owned_entries(process.pid)
 
 
@@ -746,7 +739,7 @@ def test_leftovers_of_a_killed_group_are_removed_at_the_next_start():
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=WAIT_SECONDS)
-    _wait_for(lambda: _group_gone(process.pid), "the end of every process of the killed run")
+    _wait_for(lambda: not group_alive(process.pid), "the end of every process of the killed run")
     dead = subprocess.Popen(["true"])
     dead.wait()
     planted = [os.path.join(SHM_DIR, f"hwmts_{dead.pid}_00000000deadbeef"),

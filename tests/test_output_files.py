@@ -20,8 +20,8 @@ import pytest
 from hogwild_mts import model_file
 from hogwild_mts.app.cli import main
 from hogwild_mts.core.files import LOCK_FILE, directory_lock, remove_leftovers, write_atomic
-from tests.helpers import WAIT_SECONDS, default_stop_signals, wait_for_updates
-from tests.test_hostile import (LONG, TINY, _group_gone, _wait_for, owned_entries, signal_self_once_training,
+from tests.helpers import WAIT_SECONDS, default_stop_signals, group_alive, wait_for_updates
+from tests.test_hostile import (LONG, TINY, _wait_for, owned_entries, signal_self_once_training,
                                temporary_files)
 
 
@@ -66,7 +66,7 @@ def test_a_second_run_on_the_same_out_is_refused_at_once_naming_the_holder(tmp_p
     assert first.returncode == 128 + signal.SIGTERM, stderr
     assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
     assert not (out / LOCK_FILE).exists() and not temporary_files(out)
-    _wait_for(lambda: _group_gone(first.pid), "the end of every process of the first run")
+    _wait_for(lambda: not group_alive(first.pid), "the end of every process of the first run")
     assert not owned_entries(first.pid)
 
 

@@ -35,7 +35,8 @@ POLL_SECONDS = 0.01
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
+    # address="local": a new instance even when a cluster started by `ray start` runs on this machine
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         yield

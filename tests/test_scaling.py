@@ -19,7 +19,7 @@ from hogwild_mts.core.result import WorkerError
 from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
 from hogwild_mts.job import LinearProblem
-from tests.helpers import WAIT_SECONDS, live_children, shared_blocks, wait_for_updates
+from tests.helpers import group_alive, WAIT_SECONDS, live_children, shared_blocks, wait_for_updates
 
 
 @pytest.fixture(scope="module")
@@ -182,18 +182,11 @@ def test_fork_server_workers_and_block_go_with_a_killed_parent(tmp_path):
         process.kill()
         process.wait(WAIT_SECONDS)
         deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline and _group_alive(process.pid):
+        while time.monotonic() < deadline and group_alive(process.pid):
             time.sleep(0.05)
-        assert not _group_alive(process.pid), "a worker or the fork server outlived the parent"
+        assert not group_alive(process.pid), "a worker or the fork server outlived the parent"
         assert not shared_blocks(process.pid), "the killed run left shared memory behind"
     finally:
-        if _group_alive(process.pid):
+        if group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
 
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True

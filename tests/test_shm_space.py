@@ -21,6 +21,7 @@ import pytest
 
 from hogwild_mts.app.cli import main
 from hogwild_mts.backends.shm import block
+from hogwild_mts.core.files import process_alive
 from hogwild_mts.core.resources import ResourceError
 from hogwild_mts.data.tabular import load_data
 from hogwild_mts.engines.linear import Engine
@@ -131,16 +132,16 @@ def test_cli_shm_dir_is_used_for_the_run_only(short_shm, tmp_path, capsys):
 def test_a_zombie_counts_as_gone_for_the_liveness_check():
     """A worker whose parent died but was not yet reaped (a zombie) must stop, and leftovers of
     a zombie owner are orphans: ``process_alive`` tells a zombie from a running process."""
-    assert block.process_alive(os.getpid())
+    assert process_alive(os.getpid())
     child = os.fork()
     if child == 0:
         os._exit(0)
     try:
         deadline = time.monotonic() + 60.0
-        while block.process_alive(child) and time.monotonic() < deadline:
+        while process_alive(child) and time.monotonic() < deadline:
             time.sleep(0.01)  # waits for the event "the child has exited", not a fixed time
-        assert not block.process_alive(child)
+        assert not process_alive(child)
         assert os.path.exists(f"/proc/{child}")  # still a zombie: not reaped yet
     finally:
         os.waitpid(child, 0)
-    assert not block.process_alive(child)
+    assert not process_alive(child)

@@ -379,14 +379,16 @@ def run_cell(config: dict, cell: dict, data) -> dict:
 
 
 # ---------------------------------------------------------------------------- the grid
-def run_grid(config: dict, out_dir: str, *, log=sys.stderr, plots: bool = True,
+def run_grid(config: dict, out_dir: str, *, log=None, plots: bool = True,
              stop_signals: list = (), fmt: str = DEFAULT_FORMAT, dpi: int = DEFAULT_DPI) -> dict:
     """Run every cell not already in ``out_dir``; then rewrite the tables (and plots, as ``fmt``
     at ``dpi``) and say which policies' best steps are at the edge of their step grids.
     Returns {"ran": n, "skipped": n, "cells": total}.  ``stop_signals``: the list
     :func:`hogwild_mts.core.signals.stop_on_signals` fills; a signal held while a cell's result
     was being made (so the cell finished) stops the grid after that cell is written
-    (KeyboardInterrupt), as one that cut a cell short does before."""
+    (KeyboardInterrupt), as one that cut a cell short does before.  ``log``: where progress
+    lines go (default: sys.stderr at the time of the call)."""
+    log = sys.stderr if log is None else log
     prepare_run_dir(out_dir, config)
     cells = cells_of(config)
     done = {record["name"] for record in read_cells(out_dir)}

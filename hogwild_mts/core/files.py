@@ -35,35 +35,54 @@ class DirectoryBusyError(ValueError):
     """Another live process holds the lock of a directory (see :func:`directory_lock`)."""
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists in this pid namespace (a zombie counts as alive)."""
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running process in this pid namespace: one that exists and has
+    not exited (a zombie, exited but not yet reaped by its parent, counts as gone)."""
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
+    except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:  # no procfs: existence is all we can tell
         return True
-    return True
+    return stat[stat.rindex(b")") + 2:][:1] != b"Z"  # the state follows "(command) "
 
 
-def remove_leftovers(directory: str) -> list[str]:
-    """Remove the temporary files (``.tmp-<pid>-*``) in ``directory`` whose writer process no
-    longer exists; return their names.  Files of live writers, and every other file, are kept."""
+def remove_of_dead_owners(directory: str, owner_of) -> list[str]:
+    """Remove the entries of ``directory`` whose owner process no longer exists; return their
+    names.  ``owner_of(name)``: the pid a name says owns it, or None for an entry that is not
+    one of these (kept, as are the entries of live owners)."""
     removed = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
     for name in names:
-        match = _TEMPORARY.match(name)
-        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+        owner = owner_of(name)
+        if owner is None or process_alive(owner):
             continue
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+        try:
             os.unlink(os.path.join(directory, name))
-            removed.append(name)
+        except OSError:  # gone already, or not ours to remove
+            continue
+        removed.append(name)
     return removed
+
+
+def remove_leftovers(directory: str) -> list[str]:
+    """Remove the temporary files (``.tmp-<pid>-*``) in ``directory`` whose writer process no
+    longer exists; return their names.  Files of live writers, and every other file, are kept."""
+    def writer(name: str) -> int | None:
+        match = _TEMPORARY.match(name)
+        return None if match is None else int(match.group(1))
+
+    return remove_of_dead_owners(directory, writer)
 
 
 def file_mode() -> int:

@@ -282,6 +282,7 @@ class _Watcher:
         self._check_finite(starting_point)
         self.unscored_start = (resumed_updates, starting_point)
         while not backend.ready():
+            signals.check()
             backend.wait()
         backend.go()
         self.started = True
@@ -315,6 +316,7 @@ class _Watcher:
                 bar.update(updates - bar.n)
                 if finished:
                     return
+                signals.check()  # a stop signal whose raise was lost stops the run here
                 backend.wait()
         finally:
             bar.close()

@@ -124,19 +124,29 @@ def held():
 @contextlib.contextmanager
 def interruptible():
     """Inside, a stop signal handled by :func:`stop_on_signals` raises :class:`Interrupted`, even
-    within :func:`held` or after :func:`hold_rest` (a signal already recorded and not yet raised
-    raises on entering).  Still at most one stop is raised per :func:`stop_on_signals`."""
+    within :func:`held` or after :func:`hold_rest`; a signal already recorded raises on entering
+    and at every :func:`check`.  Outside such sections at most one stop is raised per
+    :func:`stop_on_signals`."""
     handling = _active
     if handling is None:
         yield
         return
     handling.opened += 1
     try:
-        if handling.received and not handling.raised:
-            handling.raise_stop(handling.received[0])
+        check()
         yield
     finally:
         handling.opened -= 1
+
+
+def check() -> None:
+    """Inside :func:`interruptible`, raise :class:`Interrupted` if a stop signal was received:
+    one held before the section, or one whose raise was lost (a signal that lands in a callback
+    whose exceptions Python ignores, say a weak reference's).  Loops in such a section (the run
+    lifecycle's watch) call it at every poll, so the stop always happens."""
+    handling = _active
+    if handling is not None and handling.opened and handling.received:
+        handling.raise_stop(handling.received[0])
 
 
 def hold_rest() -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from hogwild_mts.backends.shm.fields import FIELD_NAMES, BlockViews
 from hogwild_mts.core import signals
+from hogwild_mts.core.files import remove_of_dead_owners
 from hogwild_mts.core.resources import ResourceError, check_run, format_bytes, free_bytes
 
 CACHE_LINE_BYTES = 64
@@ -53,42 +54,16 @@ def block_name_prefix(pid: int) -> str:
     return f"{BLOCK_NAME_PREFIX}{pid}_"
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` names a running process in this pid namespace: one that exists and has
-    not exited (a zombie, exited but not yet reaped by its parent, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:  # no procfs: existence is all we can tell
-        return True
-    return stat[stat.rindex(b")") + 2:][:1] != b"Z"  # the state follows "(command) "
-
-
 def remove_orphans(directory: str = SHM_DIR) -> list[str]:
     """Remove the blocks and semaphores of this project in ``directory`` whose owner process no
     longer exists; return their names.  Owners are told apart by pid in this process's pid
     namespace (a container that shares /dev/shm with another pid namespace should not share it
     with a running hogwild_mts there)."""
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        owner = OWNED_NAME.fullmatch(name)
-        if owner is None or process_alive(int(owner.group(1) or owner.group(2))):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:  # gone already, or not ours to remove
-            continue
-        removed.append(name)
+    def owner(name: str) -> int | None:
+        match = OWNED_NAME.fullmatch(name)
+        return None if match is None else int(match.group(1) or match.group(2))
+
+    removed = remove_of_dead_owners(directory, owner)
     if removed:
         log.info("removed %d block(s) left by dead processes in %s", len(removed), directory)
     return removed

@@ -45,7 +45,8 @@ from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO,
                                       STAT_MAX_TAU, STAT_REFITS, STAT_SAMPLES, STAT_STATE, STAT_UPDATES,
                                       STATE_DONE, STATE_DIVERGED, STATE_FAILED, STATE_READY,
                                       STATE_RUNNING, STATUS_DIVERGED)
-from hogwild_mts.backends.shm.block import Layout, SharedBlock, process_alive
+from hogwild_mts.backends.shm.block import Layout, SharedBlock
+from hogwild_mts.core.files import process_alive
 from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.kernels.split import GENERATOR_WORDS, sharded_pieces
 from hogwild_mts.policies.refit import Refitter
