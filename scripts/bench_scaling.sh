@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 10's measurements in one run, for a machine with many cores: the ratio table of
+# The many-worker measurements in one run, for a machine with many cores: the ratio table of
 # scripts/bench_scaling.py (workers 1, 2, 4, ... up to the cores) and the threads diagnosis of
 # scripts/scaling_diagnosis.py at as many threads as cores, for both shapes, into one directory.
 #

@@ -11,7 +11,7 @@ as mean ± std [min, max] over seeds (every seed reached it), the worst resoluti
 the evaluations around the crossing, over the updates), ratio to the best constant step and
 to the best baseline (constant, inverse, exponential, tail); ``e`` marks a best step at the edge
 of the grid.  ``transfer``: the step tuned at the smallest m, unchanged at every m.
-``goal``: one policy's ratios against the three goals of issue 11 (<= 0.8 of the best baseline at
+``goal``: one policy's ratios against the three goals of docs/results.md (<= 0.8 of the best baseline at
 m >= 16, <= 1.3 of its own smallest-m updates at m = 16 under transfer, <= 1.05 of the best
 constant at every m).
 """

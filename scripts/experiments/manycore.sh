@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11 on a machine with >= 16 cores: real worker processes at m = 1, 4, 8, 16 on the convex
+# The policy study on a machine with >= 16 cores: real worker processes at m = 1, 4, 8, 16 on the convex
 # task (logistic regression, RCV1-shaped sparse data) and on MNIST-1D (MLP), every policy on a
 # step grid, 3 seeds; then the MNIST-1D CNN with momentum 0.9 at m = 1 and 16.  Stops starting new cells after DEADLINE seconds (default 570: under 10
 # minutes in all), then writes every table; a rerun resumes the unfinished cells.
