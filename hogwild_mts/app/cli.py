@@ -1,7 +1,8 @@
 """``hogwild-mts`` command line: ``train``, ``experiment``, ``report``, ``predict``.
 
 Exit status: 0 done; 1 the run failed (a worker failed or died, divergence) or its results could
-not be written; 2 bad input (one line on stderr, before any worker starts); 128 + N stopped by
+not be written; 2 bad input (one line on stderr, before any worker starts; also ``--backend ray``
+without the ray package, or a Ray cluster that ``--address`` does not reach); 128 + N stopped by
 signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) -- the partial result is still printed and
 written.  ``--out`` is checked before any work and locked for the whole run (a second run on the
 same directory is refused at once, naming the holder's pid); results are written before
@@ -217,6 +218,12 @@ def train(args, stop_signals: list) -> int:
     from hogwild_mts.core.files import directory_lock
 
     out_dir = prepare_out_dir(args.out) if args.out else None
+    if args.backend == "ray":  # before any data is loaded: ray is there, --address answers
+        from hogwild_mts.backends.ray.backend import probe_cluster, require_ray
+
+        require_ray()
+        if args.address is not None:
+            probe_cluster(args.address)
     if args.shm_dir is not None and not os.path.isdir(args.shm_dir):
         raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
     if args.model in TORCH_MODELS:
@@ -607,6 +614,7 @@ def _file_size_limit_as_error():
 
 def _run_command(args, stop_signals: list) -> int:
     """Run the chosen command; map its errors to one line on stderr and an exit status."""
+    from hogwild_mts.backends.ray.options import RayNotInstalled
     from hogwild_mts.core.result import DivergenceError, WorkerError
 
     try:
@@ -635,7 +643,7 @@ def _run_command(args, stop_signals: list) -> int:
     except MemoryError as error:
         print(f"hogwild-mts: error: out of memory: {error or 'an allocation failed'}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, RayNotInstalled) as error:
         print(f"hogwild-mts: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

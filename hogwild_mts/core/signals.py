@@ -13,6 +13,8 @@ SIGHUP (a closed terminal) all end a run the way Ctrl-C does.
   :func:`hold_rest` (the run lifecycle calls it when the workers have stopped) holds every
   signal from then until the end of :func:`stop_on_signals`, so a signal that lands between the
   end of training and the written result only decides the exit status.
+* :func:`reinstall` puts the handlers back after a library replaced them (``ray.init`` installs
+  its own SIGTERM handlers, in Python and in its C++ core, which end the process at once).
 * :func:`blocked_for_children` wraps the start of worker processes: they inherit the blocked
   signals, so a signal sent to the whole process group reaches only the parent, which stops them
   through the shared stop flag (no child dies half-way or prints a KeyboardInterrupt traceback).
@@ -53,6 +55,7 @@ class _Handling:
         self.opened = 0  # depth in interruptible()
         self.rest_held = False
         self.raised = False
+        self.installed: tuple = ()  # the signals whose handler is handle()
 
     def may_raise(self) -> bool:
         """A signal now raises: none was raised yet, and this is an interruptible section, or
@@ -97,6 +100,7 @@ def stop_on_signals():
     handling, outer = _Handling(), _active
     previous = {signum: signal.signal(signum, handling.handle) for signum in STOP_SIGNALS
                 if signal.getsignal(signum) is not signal.SIG_IGN}
+    handling.installed = tuple(previous)
     _active = handling
     try:
         yield handling.received
@@ -104,6 +108,19 @@ def stop_on_signals():
         _active = outer
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def reinstall() -> None:
+    """Make the stop signals that :func:`stop_on_signals` handles raise :class:`Interrupted`
+    again, after a library installed handlers of its own (``ray.init``: Python's SIGTERM
+    handler exits at once, and Ray's C++ core replaces the C-level handler of SIGTERM with one
+    that prints a stack and re-raises).  Outside :func:`stop_on_signals` (or outside the main
+    thread) this changes nothing: the library's handlers stay."""
+    handling = _active
+    if handling is None or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in handling.installed:
+        signal.signal(signum, handling.handle)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ WorkerError.  Every actor is killed by :meth:`close`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -19,7 +20,8 @@ import warnings
 
 import numpy as np
 
-from hogwild_mts.backends.ray.options import DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS
+from hogwild_mts.backends.ray.options import (DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS, RAY_EXTRA,
+                                              RayNotInstalled)
 from hogwild_mts.core import control
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import Diverged, RunTotals, WorkerError
@@ -30,18 +32,31 @@ WORKER_CPUS = 1  # CPUs each worker actor reserves; the server reserves none (it
 
 
 def require_ray():
-    """The ``ray`` module, or ImportError saying how to install it."""
+    """The ``ray`` module, or :class:`RayNotInstalled` (an ImportError) saying how to install
+    it."""
     try:
         import ray
     except ImportError as error:
-        raise ImportError(f"backend='ray' needs the ray package ({error}); install it with "
-                          "pip install 'ray>=2.40' (it is in the test extra)") from None
+        raise RayNotInstalled(f"backend 'ray' needs the ray package, which cannot be imported "
+                              f"here ({error}); install it with {RAY_EXTRA} "
+                              "(or pip install 'ray>=2.40')") from None
     return ray
 
 
 # Ray starts worker processes at niceness 15, so any other busy process on the machine starves
 # the actors, which here do the training; a local instance keeps them at the normal priority.
 LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+PROBE_SECONDS = 5.0  # the TCP connect, then the GCS handshake, of a cluster address each take at most this
+START_CLUSTER_HINT = ("is a Ray cluster running there? start one with `ray start --head` and give "
+                      "the address it prints (HOST:6379), or 'auto' on one of its nodes")
+TOKEN_HINT = ("the cluster uses token authentication: set RAY_AUTH_MODE=token and give this "
+              "machine the cluster's token (~/.ray/auth_token from the head node, or "
+              "RAY_AUTH_TOKEN)")
+
+
+class RayConnectionError(ConnectionError):
+    """The Ray cluster of an address could not be reached or joined; the message is one line
+    naming the address as given and the likely fix."""
 
 
 def connect(address: str | None) -> bool:
@@ -49,15 +64,180 @@ def connect(address: str | None) -> bool:
     cluster started with ``ray start --head``; ``"auto"``: the one this node belongs to), else
     start a new local instance (never a cluster found on the machine: that takes ``"auto"``).
     Returns True when this call started or connected Ray (the caller then shuts it down).  A
-    local instance runs its actors at the normal CPU priority (LOCAL_SYSTEM_CONFIG)."""
+    local instance runs its actors at the normal CPU priority (LOCAL_SYSTEM_CONFIG).
+
+    Stop signals: ``ray.init`` replaces the handlers of SIGTERM (Ray exits at once) with its
+    own; they are put back (:func:`hogwild_mts.core.signals.reinstall`) so that SIGTERM and
+    SIGHUP stop the run like Ctrl-C under :func:`~hogwild_mts.core.signals.stop_on_signals`.
+    A signal that arrives while Ray starts waits until then.  The processes of a local instance
+    (GCS, raylet, its agents) run in process groups of their own, so a signal sent to the
+    driver's process group (``timeout``, a batch scheduler, a closed terminal) reaches only the
+    driver, which stops the run and shuts them down; they still die with the driver (Ray's
+    kernel fate sharing).  A cluster address is checked first, within PROBE_SECONDS each: a TCP
+    connect, then Ray's handshake; a failure is :class:`RayConnectionError`, one line."""
     ray = require_ray()
     if ray.is_initialized():
         return False
-    if address is None:
-        ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG)
-    else:
-        ray.init(address=address)
+    from hogwild_mts.core import signals
+
+    if address is not None:
+        probe_cluster(address)
+    try:
+        with signals.blocked():  # a stop signal while Ray starts is delivered after reinstall()
+            _init(ray, address)
+            signals.reinstall()
+    except BaseException:  # ray.init failed, or a stop signal came while Ray started
+        ray.shutdown()
+        raise
     return True
+
+
+def _init(ray, address: str | None) -> None:
+    """``ray.init`` of a new local instance (its processes in their own process groups), or of
+    the cluster at ``address`` (a failure as RayConnectionError)."""
+    if address is None:
+        with _own_process_groups():
+            ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG)
+        return
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
+        raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: "
+                                 f"{_first_line(error)}; {_hint(error)}") from None
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _hint(error) -> str:
+    text = str(error)
+    if "auth" in text.lower() or "token" in text.lower():
+        return TOKEN_HINT
+    return START_CLUSTER_HINT
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of an address ``HOST:PORT`` (or ``ray://HOST:PORT``), None for others
+    (``auto``, ``local``)."""
+    bare = address.strip()
+    if "://" in bare:
+        bare = bare.split("://", 1)[1]
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_cluster(address: str) -> None:
+    """RayConnectionError unless ``address`` answers: a TCP connect to HOST:PORT within
+    PROBE_SECONDS (refused, unknown host, no answer), then, for a GCS address, Ray's own
+    handshake within PROBE_SECONDS more (not Ray, or a token is needed).  An address that is
+    not HOST:PORT (``auto``) is left to ``ray.init``."""
+    import socket
+
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=PROBE_SECONDS):
+            pass
+    except socket.gaierror as error:
+        raise RayConnectionError(f"cannot reach a Ray cluster at {address!r}: unknown host "
+                                 f"{target[0]!r} ({error.strerror}); {START_CLUSTER_HINT}") from None
+    except (socket.timeout, TimeoutError):
+        raise RayConnectionError(f"cannot reach a Ray cluster at {address!r}: no answer within "
+                                 f"{PROBE_SECONDS:g} s; {START_CLUSTER_HINT}") from None
+    except OSError as error:
+        raise RayConnectionError(f"cannot reach a Ray cluster at {address!r}: "
+                                 f"{error.strerror or error}; {START_CLUSTER_HINT}") from None
+    if "://" not in address:
+        _probe_gcs(address, f"{target[0]}:{target[1]}")
+
+
+def _probe_gcs(address: str, host_port: str) -> None:
+    """Ray's handshake with the GCS at ``host_port`` within PROBE_SECONDS (Ray's own messages
+    on stderr silenced meanwhile): RayConnectionError for a missing or wrong token, or for a
+    port that does not speak Ray.  Skipped where this Ray has no such client (its internals
+    changed): ``ray.init`` then reports the failure."""
+    import ray
+
+    try:
+        from ray._raylet import InnerGcsClient
+    except ImportError:
+        return
+    standalone = getattr(InnerGcsClient, "standalone", None)
+    if standalone is None:
+        return
+    try:
+        with _quiet_stderr():
+            standalone(host_port, None, int(PROBE_SECONDS * 1000))
+    except TypeError:  # another signature: leave it to ray.init
+        return
+    except ray.exceptions.AuthenticationError:
+        raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: it refused this "
+                                 f"process's credentials; {TOKEN_HINT}") from None
+    except ray.exceptions.RayError as error:
+        raise RayConnectionError(f"cannot join a Ray cluster at {address!r}: something answers "
+                                 f"there but not Ray's GCS ({_first_line(error)}); "
+                                 f"{START_CLUSTER_HINT}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 points at /dev/null inside (Ray's C++ core logs its retries there)."""
+    import os
+    import sys
+
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _own_process_groups():
+    """Inside, every process ``ray.init`` starts (the GCS, the raylet, and so what the raylet
+    starts) leads a process group of its own, with SIGTERM and SIGHUP not blocked (the caller
+    blocks them while Ray starts); SIGINT stays blocked there as Ray does.  Ray starts them all
+    through ``ray._private.services.ConsolePopen``; without it (Ray's internals changed) nothing
+    is changed."""
+    import os
+    import signal
+
+    try:
+        from ray._private import services
+    except ImportError:
+        yield
+        return
+    popen = getattr(services, "ConsolePopen", None)
+    if popen is None:
+        yield
+        return
+
+    class OwnGroupPopen(popen):
+        def __init__(self, *arguments, preexec_fn=None, **keywords):
+            def own_group():
+                if preexec_fn is not None:
+                    preexec_fn()
+                os.setpgid(0, 0)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
+
+            super().__init__(*arguments, preexec_fn=own_group, **keywords)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
 
 
 def check_cluster(workers: int) -> None:

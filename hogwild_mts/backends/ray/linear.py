@@ -100,7 +100,8 @@ def fit_linear_from_path(job: Job) -> FitResult:
     raises DataError/ValueError before the server starts; every actor is then already gone."""
     ray = require_ray()
     options, workers, problem = job.options, job.workers, job.problem
-    path = problem.path
+    # the workers open the path in their own working directory, on their own node
+    path = os.path.abspath(os.path.expanduser(problem.path))
     data_format = data_file_format(path)  # an unknown format stops here, before Ray starts
     warm_up_server_kernel(np.dtype(problem.dtype))
 

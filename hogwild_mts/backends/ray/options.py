@@ -10,6 +10,12 @@ from hogwild_mts.core.params import Choice, Integer, Option
 
 BACKENDS = ("shm", "ray")
 MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
+RAY_EXTRA = "pip install 'hogwild-mts[ray]'"  # how to install ray for this package
+
+
+class RayNotInstalled(ImportError):
+    """backend='ray' was asked for and the ray package cannot be imported (raised by
+    :func:`hogwild_mts.backends.ray.backend.require_ray`)."""
 
 
 class Address:
