@@ -222,3 +222,23 @@ def test_reinstall_puts_the_stop_handlers_back_after_a_library_replaced_them():
     previous = signal.getsignal(signal.SIGTERM)
     signals.reinstall()  # outside stop_on_signals: nothing changes
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@needs_ray
+def test_a_stop_signal_while_the_local_instance_starts_ends_the_run_and_leaves_nothing(tmp_path):
+    """SIGTERM to the group as soon as Ray's GCS process exists (ray.init is under way): held
+    until Ray has started, then it ends the run: exit 143, no traceback, and the instance is shut
+    down."""
+    process = _train(*LONG, "--out", str(tmp_path / "out"))
+    try:
+        _wait_for(lambda: any("gcs_server" in command for _, command in _session_processes(process.pid)),
+                  "the start of Ray's GCS", process)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT_SECONDS)
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert "Traceback" not in stderr and "SIGTERM received" not in stderr
+        assert "stopped by SIGTERM" in stderr
+        _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+    finally:
+        if process.poll() is None or _session_processes(process.pid):
+            _kill_session(process.pid)
