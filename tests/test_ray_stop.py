@@ -122,6 +122,25 @@ def test_a_stop_signal_to_the_process_group_keeps_the_partial_result_and_leaves_
 
 
 @needs_ray
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
+    """SIGKILL of the driver alone: nothing of it runs any more, so the local instance's
+    processes (Ray's agents included, which Ray's own fate sharing leaves running) are ended by
+    the reaper the driver started beside them."""
+    out = tmp_path / "out"
+    process = _train(*LONG, "--out", str(out), "--checkpoint-every", "1s")
+    try:
+        _wait_for(lambda: (out / "checkpoint" / "model.json").exists(), "the first checkpoint",
+                  process)
+        assert [entry for entry in _session_processes(process.pid) if entry[0] != process.pid]
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=WAIT_SECONDS)
+        _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+    finally:
+        if process.poll() is None or _session_processes(process.pid):
+            _kill_session(process.pid)
+
+
+@needs_ray
 def test_an_address_where_no_cluster_runs_fails_in_one_line_naming_it():
     started = time.monotonic()
     process = _train("--address", "127.0.0.1:1", "--quiet", "--epochs", "1")

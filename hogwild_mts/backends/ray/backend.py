@@ -13,6 +13,7 @@ WorkerError.  Every actor is killed by :meth:`close`.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -72,8 +73,10 @@ def connect(address: str | None) -> bool:
     A signal that arrives while Ray starts waits until then.  The processes of a local instance
     (GCS, raylet, its agents) run in process groups of their own, so a signal sent to the
     driver's process group (``timeout``, a batch scheduler, a closed terminal) reaches only the
-    driver, which stops the run and shuts them down; they still die with the driver (Ray's
-    kernel fate sharing).  A cluster address is checked first, within PROBE_SECONDS each: a TCP
+    driver, which stops the run and shuts them down (:func:`disconnect`).  A driver killed
+    outright (SIGKILL) cannot: a small reaper process, in a session of its own, kills those
+    process groups when the driver is gone (Ray's own fate sharing leaves its agents running).
+    A cluster address is checked first, within PROBE_SECONDS each: a TCP
     connect, then Ray's handshake; a failure is :class:`RayConnectionError`, one line."""
     ray = require_ray()
     if ray.is_initialized():
@@ -84,26 +87,78 @@ def connect(address: str | None) -> bool:
         probe_cluster(address)
     try:
         with signals.blocked():  # a stop signal while Ray starts is delivered after reinstall()
-            _init(ray, address)
+            groups = _init(ray, address)
+            _start_reaper(groups)
             signals.reinstall()
     except BaseException:  # ray.init failed, or a stop signal came while Ray started
-        ray.shutdown()
+        disconnect()
         raise
     return True
 
 
-def _init(ray, address: str | None) -> None:
-    """``ray.init`` of a new local instance (its processes in their own process groups), or of
-    the cluster at ``address`` (a failure as RayConnectionError)."""
-    if address is None:
-        with _own_process_groups():
-            ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG)
+def disconnect() -> None:
+    """Shut down the Ray instance :func:`connect` started or joined, then stop the reaper of
+    its local processes (if it started one)."""
+    import ray
+
+    ray.shutdown()
+    global _reaper
+    reaper, _reaper = _reaper, None
+    if reaper is not None:
+        reaper.kill()
+        reaper.wait()
+
+
+_reaper = None  # the reaper process of the local Ray instance this process started, if any
+
+# The reaper's code: wait until the driver (its parent) is gone, then SIGKILL every process of
+# the driver's session whose process group is one the local Ray instance's processes lead.
+_REAPER_CODE = """
+import os, signal, sys, time
+driver, session, groups = int(sys.argv[1]), int(sys.argv[2]), {int(g) for g in sys.argv[3:]}
+while os.getppid() == driver:
+    time.sleep(0.2)
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) in groups and int(fields[3]) == session:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+"""
+
+
+def _start_reaper(groups: list) -> None:
+    """Start the reaper of ``groups`` (the process groups of a local Ray instance), in a session
+    of its own so that no signal to the driver's group reaches it; nothing for none."""
+    global _reaper
+    if not groups or not os.path.isdir("/proc"):
         return
+    import subprocess
+    import sys
+
+    _reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER_CODE, str(os.getpid()), str(os.getsid(0)), *map(str, groups)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True)
+
+
+def _init(ray, address: str | None) -> list:
+    """``ray.init`` of a new local instance (its processes in their own process groups), or of
+    the cluster at ``address`` (a failure as RayConnectionError); return the process groups the
+    local instance's processes lead (none for a cluster)."""
+    if address is None:
+        with _own_process_groups() as groups:
+            ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG)
+        return groups
     try:
         ray.init(address=address)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
         raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: "
                                  f"{_first_line(error)}; {_hint(error)}") from None
+    return []
 
 
 def _first_line(error) -> str:
@@ -207,20 +262,21 @@ def _quiet_stderr():
 def _own_process_groups():
     """Inside, every process ``ray.init`` starts (the GCS, the raylet, and so what the raylet
     starts) leads a process group of its own, with SIGTERM and SIGHUP not blocked (the caller
-    blocks them while Ray starts); SIGINT stays blocked there as Ray does.  Ray starts them all
-    through ``ray._private.services.ConsolePopen``; without it (Ray's internals changed) nothing
-    is changed."""
-    import os
+    blocks them while Ray starts); SIGINT stays blocked there as Ray does.  Yields the list of
+    those groups (their leaders' pids), filled as Ray starts them.  Ray starts them all through
+    ``ray._private.services.ConsolePopen``; without it (Ray's internals changed) nothing is
+    changed and the list stays empty."""
     import signal
 
+    groups = []
     try:
         from ray._private import services
     except ImportError:
-        yield
+        yield groups
         return
     popen = getattr(services, "ConsolePopen", None)
     if popen is None:
-        yield
+        yield groups
         return
 
     class OwnGroupPopen(popen):
@@ -232,10 +288,11 @@ def _own_process_groups():
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
 
             super().__init__(*arguments, preexec_fn=own_group, **keywords)
+            groups.append(self.pid)
 
     services.ConsolePopen = OwnGroupPopen
     try:
-        yield
+        yield groups
     finally:
         services.ConsolePopen = popen
 

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect,
+from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect, disconnect,
                                               require_ray)
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
@@ -86,7 +86,7 @@ def fit_linear(job: Job) -> FitResult:
                     dataclasses.replace(job.settings, loss="training objective", accuracy="train"))
     finally:
         if started_ray:
-            ray.shutdown()
+            disconnect()
 
 
 def fit_linear_from_path(job: Job) -> FitResult:
@@ -146,7 +146,7 @@ def fit_linear_from_path(job: Job) -> FitResult:
         for actor in waiting.values():
             ray.kill(actor)
         if started_ray:
-            ray.shutdown()
+            disconnect()
 
 
 def _model_spec(problem, n_features: int, dense: bool) -> LinearModelSpec:

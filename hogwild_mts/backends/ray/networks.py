@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, require_ray
+from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, disconnect, require_ray
 from hogwild_mts.backends.ray.linear import base_step
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import ShardSpec, TorchWorker
@@ -76,4 +76,4 @@ def fit_network(job: Job) -> FitResult:
                              total_updates=pushes, started=job.started)
     finally:
         if started_ray:
-            ray.shutdown()
+            disconnect()
