@@ -11,14 +11,18 @@ class, each a full Hogwild! run whose updates are stamped like any other.  Every
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.result import TrainingWarning, training_trouble
 from hogwild_mts.core.params import (Checked, Flag, Fraction, Integer, NonNegative, Option, Table,
                                      validate)
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, Engine
@@ -44,6 +48,12 @@ ESTIMATOR_OPTIONS = Table(
      Option("progress", Flag(), False, "run"), ENGINE_OPTIONS["backend"],
      ENGINE_OPTIONS["ray_address"], ENGINE_OPTIONS["local_steps"]))
 DEFAULTS = ESTIMATOR_OPTIONS.defaults
+
+
+def _max_abs(X) -> float | None:
+    """The largest |x| of the rows (dense or sparse), None when there are no values."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    return float(np.abs(values).max()) if values.size else None
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -146,14 +156,24 @@ class _HogwildLinear(BaseEstimator):
         n_params = X.shape[1] + int(bool(self.fit_intercept))
         params = np.zeros((len(targets), n_params)) if init is None else init.copy()
         results = []
+        largest = _max_abs(X)
         with self._backend_session():
             for k, target in enumerate(targets):
                 engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
-                result = engine.fit(X, target, sample_weight=sample_weight, init_params=params[k])
+                with warnings.catch_warnings():  # warned below as a ConvergenceWarning
+                    warnings.simplefilter("ignore", TrainingWarning)
+                    result = engine.fit(X, target, sample_weight=sample_weight, init_params=params[k])
                 params[k, :X.shape[1]] = result.params
                 if self.fit_intercept:
                     params[k, -1] = result.intercept
                 results.append(result)
+                trouble = training_trouble(result, largest)
+                if trouble is not None:
+                    problem = f"class {self.classes_[k]} against the rest: " if len(targets) > 1 else ""
+                    warnings.warn(f"{type(self).__name__}: {problem}{trouble}", ConvergenceWarning,
+                                  stacklevel=4)
+                if result.interrupted:  # a stop (Ctrl-C) stops the remaining problems too
+                    break
         return params, results
 
     def _fit(self, X, y, sample_weight, init) -> None:
@@ -412,7 +432,8 @@ def save(estimator, path: str) -> str:
     return save_linear(path, kind=type(estimator).__name__, coef=estimator.coef_,
                        intercept=estimator.intercept_, classes=getattr(estimator, "classes_", None),
                        estimator_params=estimator.get_params(),
-                       histogram=result.staleness_histogram, counter=result.counter, metrics=metrics)
+                       histogram=result.staleness_histogram, counter=result.counter, metrics=metrics,
+                       feature_names=getattr(estimator, "feature_names_in_", None))
 
 
 def load(path: str):
@@ -433,5 +454,7 @@ def load(path: str):
     estimator.n_iter_ = int(document.get("metrics", {}).get("n_iter", 0))
     if "classes" in arrays:
         estimator.classes_ = arrays["classes"]
+    if document.get("feature_names") is not None:
+        estimator.feature_names_in_ = np.asarray(document["feature_names"], dtype=object)
     estimator.fit_results_ = []
     return estimator
