@@ -11,6 +11,7 @@ class, each a full Hogwild! run whose updates are stamped like any other.  Every
 from __future__ import annotations
 
 import contextlib
+import types
 import warnings
 
 import numpy as np
@@ -148,11 +149,13 @@ class _HogwildLinear(BaseEstimator):
                 ray.shutdown()
 
     def _train_problems(self, X, targets: list, sample_weight, init: np.ndarray | None,
-                        first_epoch: int, epochs: int):
+                        first_epoch: int, epochs: int, judge: bool = True):
         """Train one binary/regression problem per entry of ``targets`` (labels per row; rows
         weighted by ``sample_weight`` or None) for ``epochs`` epochs from ``init`` (K x
         n_params, or None for zeros); return the new (K x n_params) parameters and the
-        FitResults."""
+        FitResults.  ``judge``: warn a ConvergenceWarning for each run that went badly
+        (:func:`~hogwild_mts.core.result.training_trouble`); an epoch-by-epoch fit judges its
+        epochs together instead (:meth:`_judge`)."""
         n_params = X.shape[1] + int(bool(self.fit_intercept))
         params = np.zeros((len(targets), n_params)) if init is None else init.copy()
         results = []
@@ -167,14 +170,25 @@ class _HogwildLinear(BaseEstimator):
                 if self.fit_intercept:
                     params[k, -1] = result.intercept
                 results.append(result)
-                trouble = training_trouble(result, largest)
-                if trouble is not None:
-                    problem = f"class {self.classes_[k]} against the rest: " if len(targets) > 1 else ""
-                    warnings.warn(f"{type(self).__name__}: {problem}{trouble}", ConvergenceWarning,
-                                  stacklevel=4)
+                if judge:
+                    self._judge([result], k, len(targets), largest)
                 if result.interrupted:  # a stop (Ctrl-C) stops the remaining problems too
                     break
         return params, results
+
+    def _judge(self, runs: list, k: int, problems: int, largest: float | None) -> None:
+        """Warn a ConvergenceWarning when problem ``k``'s ``runs`` (its FitResults in order:
+        one, or one per epoch of an epoch-by-epoch fit, judged as one run from the first one's
+        start) went badly."""
+        last = runs[-1]
+        whole = types.SimpleNamespace(
+            history={"loss": [loss for run in runs for loss in run.history.get("loss", [])]},
+            final_loss=last.final_loss, interrupted=any(run.interrupted for run in runs),
+            workers=last.workers, settings=last.settings, policy=last.policy)
+        trouble = training_trouble(whole, largest)
+        if trouble is not None:
+            problem = f"class {self.classes_[k]} against the rest: " if problems > 1 else ""
+            warnings.warn(f"{type(self).__name__}: {problem}{trouble}", ConvergenceWarning, stacklevel=5)
 
     def _fit(self, X, y, sample_weight, init) -> None:
         """Full fit: ``epochs`` epochs in one run per problem, or, with early stopping, epoch by
@@ -198,8 +212,12 @@ class _HogwildLinear(BaseEstimator):
         best_score, best_params, stale_epochs, results = -np.inf, init, 0, []
         params = init
         for epoch in range(self.epochs):
-            params, epoch_results = self._train_problems(X, targets, sample_weight, params, epoch, 1)
+            params, epoch_results = self._train_problems(X, targets, sample_weight, params, epoch, 1,
+                                                         judge=False)
             results += epoch_results
+            if any(result.interrupted for result in epoch_results):  # a stop ends the fit
+                best_params = params if best_params is None else best_params
+                break
             score = self._score_rows(X_val, y_val, weight_val, params)
             if score > best_score + self.tol:
                 best_score, best_params, stale_epochs = score, params, 0
@@ -207,6 +225,9 @@ class _HogwildLinear(BaseEstimator):
                 stale_epochs += 1
             if stale_epochs >= self.n_iter_no_change:
                 break
+        largest = _max_abs(X)
+        for k in range(len(targets)):
+            self._judge(results[k::len(targets)], k, len(targets), largest)
         self._set_params(best_params, results, epoch + 1)
 
     def _set_params(self, params: np.ndarray, results: list, epochs_run: int) -> None:

@@ -56,6 +56,7 @@ class TrainingWarning(RuntimeWarning):
     ConvergenceWarning instead, the command line prints it as one line on stderr)."""
 
 
+START_MARGIN = 0.05  # a final loss above the starting loss by more than this share is flagged
 RISE_FACTOR = 2.0  # a final loss above this multiple of the best loss of the run is flagged ...
 RISE_FLOOR = 0.01  # ... when it is also above the best by this share of the starting loss
 UNSCALED_FEATURES = 10.0  # max |x| above which the advice says to scale the features
@@ -63,7 +64,8 @@ UNSCALED_FEATURES = 10.0  # max |x| above which the advice says to scale the fea
 
 def training_trouble(result, max_abs_x: float | None = None) -> str | None:
     """Why the finished run ``result`` looks bad, with advice that fits it, or None when it does
-    not: its final loss is above its starting loss (the first history row), or above
+    not: its final loss is above its starting loss (the first history row) by more than
+    START_MARGIN of it (SGD noise of a run started near its optimum is not a rise), or above
     RISE_FACTOR times the best loss of its history (and above that best by RISE_FLOOR of the
     starting loss: noise near a loss of 0 is not a rise).  An interrupted run is not judged.
     The advice: scale the features when ``max_abs_x`` (the largest |x| of the data, None:
@@ -74,7 +76,7 @@ def training_trouble(result, max_abs_x: float | None = None) -> str | None:
     if result.interrupted or not losses or not np.isfinite(final):
         return None
     start, best = losses[0], min(losses + [final])
-    if final > start:
+    if final > start + START_MARGIN * abs(start):
         what = f"the final loss {final:.4g} is above the starting loss {start:.4g}"
     elif final > RISE_FACTOR * best and final - best > RISE_FLOOR * abs(start):
         what = f"the final loss {final:.4g} is more than {RISE_FACTOR:g}x the best loss of the run ({best:.4g})"
