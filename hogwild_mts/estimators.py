@@ -11,14 +11,19 @@ class, each a full Hogwild! run whose updates are stamped like any other.  Every
 from __future__ import annotations
 
 import contextlib
+import types
+import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from hogwild_mts.core.options import check_choice
+from hogwild_mts.core.result import TrainingWarning, training_trouble
 from hogwild_mts.core.params import (Checked, Flag, Fraction, Integer, NonNegative, Option, Table,
                                      validate)
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, Engine
@@ -44,6 +49,12 @@ ESTIMATOR_OPTIONS = Table(
      Option("progress", Flag(), False, "run"), ENGINE_OPTIONS["backend"],
      ENGINE_OPTIONS["ray_address"], ENGINE_OPTIONS["local_steps"]))
 DEFAULTS = ESTIMATOR_OPTIONS.defaults
+
+
+def _max_abs(X) -> float | None:
+    """The largest |x| of the rows (dense or sparse), None when there are no values."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    return float(np.abs(values).max()) if values.size else None
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -138,23 +149,46 @@ class _HogwildLinear(BaseEstimator):
                 ray.shutdown()
 
     def _train_problems(self, X, targets: list, sample_weight, init: np.ndarray | None,
-                        first_epoch: int, epochs: int):
+                        first_epoch: int, epochs: int, judge: bool = True):
         """Train one binary/regression problem per entry of ``targets`` (labels per row; rows
         weighted by ``sample_weight`` or None) for ``epochs`` epochs from ``init`` (K x
         n_params, or None for zeros); return the new (K x n_params) parameters and the
-        FitResults."""
+        FitResults.  ``judge``: warn a ConvergenceWarning for each run that went badly
+        (:func:`~hogwild_mts.core.result.training_trouble`); an epoch-by-epoch fit judges its
+        epochs together instead (:meth:`_judge`)."""
         n_params = X.shape[1] + int(bool(self.fit_intercept))
         params = np.zeros((len(targets), n_params)) if init is None else init.copy()
         results = []
+        largest = _max_abs(X)
         with self._backend_session():
             for k, target in enumerate(targets):
                 engine = self._engine(epochs=epochs, seed=_epoch_seed(self.seed, first_epoch))
-                result = engine.fit(X, target, sample_weight=sample_weight, init_params=params[k])
+                with warnings.catch_warnings():  # warned below as a ConvergenceWarning
+                    warnings.simplefilter("ignore", TrainingWarning)
+                    result = engine.fit(X, target, sample_weight=sample_weight, init_params=params[k])
                 params[k, :X.shape[1]] = result.params
                 if self.fit_intercept:
                     params[k, -1] = result.intercept
                 results.append(result)
+                if judge:
+                    self._judge([result], k, len(targets), largest)
+                if result.interrupted:  # a stop (Ctrl-C) stops the remaining problems too
+                    break
         return params, results
+
+    def _judge(self, runs: list, k: int, problems: int, largest: float | None) -> None:
+        """Warn a ConvergenceWarning when problem ``k``'s ``runs`` (its FitResults in order:
+        one, or one per epoch of an epoch-by-epoch fit, judged as one run from the first one's
+        start) went badly."""
+        last = runs[-1]
+        whole = types.SimpleNamespace(
+            history={"loss": [loss for run in runs for loss in run.history.get("loss", [])]},
+            final_loss=last.final_loss, interrupted=any(run.interrupted for run in runs),
+            workers=last.workers, settings=last.settings, policy=last.policy)
+        trouble = training_trouble(whole, largest)
+        if trouble is not None:
+            problem = f"class {self.classes_[k]} against the rest: " if problems > 1 else ""
+            warnings.warn(f"{type(self).__name__}: {problem}{trouble}", ConvergenceWarning, stacklevel=5)
 
     def _fit(self, X, y, sample_weight, init) -> None:
         """Full fit: ``epochs`` epochs in one run per problem, or, with early stopping, epoch by
@@ -178,8 +212,12 @@ class _HogwildLinear(BaseEstimator):
         best_score, best_params, stale_epochs, results = -np.inf, init, 0, []
         params = init
         for epoch in range(self.epochs):
-            params, epoch_results = self._train_problems(X, targets, sample_weight, params, epoch, 1)
+            params, epoch_results = self._train_problems(X, targets, sample_weight, params, epoch, 1,
+                                                         judge=False)
             results += epoch_results
+            if any(result.interrupted for result in epoch_results):  # a stop ends the fit
+                best_params = params if best_params is None else best_params
+                break
             score = self._score_rows(X_val, y_val, weight_val, params)
             if score > best_score + self.tol:
                 best_score, best_params, stale_epochs = score, params, 0
@@ -187,6 +225,9 @@ class _HogwildLinear(BaseEstimator):
                 stale_epochs += 1
             if stale_epochs >= self.n_iter_no_change:
                 break
+        largest = _max_abs(X)
+        for k in range(len(targets)):
+            self._judge(results[k::len(targets)], k, len(targets), largest)
         self._set_params(best_params, results, epoch + 1)
 
     def _set_params(self, params: np.ndarray, results: list, epochs_run: int) -> None:
@@ -412,7 +453,8 @@ def save(estimator, path: str) -> str:
     return save_linear(path, kind=type(estimator).__name__, coef=estimator.coef_,
                        intercept=estimator.intercept_, classes=getattr(estimator, "classes_", None),
                        estimator_params=estimator.get_params(),
-                       histogram=result.staleness_histogram, counter=result.counter, metrics=metrics)
+                       histogram=result.staleness_histogram, counter=result.counter, metrics=metrics,
+                       feature_names=getattr(estimator, "feature_names_in_", None))
 
 
 def load(path: str):
@@ -433,5 +475,7 @@ def load(path: str):
     estimator.n_iter_ = int(document.get("metrics", {}).get("n_iter", 0))
     if "classes" in arrays:
         estimator.classes_ = arrays["classes"]
+    if document.get("feature_names") is not None:
+        estimator.feature_names_in_ = np.asarray(document["feature_names"], dtype=object)
     estimator.fit_results_ = []
     return estimator

@@ -78,11 +78,15 @@ class ModelFileError(ValueError):
 def policy_spec(policy) -> dict:
     """A JSON-able description from which :func:`policy_from_spec` rebuilds ``policy``: a name
     (with no options: the caller's alpha applies), a registered policy's constructor options,
-    or any other policy's current table.  A spec (a dict) is returned as it is."""
+    or any other policy's current table (a plain function of tau: its table over
+    tau = 0..DEFAULT_TABLE_LENGTH-1, as a function policy tabulates it).  A spec (a dict) is
+    returned as it is."""
     if isinstance(policy, dict):
         return policy
     if isinstance(policy, str):
         return {"name": policy}
+    if callable(policy) and not hasattr(policy, "table"):  # a function of tau: its table
+        policy = FunctionPolicy(policy)
     cls = POLICIES.get(getattr(policy, "name", None))
     if cls is not None and type(policy) is cls:
         names = list(inspect.signature(cls).parameters)
@@ -199,6 +203,10 @@ def check_linear(json_path: str, arrays_path: str, document: dict, arrays: dict)
     policy_from_spec(document["params"].get("policy", MISSING), json_path)
     if "metrics" in document:
         field(json_path, document, "metrics", lambda v: isinstance(v, dict), "an object")
+    if document.get("feature_names") is not None:
+        field(json_path, document, "feature_names",
+              lambda v: isinstance(v, list) and len(v) == n_features and all(isinstance(n, str) for n in v),
+              f"null or a list of {n_features} feature names (strings)")
     coef = check_array(arrays_path, arrays, "coef", ndim=2, shape=(None, n_features))
     rows = coef.shape[0]
     if rows < 1:
@@ -210,7 +218,7 @@ def check_linear(json_path: str, arrays_path: str, document: dict, arrays: dict)
             raise ModelFileError(f"{arrays_path}: a regressor holds one row of coef and no "
                                  f"classes, found {rows} rows" + (" and classes" if "classes" in arrays else ""))
         return
-    classes = check_array(arrays_path, arrays, "classes", ndim=1, kinds="iufU")
+    classes = check_array(arrays_path, arrays, "classes", ndim=1, kinds="iufbU")
     if classes.size < 2 or np.unique(classes).size != classes.size:
         raise ModelFileError(f"{arrays_path}: array 'classes' must hold at least 2 distinct "
                              f"labels, got {_shown(classes.tolist())}")
@@ -248,21 +256,20 @@ def check_network(json_path: str, document: dict) -> None:
 # ---------------------------------------------------------------------------- files
 def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray, classes,
                 estimator_params: dict, histogram: np.ndarray, counter: int, metrics: dict,
-                run: dict | None = None, run_arrays: dict | None = None) -> str:
+                run: dict | None = None, run_arrays: dict | None = None,
+                feature_names=None) -> str:
     """Write a linear model file into directory ``path`` (created); return ``path``.
-    ``estimator_params``: the estimator's ``get_params()`` (the policy as given).  A checkpoint
-    adds ``run`` (JSON-able run state) and ``run_arrays`` (name -> array, stored beside the
-    model's arrays)."""
+    ``estimator_params``: the estimator's ``get_params()`` (the policy as given); ``classes``:
+    numbers, booleans or strings (an object array of strings, as pandas labels give, is stored
+    as strings); ``feature_names``: the estimator's ``feature_names_in_`` (strings, one per
+    feature) or None.  A checkpoint adds ``run`` (JSON-able run state) and ``run_arrays``
+    (name -> array, stored beside the model's arrays)."""
     if kind not in LINEAR_KINDS:
         raise ValueError(f"kind must be one of {list(LINEAR_KINDS)}, got {kind!r}")
     arrays = {"coef": np.asarray(coef, dtype=np.float64), "intercept": np.asarray(intercept, dtype=np.float64),
               "staleness_histogram": np.asarray(histogram, dtype=np.int64)}
     if classes is not None:
-        classes = np.asarray(classes)
-        if classes.dtype.kind not in "iufbU":
-            raise ValueError(f"class labels of dtype {classes.dtype} cannot be stored without "
-                             "pickle; use numbers or strings")
-        arrays["classes"] = classes
+        arrays["classes"] = storable_labels(classes)
     clashing = sorted(set(arrays) & set(run_arrays or {}))
     if clashing:
         raise ValueError(f"run arrays {clashing} would replace the model's own")
@@ -272,9 +279,30 @@ def save_linear(path: str, *, kind: str, coef: np.ndarray, intercept: np.ndarray
     document = {"format": FORMAT, "version": VERSION, "kind": kind, "params": params,
                 "n_features": int(arrays["coef"].shape[1]), "counter": int(counter),
                 "metrics": metrics}
+    if feature_names is not None:
+        names = [str(name) for name in np.asarray(feature_names, dtype=object).tolist()]
+        if len(names) != document["n_features"]:
+            raise ValueError(f"{len(names)} feature names for {document['n_features']} features")
+        document["feature_names"] = names
     if run is not None:
         document["run"] = run
     return _save(path, document, "arrays", npz_bytes(arrays))
+
+
+def storable_labels(classes) -> np.ndarray:
+    """``classes`` (an array, a list, a pandas Series or Categorical) as an array the arrays
+    file stores without pickle: numbers and booleans as they are, strings (also an object
+    array of strings) as a unicode array; ValueError for anything else."""
+    array = np.asarray(classes)
+    if array.dtype.kind == "O" and array.size and all(isinstance(c, str) for c in array.ravel()):
+        array = np.asarray(array.tolist(), dtype=str)
+    if array.dtype.kind not in "iufbU":
+        kinds = sorted({type(c).__name__ for c in array.ravel()}) if array.dtype.kind == "O" else []
+        raise ValueError(f"class labels of dtype {array.dtype}"
+                         + (f" (holding {', '.join(kinds)})" if kinds else "")
+                         + " cannot be stored without pickle; use numbers, booleans or strings "
+                         "(all of one kind)")
+    return array
 
 
 DATA_FILES = {"arrays": re.compile(r"^arrays(?:-b|-(\d+)-[0-9a-f]{8})?\.npz$"),

@@ -52,17 +52,26 @@ def _percent(text):
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def _share(text):
+    value = _number(text)
+    return "—" if value is None else f"{100 * value:.3g}%"
+
+
 def _selected(rows, targets):
     return [r for r in rows if targets is None or float(r["target"]) in targets]
 
 
 def fits(run_dir, cores):
+    """The staleness table: the tail share (above 10x the median; runs written before it was
+    recorded show a dash), the TV of each model (the empirical histogram as the reference) and
+    the best parametric model by AIC."""
     rows = read_csv(os.path.join(run_dir, "staleness_fits.csv"))
-    print("| m | updates | mean tau | max tau | TV geometric | TV Poisson | TV CMP | TV empirical | best by AIC |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| m | updates | mean tau | max tau | tail share | TV geometric | TV Poisson | TV CMP | "
+          "TV empirical (reference) | best by AIC |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {_marked(row['workers'], cores)} | {int(row['samples']):,} | {float(row['mean']):.3f} | "
-              f"{int(row['max']):,} | "
+              f"{int(row['max']):,} | {_share(row.get('tail_share'))} | "
               + " | ".join(f"{float(row['tv_' + name]):.3f}" for name in ("geometric", "poisson", "cmp", "empirical"))
               + f" | {row['best_by_aic']} |")
 

@@ -416,6 +416,8 @@ def train_linear(args):
     dataset = load_data(args.data)
     print(f"  {dataset.name}: {dataset.n_samples:,} rows x {dataset.n_features:,} features, "
           f"{dataset.nnz:,} stored values ({time.time() - loading:.1f} s)", file=sys.stderr, flush=True)
+    if model.classifier and np.unique(dataset.y).size > 2:
+        return _train_one_vs_rest(args, dataset, model, policy)
     init_params = None
     if start is not None:
         if start.n_features_in_ != dataset.n_features:
@@ -425,6 +427,35 @@ def train_linear(args):
     result = _kept(engine.fit, dataset, init_params=init_params, resume=args.resume)
     classes = np.unique(dataset.y) if model.classifier else None
     return result, _saver(result, classes, args, model, policy)
+
+
+def _train_one_vs_rest(args, dataset, model, policy):
+    """A classifier on a file of three or more classes: one-vs-rest with the estimators'
+    implementation (:class:`~hogwild_mts.estimators.HogwildClassifier` with the command line's
+    settings); returns (the :class:`~hogwild_mts.app.report.OneVsRestRun`, ``save(path)``)."""
+    from hogwild_mts.app.report import OneVsRestRun
+    from hogwild_mts.estimators import HogwildClassifier
+
+    classes = np.unique(dataset.y)
+    refused = [flag for flag, given in (("--init", args.init is not None),
+                                        ("--resume", args.resume is not None),
+                                        ("--checkpoint-every", bool(args.checkpoint_every)),
+                                        ("--momentum", bool(args.momentum)),
+                                        ("--dtype float32", args.dtype == "float32"))
+               if given]
+    if refused:
+        raise ValueError(f"{dataset.name} has {classes.size} classes, trained one-vs-rest (one "
+                         f"binary run per class), which does not take {', '.join(refused)}; "
+                         "use them with binary labels")
+    print(f"  {classes.size} classes: one-vs-rest, one run per class", file=sys.stderr, flush=True)
+    estimator = HogwildClassifier(loss=args.model, policy=policy, workers=args.workers,
+                                  epochs=args.epochs, batch_size=args.batch_size, l2=args.l2,
+                                  fit_intercept=model.fit_intercept, seed=args.seed,
+                                  progress=not args.quiet, **_backend_options(args))
+    X = dataset.to_scipy()
+    estimator.fit(X, dataset.y)
+    run = OneVsRestRun(estimator, accuracy=float(estimator.score(X, dataset.y)), data=dataset.name)
+    return run, estimator.save
 
 
 def _kept(fit, *arguments, **keywords):

@@ -14,7 +14,9 @@ rebuilt from the cells after every run:
   step and to the best baseline (constant, inverse, exponential, tail) at that m;
 * ``transfer.csv`` -- *transfer*: the step each policy tuned at the smallest m, used unchanged at
   every m; ratio to its own smallest-m updates and to the best-tuned constant and baseline at that m;
-* ``staleness_fits.csv`` -- TV of each staleness model per m; ``plots/*.png``
+* ``staleness_fits.csv`` -- per m: the tail share above 10x the median, TV and AIC of each
+  staleness model (the empirical histogram as the reference) and the best parametric one by
+  AIC; ``plots/*.png``
   (:mod:`hogwild_mts.app.plots`).
 
 Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` with
@@ -554,8 +556,11 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def staleness_fits(records: list[dict]) -> list[dict]:
     """Per m: the cells' histograms summed (the last bin holds every larger tau), the largest tau
-    of any cell, and the total variation of each fitted model."""
+    of any cell, the tail (``tail_share`` of updates above ``tail_above`` = 10x the median), the
+    total variation and AIC of each fitted model (the empirical histogram as the reference), and
+    ``best_by_aic``: :func:`~hogwild_mts.staleness.models.best_of` them (parametric only)."""
     from hogwild_mts.staleness import models as staleness
+    from hogwild_mts.staleness.summary import staleness_summary
 
     by_workers, largest = {}, {}
     for record in records:
@@ -573,11 +578,13 @@ def staleness_fits(records: list[dict]) -> list[dict]:
         row = {"workers": workers, "samples": int(counts.sum()),
                "mean": float(np.dot(np.arange(counts.size), counts) / counts.sum()),
                "max": largest.get(workers)}
-        for name in STALENESS_MODELS:
-            fitted = staleness.fit_model(name, counts)
-            row[f"tv_{name}"] = fitted.fit_report.tv
-            row[f"aic_{name}"] = fitted.fit_report.aic
-        row["best_by_aic"] = min(("geometric", "poisson", "cmp"), key=lambda n: row[f"aic_{n}"])
+        summary = staleness_summary(counts, largest.get(workers) or 0)
+        row["tail_above"], row["tail_share"] = summary["tail_above"], summary["tail_share"]
+        fitted = {name: staleness.fit_model(name, counts) for name in STALENESS_MODELS}
+        for name, model in fitted.items():
+            row[f"tv_{name}"] = model.fit_report.tv
+            row[f"aic_{name}"] = model.fit_report.aic
+        row["best_by_aic"] = staleness.best_of(fitted).name
         rows.append(row)
     return rows
 

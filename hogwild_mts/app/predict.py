@@ -1,6 +1,7 @@
 """``hogwild-mts predict MODEL --data FILE [--out predictions.csv]``: score a data file with a
 saved model and write one row per sample: the prediction, then, for logistic models and
-cross-entropy networks, one probability column per class.
+cross-entropy networks, one probability column per class (a one-vs-rest hinge model of three or
+more classes: one margin column per class).
 
 A linear model reads an svmlight/libsvm file or an .npz; a network (a model file of kind
 ``TorchNetwork``) reads an image set the CLI loads (``digits``, ``mnist1d``, ``mnist:DIR``, ...:
@@ -44,7 +45,10 @@ def design_matrix(dataset, n_features: int):
 
 
 def predictions_csv(model, X) -> str:
-    """CSV text: header ``prediction[,p_<class>...]``, one row per sample."""
+    """CSV text, one row per sample: header ``prediction``, then for a logistic model one
+    probability column per class (``p_<class>``), for a hinge (svm) model of three or more
+    classes (one-vs-rest) one margin column per class (``score_<class>``: the largest one is
+    the prediction)."""
     predicted = model.predict(X)
     columns = [predicted]
     header = ["prediction"]
@@ -52,6 +56,9 @@ def predictions_csv(model, X) -> str:
         probabilities = model.predict_proba(X)
         header += [f"p_{label}" for label in model.classes_]
         columns += list(probabilities.T)
+    elif hasattr(model, "classes_") and len(model.classes_) > 2:
+        header += [f"score_{label}" for label in model.classes_]
+        columns += list(model.decision_function(X).T)
     return _csv(header, columns)
 
 

@@ -146,7 +146,7 @@ def run(backend: Backend, options: RunOptions, *, score: Score, details: Callabl
         except KeyboardInterrupt:
             interrupted = True
         except Diverged as diverged:
-            raise DivergenceError(divergence_message(options.policy, diverged.where)) from None
+            raise DivergenceError(divergence_message(options.policy, diverged.where, options.workers)) from None
         except WorkerError as failure:
             if not watcher.started:
                 raise
@@ -227,14 +227,14 @@ class _Watcher:
     def _check_finite(self, params: np.ndarray) -> None:
         """DivergenceError if ``params`` hold NaN or inf."""
         if not np.all(np.isfinite(params)):
-            raise DivergenceError(divergence_message(self.options.policy, "the parameters"))
+            raise DivergenceError(divergence_message(self.options.policy, "the parameters", self.options.workers))
 
     def _checked_score(self, params: np.ndarray) -> tuple:
         """``score(params)``; DivergenceError on NaN/inf parameters or loss."""
         self._check_finite(params)
         loss, accuracy = self._score(params)
         if not math.isfinite(loss):
-            raise DivergenceError(divergence_message(self.options.policy, "the loss"))
+            raise DivergenceError(divergence_message(self.options.policy, "the loss", self.options.workers))
         return loss, accuracy
 
     def record(self, params: np.ndarray, elapsed: float, updates: int, scored: tuple | None = None,

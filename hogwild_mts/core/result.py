@@ -41,11 +41,77 @@ def describe(policy) -> dict:
     return method() if callable(method) else {"name": type(policy).__name__}
 
 
-def divergence_message(policy, where: str) -> str:
-    """The one message of a diverged run; ``where`` says what was seen (e.g. "a worker's loss")."""
+def divergence_message(policy, where: str, workers: int | None = None) -> str:
+    """The one message of a diverged run; ``where`` says what was seen (e.g. "a worker's loss");
+    ``workers``: the run's worker count (with one worker no update is stale, so the advice
+    speaks of the step only)."""
     return (f"training diverged: {where} became NaN or infinite (policy "
-            f"{describe(policy).get('name')}); lower the step size (alpha) or use a policy that "
-            "damps stale updates")
+            f"{describe(policy).get('name')}); lower the step size (alpha)"
+            + (" or use a policy that damps stale updates" if workers is None or workers > 1 else ""))
+
+
+class TrainingWarning(RuntimeWarning):
+    """A finished run whose loss went the wrong way (see :func:`training_trouble`): what
+    ``Engine.fit`` and ``TorchEngine.fit`` warn with (the estimators warn scikit-learn's
+    ConvergenceWarning instead, the command line prints it as one line on stderr)."""
+
+
+START_MARGIN = 0.05  # a final loss above the starting loss by more than this share is flagged
+RISE_FACTOR = 2.0  # a final loss above this multiple of the best loss of the run is flagged ...
+RISE_FLOOR = 0.01  # ... when it is also above the best by this share of the starting loss
+UNSCALED_FEATURES = 10.0  # max |x| above which the advice says to scale the features
+
+
+def training_trouble(result, max_abs_x: float | None = None) -> str | None:
+    """Why the finished run ``result`` looks bad, with advice that fits it, or None when it does
+    not: its final loss is above its starting loss (the first history row) by more than
+    START_MARGIN of it (SGD noise of a run started near its optimum is not a rise), or above
+    RISE_FACTOR times the best loss of its history (and above that best by RISE_FLOOR of the
+    starting loss: noise near a loss of 0 is not a rise).  An interrupted run is not judged.
+    The advice: scale the features when ``max_abs_x`` (the largest |x| of the data, None:
+    unknown) exceeds UNSCALED_FEATURES, a smaller step, less momentum when the run had some,
+    and, only with several workers, a policy that damps stale updates."""
+    losses = [float(v) for v in result.history.get("loss", []) if v is not None and np.isfinite(v)]
+    final = float(result.final_loss)
+    if result.interrupted or not losses or not np.isfinite(final):
+        return None
+    start, best = losses[0], min(losses + [final])
+    if final > start + START_MARGIN * abs(start):
+        what = f"the final loss {final:.4g} is above the starting loss {start:.4g}"
+    elif final > RISE_FACTOR * best and final - best > RISE_FLOOR * abs(start):
+        what = f"the final loss {final:.4g} is more than {RISE_FACTOR:g}x the best loss of the run ({best:.4g})"
+    else:
+        return None
+    advice = []
+    if max_abs_x is not None and max_abs_x > UNSCALED_FEATURES:
+        advice.append(f"scale the features (max |x| is {max_abs_x:.4g}: to unit variance or "
+                      "into [-1, 1])")
+    alpha = _base_step(result)
+    advice.append("lower the step size" + (f" (alpha_c is {alpha:.4g})" if alpha is not None else ""))
+    momentum = result.settings.get("momentum") if isinstance(result.settings, Mapping) else None
+    if momentum:
+        advice.append(f"lower the momentum (it is {momentum:g})")
+    if result.workers > 1:
+        advice.append("use a policy that damps stale updates (tail, mindthestep)")
+    return f"training went badly: {what}; " + ", ".join(advice[:-1]) + \
+        (" or " if len(advice) > 1 else "") + advice[-1]
+
+
+def _base_step(result) -> float | None:
+    """The run's base step alpha_c, where its policy description names it."""
+    policy = result.policy if isinstance(result.policy, Mapping) else {}
+    alpha = policy.get("alpha_c", policy.get("alpha"))
+    return float(alpha) if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else None
+
+
+def warn_if_bad(result, max_abs_x: float | None = None, stacklevel: int = 3) -> None:
+    """Warn a :class:`TrainingWarning` with :func:`training_trouble`'s message when the run
+    went badly."""
+    import warnings
+
+    message = training_trouble(result, max_abs_x)
+    if message is not None:
+        warnings.warn(message, TrainingWarning, stacklevel=stacklevel)
 
 
 OMIT_NONE = {"omit_none": True}  # field metadata: a Settings field left out while it is None

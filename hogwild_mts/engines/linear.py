@@ -17,7 +17,7 @@ from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_dire
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.core.options import check_finite_vector
 from hogwild_mts.core.params import Choice, Integer, Option, Optional, Positive, Table, validate
-from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
+from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError, warn_if_bad
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines import options as shared
 from hogwild_mts.job import Job, LinearProblem, LinearSettings, run_options
@@ -144,10 +144,16 @@ class Engine:
         stops the workers and returns the partial result with ``interrupted=True``.  Raises
         WorkerError if a worker fails or dies (its ``result``: the partial result of the
         updates applied, once the run had started), DivergenceError on NaN/inf parameters;
-        shared memory is unlinked on every path.
+        shared memory is unlinked on every path.  A finished run whose final loss is above its
+        starting loss or far above its best warns a ``TrainingWarning`` (a RuntimeWarning:
+        :func:`hogwild_mts.core.result.training_trouble`) with advice that fits the run.
         """
         job = self.job(X, y, sample_weight=sample_weight, init_params=init_params, resume=resume)
-        return (shm_backend if job.ray is None else ray_backend).fit(job)
+        result = (shm_backend if job.ray is None else ray_backend).fit(job)
+        dataset = job.problem.dataset
+        warn_if_bad(result, None if dataset is None or not dataset.values.size
+                    else float(np.abs(dataset.values).max()))
+        return result
 
     def job(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> Job:
         """The Job :meth:`fit` runs with these arguments (validated, with the resumed state and

@@ -35,7 +35,7 @@ from hogwild_mts.core.options import check_finite_vector
 from hogwild_mts.core.options import check_choice
 from hogwild_mts.core.params import (Checked, Choice, Integer, NonNegative, Option, Optional, Positive,
                                      Table, validate)
-from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError
+from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError, warn_if_bad
 from hogwild_mts.data.images import ArrayDataset, array_dataset, load_images
 from hogwild_mts.engines import options as shared
 from hogwild_mts.job import EVAL_BATCH, LOSS_NAMES, Job, NetworkProblem, NetworkSettings, run_options
@@ -390,7 +390,9 @@ class TorchEngine:
         mode); ``params`` holds the parameters, then the shared buffers
         (``settings["parameters"]``, ``["buffers"]`` values).  Ctrl-C returns the partial result
         with ``interrupted=True``.  Raises WorkerError if a worker fails or dies, DivergenceError
-        on a NaN/inf loss or parameter; the shared block is unlinked on every path.
+        on a NaN/inf loss or parameter; the shared block is unlinked on every path.  A finished
+        run whose final loss is above its starting loss or far above its best warns a
+        ``TrainingWarning`` (a RuntimeWarning: :func:`hogwild_mts.core.result.training_trouble`).
         """
         started = time.time()
         given = [name for name, value in (("init", init), ("init_params", init_params),
@@ -439,6 +441,7 @@ class TorchEngine:
                                   "module (docs/deep_learning.md)", result=error.result) from None
             raise
         result.module_builder = functools.partial(trained_module, template)
+        warn_if_bad(result, stacklevel=4)
         return result
 
     def _evaluation_period(self, dataset: ArrayDataset, n_values: int) -> int | None:

@@ -609,16 +609,26 @@ MODELS = {"geometric": Geometric, "poisson": Poisson, "cmp": CMP, "empirical": E
 MODEL_NAMES = tuple(MODELS) + ("auto",)
 
 
+REFERENCE_MODELS = ("empirical",)  # fitted and shown beside the others, never the "best"
+
+
 def best_of(fitted: dict) -> StalenessModel:
-    """The best staleness model: the lowest AIC among ``fitted`` (name -> fitted model), ties
-    going to the earlier name.  The one definition behind ``"auto"`` and every report's "best"."""
-    return min(fitted.values(), key=lambda model: model.fit_report.aic)
+    """The best staleness model: the lowest AIC among the parametric models of ``fitted``
+    (name -> fitted model), ties going to the earlier name.  The empirical histogram is a
+    reference line, not a contender: it is the data itself (smoothed), so it would win on
+    nearly every run and say nothing about the law.  The one definition behind ``"auto"``, the
+    train summary's, the experiment tables' and the report's "best by AIC"."""
+    contenders = [model for name, model in fitted.items() if name not in REFERENCE_MODELS]
+    if not contenders:
+        raise ValueError(f"no parametric staleness model among {sorted(fitted)} to pick the best of")
+    return min(contenders, key=lambda model: model.fit_report.aic)
 
 
 def fit_best(histogram) -> StalenessModel:
-    """Fit every model in MODELS and return :func:`best_of` them."""
+    """Fit every parametric model in MODELS (not the empirical reference) and return
+    :func:`best_of` them."""
     counts = check_histogram(histogram)
-    return best_of({name: fit_model(name, counts) for name in MODELS})
+    return best_of({name: fit_model(name, counts) for name in MODELS if name not in REFERENCE_MODELS})
 
 
 def fit_model(name: str, histogram, previous: StalenessModel | None = None) -> StalenessModel:
