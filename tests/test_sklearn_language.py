@@ -13,7 +13,6 @@ from sklearn.exceptions import ConvergenceWarning
 
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
 from hogwild_mts.app.experiment import staleness_fits
-from hogwild_mts.app.report import format_summary
 from hogwild_mts.core.result import TrainingWarning, divergence_message, training_trouble
 from hogwild_mts.engines.linear import Engine
 from hogwild_mts.estimators import HogwildClassifier, load
