@@ -39,6 +39,8 @@ def test_interruptible_raises_inside_held_and_after_hold_rest():
             with pytest.raises(signals.Interrupted):
                 with signals.interruptible():
                     signal.raise_signal(signal.SIGTERM)
+                    assert received == [signal.SIGTERM]  # recorded: raised at the next check
+                    signals.check()
     assert received == [signal.SIGTERM]
     with signals.stop_on_signals() as received:
         signals.hold_rest()
@@ -63,9 +65,10 @@ class SignalledBackend(ScriptedBackend):
             signal.raise_signal(signum)
 
     def poll(self, until_updates=None):
-        if self.updates >= 40:
+        updates = super().poll(until_updates)
+        if updates >= 40:
             self._send("poll")
-        return super().poll(until_updates)
+        return updates
 
     def join(self):
         super().join()

@@ -58,9 +58,10 @@ class _Handling:
         self.installed: tuple = ()  # the signals whose handler is handle()
 
     def may_raise(self) -> bool:
-        """A signal now raises: none was raised yet, and this is an interruptible section, or
-        neither held nor past :func:`hold_rest`."""
-        return not self.raised and (self.opened > 0 or (not self.holding and not self.rest_held))
+        """A signal raises from the handler now: none was raised yet, no section is
+        interruptible (there :func:`check` raises it, at a point of ordinary code), and the
+        signal is neither held nor past :func:`hold_rest`."""
+        return not self.raised and not self.opened and not self.holding and not self.rest_held
 
     def raise_stop(self, signum: int) -> None:
         self.raised = True
@@ -77,11 +78,22 @@ class _Handling:
             self.raise_stop(signum)
 
 
+SWALLOWING_DEPTH = 8  # how many callers of the interrupted frame are looked at
+
+
 def _swallows_exceptions(frame) -> bool:
-    """The interrupted Python frame is a finalizer (``__del__``) or llvmlite code (numba's
-    compiler runs it as C callbacks and finalizers), where an exception is printed and dropped."""
-    return frame is not None and (frame.f_code.co_name == "__del__"
-                                  or "llvmlite" in frame.f_code.co_filename)
+    """The interrupted Python frame runs inside a finalizer (``__del__``, say a ``close()`` it
+    calls), a weak reference's callback of importlib, or llvmlite code (numba's compiler runs it
+    as C callbacks and finalizers), where an exception is printed and dropped."""
+    for _ in range(SWALLOWING_DEPTH):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if (code.co_name == "__del__" or "llvmlite" in code.co_filename
+                or (code.co_name == "cb" and "importlib" in code.co_filename)):
+            return True
+        frame = frame.f_back
+    return False
 
 
 _active: _Handling | None = None
@@ -140,10 +152,10 @@ def held():
 
 @contextlib.contextmanager
 def interruptible():
-    """Inside, a stop signal handled by :func:`stop_on_signals` raises :class:`Interrupted`, even
-    within :func:`held` or after :func:`hold_rest`; a signal already recorded raises on entering
-    and at every :func:`check`.  Outside such sections at most one stop is raised per
-    :func:`stop_on_signals`."""
+    """Inside, a stop signal handled by :func:`stop_on_signals` raises :class:`Interrupted` at
+    the next :func:`check` (and on entering, for one already recorded), even within
+    :func:`held` or after :func:`hold_rest`.  Outside such sections at most one stop is raised
+    per :func:`stop_on_signals`, by the handler itself."""
     handling = _active
     if handling is None:
         yield
@@ -157,10 +169,11 @@ def interruptible():
 
 
 def check() -> None:
-    """Inside :func:`interruptible`, raise :class:`Interrupted` if a stop signal was received:
-    one held before the section, or one whose raise was lost (a signal that lands in a callback
-    whose exceptions Python ignores, say a weak reference's).  Loops in such a section (the run
-    lifecycle's watch) call it at every poll, so the stop always happens."""
+    """Inside :func:`interruptible`, raise :class:`Interrupted` if a stop signal was received
+    (during the section, or held before it).  The handler does not raise there itself: a
+    signal can land in code whose exceptions Python prints and drops (a finalizer, a weak
+    reference's callback), so loops in such a section (the run lifecycle's polls) call this,
+    at a point of ordinary code, and the stop always happens."""
     handling = _active
     if handling is not None and handling.opened and handling.received:
         handling.raise_stop(handling.received[0])
