@@ -51,7 +51,7 @@ from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearSetup, LinearWorker,  # noqa: E402
                                               ShardSpec, shard_arrays)
 from hogwild_mts.kernels import linear as kernels  # noqa: E402
-from hogwild_mts.backends.shm.worker import shard_rows  # noqa: E402
+from hogwild_mts.kernels.split import shard_rows  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse  # noqa: E402
 from hogwild_mts.models.linear import LinearModel  # noqa: E402
 
