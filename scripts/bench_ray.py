@@ -14,6 +14,14 @@ shared-memory engine, across K (local steps per push).
   .npz, each worker reading its own part (contiguous rows, not ``w, w+m, ...``; the loss is
   scored on the rows the workers sample: all of them up to 10,000 rows).
 
+With ``--dims D1,D2,...`` it measures the transport instead: for each number of features D
+(``--nnz`` nonzeros per row, fixed) and each K of ``--ks``, the Ray backend with its sparse
+pulls and pushes (``sparse``: the coordinates a push's K batches touch) beside the whole-vector
+transport (``dense``: a worker subclass with ``sparse_transfer = False``, reachable only here);
+no evaluation during the runs (start and end only), so pushes/s measure the transport:
+
+    python scripts/bench_ray.py --dims 2000,47236,2000000 --n 2000 --nnz 20 --epochs 1 --ks 4
+
 Same data, model, alpha, batch size, epochs, shards and seeds; ``--workers`` worker actors on a
 local Ray instance of ``--workers`` CPUs.  pushes/s = applied pushes / training seconds (shm:
 updates/s); time to target = the first evaluation at or below ``--target`` (evaluations every
@@ -43,9 +51,53 @@ from hogwild_mts.backends.ray.backend import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from hogwild_mts.backends.ray.workers import (LinearModelSpec, LinearSetup, LinearWorker,  # noqa: E402
                                               ShardSpec, shard_arrays)
 from hogwild_mts.kernels import linear as kernels  # noqa: E402
-from hogwild_mts.backends.shm.worker import shard_rows  # noqa: E402
+from hogwild_mts.kernels.split import shard_rows  # noqa: E402
 from hogwild_mts.data.tabular import synthetic_sparse  # noqa: E402
 from hogwild_mts.models.linear import LinearModel  # noqa: E402
+
+
+class DenseTransferWorker(LinearWorker):
+    """A worker that pulls and pushes the whole vector of a sparse model: the transport before
+    sparse pulls and pushes, for the ``--dims`` comparison."""
+
+    sparse_transfer = False
+
+
+def run_transport(args, dataset, k: int, sparse: bool) -> dict:
+    """One Ray backend fit with the sparse transport or (``sparse`` False) the whole vector."""
+    from hogwild_mts.backends.ray import linear as ray_linear
+
+    saved = ray_linear.LinearWorker
+    ray_linear.LinearWorker = LinearWorker if sparse else DenseTransferWorker
+    try:
+        result = Engine(model="logreg", policy="constant", alpha=args.alpha, workers=args.workers,
+                        epochs=args.epochs, batch_size=args.batch_size, eval_every=1e9,
+                        progress=False, backend="ray", local_steps=k).fit(dataset)
+    finally:
+        ray_linear.LinearWorker = saved
+    return {"pushes": result.updates, "samples": result.samples,
+            "train_seconds": result.train_seconds, "final_loss": result.final_loss}
+
+
+def transport_table(args) -> None:
+    """The ``--dims`` table: pushes/s and samples/s by features, transport and K."""
+    ks = [int(text) for text in args.ks.split(",")]
+    rows = []
+    for d in (int(text) for text in args.dims.split(",")):
+        dataset = synthetic_sparse(args.n, d, args.nnz, seed=0)
+        for k in ks:
+            for sparse in (True, False):
+                rows.append((d, "sparse" if sparse else "dense", k, run_transport(args, dataset, k, sparse)))
+    print(f"machine: {machine()}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
+          "at the end")
+    print(f"data: synthetic-sparse n={args.n} nnz={args.nnz}; logreg, constant alpha {args.alpha}, "
+          f"batch {args.batch_size}, {args.epochs} epochs, {args.workers} workers\n")
+    print("| d | transport | K | pushes | pushes/s | samples/s | train s | final loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d, transport, k, run in rows:
+        seconds = run["train_seconds"]
+        print(f"| {d:,} | {transport} | {k} | {run['pushes']} | {run['pushes'] / seconds:,.0f} | "
+              f"{run['samples'] / seconds:,.0f} | {seconds:.2f} | {run['final_loss']:.4f} |")
 
 
 class PlainWorker(LinearWorker):
@@ -161,7 +213,18 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=0.05, help="seconds between evaluations")
     parser.add_argument("--from-file", action="store_true",
                         help="also fit from an .npz that each Ray worker reads its part of")
+    parser.add_argument("--dims", default=None,
+                        help="features, comma-separated: compare the sparse and the whole-vector "
+                             "transport of the Ray backend at each (instead of the engines)")
     args = parser.parse_args()
+    if args.dims:
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+                 _system_config=LOCAL_SYSTEM_CONFIG)
+        try:
+            transport_table(args)
+        finally:
+            ray.shutdown()
+        return
     dataset = synthetic_sparse(args.n, args.d, args.nnz, seed=0)
     folder = tempfile.mkdtemp(prefix="bench_ray_")
     path = os.path.join(folder, "data.npz")

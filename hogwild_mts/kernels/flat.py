@@ -34,6 +34,21 @@ def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats
 
 
 @njit(cache=True, nogil=True)
+def apply_sparse_update(params, indices, step_values, counter, t_read, alpha_table, hist_row,
+                        stats_row, batch_rows):
+    """:func:`apply_update` of a step sum that is zero outside ``indices``: stamp, then
+    ``params[indices[k]] -= alpha * step_values[k]`` (``indices`` distinct, int64), the same
+    arithmetic per coordinate, so the parameters end bit for bit as :func:`apply_update` of the
+    dense step sum leaves them (there ``params[i] - alpha * 0`` keeps every other coordinate)."""
+    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    keep_largest_tau(stats_row, tau)
+    for k in range(indices.shape[0]):
+        params[indices[k]] -= alpha * step_values[k]
+    stats_row[STAT_UPDATES] += 1
+    stats_row[STAT_SAMPLES] += batch_rows
+
+
+@njit(cache=True, nogil=True)
 def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, counter, t_read,
                           alpha_table, hist_row, stats_row, batch_rows):
     """:func:`apply_update` with torch.optim.SGD's weight decay and momentum (dampening 0, no

@@ -93,3 +93,19 @@ def objective(dataset, model, weights, intercept, sample_weight=None):
         correct += weight * ((m >= 0.0) == (label > 0.0))
     penalty = 0.5 * model.l2 * sum(w * w for w in weights)
     return sum(losses) / len(losses) + penalty, correct / sum(row_weights)
+
+
+def server_push(params, step, version, version_read, alpha_table, histogram, indices=None):
+    """The parameter server's apply of one push, one coordinate at a time: ``tau = version -
+    version_read``, ``alpha = alpha_table[min(tau, T - 1)]``, ``params[j] -= alpha * step[j]``
+    for every j (``indices`` None: ``step`` is the dense step sum) or ``params[indices[k]] -=
+    alpha * step[k]``; counts tau in ``histogram`` (last bin: larger tau).  Returns (new
+    parameters as a list, version + 1, tau)."""
+    params = [float(value) for value in params]
+    tau = version - version_read
+    alpha = float(alpha_table[min(tau, len(alpha_table) - 1)])
+    pairs = enumerate(step) if indices is None else zip(indices, step)
+    for column, value in pairs:
+        params[int(column)] -= alpha * float(value)
+    histogram[min(tau, len(histogram) - 1)] += 1
+    return params, version + 1, tau

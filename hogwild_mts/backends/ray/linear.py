@@ -79,9 +79,9 @@ def fit_linear(job: Job) -> FitResult:
             return worker_actor.options(name=name).remote(
                 shard_spec(worker_id), shard_refs[worker_id], problem.dtype, setup_ref)
 
-        backend = _backend(job, params, make_worker)
         pushes = total_updates(dataset.n_samples, workers, options.epochs,
                                options.batch_size * job.ray.local_steps, "static")
+        backend = _backend(job, params, make_worker, pushes)
         return _run(job, backend, model, rows, dataset.name, pushes,
                     dataclasses.replace(job.settings, loss="training objective", accuracy="train"))
     finally:
@@ -120,7 +120,7 @@ def fit_linear_from_path(job: Job) -> FitResult:
                 shard_spec(worker_id), FileSource(path, worker_id, workers), problem.dtype,
                 run["setup_ref"])
 
-        backend = _backend(job, lambda: run["params"], make_worker)
+        backend = _backend(job, lambda: run["params"], make_worker, lambda: run["pushes"])
         for worker_id in range(workers):
             waiting[worker_id] = worker_actor.options(
                 name=f"{backend.run_name}-worker-{worker_id}").remote(
@@ -135,7 +135,7 @@ def fit_linear_from_path(job: Job) -> FitResult:
                         for w, actor in waiting.items()}, path)
         problem.score(sample, setup.model, run["params"])  # compiled before the clock starts
         rows_per_push = options.batch_size * job.ray.local_steps
-        pushes = options.epochs * sum(-(-count // rows_per_push) for count in rows)
+        pushes = run["pushes"] = options.epochs * sum(-(-count // rows_per_push) for count in rows)
         n_sampled = sample.indptr.shape[0] - 1
         return _run(job, backend, setup.model, sample, os.path.basename(path), pushes,
                     dataclasses.replace(job.settings, loss=f"training objective on {n_sampled} sampled rows",
@@ -173,20 +173,30 @@ def _shard_specs(job: Job):
                                        seed=seeds[worker_id], local_step=local_step)
 
 
-def _backend(job: Job, params, make_worker) -> RayBackend:
-    """The RayBackend of a run; ``params``: the start vector, or a function giving it when the
-    server starts."""
+def _backend(job: Job, params, make_worker, pushes) -> RayBackend:
+    """The RayBackend of a run; ``params``: the start vector, ``pushes``: the run's pushes, each
+    given or a function giving it when the server starts.  With ``eval_every_updates`` the
+    server copies its parameters at the due versions and the backend's ``evaluations`` (the
+    lifecycle's optional seam) hands those copies to the lifecycle: history rows at exact
+    multiples of it, in pushes."""
     import ray
 
     server_actor = ray.remote(num_cpus=0)(ParameterServer)
+    every = job.options.eval_every_updates
 
     def make_server(name: str):
         start = params() if callable(params) else params
-        return server_actor.options(name=name).remote(start, job.options.policy, job.workers)
+        last = pushes() if callable(pushes) else pushes
+        return server_actor.options(name=name).remote(start, job.options.policy, job.workers,
+                                                      every, last)
 
-    return RayBackend(job.workers, make_server, make_worker,
-                      checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
-                      max_worker_restarts=job.ray.max_worker_restarts)
+    backend = RayBackend(job.workers, make_server, make_worker,
+                         checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
+                         max_worker_restarts=job.ray.max_worker_restarts)
+    if every is not None:
+        backend.evaluations = lambda: [(elapsed, version, np.array(copy)) for elapsed, version, copy
+                                       in backend._server_call("take_evaluations")]
+    return backend
 
 
 def _run(job: Job, backend: RayBackend, model: LinearModelSpec, rows: kernels.Rows, name: str,

@@ -73,6 +73,60 @@ def push_loop(server, worker_id: int, spec: ShardSpec, n_rows: int, local: np.nd
     return control.STATE_DONE
 
 
+NO_INDICES = np.empty(0, np.int64)
+
+
+def sparse_push_loop(server, worker_id: int, spec: ShardSpec, n_rows: int, local: np.ndarray,
+                     local_steps, columns) -> int:
+    """:func:`push_loop` for a model whose K local steps read and write only the coordinates
+    ``columns(order, start, stop)`` (int64, distinct, sorted: the columns the rows store, and
+    the intercept): each pull fetches only the next piece's coordinates into ``local`` (the rest
+    of ``local`` is never read), each push sends only those coordinates' step sums
+    (:meth:`~hogwild_mts.backends.ray.server.ParameterServer.push_sparse`) and asks for the next
+    piece's coordinates in the answer.  The step sums are computed coordinate by coordinate as
+    :func:`push_loop` computes them, so the server's parameters end bit for bit as there."""
+    import ray
+
+    _, _, applied = ray.get(server.pull.remote(worker_id, NO_INDICES))  # where this worker is
+    pieces = itertools.islice(spec.pieces(n_rows), applied, None)
+    piece = next(pieces, None)
+    if piece is None:
+        return control.STATE_DONE
+    wanted = columns(*piece)
+    version, pulled, _ = ray.get(server.pull.remote(worker_id, wanted))
+    local[wanted] = pulled
+    step = np.asarray(spec.local_step, dtype=local.dtype)
+    while piece is not None:
+        order, start, stop = piece
+        if not local_steps(order, start, stop):
+            return control.STATE_DIVERGED
+        step_values = (pulled - local[wanted]) / step
+        piece = next(pieces, None)  # its columns travel with the push: the answer is its pull
+        next_wanted = NO_INDICES if piece is None else columns(*piece)
+        stop_now, version, pulled = ray.get(server.push_sparse.remote(
+            wanted, step_values, version, stop - start, worker_id, next_wanted))
+        wanted = next_wanted
+        local[wanted] = pulled
+        if stop_now:
+            break
+    return control.STATE_DONE
+
+
+def piece_columns(indices: np.ndarray, indptr: np.ndarray, rows: np.ndarray,
+                  intercept: int | None) -> np.ndarray:
+    """The distinct columns (sorted, int64) stored by CSR ``rows`` (``indices``/``indptr``), and
+    ``intercept`` (the intercept's index, the last) unless None."""
+    starts, stops = indptr[rows], indptr[rows + 1]
+    lengths = stops - starts
+    offsets = np.zeros(rows.shape[0], np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    positions = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+    columns = np.unique(indices[positions]).astype(np.int64)
+    if intercept is not None:
+        columns = np.append(columns, np.int64(intercept))
+    return columns
+
+
 @dataclass
 class LinearModelSpec:
     """The linear model the kernels train (see :mod:`hogwild_mts.kernels.linear`)."""
@@ -200,7 +254,14 @@ class LinearWorker:
     arrays SHARD_FIELDS of this worker's rows (CSR-like, local row numbers; checked by the
     driver, through the object store, read in place) or a :class:`FileSource` it reads itself.
     ``setup``: a :class:`LinearSetup`, or None when the driver first needs :meth:`describe`
-    (then :meth:`configure`).  Data and L2 weights stay read-only during the run."""
+    (then :meth:`configure`).  Data and L2 weights stay read-only during the run.
+
+    A sparse model pulls and pushes only the coordinates each push's K batches touch
+    (:func:`sparse_push_loop`); a dense one the whole vector (:func:`push_loop`).
+    ``sparse_transfer`` False sends a sparse model's whole vector too: the earlier transport,
+    kept for the benchmark (scripts/bench_ray.py sets it on a subclass); runs never change it."""
+
+    sparse_transfer = True
 
     def __init__(self, spec: ShardSpec, source, dtype: str, setup: LinearSetup | None = None):
         self.spec, self.source, self.dtype = spec, source, np.dtype(dtype)
@@ -279,7 +340,17 @@ class LinearWorker:
     def run(self, server, worker_id: int) -> int:
         """Train this shard as worker ``worker_id`` against ``server`` until the epochs are done
         or the server says stop; returns STATE_DONE or STATE_DIVERGED."""
-        return push_loop(server, worker_id, self.spec, self.n_rows, self.local, self._local_steps)
+        if self.model.dense or not self.sparse_transfer:
+            return push_loop(server, worker_id, self.spec, self.n_rows, self.local,
+                             self._local_steps)
+        return sparse_push_loop(server, worker_id, self.spec, self.n_rows, self.local,
+                                self._local_steps, self._columns)
+
+    def _columns(self, order, start: int, stop: int) -> np.ndarray:
+        """The coordinates the local steps over ``order[start:stop]`` read and write."""
+        model = self.model
+        return piece_columns(self.shard["indices"], self.shard["indptr"], order[start:stop],
+                             model.n_features if model.fit_intercept else None)
 
 
 class TorchWorker:
