@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect, disconnect,
-                                              require_ray)
+                                              fault_options, require_ray, server_placement)
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
                                               LinearWorker, ShardSpec, shard_arrays,
@@ -182,11 +182,12 @@ def _backend(job: Job, params, make_worker) -> RayBackend:
 
     def make_server(name: str):
         start = params() if callable(params) else params
-        return server_actor.options(name=name).remote(start, job.options.policy, job.workers)
+        return server_actor.options(name=name, **server_placement()).remote(
+            start, job.options.policy, job.workers)
 
     return RayBackend(job.workers, make_server, make_worker,
                       checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
-                      max_worker_restarts=job.ray.max_worker_restarts)
+                      **fault_options(job.ray))
 
 
 def _run(job: Job, backend: RayBackend, model: LinearModelSpec, rows: kernels.Rows, name: str,
