@@ -105,8 +105,10 @@ class Cluster:
         self.sessions: dict = {}  # node name -> session id
 
     def start(self, name: str, head: bool) -> None:
+        # the joining node on another loopback address, so that the driver (127.0.0.1) attaches
+        # to the head's raylet and its server is placed there (the driver's node)
         command = [RAY_CLI, "start", "--num-cpus", "1", "--temp-dir", os.path.join(self.root, name),
-                   "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                   "--node-ip-address", "127.0.0.1" if head else "127.0.0.2", "--disable-usage-stats",
                    "--object-store-memory", str(100 * 2**20)]
         for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                      "--dashboard-agent-grpc-port", "--runtime-env-agent-port",

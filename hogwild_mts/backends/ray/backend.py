@@ -315,14 +315,15 @@ def check_cluster(workers: int) -> None:
 
 
 def server_placement() -> dict:
-    """The actor options that put the parameter server on the driver's node (softly: elsewhere
-    if that node cannot take it): the one node whose loss ends the run anyway, so that losing
-    any other node loses workers, never the server."""
+    """The actor options that put the parameter server on the driver's node (the node whose
+    raylet the driver is attached to; the server reserves no CPU, so that node can always take
+    it): the one node whose loss ends the run anyway, so that losing any other node loses
+    workers, never the server.  (Ray's soft affinity placed it on other nodes at times.)"""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(
-        node_id=ray.get_runtime_context().get_node_id(), soft=True)}
+        node_id=ray.get_runtime_context().get_node_id(), soft=False)}
 
 
 def fault_options(options) -> dict:
@@ -542,8 +543,9 @@ class RayBackend:
                 "the worker)")
             return
         remaining = self.workers - len(self.lost)
-        warnings.warn(f"{what}; the run goes on with {remaining} worker"
-                      f"{'s' if remaining != 1 else ''}", RuntimeWarning, stacklevel=2)
+        goes_on = "the run is stopping" if self._stopping else \
+            f"the run goes on with {remaining} worker{'s' if remaining != 1 else ''}"
+        warnings.warn(f"{what}; {goes_on}", RuntimeWarning, stacklevel=2)
 
     def poll(self, until_updates=None) -> int:
         self._collect_ended()
