@@ -209,6 +209,7 @@ def test_a_killed_node_loses_its_worker_and_the_run_stops_within_the_deadline(cl
         killed = time.monotonic()
         process.wait(timeout=WAIT_SECONDS)
         ended = time.monotonic() - killed
+        print(f"the run ended {ended:.1f} s after the node's raylet was killed")
         stderr.seek(0)
         text = stderr.read()
         assert process.returncode == 1, text[-3000:]
