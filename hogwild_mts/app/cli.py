@@ -124,6 +124,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-worker-restarts", type=int, default=None,
                         help="with --backend ray: times a dead worker actor is re-created before "
                              "the run goes on without it (default: the engine's)")
+    parser.add_argument("--placement-timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --backend ray: seconds a worker actor may wait for Ray to place "
+                             "it on a node with a free CPU before it is lost (default: the engine's)")
+    parser.add_argument("--on-lost-worker", choices=("continue", "stop"), default=None,
+                        help="with --backend ray: a lost worker (dead past its restarts, or not "
+                             "placed in time) lets the run go on without its shard (continue, the "
+                             "default) or stops it (stop)")
     parser.add_argument("--shm-dir", metavar="DIR",
                         help="directory for a file-backed shared block when /dev/shm is too small "
                              "(default: the HOGWILD_MTS_SHM_DIR environment variable)")
@@ -515,12 +522,15 @@ def _fitted(result, classes, args, model, policy):
 
 
 def _restart_options(args) -> dict:
-    """The engine option of --max-worker-restarts (Ray only)."""
-    if args.max_worker_restarts is None:
-        return {}
-    if args.backend != "ray":
-        raise ValueError("--max-worker-restarts only applies to --backend ray")
-    return {"max_worker_restarts": args.max_worker_restarts}
+    """The engine options of --max-worker-restarts, --placement-timeout and --on-lost-worker
+    (Ray only)."""
+    given = {option: getattr(args, option) for option in
+             ("max_worker_restarts", "placement_timeout", "on_lost_worker")
+             if getattr(args, option, None) is not None}
+    if given and args.backend != "ray":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise ValueError(f"{flag} only applies to --backend ray")
+    return given
 
 
 def _checkpoint_options(args) -> dict:

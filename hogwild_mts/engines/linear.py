@@ -74,7 +74,8 @@ class Engine:
     version, histogram)`` is called with the server's state every ``checkpoint_every`` seconds
     and after the run (docs/distributed.md; ``hogwild_mts.backends.ray.checkpoint``); a dead
     worker actor is re-created up to ``max_worker_restarts`` times, then the run goes on
-    without it.  ``fit(PATH)`` with Ray: each worker actor reads its own part of the data file.
+    without it (``on_lost_worker="stop"``: stops); one that Ray cannot place on a node within
+    ``placement_timeout`` seconds is lost the same way.  ``fit(PATH)`` with Ray: each worker actor reads its own part of the data file.
     ``checkpoint_dir`` keeps the run's latest checkpoint there (both backends), every
     ``checkpoint_every`` seconds and/or (shared memory) every ``checkpoint_every_updates``
     updates, and after the run; ``fit(..., resume=DIR)`` continues a run from one
@@ -102,7 +103,9 @@ class Engine:
                  checkpoint_dir=DEFAULTS.checkpoint_dir,
                  checkpoint_every_updates: int | None = DEFAULTS.checkpoint_every_updates,
                  momentum: float = DEFAULTS.momentum,
-                 max_worker_restarts: int = DEFAULTS.max_worker_restarts):
+                 max_worker_restarts: int = DEFAULTS.max_worker_restarts,
+                 placement_timeout: float = DEFAULTS.placement_timeout,
+                 on_lost_worker: str = DEFAULTS.on_lost_worker):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(ENGINE_OPTIONS, ENGINE_OPTIONS.arguments(locals()))
 

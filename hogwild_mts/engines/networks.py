@@ -188,7 +188,7 @@ class TorchEngine:
     stopped; it needs ``split="dynamic"``.  :meth:`save` writes a fit's network as a model file,
     :func:`load_network` reads one.
     ``backend="ray"``, ``ray_address``, ``local_steps``, ``checkpoint``, ``checkpoint_every``
-    and ``max_worker_restarts`` as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
+    ``max_worker_restarts``, ``placement_timeout`` and ``on_lost_worker`` as for the linear engine (docs/distributed.md); Ray trains cross-entropy without momentum,
     weight decay or buffers, and takes no ``checkpoint_dir``.
     Every option, its allowed values and default: NETWORK_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
@@ -210,7 +210,9 @@ class TorchEngine:
                  checkpoint_every: float | None = DEFAULTS.checkpoint_every,
                  checkpoint_dir=DEFAULTS.checkpoint_dir,
                  checkpoint_every_updates: int | None = DEFAULTS.checkpoint_every_updates,
-                 max_worker_restarts: int = DEFAULTS.max_worker_restarts):
+                 max_worker_restarts: int = DEFAULTS.max_worker_restarts,
+                 placement_timeout: float = DEFAULTS.placement_timeout,
+                 on_lost_worker: str = DEFAULTS.on_lost_worker):
         from hogwild_mts.models.nets import NETWORKS
 
         self.options = validate(NETWORK_OPTIONS, NETWORK_OPTIONS.arguments(locals()))

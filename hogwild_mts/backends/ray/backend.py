@@ -6,8 +6,13 @@ same shard spec, up to ``max_worker_restarts`` times per worker -- a RuntimeWarn
 in ``restarts`` each time -- and the new actor goes on after the pushes the server applied from
 the dead one.  Past that limit the worker is reported lost -- a RuntimeWarning and an entry in
 ``lost`` -- and the run goes on with the others; its shard is not trained for the rest of the
-run.  A worker that raises, or the death of every worker or of the server, stops the run with
-WorkerError.  Every actor is killed by :meth:`close`.
+run.  A worker actor that Ray cannot place on a node (no node has a free CPU for it, say after
+a node was lost) within ``placement_timeout`` seconds is killed and the worker lost the same
+way.  ``on_lost_worker="stop"`` makes a lost worker stop the run with WorkerError instead.  A
+worker that raises, or the death of every worker or of the server, stops the run with
+WorkerError.  Workers that wait to be placed, or whose pushes have not moved, are reported by
+:meth:`RayBackend.stalled` (the progress line shows them).  Every actor is killed by
+:meth:`close`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import warnings
 
 import numpy as np
 
-from hogwild_mts.backends.ray.options import (DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS, RAY_EXTRA,
-                                              RayNotInstalled)
+from hogwild_mts.backends.ray.options import (DEFAULT_CHECKPOINT_SECONDS, MAX_WORKER_RESTARTS, ON_LOST_WORKER,
+                                              PLACEMENT_TIMEOUT, RAY_EXTRA, RayNotInstalled)
 from hogwild_mts.core import control
 from hogwild_mts.core.lifecycle import POLL_SECONDS
 from hogwild_mts.core.result import Diverged, RunTotals, WorkerError
@@ -30,6 +35,7 @@ from hogwild_mts.core.result import Diverged, RunTotals, WorkerError
 RUN_NAME_PREFIX = "hogwild-"  # actors are named hogwild-<run>-server, hogwild-<run>-worker-<w>
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
 WORKER_CPUS = 1  # CPUs each worker actor reserves; the server reserves none (it mostly waits)
+PUSH_COUNT_SECONDS = 1.0  # stalled() asks the server for the pushes of each worker at most this often
 
 
 def require_ray():
@@ -308,6 +314,38 @@ def check_cluster(workers: int) -> None:
                          f"cluster has {cpus:g}; use fewer workers or add nodes")
 
 
+def server_placement() -> dict:
+    """The actor options that put the parameter server on the driver's node (the node whose
+    raylet the driver is attached to; the server reserves no CPU, so that node can always take
+    it): the one node whose loss ends the run anyway, so that losing any other node loses
+    workers, never the server.  (Ray's soft affinity placed it on other nodes at times.)"""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=False)}
+
+
+def fault_options(options) -> dict:
+    """RayBackend's keywords for worker faults, from a :class:`RayOptions`."""
+    return {"max_worker_restarts": options.max_worker_restarts,
+            "placement_timeout": options.placement_timeout,
+            "on_lost_worker": options.on_lost_worker}
+
+
+def actor_placed(actor) -> bool | None:
+    """Whether Ray has placed ``actor`` on a node (a worker process runs it, maybe still in its
+    constructor), from the GCS's actor table; None if that cannot be told (Ray's internals
+    changed)."""
+    try:
+        import ray
+
+        info = ray._private.state.actors(actor._actor_id.hex())
+        return bool(info.get("Pid")) or bool(info.get("Address", {}).get("Port"))
+    except Exception:  # a private API: without it the deadline alone decides
+        return None
+
+
 def death_reason(error) -> str:
     """One line saying why an actor died: the first and the last line of Ray's message (the
     last names the cause: ``ray.kill``, the exception its creation task raised, ...), without
@@ -326,11 +364,15 @@ class RayBackend:
     dashboard); ``checkpoint``, if given, is called with the server's (params, version,
     histogram) every ``checkpoint_every`` seconds and once after the run.  A worker actor that
     dies is re-created with ``make_worker`` (named ``-worker-<w>-restart-<k>``) up to
-    ``max_worker_restarts`` times (see the module docstring)."""
+    ``max_worker_restarts`` times; a worker actor not placed on a node within
+    ``placement_timeout`` seconds is lost; ``on_lost_worker``: "continue" or "stop" (see the
+    module docstring)."""
 
     def __init__(self, workers: int, make_server, make_worker, *, checkpoint=None,
                  checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
-                 max_worker_restarts: int = MAX_WORKER_RESTARTS):
+                 max_worker_restarts: int = MAX_WORKER_RESTARTS,
+                 placement_timeout: float = PLACEMENT_TIMEOUT,
+                 on_lost_worker: str = ON_LOST_WORKER[0]):
         import ray
 
         self._ray = ray
@@ -340,12 +382,20 @@ class RayBackend:
         self.server = None
         self.actors: list = []
         self.max_worker_restarts = max_worker_restarts
+        if on_lost_worker not in ON_LOST_WORKER:
+            raise ValueError(f"on_lost_worker must be one of {ON_LOST_WORKER}, got {on_lost_worker!r}")
+        self.placement_timeout, self.on_lost_worker = placement_timeout, on_lost_worker
         self.lost: list[dict] = []  # {"worker", "error"} per worker given up
         self.restarts: list[dict] = []  # {"worker", "error", "restart"} per re-created actor
         self.worker_pushes: list[int] = []  # pushes applied by worker id, filled by collect()
         self._ready_refs: list = []
         self._runs: dict = {}  # ObjectRef of run() -> worker id, while it runs
         self._restarting: dict = {}  # ObjectRef of a re-created actor's ready() -> worker id
+        self._waiting_since: dict = {}  # worker id -> time.monotonic() its actor was (re-)created
+        self._placed: set = set()  # worker ids whose waiting actor Ray has placed on a node
+        self._pushes: list | None = None  # pushes per worker at the last count, for stalled()
+        self._moved_at: list | None = None  # per worker, time.monotonic() its pushes last moved
+        self._counted_at = 0.0
         self._stopping = False
         self._failure: Exception | None = None  # the first worker exception or divergence
         self._go_time = 0.0
@@ -356,17 +406,44 @@ class RayBackend:
         for worker_id in range(self.workers):
             self.actors.append(self._make_worker(worker_id, f"{self.run_name}-worker-{worker_id}"))
         self._ready_refs = [actor.ready.remote() for actor in self.actors]
+        now = time.monotonic()
+        self._waiting_since = {worker_id: now for worker_id in range(self.workers)}
 
     def ready(self) -> bool:
+        """True once every worker actor is ready; WorkerError for one that failed to start or
+        that Ray did not place on a node within ``placement_timeout`` seconds."""
         ray = self._ray
         done, _ = ray.wait(self._ready_refs, num_returns=len(self._ready_refs), timeout=0)
         for ref in done:
+            worker_id = self._ready_refs.index(ref)
+            self._waiting_since.pop(worker_id, None)
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as error:
-                worker_id = self._ready_refs.index(ref)
                 raise WorkerError(f"worker {worker_id} failed to start:\n{error}") from None
+        for worker_id in self._unplaced():
+            raise WorkerError(f"worker {worker_id}: {self._unplaced_reason()}; the run was not "
+                              "started") from None
         return len(done) == len(self._ready_refs)
+
+    def _unplaced(self) -> list:
+        """The waiting workers whose actor Ray has not placed on a node within
+        ``placement_timeout`` seconds (asked of the GCS only once the deadline has passed; if it
+        cannot tell, the deadline alone decides)."""
+        now, late = time.monotonic(), []
+        for worker_id, since in list(self._waiting_since.items()):
+            if worker_id in self._placed or now - since < self.placement_timeout:
+                continue
+            if actor_placed(self.actors[worker_id]):
+                self._placed.add(worker_id)  # placed: its constructor (loading data) is slow
+            else:
+                late.append(worker_id)
+        return late
+
+    def _unplaced_reason(self) -> str:
+        cpus = self._ray.available_resources().get("CPU", 0.0)
+        return (f"Ray could not place its actor on a node within {self.placement_timeout:g} s "
+                f"(it needs {WORKER_CPUS} CPU; {cpus:g} free in the cluster: a node was lost?)")
 
     def go(self) -> None:
         self._server_call("go")
@@ -414,6 +491,8 @@ class RayBackend:
         done, _ = ray.wait(list(self._restarting), num_returns=len(self._restarting), timeout=0)
         for ref in done:
             worker_id = self._restarting.pop(ref)
+            self._waiting_since.pop(worker_id, None)
+            self._placed.discard(worker_id)
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as error:
@@ -421,6 +500,16 @@ class RayBackend:
                 continue
             if not self._stopping:
                 self._runs[self.actors[worker_id].run.remote(self.server, worker_id)] = worker_id
+                if self._moved_at is not None:  # its stall is counted from now
+                    self._moved_at[worker_id] = time.monotonic()
+        late = set(self._unplaced())
+        for ref, worker_id in list(self._restarting.items()):
+            if worker_id in late:
+                reason = self._unplaced_reason()
+                del self._restarting[ref]
+                self._waiting_since.pop(worker_id, None)
+                self._ray.kill(self.actors[worker_id])  # its pending placement is dropped
+                self._report_lost(worker_id, reason, f"Ray worker actor {worker_id} was lost: {reason}")
 
     def _restart_or_lose(self, worker_id: int, error) -> None:
         """Re-create the dead actor of ``worker_id`` (its ready() is then awaited by
@@ -435,23 +524,35 @@ class RayBackend:
         self.actors[worker_id] = self._make_worker(
             worker_id, f"{self.run_name}-worker-{worker_id}-restart-{restart}")
         self._restarting[self.actors[worker_id].ready.remote()] = worker_id
+        self._waiting_since[worker_id] = time.monotonic()
+        self._placed.discard(worker_id)
         self.restarts.append({"worker": worker_id, "error": reason, "restart": restart})
         warnings.warn(f"Ray worker actor {worker_id} died ({reason}); restarting it (restart "
-                      f"{restart} of {self.max_worker_restarts})", RuntimeWarning, stacklevel=2)
+                      f"{restart} of {self.max_worker_restarts}; lost unless Ray places it "
+                      f"within {self.placement_timeout:g} s)", RuntimeWarning, stacklevel=2)
 
-    def _report_lost(self, worker_id: int, reason: str) -> None:
+    def _report_lost(self, worker_id: int, reason: str, what: str | None = None) -> None:
+        """Record ``worker_id`` as lost (``reason``: one line) and warn (``what``: how it was
+        lost; default: the actor died); under on_lost_worker="stop" the run stops (the next
+        :meth:`poll` raises WorkerError)."""
         self.lost.append({"worker": worker_id, "error": reason})
+        what = what or f"Ray worker actor {worker_id} died ({reason})"
+        if self.on_lost_worker == "stop" and not self._stopping:
+            self._failure = self._failure or WorkerError(
+                f"{what}; the run was stopped (on_lost_worker='stop'; 'continue' goes on without "
+                "the worker)")
+            return
         remaining = self.workers - len(self.lost)
-        warnings.warn(f"Ray worker actor {worker_id} died ({reason}); the run goes on with "
-                      f"{remaining} worker{'s' if remaining != 1 else ''}", RuntimeWarning,
-                      stacklevel=2)
+        goes_on = "the run is stopping" if self._stopping else \
+            f"the run goes on with {remaining} worker{'s' if remaining != 1 else ''}"
+        warnings.warn(f"{what}; {goes_on}", RuntimeWarning, stacklevel=2)
 
     def poll(self, until_updates=None) -> int:
         self._collect_ended()
         if self._failure is not None:
             raise self._failure
         if len(self.lost) == self.workers:
-            raise WorkerError(f"all {self.workers} worker actors died; the run was stopped")
+            raise WorkerError(f"all {self.workers} worker actors were lost; the run was stopped")
         version = self._server_call("version")
         if self._checkpoint is not None and time.time() >= self._next_checkpoint:
             self.write_checkpoint()
@@ -469,6 +570,29 @@ class RayBackend:
     def elapsed(self) -> float:
         return time.time() - self._go_time
 
+    def stalled(self, seconds: float) -> dict:
+        """{worker id: seconds} of the workers not lost or done that have waited at least
+        ``seconds``: for Ray to place (and start) their re-created actor, or for their next
+        push to be applied (the server's counts, asked at most every PUSH_COUNT_SECONDS)."""
+        now = time.monotonic()
+        idle = {worker_id: now - since for worker_id, since in self._waiting_since.items()
+                if now - since >= seconds}
+        running = set(self._runs.values())
+        if running and now - self._counted_at >= PUSH_COUNT_SECONDS:
+            self._counted_at = now
+            pushes = self._server_call("pushes_by_worker")
+            if self._moved_at is None:
+                self._pushes, self._moved_at = pushes, [now] * len(pushes)
+            for worker_id, count in enumerate(pushes):
+                if count != self._pushes[worker_id] or worker_id not in running:
+                    self._moved_at[worker_id] = now
+            self._pushes = pushes
+        if self._moved_at is not None:
+            for worker_id in running:
+                if worker_id not in idle and now - self._moved_at[worker_id] >= seconds:
+                    idle[worker_id] = now - self._moved_at[worker_id]
+        return idle
+
     def snapshot(self) -> np.ndarray:
         return np.array(self._server_call("snapshot"))
 
@@ -485,7 +609,7 @@ class RayBackend:
         the re-created actors that had not started yet."""
         for worker_id in self._restarting.values():
             self._ray.kill(self.actors[worker_id])
-        self._restarting = {}
+        self._restarting, self._waiting_since = {}, {}
         deadline = time.time() + JOIN_SECONDS
         while self._runs and time.time() < deadline:
             self._collect_ended(timeout=max(0.0, min(POLL_SECONDS * 10, deadline - time.time())))
@@ -505,4 +629,4 @@ class RayBackend:
         for actor in self.actors + ([self.server] if self.server is not None else []):
             self._ray.kill(actor)
         self.actors, self.server, self._ready_refs, self._runs = [], None, [], {}
-        self._restarting = {}
+        self._restarting, self._waiting_since = {}, {}

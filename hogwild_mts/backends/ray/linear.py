@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect, disconnect,
-                                              require_ray)
+                                              fault_options, require_ray, server_placement)
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import (FileSource, LinearModelSpec, LinearSetup,
                                               LinearWorker, ShardSpec, shard_arrays,
@@ -187,12 +187,12 @@ def _backend(job: Job, params, make_worker, pushes) -> RayBackend:
     def make_server(name: str):
         start = params() if callable(params) else params
         last = pushes() if callable(pushes) else pushes
-        return server_actor.options(name=name).remote(start, job.options.policy, job.workers,
-                                                      every, last)
+        return server_actor.options(name=name, **server_placement()).remote(
+            start, job.options.policy, job.workers, every, last)
 
     backend = RayBackend(job.workers, make_server, make_worker,
                          checkpoint=job.ray_checkpoint, checkpoint_every=job.ray.checkpoint_every,
-                         max_worker_restarts=job.ray.max_worker_restarts)
+                         **fault_options(job.ray))
     if every is not None:
         backend.evaluations = lambda: [(elapsed, version, np.array(copy)) for elapsed, version, copy
                                        in backend._server_call("take_evaluations")]

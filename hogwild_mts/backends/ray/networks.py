@@ -8,7 +8,8 @@ import dataclasses
 
 import numpy as np
 
-from hogwild_mts.backends.ray.backend import RayBackend, WORKER_CPUS, check_cluster, connect, disconnect, require_ray
+from hogwild_mts.backends.ray.backend import (RayBackend, WORKER_CPUS, check_cluster, connect, disconnect,
+                                              fault_options, require_ray, server_placement)
 from hogwild_mts.backends.ray.linear import base_step
 from hogwild_mts.backends.ray.server import ParameterServer, warm_up_server_kernel
 from hogwild_mts.backends.ray.workers import ShardSpec, TorchWorker
@@ -45,7 +46,8 @@ def fit_network(job: Job) -> FitResult:
         worker_actor = ray.remote(num_cpus=WORKER_CPUS)(TorchWorker)
 
         def make_server(name: str):
-            return server_actor.options(name=name).remote(params, options.policy, workers)
+            return server_actor.options(name=name, **server_placement()).remote(
+                params, options.policy, workers)
 
         def make_worker(worker_id: int, name: str):
             spec = ShardSpec(epochs=options.epochs, batch_size=options.batch_size,
@@ -61,7 +63,7 @@ def fit_network(job: Job) -> FitResult:
 
         backend = RayBackend(workers, make_server, make_worker,
                              checkpoint=job.ray_checkpoint, checkpoint_every=ray_options.checkpoint_every,
-                             max_worker_restarts=ray_options.max_worker_restarts)
+                             **fault_options(ray_options))
 
         def details(final):
             return {"params": final.astype(np.float64), "intercept": 0.0,

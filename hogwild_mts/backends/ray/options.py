@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hogwild_mts.checkpoint import DEFAULT_CHECKPOINT_SECONDS
-from hogwild_mts.core.params import Choice, Integer, Option
+from hogwild_mts.core.params import Choice, Integer, Option, Positive
 
 BACKENDS = ("shm", "ray")
 MAX_WORKER_RESTARTS = 2  # default re-creations of one worker's actor before it is reported lost
+PLACEMENT_TIMEOUT = 60.0  # default seconds a worker actor may wait for Ray to place it
+ON_LOST_WORKER = ("continue", "stop")  # what a run does when a worker is lost (the first: default)
 RAY_EXTRA = "pip install 'hogwild-mts[ray]'"  # how to install ray for this package
 
 
@@ -49,7 +51,9 @@ BACKEND = Option("backend", Choice(BACKENDS), "shm", "the backend")
 LOCAL_STEPS = Option("local_steps", Integer(1), 1, "ray")
 RAY_OPTIONS = (Option("ray_address", Address(), None, "ray"), LOCAL_STEPS,
                Option("checkpoint", Callback(), None, "ray"),
-               Option("max_worker_restarts", Integer(0), MAX_WORKER_RESTARTS, "ray"))
+               Option("max_worker_restarts", Integer(0), MAX_WORKER_RESTARTS, "ray"),
+               Option("placement_timeout", Positive(), PLACEMENT_TIMEOUT, "ray"),
+               Option("on_lost_worker", Choice(ON_LOST_WORKER), ON_LOST_WORKER[0], "ray"))
 
 
 @dataclass
@@ -61,13 +65,18 @@ class RayOptions:
     ``checkpoint_every`` seconds and after the run (e.g.
     :class:`hogwild_mts.backends.ray.checkpoint.ModelFileCheckpoint`, which the engines'
     ``checkpoint_dir`` sets up); ``max_worker_restarts``: times a dead worker's actor is
-    re-created (per worker, >= 0) before the run goes on without it."""
+    re-created (per worker, >= 0) before the run goes on without it; ``placement_timeout``:
+    seconds a worker actor may wait for Ray to place it on a node (a node with a free CPU)
+    before it is lost; ``on_lost_worker``: ``"continue"`` (the run goes on without a lost
+    worker, its shard untrained) or ``"stop"`` (a lost worker stops the run with WorkerError)."""
 
     address: str | None
     local_steps: int
     checkpoint: object
     checkpoint_every: float
     max_worker_restarts: int = MAX_WORKER_RESTARTS
+    placement_timeout: float = PLACEMENT_TIMEOUT
+    on_lost_worker: str = ON_LOST_WORKER[0]
 
 
 def ray_options(values) -> RayOptions | None:
@@ -92,4 +101,6 @@ def ray_options(values) -> RayOptions | None:
     return RayOptions(address=values["ray_address"], local_steps=values["local_steps"],
                       checkpoint=checkpoint,
                       checkpoint_every=DEFAULT_CHECKPOINT_SECONDS if every is None else every,
-                      max_worker_restarts=values["max_worker_restarts"])
+                      max_worker_restarts=values["max_worker_restarts"],
+                      placement_timeout=values["placement_timeout"],
+                      on_lost_worker=values["on_lost_worker"])
