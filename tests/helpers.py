@@ -66,3 +66,26 @@ def group_alive(group: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def process_table() -> list:
+    """(pid, parent pid, session id, state, command line) of every process /proc shows now."""
+    table = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table.append((int(entry), int(fields[1]), int(fields[3]), fields[0], command))
+    return table
+
+
+def session_processes(session: int) -> list:
+    """(pid, command) of every live (not zombie) process of ``session``."""
+    return [(pid, command[:160]) for pid, _, sid, state, command in process_table()
+            if sid == session and state != "Z"]

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import WAIT_SECONDS
+from tests.helpers import WAIT_SECONDS, session_processes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,24 +41,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def session_processes(session: int) -> list:
-    """(pid, command) of every live (not zombie) process of ``session``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")[:160]
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append((int(entry), command))
-    return found
 
 
 def kill_sessions(sessions) -> None:

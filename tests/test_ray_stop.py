@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hogwild_mts.core import signals
-from tests.helpers import WAIT_SECONDS, default_stop_signals
+from tests.helpers import WAIT_SECONDS, default_stop_signals, session_processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -45,25 +45,6 @@ def _train(*arguments, cwd=REPO, **popen):
                             preexec_fn=default_stop_signals, **popen)
 
 
-def _session_processes(session: int) -> list:
-    """(pid, command) of every live (not zombie) process of ``session``: the run's driver and
-    every Ray process it started (they keep its session, whatever their process group)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")[:100]
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append((int(entry), command))
-    return found
-
-
 def _wait_for(condition, what: str, process=None):
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -76,6 +57,16 @@ def _wait_for(condition, what: str, process=None):
     raise AssertionError(f"{what} did not happen within {WAIT_SECONDS} s")
 
 
+def _ended(process, seconds: float = WAIT_SECONDS):
+    """(stdout, stderr) of ``process`` once it has ended (within ``seconds``); what is left of
+    its run is killed if it has not."""
+    try:
+        return process.communicate(timeout=seconds)
+    finally:
+        if process.poll() is None:
+            _kill_session(process.pid)
+
+
 def _kill_session(session: int) -> None:
     """SIGKILL to whatever of a failed test's run is left (its driver's group, then each Ray
     process of its session by pid)."""
@@ -83,7 +74,7 @@ def _kill_session(session: int) -> None:
         os.killpg(session, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for pid, _ in _session_processes(session):
+    for pid, _ in session_processes(session):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -104,7 +95,7 @@ def test_a_stop_signal_to_the_process_group_keeps_the_partial_result_and_leaves_
         # the first checkpoint is written a second after the workers started: it is training
         _wait_for(lambda: (out / "checkpoint" / "model.json").exists(), "the first checkpoint",
                   process)
-        ray_processes = [entry for entry in _session_processes(process.pid) if entry[0] != process.pid]
+        ray_processes = [entry for entry in session_processes(process.pid) if entry[0] != process.pid]
         assert ray_processes, "the run started no Ray process of its own"
         os.killpg(process.pid, signum)
         stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
@@ -115,9 +106,9 @@ def test_a_stop_signal_to_the_process_group_keeps_the_partial_result_and_leaves_
         assert metrics["interrupted"] is True and metrics["updates"] > 0
         assert (out / "params.npy").exists() and (out / "model.json").exists()
         assert (out / "checkpoint" / "model.json").exists()
-        _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+        _wait_for(lambda: not session_processes(process.pid), "the end of every Ray process of the run")
     finally:
-        if process.poll() is None or _session_processes(process.pid):
+        if process.poll() is None or session_processes(process.pid):
             _kill_session(process.pid)
 
 
@@ -131,12 +122,12 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     try:
         _wait_for(lambda: (out / "checkpoint" / "model.json").exists(), "the first checkpoint",
                   process)
-        assert [entry for entry in _session_processes(process.pid) if entry[0] != process.pid]
+        assert [entry for entry in session_processes(process.pid) if entry[0] != process.pid]
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=WAIT_SECONDS)
-        _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+        _wait_for(lambda: not session_processes(process.pid), "the end of every Ray process of the run")
     finally:
-        if process.poll() is None or _session_processes(process.pid):
+        if process.poll() is None or session_processes(process.pid):
             _kill_session(process.pid)
 
 
@@ -144,17 +135,13 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
 def test_an_address_where_no_cluster_runs_fails_in_one_line_naming_it():
     started = time.monotonic()
     process = _train("--address", "127.0.0.1:1", "--quiet", "--epochs", "1")
-    try:
-        stdout, stderr = process.communicate(timeout=CONNECT_BOUND_SECONDS)
-    finally:
-        if process.poll() is None:
-            _kill_session(process.pid)
+    stdout, stderr = _ended(process, CONNECT_BOUND_SECONDS)
     assert process.returncode == 2, stderr
     assert time.monotonic() - started < CONNECT_BOUND_SECONDS
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert "'127.0.0.1:1'" in lines[0] and "ray start --head" in lines[0]
-    assert not _session_processes(process.pid)
+    assert not session_processes(process.pid)
 
 
 @needs_ray
@@ -199,18 +186,14 @@ def test_a_relative_data_path_is_read_by_the_workers(tmp_path):
     np.savez(tmp_path / "mydata.npz", X=X, y=np.where(X[:, 0] > 0, 1.0, -1.0))
     process = _train("--data", "mydata.npz", "--workers", "1", "--epochs", "1", "--quiet",
                      "--out", "out", cwd=str(tmp_path))
-    try:
-        stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
-    finally:
-        if process.poll() is None:
-            _kill_session(process.pid)
+    stdout, stderr = _ended(process)
     assert process.returncode == 0, stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     data_path = metrics["settings"]["data_path"]  # what the workers were sent
     assert os.path.isabs(data_path)
     assert os.path.realpath(data_path) == os.path.realpath(tmp_path / "mydata.npz")
     assert metrics["settings"]["data_rows"] == 400
-    _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+    _wait_for(lambda: not session_processes(process.pid), "the end of every Ray process of the run")
 
 
 def test_the_ray_backend_without_ray_is_one_line_and_exit_2():
@@ -250,14 +233,14 @@ def test_a_stop_signal_while_the_local_instance_starts_ends_the_run_and_leaves_n
     down."""
     process = _train(*LONG, "--out", str(tmp_path / "out"))
     try:
-        _wait_for(lambda: any("gcs_server" in command for _, command in _session_processes(process.pid)),
+        _wait_for(lambda: any("gcs_server" in command for _, command in session_processes(process.pid)),
                   "the start of Ray's GCS", process)
         os.killpg(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=WAIT_SECONDS)
         assert process.returncode == 128 + signal.SIGTERM, stderr
         assert "Traceback" not in stderr and "SIGTERM received" not in stderr
         assert "stopped by SIGTERM" in stderr
-        _wait_for(lambda: not _session_processes(process.pid), "the end of every Ray process of the run")
+        _wait_for(lambda: not session_processes(process.pid), "the end of every Ray process of the run")
     finally:
-        if process.poll() is None or _session_processes(process.pid):
+        if process.poll() is None or session_processes(process.pid):
             _kill_session(process.pid)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hogwild_mts.core.result import WorkerError
-from tests.helpers import WAIT_SECONDS, default_stop_signals, shared_blocks, wait_for_updates
+from tests.helpers import WAIT_SECONDS, default_stop_signals, process_table, shared_blocks, wait_for_updates
 from tests.test_lifecycle import ScriptedBackend, _run
 
 
@@ -39,20 +39,8 @@ def test_a_failure_before_the_start_carries_no_result():
 
 def _workers_of(pid: int) -> list:
     """The run's worker processes: children of ``pid`` but multiprocessing's resource tracker."""
-    workers = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read()
-        except OSError:
-            continue
-        if parent == pid and b"resource_tracker" not in command:
-            workers.append(int(entry))
-    return workers
+    return [child for child, parent, _, _, command in process_table()
+            if parent == pid and "resource_tracker" not in command]
 
 
 def test_sigkill_of_one_worker_keeps_the_others_updates(tmp_path):
