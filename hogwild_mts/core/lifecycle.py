@@ -172,7 +172,8 @@ def _keeping_the_others(failure: WorkerError, partial: Callable[[], FitResult]) 
     except Exception as error:  # the failure is what the caller must see; the reason is logged
         log.warning("no partial result after %s: %s", failure, error)
         return failure
-    return WorkerError(str(failure), result=result)
+    failure.result = result
+    return failure
 
 
 def _described(describe_policy, histogram: np.ndarray) -> dict:
@@ -316,7 +317,7 @@ class _Watcher:
                 bar.update(updates - bar.n)
                 if finished:
                     return
-                signals.check()  # a stop signal whose raise was lost stops the run here
+                signals.check()  # a stop signal received since the last poll stops the run here
                 backend.wait()
         finally:
             bar.close()
