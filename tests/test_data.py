@@ -264,6 +264,8 @@ BAD_INPUTS = {
     "spec bad float": (lambda p: load_data("synthetic-dense:noise=lots"), "noise='lots' must be a number"),
     "spec repeated key": (lambda p: load_data("synthetic-dense:n=5,n=6"), "'n' given twice"),
     "spec value out of range": (lambda p: load_data("synthetic-dense:noise=0.7"), "label_noise"),
+    "cond below 1": (lambda p: load_data("synthetic-regression:n=5,d=2,cond=0.5"), r"cond must be .*\[1, 1e12\), got 0.5"),
+    "cond not a number": (lambda p: load_data("synthetic-regression:cond=big"), "cond='big' must be a number"),
 }
 
 
@@ -409,3 +411,15 @@ def test_a_good_qid_is_read_and_ignored(tmp_path):
     path = tmp_path / "q.svm"
     path.write_text("1 qid:2 1:1\n-1 qid:0 2:1\n")
     assert load_data(str(path)).n_samples == 2
+
+
+def test_synthetic_regression_has_the_condition_number_it_names_and_a_fitting_planted_model():
+    data = load_data("synthetic-regression:n=4000,d=20,cond=50,seed=3,noise=0.05")
+    X = data.values.reshape(4000, 20)
+    eigenvalues = np.linalg.eigvalsh(X.T @ X / 4000)
+    assert 35 < eigenvalues.max() / eigenvalues.min() < 70
+    assert data.dense and data.n_features == 20
+    coefficients, residuals, *_ = np.linalg.lstsq(X, data.y, rcond=None)
+    assert np.sqrt(residuals[0] / 4000) == pytest.approx(0.05, rel=0.1)
+    again = load_data("synthetic-regression:n=4000,d=20,cond=50,seed=3,noise=0.05")
+    np.testing.assert_array_equal(again.y, data.y)

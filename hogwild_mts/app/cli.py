@@ -66,7 +66,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="linear: logreg, svm, lsq; torch: mlp, cnn, lenet (default logreg)")
     parser.add_argument("--data", default=None,
                         help="linear models: synthetic-sparse[:n=..,d=..,nnz=..,seed=..,noise=..], "
-                             "synthetic-dense[:...], a .npz file or an svmlight/libsvm file (default "
+                             "synthetic-dense[:...], synthetic-regression[:...], a .npz file or an "
+                             "svmlight/libsvm file (default "
                              "synthetic-sparse); torch models: digits, mnist1d[:n=..,seed=..], mnist:DIR, "
                              "fashion-mnist:DIR, "
                              "cifar10:DIR (default digits)")

@@ -32,10 +32,13 @@ from hogwild_mts.core.resources import available_memory, check_memory, format_by
 # RCV1 (Lewis et al. 2004) is 804,414 x 47,236 with about 76 nonzeros per row.
 SYNTHETIC_SPARSE_DEFAULTS = {"n": 100_000, "d": 47_236, "nnz": 76, "seed": 0, "noise": 0.0}
 SYNTHETIC_DENSE_DEFAULTS = {"n": 20_000, "d": 100, "seed": 0, "noise": 0.0}
+SYNTHETIC_REGRESSION_DEFAULTS = {"n": 20_000, "d": 100, "cond": 100.0, "seed": 0, "noise": 0.1}
+FLOAT_SPEC_KEYS = ("noise", "cond")  # spec parameters read as floats (the others are integers)
 
 DATA_SPEC_FORMS = (
     "'synthetic-sparse' or 'synthetic-sparse:n=..,d=..,nnz=..,seed=..,noise=..'; "
     "'synthetic-dense' or 'synthetic-dense:n=..,d=..,seed=..,noise=..'; "
+    "'synthetic-regression' or 'synthetic-regression:n=..,d=..,cond=..,seed=..,noise=..'; "
     "a path to an .npz file (keys X and y, or CSR keys data, indices, indptr, shape and y); "
     "or a path to an existing svmlight/libsvm file (.gz and .bz2 allowed)"
 )
@@ -542,6 +545,32 @@ def synthetic_dense(n_samples: int, n_features: int, seed: int = 0, label_noise:
                    name=f"synthetic-dense(n={n},d={d},seed={seed},noise={noise:g})", dense=True)
 
 
+def synthetic_regression(n_samples: int, n_features: int, cond: float = 100.0, seed: int = 0,
+                         noise: float = 0.1) -> Dataset:
+    """Dense ill-conditioned least squares: ``X = Z diag(s) Q`` with ``Z ~ N(0, 1)`` entries,
+    ``s_j = cond ** (-j / (2 (d - 1)))`` (so the expected Hessian ``X^T X / n`` has eigenvalues
+    from 1 down to ``1 / cond``: condition number ``cond``) and ``Q`` a random rotation;
+    ``y = X w* + noise * N(0, 1)`` for a planted ``w* ~ N(0, I / d)``.  Deterministic per seed."""
+    n = check_int("n_samples", n_samples, 1, DataError)
+    d = check_int("n_features", n_features, 1, DataError)
+    seed = check_int("seed", seed, 0, DataError)
+    if isinstance(cond, bool) or not isinstance(cond, numbers.Real) or not 1.0 <= cond < 1e12:
+        raise DataError(f"cond must be a number in [1, 1e12), got {cond!r}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 <= noise < 1e6:
+        raise DataError(f"noise must be a number in [0, 1e6), got {noise!r}")
+    check_memory(8 * n * d + 8 * d * d + 32 * n, f"synthetic-regression (n={n:,}, d={d:,})",
+                 "use smaller n or d")
+    feature_rng, weight_rng, noise_rng = _independent_streams(seed)
+    scales = float(cond) ** (-np.arange(d) / (2.0 * max(d - 1, 1)))
+    rotation, _ = np.linalg.qr(feature_rng.standard_normal((d, d)))
+    matrix = (feature_rng.standard_normal((n, d)) * scales) @ rotation
+    targets = matrix @ (weight_rng.standard_normal(d) / math.sqrt(d)) + noise * noise_rng.standard_normal(n)
+    return Dataset(values=matrix.reshape(-1), indices=np.empty(0, dtype=np.int32),
+                   indptr=np.arange(n + 1, dtype=np.int64) * d, n_features=d, y=targets,
+                   name=f"synthetic-regression(n={n},d={d},cond={cond:g},seed={seed},noise={noise:g})",
+                   dense=True)
+
+
 def _independent_streams(seed: int) -> list[np.random.Generator]:
     """Three generators (features, planted weights, label noise) derived from one seed."""
     return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)]
@@ -568,12 +597,16 @@ def load_data(spec: str) -> Dataset:
     """
     spec = str(spec).strip()
     for kind, defaults in (("synthetic-sparse", SYNTHETIC_SPARSE_DEFAULTS),
-                           ("synthetic-dense", SYNTHETIC_DENSE_DEFAULTS)):
+                           ("synthetic-dense", SYNTHETIC_DENSE_DEFAULTS),
+                           ("synthetic-regression", SYNTHETIC_REGRESSION_DEFAULTS)):
         if spec == kind or spec.startswith(kind + ":"):
             params = _parse_spec_params(kind, spec[len(kind) + 1:], defaults)
             if kind == "synthetic-sparse":
                 return synthetic_sparse(params["n"], params["d"], params["nnz"], seed=params["seed"],
                                         label_noise=params["noise"])
+            if kind == "synthetic-regression":
+                return synthetic_regression(params["n"], params["d"], cond=params["cond"],
+                                            seed=params["seed"], noise=params["noise"])
             return synthetic_dense(params["n"], params["d"], seed=params["seed"], label_noise=params["noise"])
     if spec.lower().endswith(".npz"):
         return load_npz(spec)
@@ -584,7 +617,7 @@ def load_data(spec: str) -> Dataset:
 
 
 def _parse_spec_params(kind: str, text: str, defaults: dict) -> dict:
-    """``"n=10,seed=3"`` -> defaults updated; ints for every key but ``noise`` (a float)."""
+    """``"n=10,seed=3"`` -> defaults updated; ints for every key but FLOAT_SPEC_KEYS."""
     params = dict(defaults)
     given = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -596,9 +629,9 @@ def _parse_spec_params(kind: str, text: str, defaults: dict) -> dict:
             raise DataError(f"{kind}: parameter {key!r} given twice")
         given.add(key)
         try:
-            params[key] = float(value) if key == "noise" else int(value)
+            params[key] = float(value) if key in FLOAT_SPEC_KEYS else int(value)
         except ValueError:
-            expected = "a number" if key == "noise" else "an integer"
+            expected = "a number" if key in FLOAT_SPEC_KEYS else "an integer"
             raise DataError(f"{kind}: parameter {key}={value!r} must be {expected}") from None
     return params
 
