@@ -443,7 +443,7 @@ def test_checked_policies_get_the_momentum_if_their_bind_takes_it():
 def test_a_policy_state_is_a_bound_copy_refitted_like_the_policy_itself(name):
     """policy_state / policy_table / refit_policy give the tables bind / table / observe give,
     bit for bit, and never bind, observe or change the run's policy object."""
-    options = dict(alpha=0.2, **(dict(refit_every=10, min_samples=0) if name in ("tail", "mindthestep") else {}))
+    options = dict(alpha=0.2, **(dict(refit_every=10, min_samples=0) if name in ("tail", "mindthestep", "auto") else {}))
     run_policy, direct = make_policy(name, **options), make_policy(name, **options)
     before = pickle.dumps(run_policy)
     histogram = np.bincount(Poisson(3.0).sample(500, np.random.default_rng(0)))

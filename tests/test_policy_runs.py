@@ -10,7 +10,7 @@ from hogwild_mts.engines.linear import Engine
 from hogwild_mts.policies.step_sizes import POLICIES, make_policy
 from tests.helpers import live_children, shared_blocks
 
-ADAPTIVE = {"tail", "mindthestep"}
+ADAPTIVE = {"tail", "mindthestep", "auto"}
 FAST_REFIT = dict(refit_every=300, min_samples=200)
 
 

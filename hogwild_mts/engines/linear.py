@@ -46,7 +46,7 @@ ENGINE_OPTIONS = Table(
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
      Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"), *shared.PROCESS_OPTIONS),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
-           shared.process_options, _ray_takes_plain_steps))
+           shared.process_options, shared.worker_momentum, _ray_takes_plain_steps))
 DEFAULTS = ENGINE_OPTIONS.defaults
 
 

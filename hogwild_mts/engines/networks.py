@@ -76,7 +76,7 @@ def _ray_trains_plain_cross_entropy(values) -> dict:
     if values["ray_options"] is not None:
         unsupported = [f"{option.name}={values[option.name]!r}"
                        for option in (LOSS, shared.MOMENTUM, WEIGHT_DECAY)
-                       if values[option.name] != option.default]
+                       if values[option.name] not in (option.default, 0.0)]
         if unsupported:
             raise ValueError(f"backend='ray' trains with loss='cross_entropy', no momentum and "
                              f"no weight decay; got {', '.join(unsupported)} (use backend='shm')")
@@ -142,7 +142,7 @@ NETWORK_OPTIONS = Table(
      *shared.PROCESS_OPTIONS),
     rules=(shared.named_policy(DEFAULT_ALPHA), _batch_size, shared.evaluation_schedule,
            _model_arguments, _ray_checkpoints_are_functions, shared.process_options,
-           _ray_trains_plain_cross_entropy))
+           shared.worker_momentum, _ray_trains_plain_cross_entropy))
 DEFAULTS = NETWORK_OPTIONS.defaults
 DEFAULT_EPOCHS = DEFAULTS.epochs  # a public name
 

@@ -18,12 +18,13 @@ from hogwild_mts.core.options import check_choice
 from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, Option, Optional,
                                      Positive, Rule)
 from hogwild_mts.kernels.split import SPLITS
-from hogwild_mts.policies.step_sizes import as_policy
+from hogwild_mts.policies.step_sizes import as_policy, check_momentum
 
 POLICY = Option("policy", Checked("a name, a policy object or a function of tau"), "constant", "policy")
 WORKERS = Option("workers", Integer(1), 2, "run")
 SEED = Option("seed", Integer(0), 0, "run")
-MOMENTUM = Option("momentum", Fraction(allow_zero=True, allow_one=False), 0.0, "run")
+MOMENTUM = Option("momentum", Optional(Fraction(allow_zero=True, allow_one=False)), None,
+                  "run (None: the policy's worker_momentum(workers) if it has one, else 0)")
 PROGRESS = Option("progress", Flag(), True, "run")
 DEFER_EVALUATION = Option("defer_evaluation", Flag(), False, "run")
 EVAL_EVERY_UPDATES = Option("eval_every_updates", Optional(Integer(1)), None, "run")
@@ -50,6 +51,18 @@ def named_policy(alpha: float) -> Rule:
         return {"alpha": resolved, "policy": as_policy(values["policy"], resolved)}
 
     return rule
+
+
+def worker_momentum(values) -> dict:
+    """``momentum`` given: kept (the policy is bound with it).  None: the policy's
+    ``worker_momentum(workers)`` where it has one (``auto``; 0 on Ray, whose workers take plain
+    steps), else 0.  Runs after :func:`named_policy` and :func:`process_options`."""
+    if values["momentum"] is not None:
+        return {}
+    choose = getattr(values["policy"], "worker_momentum", None)
+    if not callable(choose) or values.get("ray_options") is not None:
+        return {"momentum": 0.0}
+    return {"momentum": check_momentum(choose(values["workers"]))}
 
 
 def evaluation_schedule(values) -> dict:

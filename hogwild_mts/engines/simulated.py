@@ -42,7 +42,7 @@ SIMULATOR_OPTIONS = Table(
             "exponential", "the schedule"),
      Option("update_seconds", Positive(), 1e-6, "the schedule (mean seconds of one gradient)"),
      Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
-    rules=(shared.named_policy(DEFAULT_ALPHA), _staleness_source))
+    rules=(shared.named_policy(DEFAULT_ALPHA), shared.worker_momentum, _staleness_source))
 DEFAULTS = SIMULATOR_OPTIONS.defaults
 
 

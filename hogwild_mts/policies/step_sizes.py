@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from hogwild_mts.core.options import check_int, check_nonnegative, check_positive, check_probability
+from hogwild_mts.policies.stability import delay_stability_limit
 from hogwild_mts.staleness.models import (MODEL_NAMES, MomentumTarget, StalenessModel, check_histogram,
                                           fit_model, logsumexp, prior)
 
@@ -46,7 +47,7 @@ FIT_HORIZON_PER_ENTRY = 4          # histograms are winsorised at 4 * table leng
 HEAD = 8                           # table entries shown by describe()
 
 __all__ = ["DEFAULT_TABLE_LENGTH", "Policy", "ConstantPolicy", "InversePolicy", "ExponentialPolicy",
-           "TailPolicy", "MindTheStepPolicy", "FunctionPolicy", "CheckedPolicy", "POLICIES",
+           "TailPolicy", "MindTheStepPolicy", "AutoPolicy", "FunctionPolicy", "CheckedPolicy", "POLICIES",
            "make_policy", "as_policy", "policy_state", "policy_table", "refit_policy", "check_table",
            "step_size"]
 
@@ -428,6 +429,87 @@ class MindTheStepPolicy(AdaptivePolicy):
         return out
 
 
+DEFAULT_CURVATURE = 1.2        # auto: alpha_c * lambda_max assumed for the step tuned at m = 1
+DEFAULT_GAIN = 0.5             # auto: target effective step alpha / (1 - mu), over alpha_c
+DEFAULT_MAX_MOMENTUM = 0.75    # auto: the largest momentum it sets
+MOMENTUM_TOLERANCE = 1e-4      # auto: bisection width of the momentum it sets
+
+
+class AutoPolicy(AdaptivePolicy):
+    """``auto``: the step for ``workers`` workers from the step ``alpha`` tuned on one worker,
+    and (through :meth:`worker_momentum`) the workers' heavy-ball momentum; docs/policies.md.
+
+    With ``a_max(mu, P, m)`` the mean-field delay-stability limit of
+    :func:`~hogwild_mts.policies.stability.delay_stability_limit` (P = the staleness law: the
+    prior Poisson((m - 1) / 2) until ``min_samples`` values are seen, then the observed
+    histogram, refitted every ``refit_every`` own updates) and ``mu`` the momentum the policy is
+    bound with (``bind(m, momentum=mu)``: the engine's resolved momentum):
+
+        alpha(tau) = alpha_c * min(1 - mu, a_max(mu, P, m) / curvature)    for every tau
+
+    (a one-entry table, clipped to [alpha_min, alpha_max]): the effective step
+    ``alpha / (1 - mu)`` never exceeds ``alpha_c``, and ``alpha * lambda_max`` stays below the
+    delay limit if ``alpha_c * lambda_max = curvature``.  ``worker_momentum(m)`` is the smallest
+    mu in [0, max_momentum] whose delay limit allows the effective step ``gain * alpha_c``:
+    ``a_max(mu, prior, m) / (1 - mu) >= gain * curvature`` (0 for one worker).  Never increases
+    with the delays; one worker without momentum: exactly ``alpha_c``.
+    """
+
+    name = "auto"
+    formula = "alpha(tau) = alpha_c * min(1 - mu, a_max(mu, P, m) / curvature), mu = worker momentum"
+
+    def __init__(self, alpha: float = 0.1, curvature: float = DEFAULT_CURVATURE,
+                 gain: float = DEFAULT_GAIN, max_momentum: float = DEFAULT_MAX_MOMENTUM,
+                 alpha_min: float | None = None, alpha_max: float | None = None,
+                 refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
+        super().__init__(alpha, alpha_min, alpha_max, DEFAULT_TABLE_LENGTH, refit_every, min_samples)
+        self.curvature = check_positive("curvature", curvature)
+        self.gain = check_probability("gain", gain, allow_zero=False, allow_one=True)
+        self.max_momentum = check_momentum(max_momentum)
+
+    def worker_momentum(self, workers: int) -> float:
+        """The momentum in [0, max_momentum] the workers apply when the user gives none, from
+        ``workers`` and the prior staleness law (fixed for the run); 0 for one worker."""
+        workers = check_int("workers", workers, 1)
+        law = prior(workers).pmf(FIT_HORIZON_PER_ENTRY * self.length)
+        law /= law.sum()
+        goal = self.gain * self.curvature
+
+        def enough(mu: float) -> bool:
+            return delay_stability_limit(law, workers, mu) >= goal * (1.0 - mu)
+
+        if enough(0.0):
+            return 0.0
+        if not enough(self.max_momentum):
+            return self.max_momentum
+        low, high = 0.0, self.max_momentum
+        while high - low > MOMENTUM_TOLERANCE:
+            middle = 0.5 * (low + high)
+            low, high = (low, middle) if enough(middle) else (middle, high)
+        return high
+
+    def _refit(self, counts):
+        if counts is None:
+            law = self.prior.pmf(FIT_HORIZON_PER_ENTRY * self.length)
+        else:
+            law = counts.astype(np.float64)
+        law = law / law.sum()
+        self.stability_limit = delay_stability_limit(law, self.workers, self.explicit_momentum)
+        self.mean_staleness = float(np.dot(np.arange(law.size), law))
+        share = min(1.0 - self.explicit_momentum, self.stability_limit / self.curvature)
+        self._table = self._clip(np.full(1, self.alpha * share))
+
+    def parameters(self) -> dict:
+        return {"curvature": self.curvature, "gain": self.gain, "max_momentum": self.max_momentum}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(momentum=self.explicit_momentum, stability_limit=self.stability_limit,
+                   mean_staleness=self.mean_staleness,
+                   effective_step=float(self.table()[0]) / (1.0 - self.explicit_momentum))
+        return out
+
+
 class FunctionPolicy(Policy):
     """A plain Python function ``tau -> alpha`` tabulated once for tau = 0..length-1.
 
@@ -455,7 +537,7 @@ class FunctionPolicy(Policy):
 
 
 POLICIES = {"constant": ConstantPolicy, "inverse": InversePolicy, "exponential": ExponentialPolicy,
-            "tail": TailPolicy, "mindthestep": MindTheStepPolicy}
+            "tail": TailPolicy, "mindthestep": MindTheStepPolicy, "auto": AutoPolicy}
 
 
 def make_policy(name: str, **options) -> Policy:

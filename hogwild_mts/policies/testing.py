@@ -88,12 +88,16 @@ def policy_options(draw, name: str) -> dict:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     alpha = draw(st.floats(1e-4, 10.0))
     options = {"alpha": alpha, **_bounds(draw, alpha)}
-    if name != "constant":
+    if name not in ("constant", "auto"):
         options["length"] = draw(st.integers(1, 300))
     if name == "exponential":
         options["beta"] = draw(st.floats(0.0, 10.0))
-    if name in ("tail", "mindthestep"):
+    if name in ("tail", "mindthestep", "auto"):
         options["min_samples"] = draw(st.integers(0, 2000))
+    if name == "auto":
+        options["curvature"] = draw(st.floats(0.01, 100.0))
+        options["gain"] = draw(st.floats(0.01, 1.0))
+        options["max_momentum"] = draw(st.floats(0.0, 0.99))
     if name == "tail":
         options["A"] = draw(st.floats(0.0, 1.0))
     if name == "mindthestep":
