@@ -64,6 +64,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 KNOWN_POLICIES = ("constant", "inverse", "exponential", "tail", "mindthestep")
 MISSED_LABEL = "target not reached (open marker at the top)"
 EDGE_LABEL = "step at the edge of its grid (ringed): widen the grid"
+EDGE_MOMENTUM_LABEL = "step or momentum at the edge of its grid (ringed): widen the grid"
 MOMENTUM_NOTE = "the number at each point: its momentum"
 BAND_BELOW = 0.88   # missed targets sit in the band above this share of a comparison panel's height
 MISSED_AT = 0.94
@@ -557,7 +558,7 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str, label_mom
     if edge_any:
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                               markeredgecolor="k", markersize=10))
-        labels.append(EDGE_LABEL)
+        labels.append(EDGE_MOMENTUM_LABEL if label_momenta else EDGE_LABEL)
     _legend(figure, handles, labels, [MOMENTUM_NOTE] if label_momenta else [])
     return figure
 
