@@ -78,6 +78,8 @@ class SimulationSettings(Settings):
     stale_reads: str
     real_seconds: float
     simulated: bool = True
+    stragglers: str | None = field(default=None, metadata=OMIT_NONE)
+    worker_speeds: list | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +141,9 @@ class Simulation:
     stale_reads : "snapshots", "log" or "auto".
     eval_every : updates between history rows, or None for about 50 rows (the sim backend's
         ``DEFAULT_EVALUATIONS``).
+    slowness : the event schedule's per-worker compute-time multipliers, or None (alike workers;
+        :func:`hogwild_mts.backends.sim.simulator.worker_slowness`).
+    stragglers, worker_speeds : the options that gave ``slowness``, as results describe them.
     """
 
     draw_tau: object
@@ -147,6 +152,9 @@ class Simulation:
     update_seconds: float
     stale_reads: str
     eval_every: int | None
+    slowness: np.ndarray | None = None
+    stragglers: str | None = None
+    worker_speeds: list | None = None
 
 
 @dataclass(frozen=True)

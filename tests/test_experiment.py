@@ -2,6 +2,7 @@
 reached, report, and bad configurations refused before anything runs."""
 
 import csv
+import io
 import json
 import os
 import re
@@ -12,12 +13,16 @@ import pytest
 from hogwild_mts.app import experiment
 from hogwild_mts.app.cli import main
 from hogwild_mts.app.experiment import ConfigError, load_config, run_grid, target_reached
-from hogwild_mts.app.plots import RunDirError, draw_all
+from hogwild_mts.app.plots import RunDirError, draw_all, figures
 
 TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
         "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--eval-updates", "40", "--alphas", "0.5"]
 PLOTS = ("staleness.png", "loss_vs_updates.png", "loss_vs_time.png", "alpha_tables.png",
          "best_vs_workers.png", "transfer_vs_workers.png")
+
+
+def read_config_file(run_dir):
+    return json.loads((run_dir / "config.json").read_text())
 
 
 def read_csv(path):
@@ -182,9 +187,9 @@ def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
     assert os.path.getsize(path) > 1000
 
 
-def _row(policy, alpha, workers, updates, target=0.5, reached=2):
+def _row(policy, alpha, workers, updates, target=0.5, reached=2, momentum=0.0):
     """A summary.csv row with two seeds at ``updates`` (a list of two)."""
-    return {"policy": policy, "alpha": alpha, "workers": workers, "target": target, "seeds": 2,
+    return {"policy": policy, "alpha": alpha, "momentum": momentum, "workers": workers, "target": target, "seeds": 2,
             "reached": reached, "resolution_max": 0.01, "updates_to_target_mean": sum(updates) / 2,
             "updates_to_target_std": abs(updates[0] - updates[1]) / 2 ** 0.5,
             "updates_to_target_min": min(updates), "updates_to_target_max": max(updates)}
@@ -249,23 +254,143 @@ def test_a_grid_with_momentum_runs_and_binds_the_policies_with_it(tmp_path, monk
     monkeypatch.setattr(experiment, "make_engine", lambda c, cell: made.append(original(c, cell)) or made[-1])
     assert run_grid(config, str(tmp_path), plots=False) == {"ran": 2, "skipped": 0, "cells": 2}
     assert [engine.momentum for engine in made] == [0.5, 0.5]
-    record = json.loads((tmp_path / "cells" / "mts-a0.1-m2-s0.json").read_text())
-    assert not record["diverged"] and record["updates"] == 200
+    record = json.loads((tmp_path / "cells" / "mts-a0.1-mu0.5-m2-s0.json").read_text())
+    assert not record["diverged"] and record["updates"] == 200 and record["momentum"] == 0.5
     policy = experiment.make_policy("mindthestep", alpha=0.1, target="momentum", mu=0.9, min_samples=0)
     policy.bind(2, 0.5)
     policy.observe(np.asarray(record["staleness_histogram"], dtype=np.int64))
     assert record["alpha_table"] == [float(a) for a in policy.table()[:experiment.ALPHA_TABLE_ENTRIES]]
-    config["momentum"] = 0.0
-    with pytest.raises(ConfigError, match="other settings.*momentum"):
-        run_grid(config, str(tmp_path), plots=False)
+    config["momenta"] = [0.5, 0.0]      # momenta are part of the grid: extending them reuses cells
+    assert run_grid(config, str(tmp_path), plots=False) == {"ran": 2, "skipped": 2, "cells": 4}
+    assert made[-1].momentum == 0.0 and (tmp_path / "cells" / "mts-a0.1-m2-s0.json").exists()
 
 
 def test_a_run_directory_from_before_momentum_resumes(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
                                 "seeds": [0], "workers": [1], "policies": ["constant"], "alphas": [0.1]})
-    older = {key: value for key, value in config.items() if key not in ("momentum", "weight_decay")}
+    older = {key: value for key, value in config.items()
+             if key not in ("momenta", "weight_decay", "stragglers", "worker_speeds")}
     (tmp_path / "config.json").write_text(json.dumps(older))
     experiment.prepare_run_dir(str(tmp_path), config)
+
+
+def test_a_run_directory_with_one_momentum_resumes_under_momenta(tmp_path, capsys):
+    settings = {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1, "seeds": [0],
+                "workers": [2], "policies": ["constant"], "alphas": [0.1], "targets": [0.6]}
+    config = load_config(None, {**settings, "momentum": 0.5})
+    assert config["momenta"] == [0.5] and "momentum" not in config
+    run_grid(config, str(tmp_path), plots=False)
+    # as a run from before momenta left it: a single momentum in config.json, none in the cells
+    old_config = {key: value for key, value in config.items() if key != "momenta"}
+    (tmp_path / "config.json").write_text(json.dumps({**old_config, "momentum": 0.5}))
+    cell = tmp_path / "cells" / "constant-a0.1-mu0.5-m2-s0.json"
+    record = json.loads(cell.read_text())
+    del record["momentum"]
+    record["name"] = "constant-a0.1-m2-s0"
+    cell.unlink()
+    (tmp_path / "cells" / "constant-a0.1-m2-s0.json").write_text(json.dumps(record))
+    assert main(["report", str(tmp_path), "--dpi", "50"]) == 0     # an old run still reports
+    assert read_csv(tmp_path / "best.csv")[0]["momentum"] == "0.5"
+    assert json.loads(cell.read_text())["momentum"] == 0.5
+    again = load_config(None, {**settings, "momenta": [0.5, 0.0]})
+    assert run_grid(again, str(tmp_path), plots=False) == {"ran": 1, "skipped": 1, "cells": 2}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({**settings, "momentum": 0.25}))
+    assert load_config(str(path), {})["momenta"] == [0.25]
+    assert load_config(str(path), {"momenta": [0.0, 0.9]})["momenta"] == [0.0, 0.9]
+    with pytest.raises(ConfigError, match="both momentum and momenta"):
+        load_config(None, {"momentum": 0.5, "momenta": [0.5]})
+
+
+def test_a_grid_over_two_momenta_names_the_winning_momentum(tmp_path):
+    config = load_config(None, {"data": "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "epochs": 2,
+                                "seeds": [0, 1], "workers": [1, 4], "policies": ["constant"],
+                                "alphas": [0.2, 0.5], "momenta": [0.0, 0.5], "targets": [0.6],
+                                "eval_updates": 20})
+    log = io.StringIO()
+    assert run_grid(config, str(tmp_path), plots=False, log=log)["ran"] == 16
+    summary = read_csv(tmp_path / "summary.csv")
+    assert {(s["momentum"], s["alpha"]) for s in summary} == {(mu, a) for mu in ("0.0", "0.5")
+                                                              for a in ("0.2", "0.5")}
+    best = {(b["policy"], b["workers"]): b for b in read_csv(tmp_path / "best.csv")}
+    assert set(best) == {(p, m) for p in ("constant", "constant@mu0", "constant@mu0.5") for m in ("1", "4")}
+    for m in ("1", "4"):
+        fastest = min((s for s in summary if s["workers"] == m and s["reached"] == "2"),
+                      key=lambda s: float(s["updates_to_target_mean"]))
+        assert (best[("constant", m)]["momentum"], best[("constant", m)]["alpha"]) == \
+            (fastest["momentum"], fastest["alpha"])
+        assert best[(f"constant@mu{float(fastest['momentum']):g}", m)]["vs_best_constant"] == "1.0"
+        assert best[("constant@mu0", m)]["fixed_momentum"] == "0.0"
+    transfer = {(t["policy"], t["workers"]): t for t in read_csv(tmp_path / "transfer.csv")}
+    assert transfer[("constant", "4")]["momentum"] == best[("constant", "1")]["momentum"]
+    assert f"best momentum of constant at target 0.6: m = 1: mu {float(best[('constant', '1')]['momentum']):g}" \
+        in log.getvalue()
+    figure = figures(str(tmp_path))["best_vs_workers"]
+    assert [a for a in figure.findobj() if a.get_gid() == "momentum:constant"]
+
+
+def test_the_best_momentum_at_the_edge_of_the_momenta_is_flagged_and_transfers():
+    config = load_config(None, {"policies": ["constant"], "workers": [1, 16], "alphas": [0.5, 1.0, 2.0],
+                                "momenta": [0.0, 0.5, 0.9]})
+    summary = [_row("constant", 1.0, 1, [100, 100], momentum=0.9), _row("constant", 1.0, 1, [150, 150]),
+               _row("constant", 1.0, 16, [300, 300], momentum=0.9), _row("constant", 1.0, 16, [200, 200]),
+               _row("constant", 0.5, 16, [250, 250], momentum=0.5)]
+    best, transfer = experiment.compare(config, summary)
+    best = {(b["policy"], b["workers"]): b for b in best}
+    assert best[("constant", 1)]["momentum"] == 0.9 and best[("constant", 1)]["momentum_at_grid_edge"]
+    assert best[("constant", 16)]["momentum"] == 0.0 and not best[("constant", 16)]["momentum_at_grid_edge"]
+    assert best[("constant@mu0", 1)]["vs_best_constant"] == pytest.approx(1.5)
+    assert best[("constant@mu0.5", 16)]["alpha"] == 0.5 and not best[("constant@mu0.5", 1)]["reached"]
+    transfer = {(t["policy"], t["workers"]): t for t in transfer}
+    assert (transfer[("constant", 16)]["alpha"], transfer[("constant", 16)]["momentum"]) == (1.0, 0.9)
+    assert transfer[("constant", 16)]["vs_own_smallest_m"] == pytest.approx(3.0)
+    assert transfer[("constant@mu0", 16)]["vs_own_smallest_m"] == pytest.approx(200 / 150)
+    notes = experiment.edge_notes(list(best.values()), config)
+    assert "note: constant's best momentum is the largest of the momenta (0.9 of 0-0.9) for target " \
+           "0.5 at m = 1: try larger (below 1) momenta" in notes
+    assert not any("smallest of the momenta" in line for line in notes)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"stragglers": "0.1:10"}, "need staleness 'event', not 'calibrated'"),
+    ({"staleness": "event", "stragglers": "ten"}, r"stragglers must be 'SHARE:FACTOR'.*\(at m = 1\)"),
+    ({"staleness": "event", "worker_speeds": [1, 2, 3, 4]}, r"as one list fits a grid of one m, not workers \[1, 4, 16\]"),
+    ({"staleness": "event", "workers": [2], "worker_speeds": [1, 2, 3]}, r"one speed per worker \(2\), got 3: .*\(at m = 2\)"),
+    ({"staleness": "event", "workers": [2, 4], "worker_speeds": {"2": [1, 2]}}, "no list for m = 4"),
+    ({"staleness": "event", "workers": [2], "worker_speeds": {"2": [1, 2], "3": [1, 1, 1]}},
+     r"lists for m = 3, which the grid's workers \[2\] lack"),
+    ({"staleness": "event", "workers": [2], "worker_speeds": [1, -1]}, "finite numbers > 0, got -1"),
+    ({"mode": "real", "stragglers": "0.1:10"}, "need mode 'simulated', not 'real'"),
+    ({"momenta": []}, "momenta must be a non-empty list"),
+    ({"momenta": [0.0, 1.0]}, r"momentum must be a finite number in \[0, 1\), got 1.0"),
+    ({"momenta": [0.5, 0.5]}, "momenta has repeated entries"),
+])
+def test_heterogeneous_workers_and_momenta_are_checked_before_running(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_stragglers_and_worker_speeds_reach_the_simulator(tmp_path, capsys):
+    config = load_config(None, {"staleness": "event", "workers": [2, 4], "stragglers": "0.25:10"})
+    engine = experiment.make_engine(config, {"policy": "constant", "alpha": 1.0, "momentum": 0.0,
+                                             "workers": 4, "seed": 0})
+    assert engine.slowness.tolist() == pytest.approx([0.775] * 3 + [7.75])   # speeds 1, 1, 1, 0.1 over their mean
+    config = load_config(None, {"staleness": "event", "workers": [2, 3],
+                                "worker_speeds": {"2": [1, 3], "3": [1, 1, 2]}})
+    engine = experiment.make_engine(config, {"policy": "constant", "alpha": 1.0, "momentum": 0.0,
+                                             "workers": 2, "seed": 0})
+    assert engine.worker_speeds == [1, 3]
+    out = str(tmp_path / "run")
+    assert main(["experiment", "--out", out, "--staleness", "event", "--worker-speeds", "1,2,3",
+                 "--workers", "2"]) == 2
+    assert "one speed per worker (2), got 3" in capsys.readouterr().err
+    assert main(["experiment", "--out", out, "--stragglers", "0.5:4", "--staleness", "event",
+                 "--momenta", "0,0.5", "--momentum", "0.5"]) == 2
+    assert "both momentum and momenta" in capsys.readouterr().err
+    assert main(["experiment", "--out", out, "--stragglers", "0.5:4", "--staleness", "event", "--no-plots",
+                 *TINY, "--targets", "0.6", "--policies", "constant", "--momenta", "0,0.5"]) == 0
+    assert json.loads((tmp_path / "run" / "cells" / "constant-a0.5-mu0.5-m4-s1.json").read_text())["updates"] > 0
+    assert read_config_file(tmp_path / "run")["stragglers"] == "0.5:4"
 
 
 # ------------------------------------------------------------- hostile labels, names, run files

@@ -9,7 +9,7 @@ from hogwild_mts.backends.sim import simulator as simulate
 from hogwild_mts.data.tabular import as_dataset, synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import DivergenceError, Engine
 from hogwild_mts.kernels.reference import loss_derivative, rows
-from hogwild_mts.backends.sim.simulator import event_schedule
+from hogwild_mts.backends.sim.simulator import event_schedule, straggler_count, worker_slowness
 from hogwild_mts.engines.simulated import Simulator
 from hogwild_mts.staleness.models import Poisson
 from hogwild_mts.models.linear import LinearModel
@@ -213,6 +213,60 @@ def test_random_compute_times_give_mean_staleness_near_m_minus_one():
     assert taus.max() > 3 * 7  # exponential compute times have a tail
 
 
+@pytest.mark.parametrize("compute", ["exponential", "lognormal:1.5"])
+def test_stragglers_land_proportionally_fewer_updates(compute):
+    workers, factor = 16, 10.0
+    slowness = worker_slowness(workers, "0.125:10")
+    assert slowness == pytest.approx([slowness[0]] * 14 + [factor * slowness[0]] * 2)
+    assert np.mean(1 / slowness) == pytest.approx(1.0)  # speeds rescaled to mean 1
+    workers_of, _, times = event_schedule(np.full(workers, 3000), compute, np.random.default_rng(2),
+                                          slowness=slowness)
+    # while every worker still has work (the first half of the landings), the two stragglers land
+    # about 1/10 of what a fast worker lands
+    early = np.bincount(workers_of[: workers_of.size // 2], minlength=workers)
+    share = early[14:].mean() / early[:14].mean()
+    assert 0.5 / factor < share < 2.0 / factor
+    # the unit is kept: m workers of mean speed 1 land about m updates per time unit
+    index = workers_of.size // 2
+    assert 0.8 * workers < index / times[index] < 1.25 * workers
+
+
+def test_worker_speeds_set_each_workers_rate_and_alike_workers_change_nothing(sparse):
+    slowness = worker_slowness(4, worker_speeds=[1, 2, 2, 3])
+    assert slowness == pytest.approx([2.0, 1.0, 1.0, 2 / 3])
+    workers_of, _, _ = event_schedule(np.full(4, 4000), "gamma:4", np.random.default_rng(0),
+                                      slowness=slowness)
+    early = np.bincount(workers_of[:6000], minlength=4)
+    assert early[3] / early[0] == pytest.approx(3.0, rel=0.2)
+    assert worker_slowness(4) is None and worker_slowness(4, worker_speeds=[2.5] * 4) is None
+    assert worker_slowness(5, "0:10") is None
+    default = Simulator("logreg", workers=4, epochs=1, seed=3).fit(sparse)
+    alike = Simulator("logreg", workers=4, epochs=1, seed=3, worker_speeds=[7] * 4).fit(sparse)
+    assert np.array_equal(default.params, alike.params)
+    assert np.array_equal(default.history["time_s"], alike.history["time_s"])
+    slow = Simulator("logreg", workers=4, epochs=1, seed=3, stragglers="0.25:8").fit(sparse)
+    assert slow.to_dict()["settings"]["stragglers"] == "0.25:8"
+    assert "stragglers" not in default.to_dict()["settings"]
+    assert slow.staleness_histogram.sum() == default.staleness_histogram.sum()
+    assert not np.array_equal(slow.staleness_histogram, default.staleness_histogram)
+
+
+@pytest.mark.parametrize("workers,share,count", [(10, 0.1, 1), (16, 0.1, 2), (4, 0.1, 1), (4, 0.125, 1),
+                                                 (4, 0.375, 2), (8, 0.0, 0), (3, 1.0, 3)])
+def test_straggler_count_rounds_to_nearest_and_at_least_one(workers, share, count):
+    assert straggler_count(workers, share) == count
+
+
+def test_ten_percent_of_updates_ten_times_staler_is_a_mixture_histogram(sparse):
+    from scipy.stats import poisson
+
+    taus = np.arange(200)
+    pmf = 0.9 * poisson.pmf(taus, 3) + 0.1 * poisson.pmf(taus, 30)   # the recipe in docs/policies.md
+    result = Simulator("logreg", workers=4, epochs=2, staleness=np.round(pmf * 1e12).astype(np.int64)).fit(sparse)
+    counts = result.staleness_histogram
+    assert counts[20:].sum() / counts.sum() == pytest.approx(0.1, abs=0.03)
+
+
 def test_simulator_is_deterministic_and_seeded(sparse):
     runs = [Simulator("logreg", "tail", alpha=0.5, workers=8, epochs=2, seed=s, compute="gamma:2").fit(sparse)
             for s in (0, 0, 1)]
@@ -260,6 +314,16 @@ def test_divergence_is_reported():
     (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
     (dict(momentum=-0.5), "got -0.5"),
     (dict(momentum=float("nan")), "got nan"),
+    (dict(stragglers="0.1"), "stragglers must be 'SHARE:FACTOR'"),
+    (dict(stragglers="1.5:10"), r"got '1.5:10'"),
+    (dict(stragglers="0.1:0.5"), "FACTOR >= 1"),
+    (dict(stragglers=0.1), "stragglers must be"),
+    (dict(worker_speeds=[1, 2, 3]), r"one speed per worker \(2\), got 3"),
+    (dict(worker_speeds=[1, 0]), "finite numbers > 0, got 0"),
+    (dict(worker_speeds=[1, float("inf")]), "got inf"),
+    (dict(worker_speeds="fast"), "must be a list of 2"),
+    (dict(worker_speeds=[1, 2], stragglers="0.5:2"), "not both"),
+    (dict(worker_speeds=[1, 2], staleness="poisson"), "event-driven schedule"),
 ])
 def test_bad_input_is_refused_before_running(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,19 +1,24 @@
-"""Experiment grids: policies x step sizes x workers x seeds on one task, with updates- and
-time-to-target at several target losses, and the two fair comparisons.
+"""Experiment grids: policies x step sizes x momenta x workers x seeds on one task, with
+updates- and time-to-target at several target losses, and the two fair comparisons.
 
-A run directory holds ``config.json``, one ``cells/<policy>-a<alpha>-m<workers>-s<seed>.json`` per
-finished cell (written atomically, so an interrupted grid resumes where it stopped), and the tables
-rebuilt from the cells after every run:
+A run directory holds ``config.json``, one ``cells/<policy>-a<alpha>[-mu<momentum>]-m<workers>-s<seed>.json``
+per finished cell (``-mu..`` only for a momentum other than 0; written atomically, so an
+interrupted grid resumes where it stopped), and the tables rebuilt from the cells after every run:
 
 * ``cells.csv`` -- one row per cell and target;
-* ``summary.csv`` -- per policy, step, m and target: seeds reaching it, the spread over seeds
-  (mean, std, min, max) of updates- and time-to-target, the worst resolution;
-* ``best.csv`` -- *best against best*: per policy, m and target, the step of the grid with the
-  fewest mean updates among those where every seed reached the target (flagged when it is the
-  grid's smallest or largest: the grid may be too narrow), and its ratio to the best constant
-  step and to the best baseline (constant, inverse, exponential, tail) at that m;
-* ``transfer.csv`` -- *transfer*: the step each policy tuned at the smallest m, used unchanged at
-  every m; ratio to its own smallest-m updates and to the best-tuned constant and baseline at that m;
+* ``summary.csv`` -- per policy, step, momentum, m and target: seeds reaching it, the spread over
+  seeds (mean, std, min, max) of updates- and time-to-target, the worst resolution;
+* ``best.csv`` -- *best against best*: per policy, m and target, the (step, momentum) of the grid
+  with the fewest mean updates among those where every seed reached the target (each flagged when
+  it is the grid's smallest or largest: the grid may be too narrow; a best momentum of 0 is not
+  flagged, momentum cannot go lower), and its ratio to the best constant and to the best baseline
+  (constant, inverse, exponential, tail) at that m, each tuned over steps and momenta.  With
+  several momenta, every policy also has one row per momentum held fixed, labelled
+  ``<policy>@mu<momentum>`` (``fixed_momentum`` says which), tuned over the steps only: so
+  ``constant@mu0`` against ``constant`` (``vs_best_constant``) is what tuning the momentum gains;
+* ``transfer.csv`` -- *transfer*: the step and momentum each policy (and each fixed-momentum
+  label) tuned at the smallest m, used unchanged at every m; ratio to its own smallest-m updates
+  and to the best-tuned constant and baseline at that m;
 * ``staleness_fits.csv`` -- per m: the tail share above 10x the median, TV and AIC of each
   staleness model (the empirical histogram as the reference) and the best parametric one by
   AIC; ``plots/*.png``
@@ -24,13 +29,17 @@ Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` w
 :class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec with
 :class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  ``momentum`` (default 0, any
 task and mode) gives every worker a private heavy-ball velocity and binds the policies with it;
-``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
+``momenta`` (a list, default [0]; ``momentum: x`` is the same as ``momenta: [x]``) makes the
+momentum part of the grid, tuned per policy and m like the step; ``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
 Every run evaluates the loss
 every ``eval_updates`` updates (in real runs the workers copy the parameters at each due count,
 and the copies are scored after the run).  A cell reaches a target where its loss curve first
 crosses it: updates- and time-to-target are interpolated linearly between the history rows on
 either side, and the *resolution* is the gap between those rows over the updates to target.
-``time_to_target`` is in the run's seconds (simulated seconds in simulated mode).
+``time_to_target`` is in the run's seconds (simulated seconds in simulated mode).  Simulated
+runs with ``staleness: "event"`` may have heterogeneous workers: ``stragglers`` ('SHARE:FACTOR')
+or ``worker_speeds`` (a list of m speeds when the grid has one m, or an object mapping each m of
+the grid to its list), as :class:`~hogwild_mts.engines.simulated.Simulator` takes them.
 """
 
 from __future__ import annotations
@@ -56,7 +65,8 @@ from hogwild_mts.policies.step_sizes import (POLICIES, AdaptivePolicy, make_poli
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
-GRID_KEYS = ("policies", "alphas", "workers", "seeds")
+GRID_KEYS = ("policies", "alphas", "momenta", "workers", "seeds")
+MOMENTUM_ALIAS = "momentum"   # momentum: x (a config file or --momentum) means momenta: [x]
 BASELINES = ("constant", "inverse", "exponential", "tail")   # registered names compared against
 ALPHA_TABLE_ENTRIES = 256  # alpha(tau) entries stored per cell for the plots
 CALIBRATED = "calibrated"
@@ -85,7 +95,9 @@ QUICK = {
     "staleness": CALIBRATED,
     "compute": "exponential",
     "eval_updates": 300,
-    "momentum": 0.0,        # explicit heavy-ball momentum of every worker, in [0, 1)
+    "stragglers": None,     # simulated event staleness: 'SHARE:FACTOR' slower workers
+    "worker_speeds": None,  # simulated event staleness: m speeds, or {m: speeds} per m of the grid
+    "momenta": [0.0],       # explicit heavy-ball momenta of every worker, each in [0, 1); tuned
     "weight_decay": 0.0,    # torch task only; linear tasks: l2 is the weight decay
 }
 # Policy labels and experiment names become file names (cells/<label>-a..json, runs/<name>):
@@ -106,6 +118,8 @@ def load_config(path: str | None, overrides: dict) -> dict:
     """QUICK, updated from the JSON file at ``path`` (if any), then from ``overrides`` (None
     values ignored); task defaults fill keys neither gave.  Validated: see :func:`check_config`."""
     given = {}
+    overrides = _with_momenta({key: value for key, value in overrides.items() if value is not None},
+                              "the overrides")
     if path is not None:
         try:
             with open(path) as handle:
@@ -116,14 +130,27 @@ def load_config(path: str | None, overrides: dict) -> dict:
             raise ConfigError(f"{path} is not valid JSON: {error}") from None
         if not isinstance(given, dict):
             raise ConfigError(f"{path} must hold a JSON object of settings, got {type(given).__name__}")
-    given.update({key: value for key, value in overrides.items() if value is not None})
+        given = _with_momenta(given, path)
+    given.update(overrides)
     unknown = sorted(set(given) - set(QUICK))
     if unknown:
-        raise ConfigError(f"unknown experiment setting(s) {unknown}; allowed: {sorted(QUICK)}")
+        raise ConfigError(f"unknown experiment setting(s) {unknown}; allowed: "
+                          f"{sorted(set(QUICK) | {MOMENTUM_ALIAS})}")
     config = dict(QUICK)
     config.update(DEFAULTS_BY_TASK.get(given.get("task", QUICK["task"]), {}))
     config.update(given)
     return check_config(config)
+
+
+def _with_momenta(settings: dict, where: str) -> dict:
+    """``settings`` with ``momentum: x`` (the single-momentum form) as ``momenta: [x]``."""
+    if MOMENTUM_ALIAS not in settings:
+        return settings
+    if "momenta" in settings:
+        raise ConfigError(f"both momentum and momenta are given ({where}); give momenta (a list) only")
+    settings = dict(settings)
+    settings["momenta"] = [settings.pop(MOMENTUM_ALIAS)]
+    return settings
 
 
 def _int_list(key: str, value, minimum: int) -> list:
@@ -203,7 +230,13 @@ def check_config(config: dict) -> dict:
     refit = config["refit_every"]
     if refit is not None and (isinstance(refit, bool) or not isinstance(refit, int) or refit < 0):
         raise ConfigError(f"refit_every must be null or an integer >= 0, got {refit!r}")
-    check_probability("momentum", config["momentum"], allow_zero=True, allow_one=False, error=ConfigError)
+    momenta = config["momenta"]
+    if not isinstance(momenta, list) or not momenta:
+        raise ConfigError(f"momenta must be a non-empty list of momenta in [0, 1), got {momenta!r}")
+    for momentum in momenta:
+        check_probability("momentum", momentum, allow_zero=True, allow_one=False, error=ConfigError)
+    if len(set(momenta)) != len(momenta):
+        raise ConfigError(f"momenta has repeated entries: {momenta!r}")
     check_nonnegative("weight_decay", config["weight_decay"], error=ConfigError)
     if config["task"] == "linear" and config["weight_decay"] != 0:
         raise ConfigError(f"weight_decay={config['weight_decay']!r} applies to the torch task; for a "
@@ -225,7 +258,11 @@ def check_config(config: dict) -> dict:
             if config["staleness"] != CALIBRATED:
                 staleness_source(config["staleness"], 1)
             compute_sampler(config["compute"])
-    else:
+            _check_heterogeneous_workers(config)
+    if config["mode"] != "simulated" and (config["stragglers"], config["worker_speeds"]) != (None, None):
+        raise ConfigError("stragglers and worker_speeds shape the simulator's schedule; they need "
+                          f"mode 'simulated', not {config['mode']!r}")
+    if config["task"] != "linear":
         from hogwild_mts.models.nets import NETWORKS
 
         if config["model"] not in NETWORKS:
@@ -233,16 +270,57 @@ def check_config(config: dict) -> dict:
     return config
 
 
+def _check_heterogeneous_workers(config: dict) -> None:
+    """ConfigError unless ``stragglers`` and ``worker_speeds`` suit every m of the grid (the
+    event staleness only: ``calibrated`` and the iid laws have workers take turns)."""
+    from hogwild_mts.backends.sim.simulator import worker_slowness
+
+    if (config["stragglers"], config["worker_speeds"]) == (None, None):
+        return
+    if config["staleness"] != "event":
+        raise ConfigError("stragglers and worker_speeds shape the event-driven schedule; they need "
+                          f"staleness 'event', not {config['staleness']!r} (where workers take turns)")
+    speeds = config["worker_speeds"]
+    if isinstance(speeds, list) and len(config["workers"]) > 1:
+        raise ConfigError(f"worker_speeds as one list fits a grid of one m, not workers {config['workers']}; "
+                          "give an object mapping each m to its list, e.g. {\"2\": [1, 3], \"4\": [1, 1, 1, 3]}")
+    if isinstance(speeds, dict):
+        extra = sorted(set(speeds) - {str(m) for m in config["workers"]})
+        if extra:
+            raise ConfigError(f"worker_speeds has lists for m = {', '.join(extra)}, which the grid's "
+                              f"workers {config['workers']} lack")
+    for workers in config["workers"]:
+        try:
+            worker_slowness(workers, config["stragglers"], worker_speeds_at(config, workers))
+        except ValueError as error:
+            raise ConfigError(f"{error} (at m = {workers})") from None
+
+
+def worker_speeds_at(config: dict, workers: int):
+    """The ``worker_speeds`` list for ``workers`` workers: the one list, or the object's entry
+    for that m (its keys are worker counts as text, as JSON writes them)."""
+    speeds = config["worker_speeds"]
+    if not isinstance(speeds, dict):
+        return speeds
+    if str(workers) not in speeds:
+        raise ConfigError(f"worker_speeds gives no list for m = {workers}; give one for every m of "
+                          f"the grid {config['workers']}")
+    return speeds[str(workers)]
+
+
 def cells_of(config: dict) -> list[dict]:
-    """The grid in run order: workers, then seeds, then policies, then steps (so partial grids
-    compare)."""
-    return [{"policy": p, "alpha": a, "workers": m, "seed": s}
+    """The grid in run order: workers, then seeds, then policies, then momenta, then steps (so
+    partial grids compare)."""
+    return [{"policy": p, "alpha": a, "momentum": mu, "workers": m, "seed": s}
             for m in config["workers"] for s in config["seeds"] for p in config["policies"]
-            for a in alphas_of(config, p)]
+            for mu in config["momenta"] for a in alphas_of(config, p)]
 
 
 def cell_name(cell: dict) -> str:
-    return f"{cell['policy']}-a{cell['alpha']:g}-m{cell['workers']}-s{cell['seed']}"
+    """``<policy>-a<alpha>[-mu<momentum>]-m<workers>-s<seed>``; momentum 0 adds nothing (the
+    names of the grids from before momenta)."""
+    momentum = f"-mu{cell['momentum']:g}" if cell["momentum"] else ""
+    return f"{cell['policy']}-a{cell['alpha']:g}{momentum}-m{cell['workers']}-s{cell['seed']}"
 
 
 def calibrated_staleness(workers: int) -> np.ndarray:
@@ -267,19 +345,44 @@ def _settings(config: dict) -> dict:
     return {key: value for key, value in config.items() if key not in GRID_KEYS + ("name",)}
 
 
+def upgrade_cells(out_dir: str) -> None:
+    """Give the cells of a run directory from before ``momenta`` (its config.json has no such
+    key) their momentum, the config's one ``momentum`` (default 0), under their names
+    (:func:`cell_name`); a no-op for later runs and when every cell has one."""
+    path = os.path.join(out_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    previous = read_config(out_dir)
+    if "momenta" in previous:
+        return
+    momentum = previous.get(MOMENTUM_ALIAS, 0.0)
+    for record in read_cells(out_dir):
+        if "momentum" in record:
+            continue
+        old = os.path.join(out_dir, CELLS_DIR, record["name"] + ".json")
+        record["momentum"] = momentum
+        record["name"] = cell_name(record)
+        write_atomic(os.path.join(out_dir, CELLS_DIR, record["name"] + ".json"),
+                     strict_json(record, indent=None))
+        if record["name"] + ".json" != os.path.basename(old):
+            os.remove(old)
+
+
 def prepare_run_dir(out_dir: str, config: dict) -> None:
     """Create ``out_dir`` or check that it holds the same experiment (grids may differ: extending
-    a grid reuses the cells it shares)."""
+    a grid reuses the cells it shares); cells from before ``momenta`` get their momentum
+    (:func:`upgrade_cells`)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     if os.path.exists(path):
         previous = read_config(out_dir)
         # a config written before a key existed ran with that key's default
-        old, new = _settings({**QUICK, **previous}), _settings(config)
+        old, new = _settings({**QUICK, **_with_momenta(previous, path)}), _settings(config)
         differ = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         if differ:
             raise ConfigError(f"{out_dir} holds an experiment with other settings ({', '.join(differ)}); "
                               "choose another --out or the same settings")
     os.makedirs(os.path.join(out_dir, CELLS_DIR), exist_ok=True)
+    upgrade_cells(out_dir)
     write_atomic(path, strict_json(config))
 
 
@@ -306,7 +409,7 @@ def make_engine(config: dict, cell: dict):
         from hogwild_mts.engines.networks import TorchEngine
 
         return TorchEngine(config["model"], policy, eval_every_updates=config["eval_updates"],
-                           momentum=config["momentum"], weight_decay=config["weight_decay"],
+                           momentum=cell["momentum"], weight_decay=config["weight_decay"],
                            progress=False, defer_evaluation=True, **common)
     from hogwild_mts.models.linear import LinearModel
 
@@ -315,14 +418,16 @@ def make_engine(config: dict, cell: dict):
         from hogwild_mts.engines.linear import Engine
 
         return Engine(model, policy, eval_every_updates=config["eval_updates"],
-                      momentum=config["momentum"], progress=False, defer_evaluation=True, **common)
+                      momentum=cell["momentum"], progress=False, defer_evaluation=True, **common)
     from hogwild_mts.engines.simulated import Simulator
 
     staleness = config["staleness"]
     if staleness == CALIBRATED:
         staleness = calibrated_staleness(cell["workers"])
     return Simulator(model, policy, staleness=staleness, compute=config["compute"],
-                     eval_every=config["eval_updates"], momentum=config["momentum"], **common)
+                     stragglers=config["stragglers"],
+                     worker_speeds=worker_speeds_at(config, cell["workers"]),
+                     eval_every=config["eval_updates"], momentum=cell["momentum"], **common)
 
 
 def target_reached(history: dict, target: float) -> dict:
@@ -348,7 +453,7 @@ def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
     on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
     state = policy_state(make_policy(name, alpha=cell["alpha"], **options), cell["workers"],
-                         config["momentum"])
+                         cell["momentum"])
     table = refit_policy(state, histogram) if state.refit_every else policy_table(state)
     return [float(a) for a in table[:ALPHA_TABLE_ENTRIES]]
 
@@ -384,7 +489,8 @@ def run_cell(config: dict, cell: dict, data) -> dict:
 def run_grid(config: dict, out_dir: str, *, log=None, plots: bool = True,
              stop_signals: list = (), fmt: str = DEFAULT_FORMAT, dpi: int = DEFAULT_DPI) -> dict:
     """Run every cell not already in ``out_dir``; then rewrite the tables (and plots, as ``fmt``
-    at ``dpi``) and say which policies' best steps are at the edge of their step grids.
+    at ``dpi``) say which momentum won at each m (several momenta) and which policies' best steps (or
+    momenta) are at the edge of their grids.
     Returns {"ran": n, "skipped": n, "cells": total}.  ``stop_signals``: the list
     :func:`hogwild_mts.core.signals.stop_on_signals` fills; a signal held while a cell's result
     was being made (so the cell finished) stops the grid after that cell is written
@@ -412,7 +518,7 @@ def run_grid(config: dict, out_dir: str, *, log=None, plots: bool = True,
         if stop_signals:
             raise KeyboardInterrupt
     write_tables(out_dir, config)
-    for line in grid_edge_notes(out_dir, config):
+    for line in grid_notes(out_dir, config):
         print(line, file=log)
     if plots:
         from hogwild_mts.app.plots import draw_all
@@ -429,7 +535,8 @@ def outcomes(record: dict, targets: list) -> list[dict]:
 
 
 def describe_outcome(record: dict, targets: list) -> str:
-    head = f"{record['policy']} alpha={record['alpha']:g} m={record['workers']} seed={record['seed']}: "
+    momentum = f" mu={record['momentum']:g}" if record["momentum"] else ""
+    head = f"{record['policy']} alpha={record['alpha']:g}{momentum} m={record['workers']} seed={record['seed']}: "
     if record["diverged"]:
         return head + "DIVERGED"
     reached = ", ".join(f"{t['target']:g} at {t['updates']:,.0f}" if t["reached"] else f"{t['target']:g} not reached"
@@ -438,7 +545,7 @@ def describe_outcome(record: dict, targets: list) -> str:
 
 
 # ---------------------------------------------------------------------------- tables
-CELL_COLUMNS = ("policy", "alpha", "workers", "seed", "target", "reached", "updates_to_target",
+CELL_COLUMNS = ("policy", "alpha", "momentum", "workers", "seed", "target", "reached", "updates_to_target",
                 "time_to_target", "resolution", "best_loss", "final_loss", "final_accuracy", "diverged",
                 "updates", "train_seconds", "wall_seconds", "staleness_mean", "staleness_p99",
                 "staleness_max")
@@ -455,19 +562,19 @@ def _spread(values: list) -> dict:
 
 
 def summarize(records: list[dict], targets: list) -> list[dict]:
-    """One row per (policy, alpha, workers, target): how many seeds reached the target, the
-    spread over seeds of updates- and time-to-target (reaching seeds only), the worst
+    """One row per (policy, alpha, momentum, workers, target): how many seeds reached the target,
+    the spread over seeds of updates- and time-to-target (reaching seeds only), the worst
     resolution, and the final and best loss (all finished seeds)."""
     groups = {}
     for record in records:
         for outcome in outcomes(record, targets):
-            key = (record["policy"], record["alpha"], record["workers"], outcome["target"])
+            key = (record["policy"], record["alpha"], record["momentum"], record["workers"], outcome["target"])
             groups.setdefault(key, []).append((record, outcome))
     rows = []
-    for (policy, alpha, workers, target), group in groups.items():
+    for (policy, alpha, momentum, workers, target), group in groups.items():
         reached = [outcome for _, outcome in group if outcome["reached"]]
         finished = [record for record, _ in group if not record["diverged"]]
-        row = {"policy": policy, "alpha": alpha, "workers": workers, "target": target,
+        row = {"policy": policy, "alpha": alpha, "momentum": momentum, "workers": workers, "target": target,
                "seeds": len(group), "reached": len(reached), "diverged": len(group) - len(finished),
                "resolution_max": max((o["resolution"] for o in reached), default=None)}
         for key, values in (("updates_to_target", [o["updates"] for o in reached]),
@@ -477,21 +584,41 @@ def summarize(records: list[dict], targets: list) -> list[dict]:
             for stat, value in _spread(values).items():
                 row[f"{key}_{stat}"] = value
         rows.append(row)
-    return sorted(rows, key=lambda row: (-row["target"], row["workers"], row["policy"], row["alpha"]))
+    return sorted(rows, key=lambda row: (-row["target"], row["workers"], row["policy"], row["momentum"],
+                                         row["alpha"]))
 
 
-def _best_rows(summary: list[dict]) -> dict:
-    """(policy, workers, target) -> the summary row of the step with the fewest mean updates
-    among steps where every seed reached the target (ties: smaller std)."""
+def fixed_momentum_label(policy: str, momentum: float) -> str:
+    """The label of ``policy`` with its momentum held at ``momentum`` in best.csv and
+    transfer.csv: ``<policy>@mu<momentum>`` ('@' is in no policy label: SAFE_NAME)."""
+    return f"{policy}@mu{momentum:g}"
+
+
+def _best_rows(summary: list[dict], split_momenta: bool) -> dict:
+    """(label, workers, target) -> the summary row of the (step, momentum) with the fewest mean
+    updates among those where every seed reached the target (ties: smaller std).  Labels: each
+    policy, tuned over steps and momenta, and, when ``split_momenta``, each
+    :func:`fixed_momentum_label`, tuned over the steps at that momentum."""
     best = {}
     for row in summary:
         if row["reached"] < row["seeds"] or row["seeds"] == 0:
             continue
-        key = (row["policy"], row["workers"], row["target"])
         rank = (row["updates_to_target_mean"], row["updates_to_target_std"])
-        if key not in best or rank < (best[key]["updates_to_target_mean"], best[key]["updates_to_target_std"]):
-            best[key] = row
+        labels = [row["policy"]]
+        if split_momenta:
+            labels.append(fixed_momentum_label(row["policy"], row["momentum"]))
+        for label in labels:
+            key = (label, row["workers"], row["target"])
+            if key not in best or rank < (best[key]["updates_to_target_mean"], best[key]["updates_to_target_std"]):
+                best[key] = row
     return best
+
+
+def momentum_at_grid_edge(momentum, momenta: list) -> bool:
+    """Whether a best ``momentum`` is the largest of a grid of several ``momenta``, or its
+    smallest when that is above 0 (0 is no edge: momentum cannot go lower)."""
+    return momentum is not None and len(momenta) > 1 and \
+        (momentum == max(momenta) or (momentum == min(momenta) and momentum > 0))
 
 
 def _reference(best: dict, labels: list, workers: int, target: float):
@@ -510,39 +637,51 @@ def _ratio(numerator, denominator):
 
 def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
     """The best-against-best rows and the transfer rows (see the module docstring) of every
-    policy label in ``summary`` (a run directory may hold cells of earlier, wider grids)."""
-    best = _best_rows(summary)
+    policy label in ``summary`` (a run directory may hold cells of earlier, wider grids), and of
+    every fixed-momentum label when ``summary`` holds several momenta."""
+    split_momenta = len({row["momentum"] for row in summary}) > 1
+    best = _best_rows(summary, split_momenta)
     labels = list(dict.fromkeys(config["policies"] + [row["policy"] for row in summary]))
     labels = [label for label in labels if any(row["policy"] == label for row in summary)]
     names = {label: policy_spec(config, label)[0] for label in labels}
     constants = [label for label, name in names.items() if name == "constant"]
     baselines = [label for label, name in names.items() if name in BASELINES]
-    by_cell = {(r["policy"], r["alpha"], r["workers"], r["target"]): r for r in summary}
+    variants = []   # (label in the tables, policy label, the momentum held or None)
+    for label in labels:
+        variants.append((label, label, None))
+        if split_momenta:
+            momenta = sorted({row["momentum"] for row in summary if row["policy"] == label})
+            variants += [(fixed_momentum_label(label, mu), label, mu) for mu in momenta]
+    by_cell = {(r["policy"], r["alpha"], r["momentum"], r["workers"], r["target"]): r for r in summary}
     present = sorted({(r["workers"], r["target"]) for r in summary}, key=lambda wt: (-wt[1], wt[0]))
     smallest = min((row["workers"] for row in summary), default=None)
     best_rows, transfer_rows = [], []
     for workers, target in present:
         constant, constant_updates = _reference(best, constants, workers, target)
         baseline, baseline_updates = _reference(best, baselines, workers, target)
-        for label in labels:
-            row = best.get((label, workers, target))
+        for variant, label, fixed in variants:
+            row = best.get((variant, workers, target))
             updates = row["updates_to_target_mean"] if row else None
             grid = alphas_of(config, label)
-            out = {"target": target, "workers": workers, "policy": label,
-                   "alpha": row["alpha"] if row else None, "reached": row is not None,
+            out = {"target": target, "workers": workers, "policy": variant, "fixed_momentum": fixed,
+                   "alpha": row["alpha"] if row else None, "momentum": row["momentum"] if row else None,
+                   "reached": row is not None,
                    "resolution_max": row["resolution_max"] if row else None,
                    "alpha_at_grid_edge": bool(row and len(grid) > 1 and row["alpha"] in (min(grid), max(grid))),
+                   "momentum_at_grid_edge": bool(row and fixed is None and
+                                                 momentum_at_grid_edge(row["momentum"], config["momenta"])),
                    "best_constant": constant, "best_baseline": baseline,
                    "vs_best_constant": _ratio(updates, constant_updates),
                    "vs_best_baseline": _ratio(updates, baseline_updates)}
             for stat in SPREAD:
                 out[f"updates_{stat}"] = row[f"updates_to_target_{stat}"] if row else None
             best_rows.append(out)
-            tuned = best.get((label, smallest, target))
-            alpha = tuned["alpha"] if tuned else None
-            cell = by_cell.get((label, alpha, workers, target))
+            tuned = best.get((variant, smallest, target))
+            alpha, momentum = (tuned["alpha"], tuned["momentum"]) if tuned else (None, fixed)
+            cell = by_cell.get((label, alpha, momentum, workers, target))
             updates = cell["updates_to_target_mean"] if cell and cell["reached"] == cell["seeds"] else None
-            out = {"target": target, "workers": workers, "policy": label, "alpha": alpha,
+            out = {"target": target, "workers": workers, "policy": variant, "fixed_momentum": fixed,
+                   "alpha": alpha, "momentum": momentum,
                    "reached": f"{cell['reached']}/{cell['seeds']}" if cell else None,
                    "resolution_max": cell["resolution_max"] if cell else None,
                    "vs_own_smallest_m": _ratio(updates, tuned["updates_to_target_mean"] if tuned else None),
@@ -598,35 +737,73 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
 
 
 def edge_notes(best: list[dict], config: dict) -> list[str]:
-    """One line per policy whose best step (rows of best.csv) is the smallest or largest of its
-    step grid somewhere (the grid may be too narrow there), or one line saying none is."""
+    """One line per policy whose best step (rows of best.csv tuned over every momentum) is the
+    smallest or largest of its step grid somewhere (the grid may be too narrow there), or one
+    line saying none is; with several momenta, likewise for a best momentum at the edge of the
+    momenta (:func:`momentum_at_grid_edge`)."""
+    best = [row for row in best if row.get("fixed_momentum") is None]
     at_edge = {}
     for row in best:
         if row["alpha_at_grid_edge"]:
             at_edge.setdefault(row["policy"], []).append(row)
     tuned = [label for label in dict.fromkeys(row["policy"] for row in best)
              if len(alphas_of(config, label)) > 1]
-    if not at_edge:
-        return ["every policy's best step is inside its step grid (at every m and target)"] if tuned else []
     lines = []
+    if not at_edge:
+        lines += ["every policy's best step is inside its step grid (at every m and target)"] if tuned else []
     for policy, rows in at_edge.items():
         grid = alphas_of(config, policy)
         for alpha, side, hint in ((max(grid), "largest", "larger"), (min(grid), "smallest", "smaller")):
-            where = {}
-            for row in rows:
-                if row["alpha"] == alpha:
-                    where.setdefault(row["target"], []).append(str(row["workers"]))
-            if where:
-                places = "; ".join(f"target {target:g} at m = {', '.join(ms)}" for target, ms in where.items())
+            places = _places([row for row in rows if row["alpha"] == alpha])
+            if places:
                 lines.append(f"note: {policy}'s best step is the {side} of its grid ({alpha:g} of "
                              f"{min(grid):g}-{max(grid):g}) for {places}: try {hint} alphas")
+    momenta = config["momenta"]
+    if len(momenta) > 1:
+        edges = [row for row in best if row.get("momentum_at_grid_edge")]
+        if not edges:
+            lines.append("every policy's best momentum is inside the momenta (or 0) at every m and target")
+        for policy in dict.fromkeys(row["policy"] for row in edges):
+            for momentum, side, hint in ((max(momenta), "largest", "larger (below 1)"),
+                                         (min(momenta), "smallest", "smaller")):
+                places = _places([row for row in edges if row["policy"] == policy and row["momentum"] == momentum])
+                if places:
+                    lines.append(f"note: {policy}'s best momentum is the {side} of the momenta ({momentum:g} "
+                                 f"of {min(momenta):g}-{max(momenta):g}) for {places}: try {hint} momenta")
     return lines
 
 
-def grid_edge_notes(out_dir: str, config: dict) -> list[str]:
-    """:func:`edge_notes` of the run directory's summary.json (written by write_tables)."""
+def _places(rows: list[dict]) -> str:
+    """'target 0.3 at m = 1, 4; target 0.2 at m = 16' of best.csv rows ('' for none)."""
+    where = {}
+    for row in rows:
+        where.setdefault(row["target"], []).append(str(row["workers"]))
+    return "; ".join(f"target {target:g} at m = {', '.join(ms)}" for target, ms in where.items())
+
+
+def momentum_notes(best: list[dict], config: dict) -> list[str]:
+    """With several momenta: per policy and target, the best (momentum, step) at each m (rows of
+    best.csv tuned over every momentum; '-' where no pair reached the target at every seed)."""
+    if len(config["momenta"]) < 2:
+        return []
+    lines = []
+    best = [row for row in best if row.get("fixed_momentum") is None]
+    for target in dict.fromkeys(row["target"] for row in best):
+        for policy in dict.fromkeys(row["policy"] for row in best):
+            mine = sorted((row for row in best if row["policy"] == policy and row["target"] == target),
+                          key=lambda row: row["workers"])
+            pairs = ", ".join(f"m = {row['workers']}: " + (f"mu {row['momentum']:g} (alpha {row['alpha']:g})"
+                                                           if row["reached"] else "-") for row in mine)
+            lines.append(f"best momentum of {policy} at target {target:g}: {pairs}")
+    return lines
+
+
+def grid_notes(out_dir: str, config: dict) -> list[str]:
+    """:func:`momentum_notes` and :func:`edge_notes` of the run directory's summary.json
+    (written by write_tables): the console's summary of a grid."""
     with open(os.path.join(out_dir, SUMMARY_FILE)) as handle:
-        return edge_notes(json.load(handle)["best"], config)
+        best = json.load(handle)["best"]
+    return momentum_notes(best, config) + edge_notes(best, config)
 
 
 def write_tables(out_dir: str, config: dict) -> None:
@@ -643,7 +820,7 @@ def write_tables(out_dir: str, config: dict) -> None:
                        resolution=outcome["resolution"], staleness_mean=tau.get("mean"),
                        staleness_p99=tau.get("p99"), staleness_max=tau.get("max"))
             flat.append(row)
-    flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["alpha"], r["seed"]))
+    flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["momentum"], r["alpha"], r["seed"]))
     _write_csv(os.path.join(out_dir, "cells.csv"), flat, CELL_COLUMNS)
     summary = summarize(records, config["targets"])
     best, transfer = compare(config, summary)
@@ -692,9 +869,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--refit-every", type=int, help="own updates between refits of adaptive policies")
     parser.add_argument("--staleness", help="simulated: calibrated (default), event, poisson or geometric")
     parser.add_argument("--compute", help="simulated event model: constant, exponential, gamma:K, lognormal:S")
+    parser.add_argument("--stragglers", metavar="SHARE:FACTOR", help="simulated event model: a share "
+                        "of the workers (at least one when > 0) FACTOR times slower, e.g. 0.1:10")
+    parser.add_argument("--worker-speeds", type=_comma_list(float), help="simulated event model: "
+                        "comma-separated relative speeds, one per worker (a grid with one m)")
     parser.add_argument("--eval-updates", type=int, help="updates between loss evaluations")
     parser.add_argument("--momentum", type=float, help="explicit heavy-ball momentum in [0, 1) of "
-                        "every worker (torch.optim.SGD; default 0)")
+                        "every worker (torch.optim.SGD; default 0); the same as --momenta with one")
+    parser.add_argument("--momenta", type=_comma_list(float), help="comma-separated momenta tried "
+                        "for every policy (tuned per m with the step)")
     parser.add_argument("--weight-decay", type=float, help="torch task: weight decay >= 0 (linear "
                         "models: use --l2)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
@@ -723,7 +906,7 @@ def add_figure_arguments(parser) -> None:
 def main(args, stop_signals: list = ()) -> int:
     """``hogwild-mts experiment``: load the config, run the missing cells, write tables and plots
     (``stop_signals``: see :func:`run_grid`)."""
-    overrides = {key: getattr(args, key) for key in QUICK if hasattr(args, key)}
+    overrides = {key: getattr(args, key) for key in (*QUICK, MOMENTUM_ALIAS) if hasattr(args, key)}
     config = load_config(args.config, overrides)
     out_dir = args.out or os.path.join("runs", config["name"])
     outcome = run_grid(config, out_dir, plots=not args.no_plots, stop_signals=stop_signals,
@@ -748,8 +931,9 @@ def report_main(args) -> int:
 
     check_run_dir(args.run_dir)
     config = run_config(args.run_dir)
+    upgrade_cells(args.run_dir)
     write_tables(args.run_dir, config)
-    for line in grid_edge_notes(args.run_dir, config):
+    for line in grid_notes(args.run_dir, config):
         print(line)
     for path in draw_all(args.run_dir, args.format, args.dpi):
         print(f"wrote {path}")

@@ -21,8 +21,9 @@ its panels.
 * ``alpha_tables``: per m, each policy's alpha(tau) at its shown step as its cells ended (mean
   over seeds), identical tables noted likewise;
 * ``best_vs_workers`` and ``transfer_vs_workers``: per target, updates to target against m for
-  each policy (best against best; the step tuned at the smallest m), mean over seeds with
-  min-max bars; a policy that misses the target at some m is drawn there as its open marker at
+  each policy (best against best; the step and momentum tuned at the smallest m), mean over seeds
+  with min-max bars, each point labelled with its momentum when the grid has several (the
+  fixed-momentum labels of best.csv are left out); a policy that misses the target at some m is drawn there as its open marker at
   the top of the panel, and a point whose step is at the edge of the policy's step grid is
   ringed (the grid may be too narrow); when the two figures show the same numbers (each policy's
   best step is the same at every m) the transfer figure says so.
@@ -63,6 +64,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 KNOWN_POLICIES = ("constant", "inverse", "exponential", "tail", "mindthestep")
 MISSED_LABEL = "target not reached (open marker at the top)"
 EDGE_LABEL = "step at the edge of its grid (ringed): widen the grid"
+EDGE_MOMENTUM_LABEL = "step or momentum at the edge of its grid (ringed): widen the grid"
+MOMENTUM_NOTE = "the number at each point: its momentum"
 BAND_BELOW = 0.88   # missed targets sit in the band above this share of a comparison panel's height
 MISSED_AT = 0.94
 
@@ -319,39 +322,51 @@ def _mean_curve(group: list[dict], x_key: str):
     return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def _setting(row: dict) -> tuple:
+    """(step, momentum) of a cell record or summary row (momentum 0 where a row has none)."""
+    return row["alpha"], row.get("momentum", 0.0)
+
+
 def shown_alphas(records: list[dict], summary: list[dict]) -> dict:
-    """(policy, workers) -> the step whose curves are drawn: the best step (every seed reached,
-    fewest mean updates) at the lowest target any step of that policy reached at that m (rows of
-    summary.json); else the step with the lowest mean final loss."""
+    """(policy, workers) -> the (step, momentum) whose curves are drawn: the best pair (every
+    seed reached, fewest mean updates) at the lowest target any pair of that policy reached at
+    that m (rows of summary.json); else the pair with the lowest mean final loss."""
     chosen = {}
     for row in sorted(summary, key=lambda r: (r["target"], r["updates_to_target_mean"] or 0)):
         key = (row["policy"], row["workers"])
         if row["seeds"] and row["reached"] == row["seeds"] and key not in chosen:
-            chosen[key] = row["alpha"]
+            chosen[key] = _setting(row)
     finals = {}
     for record in records:
-        finals.setdefault((record["policy"], record["workers"], record["alpha"]), []).append(
+        finals.setdefault((record["policy"], record["workers"], _setting(record)), []).append(
             math.inf if record["diverged"] else record["final_loss"])
-    for (policy, workers, alpha), values in sorted(finals.items(), key=lambda item: np.mean(item[1])):
-        chosen.setdefault((policy, workers), alpha)
+    for (policy, workers, setting), values in sorted(finals.items(), key=lambda item: np.mean(item[1])):
+        chosen.setdefault((policy, workers), setting)
     return chosen
 
 
 def _shown(records: list[dict], summary: list[dict]) -> list[dict]:
     chosen = shown_alphas(records, summary)
-    return [r for r in records if chosen.get((r["policy"], r["workers"])) == r["alpha"]]
+    return [r for r in records if chosen.get((r["policy"], r["workers"])) == _setting(r)]
+
+
+def _step_text(setting: tuple, with_momentum: bool) -> str:
+    alpha, momentum = setting
+    return f"{alpha:g}" + (f" mu {momentum:g}" if with_momentum else "")
 
 
 def _step_labels(shown: list[dict], policies: list[str], workers: list) -> list[str]:
-    """Legend text per policy: its shown step, or its step at each m (in ``workers`` order, as
-    the title says) where they differ."""
+    """Legend text per policy: its shown step (and momentum, where any is not 0), or its step at
+    each m (in ``workers`` order, as the title says) where they differ."""
     labels = []
+    with_momentum = any(r.get("momentum", 0.0) for r in shown)
     for policy in policies:
-        steps = {r["workers"]: r["alpha"] for r in shown if r["policy"] == policy}
+        steps = {r["workers"]: _setting(r) for r in shown if r["policy"] == policy}
         if len(set(steps.values())) <= 1:
-            labels.append(f"{policy} (alpha {next(iter(steps.values())):g})" if steps else policy)
+            labels.append(f"{policy} (alpha {_step_text(next(iter(steps.values())), with_momentum)})"
+                          if steps else policy)
         else:
-            labels.append(f"{policy} (alpha {', '.join(f'{steps[m]:g}' if m in steps else '-' for m in workers)})")
+            labels.append(f"{policy} (alpha {', '.join(_step_text(steps[m], with_momentum) if m in steps else '-' for m in workers)})")
     return labels
 
 
@@ -465,16 +480,19 @@ def plot_alpha_tables(records: list[dict], tables: dict, path: str, dpi: int = D
 
 
 # ---------------------------------------------------------------------------- best, transfer
-def comparison_figure(rows: list[dict], title: str, *, edges: set = frozenset(), note: str = ""):
+def comparison_figure(rows: list[dict], title: str, *, edges: set = frozenset(), note: str = "",
+                      label_momenta: bool = False):
     """Per target: updates to target against m, one line per policy (rows of best.csv or
-    transfer.csv), mean with min-max bars.  ``edges``: the (policy, workers, target) whose step is
-    at the edge of the policy's grid (ringed); a policy that misses a target at some m has its
-    open marker at the top of the panel there.  ``note``: a line under the title."""
+    transfer.csv), mean with min-max bars.  ``edges``: the (policy, workers, target) whose step
+    (or momentum) is at the edge of the policy's grid (ringed); a policy that misses a target at
+    some m has its open marker at the top of the panel there.  ``label_momenta`` (a grid of
+    several momenta): each reached point is labelled with its momentum.  ``note``: a line under
+    the title."""
     with _rc():
-        return _comparison_figure(rows, title, edges, note)
+        return _comparison_figure(rows, title, edges, note, label_momenta)
 
 
-def _comparison_figure(rows: list[dict], title: str, edges, note: str):
+def _comparison_figure(rows: list[dict], title: str, edges, note: str, label_momenta: bool):
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
@@ -498,6 +516,11 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
             if reached.any():
                 axis.errorbar(m, mean, yerr=[mean - low, high - mean], color=style["color"],
                               marker=style["marker"], capsize=2, gid=f"policy:{policy}")
+                if label_momenta:
+                    for i in np.flatnonzero(reached):
+                        axis.annotate(f"{mine[i]['momentum']:g}", (m[i], mean[i]), xytext=(3, 3),
+                                      textcoords="offset points", fontsize=LEGEND_SIZE - 2,
+                                      color=style["color"], gid=f"momentum:{policy}")
             if (~reached).any():
                 missed_any = panel_missed = True
                 axis.plot(m[~reached], np.full((~reached).sum(), MISSED_AT), linestyle="none",
@@ -535,19 +558,22 @@ def _comparison_figure(rows: list[dict], title: str, edges, note: str):
     if edge_any:
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                               markeredgecolor="k", markersize=10))
-        labels.append(EDGE_LABEL)
-    _legend(figure, handles, labels)
+        labels.append(EDGE_MOMENTUM_LABEL if label_momenta else EDGE_LABEL)
+    _legend(figure, handles, labels, [MOMENTUM_NOTE] if label_momenta else [])
     return figure
 
 
 def plot_comparison(rows: list[dict], title: str, path: str, *, edges: set = frozenset(),
-                    note: str = "", dpi: int = DEFAULT_DPI) -> str:
-    return _save(comparison_figure(rows, title, edges=edges, note=note), path, dpi)
+                    note: str = "", label_momenta: bool = False, dpi: int = DEFAULT_DPI) -> str:
+    return _save(comparison_figure(rows, title, edges=edges, note=note, label_momenta=label_momenta),
+                 path, dpi)
 
 
 def edge_keys(best: list[dict]) -> set:
-    """(policy, workers, target) of the best.csv rows whose best step is at the grid's edge."""
-    return {(r["policy"], r["workers"], r["target"]) for r in best if r.get("alpha_at_grid_edge")}
+    """(policy, workers, target) of the best.csv rows whose best step or momentum is at the
+    grid's edge."""
+    return {(r["policy"], r["workers"], r["target"]) for r in best
+            if r.get("alpha_at_grid_edge") or r.get("momentum_at_grid_edge")}
 
 
 def transfer_edge_keys(best: list[dict], transfer: list[dict]) -> set:
@@ -556,8 +582,8 @@ def transfer_edge_keys(best: list[dict], transfer: list[dict]) -> set:
     if not best:
         return set()
     smallest = min(r["workers"] for r in best)
-    tuned_at_edge = {(r["policy"], r["target"]) for r in best
-                     if r["workers"] == smallest and r.get("alpha_at_grid_edge")}
+    tuned_at_edge = {(r["policy"], r["target"]) for r in best if r["workers"] == smallest
+                     and (r.get("alpha_at_grid_edge") or r.get("momentum_at_grid_edge"))}
     return {(r["policy"], r["workers"], r["target"]) for r in transfer
             if (r["policy"], r["target"]) in tuned_at_edge}
 
@@ -606,13 +632,17 @@ def figures(run_dir: str) -> dict:
         drawn["loss_vs_updates"] = loss_figure(finished, tables, "updates", "updates")
         drawn["loss_vs_time"] = loss_figure(finished, tables, "time_s", f"time ({unit})")
         drawn["alpha_tables"] = alpha_tables_figure(finished, tables)
-    best, transfer = tables["best"], tables["transfer"]
+    # the labels with a fixed momentum stay in the tables; the figures show each policy tuned
+    best, transfer = ([r for r in tables[name] if r.get("fixed_momentum") is None]
+                      for name in ("best", "transfer"))
+    label_momenta = len(tables["config"].get("momenta", [0.0])) > 1
     drawn["best_vs_workers"] = comparison_figure(
-        best, "best against best: each policy at its best step for each m", edges=edge_keys(best))
+        best, "best against best: each policy at its best step" + (" and momentum" if label_momenta else "")
+        + " for each m", edges=edge_keys(best), label_momenta=label_momenta)
     smallest = min(record["workers"] for record in records)
     drawn["transfer_vs_workers"] = comparison_figure(
-        transfer, f"transfer: the step tuned at m = {smallest}, unchanged",
-        edges=transfer_edge_keys(best, transfer),
+        transfer, f"transfer: the step{' and momentum' if label_momenta else ''} tuned at m = {smallest}, unchanged",
+        edges=transfer_edge_keys(best, transfer), label_momenta=label_momenta,
         note="the same numbers as best against best: each policy's best step is the same at every m"
         if same_numbers(best, transfer) else "")
     return drawn

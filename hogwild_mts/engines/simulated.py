@@ -9,7 +9,8 @@ import time
 
 from hogwild_mts.backends.sim import run as sim_backend
 from hogwild_mts.backends.sim.run import DEFAULT_EVALUATIONS
-from hogwild_mts.backends.sim.simulator import STALE_READS, compute_sampler, staleness_source
+from hogwild_mts.backends.sim.simulator import (STALE_READS, STRAGGLERS_FORM, compute_sampler,
+                                                staleness_source, worker_slowness)
 from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines import options as shared
@@ -21,11 +22,18 @@ from hogwild_mts.models.linear import LinearModel
 
 def _staleness_source(values) -> dict:
     """How the staleness is drawn (``draw_tau``: "event" or a sampler) and described; the
-    ``compute`` distribution checked for the event schedule."""
+    ``compute`` distribution and the workers' ``slowness`` (None: alike) checked for the event
+    schedule, which alone has workers of their own speeds."""
     draw_tau, description = staleness_source(values["staleness"], values["workers"])
+    slowness = worker_slowness(values["workers"], values["stragglers"], values["worker_speeds"])
     if draw_tau == "event":
         compute_sampler(values["compute"])
-    return {"draw_tau": draw_tau, "staleness_description": description}
+    elif values["stragglers"] is not None or values["worker_speeds"] is not None:
+        given = values["staleness"] if isinstance(values["staleness"], str) else description["source"]
+        raise ValueError("stragglers and worker_speeds shape the event-driven schedule; with "
+                         f"staleness {given!r} the workers take turns: use "
+                         "staleness='event' (or a mixture histogram for staler updates)")
+    return {"draw_tau": draw_tau, "staleness_description": description, "slowness": slowness}
 
 
 # Simulator's options in validation order: name, constraint, default, where it goes.  Its
@@ -40,6 +48,10 @@ SIMULATOR_OPTIONS = Table(
                                  "histogram"), "event", "the schedule"),
      Option("compute", Checked("'constant', 'exponential', 'gamma:SHAPE' or 'lognormal:SIGMA'"),
             "exponential", "the schedule"),
+     Option("stragglers", Optional(Checked(STRAGGLERS_FORM)), None,
+            "the schedule (event staleness)"),
+     Option("worker_speeds", Optional(Checked("a list of `workers` finite numbers > 0")), None,
+            "the schedule (event staleness; rescaled to mean 1)"),
      Option("update_seconds", Positive(), 1e-6, "the schedule (mean seconds of one gradient)"),
      Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.worker_momentum, _staleness_source))
@@ -53,6 +65,12 @@ class Simulator:
     ``staleness``: ``"event"`` (event-driven schedule with ``compute`` times: ``constant``,
     ``exponential``, ``gamma:SHAPE`` or ``lognormal:SIGMA``, mean 1), ``"poisson"`` /
     ``"geometric"`` (mean m - 1), a StalenessModel, or a histogram of counts by tau.
+    ``stragglers`` (``'SHARE:FACTOR'``, e.g. ``'0.1:10'``: the last round(SHARE * m) workers, at
+    least one when SHARE > 0, FACTOR times slower) or ``worker_speeds`` (m relative speeds):
+    heterogeneous workers in the event schedule, each compute time drawn from ``compute`` times
+    the worker's slowness.  Speeds are rescaled to mean 1, so ``update_seconds`` stays the mean
+    time of one gradient at the workers' mean speed and m workers land about m updates per
+    ``update_seconds`` together (:func:`~hogwild_mts.backends.sim.simulator.worker_slowness`).
     ``eval_every``: updates between history rows (default: about DEFAULT_EVALUATIONS rows of
     :mod:`hogwild_mts.backends.sim.run`).
     ``update_seconds``: simulated mean compute time of one gradient (seconds).
@@ -70,6 +88,7 @@ class Simulator:
                  epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
                  alpha: float | None = DEFAULTS.alpha, seed: int = DEFAULTS.seed,
                  staleness=DEFAULTS.staleness, compute: str = DEFAULTS.compute,
+                 stragglers: str | None = DEFAULTS.stragglers, worker_speeds=DEFAULTS.worker_speeds,
                  eval_every: int | None = DEFAULTS.eval_every,
                  update_seconds: float = DEFAULTS.update_seconds,
                  stale_reads: str = DEFAULTS.stale_reads, momentum: float = DEFAULTS.momentum,
@@ -97,6 +116,9 @@ class Simulator:
                                           momentum=self.momentum),
                   simulation=Simulation(draw_tau=self.draw_tau,
                                         staleness=self.staleness_description,
-                                        compute=self.compute, update_seconds=self.update_seconds,
+                                        compute=self.compute, slowness=self.slowness,
+                                        stragglers=self.stragglers,
+                                        worker_speeds=self.worker_speeds,
+                                        update_seconds=self.update_seconds,
                                         stale_reads=self.stale_reads, eval_every=self.eval_every))
         return sim_backend.fit(job)

@@ -63,7 +63,10 @@ def fit(job: Job) -> FitResult:
                     compute=simulation.compute if simulation.draw_tau == "event" else None,
                     update_seconds=simulation.update_seconds,
                     stale_reads="snapshots" if snapshots else "log",
-                    real_seconds=time.time() - job.started))}
+                    real_seconds=time.time() - job.started,
+                    stragglers=simulation.stragglers,
+                    worker_speeds=None if simulation.worker_speeds is None
+                    else [float(speed) for speed in simulation.worker_speeds]))}
 
     run_options = dataclasses.replace(options, eval_every=None, eval_every_updates=eval_every,
                                       defer_evaluation=False)
@@ -89,11 +92,13 @@ def _batches(job: Job, n_samples: int):
 
 
 def _schedule(job: Job, updates_per_worker: np.ndarray):
-    """(worker, tau, simulated finish time in seconds) of every update, in landing order."""
+    """(worker, tau, simulated finish time in seconds) of every update, in landing order; the
+    event schedule's compute times scaled by each worker's ``simulation.slowness``."""
     simulation = job.simulation
     rng = np.random.default_rng(np.random.SeedSequence([job.options.seed, EVENT_SCHEDULE_SEED]))
     if simulation.draw_tau == "event":
-        workers_of, taus, times = event_schedule(updates_per_worker, simulation.compute, rng)
+        workers_of, taus, times = event_schedule(updates_per_worker, simulation.compute, rng,
+                                                slowness=simulation.slowness)
         return workers_of, taus, times * simulation.update_seconds
     workers_of = round_robin(updates_per_worker)
     draws = np.asarray(simulation.draw_tau(rng, workers_of.size), dtype=np.int64)

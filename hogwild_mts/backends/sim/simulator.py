@@ -8,8 +8,10 @@ update changed and their old values (sparse rows).  Both reproduce the stale mar
 Where tau comes from (``staleness=``):
 
 * ``"event"`` (default): an event-driven model of ``m`` workers. Each draws a compute time per
-  gradient from ``compute`` (mean 1 time unit), reads the parameters when it starts and lands its
-  update when it finishes; ``tau`` = updates landed in between.  Staleness emerges from the schedule.
+  gradient from ``compute`` (mean 1 time unit), times its own slowness (:func:`worker_slowness`:
+  all 1 unless ``stragglers`` or ``worker_speeds`` make the workers heterogeneous), reads the
+  parameters when it starts and lands its update when it finishes; ``tau`` = updates landed in
+  between.  Staleness emerges from the schedule.
 * a :class:`~hogwild_mts.staleness.models.StalenessModel` (e.g. ``Poisson(7)``), ``"poisson"`` /
   ``"geometric"`` (mean ``m - 1``), or a recorded histogram (1-D counts by tau): tau is drawn iid
   and workers take turns round-robin; ``tau_t <= t`` always.
@@ -42,6 +44,7 @@ from hogwild_mts.staleness.models import Geometric, Poisson, StalenessModel, che
 STALENESS_SOURCES = ("event", "poisson", "geometric")
 STALE_READS = ("auto", "snapshots", "log")
 COMPUTE_FORMS = ("constant", "exponential", "gamma:SHAPE", "lognormal:SIGMA")
+STRAGGLERS_FORM = "'SHARE:FACTOR' (a share in [0, 1] of the workers FACTOR >= 1 times slower, e.g. '0.1:10')"
 MAX_RING_ENTRIES = 1 << 26  # float64 + int64 entries kept for stale reads (about 1 GiB)
 
 
@@ -71,17 +74,76 @@ def compute_sampler(compute: str):
     raise ValueError(f"unknown compute {compute!r}; choose one of {list(COMPUTE_FORMS)}")
 
 
-def event_schedule(updates_per_worker: np.ndarray, compute: str, rng: np.random.Generator):
+def straggler_count(workers: int, share: float) -> int:
+    """How many of ``workers`` the share ``share`` in [0, 1] of stragglers makes slow: the nearest
+    integer to ``share * workers`` (halves round up), at least one when ``share > 0``."""
+    return 0 if share == 0 else min(workers, max(1, math.floor(share * workers + 0.5)))
+
+
+def parse_stragglers(stragglers: str) -> tuple[float, float]:
+    """``'SHARE:FACTOR'`` -> (share in [0, 1], factor finite >= 1), else ValueError."""
+    share_text, colon, factor_text = stragglers.partition(":") if isinstance(stragglers, str) else ("", "", "")
+    try:
+        share, factor = float(share_text), float(factor_text)
+    except ValueError:
+        share = factor = math.nan
+    if not colon or not (0 <= share <= 1) or not (math.isfinite(factor) and factor >= 1):
+        raise ValueError(f"stragglers must be {STRAGGLERS_FORM}, got {stragglers!r}")
+    return share, factor
+
+
+def worker_slowness(workers: int, stragglers: str | None = None, worker_speeds=None):
+    """Per-worker multipliers of the compute times (float64, shape (workers,)), or None when the
+    workers are alike (neither option given, or every speed equal), so the default schedule is
+    unchanged bit for bit.
+
+    ``stragglers`` ``'SHARE:FACTOR'``: the last :func:`straggler_count` workers (highest ids) run
+    at speed 1 / FACTOR, the others at 1.  ``worker_speeds``: ``workers`` relative speeds (finite
+    > 0).  The speeds are rescaled to mean 1, so the workers together still land ``workers``
+    gradients per time unit on average, as alike workers do: the time unit stays the mean compute
+    time of one gradient at the workers' mean speed.  A worker's slowness is 1 / its speed.  Not
+    both options at once."""
+    if stragglers is not None and worker_speeds is not None:
+        raise ValueError("give stragglers or worker_speeds, not both (worker_speeds can express "
+                         "any straggler set)")
+    if stragglers is not None:
+        share, factor = parse_stragglers(stragglers)
+        speeds = np.ones(workers)
+        speeds[workers - straggler_count(workers, share):] = 1.0 / factor
+    elif worker_speeds is not None:
+        if isinstance(worker_speeds, (str, bytes)) or not hasattr(worker_speeds, "__len__"):
+            raise ValueError(f"worker_speeds must be a list of {workers} finite numbers > 0 (one per "
+                             f"worker), got {worker_speeds!r}")
+        if len(worker_speeds) != workers:
+            raise ValueError(f"worker_speeds must hold one speed per worker ({workers}), got "
+                             f"{len(worker_speeds)}: {list(worker_speeds)!r}")
+        for speed in worker_speeds:
+            if isinstance(speed, bool) or not isinstance(speed, (int, float, np.integer, np.floating)) \
+                    or not (math.isfinite(speed) and speed > 0):
+                raise ValueError(f"worker_speeds must hold finite numbers > 0, got {speed!r}")
+        speeds = np.asarray(worker_speeds, dtype=np.float64)
+    else:
+        return None
+    if np.all(speeds == speeds[0]):
+        return None
+    return speeds.mean() / speeds
+
+
+def event_schedule(updates_per_worker: np.ndarray, compute: str, rng: np.random.Generator,
+                   slowness=None):
     """Event-driven schedule of ``len(updates_per_worker)`` workers.
 
     Worker w runs ``updates_per_worker[w]`` gradients back to back, each taking an independent
-    compute time (mean 1).  It reads the parameter version at its start and lands at its finish;
-    simultaneous finishes land in worker order.  Returns (worker of update t, tau_t, finish time
-    of update t in compute-time units), t in landing order.
+    compute time (mean 1) times ``slowness[w]`` (None: 1 for all, as :func:`worker_slowness`
+    gives for alike workers).  It reads the parameter version at its start and lands at its
+    finish; simultaneous finishes land in worker order.  Returns (worker of update t, tau_t,
+    finish time of update t in compute-time units), t in landing order.
     """
     draw = compute_sampler(compute)
     counts = np.asarray(updates_per_worker, dtype=np.int64)
     durations = [draw(rng, int(c)) for c in counts]
+    if slowness is not None:
+        durations = [d * float(factor) for d, factor in zip(durations, slowness)]
     total = int(counts.sum())
     workers_of = np.empty(total, np.int64)
     taus = np.empty(total, np.int64)
