@@ -465,3 +465,18 @@ def test_resuming_over_a_corrupt_config_names_it(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{out / 'config.json'}: the experiment config must be a JSON object, got list" in error
     assert "Traceback" not in error
+
+
+def test_momentum_0_leaves_the_auto_policy_its_own_momentum_and_the_cell_records_it(tmp_path):
+    config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
+                                "seeds": [0], "workers": [1, 16], "policies": ["auto"],
+                                "alphas": [0.5], "targets": [0.6], "momenta": [0.0, 0.25],
+                                "mode": "simulated", "staleness": "calibrated"})
+    assert run_grid(config, str(tmp_path), plots=False)["ran"] == 4
+    record = {name: json.loads((tmp_path / "cells" / f"auto-a0.5{name}.json").read_text())
+              for name in ("-m1-s0", "-m16-s0", "-mu0.25-m16-s0")}
+    chosen = experiment.make_policy("auto", alpha=0.5).worker_momentum(16)
+    assert record["-m1-s0"]["workers_momentum"] == 0.0
+    assert record["-m16-s0"]["workers_momentum"] == chosen > 0
+    assert record["-mu0.25-m16-s0"]["workers_momentum"] == 0.25    # a momentum given wins
+    assert {r["momentum"] for r in record.values()} == {0.0, 0.25}

@@ -30,7 +30,9 @@ Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` w
 :class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  ``momentum`` (default 0, any
 task and mode) gives every worker a private heavy-ball velocity and binds the policies with it;
 ``momenta`` (a list, default [0]; ``momentum: x`` is the same as ``momenta: [x]``) makes the
-momentum part of the grid, tuned per policy and m like the step; ``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
+momentum part of the grid, tuned per policy and m like the step (momentum 0 for a policy that sets
+the workers' momentum itself, ``auto``, leaves the choice to it: its cells record what the workers
+applied as ``workers_momentum``); ``weight_decay`` (default 0) is the torch task's (a linear task's weight decay is ``l2``).
 Every run evaluates the loss
 every ``eval_updates`` updates (in real runs the workers copy the parameters at each due count,
 and the copies are scored after the run).  A cell reaches a target where its loss curve first
@@ -397,6 +399,15 @@ def load_task_data(config: dict):
     return load_images(config["data"])
 
 
+def engine_momentum(policy, cell: dict):
+    """The ``momentum`` a cell's engine gets: the cell's, except that momentum 0 for a policy
+    that sets the workers' momentum itself (``auto``) is None, the policy's own choice; the
+    record's ``workers_momentum`` says what the workers applied."""
+    if cell["momentum"] == 0 and callable(getattr(policy, "worker_momentum", None)):
+        return None
+    return cell["momentum"]
+
+
 def make_engine(config: dict, cell: dict):
     """The engine (real or simulated) that trains one cell, evaluating every ``eval_updates``.
     Real runs defer their evaluations (parameter copies scored after the run), so frequent
@@ -404,13 +415,12 @@ def make_engine(config: dict, cell: dict):
     name, options = policy_spec(config, cell["policy"])
     policy = make_policy(name, alpha=cell["alpha"], **options)
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
-                  seed=cell["seed"])
+                  seed=cell["seed"], momentum=engine_momentum(policy, cell))
     if config["task"] == "torch":
         from hogwild_mts.engines.networks import TorchEngine
 
         return TorchEngine(config["model"], policy, eval_every_updates=config["eval_updates"],
-                           momentum=cell["momentum"], weight_decay=config["weight_decay"],
-                           progress=False, defer_evaluation=True, **common)
+                           weight_decay=config["weight_decay"], progress=False, defer_evaluation=True, **common)
     from hogwild_mts.models.linear import LinearModel
 
     model = LinearModel(config["model"], l2=config["l2"])
@@ -418,7 +428,7 @@ def make_engine(config: dict, cell: dict):
         from hogwild_mts.engines.linear import Engine
 
         return Engine(model, policy, eval_every_updates=config["eval_updates"],
-                      momentum=cell["momentum"], progress=False, defer_evaluation=True, **common)
+                      progress=False, defer_evaluation=True, **common)
     from hogwild_mts.engines.simulated import Simulator
 
     staleness = config["staleness"]
@@ -427,7 +437,7 @@ def make_engine(config: dict, cell: dict):
     return Simulator(model, policy, staleness=staleness, compute=config["compute"],
                      stragglers=config["stragglers"],
                      worker_speeds=worker_speeds_at(config, cell["workers"]),
-                     eval_every=config["eval_updates"], momentum=cell["momentum"], **common)
+                     eval_every=config["eval_updates"], **common)
 
 
 def target_reached(history: dict, target: float) -> dict:
@@ -448,12 +458,11 @@ def target_reached(history: dict, target: float) -> dict:
     return {"target": target, "reached": False, "updates": None, "time": None, "resolution": None}
 
 
-def alpha_table(config: dict, cell: dict, histogram: np.ndarray) -> list:
-    """The policy's alpha(tau) as the cell ended it (bound with the workers' momentum, refitted
-    on the cell's histogram)."""
+def alpha_table(config: dict, cell: dict, histogram: np.ndarray, momentum: float) -> list:
+    """The policy's alpha(tau) as the cell ended it (bound with the ``momentum`` its workers
+    applied, refitted on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
-    state = policy_state(make_policy(name, alpha=cell["alpha"], **options), cell["workers"],
-                         cell["momentum"])
+    state = policy_state(make_policy(name, alpha=cell["alpha"], **options), cell["workers"], momentum)
     table = refit_policy(state, histogram) if state.refit_every else policy_table(state)
     return [float(a) for a in table[:ALPHA_TABLE_ENTRIES]]
 
@@ -480,7 +489,9 @@ def run_cell(config: dict, cell: dict, data) -> dict:
                   train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
                   staleness=summary["staleness"], staleness_histogram=summary["staleness_histogram"],
                   staleness_fit=summary["staleness_fit"], policy_description=summary["policy"],
-                  alpha_table=alpha_table(config, cell, result.staleness_histogram),
+                  workers_momentum=result.settings["momentum"],
+                  alpha_table=alpha_table(config, cell, result.staleness_histogram,
+                                          result.settings["momentum"]),
                   history=result.history, refits=result.refits)
     return record
 
