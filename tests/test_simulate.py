@@ -292,10 +292,11 @@ def test_result_matches_a_real_run(sparse):
     assert result.to_dict()["settings"]["simulated"] is True
 
 
-def test_divergence_is_reported():
+@pytest.mark.parametrize("policy", ["constant", "mindthestep", "auto"])
+def test_divergence_is_reported(policy):
     data = synthetic_dense(200, 10, seed=0)
-    with pytest.raises(DivergenceError, match="diverged"):
-        Simulator("lsq", alpha=50.0, workers=4, epochs=3).fit(data)
+    with pytest.raises(DivergenceError, match=f"diverged.*policy {policy}"):
+        Simulator("lsq", policy, alpha=50.0, workers=4, epochs=3).fit(data)
 
 
 @pytest.mark.parametrize("kwargs,message", [

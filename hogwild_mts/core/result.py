@@ -45,8 +45,9 @@ def divergence_message(policy, where: str, workers: int | None = None) -> str:
     """The one message of a diverged run; ``where`` says what was seen (e.g. "a worker's loss");
     ``workers``: the run's worker count (with one worker no update is stale, so the advice
     speaks of the step only)."""
+    name = getattr(policy, "name", None)   # not describe(): an adaptive policy may be unbound here
     return (f"training diverged: {where} became NaN or infinite (policy "
-            f"{describe(policy).get('name')}); lower the step size (alpha)"
+            f"{name if isinstance(name, str) else type(policy).__name__}); lower the step size (alpha)"
             + (" or use a policy that damps stale updates" if workers is None or workers > 1 else ""))
 
 
