@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The policy study on a machine with >= 16 cores: real worker processes at m = 1, 4, 8, 16 on the convex
 # task (logistic regression, RCV1-shaped sparse data) and on MNIST-1D (MLP), every policy on a
-# step grid, 3 seeds; then the MNIST-1D CNN with momentum 0.9 at m = 1 and 16.  Stops starting new cells after DEADLINE seconds (default 570: under 10
+# step grid, 3 seeds; the auto policy (step and workers' momentum from m and the measured staleness)
+# against the constant step tuned over steps and momenta 0 and 0.5 at m = 1 and 16; then the MNIST-1D
+# CNN with momentum 0.9 at m = 1 and 16.  Stops starting new cells after DEADLINE seconds (default 570: under 10
 # minutes in all), then writes every table; a rerun resumes the unfinished cells.
 #
 #   scripts/experiments/manycore.sh [OUT_DIR]        # default runs/manycore
@@ -26,7 +28,9 @@ configs=scripts/experiments
 # Stages in priority order: the convex task at m = 1 and 16 with every policy first.
 stages=(
     "linear $configs/manycore-linear.json --workers 1,16"
+    "linear $configs/manycore-linear.json --workers 1,16 --policies constant,auto --momenta 0,0.5"
     "mnist1d $configs/manycore-mnist1d.json --workers 1,16"
+    "mnist1d $configs/manycore-mnist1d.json --workers 1,16 --policies constant,auto --momenta 0,0.5"
     "linear $configs/manycore-linear.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
     "mnist1d $configs/manycore-mnist1d.json --workers 1,4,8,16 --policies constant,tail,mindthestep,mts-chi2-0.1"
     "cnn $configs/mnist1d-cnn-momentum.json --workers 1,16 --policies constant,mindthestep,mts-momentum-explicit"
