@@ -124,6 +124,7 @@ class NetworkSettings(Settings):
     accuracy: str | None
     shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
     ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
+    simulation: SimulationSettings | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)
