@@ -137,7 +137,7 @@ class Simulation:
     staleness : what the staleness law is, as results describe it.
     compute : the compute-time law of the event-driven schedule.
     update_seconds : simulated mean seconds of one gradient.
-    stale_reads : "snapshots", "log" or "auto".
+    stale_reads : "snapshots", "log" or "auto" (linear models); "held gradients" (networks).
     eval_every : updates between history rows, or None for about 50 rows (the sim backend's
         ``DEFAULT_EVALUATIONS``).
     """
