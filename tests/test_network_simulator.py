@@ -14,6 +14,7 @@ from hogwild_mts.backends.sim import networks as network_sim
 from hogwild_mts.backends.sim.run import EVENT_SCHEDULE_SEED
 from hogwild_mts.backends.sim.simulator import event_schedule
 from hogwild_mts.core.control import HIST_BINS
+from hogwild_mts.core.result import DivergenceError
 from hogwild_mts.data.images import load_images
 from hogwild_mts.engines.networks import TorchEngine
 from hogwild_mts.engines.simulated import NetworkSimulator
@@ -42,6 +43,23 @@ def test_one_worker_is_torch_engine_with_one_worker_bit_for_bit(signals):
     assert simulated.final_loss == real.final_loss
     assert np.array_equal(simulated.staleness_histogram, real.staleness_histogram)
     assert simulated.settings["simulated"] and simulated.settings["stale_reads"] == "held gradients"
+
+
+def _batch_norm_network(input_shape, outputs):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.ReLU(), torch.nn.Linear(16, outputs))
+
+
+def test_batch_norm_statistics_are_shared_and_updated_as_by_a_real_worker(signals):
+    options = dict(workers=1, epochs=1, batch_size=16, momentum=0.5, seed=2,
+                   eval_every_updates=5, progress=False)
+    real = TorchEngine(_batch_norm_network, **options).fit(signals)
+    simulated = NetworkSimulator(_batch_norm_network, **options).fit(signals)
+    assert simulated.settings["buffers"] == 32
+    assert np.array_equal(simulated.params, real.params)
+    many = NetworkSimulator(_batch_norm_network, **{**options, "workers": 4}).fit(signals)
+    running_mean, running_var = many.params[-32:-16], many.params[-16:]  # start: zeros, ones
+    assert np.all(running_mean != 0) and np.all(running_var != 1) and np.all(running_var > 0)
 
 
 def test_many_workers_record_the_schedules_staleness_and_train(signals):
@@ -117,6 +135,11 @@ def test_bad_fits_are_refused_before_training(signals, monkeypatch):
     with pytest.raises(ValueError, match="would hold 64 gradients in flight .* lower the workers"):
         NetworkSimulator("mlp", workers=64, epochs=1, progress=False).fit(signals)
     assert trained == []
+
+
+def test_a_diverging_simulation_raises_divergence_error(signals):
+    with pytest.raises(DivergenceError, match="training diverged"):
+        NetworkSimulator("mlp", workers=4, epochs=2, alpha=1e4, progress=False).fit(signals)
 
 
 def test_the_experiment_runs_the_torch_task_simulated(tmp_path):
