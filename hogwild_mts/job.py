@@ -126,6 +126,7 @@ class NetworkSettings(Settings):
     accuracy: str | None
     shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
     ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
+    simulation: SimulationSettings | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class Simulation:
     staleness : what the staleness law is, as results describe it.
     compute : the compute-time law of the event-driven schedule.
     update_seconds : simulated mean seconds of one gradient.
-    stale_reads : "snapshots", "log" or "auto".
+    stale_reads : "snapshots", "log" or "auto" (linear models); "held gradients" (networks).
     eval_every : updates between history rows, or None for about 50 rows (the sim backend's
         ``DEFAULT_EVALUATIONS``).
     slowness : the event schedule's per-worker compute-time multipliers, or None (alike workers;

@@ -130,7 +130,7 @@ def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
     ({"seeds": [1, 1]}, "seeds has repeated entries"),
     ({"task": "vision"}, "unknown task 'vision'"),
     ({"mode": "fake"}, "unknown mode 'fake'"),
-    ({"task": "torch", "mode": "simulated"}, "simulator runs linear models only"),
+    ({"task": "torch", "mode": "simulated", "staleness": "uniform"}, "unknown staleness 'uniform'"),
     ({"model": "forest"}, "unknown model 'forest'"),
     ({"staleness": "uniform"}, "unknown staleness 'uniform'"),
     ({"compute": "weibull"}, "unknown compute"),

@@ -10,10 +10,11 @@ from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, N
                                      Optional, Options, Positive, Table, defaults_table, validate)
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine
 from hogwild_mts.engines.networks import NETWORK_OPTIONS
-from hogwild_mts.engines.simulated import SIMULATOR_OPTIONS, Simulator
+from hogwild_mts.engines.simulated import NETWORK_SIMULATOR_OPTIONS, SIMULATOR_OPTIONS, Simulator
 from hogwild_mts.estimators import ESTIMATOR_OPTIONS, HogwildClassifier, HogwildRegressor
 
 TABLES = {"Engine": ENGINE_OPTIONS, "TorchEngine": NETWORK_OPTIONS, "Simulator": SIMULATOR_OPTIONS,
+          "NetworkSimulator": NETWORK_SIMULATOR_OPTIONS,
           "HogwildClassifier": ESTIMATOR_OPTIONS, "HogwildRegressor": ESTIMATOR_OPTIONS}
 API_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -80,8 +81,10 @@ def test_each_engine_signature_defaults_are_its_table_defaults(name):
     import inspect
 
     from hogwild_mts.engines.networks import TorchEngine
+    from hogwild_mts.engines.simulated import NetworkSimulator
 
     cls = {"Engine": Engine, "TorchEngine": TorchEngine, "Simulator": Simulator,
+           "NetworkSimulator": NetworkSimulator,
            "HogwildClassifier": HogwildClassifier, "HogwildRegressor": HogwildRegressor}[name]
     table = TABLES[name]
     signature = inspect.signature(cls.__init__).parameters

@@ -26,8 +26,9 @@ interrupted grid resumes where it stopped), and the tables rebuilt from the cell
 
 Tasks: ``linear`` (a linear model on a ``--data`` spec; ``mode`` ``simulated`` with
 :class:`~hogwild_mts.engines.simulated.Simulator` or ``real`` with
-:class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec with
-:class:`~hogwild_mts.engines.networks.TorchEngine`, ``real`` only).  ``momentum`` (default 0, any
+:class:`~hogwild_mts.engines.linear.Engine`) and ``torch`` (a network on an image spec;
+``real`` with :class:`~hogwild_mts.engines.networks.TorchEngine`, ``simulated`` with
+:class:`~hogwild_mts.engines.simulated.NetworkSimulator`).  ``momentum`` (default 0, any
 task and mode) gives every worker a private heavy-ball velocity and binds the policies with it;
 ``momenta`` (a list, default [0]; ``momentum: x`` is the same as ``momenta: [x]``) makes the
 momentum part of the grid, tuned per policy and m like the step (momentum 0 for a policy that sets
@@ -207,8 +208,6 @@ def check_config(config: dict) -> dict:
         raise ConfigError(f"unknown task {config['task']!r}; choose one of {list(TASKS)}")
     if config["mode"] not in MODES:
         raise ConfigError(f"unknown mode {config['mode']!r}; choose one of {list(MODES)}")
-    if config["task"] == "torch" and config["mode"] == "simulated":
-        raise ConfigError("the simulator runs linear models only; use mode 'real' for the torch task")
     _check_safe_name("name", config["name"])
     policies = config["policies"]
     if not isinstance(policies, list) or not policies:
@@ -254,17 +253,17 @@ def check_config(config: dict) -> dict:
         from hogwild_mts.models.linear import LinearModel
 
         LinearModel(config["model"], l2=config["l2"])
-        if config["mode"] == "simulated":
-            from hogwild_mts.backends.sim.simulator import compute_sampler, staleness_source
+    if config["mode"] == "simulated":
+        from hogwild_mts.backends.sim.simulator import compute_sampler, staleness_source
 
-            if config["staleness"] != CALIBRATED:
-                staleness_source(config["staleness"], 1)
-            compute_sampler(config["compute"])
-            _check_heterogeneous_workers(config)
+        if config["staleness"] != CALIBRATED:
+            staleness_source(config["staleness"], 1)
+        compute_sampler(config["compute"])
+        _check_heterogeneous_workers(config)
     if config["mode"] != "simulated" and (config["stragglers"], config["worker_speeds"]) != (None, None):
         raise ConfigError("stragglers and worker_speeds shape the simulator's schedule; they need "
                           f"mode 'simulated', not {config['mode']!r}")
-    if config["task"] != "linear":
+    if config["task"] == "torch":
         from hogwild_mts.models.nets import NETWORKS
 
         if config["model"] not in NETWORKS:
@@ -416,11 +415,21 @@ def make_engine(config: dict, cell: dict):
     policy = make_policy(name, alpha=cell["alpha"], **options)
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
                   seed=cell["seed"], momentum=engine_momentum(policy, cell))
+    staleness = config["staleness"]
+    if staleness == CALIBRATED:
+        staleness = calibrated_staleness(cell["workers"])
     if config["task"] == "torch":
+        network = dict(eval_every_updates=config["eval_updates"], weight_decay=config["weight_decay"],
+                       progress=False, **common)
+        if config["mode"] == "simulated":
+            from hogwild_mts.engines.simulated import NetworkSimulator
+
+            return NetworkSimulator(config["model"], policy, staleness=staleness,
+                                    compute=config["compute"], stragglers=config["stragglers"],
+                                    worker_speeds=worker_speeds_at(config, cell["workers"]), **network)
         from hogwild_mts.engines.networks import TorchEngine
 
-        return TorchEngine(config["model"], policy, eval_every_updates=config["eval_updates"],
-                           weight_decay=config["weight_decay"], progress=False, defer_evaluation=True, **common)
+        return TorchEngine(config["model"], policy, defer_evaluation=True, **network)
     from hogwild_mts.models.linear import LinearModel
 
     model = LinearModel(config["model"], l2=config["l2"])
@@ -431,9 +440,6 @@ def make_engine(config: dict, cell: dict):
                       progress=False, defer_evaluation=True, **common)
     from hogwild_mts.engines.simulated import Simulator
 
-    staleness = config["staleness"]
-    if staleness == CALIBRATED:
-        staleness = calibrated_staleness(cell["workers"])
     return Simulator(model, policy, staleness=staleness, compute=config["compute"],
                      stragglers=config["stragglers"],
                      worker_speeds=worker_speeds_at(config, cell["workers"]),

@@ -213,9 +213,16 @@ class TorchEngine:
                  max_worker_restarts: int = DEFAULTS.max_worker_restarts,
                  placement_timeout: float = DEFAULTS.placement_timeout,
                  on_lost_worker: str = DEFAULTS.on_lost_worker):
+        self.options = validate(NETWORK_OPTIONS, NETWORK_OPTIONS.arguments(locals()))
+        self._take_model(model)
+
+    __getattr__ = shared.option_of
+
+    def _take_model(self, model) -> None:
+        """Keep ``model`` (checked against ``model_args`` / ``model_kwargs``) and what the
+        workers build it from; ValueError or TypeError naming what is accepted otherwise."""
         from hogwild_mts.models.nets import NETWORKS
 
-        self.options = validate(NETWORK_OPTIONS, NETWORK_OPTIONS.arguments(locals()))
         self.model = model
         if isinstance(model, str):
             if model not in NETWORKS:
@@ -230,8 +237,6 @@ class TorchEngine:
             self._factory, self._model_kind = model_factory(model, self.model_args, self.model_kwargs)
         self._network_spec = model if isinstance(model, str) else serialized_factory(self._factory)
         self._loss_payload = None if isinstance(self.loss, str) else serialized_factory(self.loss, "loss")
-
-    __getattr__ = shared.option_of
 
     @property
     def model_name(self) -> str:
@@ -405,25 +410,43 @@ class TorchEngine:
         engine = self if loader_batch is None or self.batch_size_given else self._with_batch_size(loader_batch)
         return engine._fit(dataset, started, init, init_params, resume)
 
-    def _fit(self, dataset: ArrayDataset, started: float, init, init_params, resume) -> FitResult:
+    def _prepare(self, dataset: ArrayDataset, init, init_params, resume):
+        """Everything a fit settles before any worker starts, for every backend: the data set
+        checked, the problem (the network initialised, or loaded from ``init`` /
+        ``init_params`` / ``resume``), the start and checkpoint side (a ``_NetworkRun``), the
+        result's common settings and evaluation period, and a copy of the network for
+        ``result.module()``."""
         dataset = self._check(dataset)
         loss = self._loss_for(dataset)
         network = self._network(dataset, loss)
         run = _NetworkRun(self, dataset, network, init, init_params, resume)
         n_params, n_buffer_values = parameter_count(network), buffer_count(network)
         template = copy.deepcopy(network)  # result.module()'s, before the run binds the network
+        problem = NetworkProblem(name=self.model_name, build=self._network_spec, network=network,
+                                 dataset=dataset, loss=loss, dtype=self.dtype,
+                                 weight_decay=self.weight_decay)
+        return (problem, run, self._settings(dataset, n_params, n_buffer_values),
+                self._evaluation_period(dataset, n_params + n_buffer_values), template)
+
+    @staticmethod
+    def _finished(result: FitResult, template) -> FitResult:
+        """``result`` with ``module()`` building ``template`` with its parameters; warned about
+        when it trained badly."""
+        result.module_builder = functools.partial(trained_module, template)
+        warn_if_bad(result, stacklevel=5)
+        return result
+
+    def _fit(self, dataset: ArrayDataset, started: float, init, init_params, resume) -> FitResult:
+        problem, run, settings, eval_every_updates, template = self._prepare(
+            dataset, init, init_params, resume)
+        network = problem.network
         ray_checkpoint = None
         if self.ray_options is not None and self.ray_options.checkpoint is not None:
             ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
         if self.ray_options is None and self.start_method != "fork":
             check_main_module(self.start_method, self.policy)
-        job = Job(options=run_options(self.options, eval_every_updates=self._evaluation_period(
-                      dataset, n_params + n_buffer_values)),
-                  started=started,
-                  problem=NetworkProblem(name=self.model_name, build=self._network_spec,
-                                         network=network, dataset=dataset, loss=loss,
-                                         dtype=self.dtype, weight_decay=self.weight_decay),
-                  settings=self._settings(dataset, n_params, n_buffer_values),
+        job = Job(options=run_options(self.options, eval_every_updates=eval_every_updates),
+                  started=started, problem=problem, settings=settings,
                   split=self.split, start_method=self.start_method, checkpoints=self.checkpoints,
                   write_checkpoint=None if self.checkpoints is None
                   else lambda state: run.write(network, state),
@@ -442,9 +465,7 @@ class TorchEngine:
                                   "or define the model factory, loss and policy in an importable "
                                   "module (docs/deep_learning.md)", result=error.result) from None
             raise
-        result.module_builder = functools.partial(trained_module, template)
-        warn_if_bad(result, stacklevel=4)
-        return result
+        return self._finished(result, template)
 
     def _evaluation_period(self, dataset: ArrayDataset, n_values: int) -> int | None:
         """``eval_every_updates``: as given; None when ``eval_every`` (seconds) is given; else

@@ -1,12 +1,15 @@
-"""The simulator front end: a linear model trained by ``workers`` emulated workers on one core.
-It validates its options and the data and describes the fit as a :class:`hogwild_mts.job.Job`
-with a :class:`~hogwild_mts.job.Simulation`; :func:`hogwild_mts.backends.sim.run.fit` runs it
-through the same lifecycle and FitResult as :class:`hogwild_mts.engines.linear.Engine`."""
+"""The simulator front ends: a linear model (:class:`Simulator`) or a torch network
+(:class:`NetworkSimulator`) trained by ``workers`` emulated workers on one core.  Each validates
+its options and the data and describes the fit as a :class:`hogwild_mts.job.Job` with a
+:class:`~hogwild_mts.job.Simulation`; :func:`hogwild_mts.backends.sim.run.fit` (linear) or
+:func:`hogwild_mts.backends.sim.networks.fit` runs it through the same lifecycle and FitResult as
+:class:`hogwild_mts.engines.linear.Engine` and :class:`hogwild_mts.engines.networks.TorchEngine`."""
 
 from __future__ import annotations
 
 import time
 
+from hogwild_mts.backends.sim import networks as network_sim_backend
 from hogwild_mts.backends.sim import run as sim_backend
 from hogwild_mts.backends.sim.run import DEFAULT_EVALUATIONS
 from hogwild_mts.backends.sim.simulator import (STALE_READS, STRAGGLERS_FORM, compute_sampler,
@@ -14,10 +17,11 @@ from hogwild_mts.backends.sim.simulator import (STALE_READS, STRAGGLERS_FORM, co
 from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines import options as shared
+from hogwild_mts.engines import networks
 from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, prepare_dataset
+from hogwild_mts.engines.networks import NETWORK_OPTIONS, TorchEngine
 from hogwild_mts.job import Job, LinearProblem, LinearSettings, Simulation, run_options
 from hogwild_mts.models.linear import LinearModel
-
 
 
 def _staleness_source(values) -> dict:
@@ -36,6 +40,28 @@ def _staleness_source(values) -> dict:
     return {"draw_tau": draw_tau, "staleness_description": description, "slowness": slowness}
 
 
+def simulation_of(options, stale_reads: str, eval_every: int | None) -> Simulation:
+    """How a simulator's validated ``options`` (its SCHEDULE_OPTIONS and what
+    :func:`_staleness_source` derived) emulate the workers."""
+    return Simulation(draw_tau=options.draw_tau, staleness=options.staleness_description,
+                      compute=options.compute, slowness=options.slowness,
+                      stragglers=options.stragglers, worker_speeds=options.worker_speeds,
+                      update_seconds=options.update_seconds, stale_reads=stale_reads,
+                      eval_every=eval_every)
+
+
+# The options of the schedule of emulated workers, shared by both simulators (rule:
+# _staleness_source; read by simulation_of).
+SCHEDULE_OPTIONS = (
+    Option("staleness", Checked("'event', 'poisson', 'geometric', a StalenessModel or a "
+                                "histogram"), "event", "the schedule"),
+    Option("compute", Checked("'constant', 'exponential', 'gamma:SHAPE' or 'lognormal:SIGMA'"),
+           "exponential", "the schedule"),
+    Option("stragglers", Optional(Checked(STRAGGLERS_FORM)), None, "the schedule (event staleness)"),
+    Option("worker_speeds", Optional(Checked("a list of `workers` finite numbers > 0")), None,
+           "the schedule (event staleness; rescaled to mean 1)"),
+    Option("update_seconds", Positive(), 1e-6, "the schedule (mean seconds of one gradient)"))
+
 # Simulator's options in validation order: name, constraint, default, where it goes.  Its
 # eval_every counts updates, and it shows no progress bar by default (runs take milliseconds).
 SIMULATOR_OPTIONS = Table(
@@ -43,16 +69,7 @@ SIMULATOR_OPTIONS = Table(
      ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED,
      Option("eval_every", Optional(Integer(1)), None,
             f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
-     Option("progress", Flag(), False, "run"), shared.MOMENTUM,
-     Option("staleness", Checked("'event', 'poisson', 'geometric', a StalenessModel or a "
-                                 "histogram"), "event", "the schedule"),
-     Option("compute", Checked("'constant', 'exponential', 'gamma:SHAPE' or 'lognormal:SIGMA'"),
-            "exponential", "the schedule"),
-     Option("stragglers", Optional(Checked(STRAGGLERS_FORM)), None,
-            "the schedule (event staleness)"),
-     Option("worker_speeds", Optional(Checked("a list of `workers` finite numbers > 0")), None,
-            "the schedule (event staleness; rescaled to mean 1)"),
-     Option("update_seconds", Positive(), 1e-6, "the schedule (mean seconds of one gradient)"),
+     Option("progress", Flag(), False, "run"), shared.MOMENTUM, *SCHEDULE_OPTIONS,
      Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.worker_momentum, _staleness_source))
 DEFAULTS = SIMULATOR_OPTIONS.defaults
@@ -114,11 +131,80 @@ class Simulator:
                                           seed=self.seed, dtype="float64", l2=model.l2,
                                           fit_intercept=model.fit_intercept,
                                           momentum=self.momentum),
-                  simulation=Simulation(draw_tau=self.draw_tau,
-                                        staleness=self.staleness_description,
-                                        compute=self.compute, slowness=self.slowness,
-                                        stragglers=self.stragglers,
-                                        worker_speeds=self.worker_speeds,
-                                        update_seconds=self.update_seconds,
-                                        stale_reads=self.stale_reads, eval_every=self.eval_every))
+                  simulation=simulation_of(self.options, self.stale_reads, self.eval_every))
         return sim_backend.fit(job)
+
+
+def _simulated_processes(values) -> dict:
+    """What TorchEngine's preparation reads of the process options it lacks: the static split
+    (with one worker the same rows in the same order as the dynamic split), no checkpoints, no
+    Ray, no evaluations by (real) seconds."""
+    return {"split": "static", "start_method": None, "checkpoints": None, "ray_options": None,
+            "eval_every": None}
+
+
+# NetworkSimulator's options in validation order: TorchEngine's entries for the network, data,
+# policy, update and evaluations (eval_every_updates; no seconds), then the schedule's.
+NETWORK_SIMULATOR_OPTIONS = Table(
+    (shared.POLICY, shared.base_step(networks.DEFAULT_ALPHA), shared.WORKERS,
+     *(NETWORK_OPTIONS[name] for name in ("epochs", "batch_size")), shared.SEED,
+     NETWORK_OPTIONS["eval_every_updates"], shared.PROGRESS, shared.MOMENTUM,
+     *(NETWORK_OPTIONS[name] for name in ("loss", "weight_decay", "dtype", "model_args",
+                                          "model_kwargs")),
+     *SCHEDULE_OPTIONS),
+    rules=(shared.named_policy(networks.DEFAULT_ALPHA), networks._batch_size,
+           networks._model_arguments, _staleness_source, _simulated_processes,
+           shared.worker_momentum))
+NETWORK_DEFAULTS = NETWORK_SIMULATOR_OPTIONS.defaults
+
+
+class NetworkSimulator(TorchEngine):
+    """Hogwild! on a torch network with ``workers`` emulated workers in this thread: the
+    network, data, policy, loss, momentum, weight decay, batches, evaluations and
+    :class:`~hogwild_mts.core.result.FitResult` of :class:`~hogwild_mts.engines.networks.TorchEngine`
+    (its checks and preparation), the schedule of :class:`Simulator` (``staleness``,
+    ``compute``, ``update_seconds``).
+
+    Exact delayed gradients: update t applies a gradient computed on the parameters after
+    ``t - tau_t`` updates, by the real worker's update kernels (alpha(tau), the worker's private
+    velocity, weight decay on the current parameters).  Batches: the static split (worker w
+    owns rows w, w + m, ..., shuffled per epoch from its own seed); with ``workers=1`` this is
+    TorchEngine's run with one worker, bit for bit (history losses and params).
+    ``eval_every_updates``: updates between history rows (None: about
+    :data:`hogwild_mts.engines.networks.DEFAULT_EVALUATIONS` rows); times are simulated seconds.
+    Deterministic: the same arguments and seed give bit-identical results.  ``fit`` takes what
+    TorchEngine's takes except ``resume`` (no checkpoints).  Costs and memory:
+    :mod:`hogwild_mts.backends.sim.networks`, docs/deep_learning.md.  Every option:
+    NETWORK_SIMULATOR_OPTIONS.
+    """
+
+    def __init__(self, model="mlp", policy=NETWORK_DEFAULTS.policy, *,
+                 workers: int = NETWORK_DEFAULTS.workers, epochs: int = NETWORK_DEFAULTS.epochs,
+                 batch_size: int | None = NETWORK_DEFAULTS.batch_size,
+                 alpha: float | None = NETWORK_DEFAULTS.alpha, loss=NETWORK_DEFAULTS.loss,
+                 momentum: float = NETWORK_DEFAULTS.momentum,
+                 weight_decay: float = NETWORK_DEFAULTS.weight_decay,
+                 seed: int = NETWORK_DEFAULTS.seed, dtype: str = NETWORK_DEFAULTS.dtype,
+                 eval_every_updates: int | None = NETWORK_DEFAULTS.eval_every_updates,
+                 progress: bool = NETWORK_DEFAULTS.progress,
+                 model_args: tuple = NETWORK_DEFAULTS.model_args,
+                 model_kwargs: dict | None = NETWORK_DEFAULTS.model_kwargs,
+                 staleness=NETWORK_DEFAULTS.staleness, compute: str = NETWORK_DEFAULTS.compute,
+                 stragglers: str | None = NETWORK_DEFAULTS.stragglers,
+                 worker_speeds=NETWORK_DEFAULTS.worker_speeds,
+                 update_seconds: float = NETWORK_DEFAULTS.update_seconds):
+        self.options = validate(NETWORK_SIMULATOR_OPTIONS, NETWORK_SIMULATOR_OPTIONS.arguments(locals()))
+        self._take_model(model)
+
+    def _fit(self, dataset, started: float, init, init_params, resume) -> FitResult:
+        if resume is not None:
+            raise ValueError("the network simulator keeps no checkpoints to resume; start from a "
+                             "model file or a result with init= or init_params=")
+        problem, _, settings, eval_every_updates, template = self._prepare(
+            dataset, init, init_params, None)
+        job = Job(options=run_options(self.options, eval_every=None, defer_evaluation=False,
+                                      eval_every_updates=eval_every_updates),
+                  started=started, problem=problem, settings=settings, split=self.split,
+                  simulation=simulation_of(self.options, network_sim_backend.STALE_READS,
+                                           eval_every_updates))
+        return self._finished(network_sim_backend.fit(job), template)

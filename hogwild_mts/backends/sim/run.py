@@ -28,9 +28,9 @@ def fit(job: Job) -> FitResult:
     would exceed its limit."""
     options, problem, simulation = job.options, job.problem, job.simulation
     dataset = problem.dataset
-    orders, bounds = _batches(job, dataset.n_samples)
+    orders, bounds = worker_batches(job, dataset.n_samples)
     updates_per_worker = np.array([b[0].size for b in bounds], dtype=np.int64)
-    workers_of, taus, times = _schedule(job, updates_per_worker)
+    workers_of, taus, times = landing_schedule(job, updates_per_worker)
     total = workers_of.size
     batch_rows, batch_ptr = rows_in_landing_order(orders, bounds, workers_of)
     n_params = problem.n_params
@@ -58,15 +58,7 @@ def fit(job: Job) -> FitResult:
 
     def details(params):
         return {**problem.result_fields(params, dataset.n_features, dataset.name),
-                "settings": dataclasses.replace(job.settings, simulation=SimulationSettings(
-                    staleness=simulation.staleness,
-                    compute=simulation.compute if simulation.draw_tau == "event" else None,
-                    update_seconds=simulation.update_seconds,
-                    stale_reads="snapshots" if snapshots else "log",
-                    real_seconds=time.time() - job.started,
-                    stragglers=simulation.stragglers,
-                    worker_speeds=None if simulation.worker_speeds is None
-                    else [float(speed) for speed in simulation.worker_speeds]))}
+                "settings": simulated_settings(job, "snapshots" if snapshots else "log")}
 
     run_options = dataclasses.replace(options, eval_every=None, eval_every_updates=eval_every,
                                       defer_evaluation=False)
@@ -75,7 +67,20 @@ def fit(job: Job) -> FitResult:
                          started=job.started)
 
 
-def _batches(job: Job, n_samples: int):
+def simulated_settings(job: Job, stale_reads: str):
+    """The job's settings with what its simulation emulated (``stale_reads``: how stale
+    gradients were computed) and the real seconds it took so far."""
+    simulation = job.simulation
+    return dataclasses.replace(job.settings, simulation=SimulationSettings(
+        staleness=simulation.staleness,
+        compute=simulation.compute if simulation.draw_tau == "event" else None,
+        update_seconds=simulation.update_seconds, stale_reads=stale_reads,
+        real_seconds=time.time() - job.started, stragglers=simulation.stragglers,
+        worker_speeds=None if simulation.worker_speeds is None
+        else [float(speed) for speed in simulation.worker_speeds]))
+
+
+def worker_batches(job: Job, n_samples: int):
     """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly as
     the engine's workers draw them under the static split."""
     options = job.options
@@ -91,7 +96,7 @@ def _batches(job: Job, n_samples: int):
     return orders, bounds
 
 
-def _schedule(job: Job, updates_per_worker: np.ndarray):
+def landing_schedule(job: Job, updates_per_worker: np.ndarray):
     """(worker, tau, simulated finish time in seconds) of every update, in landing order; the
     event schedule's compute times scaled by each worker's ``simulation.slowness``."""
     simulation = job.simulation
