@@ -13,8 +13,9 @@ from hogwild_mts.backends.sim.simulator import STALE_READS, compute_sampler, sta
 from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Optional, Positive, Table, validate
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines import options as shared
-from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, prepare_dataset
-from hogwild_mts.job import Job, LinearProblem, LinearSettings, Simulation, run_options
+from hogwild_mts.engines.linear import (DEFAULT_ALPHA, ENGINE_OPTIONS, linear_settings,
+                                        prepare_dataset, step_schedule)
+from hogwild_mts.job import Job, LinearProblem, Simulation, run_options
 from hogwild_mts.models.linear import LinearModel
 
 
@@ -36,6 +37,7 @@ SIMULATOR_OPTIONS = Table(
      Option("eval_every", Optional(Integer(1)), None,
             f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
      Option("progress", Flag(), False, "run"), shared.MOMENTUM,
+     ENGINE_OPTIONS["learning_rate"], ENGINE_OPTIONS["power_t"],
      Option("staleness", Checked("'event', 'poisson', 'geometric', a StalenessModel or a "
                                  "histogram"), "event", "the schedule"),
      Option("compute", Checked("'constant', 'exponential', 'gamma:SHAPE' or 'lognormal:SIGMA'"),
@@ -73,9 +75,11 @@ class Simulator:
                  eval_every: int | None = DEFAULTS.eval_every,
                  update_seconds: float = DEFAULTS.update_seconds,
                  stale_reads: str = DEFAULTS.stale_reads, momentum: float = DEFAULTS.momentum,
-                 progress: bool = DEFAULTS.progress):
+                 progress: bool = DEFAULTS.progress, learning_rate: str = DEFAULTS.learning_rate,
+                 power_t: float = DEFAULTS.power_t):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(SIMULATOR_OPTIONS, SIMULATOR_OPTIONS.arguments(locals()))
+        self.schedule = step_schedule(self.model, self.learning_rate, self.power_t)
 
     __getattr__ = shared.option_of
 
@@ -91,10 +95,10 @@ class Simulator:
         job = Job(options=run_options(self.options, eval_every=None, eval_every_updates=None,
                                       defer_evaluation=False),
                   problem=LinearProblem(model, "float64", dataset), started=started,
-                  settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
-                                          seed=self.seed, dtype="float64", l2=model.l2,
-                                          fit_intercept=model.fit_intercept,
-                                          momentum=self.momentum),
+                  settings=linear_settings(model, self.schedule, epochs=self.epochs,
+                                           batch_size=self.batch_size, seed=self.seed,
+                                           dtype="float64", momentum=self.momentum),
+                  schedule=self.schedule,
                   simulation=Simulation(draw_tau=self.draw_tau,
                                         staleness=self.staleness_description,
                                         compute=self.compute, update_seconds=self.update_seconds,
