@@ -266,12 +266,20 @@ class LinearProblem:
         loss, accuracy = objective(rows, shape, params.astype(np.float64, copy=False))
         return loss, accuracy if self.model.classifier else None
 
-    def result_fields(self, params: np.ndarray, n_features: int, data_name: str) -> dict:
-        """The FitResult fields of a final parameter vector: weights, intercept, model and data."""
+    def result_fields(self, params: np.ndarray, n_features: int, data_name: str,
+                      averaged: np.ndarray | None = None) -> dict:
+        """The FitResult fields of a final parameter vector: weights, intercept, model and data;
+        with ``averaged`` (averaged SGD) those are the averaged parameters and ``params`` the
+        last iterate (``last_params``, ``last_intercept``)."""
         params = params.astype(np.float64)
-        return {"params": params[:n_features],
-                "intercept": float(params[n_features]) if self.model.fit_intercept else 0.0,
-                "model": self.model.name, "data": data_name}
+        intercept = float(params[n_features]) if self.model.fit_intercept else 0.0
+        fields = {"params": params[:n_features], "intercept": intercept,
+                  "model": self.model.name, "data": data_name}
+        if averaged is not None:
+            fields.update(params=averaged[:n_features],
+                          intercept=float(averaged[n_features]) if self.model.fit_intercept else 0.0,
+                          last_params=params[:n_features], last_intercept=intercept)
+        return fields
 
 
 def objective(rows: kernels.Rows, shape, params: np.ndarray):
@@ -354,6 +362,8 @@ class Job:
         every ``ray.checkpoint_every`` seconds and after the run, or None.
     simulation : how the simulator emulates the workers (its backend only), or None.
     schedule : the step schedule of a linear problem (shared memory and the simulator).
+    average_start : averaged SGD of a linear problem (shared memory): the first averaged update
+        (0-based global update number), or None without averaging.
     """
 
     options: RunOptions
@@ -370,6 +380,7 @@ class Job:
     ray_checkpoint: Callable | None = None
     simulation: Simulation | None = None
     schedule: StepSchedule = CONSTANT_STEPS
+    average_start: int | None = None
 
     @property
     def workers(self) -> int:

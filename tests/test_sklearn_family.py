@@ -276,3 +276,104 @@ def test_one_worker_optimal_hinge_is_close_to_sklearn():
     correlation = np.corrcoef(ours, theirs)[0, 1]
     assert correlation > 0.999, correlation
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)  # measured: 2.2e-13
+
+
+def _averaged_kernel_run(dataset, model, order, batch_size, alpha, params, average_start,
+                         schedule=(1.0, 0.0)):
+    """One worker's averaging kernel over ``order``; returns the averaged parameters."""
+    n_params = params.shape[0]
+    buffers = kernels.WorkerBuffers(
+        np.zeros(8, np.int64), np.zeros(16, np.int64), np.zeros(batch_size), kernels.NO_VELOCITY,
+        kernels.NO_MARKS, np.zeros(dataset.n_features), np.zeros((1, kernels.TOTALS_COLUMNS)), 0,
+        np.zeros(n_params), np.zeros(n_params, np.int64), average_start)
+    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, True, 0.0, model.l1,
+                                True)
+    counter = np.zeros(1, np.int64)
+    status = kernel(_rows(dataset), order, 0, order.shape[0], batch_size, params, dataset.n_features,
+                    kernels.model_terms(model), 0.0, np.array([alpha]), *schedule, counter, buffers)
+    assert status == kernels.STATUS_OK
+    return kernels.finish_average(buffers.averaged, buffers.averaged_marks, params,
+                                  int(counter[0]) - average_start)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("average_start", [0, 20, 10_000])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_lazy_averaging_is_the_mean_of_the_iterates(dense, batch_size, average_start, fit_intercept):
+    """Averaged SGD, lazy on sparse rows, against the reference's eager mean over every
+    coordinate (with L1, L2 and a schedule); start 10_000 is never reached: the last iterate."""
+    rng = np.random.default_rng(abs(hash((dense, batch_size, average_start, fit_intercept))) % 2**32)
+    model = LinearModel("hinge", l2=0.01, l1=0.01, fit_intercept=fit_intercept)
+    dataset = _problem(rng, dense)
+    order = np.concatenate([rng.permutation(dataset.n_samples)] * 4)
+    start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
+    params = start.copy()
+    averaged = _averaged_kernel_run(dataset, model, order, batch_size, 0.2, params, average_start,
+                                    (1.0, 0.5))
+    expected = []
+    weights, intercept = reference.sequential_sgd(
+        dataset, model, order, batch_size, 0.2, start[:dataset.n_features],
+        start[dataset.n_features] if fit_intercept else 0.0, schedule=(1.0, 0.5),
+        average_start=average_start, averaged=expected)
+    np.testing.assert_allclose(params[:dataset.n_features], weights, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(averaged, expected, rtol=0, atol=TOLERANCE)
+    if average_start < 10_000:
+        assert not np.allclose(averaged, params)
+
+
+def test_engine_keeps_the_averaged_and_the_last_iterate():
+    data = synthetic_dense(300, 8, seed=5)
+    options = dict(alpha=0.05, workers=1, epochs=2, progress=False, seed=1)
+    plain = Engine(LinearModel("log_loss", l2=1e-3), **options).fit(data)
+    averaged = Engine(LinearModel("log_loss", l2=1e-3), average=True, **options).fit(data)
+    assert np.array_equal(averaged.last_params, plain.params)  # the same iterates
+    assert averaged.last_intercept == plain.intercept
+    assert not np.allclose(averaged.params, plain.params)
+    assert plain.last_params is None
+    late = Engine(LinearModel("log_loss", l2=1e-3), average=10**6, **options).fit(data)
+    assert np.array_equal(late.params, plain.params)  # never reached: the last iterate
+
+
+def test_two_workers_average_loosely():
+    data = synthetic_dense(3000, 20, seed=1)
+    result = Engine(LinearModel("hinge", l2=1e-3), alpha=0.01, workers=2, epochs=3, average=100,
+                    progress=False).fit(data)
+    assert np.isfinite(result.params).all() and np.isfinite(result.intercept)
+    X = data.values.reshape(data.n_samples, -1)
+    labels = np.where(data.y > 0, 1.0, -1.0)
+    accuracy = np.mean(np.sign(X @ result.params + result.intercept) == labels)
+    assert accuracy > 0.8
+
+
+@pytest.mark.parametrize("average", [-1, 1.5, "yes"])
+def test_bad_average_is_refused(average):
+    with pytest.raises(ValueError, match="average"):
+        Engine(LinearModel("hinge"), average=average, workers=1, progress=False)
+
+
+def test_model_files_of_the_new_losses_load_and_old_checkpoint_settings_still_resume(tmp_path):
+    from hogwild_mts import checkpoint, model_file
+
+    model_file.save_linear(str(tmp_path / "huber"), kind="HogwildRegressor", coef=np.ones((1, 3)),
+                           intercept=np.zeros(1), classes=None,
+                           estimator_params={"loss": "huber", "epsilon": 0.2, "l1": 0.01,
+                                             "fit_intercept": True},
+                           histogram=np.ones(2, np.int64), counter=2, metrics={})
+    document, arrays = model_file.read(str(tmp_path / "huber"))
+    assert document["params"]["loss"] == "huber" and document["params"]["epsilon"] == 0.2
+    with pytest.raises(model_file.ModelFileError, match="huber"):
+        model_file.save_linear(str(tmp_path / "wrong"), kind="HogwildClassifier",
+                               coef=np.ones((1, 3)), intercept=np.zeros(1), classes=[0, 1],
+                               estimator_params={"loss": "huber", "fit_intercept": True},
+                               histogram=np.ones(2, np.int64), counter=2, metrics={})
+        model_file.read(str(tmp_path / "wrong"))
+    engine = Engine(LinearModel("svm", l2=1e-3), workers=1, progress=False)
+    current = checkpoint.run_settings(engine, backend="shm", n_features=3, n_samples=10, digest="d")
+    old = {name: value for name, value in current.items() if name not in checkpoint.SETTING_DEFAULTS}
+    checkpoint.check_resume("old", old, current)  # written before the new settings existed
+    with pytest.raises(ValueError, match="learning_rate='constant'"):
+        changed = Engine(LinearModel("svm", l2=1e-3), workers=1, progress=False,
+                         learning_rate="invscaling")
+        checkpoint.check_resume("old", old, checkpoint.run_settings(
+            changed, backend="shm", n_features=3, n_samples=10, digest="d"))

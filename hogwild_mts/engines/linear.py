@@ -17,7 +17,8 @@ from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.core.options import check_finite_vector
-from hogwild_mts.core.params import Choice, Integer, NonNegative, Option, Optional, Positive, Table, validate
+from hogwild_mts.core.params import (Checked, Choice, Integer, NonNegative, Option, Optional, Positive,
+                                     Table, validate)
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError, warn_if_bad
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines import options as shared
@@ -66,12 +67,32 @@ def step_schedule(model: LinearModel, learning_rate: str, power_t: float) -> Ste
                         base_step=1.0 / (penalty * optimal_init))
 
 
+def average_start(average) -> int | None:
+    """The first averaged update (0-based) of scikit-learn's ``average``: False or 0: None (no
+    averaging); True: 0; an int n >= 1: n - 1 (averaging starts once n updates are applied,
+    counting the one being averaged).  ValueError naming anything else."""
+    if isinstance(average, (bool, np.bool_)):
+        return 0 if average else None
+    if isinstance(average, (int, np.integer)) and average >= 0:
+        return int(average) - 1 if average else None
+    raise ValueError(f"average must be False, True or an int >= 0 (start averaging after that "
+                     f"many updates), got {average!r}")
+
+
 def _shm_only(values) -> dict:
-    """The step schedule runs on the shared-memory backend (and the simulator)."""
+    """The step schedule and averaging run on the shared-memory backend (the schedule also on
+    the simulator); averaging is not checkpointed."""
     if values["ray_options"] is not None and values["learning_rate"] != "constant":
         raise ValueError(f"learning_rate={values['learning_rate']!r} applies to backend='shm'; "
                          "backend='ray' takes constant steps (learning_rate='constant')")
-    return {}
+    start = average_start(values["average"])
+    if start is not None and values["ray_options"] is not None:
+        raise ValueError(f"average={values['average']!r} applies to backend='shm'; backend='ray' "
+                         "keeps no averaged parameters (average=False)")
+    if start is not None and values["checkpoints"] is not None:
+        raise ValueError(f"average={values['average']!r} cannot be checkpointed (checkpoints do "
+                         "not store the averaged parameters); train without checkpoint_dir")
+    return {"average_start": start}
 
 
 def _ray_takes_plain_steps(values) -> dict:
@@ -91,6 +112,8 @@ ENGINE_OPTIONS = Table(
      Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
      Option("learning_rate", Choice(LEARNING_RATES), "constant", "the step schedule"),
      Option("power_t", NonNegative(), 0.5, "the step schedule (invscaling's exponent)"),
+     Option("average", Checked("False, True or an int >= 0"), False,
+            "averaged SGD (True: from the first update; n: from update n)"),
      *shared.PROCESS_OPTIONS),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
            shared.process_options, _ray_takes_plain_steps, _shm_only))
@@ -100,7 +123,8 @@ DEFAULTS = ENGINE_OPTIONS.defaults
 class Engine:
     """Asynchronous lock-free SGD of a linear model with ``workers`` processes.
 
-    ``model``: a name (``logreg``, ``svm``, ``lsq``) or a :class:`hogwild_mts.models.linear.LinearModel`.
+    ``model``: a loss name (scikit-learn's, or ``logreg``, ``svm``, ``lsq``) or a
+    :class:`hogwild_mts.models.linear.LinearModel`.
     ``policy``: a name, a policy object or a function of tau; ``alpha`` is the base step for a
     named policy.  ``epochs`` full passes over the data in total.  ``split="dynamic"`` shuffles
     all rows every epoch (generator seeded from ``seed``) and workers claim runs of batches from
@@ -132,6 +156,15 @@ class Engine:
     private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
     on sparse data; exactly torch's on dense data; see kernels.linear.sgd_kernel); the L2 penalty
     ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
+    ``learning_rate`` (scikit-learn's ``constant``, ``invscaling`` with ``power_t``, or
+    ``optimal``) multiplies the policy's steps by a function of the global update number, and
+    for ``optimal`` replaces the policy's base step (:func:`step_schedule`); the schedule needs
+    the shared-memory backend.  ``average`` (False, True or n: from update n, as scikit-learn's):
+    averaged SGD; the result's ``params`` and ``intercept`` are the averaged ones and
+    ``last_params``/``last_intercept`` the last iterate (the history and ``final_loss`` score
+    the last iterate); shared memory only, not checkpointed.  The model's L1 penalty
+    (``LinearModel(l1=...)``) is scikit-learn's cumulative penalty (kernels.linear); shared
+    memory only, not checkpointed.
     Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
     """
@@ -153,7 +186,8 @@ class Engine:
                  max_worker_restarts: int = DEFAULTS.max_worker_restarts,
                  placement_timeout: float = DEFAULTS.placement_timeout,
                  on_lost_worker: str = DEFAULTS.on_lost_worker,
-                 learning_rate: str = DEFAULTS.learning_rate, power_t: float = DEFAULTS.power_t):
+                 learning_rate: str = DEFAULTS.learning_rate, power_t: float = DEFAULTS.power_t,
+                 average=DEFAULTS.average):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(ENGINE_OPTIONS, ENGINE_OPTIONS.arguments(locals()))
         self.schedule = step_schedule(self.model, self.learning_rate, self.power_t)
@@ -172,6 +206,7 @@ class Engine:
                                             batch_size=self.batch_size, seed=self.seed,
                                             dtype=self.dtype),
                    split=self.split, start_method=self.start_method, schedule=self.schedule,
+                   average_start=self.average_start,
                    checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,

@@ -62,7 +62,9 @@ class Simulator:
     numbers per update: a snapshot copies all parameters, a read rolls back tau logged updates).
     ``momentum`` in [0, 1): each emulated worker keeps a private velocity exactly as the
     engine's workers (``v = momentum * v + g``, ``theta -= alpha(tau) * v`` on the coordinates a
-    batch stores, the L2 penalty in g); the policy is bound with it.
+    batch stores, the L2 penalty in g); the policy is bound with it.  ``learning_rate`` and
+    ``power_t``: the engine's step schedule, with t the simulated update's landing number; the
+    model's L1 penalty is applied as by one engine worker.
     Deterministic: the same arguments and seed give bit-identical results.
     Every option, its allowed values and default: SIMULATOR_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.

@@ -29,6 +29,18 @@ step (no pow is taken: the same bits as without a schedule), ``t0 = 1`` scikit-l
 :func:`hogwild_mts.engines.linear.step_schedule`).  An unstamped variant has no counter and
 counts t as its own updates.
 
+Averaged SGD (scikit-learn's ``average``): from update ``average_start`` on (0-based), the
+averaged parameters are the mean of the iterates after each update, kept lazily: coordinate j
+records in ``averaged_marks[j]`` how many averaged iterates its mean covers, and only a row that
+stores j brings it up to date (:func:`catch_up_average` before the update: the iterates since
+then all held the current value; :func:`record_average` after it); the intercept changes at every
+update and is averaged at every one.  :func:`finish_average` brings every coordinate up to the
+run's last update.  The averaged iterate is the one after the whole update, L1 clipping included
+(scikit-learn averages before its L1 step).  With one worker this is the mean of the iterates exactly (up to rounding);
+with several the marks and means are shared and written without locks (Hogwild!): a worker
+whose update count was overtaken by another's skips its record, which the next visit or the
+final catch-up replaces by the value then held.
+
 The SGD loop is one Python function compiled once per flag set (:func:`sgd_kernel`): a run
 compiles only the variant it uses.  No fastmath: update loops keep IEEE semantics so one worker is
 bit-reproducible.
@@ -58,6 +70,7 @@ NO_APPLIED = np.empty(0, dtype=np.float64)  # WorkerBuffers.l1_applied without a
 NO_TOTALS = np.zeros((1, 1), dtype=np.float64)  # WorkerBuffers.l1_totals without an L1 penalty
 TOTALS_COLUMNS = 8  # float64 per worker row of l1_totals (one cache line; column 0 is read)
 CONSTANT_SCHEDULE = (1.0, 0.0)  # (t0, power) of a constant step: scale 1 at every update
+NO_AVERAGE = np.empty(0, dtype=np.float64)  # WorkerBuffers.averaged without averaging
 
 Rows = namedtuple("Rows", ["values", "indices", "indptr", "labels", "sample_weight", "feature_scale"])
 Rows.__doc__ = """The data set as one numba argument (read-only in the kernels).
@@ -85,8 +98,9 @@ def model_terms(model) -> Terms:
 
 
 WorkerBuffers = namedtuple("WorkerBuffers", ["stats", "hist", "derivatives", "velocity", "touched",
-                                             "l1_applied", "l1_totals", "slot"],
-                           defaults=(NO_APPLIED, NO_TOTALS, 0))
+                                             "l1_applied", "l1_totals", "slot", "averaged",
+                                             "averaged_marks", "average_start"],
+                           defaults=(NO_APPLIED, NO_TOTALS, 0, NO_AVERAGE, NO_MARKS, 0))
 WorkerBuffers.__doc__ = """One worker's arrays, as one numba argument (the kernels write them).
 
 stats : int64 (STAT_COLUMNS), its row of counts (STAT_UPDATES, STAT_SAMPLES, STAT_MAX_TAU).
@@ -100,6 +114,10 @@ l1_applied : float64 (n_features), the L1 penalty each weight received (scikit-l
 l1_totals : float64 (workers, TOTALS_COLUMNS), column 0 of row w the L1 penalty of worker w's
     updates (``l1`` times its steps; ``u`` is the column's sum), or NO_TOTALS without one.
 slot : this worker's row of ``l1_totals``.
+averaged : float64 (n_params), the averaged parameters (shared), or NO_AVERAGE.
+averaged_marks : int64 (n_params), the averaged iterates each mean covers (start at 0; shared),
+    or NO_MARKS without averaging.
+average_start : the first averaged update (0-based global update number).
 """
 
 
@@ -209,6 +227,62 @@ def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised,
 
 
 @njit(cache=True, nogil=True, inline="always")
+def catch_up_average(rows, dense, params, n_features, fit_intercept, order, position, batch_end,
+                     averaged, marks, done):
+    """Before an update whose averaged iterate is number ``done + 1``: every coordinate j the
+    batch stores (and the intercept) whose mean covers ``marks[j] < done`` iterates gets the
+    iterates since, which all held ``params[j]``: ``averaged[j] = (marks[j] averaged[j] + (done
+    - marks[j]) params[j]) / done``, ``marks[j] = done``."""
+    indices, indptr = rows.indices, rows.indptr
+    for b in range(position, batch_end + int(fit_intercept)):
+        if b < batch_end:
+            row = order[b]
+            start, stop = indptr[row], indptr[row + 1]
+        else:
+            start, stop = 0, 1  # one pass over the intercept
+        for k in range(start, stop):
+            column = n_features if b == batch_end else (k - start if dense else indices[k])
+            covered = marks[column]
+            if covered < done:
+                averaged[column] = (covered * averaged[column] + (done - covered) * params[column]) / done
+                marks[column] = done
+
+
+@njit(cache=True, nogil=True, inline="always")
+def record_average(rows, dense, params, n_features, fit_intercept, order, position, batch_end,
+                   averaged, marks, count):
+    """After the update whose averaged iterate is number ``count``: every coordinate j the batch
+    stores (and the intercept) whose mean covers ``count - 1`` iterates adds the new value:
+    ``averaged[j] += (params[j] - averaged[j]) / count``, ``marks[j] = count``."""
+    indices, indptr = rows.indices, rows.indptr
+    for b in range(position, batch_end + int(fit_intercept)):
+        if b < batch_end:
+            row = order[b]
+            start, stop = indptr[row], indptr[row + 1]
+        else:
+            start, stop = 0, 1
+        for k in range(start, stop):
+            column = n_features if b == batch_end else (k - start if dense else indices[k])
+            if marks[column] == count - 1:
+                averaged[column] += (params[column] - averaged[column]) / count
+                marks[column] = count
+
+
+def finish_average(averaged: np.ndarray, marks: np.ndarray, params: np.ndarray, count: int) -> np.ndarray:
+    """The averaged parameters after ``count`` averaged iterates (a new float64 array): each
+    coordinate's mean brought up to ``count`` with its current value; ``params`` itself (as
+    float64) when nothing was averaged (``count`` < 1: scikit-learn keeps the last iterate)."""
+    params = np.asarray(params, dtype=np.float64)
+    if count < 1:
+        return params.copy()
+    covered = marks.astype(np.float64)
+    result = averaged.astype(np.float64, copy=True)
+    behind = marks < count
+    result[behind] = ((covered * averaged + (count - covered) * params) / count)[behind]
+    return result
+
+
+@njit(cache=True, nogil=True, inline="always")
 def apply_update(rows, dense, params, n_features, fit_intercept, l2, penalised, with_momentum,
                  order, position, batch_end, derivatives, step, momentum, velocity, touched, mark):
     """Apply one mini-batch ``order[position:batch_end]`` with ``step`` (``derivatives[b -
@@ -273,8 +347,8 @@ def keep_largest_tau(stats_row, tau):
 
 
 def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
-                      with_momentum: bool, clipped: bool):
-    """The Python function of one kernel variant: the six flags are constants of its closure,
+                      with_momentum: bool, clipped: bool, averaging: bool):
+    """The Python function of one kernel variant: the seven flags are constants of its closure,
     so numba compiles (and caches) one loop per flag set with no flag tested per row."""
 
     def sgd_chunk(rows, order, start, stop, batch_size, params, n_features, terms, momentum,
@@ -302,7 +376,9 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
         the next sequence number t, ``tau = t - read``, ``alpha = alpha_table[min(tau, T - 1)]``
         times the schedule's scale at t, write ``params -= alpha * mean gradient`` (then, with
         L1, add ``l1 * alpha`` to the worker's total and :func:`clip_l1` the batch's
-        coordinates) and count ``tau`` in ``buffers.hist``.  Unstamped (classic Hogwild!): no
+        coordinates) and count ``tau`` in ``buffers.hist``; an averaging variant brings the
+        batch's coordinates' means up to date before the write and adds the new iterate after
+        it (from update ``buffers.average_start`` on).  Unstamped (classic Hogwild!): no
         counter, no histogram, alpha = alpha_table[0], t = the worker's own update count.  The
         chunk's largest tau is kept in a local and written to ``buffers.stats`` once on the way
         out (comparing and storing it on every update cost one worker about 10% of its
@@ -334,6 +410,10 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
             else:
                 t, alpha = stats[STAT_UPDATES], alpha_table[0]
             step = scheduled_step(alpha, t, t0, power)
+            count = t - buffers.average_start + 1  # this update's averaged iterate (< 1: none)
+            if averaging and count >= 1:
+                catch_up_average(rows, dense, params, n_features, fit_intercept, order, position,
+                                 batch_end, buffers.averaged, buffers.averaged_marks, count - 1)
             apply_update(rows, dense, params, n_features, fit_intercept, l2, penalised,
                          with_momentum, order, position, batch_end, derivatives, step, momentum,
                          buffers.velocity, buffers.touched, stats[STAT_UPDATES])
@@ -344,6 +424,9 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                 for w in range(totals.shape[0]):
                     u += totals[w, 0]
                 clip_l1(rows, dense, params, buffers.l1_applied, u, order, position, batch_end)
+            if averaging and count >= 1:
+                record_average(rows, dense, params, n_features, fit_intercept, order, position,
+                               batch_end, buffers.averaged, buffers.averaged_marks, count)
             stats[STAT_UPDATES] += 1
             stats[STAT_SAMPLES] += batch_end - position
             position = batch_end
@@ -355,19 +438,20 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
 
 @functools.cache
 def _compiled_sgd_chunk(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
-                        with_momentum: bool, clipped: bool):
+                        with_momentum: bool, clipped: bool, averaging: bool):
     return njit(cache=True, nogil=True)(
-        _sgd_chunk_source(dense, fit_intercept, penalised, stamped, with_momentum, clipped))
+        _sgd_chunk_source(dense, fit_intercept, penalised, stamped, with_momentum, clipped,
+                          averaging))
 
 
 def sgd_kernel(dense: bool, fit_intercept: bool, l2: float, stamped: bool, momentum: float,
-               l1: float = 0.0):
+               l1: float = 0.0, averaging: bool = False):
     """The SGD loop for this flag set (see ``sgd_chunk`` in :func:`_sgd_chunk_source`): one numba
-    dispatcher per (dense, fit_intercept, l2 != 0, stamped, momentum != 0, l1 != 0), made on
-    first use and compiled (or loaded from numba's cache) on its first call, so a run compiles
-    only its own."""
+    dispatcher per (dense, fit_intercept, l2 != 0, stamped, momentum != 0, l1 != 0, averaging),
+    made on first use and compiled (or loaded from numba's cache) on its first call, so a run
+    compiles only its own."""
     return _compiled_sgd_chunk(bool(dense), bool(fit_intercept), l2 != 0.0, bool(stamped),
-                               momentum != 0.0, l1 != 0.0)
+                               momentum != 0.0, l1 != 0.0, bool(averaging))
 
 
 @njit(cache=True, nogil=True)

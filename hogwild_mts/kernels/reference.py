@@ -85,7 +85,7 @@ def margin(row, weights, intercept):
 
 def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
                    sample_weight=None, momentum=0.0, schedule=(1.0, 0.0), first_update=0,
-                   applied=None):
+                   applied=None, average_start=None, averaged=None):
     """One worker's pass over ``order`` in mini-batches (tau = 0); ``sample_weight[i]`` (default
     1) multiplies row i's loss gradient.  The step of update t (counted from ``first_update``) is
     ``alpha * (t0 / (t0 + t))^power`` with ``schedule = (t0, power)`` (power 0: ``alpha``).
@@ -96,7 +96,11 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
     start) and ``w_j -= step * v_j``; other coordinates keep their velocity and weight.
     ``model.l1`` > 0: after each update, ``u += l1 * step`` and every coordinate a row of the
     batch stores is clipped with scikit-learn's cumulative penalty, row after row (``applied``:
-    the penalty each weight received, default zeros, updated in place).
+    the penalty each weight received, default zeros, updated in place).  ``average_start`` (an
+    update number): after every update t >= it, the mean of all parameters (weights, then the
+    intercept if fitted) takes the new iterate, ``mean += (theta - mean) / n`` over every
+    coordinate (eagerly); ``averaged`` (a list) receives the final means, or the last iterate
+    when no update was averaged.
 
     Returns the new (weights, intercept) as a list and a float; inputs are not modified.
     """
@@ -108,6 +112,7 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
     all_rows = list(rows(dataset))
     counts = dataset.feature_counts()
     scale = [dataset.n_samples / c if c > 0 else 0.0 for c in counts]
+    mean, averaged_count = [0.0] * (len(weights) + 1), 0
     for t, start in enumerate(range(0, len(order), batch_size), start=first_update):
         batch = [int(i) for i in order[start:start + batch_size]]
         step = alpha if power == 0.0 else alpha * (t0 / (t0 + t)) ** power
@@ -143,6 +148,12 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
                 elif before < 0.0:
                     weights[column] = min(0.0, before + (u - applied[column]))
                 applied[column] += weights[column] - before
+        if average_start is not None and t >= average_start:
+            averaged_count += 1
+            mean = [m + (value - m) / averaged_count for m, value in zip(mean, weights + [intercept])]
+    if averaged is not None:
+        final = mean if averaged_count else weights + [intercept]
+        averaged[:] = final if model.fit_intercept else final[:-1]
     return weights, intercept
 
 

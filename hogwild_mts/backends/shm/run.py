@@ -122,6 +122,8 @@ class _LinearRun(_Run):
             worker.add_velocity_field(layout, self.n_values)
         if problem.model.l1:
             worker.add_l1_fields(layout, job.workers, problem.dataset.n_features)
+        if job.average_start is not None:
+            worker.add_average_fields(layout, self.n_values)
         if job.checkpoints is not None:
             worker.add_checkpoint_fields(layout, job.workers, self.n_values, self.dtype,
                                          job.options.momentum)
@@ -140,6 +142,7 @@ class _LinearRun(_Run):
             fit_intercept=problem.model.fit_intercept, terms=kernels.model_terms(problem.model),
             stamp=job.stamp, policy=options.policy, momentum=options.momentum,
             parent_pid=os.getpid(), split=job.split, schedule=job.schedule,
+            average_start=job.average_start,
             **self._checkpoint_fields())
 
     @staticmethod
@@ -191,7 +194,8 @@ class _LinearRun(_Run):
             return problem.score(rows, spec, params)
 
         def details(params):
-            return {**problem.result_fields(params, n_features, problem.dataset.name),
+            averaged = worker.averaged_params(block.views, spec)
+            return {**problem.result_fields(params, n_features, problem.dataset.name, averaged),
                     "settings": dataclasses.replace(
                         job.settings, stamp=job.stamp, momentum=job.options.momentum,
                         shm=ShmSettings(job.split, job.start_method if job.workers > 1 else "thread"),

@@ -108,6 +108,7 @@ class WorkerSpec:
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
     schedule: StepSchedule = CONSTANT_STEPS  # the step schedule (t0, power; optimal's base step)
+    average_start: int | None = None  # averaged SGD: the first averaged update; None: off
 
 
 def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews | None = None,
@@ -130,8 +131,30 @@ def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews 
             applied, totals = views.l1_applied, views.l1_totals
         else:
             applied, totals = np.zeros(spec.n_features), np.zeros((1, kernels.TOTALS_COLUMNS))
+    averaged, marks = kernels.NO_AVERAGE, kernels.NO_MARKS
+    if spec.average_start is not None:
+        if views is not None and views.averaged is not None:
+            averaged, marks = views.averaged, views.averaged_marks
+        else:
+            averaged, marks = np.zeros(n_params), np.zeros(n_params, np.int64)
     return kernels.WorkerBuffers(stats, hist, derivatives, velocity, touched, applied, totals,
-                                 max(worker_id, 0))
+                                 max(worker_id, 0), averaged, marks, spec.average_start or 0)
+
+
+def add_average_fields(layout: Layout, n_params: int) -> None:
+    """The shared state of averaged SGD (:mod:`hogwild_mts.kernels.linear`): the averaged
+    parameters and how many iterates each coordinate's mean covers."""
+    layout.add("averaged", np.float64, (n_params,))
+    layout.add("averaged_marks", np.int64, (n_params,))
+
+
+def averaged_params(views: BlockViews, spec) -> np.ndarray | None:
+    """The averaged parameters at the end of a run with averaging (None without): every mean
+    brought up to the run's last update (:func:`kernels.finish_average`)."""
+    if spec.average_start is None:
+        return None
+    count = run_updates(views, spec.stamp) - spec.average_start
+    return kernels.finish_average(views.averaged, views.averaged_marks, views.params, count)
 
 
 def add_l1_fields(layout: Layout, workers: int, n_features: int) -> None:
@@ -162,7 +185,7 @@ def chunk_runner(views: BlockViews, spec, buffers: kernels.WorkerBuffers, table)
     for these types."""
     terms = spec.terms
     kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, terms.l2, spec.stamp, spec.momentum,
-                                terms.l1)
+                                terms.l1, spec.average_start is not None)
     rows = views.rows()
     params, counter = views.params, views.counter
     t0, power = spec.schedule.t0, spec.schedule.power
