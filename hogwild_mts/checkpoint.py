@@ -49,13 +49,16 @@ from hogwild_mts.core.params import Integer, Option, Optional, Positive
 from hogwild_mts.core.result import RunState
 from hogwild_mts.kernels.split import GENERATOR_WORDS
 from hogwild_mts.model_file import ModelFileError
+from hogwild_mts.models.linear import CLASSIFIERS
 from hogwild_mts.policies.step_sizes import policy_state
 
 DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is given (both backends)
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
-MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept")
+MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept", "l1", "epsilon")
 RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
-                "momentum", "policy")
+                "momentum", "policy", "learning_rate", "power_t")
+# What a checkpoint written before a setting existed ran with (so that it still resumes).
+SETTING_DEFAULTS = {"l1": 0.0, "epsilon": 0.1, "learning_rate": "constant", "power_t": 0.5}
 
 
 @dataclass
@@ -139,6 +142,8 @@ def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None
     model, options = engine.model, engine.options
     return {"backend": backend, "n_features": int(n_features), "loss": model.name,
             "l2": float(model.l2), "fit_intercept": bool(model.fit_intercept),
+            "l1": float(model.l1), "epsilon": float(model.epsilon),
+            "learning_rate": options.learning_rate, "power_t": float(options.power_t),
             "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
             "batch_size": options.batch_size, "seed": options.seed, "split": options.split,
             "dtype": options.dtype, "momentum": options.momentum,
@@ -151,7 +156,7 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
     directory when it cannot be written (the previous checkpoint is then left whole)."""
     n_features = settings["n_features"]
     params = np.asarray(state.params, dtype=np.float64)
-    classifier = settings["loss"] != "lsq"
+    classifier = settings["loss"] in CLASSIFIERS
     if classifier and classes is None:
         classes = np.array([-1.0, 1.0])
     estimator_params = {"loss": settings["loss"], "policy": settings["policy"], "alpha": None,
@@ -280,8 +285,8 @@ def read_checkpoint(path: str) -> tuple[dict, RunState]:
 def check_same_settings(path: str, saved: dict, current: dict, names, same: str) -> None:
     """Refuse (ValueError) to resume the checkpoint at ``path`` when any of the settings ``names``
     differs between ``saved`` and ``current`` (all of them named; ``same``: what to resume with)."""
-    differ = [f"{name}={saved.get(name)!r} (this run: {current[name]!r})" for name in names
-              if saved.get(name) != current[name]]
+    differ = [f"{name}={saved.get(name, SETTING_DEFAULTS.get(name))!r} (this run: {current[name]!r})"
+              for name in names if saved.get(name, SETTING_DEFAULTS.get(name)) != current[name]]
     if differ:
         raise ValueError(f"cannot resume {path}: it was written by a run with " + ", ".join(differ)
                          + f"; resume with the same {same}")

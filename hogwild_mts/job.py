@@ -94,6 +94,9 @@ class LinearSettings(Settings):
     l2: float
     fit_intercept: bool
     stamp: bool | None = field(default=None, metadata=OMIT_NONE)  # shared memory
+    l1: float | None = field(default=None, metadata=OMIT_NONE)  # None: no L1 penalty
+    epsilon: float | None = field(default=None, metadata=OMIT_NONE)  # huber, epsilon-insensitive
+    schedule: dict | None = field(default=None, metadata=OMIT_NONE)  # None: constant steps
     momentum: float | None = field(default=None, metadata=OMIT_NONE)  # shared memory, simulator
     shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
     ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
@@ -159,14 +162,53 @@ class Simulation:
 
 
 @dataclass(frozen=True)
+class StepSchedule:
+    """How the step of update t (the global update number, 0-based) follows t: the policy's
+    ``alpha(tau)`` times ``(t0 / (t0 + t))^power`` (:func:`hogwild_mts.kernels.linear.scheduled_step`).
+
+    ``learning_rate``: scikit-learn's name (``constant``: power 0; ``invscaling``: t0 1, power
+    ``power_t``; ``optimal``: t0 ``optimal_init``, power 1); ``base_step``: for ``optimal``, the
+    step at t = 0 (``1 / (penalty * optimal_init)``), which replaces the policy's own base: the
+    policy then gives only the staleness shape ``alpha(tau) / alpha(0)`` (:meth:`shaped`); None
+    keeps the policy's steps as they are.
+    """
+
+    learning_rate: str = "constant"
+    power_t: float = 0.5
+    t0: float = 1.0
+    power: float = 0.0
+    base_step: float | None = None
+
+    def shaped(self, table: np.ndarray) -> np.ndarray:
+        """The alpha(tau) table the kernels step with: ``table`` itself, or (``base_step``
+        given) ``base_step * table / table[0]``; ValueError when table[0] is not > 0 then."""
+        if self.base_step is None:
+            return table
+        if not table[0] > 0.0:
+            raise ValueError(f"learning_rate='optimal' scales the policy's steps by its alpha(0), "
+                             f"which is {float(table[0])!r}; it must be > 0")
+        return np.ascontiguousarray(table * (self.base_step / table[0]), dtype=table.dtype)
+
+    def describe(self) -> dict | None:
+        """The schedule as results record it (None for constant steps)."""
+        if self.learning_rate == "constant":
+            return None
+        return {"learning_rate": self.learning_rate, "power_t": self.power_t, "t0": self.t0,
+                "power": self.power, "base_step": self.base_step}
+
+
+CONSTANT_STEPS = StepSchedule()
+
+
+@dataclass(frozen=True)
 class KernelShape:
-    """What the linear kernels need to know of a problem besides its arrays."""
+    """What the linear kernels need to know of a problem besides its arrays (``terms``: the
+    model's :class:`hogwild_mts.kernels.linear.Terms`)."""
 
     n_features: int
     dense: bool
     fit_intercept: bool
-    loss_id: int
-    l2: float
+    terms: kernels.Terms
 
 
 @dataclass
@@ -201,7 +243,7 @@ class LinearProblem:
         """The kernels' view of the model on this data set."""
         model = self.model
         return KernelShape(self.dataset.n_features, self.dataset.dense, model.fit_intercept,
-                           model.loss_id, float(model.l2))
+                           kernels.model_terms(model))
 
     def arrays(self) -> dict:
         """The data set's arrays by their names in the kernels (``sample_weight`` empty for unit
@@ -227,25 +269,33 @@ class LinearProblem:
         Parameters
         ----------
         rows : the rows to score on (weighted by ``rows.sample_weight`` when it is not empty).
-        shape : anything with ``n_features, dense, fit_intercept, loss_id, l2``.
+        shape : anything with ``n_features, dense, fit_intercept, terms``.
         params : the flat parameter vector (weights, then the intercept), any float dtype.
         """
         loss, accuracy = objective(rows, shape, params.astype(np.float64, copy=False))
         return loss, accuracy if self.model.classifier else None
 
-    def result_fields(self, params: np.ndarray, n_features: int, data_name: str) -> dict:
-        """The FitResult fields of a final parameter vector: weights, intercept, model and data."""
+    def result_fields(self, params: np.ndarray, n_features: int, data_name: str,
+                      averaged: np.ndarray | None = None) -> dict:
+        """The FitResult fields of a final parameter vector: weights, intercept, model and data;
+        with ``averaged`` (averaged SGD) those are the averaged parameters and ``params`` the
+        last iterate (``last_params``, ``last_intercept``)."""
         params = params.astype(np.float64)
-        return {"params": params[:n_features],
-                "intercept": float(params[n_features]) if self.model.fit_intercept else 0.0,
-                "model": self.model.name, "data": data_name}
+        intercept = float(params[n_features]) if self.model.fit_intercept else 0.0
+        fields = {"params": params[:n_features], "intercept": intercept,
+                  "model": self.model.name, "data": data_name}
+        if averaged is not None:
+            fields.update(params=averaged[:n_features],
+                          intercept=float(averaged[n_features]) if self.model.fit_intercept else 0.0,
+                          last_params=params[:n_features], last_intercept=intercept)
+        return fields
 
 
 def objective(rows: kernels.Rows, shape, params: np.ndarray):
     """:func:`hogwild_mts.kernels.linear.objective` of ``params`` on ``rows``; ``shape`` has
-    ``n_features, dense, fit_intercept, loss_id, l2``."""
+    ``n_features, dense, fit_intercept, terms``."""
     return kernels.objective(rows, shape.dense, params, shape.n_features, shape.fit_intercept,
-                             shape.loss_id, shape.l2)
+                             shape.terms)
 
 
 @dataclass
@@ -320,6 +370,9 @@ class Job:
     ray_checkpoint : ``(params, version, histogram) -> None``, called with the server's state
         every ``ray.checkpoint_every`` seconds and after the run, or None.
     simulation : how the simulator emulates the workers (its backend only), or None.
+    schedule : the step schedule of a linear problem (shared memory and the simulator).
+    average_start : averaged SGD of a linear problem (shared memory): the first averaged update
+        (0-based global update number), or None without averaging.
     """
 
     options: RunOptions
@@ -335,6 +388,8 @@ class Job:
     ray: object = None
     ray_checkpoint: Callable | None = None
     simulation: Simulation | None = None
+    schedule: StepSchedule = CONSTANT_STEPS
+    average_start: int | None = None
 
     @property
     def workers(self) -> int:

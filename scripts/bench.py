@@ -55,7 +55,8 @@ def unstamped_fit(engine: Engine, data):
 def objective(data, weights) -> float:
     rows = kernels.Rows(data.values, data.indices, data.indptr, data.y, kernels.UNIT_WEIGHTS,
                         kernels.UNIT_WEIGHTS)  # no penalty: feature_scale unread
-    loss, _ = kernels.objective(rows, data.dense, weights, data.n_features, False, MODEL.loss_id, 0.0)
+    loss, _ = kernels.objective(rows, data.dense, weights, data.n_features, False,
+                                kernels.model_terms(MODEL))
     return float(loss)
 
 

@@ -171,7 +171,7 @@ def run_plain(args, dataset, k: int) -> dict:
                         kernels.UNIT_WEIGHTS, kernels.UNIT_WEIGHTS)  # no penalty: feature_scale unread
     for elapsed, ref in snapshots:
         loss, _ = kernels.objective(rows, dataset.dense, np.array(ray.get(ref)), dataset.n_features,
-                                    True, model.loss_id, 0.0)
+                                    True, kernels.model_terms(model))
         history.append((elapsed, loss))
     for actor in workers + [server]:
         ray.kill(actor)

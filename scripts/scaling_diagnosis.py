@@ -59,7 +59,8 @@ def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, s
     started = time.perf_counter()
     for start in range(0, order.shape[0], CHUNK):
         kernel(rows, order, start, min(start + CHUNK, order.shape[0]), 1, params, params.shape[0],
-               0, 0.0, 0.0, ALPHA_TABLE, counter, buffers)
+               kernels.Terms(0, 0.1, 0.0, 0.0), 0.0, ALPHA_TABLE, *kernels.CONSTANT_SCHEDULE,
+               counter, buffers)
     seconds[slot] = time.perf_counter() - started
 
 

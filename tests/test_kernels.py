@@ -42,8 +42,8 @@ def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=
                                     np.full(params.shape[0], -1, dtype=np.int64))
     kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, stamped, momentum)
     status = kernel(_rows(dataset, sample_weight), order, 0, order.shape[0], batch_size, params,
-                    dataset.n_features, model.loss_id, model.l2, momentum,
-                    np.array([alpha, alpha / 2]), counter, buffers)
+                    dataset.n_features, kernels.model_terms(model), momentum,
+                    np.array([alpha, alpha / 2]), *kernels.CONSTANT_SCHEDULE, counter, buffers)
     return status, counter[0], hist, stats
 
 
@@ -83,7 +83,7 @@ def test_objective_matches_reference(name, dense):
     dataset = _random_problem(rng, dense, model)
     params = rng.normal(size=model.n_params(dataset.n_features))
     loss, accuracy = kernels.objective(_rows(dataset), dataset.dense, params, dataset.n_features,
-                                       True, model.loss_id, model.l2)
+                                       True, kernels.model_terms(model))
     expected_loss, expected_accuracy = reference.objective(
         dataset, model, params[: dataset.n_features], params[dataset.n_features])
     assert abs(loss - expected_loss) <= TOLERANCE
@@ -112,7 +112,7 @@ def test_weighted_sgd_chunk_and_objective_match_reference(name, dense):
     assert not np.allclose(unweighted, params)  # the weights changed the steps
 
     loss, accuracy = kernels.objective(_rows(dataset, sample_weight), dataset.dense, params,
-                                       dataset.n_features, True, model.loss_id, model.l2)
+                                       dataset.n_features, True, kernels.model_terms(model))
     expected_loss, expected_accuracy = reference.objective(
         dataset, model, params[: dataset.n_features], params[dataset.n_features], sample_weight)
     assert abs(loss - expected_loss) <= TOLERANCE and abs(accuracy - expected_accuracy) <= TOLERANCE
@@ -232,7 +232,8 @@ def test_two_threads_record_their_largest_tau():
             buffers = kernels.WorkerBuffers(stats[slot], hists[slot], np.zeros(1),
                                             kernels.NO_VELOCITY, kernels.NO_MARKS)
             kernel(_rows(dataset), orders[slot], 0, orders[slot].shape[0], 1, params,
-                   dataset.n_features, model.loss_id, 0.0, 0.0, np.array([0.01]), counter, buffers)
+                   dataset.n_features, kernels.model_terms(model), 0.0, np.array([0.01]),
+                   *kernels.CONSTANT_SCHEDULE, counter, buffers)
 
         threads = [threading.Thread(target=train, args=(slot,)) for slot in range(2)]
         for thread in threads:

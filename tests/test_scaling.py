@@ -48,7 +48,7 @@ def test_claims_visit_every_row_once_per_epoch_in_the_seeded_orders(workers, bat
     spec = worker.WorkerSpec(block_name="", layout=None, workers=workers, epochs=epochs,
                              batch_size=batch_size, chunk_updates=5,
                              seeds=np.random.SeedSequence(9).spawn(workers), n_features=0,
-                             dense=False, fit_intercept=False, loss_id=0, l2=0.0, stamp=True,
+                             dense=False, fit_intercept=False, terms=None, stamp=True,
                              policy=None, parent_pid=0)
     views = schedule_views(n_rows, workers)
     worker.prepare_schedule(views, spec)

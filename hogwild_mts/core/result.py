@@ -202,6 +202,9 @@ class FitResult:
     startup_seconds: float | None = None  # fit() call to the first worker's loop start (None: not measured)
     finish_spread_seconds: float | None = None  # first worker's loop end to the last's (None: not measured)
     stopped_by: str | None = None  # why an interrupted run stopped: a worker's failure; None for a signal
+    # averaged SGD (linear, average on): params/intercept are the averaged ones, these the last iterate
+    last_params: np.ndarray | None = field(default=None, repr=False)
+    last_intercept: float | None = None
     # A TorchEngine fit's ``params -> nn.Module`` (see module()); None for other fits.
     module_builder: object = field(default=None, repr=False, compare=False)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import os
 import time
 
@@ -16,18 +17,82 @@ from hogwild_mts.backends.shm import run as shm_backend
 from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_directory,
                                     read_checkpoint, rows_digest, run_settings, write_checkpoint)
 from hogwild_mts.core.options import check_finite_vector
-from hogwild_mts.core.params import Choice, Integer, Option, Optional, Positive, Table, validate
+from hogwild_mts.core.params import (Checked, Choice, Integer, NonNegative, Option, Optional, Positive,
+                                     Table, validate)
 from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError, warn_if_bad
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines import options as shared
-from hogwild_mts.job import Job, LinearProblem, LinearSettings, run_options
+from hogwild_mts.job import Job, LinearProblem, LinearSettings, StepSchedule, run_options
 from hogwild_mts.kernels.split import total_updates
-from hogwild_mts.models.linear import LinearModel
+from hogwild_mts.models.linear import LinearModel, loss_derivative
 
 __all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
 PARAM_DTYPES = ("float64", "float32")
 DEFAULT_ALPHA = 0.1  # base step of a named policy (the Simulator's and the classifier's too)
+LEARNING_RATES = ("constant", "optimal", "invscaling")  # scikit-learn's names
+
+
+def step_schedule(model: LinearModel, learning_rate: str, power_t: float) -> StepSchedule:
+    """The :class:`~hogwild_mts.job.StepSchedule` of scikit-learn's ``learning_rate`` for
+    ``model``: the step of update t (0-based, the global update number) is the policy's
+    ``alpha(tau)`` times ``(t0 / (t0 + t))^power``.
+
+    * ``constant``: power 0, the policy's steps as they are.
+    * ``invscaling``: t0 1, power ``power_t``: ``alpha(tau) / (t + 1)^power_t`` (scikit-learn's
+      ``eta0 / t^power_t`` with t counted from 1; the policy's base step is ``eta0``).
+    * ``optimal``: scikit-learn's ``eta = 1 / (penalty (optimal_init + t))`` (t from 0 here, its
+      ``t - 1``), ``penalty = l1 + l2`` (> 0) and its heuristic ``typw = sqrt(1 / sqrt(penalty))``,
+      ``eta0 = typw / max(1, dloss(-typw, 1))``, ``optimal_init = 1 / (eta0 penalty)``.  That is
+      the base step ``1 / (penalty optimal_init)`` times ``optimal_init / (optimal_init + t)``.
+      The base step replaces the policy's own (its ``alpha`` is ignored): the policy supplies
+      only the staleness shape ``alpha(tau) / alpha(0)``.
+
+    With one worker tau is always 0, so the steps are exactly scikit-learn's.  ValueError for
+    ``optimal`` without a penalty."""
+    if learning_rate == "constant":
+        return StepSchedule("constant", power_t)
+    if learning_rate == "invscaling":
+        return StepSchedule("invscaling", power_t, t0=1.0, power=power_t)
+    penalty = model.penalty
+    if not penalty > 0.0:
+        raise ValueError(f"learning_rate='optimal' needs a penalty: its steps are 1 / (penalty "
+                         f"(optimal_init + t)), but the model's l1 + l2 is {penalty!r}; give l2 or "
+                         "l1 > 0, or choose learning_rate='constant' or 'invscaling'")
+    typical_weight = math.sqrt(1.0 / math.sqrt(penalty))
+    initial_step = typical_weight / max(1.0, loss_derivative(model.loss_id, -typical_weight, 1.0,
+                                                             model.epsilon))
+    optimal_init = 1.0 / (initial_step * penalty)
+    return StepSchedule("optimal", power_t, t0=optimal_init, power=1.0,
+                        base_step=1.0 / (penalty * optimal_init))
+
+
+def average_start(average) -> int | None:
+    """The first averaged update (0-based) of scikit-learn's ``average``: False or 0: None (no
+    averaging); True: 0; an int n >= 1: n - 1 (averaging starts once n updates are applied,
+    counting the one being averaged).  ValueError naming anything else."""
+    if isinstance(average, (bool, np.bool_)):
+        return 0 if average else None
+    if isinstance(average, (int, np.integer)) and average >= 0:
+        return int(average) - 1 if average else None
+    raise ValueError(f"average must be False, True or an int >= 0 (start averaging after that "
+                     f"many updates), got {average!r}")
+
+
+def _shm_only(values) -> dict:
+    """The step schedule and averaging run on the shared-memory backend (the schedule also on
+    the simulator); averaging is not checkpointed."""
+    if values["ray_options"] is not None and values["learning_rate"] != "constant":
+        raise ValueError(f"learning_rate={values['learning_rate']!r} applies to backend='shm'; "
+                         "backend='ray' takes constant steps (learning_rate='constant')")
+    start = average_start(values["average"])
+    if start is not None and values["ray_options"] is not None:
+        raise ValueError(f"average={values['average']!r} applies to backend='shm'; backend='ray' "
+                         "keeps no averaged parameters (average=False)")
+    if start is not None and values["checkpoints"] is not None:
+        raise ValueError(f"average={values['average']!r} cannot be checkpointed (checkpoints do "
+                         "not store the averaged parameters); train without checkpoint_dir")
+    return {"average_start": start}
 
 
 def _ray_takes_plain_steps(values) -> dict:
@@ -44,16 +109,22 @@ ENGINE_OPTIONS = Table(
      Option("epochs", Integer(1), 5, "run"), Option("batch_size", Integer(1), 1, "run"),
      shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
-     Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"), *shared.PROCESS_OPTIONS),
+     Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
+     Option("learning_rate", Choice(LEARNING_RATES), "constant", "the step schedule"),
+     Option("power_t", NonNegative(), 0.5, "the step schedule (invscaling's exponent)"),
+     Option("average", Checked("False, True or an int >= 0"), False,
+            "averaged SGD (True: from the first update; n: from update n)"),
+     *shared.PROCESS_OPTIONS),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
-           shared.process_options, shared.worker_momentum, _ray_takes_plain_steps))
+           shared.process_options, shared.worker_momentum, _ray_takes_plain_steps, _shm_only))
 DEFAULTS = ENGINE_OPTIONS.defaults
 
 
 class Engine:
     """Asynchronous lock-free SGD of a linear model with ``workers`` processes.
 
-    ``model``: a name (``logreg``, ``svm``, ``lsq``) or a :class:`hogwild_mts.models.linear.LinearModel`.
+    ``model``: a loss name (scikit-learn's, or ``logreg``, ``svm``, ``lsq``) or a
+    :class:`hogwild_mts.models.linear.LinearModel`.
     ``policy``: a name, a policy object or a function of tau; ``alpha`` is the base step for a
     named policy.  ``epochs`` full passes over the data in total.  ``split="dynamic"`` shuffles
     all rows every epoch (generator seeded from ``seed``) and workers claim runs of batches from
@@ -85,6 +156,15 @@ class Engine:
     private velocity, as torch.optim.SGD (dampening 0) on the coordinates a batch stores (lazy
     on sparse data; exactly torch's on dense data; see kernels.linear.sgd_kernel); the L2 penalty
     ``model.l2`` is the weight decay and enters the velocity like torch's ``weight_decay``.
+    ``learning_rate`` (scikit-learn's ``constant``, ``invscaling`` with ``power_t``, or
+    ``optimal``) multiplies the policy's steps by a function of the global update number, and
+    for ``optimal`` replaces the policy's base step (:func:`step_schedule`); the schedule needs
+    the shared-memory backend.  ``average`` (False, True or n: from update n, as scikit-learn's):
+    averaged SGD; the result's ``params`` and ``intercept`` are the averaged ones and
+    ``last_params``/``last_intercept`` the last iterate (the history and ``final_loss`` score
+    the last iterate); shared memory only, not checkpointed.  The model's L1 penalty
+    (``LinearModel(l1=...)``) is scikit-learn's cumulative penalty (kernels.linear); shared
+    memory only, not checkpointed.
     Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
     """
@@ -105,9 +185,13 @@ class Engine:
                  momentum: float = DEFAULTS.momentum,
                  max_worker_restarts: int = DEFAULTS.max_worker_restarts,
                  placement_timeout: float = DEFAULTS.placement_timeout,
-                 on_lost_worker: str = DEFAULTS.on_lost_worker):
+                 on_lost_worker: str = DEFAULTS.on_lost_worker,
+                 learning_rate: str = DEFAULTS.learning_rate, power_t: float = DEFAULTS.power_t,
+                 average=DEFAULTS.average):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(ENGINE_OPTIONS, ENGINE_OPTIONS.arguments(locals()))
+        self.schedule = step_schedule(self.model, self.learning_rate, self.power_t)
+        check_model_on_backend(self.model, self.ray_options is not None, self.checkpoints is not None)
 
     __getattr__ = shared.option_of
 
@@ -118,10 +202,11 @@ class Engine:
         if self.ray_options is not None and self.ray_options.checkpoint is not None:
             ray_checkpoint = functools.partial(self.ray_options.checkpoint, self)
         return Job(options=run_options(self.options), problem=problem, started=started,
-                   settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
-                                           seed=self.seed, dtype=self.dtype, l2=model.l2,
-                                           fit_intercept=model.fit_intercept),
-                   split=self.split, start_method=self.start_method,
+                   settings=linear_settings(model, self.schedule, epochs=self.epochs,
+                                            batch_size=self.batch_size, seed=self.seed,
+                                            dtype=self.dtype),
+                   split=self.split, start_method=self.start_method, schedule=self.schedule,
+                   average_start=self.average_start,
                    checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,
@@ -231,6 +316,26 @@ class _CheckpointedRun:
                 written.path, samples_before=self.resumed.samples, epochs=self.engine.epochs))
         engine.options = engine.options.replace(epochs=self.remaining_epochs(), ray_options=ray_options)
         return engine
+
+
+def check_model_on_backend(model: LinearModel, ray: bool, checkpoints: bool) -> None:
+    """ValueError naming the value when the model's L1 penalty meets a backend or option that
+    does not carry its state (Ray workers; checkpoints, which do not store it)."""
+    if model.l1 and ray:
+        raise ValueError(f"l1={model.l1!r} applies to backend='shm'; backend='ray' trains "
+                         "without an L1 penalty (l1=0)")
+    if model.l1 and checkpoints:
+        raise ValueError(f"l1={model.l1!r} cannot be checkpointed (checkpoints do not store the "
+                         "cumulative L1 penalty); train without checkpoint_dir, or with l1=0")
+
+
+def linear_settings(model: LinearModel, schedule: StepSchedule, **run) -> LinearSettings:
+    """The result settings of a linear fit of ``model`` with ``schedule`` (``run``: epochs,
+    batch_size, seed, dtype and the other LinearSettings fields)."""
+    uses_epsilon = model.loss in ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+    return LinearSettings(l2=model.l2, fit_intercept=model.fit_intercept,
+                          l1=model.l1 or None, epsilon=model.epsilon if uses_epsilon else None,
+                          schedule=schedule.describe(), **run)
 
 
 def _binary_classes(labels) -> np.ndarray:

@@ -18,9 +18,10 @@ from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Opti
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines import options as shared
 from hogwild_mts.engines import networks
-from hogwild_mts.engines.linear import DEFAULT_ALPHA, ENGINE_OPTIONS, prepare_dataset
+from hogwild_mts.engines.linear import (DEFAULT_ALPHA, ENGINE_OPTIONS, linear_settings,
+                                        prepare_dataset, step_schedule)
 from hogwild_mts.engines.networks import NETWORK_OPTIONS, TorchEngine
-from hogwild_mts.job import Job, LinearProblem, LinearSettings, Simulation, run_options
+from hogwild_mts.job import Job, LinearProblem, Simulation, run_options
 from hogwild_mts.models.linear import LinearModel
 
 
@@ -69,7 +70,8 @@ SIMULATOR_OPTIONS = Table(
      ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED,
      Option("eval_every", Optional(Integer(1)), None,
             f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
-     Option("progress", Flag(), False, "run"), shared.MOMENTUM, *SCHEDULE_OPTIONS,
+     Option("progress", Flag(), False, "run"), shared.MOMENTUM,
+     ENGINE_OPTIONS["learning_rate"], ENGINE_OPTIONS["power_t"], *SCHEDULE_OPTIONS,
      Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.worker_momentum, _staleness_source))
 DEFAULTS = SIMULATOR_OPTIONS.defaults
@@ -95,7 +97,9 @@ class Simulator:
     numbers per update: a snapshot copies all parameters, a read rolls back tau logged updates).
     ``momentum`` in [0, 1): each emulated worker keeps a private velocity exactly as the
     engine's workers (``v = momentum * v + g``, ``theta -= alpha(tau) * v`` on the coordinates a
-    batch stores, the L2 penalty in g); the policy is bound with it.
+    batch stores, the L2 penalty in g); the policy is bound with it.  ``learning_rate`` and
+    ``power_t``: the engine's step schedule, with t the simulated update's landing number; the
+    model's L1 penalty is applied as by one engine worker.
     Deterministic: the same arguments and seed give bit-identical results.
     Every option, its allowed values and default: SIMULATOR_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
@@ -109,9 +113,11 @@ class Simulator:
                  eval_every: int | None = DEFAULTS.eval_every,
                  update_seconds: float = DEFAULTS.update_seconds,
                  stale_reads: str = DEFAULTS.stale_reads, momentum: float = DEFAULTS.momentum,
-                 progress: bool = DEFAULTS.progress):
+                 progress: bool = DEFAULTS.progress, learning_rate: str = DEFAULTS.learning_rate,
+                 power_t: float = DEFAULTS.power_t):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(SIMULATOR_OPTIONS, SIMULATOR_OPTIONS.arguments(locals()))
+        self.schedule = step_schedule(self.model, self.learning_rate, self.power_t)
 
     __getattr__ = shared.option_of
 
@@ -127,10 +133,10 @@ class Simulator:
         job = Job(options=run_options(self.options, eval_every=None, eval_every_updates=None,
                                       defer_evaluation=False),
                   problem=LinearProblem(model, "float64", dataset), started=started,
-                  settings=LinearSettings(epochs=self.epochs, batch_size=self.batch_size,
-                                          seed=self.seed, dtype="float64", l2=model.l2,
-                                          fit_intercept=model.fit_intercept,
-                                          momentum=self.momentum),
+                  settings=linear_settings(model, self.schedule, epochs=self.epochs,
+                                           batch_size=self.batch_size, seed=self.seed,
+                                           dtype="float64", momentum=self.momentum),
+                  schedule=self.schedule,
                   simulation=simulation_of(self.options, self.stale_reads, self.eval_every))
         return sim_backend.fit(job)
 

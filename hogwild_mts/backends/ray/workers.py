@@ -136,6 +136,12 @@ class LinearModelSpec:
     fit_intercept: bool
     loss_id: int
     l2: float
+    epsilon: float = 0.1  # huber and the epsilon-insensitive losses
+
+    @property
+    def terms(self) -> kernels.Terms:
+        """The objective's terms as the kernels take them (Ray runs have no L1 penalty)."""
+        return kernels.Terms(self.loss_id, self.epsilon, self.l2, 0.0)
 
 
 SHARD_FIELDS = ("values", "indices", "indptr", "labels", "sample_weight")
@@ -171,8 +177,9 @@ def warm_up_linear(shard: dict, feature_scale: np.ndarray, model: LinearModelSpe
     rows = kernels.Rows(**read_only({**shard, "feature_scale": feature_scale}))
     local_steps_kernel(model)(rows, kernels.NO_ROWS, 0, 0, batch_size,
                               np.zeros(model.n_features + int(model.fit_intercept), dtype=dtype),
-                              model.n_features, model.loss_id, model.l2, 0.0,
-                              np.ones(1, dtype=dtype), np.zeros(1, np.int64), local_buffers(batch_size))
+                              model.n_features, model.terms, 0.0, np.ones(1, dtype=dtype),
+                              *kernels.CONSTANT_SCHEDULE, np.zeros(1, np.int64),
+                              local_buffers(batch_size))
 
 
 @dataclass
@@ -333,8 +340,8 @@ class LinearWorker:
         (:func:`local_steps_kernel`: no counter, no histogram)."""
         model = self.model
         status = self.kernel(self.rows, order, start, stop, self.spec.batch_size, self.local,
-                             model.n_features, model.loss_id, model.l2, 0.0, self.local_table,
-                             self.unused_counter, self.buffers)
+                             model.n_features, model.terms, 0.0, self.local_table,
+                             *kernels.CONSTANT_SCHEDULE, self.unused_counter, self.buffers)
         return status == control.STATUS_OK
 
     def run(self, server, worker_id: int) -> int:

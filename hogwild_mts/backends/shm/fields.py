@@ -38,6 +38,16 @@ class BlockViews:
     # linear runs
     #: float64 (features,): the L2 weights (kernels.Rows), written by the parent
     feature_scale: np.ndarray | None = None
+    # the L1 penalty of a linear run (worker.add_l1_fields)
+    #: float64 (features,): the penalty each weight received, every worker (lock-free)
+    l1_applied: np.ndarray | None = None
+    #: float64 (m, padded 1): word 0 of row w the L1 total of worker w's steps, by worker w
+    l1_totals: np.ndarray | None = None
+    # averaged SGD of a linear run (worker.add_average_fields)
+    #: float64 (p,): the averaged parameters, every worker (lock-free)
+    averaged: np.ndarray | None = None
+    #: int64 (p,): the averaged iterates each mean covers, every worker (lock-free)
+    averaged_marks: np.ndarray | None = None
     # the dynamic split (worker.add_schedule)
     #: int64 (SCHEDULE_WORDS,): cursor and slot words, every worker
     schedule: np.ndarray | None = None

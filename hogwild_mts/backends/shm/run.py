@@ -120,6 +120,10 @@ class _LinearRun(_Run):
         worker.add_schedule(layout, self.n_rows, job.split)
         if job.options.momentum:
             worker.add_velocity_field(layout, self.n_values)
+        if problem.model.l1:
+            worker.add_l1_fields(layout, job.workers, problem.dataset.n_features)
+        if job.average_start is not None:
+            worker.add_average_fields(layout, self.n_values)
         if job.checkpoints is not None:
             worker.add_checkpoint_fields(layout, job.workers, self.n_values, self.dtype,
                                          job.options.momentum)
@@ -135,9 +139,10 @@ class _LinearRun(_Run):
             block_name=block.name, layout=block.layout, workers=job.workers, epochs=options.epochs,
             batch_size=options.batch_size, chunk_updates=CHUNK_UPDATES, seeds=job.seeds(),
             n_features=dataset.n_features, dense=dataset.dense,
-            fit_intercept=problem.model.fit_intercept, loss_id=problem.model.loss_id,
-            l2=float(problem.model.l2), stamp=job.stamp, policy=options.policy,
-            momentum=options.momentum, parent_pid=os.getpid(), split=job.split,
+            fit_intercept=problem.model.fit_intercept, terms=kernels.model_terms(problem.model),
+            stamp=job.stamp, policy=options.policy, momentum=options.momentum,
+            parent_pid=os.getpid(), split=job.split, schedule=job.schedule,
+            average_start=job.average_start,
             **self._checkpoint_fields())
 
     @staticmethod
@@ -189,7 +194,8 @@ class _LinearRun(_Run):
             return problem.score(rows, spec, params)
 
         def details(params):
-            return {**problem.result_fields(params, n_features, problem.dataset.name),
+            averaged = worker.averaged_params(block.views, spec)
+            return {**problem.result_fields(params, n_features, problem.dataset.name, averaged),
                     "settings": dataclasses.replace(
                         job.settings, stamp=job.stamp, momentum=job.options.momentum,
                         shm=ShmSettings(job.split, job.start_method if job.workers > 1 else "thread"),

@@ -48,6 +48,7 @@ from hogwild_mts.core.control import (CLOCK_LOOP_END, CLOCK_LOOP_START, FLAG_GO,
 from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.core.files import process_alive
 from hogwild_mts.backends.shm.fields import BlockViews
+from hogwild_mts.job import CONSTANT_STEPS, StepSchedule
 from hogwild_mts.kernels.split import GENERATOR_WORDS, sharded_pieces
 from hogwild_mts.policies.refit import Refitter
 
@@ -97,8 +98,7 @@ class WorkerSpec:
     n_features: int
     dense: bool
     fit_intercept: bool
-    loss_id: int
-    l2: float
+    terms: kernels.Terms  # the model's loss and penalties
     stamp: bool
     policy: object
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
@@ -107,34 +107,92 @@ class WorkerSpec:
     views: BlockViews | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
+    schedule: StepSchedule = CONSTANT_STEPS  # the step schedule (t0, power; optimal's base step)
+    average_start: int | None = None  # averaged SGD: the first averaged update; None: off
 
 
 def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews | None = None,
                    worker_id: int = -1) -> kernels.WorkerBuffers:
     """A worker's :class:`kernels.WorkerBuffers` on its ``stats`` and ``hist`` rows: scratch for
-    one batch and, when ``spec.momentum`` is not 0, zero velocity (worker 0 of a checkpointed
-    run: the block's ``velocity0``, restored by a resume) and unmarked coordinates."""
+    one batch; when ``spec.momentum`` is not 0, zero velocity (worker 0 of a checkpointed run:
+    the block's ``velocity0``, restored by a resume) and unmarked coordinates; with an L1
+    penalty, the block's shared ``l1_applied`` and ``l1_totals`` (row ``worker_id``; scratch
+    zeros without ``views``)."""
     derivatives = np.empty(spec.batch_size, dtype=np.float64)
-    if spec.momentum == 0.0:
-        return kernels.WorkerBuffers(stats, hist, derivatives, kernels.NO_VELOCITY, kernels.NO_MARKS)
     n_params = spec.n_features + int(spec.fit_intercept)
-    kept = views is not None and worker_id == 0 and views.velocity0 is not None
-    velocity = views.velocity0 if kept else np.zeros(n_params)
-    return kernels.WorkerBuffers(stats, hist, derivatives, velocity,
-                                 np.full(n_params, -1, dtype=np.int64))
+    velocity, touched = kernels.NO_VELOCITY, kernels.NO_MARKS
+    if spec.momentum != 0.0:
+        kept = views is not None and worker_id == 0 and views.velocity0 is not None
+        velocity = views.velocity0 if kept else np.zeros(n_params)
+        touched = np.full(n_params, -1, dtype=np.int64)
+    applied, totals = kernels.NO_APPLIED, kernels.NO_TOTALS
+    if spec.terms.l1 != 0.0:
+        if views is not None and views.l1_applied is not None:
+            applied, totals = views.l1_applied, views.l1_totals
+        else:
+            applied, totals = np.zeros(spec.n_features), np.zeros((1, kernels.TOTALS_COLUMNS))
+    averaged, marks = kernels.NO_AVERAGE, kernels.NO_MARKS
+    if spec.average_start is not None:
+        if views is not None and views.averaged is not None:
+            averaged, marks = views.averaged, views.averaged_marks
+        else:
+            averaged, marks = np.zeros(n_params), np.zeros(n_params, np.int64)
+    return kernels.WorkerBuffers(stats, hist, derivatives, velocity, touched, applied, totals,
+                                 max(worker_id, 0), averaged, marks, spec.average_start or 0)
+
+
+def add_average_fields(layout: Layout, n_params: int) -> None:
+    """The shared state of averaged SGD (:mod:`hogwild_mts.kernels.linear`): the averaged
+    parameters and how many iterates each coordinate's mean covers."""
+    layout.add("averaged", np.float64, (n_params,))
+    layout.add("averaged_marks", np.int64, (n_params,))
+
+
+def averaged_params(views: BlockViews, spec) -> np.ndarray | None:
+    """The averaged parameters at the end of a run with averaging (None without): every mean
+    brought up to the run's last update (:func:`kernels.finish_average`)."""
+    if spec.average_start is None:
+        return None
+    count = run_updates(views, spec.stamp) - spec.average_start
+    return kernels.finish_average(views.averaged, views.averaged_marks, views.params, count)
+
+
+def add_l1_fields(layout: Layout, workers: int, n_features: int) -> None:
+    """The shared state of the cumulative L1 penalty (:mod:`hogwild_mts.kernels.linear`): the
+    penalty each weight received, and one row per worker of its own total."""
+    layout.add("l1_applied", np.float64, (n_features,))
+    layout.add_rows("l1_totals", np.float64, workers, 1)
+
+
+def step_table(refitter: Refitter, schedule: StepSchedule):
+    """``table()``: the refitter's current alpha(tau) table shaped by the step schedule
+    (:meth:`hogwild_mts.job.StepSchedule.shaped`), shaped again only after a refit."""
+    shaped = {"source": None, "table": None}
+
+    def table():
+        current = refitter.table
+        if shaped["source"] is not current:
+            shaped["source"], shaped["table"] = current, schedule.shaped(current)
+        return shaped["table"]
+
+    return table
 
 
 def chunk_runner(views: BlockViews, spec, buffers: kernels.WorkerBuffers, table):
     """``run_chunk(order, start, stop) -> STATUS_*``: the spec's SGD kernel variant on the rows
-    and parameters of ``views``, stepping with ``table()`` (the current alpha(tau) table).
-    ``run_chunk(kernels.NO_ROWS, 0, 0)`` only compiles or loads the kernel for these types."""
-    kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, spec.l2, spec.stamp, spec.momentum)
+    and parameters of ``views``, stepping with ``table()`` (the current alpha(tau) table) and
+    the spec's schedule.  ``run_chunk(kernels.NO_ROWS, 0, 0)`` only compiles or loads the kernel
+    for these types."""
+    terms = spec.terms
+    kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, terms.l2, spec.stamp, spec.momentum,
+                                terms.l1, spec.average_start is not None)
     rows = views.rows()
     params, counter = views.params, views.counter
+    t0, power = spec.schedule.t0, spec.schedule.power
 
     def run_chunk(order, start: int, stop: int) -> int:
         return kernel(rows, order, start, stop, spec.batch_size, params, spec.n_features,
-                      spec.loss_id, spec.l2, spec.momentum, table(), counter, buffers)
+                      terms, spec.momentum, table(), t0, power, counter, buffers)
 
     return run_chunk
 
@@ -504,7 +562,7 @@ def run_worker(views: BlockViews, spec: WorkerSpec, worker_id: int) -> int:
     hist_rows = views.hist
     refitter = Refitter(spec.policy, spec.workers, spec.momentum, np.float64)
     buffers = worker_buffers(spec, stats, hist_rows[worker_id], views, worker_id)
-    run_chunk = chunk_runner(views, spec, buffers, lambda: refitter.table)
+    run_chunk = chunk_runner(views, spec, buffers, step_table(refitter, spec.schedule))
 
     run_chunk(kernels.NO_ROWS, 0, 0)  # loads the compiled kernels before the clock starts
     load_schedule_kernels()

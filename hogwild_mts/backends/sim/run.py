@@ -49,10 +49,10 @@ def fit(job: Job) -> FitResult:
         data={"values": rows.values, "indices": rows.indices, "indptr": rows.indptr,
               "labels": rows.labels, "feature_scale": rows.feature_scale},
         dense=shape.dense, n_features=shape.n_features, fit_intercept=shape.fit_intercept,
-        loss_id=shape.loss_id, l2=shape.l2, batch_size=options.batch_size, batch_rows=batch_rows,
+        terms=shape.terms, batch_size=options.batch_size, batch_rows=batch_rows,
         batch_ptr=batch_ptr, workers_of=workers_of, taus=taus, times=times, policies=policies,
         refit_every=int(getattr(options.policy, "refit_every", 0) or 0), snapshots=snapshots,
-        n_params=n_params, segment=eval_every, momentum=options.momentum)
+        n_params=n_params, segment=eval_every, schedule=job.schedule, momentum=options.momentum)
     def score(params):
         return problem.score(rows, shape, params)
 

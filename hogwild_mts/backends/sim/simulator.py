@@ -34,7 +34,8 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.kernels.linear import UNIT_WEIGHTS, Rows, momentum_step, row_margin
+from hogwild_mts.kernels.linear import (UNIT_WEIGHTS, Rows, apply_update, clip_l1, row_margin,
+                                        scheduled_step)
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import Diverged, RunTotals
 from hogwild_mts.models.linear import loss_derivative
@@ -205,17 +206,22 @@ def staleness_source(staleness, workers: int):
 @njit(cache=True, nogil=True)
 def simulate_updates(rows, dense, batch_rows, batch_ptr,
                      update_worker, update_tau, start, stop, params, n_features, fit_intercept,
-                     loss_id, l2, tables, hist, snapshots, ring_params, log_cols, log_old,
-                     log_count, marker, stale, derivative_buffer, momentum, velocity, touched):
+                     terms, tables, t0, power, hist, snapshots, ring_params, log_cols, log_old,
+                     log_count, marker, stale, derivative_buffer, momentum, velocity, touched,
+                     l1_applied, l1_total):
     """Apply updates ``start..stop-1``; update t uses rows ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]``,
-    margins at ``theta_{t - update_tau[t]}`` and ``alpha = tables[update_worker[t], min(tau, T-1)]``;
-    ``rows``: the data set (a :class:`hogwild_mts.kernels.linear.Rows` of unit weights).
+    margins at ``theta_{t - update_tau[t]}`` and the step ``tables[update_worker[t], min(tau,
+    T-1)]`` times the schedule's scale at t (``kernels.scheduled_step(alpha, t, t0, power)``);
+    ``rows``: the data set (a :class:`hogwild_mts.kernels.linear.Rows` of unit weights);
+    ``terms``: the model's :class:`hogwild_mts.kernels.linear.Terms`.
 
-    ``momentum`` 0: ``params -= alpha / B * gradient`` row by row (the L2 term on the current
-    value).  ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
-    ``touched[w]``, start at -1; both (workers, n_params)) and the batch is applied by the real
-    engine's ``kernels.momentum_step`` (mark t): ``v = momentum * v + g``, ``params -= alpha * v``
-    on the coordinates the batch stores.
+    The batch is applied by the shared-memory workers' own ``kernels.apply_update``:
+    ``momentum`` 0: ``params -= step / B * gradient`` row by row (the L2 term on the current
+    value); ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
+    ``touched[w]``, start at -1; both (workers, n_params)), ``v = momentum * v + g``,
+    ``params -= step * v`` on the coordinates the batch stores (mark t).  With ``terms.l1`` > 0,
+    ``l1_total[0]`` (u) gains ``l1 * step`` and ``kernels.clip_l1`` clips the batch's
+    coordinates against ``l1_applied`` (n_features), as one worker of the engine does.
 
     Stale reads: ``snapshots`` -- ``ring_params[v % W]`` holds theta_v for the last W versions;
     else an undo log -- slot ``s % W`` holds (column, old value) of every write of update s
@@ -223,8 +229,7 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
     ``marker``/``stale`` are (n_params,) scratch arrays.  Counts tau in ``hist`` (last bin: tau >=
     len - 1).  Returns (STATUS_*, the update index reached).
     """
-    values, indices, indptr, labels = rows.values, rows.indices, rows.indptr, rows.labels
-    feature_scale = rows.feature_scale
+    indices, indptr, labels = rows.indices, rows.indptr, rows.labels
     last_alpha = tables.shape[1] - 1
     last_bin = hist.shape[0] - 1
     window = ring_params.shape[0] if snapshots else log_count.shape[0]
@@ -257,58 +262,35 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
             margin = row_margin(rows, dense, source, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED, t
-            derivative_buffer[b - first] = loss_derivative(loss_id, margin, labels[row])
-        alpha = tables[update_worker[t], min(tau, last_alpha)]
+            derivative_buffer[b - first] = loss_derivative(terms.loss_id, margin, labels[row],
+                                                           terms.epsilon)
+        alpha = scheduled_step(tables[update_worker[t], min(tau, last_alpha)], t, t0, power)
         hist[min(tau, last_bin)] += 1
-        step = alpha / (last - first)
-        entry = 0
-        slot = t % window
-        if momentum != 0.0:
-            if not snapshots:
-                # every coordinate the step may write, before it writes (repeats log the same value)
-                for b in range(first, last):
-                    row = batch_rows[b]
-                    for k in range(indptr[row], indptr[row + 1]):
-                        column = k - indptr[row] if dense else indices[k]
-                        log_cols[slot, entry] = column
-                        log_old[slot, entry] = params[column]
-                        entry += 1
-                if fit_intercept:
-                    log_cols[slot, entry] = intercept_col
-                    log_old[slot, entry] = params[intercept_col]
-                    entry += 1
-                log_count[slot] = entry
-            worker = update_worker[t]
-            momentum_step(rows, dense, params, n_features, fit_intercept, l2, l2 != 0.0, batch_rows,
-                          first, last, derivative_buffer, alpha, momentum, velocity[worker],
-                          touched[worker], t)
-            if snapshots:
-                ring_params[(t + 1) % window, :] = params
-            continue
-        for b in range(first, last):
-            row = batch_rows[b]
-            derivative = derivative_buffer[b - first]
-            begin, end = indptr[row], indptr[row + 1]
-            for k in range(begin, end):
-                column = k - begin if dense else indices[k]
-                if not snapshots:
+        if not snapshots:
+            # every coordinate the update may write, before it writes (repeats log the same value)
+            entry = 0
+            slot = t % window
+            for b in range(first, last):
+                row = batch_rows[b]
+                for k in range(indptr[row], indptr[row + 1]):
+                    column = k - indptr[row] if dense else indices[k]
                     log_cols[slot, entry] = column
                     log_old[slot, entry] = params[column]
                     entry += 1
-                if l2 == 0.0:
-                    params[column] -= step * (derivative * values[k])
-                else:
-                    params[column] -= step * (derivative * values[k] + l2 * feature_scale[column] * params[column])
             if fit_intercept:
-                if not snapshots:
-                    log_cols[slot, entry] = intercept_col
-                    log_old[slot, entry] = params[intercept_col]
-                    entry += 1
-                params[intercept_col] -= step * derivative
+                log_cols[slot, entry] = intercept_col
+                log_old[slot, entry] = params[intercept_col]
+                entry += 1
+            log_count[slot] = entry
+        worker = update_worker[t]
+        apply_update(rows, dense, params, n_features, fit_intercept, terms.l2, terms.l2 != 0.0,
+                     momentum != 0.0, batch_rows, first, last, derivative_buffer, alpha, momentum,
+                     velocity[worker], touched[worker], t)
+        if terms.l1 != 0.0:
+            l1_total[0] += terms.l1 * alpha
+            clip_l1(rows, dense, params, l1_applied, l1_total[0], batch_rows, first, last)
         if snapshots:
             ring_params[(t + 1) % window, :] = params
-        else:
-            log_count[slot] = entry
     return STATUS_OK, stop
 
 
@@ -341,32 +323,37 @@ class SimBackend:
     schedule is applied in this thread, ``segment`` updates (at most) per :meth:`poll`.
 
     ``arrays``: the data (values, indices, indptr, labels, feature_scale) and the stale-read
-    buffers; ``workers_of``/``taus``/``times``: the schedule in landing order; ``policies``: one
-    copy per emulated worker, each refitted from the global histogram after every
-    ``refit_every`` of its worker's own updates; ``momentum`` in [0, 1): > 0 gives each emulated
-    worker a private velocity (zero at the start)."""
+    buffers; ``terms``: the model's :class:`hogwild_mts.kernels.linear.Terms`;
+    ``workers_of``/``taus``/``times``: the schedule in landing order; ``policies``: one copy per
+    emulated worker, each refitted from the global histogram after every ``refit_every`` of its
+    worker's own updates; ``schedule``: the step schedule (a
+    :class:`hogwild_mts.job.StepSchedule`: its scale multiplies the policies' steps, and it
+    shapes their tables); ``momentum`` in [0, 1): > 0 gives each emulated worker a private
+    velocity (zero at the start)."""
 
     def __init__(self, *, data: dict, dense: bool, n_features: int, fit_intercept: bool,
-                 loss_id: int, l2: float, batch_size: int, batch_rows, batch_ptr, workers_of, taus,
+                 terms, batch_size: int, batch_rows, batch_ptr, workers_of, taus,
                  times, policies: list, refit_every: int, snapshots: bool, n_params: int,
-                 segment: int, momentum: float = 0.0):
+                 segment: int, schedule, momentum: float = 0.0):
         self.workers = len(policies)
         self._data, self._dense, self._n_features = data, dense, n_features
-        self._fit_intercept, self._loss_id, self._l2 = fit_intercept, loss_id, l2
+        self._fit_intercept, self._terms, self._schedule = fit_intercept, terms, schedule
+        self._l1_applied = np.zeros(n_features if terms.l1 else 0)
+        self._l1_total = np.zeros(1)
         self._batch_rows, self._batch_ptr = batch_rows, batch_ptr
         self._workers_of, self._taus, self._times = workers_of, taus, times
         self._policies, self._snapshots, self._segment = policies, snapshots, segment
         self.total = int(workers_of.size)
         self.params = np.zeros(max(n_params, n_features + 1), np.float64)  # slot n_features exists
         self._momentum = momentum
-        rows = self.workers if momentum else 0
-        self._velocity = np.zeros((rows, self.params.size))
-        self._touched = np.full((rows, self.params.size), -1, np.int64)
+        columns = self.params.size if momentum else 0
+        self._velocity = np.zeros((self.workers, columns))
+        self._touched = np.full((self.workers, columns), -1, np.int64)
         self.hist = np.zeros(HIST_BINS, np.int64)
         self.position = 0
         self.refits = 0
         self._stop_requested = False
-        tables = [policy_table(policy) for policy in policies]
+        tables = [schedule.shaped(policy_table(policy)) for policy in policies]
         self._table_length = max(table.size for table in tables)
         self._tables = np.empty((self.workers, self._table_length))
         for w, table in enumerate(tables):
@@ -419,7 +406,8 @@ class SimBackend:
             stop = min(next(s for s in self._stops if s > self.position), target)
             self._apply(stop)
             for w in self._refit_points.get(stop, ()):
-                self._tables[w] = _padded(refit_policy(self._policies[w], self.hist), self._table_length)
+                table = self._schedule.shaped(refit_policy(self._policies[w], self.hist))
+                self._tables[w] = _padded(table, self._table_length)
                 self.refits += 1
         return self.position
 
@@ -430,10 +418,10 @@ class SimBackend:
                     data["feature_scale"])
         status, reached = simulate_updates(
             rows, self._dense, self._batch_rows, self._batch_ptr, self._workers_of, self._taus,
-            self.position, stop, self.params, self._n_features, self._fit_intercept, self._loss_id,
-            self._l2, self._tables, self.hist, self._snapshots, self._ring, log_cols, log_old,
-            log_count, self._marker, self._stale, self._derivatives, self._momentum, self._velocity,
-            self._touched)
+            self.position, stop, self.params, self._n_features, self._fit_intercept, self._terms,
+            self._tables, self._schedule.t0, self._schedule.power, self.hist, self._snapshots,
+            self._ring, log_cols, log_old, log_count, self._marker, self._stale, self._derivatives,
+            self._momentum, self._velocity, self._touched, self._l1_applied, self._l1_total)
         if status == STATUS_DIVERGED:
             raise Diverged(f"a margin at simulated update {reached}")
         self.position = stop
