@@ -89,3 +89,22 @@ def session_processes(session: int) -> list:
     """(pid, command) of every live (not zombie) process of ``session``."""
     return [(pid, command[:160]) for pid, _, sid, state, command in process_table()
             if sid == session and state != "Z"]
+
+
+def processes_with_environment(entry: str) -> list:
+    """(pid, command) of every live (not zombie) process, other than this one, started with
+    ``entry`` (``NAME=VALUE``) in its environment (as /proc shows it: the environment it was
+    started with)."""
+    wanted = entry.encode()
+    found = []
+    for pid, _, _, state, command in process_table():
+        if state == "Z" or pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environment:
+            found.append((pid, command[:160]))
+    return found

@@ -1,10 +1,23 @@
-"""A lost Ray node does not hang a run: a cluster of two Ray nodes on this machine (a head and a
-node that joins it, 1 CPU each, started with ``ray start`` in temp dirs and on ports of their
-own, with the token authentication this Ray needs), a training whose two worker actors run one
-on each node, and the joining node's raylet killed during it: the worker it ran is re-created,
-cannot be placed (no CPU is left), is lost after ``placement_timeout`` and the run stops on its
-own with ``on_lost_worker="stop"``, its result naming the lost worker.  Every process the test
-started is gone afterwards (by session).  Every wait is for an event, with a deadline.
+"""The Ray backend on a real cluster: two Ray nodes on this machine (a head and a node that joins
+it, 1 CPU each, started with ``ray start`` in temp dirs and on ports of their own, with token
+authentication), started once for the module.  A run of two workers puts one worker actor on
+each node.  On it:
+
+* a sparse linear model pulls and pushes only its coordinates, a dense one whole vectors, and
+  evaluations by update count land at the due counts (runs of the engine in a driver process);
+* a relative ``--data`` path is read by the workers on both nodes; a wrong address, a missing
+  or a wrong token fail at once in one line naming the address (and the token);
+* SIGTERM or SIGINT to ``train --backend ray --address`` mid-run: exit 128 + N, the partial
+  result and the final checkpoint written;
+* the joining node's raylet killed during a run: its worker is re-created, cannot be placed (no
+  CPU is left), is reported stalled, then lost after ``placement_timeout``; with
+  ``on_lost_worker="continue"`` the run ends normally with the other worker's whole shard
+  trained, with ``"stop"`` it stops on its own; the result names the lost worker (the joining
+  node is started again for the next test that needs it).
+
+Every process a test started is gone afterwards: a run's driver and its actors' processes after
+each run, and every process of the cluster (by session, and any that left its session) at the
+end.  Every wait is for an event (a file, a line, the end of a process), with a deadline.
 
 Also, without a cluster: the backend's lost-worker rules (placement deadline, stop or continue)
 on a stand-in for Ray."""
@@ -20,21 +33,30 @@ import tempfile
 import time
 import uuid
 
+import numpy as np
 import pytest
 
-from tests.helpers import WAIT_SECONDS, session_processes
+from hogwild_mts.kernels.split import total_updates
+from tests.helpers import (WAIT_SECONDS, default_stop_signals, processes_with_environment,
+                           session_processes)
 
 pytestmark = pytest.mark.timeout(300)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 RAY_CLI = os.path.join(os.path.dirname(PYTHON), "ray")
-PLACEMENT_SECONDS = 5  # the run's placement_timeout
+PLACEMENT_SECONDS = 5  # the stop run's placement_timeout
 # The head's GCS declares a node dead after about 1.5 s without heartbeats (Ray's default: ~15 s).
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                       "health_check_timeout_ms": 1000, "health_check_initial_delay_ms": 1000}
 START_SECONDS = 180.0  # `ray start` of one node on a busy 2-core machine (seen: 30 s)
+START_ATTEMPTS = 2
 DEFAULT_ADDRESS_FILE = "/tmp/ray/ray_current_cluster"  # what a bare ray.init() would join
+CONNECT_SECONDS = 60.0  # four refused connections are reported within this (seen: 2-7 s)
+ACTOR_PROCESSES = ("ray::LinearWorker", "ray::ParameterServer")
+# A run that would train for hours on the cluster: only a signal or a lost worker ends it.
+LONG = ("--data", "synthetic-sparse:n=4000,d=200,nnz=10", "--workers", "2", "--epochs", "100000",
+        "--quiet")
 
 
 def _free_port() -> int:
@@ -79,7 +101,8 @@ class Cluster:
     def __init__(self):
         self.token = uuid.uuid4().hex
         self.environment = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
-        self.environment.pop("RAY_ADDRESS", None)
+        for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+            self.environment.pop(name, None)
         # short: Ray's socket paths under it must fit a unix socket name
         self.root = tempfile.mkdtemp(prefix="hw-nodes-", dir="/tmp")
         self.port = _free_port()
@@ -87,6 +110,22 @@ class Cluster:
         self.sessions: dict = {}  # node name -> session id
 
     def start(self, name: str, head: bool) -> None:
+        """``ray start`` of node ``name``; tried again on fresh ports once (a port picked free
+        may be taken meanwhile by another program's Ray); the module is skipped if Ray cannot
+        start a node here."""
+        for attempt in range(START_ATTEMPTS):
+            if head and attempt:
+                self.port = _free_port()
+                self.address = f"127.0.0.1:{self.port}"
+            output = self._start_once(name, head)
+            if output is None:
+                return
+            kill_sessions([self.sessions[name]])
+        self.stop()
+        pytest.skip(f"`ray start` of the {name} node cannot run here ({START_ATTEMPTS} tries): {output}")
+
+    def _start_once(self, name: str, head: bool) -> str | None:
+        """None once node ``name`` runs, else the last line ``ray start`` printed."""
         # the joining node on another loopback address, so that the driver (127.0.0.1) attaches
         # to the head's raylet and its server is placed there (the driver's node)
         command = [RAY_CLI, "start", "--num-cpus", "1", "--temp-dir", os.path.join(self.root, name),
@@ -108,26 +147,55 @@ class Cluster:
         try:
             output, _ = process.communicate(timeout=START_SECONDS)
         except subprocess.TimeoutExpired:
-            output = f"`ray start` took more than {START_SECONDS:g} s"
-        if process.returncode != 0:
-            self.stop()
-            pytest.skip(f"`ray start` of the {name} node cannot run here: "
-                        f"{output.strip().splitlines()[-1] if output.strip() else process.returncode}")
+            process.kill()
+            process.wait()
+            return f"`ray start` took more than {START_SECONDS:g} s"
+        if process.returncode == 0:
+            return None
+        return output.strip().splitlines()[-1] if output.strip() else f"exit {process.returncode}"
+
+    def raylets(self, name: str) -> list:
+        return [pid for pid, command in session_processes(self.sessions[name])
+                if "raylet/raylet " in command]
 
     def raylet(self, name: str) -> int:
-        pids = [pid for pid, command in session_processes(self.sessions[name])
-                if "raylet/raylet " in command]
+        pids = self.raylets(name)
         assert len(pids) == 1, session_processes(self.sessions[name])
         return pids[0]
+
+    def ensure_node(self) -> None:
+        """The joining node runs: started again (its old processes killed) if a test killed
+        its raylet."""
+        if self.raylets("node"):
+            return
+        kill_sessions([self.sessions["node"]])
+        self.start("node", head=False)
 
     def workers(self, name: str) -> list:
         """Pids of the LinearWorker actor processes running on node ``name``."""
         return [pid for pid, command in session_processes(self.sessions[name])
                 if command.startswith("ray::LinearWorker")]
 
+    def actor_processes(self, *names: str) -> list:
+        """(pid, command) of every actor process of a run (worker or server) on the nodes
+        ``names`` (default: both)."""
+        return [(pid, command) for name in names or self.sessions
+                for pid, command in session_processes(self.sessions[name])
+                if command.startswith(ACTOR_PROCESSES)]
+
+    def wait_until_no_run_is_left(self, driver: int) -> None:
+        """Wait until the run of ``driver`` (a session) left nothing: no process of its
+        session, no actor process on the nodes."""
+        wait_for(lambda: not session_processes(driver), "the end of the driver's processes")
+        wait_for(lambda: not self.actor_processes(), "the end of the run's actor processes")
+
     def stop(self) -> None:
         try:
             kill_sessions(self.sessions.values())
+            # nothing the tests started on the cluster left its session: every such process
+            # (Ray's, and the drivers given the cluster's environment) has the cluster's token
+            escaped = processes_with_environment(f"RAY_AUTH_TOKEN={self.token}")
+            assert not escaped, f"cluster processes outside its sessions: {escaped}"
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -157,30 +225,295 @@ def cluster():
         assert address_after == address_before or nodes.address.split(":")[1] not in (address_after or "")
 
 
-def train(cluster, out, *arguments):
-    """The command line's run on the cluster, in a session of its own, its stderr in a file."""
-    path = os.environ.get("PYTHONPATH")
-    environment = {**cluster.environment, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
-    stderr = open(out.parent / f"{out.name}.stderr", "w+")
+@pytest.fixture
+def two_nodes(cluster):
+    """The cluster with both nodes running (the joining node started again if a test killed
+    it)."""
+    cluster.ensure_node()
+    return cluster
+
+
+def _with_repo(environment: dict) -> dict:
+    """``environment`` with the repository first on the import path."""
+    path = environment.get("PYTHONPATH")
+    return {**environment, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+
+
+def train(cluster, out, *arguments, cwd=REPO, environment=None):
+    """The command line's run on the cluster, in a session of its own (stop signals at their
+    default disposition), its stderr in a file beside ``out``; ``environment``: instead of the
+    cluster's (its token)."""
+    stderr = open(os.path.join(cwd, f"{out}.stderr"), "w+")
     command = [PYTHON, "-m", "hogwild_mts.app.cli", "train", "--backend", "ray", "--address",
                cluster.address, "--out", str(out), *arguments]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-                               cwd=REPO, env=environment, start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                               cwd=cwd, env=_with_repo(environment or cluster.environment),
+                               start_new_session=True, preexec_fn=default_stop_signals)
     return process, stderr
+
+
+def finish(process, stderr, seconds: float = WAIT_SECONDS) -> tuple[str, str]:
+    """(stdout, stderr) of ``process`` once it has ended (AssertionError after ``seconds``)."""
+    try:
+        stdout, _ = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the run did not end within {seconds:g} s") from None
+    stderr.seek(0)
+    return stdout, stderr.read()
+
+
+def stop_run(process, stderr) -> None:
+    """After a test: whatever of its run is left is killed."""
+    stderr.close()
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    kill_sessions([process.pid])
 
 
 def checkpoint_counter(out) -> int:
     try:
-        with open(out / "checkpoint" / "model.json") as handle:
+        with open(os.path.join(out, "checkpoint", "model.json")) as handle:
             return json.load(handle)["counter"]
     except (OSError, ValueError, KeyError):
         return 0
 
 
-def test_a_killed_node_loses_its_worker_and_the_run_stops_within_the_deadline(cluster, tmp_path):
+# ----------------------------------------------------------------------------------------------
+# runs of the engine on the cluster (one driver process)
+
+# The driver: two fits on the cluster, each reporting its result and, from the backend just
+# before the run's totals are collected, the server's traffic and the nodes its worker actors ran
+# on (from the GCS); one JSON line on stdout.
+DRIVER = """
+import json, sys
+import ray
+from hogwild_mts import Engine
+from hogwild_mts.backends.ray import backend
+from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
+
+seen = []
+collect = backend.RayBackend.collect
+
+def collect_and_look(self):
+    nodes = {ray._private.state.actors(actor._actor_id.hex())["Address"]["NodeID"]
+             for actor in self.actors}
+    seen.append({"traffic": self._server_call("traffic"), "worker_nodes": len(nodes),
+                 "alive_nodes": sum(node["Alive"] for node in ray.nodes())})
+    return collect(self)
+
+backend.RayBackend.collect = collect_and_look
+address, runs = sys.argv[1], {}
+for name, data, options in [
+        ("sparse", synthetic_sparse(4000, 20000, 5, seed=1),
+         dict(epochs=2, batch_size=4, local_steps=2, eval_every_updates=97)),
+        ("dense", synthetic_dense(2000, 30, seed=2), dict(epochs=1, batch_size=10))]:
+    result = Engine(model="logreg", policy="constant", alpha=0.5, workers=2, seed=3,
+                    progress=False, backend="ray", ray_address=address, **options).fit(data)
+    runs[name] = {**seen.pop(), "updates": result.updates, "counter": result.counter,
+                  "histogram": int(result.staleness_histogram.sum()),
+                  "worker_pushes": result.settings["worker_pushes"],
+                  "history_updates": result.history["updates"], "loss": result.history["loss"],
+                  "n_features": data.n_features, "n_samples": data.n_samples}
+print(json.dumps(runs))
+"""
+
+
+@pytest.fixture(scope="module")
+def engine_runs(cluster):
+    """The driver's two runs on the cluster (the sparse run with evaluations every 97 pushes)."""
+    cluster.ensure_node()
+    started = time.monotonic()
+    process = subprocess.Popen([PYTHON, "-c", DRIVER, cluster.address], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env=_with_repo(cluster.environment), start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=4 * WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    print(f"the driver's two runs took {time.monotonic() - started:.1f} s")
+    assert process.returncode == 0, stderr[-3000:]
+    cluster.wait_until_no_run_is_left(process.pid)
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_a_sparse_model_pulls_and_pushes_only_its_coordinates_across_the_nodes(engine_runs):
+    run = engine_runs["sparse"]
+    pushes = total_updates(run["n_samples"], 2, 2, 4 * 2, "static")
+    assert run["worker_nodes"] == 2 and run["alive_nodes"] == 2  # one worker on each node
+    assert run["updates"] == run["counter"] == run["histogram"] == sum(run["worker_pushes"]) == pushes
+    assert all(count == pushes // 2 for count in run["worker_pushes"])
+    traffic = run["traffic"]
+    # each push sends its piece's coordinates and is answered with the next piece's: the sums
+    # agree, and no push carries more than its K x batch x nnz columns and the intercept
+    assert traffic["received"] == traffic["sent"] > 0
+    assert traffic["received"] <= pushes * (2 * 4 * 5 + 1)
+    assert traffic["received"] * 100 < pushes * (run["n_features"] + 1)
+    assert run["loss"][-1] < run["loss"][0]
+
+
+def test_a_dense_model_pulls_and_pushes_whole_vectors_across_the_nodes(engine_runs):
+    run = engine_runs["dense"]
+    pushes = total_updates(run["n_samples"], 2, 1, 10, "static")
+    assert run["worker_nodes"] == 2 and run["alive_nodes"] == 2
+    assert run["updates"] == run["counter"] == run["histogram"] == sum(run["worker_pushes"]) == pushes
+    width = run["n_features"] + 1
+    # every push the whole vector; every answer, and each worker's first pull, the whole vector
+    assert run["traffic"] == {"received": pushes * width, "sent": (pushes + 2) * width}
+
+
+def test_evaluations_by_update_count_land_at_the_due_counts_on_the_cluster(engine_runs):
+    run = engine_runs["sparse"]
+    updates = run["history_updates"]
+    assert updates == [0, *range(97, run["updates"], 97), run["updates"]]
+    assert len(run["loss"]) == len(updates)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line on the cluster
+
+
+def test_a_relative_data_path_is_read_by_the_workers_on_both_nodes(two_nodes, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    np.savez(tmp_path / "mydata.npz", X=X, y=np.where(X[:, 0] > 0, 1.0, -1.0))
+    process, stderr = train(two_nodes, "out", "--data", "mydata.npz", "--workers", "2",
+                            "--epochs", "1", "--quiet", cwd=str(tmp_path))
+    try:
+        _, text = finish(process, stderr)
+        assert process.returncode == 0, text[-3000:]
+        metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        settings = metrics["settings"]
+        assert os.path.isabs(settings["data_path"])  # what the workers were sent
+        assert os.path.realpath(settings["data_path"]) == os.path.realpath(tmp_path / "mydata.npz")
+        assert settings["data_rows"] == 600 and metrics["updates"] == 600
+        assert settings["worker_pushes"] == [300, 300]
+        two_nodes.wait_until_no_run_is_left(process.pid)
+    finally:
+        stop_run(process, stderr)
+
+
+def _without_token(tmp_path, **extra) -> dict:
+    """The environment with no token anywhere (HOME without ~/.ray/auth_token), and ``extra``."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    return {**environment, "HOME": str(tmp_path), **extra}
+
+
+def test_a_wrong_address_or_token_fails_at_once_naming_the_address_and_the_token(two_nodes, tmp_path):
+    wrong_port = f"127.0.0.1:{_free_port()}"
+    cases = [  # (environment, address, words of the one line)
+        (_without_token(tmp_path), two_nodes.address, "refused this process's credentials"),
+        (_without_token(tmp_path, RAY_AUTH_MODE="token"), two_nodes.address,
+         "token authentication is on here (RAY_AUTH_MODE=token) but no token was found"),
+        (_without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32), two_nodes.address,
+         "refused this process's credentials"),
+        (two_nodes.environment, wrong_port, "ray start --head"),
+    ]
+    started = time.monotonic()
+    processes = [subprocess.Popen([PYTHON, "-m", "hogwild_mts.app.cli", "train", "--backend", "ray",
+                                   "--address", address, "--quiet", "--epochs", "1"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                  env=_with_repo(environment), start_new_session=True)
+                 for environment, address, _ in cases]  # side by side: each waits for Python
+    try:
+        for process, (_, address, words) in zip(processes, cases):
+            _, stderr = process.communicate(timeout=max(0.0, started + CONNECT_SECONDS - time.monotonic()))
+            print(f"{words!r}: exit {process.returncode} after {time.monotonic() - started:.1f} s")
+            lines = stderr.strip().splitlines()
+            assert process.returncode == 2 and len(lines) == 1, stderr[-3000:]
+            assert f"'{address}'" in lines[0] and words in lines[0]
+            if address == two_nodes.address:
+                assert "RAY_AUTH_TOKEN" in lines[0]  # how to give the token
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"a refused connection was not reported within {CONNECT_SECONDS:g} s") from None
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process in processes:
+        wait_for(lambda: not session_processes(process.pid), "the end of the driver's processes")
+    assert not two_nodes.actor_processes()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda signum: signal.Signals(signum).name)
+def test_a_stop_signal_to_a_run_on_the_cluster_keeps_the_partial_result_and_the_final_checkpoint(
+        two_nodes, tmp_path, signum):
     out = tmp_path / "out"
-    process, stderr = train(cluster, out, "--data", "synthetic-sparse:n=4000,d=200,nnz=10",
-                            "--workers", "2", "--epochs", "100000", "--checkpoint-every", "1s",
+    process, stderr = train(two_nodes, out, *LONG, "--checkpoint-every", "1s")
+    try:
+        # the first checkpoint is written a second after the workers started: they train
+        wait_for(lambda: checkpoint_counter(out) > 0, "the first checkpoint", START_SECONDS, process)
+        assert len(two_nodes.workers("head")) == 1 and len(two_nodes.workers("node")) == 1
+        os.killpg(process.pid, signum)
+        stdout, text = finish(process, stderr)
+        assert process.returncode == 128 + signum, text[-3000:]
+        assert "INTERRUPTED" in stdout and "Traceback" not in text
+        assert f"stopped by {signal.Signals(signum).name}" in text
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["interrupted"] is True and metrics["updates"] > 0
+        assert metrics["updates"] == sum(metrics["settings"]["worker_pushes"])
+        assert all(pushes > 0 for pushes in metrics["settings"]["worker_pushes"])
+        assert (out / "params.npy").exists() and (out / "model.json").exists()
+        # the final checkpoint: written after the workers stopped, at the result's count
+        assert checkpoint_counter(out) == metrics["counter"]
+        two_nodes.wait_until_no_run_is_left(process.pid)
+    finally:
+        stop_run(process, stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# a lost node (the joining node is started again by the next test that needs it)
+
+
+def test_a_killed_node_in_continue_mode_loses_its_worker_and_the_run_ends_with_the_other(
+        two_nodes, tmp_path):
+    """The worker on the killed node is re-created, waits to be placed (reported stalled on the
+    progress line and in one log line naming it), is lost after placement_timeout, and the other
+    worker trains its whole shard: the run ends normally, exit 0."""
+    out, epochs, placement = tmp_path / "out", 2, 12
+    process, stderr = train(two_nodes, out, "--data", "synthetic-sparse:n=4000,d=200,nnz=10",
+                            "--workers", "2", "--epochs", str(epochs), "--checkpoint-every", "1s",
+                            "--placement-timeout", str(placement), "--on-lost-worker", "continue")
+    try:
+        wait_for(lambda: checkpoint_counter(out) > 0, "the first checkpoint", START_SECONDS, process)
+        assert len(two_nodes.workers("head")) == 1 and len(two_nodes.workers("node")) == 1
+        os.kill(two_nodes.raylet("node"), signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, text = finish(process, stderr, placement + 2 * WAIT_SECONDS)
+        print(f"the run ended {time.monotonic() - killed:.1f} s after the node's raylet was killed")
+        assert process.returncode == 0, text[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        settings = metrics["settings"]
+        assert [entry["worker"] for entry in settings["restarted_workers"]] == \
+            [entry["worker"] for entry in settings["lost_workers"]]
+        [lost] = [entry["worker"] for entry in settings["lost_workers"]]
+        assert f"could not place its actor on a node within {placement} s" in \
+            settings["lost_workers"][0]["error"]
+        assert f"Ray worker actor {lost} died" in text and "restarting it (restart 1 of 2" in text
+        assert f"worker {lost} has made no progress for" in text  # the stall, named
+        assert f"Ray worker actor {lost} was lost" in text and "goes on with 1 worker" in text
+        assert metrics["stopped_by"] is None and metrics["interrupted"] is False
+        shard = total_updates(4000, 2, epochs, 1, "static") // 2
+        pushes = settings["worker_pushes"]
+        assert pushes[1 - lost] == shard and 0 < pushes[lost] < shard  # the other trained it all
+        assert metrics["updates"] == metrics["counter"] == sum(pushes)
+        assert checkpoint_counter(out) == metrics["counter"]
+        wait_for(lambda: not session_processes(process.pid), "the end of the driver's processes")
+        wait_for(lambda: not two_nodes.actor_processes("head"),
+                 "the end of the run's actor processes on the head")
+    finally:
+        stop_run(process, stderr)
+
+
+def test_a_killed_node_loses_its_worker_and_the_run_stops_within_the_deadline(two_nodes, tmp_path):
+    cluster = two_nodes
+    out = tmp_path / "out"
+    process, stderr = train(cluster, out, *LONG, "--checkpoint-every", "1s",
                             "--placement-timeout", str(PLACEMENT_SECONDS),
                             "--on-lost-worker", "stop")
     try:
@@ -189,11 +522,9 @@ def test_a_killed_node_loses_its_worker_and_the_run_stops_within_the_deadline(cl
         assert len(cluster.workers("head")) == 1 and len(cluster.workers("node")) == 1
         os.kill(cluster.raylet("node"), signal.SIGKILL)
         killed = time.monotonic()
-        process.wait(timeout=WAIT_SECONDS)
+        _, text = finish(process, stderr)
         ended = time.monotonic() - killed
         print(f"the run ended {ended:.1f} s after the node's raylet was killed")
-        stderr.seek(0)
-        text = stderr.read()
         assert process.returncode == 1, text[-3000:]
         # detected (~2 s), re-created, not placed within the deadline, stopped
         assert ended < PLACEMENT_SECONDS + 40, ended
@@ -214,10 +545,7 @@ def test_a_killed_node_loses_its_worker_and_the_run_stops_within_the_deadline(cl
         # fixture; the head still runs
         assert cluster.raylet("head")
     finally:
-        stderr.close()
-        if process.poll() is None:
-            process.kill()
-        kill_sessions([process.pid])
+        stop_run(process, stderr)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -180,6 +180,32 @@ def test_an_address_where_something_else_answers_fails_in_one_line_within_the_bo
 
 
 @needs_ray
+def test_token_mode_without_a_token_fails_in_one_line_naming_the_address(tmp_path):
+    """RAY_AUTH_MODE=token and no token anywhere (Ray's client would abort the process without a
+    word): one line naming the address and how to give the token, checked before Ray's
+    handshake (here against a port that only accepts)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    environment = {name: value for name, value in _environment().items()
+                   if name not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
+    command = [PYTHON, "-m", "hogwild_mts.app.cli", "train", "--backend", "ray", "--address",
+               address, "--quiet", "--epochs", "1"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                              env={**environment, "RAY_AUTH_MODE": "token", "HOME": str(tmp_path)},
+                              timeout=CONNECT_BOUND_SECONDS)
+    finally:
+        server.close()
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"'{address}'" in lines[0] and "no token was found" in lines[0]
+    assert "RAY_AUTH_TOKEN" in lines[0]
+
+
+@needs_ray
 def test_a_relative_data_path_is_read_by_the_workers(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 5))

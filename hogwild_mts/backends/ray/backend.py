@@ -224,6 +224,7 @@ def _probe_gcs(address: str, host_port: str) -> None:
     changed): ``ray.init`` then reports the failure."""
     import ray
 
+    _check_token_found(address)
     try:
         from ray._raylet import InnerGcsClient
     except ImportError:
@@ -243,6 +244,27 @@ def _probe_gcs(address: str, host_port: str) -> None:
         raise RayConnectionError(f"cannot join a Ray cluster at {address!r}: something answers "
                                  f"there but not Ray's GCS ({_first_line(error)}); "
                                  f"{START_CLUSTER_HINT}") from None
+
+
+def _check_token_found(address: str) -> None:
+    """RayConnectionError when token authentication is on in this process (RAY_AUTH_MODE=token)
+    and no token is found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token): Ray's client
+    would abort the process without a word (its C++ core checks for a token).  Ray's own check
+    (what ``ray.init`` asks before it joins a cluster); skipped where this Ray has none."""
+    import ray
+
+    try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    except ImportError:
+        return
+    try:
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except ray.exceptions.AuthenticationError:
+        raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: token "
+                                 "authentication is on here (RAY_AUTH_MODE=token) but no token "
+                                 f"was found; {TOKEN_HINT}") from None
+    except TypeError:  # another signature: leave it to ray.init
+        return
 
 
 @contextlib.contextmanager
