@@ -111,8 +111,8 @@ class Cluster:
 
     def start(self, name: str, head: bool) -> None:
         """``ray start`` of node ``name``; tried again on fresh ports once (a port picked free
-        may be taken meanwhile by another program's Ray); the module is skipped if Ray cannot
-        start a node here."""
+        may be taken meanwhile by another program's Ray); the test fails if Ray cannot start a
+        node here."""
         for attempt in range(START_ATTEMPTS):
             if head and attempt:
                 self.port = _free_port()
@@ -122,7 +122,7 @@ class Cluster:
                 return
             kill_sessions([self.sessions[name]])
         self.stop()
-        pytest.skip(f"`ray start` of the {name} node cannot run here ({START_ATTEMPTS} tries): {output}")
+        pytest.fail(f"`ray start` of the {name} node cannot run here ({START_ATTEMPTS} tries): {output}")
 
     def _start_once(self, name: str, head: bool) -> str | None:
         """None once node ``name`` runs, else the last line ``ray start`` printed."""
@@ -203,7 +203,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
     if not os.path.exists(RAY_CLI):
-        pytest.skip(f"no ray command beside {PYTHON} (ray is in the test extra)")
+        pytest.fail(f"no ray command beside {PYTHON} (ray is in the test extra)")
     try:
         with open(DEFAULT_ADDRESS_FILE) as handle:
             address_before = handle.read()
@@ -573,7 +573,6 @@ class StandInRay:
 
 
 def waiting_backend(monkeypatch, on_lost_worker: str):
-    pytest.importorskip("ray")
     from hogwild_mts.backends.ray import backend as ray_backend
 
     monkeypatch.setattr(ray_backend, "actor_placed", lambda actor: False)
