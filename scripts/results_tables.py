@@ -4,6 +4,7 @@
     .venv/bin/python scripts/results_tables.py best RUN_DIR [--targets 0.3,0.25]
     .venv/bin/python scripts/results_tables.py transfer RUN_DIR [--targets ...]
     .venv/bin/python scripts/results_tables.py goal RUN_DIR [--policy mindthestep]
+    .venv/bin/python scripts/results_tables.py asynchrony RUN_DIR [--policy auto]
 
 ``fits``: total variation of each fitted staleness model per m (m above the core count marked *).
 ``best``: best against best -- per target and m, each policy at its best step: updates to target
@@ -14,6 +15,12 @@ of the grid.  ``transfer``: the step tuned at the smallest m, unchanged at every
 ``goal``: one policy's ratios against the three goals of docs/results.md (<= 0.8 of the best baseline at
 m >= 16, <= 1.3 of its own smallest-m updates at m = 16 under transfer, <= 1.05 of the best
 constant at every m).
+``asynchrony``: one policy (``--policy``, e.g. auto) against the plain constant step (momentum 0,
+the ``constant@mu0`` rows of a grid with several momenta), per target and m: its best (step and
+momentum tuned at that m) and its transfer (tuned at the smallest m) over the best plain
+constant, its transfer over the best constant tuned over steps and momenta, the harm of
+asynchrony (updates at m over updates at the smallest m) of its best over the plain constant's,
+and mindthestep's best over the constant's (both tuned over steps and momenta).
 """
 
 import argparse
@@ -114,9 +121,46 @@ def goal(run_dir, policy, targets, cores):
               f"{_ratio(row['vs_best_constant'])} | {_ratio(transfer_rows[key]['vs_own_smallest_m'])} |")
 
 
+def _updates(row):
+    return None if row is None or row.get("updates_mean") in ("", None) else float(row["updates_mean"])
+
+
+def _over(numerator, denominator):
+    return "—" if numerator is None or not denominator else f"{numerator / denominator:.2f}"
+
+
+def asynchrony(run_dir, policy, targets, cores, reference="constant@mu0"):
+    best_rows = {(r["policy"], r["target"], r["workers"]): r
+                 for r in read_csv(os.path.join(run_dir, "best.csv"))}
+    transfer_rows = {(r["policy"], r["target"], r["workers"]): r
+                     for r in read_csv(os.path.join(run_dir, "transfer.csv"))}
+    if not any(key[0] == reference for key in best_rows):
+        reference = "constant"  # a grid of one momentum
+    keys = sorted({(t, m) for _, t, m in best_rows}, key=lambda tm: (-float(tm[0]), int(tm[1])))
+    smallest = min(int(m) for _, m in keys)
+    print(f"| target | m | {policy} best / plain constant | {policy} transfer / plain constant | "
+          f"{policy} transfer / constant (steps x momenta) | harm of asynchrony: {policy} over "
+          "plain constant | mindthestep / constant (same tuning) |")
+    print("|---|---|---|---|---|---|---|")
+    for target, m in keys:
+        if targets is not None and float(target) not in targets:
+            continue
+        plain = _updates(best_rows.get((reference, target, m)))
+        mine = _updates(best_rows.get((policy, target, m)))
+        moved = _updates(transfer_rows.get((policy, target, m)))
+        tuned = _updates(best_rows.get(("constant", target, m)))
+        first = str(smallest)
+        harm_mine = _over(mine, _updates(best_rows.get((policy, target, first))))
+        harm_plain = _over(plain, _updates(best_rows.get((reference, target, first))))
+        harm = "—" if "—" in (harm_mine, harm_plain) else f"{float(harm_mine) / float(harm_plain):.2f}"
+        default = _updates(best_rows.get(("mindthestep", target, m)))
+        print(f"| {target} | {_marked(m, cores)} | {_over(mine, plain)} | {_over(moved, plain)} | "
+              f"{_over(moved, tuned)} | {harm} ({harm_mine} vs {harm_plain}) | {_over(default, tuned)} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=("fits", "best", "transfer", "goal"))
+    parser.add_argument("table", choices=("fits", "best", "transfer", "goal", "asynchrony"))
     parser.add_argument("run_dir")
     parser.add_argument("--cores", type=int, default=0, help="mark m above this core count with *")
     parser.add_argument("--targets", help="comma-separated target losses to show (default: all)")
@@ -131,6 +175,8 @@ def main(argv=None):
         best(args.run_dir, targets, args.cores)
     elif args.table == "transfer":
         transfer(args.run_dir, targets, args.cores)
+    elif args.table == "asynchrony":
+        asynchrony(args.run_dir, args.policy, targets, args.cores)
     else:
         goal(args.run_dir, args.policy, targets, args.cores)
 
