@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from hogwild_mts.backends.sim.run import landing_schedule, simulated_settings, worker_batches
-from hogwild_mts.backends.sim.simulator import rows_in_landing_order
+from hogwild_mts.backends.sim.simulator import EmulatedWorkers, rows_in_landing_order
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.control import HIST_BINS, STAT_COLUMNS, STAT_MAX_TAU, STAT_REFITS, STAT_SAMPLES, STAT_UPDATES
 from hogwild_mts.core.result import Diverged, FitResult, RunTotals
@@ -121,7 +121,7 @@ def fit(job: Job) -> FitResult:
             torch.set_num_threads(threads)
 
 
-class NetworkSimBackend:
+class NetworkSimBackend(EmulatedWorkers):
     """:class:`hogwild_mts.core.lifecycle.Backend` of the network simulator: every update of
     the schedule is applied in :meth:`poll`, in landing order.
 
@@ -227,15 +227,6 @@ class NetworkSimBackend:
             self._tables[worker] = refit_policy(self._states[worker], self.hist, self.params.dtype)
             stats[STAT_REFITS] += 1
 
-    def start(self) -> None:
-        """Nothing to launch: the emulated workers run inside :meth:`poll`."""
-
-    def ready(self) -> bool:
-        return True
-
-    def go(self) -> None:
-        """The simulated clock starts at 0."""
-
     def poll(self, until_updates=None) -> int:
         """Land the next updates, up to ``until_updates`` (else to the end), for at most
         POLL_SECONDS of real time; each lands after the gradients read at its version."""
@@ -251,24 +242,6 @@ class NetworkSimBackend:
             if time.perf_counter() > deadline:
                 break
         return self.position
-
-    def finished(self) -> bool:
-        return self.position >= self.total or self._stop_requested
-
-    def elapsed(self) -> float:
-        return float(self._times[self.position - 1]) if self.position else 0.0
-
-    def snapshot(self) -> np.ndarray:
-        return self.params.copy()
-
-    def wait(self) -> None:
-        """The simulation advances in poll; there is nothing to wait for."""
-
-    def request_stop(self) -> None:
-        self._stop_requested = True
-
-    def join(self) -> None:
-        """Nothing runs outside poll."""
 
     def collect(self) -> RunTotals:
         stats = self._stats

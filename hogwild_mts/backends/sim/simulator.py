@@ -318,7 +318,41 @@ def _padded(table: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([table, np.full(length - table.size, table[-1])])
 
 
-class SimBackend:
+class EmulatedWorkers:
+    """What both simulator backends share of :class:`hogwild_mts.core.lifecycle.Backend`: the
+    emulated workers run inside ``poll`` (nothing to launch, wait for or join), ``position``
+    updates of ``total`` are applied, ``_times`` holds each update's simulated landing time, and
+    ``params`` is the live vector."""
+
+    def start(self) -> None:
+        """Nothing to launch: the emulated workers run inside :meth:`poll`."""
+
+    def ready(self) -> bool:
+        return True
+
+    def go(self) -> None:
+        """The simulated clock starts at 0."""
+
+    def finished(self) -> bool:
+        return self.position >= self.total or self._stop_requested
+
+    def elapsed(self) -> float:
+        return float(self._times[self.position - 1]) if self.position else 0.0
+
+    def snapshot(self) -> np.ndarray:
+        return self.params.copy()
+
+    def wait(self) -> None:
+        """The simulation advances in poll; there is nothing to wait for."""
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def join(self) -> None:
+        """Nothing runs outside poll."""
+
+
+class SimBackend(EmulatedWorkers):
     """:class:`hogwild_mts.core.lifecycle.Backend` of the simulator: every update of the
     schedule is applied in this thread, ``segment`` updates (at most) per :meth:`poll`.
 
@@ -388,15 +422,6 @@ class SimBackend:
         self._stale = np.zeros(size)
         self._derivatives = np.empty(batch_size)
 
-    def start(self) -> None:
-        """Nothing to launch: the emulated workers run inside :meth:`poll`."""
-
-    def ready(self) -> bool:
-        return True
-
-    def go(self) -> None:
-        """The simulated clock starts at 0."""
-
     def poll(self, until_updates=None) -> int:
         """Apply the next updates: up to ``until_updates``, at most ``segment`` of them, stopping
         at each refit point to refit that worker's policy."""
@@ -425,24 +450,6 @@ class SimBackend:
         if status == STATUS_DIVERGED:
             raise Diverged(f"a margin at simulated update {reached}")
         self.position = stop
-
-    def finished(self) -> bool:
-        return self.position >= self.total or self._stop_requested
-
-    def elapsed(self) -> float:
-        return float(self._times[self.position - 1]) if self.position else 0.0
-
-    def snapshot(self) -> np.ndarray:
-        return self.params.copy()
-
-    def wait(self) -> None:
-        """The simulation advances in poll; there is nothing to wait for."""
-
-    def request_stop(self) -> None:
-        self._stop_requested = True
-
-    def join(self) -> None:
-        """Nothing runs outside poll."""
 
     def collect(self) -> RunTotals:
         done = self.position
