@@ -39,10 +39,9 @@ TORCH_MODELS = ("mlp", "cnn", "lenet")
 # command line has none of its own.
 ENGINE_FLAGS = ("policy", "workers", "alpha", "epochs", "batch_size", "seed", "momentum", "dtype",
                 "local_steps")
-# The command line's own defaults, where they differ from the engine's (docs/api.md): for
-# linear models a larger base step and more epochs (Engine: 0.1 and 5), fit for its synthetic
-# data; torch networks start from TorchEngine's base step (a policy object takes no default).
-LINEAR_DEFAULTS = {"data": "synthetic-sparse", "alpha": 0.5, "epochs": 20}
+# The command line's own default data; every other default is the engine's (docs/api.md), the
+# base step that of a named policy (a policy object takes no default).
+LINEAR_DATA = "synthetic-sparse"
 NETWORK_DATA = "digits"
 
 # (flag, policy option, type, help): see docs/policies.md for what each policy takes.
@@ -404,7 +403,7 @@ def train_linear(args):
         raise ValueError("give --init or --resume, not both")
     if args.weight_decay is not None:
         raise ValueError("--weight-decay is for torch networks; a linear model's weight decay is --l2")
-    _fill_defaults(args, linear.DEFAULTS, LINEAR_DEFAULTS)
+    _fill_defaults(args, linear.DEFAULTS, {"data": LINEAR_DATA, "alpha": linear.DEFAULT_ALPHA})
     if args.l2 is None:
         args.l2 = 0.0
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)

@@ -29,7 +29,7 @@ from hogwild_mts.models.linear import LinearModel, loss_derivative
 __all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
 PARAM_DTYPES = ("float64", "float32")
-DEFAULT_ALPHA = 0.1  # base step of a named policy (the Simulator's and the classifier's too)
+DEFAULT_ALPHA = 0.5  # base step of a named policy (the Simulator's and the command line's too)
 LEARNING_RATES = ("constant", "optimal", "invscaling")  # scikit-learn's names
 
 
@@ -106,7 +106,7 @@ def _ray_takes_plain_steps(values) -> dict:
 # Engine's options in validation order: name, constraint, default, where it goes.
 ENGINE_OPTIONS = Table(
     (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
-     Option("epochs", Integer(1), 5, "run"), Option("batch_size", Integer(1), 1, "run"),
+     Option("epochs", Integer(1), 10, "run"), Option("batch_size", Integer(1), 1, "run"),
      shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
      Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
