@@ -65,6 +65,8 @@ def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monk
     assert os.stat(os.path.join(out, "cells", "constant-a0.5-m2-s0.json")).st_mtime_ns == first
     assert len(read_csv(os.path.join(out, "cells.csv"))) == 4
     assert not [n for n in os.listdir(os.path.join(out, "cells")) if n.startswith(".tmp")]
+    config["policy_options"] = {"constant": {"policy": "constant", "alphas": [0.5, 1.0]}}
+    assert run_grid(config, out, plots=False) == {"ran": 4, "skipped": 4, "cells": 8}  # its own grid
     config["eval_updates"] = 7
     with pytest.raises(ConfigError, match="other settings"):
         run_grid(config, out, plots=False)

@@ -342,8 +342,17 @@ def calibrated_staleness(workers: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- files
 def _settings(config: dict) -> dict:
-    """What must match for finished cells to be reused: everything but the grid and its name."""
-    return {key: value for key, value in config.items() if key not in GRID_KEYS + ("name",)}
+    """What must match for finished cells to be reused: everything but the grid (a label's own
+    step grid in ``policy_options`` included) and its name."""
+    settings = {key: value for key, value in config.items() if key not in GRID_KEYS + ("name",)}
+    if "policy_options" in settings:
+        trained = {}
+        for label, options in settings["policy_options"].items():
+            rest = {key: value for key, value in options.items() if key != "alphas"}
+            if rest not in ({}, {"policy": label}):   # a label that only renames its grid trains as before
+                trained[label] = rest
+        settings["policy_options"] = trained
+    return settings
 
 
 def upgrade_cells(out_dir: str) -> None:
