@@ -125,7 +125,13 @@ def policy_from_spec(spec, where: str, field: str = "params.policy"):
 # ---------------------------------------------------------------------------- schema
 MISSING = object()
 COUNT_LIMIT = 2 ** 62  # counts (counter, updates, samples) stay below: int64 fields with room to go on
-LINEAR_LOSSES = {"HogwildClassifier": ("logreg", "svm"), "HogwildRegressor": ("lsq",)}
+# The estimators' losses (scikit-learn's names); files of earlier versions name the engine's
+# (LEGACY_LOSSES: each one's scikit-learn name), which still load.
+REGRESSOR_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+CLASSIFIER_LOSSES = ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron") + REGRESSOR_LOSSES
+LEGACY_LOSSES = {"logreg": "log_loss", "svm": "hinge", "lsq": "squared_error"}
+LINEAR_LOSSES = {"HogwildClassifier": CLASSIFIER_LOSSES + ("logreg", "svm"),
+                 "HogwildRegressor": REGRESSOR_LOSSES + ("lsq",)}
 READ_TRIES = 100  # manifests read while saves keep replacing the data file before giving up
 
 
