@@ -167,3 +167,30 @@ def test_partial_fit_refuses_early_stopping_and_balanced_weights():
         HogwildClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1])
     with pytest.raises(ValueError, match="class_weight 'balanced' is not supported for partial_fit"):
         HogwildClassifier(class_weight="balanced").partial_fit(X, y, classes=[0, 1])
+
+
+def _estimator_examples():
+    """The Python blocks of README.md and docs/api.md that fit an estimator."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for name in ("README.md", "docs/api.md"):
+        for block in re.findall(r"```python\n(.*?)```", (root / name).read_text(), re.S):
+            if re.search(r"Hogwild(Classifier|Regressor)\(", block) and ".fit(" in block:
+                yield pytest.param(block, id=f"{name}:{block.splitlines()[0][:30]}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("block", list(_estimator_examples()))
+def test_estimator_examples_of_the_docs_run_and_score_as_stated(block, tmp_path, monkeypatch, capsys):
+    """Each printed score is within 0.02 of the "about X" its comment states."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "example", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.split("\n")
+    stated = [float(value) for value in re.findall(r"print\(.*?# .*?about ([0-9.]+)", block)]
+    scores = [float(line.split()[0].strip("()[],")) for line in printed if line.strip()][:len(stated)]
+    assert len(scores) == len(stated) and all(abs(s - t) <= 0.02 for s, t in zip(scores, stated)), (
+        scores, stated)
