@@ -38,7 +38,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, NonNegative, Option,
                                      Optional, Positive, Table, validate)
 from hogwild_mts.core.result import TrainingWarning, training_trouble
-from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine
+from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine, average_start
 from hogwild_mts.model_file import (CLASSIFIER_LOSSES, LEGACY_LOSSES, REGRESSOR_LOSSES,
                                     ModelFileError, policy_from_spec, read, save_linear)
 from hogwild_mts.models.linear import LinearModel
@@ -160,13 +160,14 @@ class _HogwildLinear(BaseEstimator):
                            epsilon=options.epsilon)
 
     def _engine(self, options, problem: _Problem, seed: int) -> Engine:
-        """The engine of one epoch of ``problem``: its schedule continues from
+        """The engine of one epoch of ``problem``: its schedule and average continue from
         ``problem.updates`` ('adaptive' runs at the constant step ``problem.eta``; 'optimal'
-        derives its step from the model's penalty)."""
+        derives its step from ``alpha``, whatever the penalty)."""
         schedule = "constant" if options.learning_rate == "adaptive" else options.learning_rate
-        step = None if schedule == "optimal" else problem.eta
-        return Engine(self._model(options), options.policy, alpha=step, learning_rate=schedule,
-                      power_t=options.power_t, average=options.average,
+        optimal = schedule == "optimal"
+        return Engine(self._model(options), options.policy, alpha=None if optimal else problem.eta,
+                      learning_rate=schedule, power_t=options.power_t,
+                      optimal_alpha=options.alpha if optimal else None, average=options.average,
                       start_update=problem.updates, workers=options.workers, epochs=1,
                       batch_size=1, seed=seed, progress=False, eval_every=3600.0,
                       backend=options.backend, ray_address=options.ray_address,
@@ -212,11 +213,15 @@ class _HogwildLinear(BaseEstimator):
             warnings.simplefilter("ignore", TrainingWarning)
             result = engine.fit(X, target, sample_weight=weights, init_params=problem.params,
                                 init_average=problem.average)
-        problem.params = np.append(result.params, result.intercept) if options.fit_intercept else result.params
-        if options.average:
-            problem.average = (np.append(result.average_params, result.average_intercept)
-                               if options.fit_intercept else result.average_params)
+        def flat(params, intercept):
+            return np.append(params, intercept) if options.fit_intercept else params
+
+        averaging = result.last_params is not None  # result.params: the averaged ones
+        problem.params = (flat(result.last_params, result.last_intercept) if averaging
+                          else flat(result.params, result.intercept))
         problem.updates += result.updates
+        if averaging and problem.updates > average_start(options.average):
+            problem.average = flat(result.params, result.intercept)
         return result
 
     def _train(self, options, X, y, targets: list, weights: list, problems: list, seed: int,
@@ -244,7 +249,7 @@ class _HogwildLinear(BaseEstimator):
                     if stopping is not None:
                         score = None if held_out is None else self._score_rows(
                             X[held_out], target[held_out],
-                            None if weight is None else weight[held_out], self._coefs(options, problems[k]))
+                            None if weight is None else weight[held_out], self._coefs(problems[k]))
                         if stopping.done(runs[-1].final_loss, score, problems[k]):
                             break
                 self._judge(runs, k, len(targets), largest)
@@ -306,12 +311,11 @@ class _HogwildLinear(BaseEstimator):
                                  "or validation_fraction")
 
     @staticmethod
-    def _coefs(options, problem: _Problem) -> np.ndarray:
-        """The problem's parameters as the fitted model holds them: the average when
-        ``average`` is set and the updates have reached it (True: from the first), else the
-        plain ones (scikit-learn's rule)."""
-        averaging = options.average and problem.average is not None and options.average <= problem.updates
-        return problem.average if averaging else problem.params
+    def _coefs(problem: _Problem) -> np.ndarray:
+        """The problem's parameters as the fitted model holds them: the average once it covers
+        an update (``average`` set and reached; True: from the first), else the plain ones
+        (scikit-learn's rule)."""
+        return problem.params if problem.average is None else problem.average
 
     def _fit(self, options, X, y, sample_weight, classes, first_problems, epochs: int, stop: bool):
         """Train every problem from ``first_problems`` and set the fitted attributes."""
@@ -321,7 +325,7 @@ class _HogwildLinear(BaseEstimator):
         results, epochs_run = self._train(options, X, y, targets, weights, first_problems, seed,
                                           epochs, stop)
         self._problems = first_problems
-        params = np.vstack([self._coefs(options, p) for p in first_problems])
+        params = np.vstack([self._coefs(p) for p in first_problems])
         d = X.shape[1]
         self._set_coef(params[:, :d], params[:, d] if options.fit_intercept else np.zeros(len(params)))
         self.fit_results_ = results
