@@ -252,7 +252,8 @@ class _HogwildLinear(BaseEstimator):
                             None if weight is None else weight[held_out], self._coefs(problems[k]))
                         if stopping.done(runs[-1].final_loss, score, problems[k]):
                             break
-                self._judge(runs, k, len(targets), largest)
+                if options.learning_rate != "optimal":
+                    self._judge(runs, k, len(targets), largest)
                 results += runs
                 epochs_run.append(len(runs))
                 if runs[-1].interrupted:
@@ -271,7 +272,9 @@ class _HogwildLinear(BaseEstimator):
 
     def _judge(self, runs: list, k: int, problems: int, largest: float | None) -> None:
         """Warn a ConvergenceWarning when problem ``k``'s ``runs`` (its FitResults, one per
-        epoch, judged as one run from the first one's start) went badly."""
+        epoch, judged as one run from the first one's start) went badly.  Not called for
+        ``learning_rate='optimal'``: its first steps are about ``1 / alpha`` by design, so its
+        loss (hinge's above all) often ends above the loss at zero while the model is good."""
         last = runs[-1]
         whole = types.SimpleNamespace(
             history={"loss": [loss for run in runs for loss in run.history.get("loss", [])]},

@@ -191,6 +191,7 @@ def test_estimator_examples_of_the_docs_run_and_score_as_stated(block, tmp_path,
     exec(compile(block, "example", "exec"), {"__name__": "__main__"})
     printed = capsys.readouterr().out.split("\n")
     stated = [float(value) for value in re.findall(r"print\(.*?# .*?about ([0-9.]+)", block)]
-    scores = [float(line.split()[0].strip("()[],")) for line in printed if line.strip()][:len(stated)]
+    first_lines = [line for line in printed if line.strip()][:len(stated)]  # a score leads each
+    scores = [float(line.split()[0].strip("()[],")) for line in first_lines]
     assert len(scores) == len(stated) and all(abs(s - t) <= 0.02 for s, t in zip(scores, stated)), (
         scores, stated)
