@@ -41,7 +41,7 @@ from hogwild_mts.core.result import TrainingWarning, training_trouble
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine, average_start
 from hogwild_mts.model_file import (CLASSIFIER_LOSSES, LEGACY_LOSSES, REGRESSOR_LOSSES,
                                     ModelFileError, policy_from_spec, read, save_linear)
-from hogwild_mts.models.linear import LinearModel
+from hogwild_mts.models.linear import SKLEARN_MAX_DERIVATIVE, LinearModel
 
 PENALTIES = ("l2", "l1", "elasticnet")
 LEARNING_RATES = ("constant", "optimal", "invscaling", "adaptive")
@@ -83,7 +83,7 @@ def _options(loss: str, losses: tuple, learning_rate: str, eta0: float, power_t:
             Option("average", _average, False, "schedule (averaged SGD)"),
             ENGINE_OPTIONS["policy"], Option("workers", Integer(1), 1, "run"),
             ENGINE_OPTIONS["backend"], ENGINE_OPTIONS["ray_address"], ENGINE_OPTIONS["local_steps"])
-    return Table(sgd + weights + rest, rules=(_penalty_rule, _optimal_rule))
+    return Table(sgd + weights + rest, rules=(_penalty_rule, _optimal_rule, _adaptive_rule))
 
 
 def _penalty_rule(values) -> dict:
@@ -98,6 +98,16 @@ def _optimal_rule(values) -> dict:
     if values["learning_rate"] == "optimal" and values["alpha"] == 0:
         raise ValueError("alpha must be > 0 since learning_rate is 'optimal' (alpha sets the "
                          "optimal learning rate); use learning_rate='constant' with eta0 otherwise")
+    return {}
+
+
+def _adaptive_rule(values) -> dict:
+    """learning_rate='adaptive' divides the step ``eta0`` of a named policy; a policy object
+    brings its own base step, which it cannot divide."""
+    if values["learning_rate"] == "adaptive" and not isinstance(values["policy"], str):
+        raise ValueError("learning_rate='adaptive' divides eta0, the base step of a named policy; "
+                         f"the policy object {values['policy']!r} brings its own base step: give "
+                         "the policy by name, or another learning_rate")
     return {}
 
 
@@ -152,20 +162,24 @@ class _HogwildLinear(BaseEstimator):
         return options
 
     def _model(self, options) -> LinearModel:
-        """The engine's model: the loss, and the penalty as L2 and L1 strengths."""
+        """The engine's model: the loss, the penalty as L2 and L1 strengths, and scikit-learn's
+        clipping of the loss derivative."""
         alpha, penalty = options.alpha, options.penalty
         l1_share = {"l2": 0.0, "l1": 1.0, "elasticnet": options.l1_ratio, None: None}[penalty]
         l2, l1 = (0.0, 0.0) if l1_share is None else (alpha * (1.0 - l1_share), alpha * l1_share)
         return LinearModel(options.loss, l2=l2, l1=l1, fit_intercept=options.fit_intercept,
+                           max_derivative=SKLEARN_MAX_DERIVATIVE,
                            epsilon=options.epsilon)
 
     def _engine(self, options, problem: _Problem, seed: int) -> Engine:
         """The engine of one epoch of ``problem``: its schedule and average continue from
         ``problem.updates`` ('adaptive' runs at the constant step ``problem.eta``; 'optimal'
-        derives its step from ``alpha``, whatever the penalty)."""
+        derives its step from ``alpha``, whatever the penalty; a policy object or function keeps
+        its own base step, and ``eta0`` applies to a named policy)."""
         schedule = "constant" if options.learning_rate == "adaptive" else options.learning_rate
         optimal = schedule == "optimal"
-        return Engine(self._model(options), options.policy, alpha=None if optimal else problem.eta,
+        step = None if optimal or not isinstance(options.policy, str) else problem.eta
+        return Engine(self._model(options), options.policy, alpha=step,
                       learning_rate=schedule, power_t=options.power_t,
                       optimal_alpha=options.alpha if optimal else None, average=options.average,
                       start_update=problem.updates, workers=options.workers, epochs=1,

@@ -50,6 +50,7 @@ bit-reproducible.
 from __future__ import annotations
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -86,16 +87,19 @@ feature_scale : float64 (d), ``n / (rows storing j)``, read only with a penalty 
     without one).
 """
 
-Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1"])
+Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1", "max_derivative"],
+                   defaults=(math.inf,))
 Terms.__doc__ = """The objective's terms as the kernels take them: the loss (``loss_id`` of
 :mod:`hogwild_mts.models.linear`, ``epsilon`` of huber and the epsilon-insensitive losses), the
-L2 and L1 strengths (>= 0; the variant's flags say which are not 0)."""
+L2 and L1 strengths (>= 0; the variant's flags say which are not 0), and the bound the SGD
+kernels clip each row's loss derivative to (inf: none)."""
 
 
 def model_terms(model) -> Terms:
     """The :class:`Terms` of a :class:`hogwild_mts.models.linear.LinearModel` (or anything with
     ``loss_id, epsilon, l2, l1``)."""
-    return Terms(int(model.loss_id), float(model.epsilon), float(model.l2), float(model.l1))
+    return Terms(int(model.loss_id), float(model.epsilon), float(model.l2), float(model.l1),
+                 float(model.max_derivative))
 
 
 WorkerBuffers = namedtuple("WorkerBuffers", ["stats", "hist", "derivatives", "velocity", "touched",
@@ -403,6 +407,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                     keep_largest_tau(stats, largest_tau)
                     return STATUS_DIVERGED
                 derivative = loss_derivative(loss_id, margin, rows.labels[row], epsilon)
+                derivative = min(max(derivative, -terms.max_derivative), terms.max_derivative)
                 if weighted:
                     derivative *= rows.sample_weight[row]
                 derivatives[b - position] = derivative
