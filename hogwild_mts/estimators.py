@@ -17,7 +17,8 @@ continues the step schedule (``start_update``) and the average; after each epoch
 rule of scikit-learn looks at the epoch's training objective (or, with ``early_stopping``, the
 score on the held-out rows).  Multiclass targets are trained one-vs-rest: one binary problem
 per class, each with its own epochs and stopping, as scikit-learn does.  Every run's FitResult
-(staleness histogram, history) is kept in ``fit_results_``.
+(staleness histogram, history) is kept in ``fit_results_``, problem by problem:
+``problem_epochs_[k]`` runs of problem k (those of the last call).
 """
 
 from __future__ import annotations
@@ -49,11 +50,16 @@ ADAPTIVE_DIVISOR = 5.0  # 'adaptive': the step is divided by this each time the 
 ADAPTIVE_SMALLEST = 1e-6  # ... and training stops once it is not above this (scikit-learn's rule)
 
 
-def _average(name: str, value):
+class _Average:
     """``average``: a bool, or an integer >= 0 (average from that many updates on; 0: off)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    return Integer(0)(name, value)
+
+    def __call__(self, name: str, value):
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        return Integer(0)(name, value)
+
+    def __str__(self) -> str:
+        return "bool or an integer >= 0"
 
 
 def _options(loss: str, losses: tuple, learning_rate: str, eta0: float, power_t: float,
@@ -80,7 +86,7 @@ def _options(loss: str, losses: tuple, learning_rate: str, eta0: float, power_t:
     weights = (Option("class_weight", Checked("None, 'balanced' or a dict: class -> weight"),
                       None, "fit (row weights)"),) if classifier else ()
     rest = (Option("warm_start", Flag(), False, "fit"),
-            Option("average", _average, False, "schedule (averaged SGD)"),
+            Option("average", _Average(), False, "schedule (averaged SGD)"),
             ENGINE_OPTIONS["policy"], Option("workers", Integer(1), 1, "run"),
             ENGINE_OPTIONS["backend"], ENGINE_OPTIONS["ray_address"], ENGINE_OPTIONS["local_steps"])
     return Table(sgd + weights + rest, rules=(_penalty_rule, _optimal_rule, _adaptive_rule))
@@ -345,7 +351,7 @@ class _HogwildLinear(BaseEstimator):
         params = np.vstack([self._coefs(p) for p in first_problems])
         d = X.shape[1]
         self._set_coef(params[:, :d], params[:, d] if options.fit_intercept else np.zeros(len(params)))
-        self.fit_results_ = results
+        self.fit_results_, self.problem_epochs_ = results, epochs_run
         return max(epochs_run)
 
     def _start(self, options, n_features: int, problems: int, keep: bool) -> list:

@@ -362,10 +362,10 @@ def test_model_files_of_the_new_losses_load_and_old_checkpoint_settings_still_re
                            histogram=np.ones(2, np.int64), counter=2, metrics={})
     document, arrays = model_file.read(str(tmp_path / "huber"))
     assert document["params"]["loss"] == "huber" and document["params"]["epsilon"] == 0.2
-    with pytest.raises(model_file.ModelFileError, match="huber"):
-        model_file.save_linear(str(tmp_path / "wrong"), kind="HogwildClassifier",
-                               coef=np.ones((1, 3)), intercept=np.zeros(1), classes=[0, 1],
-                               estimator_params={"loss": "huber", "fit_intercept": True},
+    with pytest.raises(model_file.ModelFileError, match="hinge"):  # a classifier takes huber, as SGDClassifier
+        model_file.save_linear(str(tmp_path / "wrong"), kind="HogwildRegressor",
+                               coef=np.ones((1, 3)), intercept=np.zeros(1), classes=None,
+                               estimator_params={"loss": "hinge", "fit_intercept": True},
                                histogram=np.ones(2, np.int64), counter=2, metrics={})
         model_file.read(str(tmp_path / "wrong"))
     engine = Engine(LinearModel("svm", l2=1e-3), workers=1, progress=False)
