@@ -223,6 +223,8 @@ class LinearProblem:
     dtype : "float64" or "float32", of the trained parameters.
     sample_weight : one weight per row, or empty for unit weights.
     start_params : the flat vector to start from (weights, then the intercept), or None (zeros).
+    start_average : averaged SGD continued from an earlier run (``Job.start_update`` > 0): the
+        averaged parameters of the iterates before, or None.
     check_start : ``path`` only: ``n_params -> start_params or None``, once the file's columns are known.
     """
 
@@ -231,6 +233,7 @@ class LinearProblem:
     dataset: object = None
     sample_weight: np.ndarray = field(default_factory=lambda: kernels.UNIT_WEIGHTS)
     start_params: np.ndarray | None = None
+    start_average: np.ndarray | None = None
     path: str | None = None
     check_start: Callable | None = None
 
@@ -373,6 +376,9 @@ class Job:
     schedule : the step schedule of a linear problem (shared memory and the simulator).
     average_start : averaged SGD of a linear problem (shared memory): the first averaged update
         (0-based global update number), or None without averaging.
+    start_update : the global update number of the run's first update (shared memory): the step
+        schedule and the average continue an earlier run that applied that many updates; 0 for a
+        run of its own.
     """
 
     options: RunOptions
@@ -390,6 +396,7 @@ class Job:
     simulation: Simulation | None = None
     schedule: StepSchedule = CONSTANT_STEPS
     average_start: int | None = None
+    start_update: int = 0
 
     @property
     def workers(self) -> int:

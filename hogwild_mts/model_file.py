@@ -57,7 +57,7 @@ import secrets
 import numpy as np
 
 from hogwild_mts.core.files import npz_bytes, process_alive, strict_json, write_atomic
-from hogwild_mts.models.linear import CLASSIFIERS, REGRESSOR_LOSSES
+from hogwild_mts.models import linear as linear_models
 from hogwild_mts.policies.step_sizes import POLICIES, FunctionPolicy, make_policy, policy_table
 
 FORMAT = "hogwild-mts-model"
@@ -126,7 +126,14 @@ def policy_from_spec(spec, where: str, field: str = "params.policy"):
 # ---------------------------------------------------------------------------- schema
 MISSING = object()
 COUNT_LIMIT = 2 ** 62  # counts (counter, updates, samples) stay below: int64 fields with room to go on
-LINEAR_LOSSES = {"HogwildClassifier": CLASSIFIERS, "HogwildRegressor": (*REGRESSOR_LOSSES, "lsq")}
+# The estimators' losses (scikit-learn's names: a classifier takes the regressor losses too, as
+# SGDClassifier does); files of earlier versions name the engine's aliases (LEGACY_LOSSES: each
+# one's scikit-learn name), which still load.
+REGRESSOR_LOSSES = tuple(linear_models.REGRESSOR_LOSSES)
+CLASSIFIER_LOSSES = tuple(linear_models.CLASSIFIER_LOSSES) + REGRESSOR_LOSSES
+LEGACY_LOSSES = linear_models.ALIASES
+LINEAR_LOSSES = {"HogwildClassifier": CLASSIFIER_LOSSES + ("logreg", "svm"),
+                 "HogwildRegressor": REGRESSOR_LOSSES + ("lsq",)}
 READ_TRIES = 100  # manifests read while saves keep replacing the data file before giving up
 
 

@@ -23,8 +23,10 @@ The losses, their values and derivatives ``d loss / d p`` are scikit-learn's
 * ``epsilon_insensitive``: ``max(0, |y - p| - epsilon)``.
 * ``squared_epsilon_insensitive``: ``max(0, |y - p| - epsilon)^2``.
 
-scikit-learn's SGD loop clips the derivative to [-1e12, 1e12]; the kernels here do not (a
-derivative that large has diverged anyway, and the kernels stop on a non-finite margin).
+scikit-learn's SGD loop clips the derivative to [-1e12, 1e12] (``SKLEARN_MAX_DERIVATIVE``); a
+model clips it to ``[-max_derivative, max_derivative]``, by default not at all (a derivative
+that large has diverged anyway, and the kernels stop on a non-finite margin); the estimators
+set scikit-learn's bound, so a run that scikit-learn keeps finite stays finite.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ LOSS_IDS = {**CLASSIFIER_LOSSES, **REGRESSOR_LOSSES,
 CLASSIFIERS = (*CLASSIFIER_LOSSES, "logreg", "svm")
 PROBABILISTIC = ("log_loss", "modified_huber", "logreg")  # losses whose margins give probabilities
 LOG_CUTOFF = -37.0  # below it scikit-learn's log1pexp and expit take exp(p) (its _loss module)
+SKLEARN_MAX_DERIVATIVE = 1e12  # scikit-learn's SGD clips d loss / d p to +-this (MAX_DLOSS)
 
 
 @njit(cache=True, inline="always")
@@ -160,14 +163,17 @@ def _non_negative(name: str, value) -> float:
 @dataclass(frozen=True)
 class LinearModel:
     """A linear model by loss name (scikit-learn's, or the aliases ``logreg``, ``svm``,
-    ``lsq``), with L2 and L1 penalties (>= 0), an optional intercept, and the ``epsilon`` of
-    huber and the epsilon-insensitive losses (>= 0, default 0.1 as scikit-learn's)."""
+    ``lsq``), with L2 and L1 penalties (>= 0), an optional intercept, the ``epsilon`` of
+    huber and the epsilon-insensitive losses (>= 0, default 0.1 as scikit-learn's), and the
+    bound ``max_derivative`` (> 0, default inf: none) the SGD kernels clip each row's loss
+    derivative to (scikit-learn's is SKLEARN_MAX_DERIVATIVE)."""
 
     name: str = "logreg"
     l2: float = 0.0
     l1: float = 0.0
     fit_intercept: bool = True
     epsilon: float = 0.1
+    max_derivative: float = math.inf
 
     def __post_init__(self):
         if not isinstance(self.name, str) or self.name not in LOSS_IDS:
@@ -176,6 +182,10 @@ class LinearModel:
                              f"{list(REGRESSOR_LOSSES)} or the aliases {list(ALIASES)}")
         for name in ("l2", "l1", "epsilon"):
             object.__setattr__(self, name, _non_negative(name, getattr(self, name)))
+        bound = self.max_derivative
+        if not (isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound > 0):
+            raise ValueError(f"max_derivative must be a number > 0 (inf: no bound), got {bound!r}")
+        object.__setattr__(self, "max_derivative", float(bound))
 
     @property
     def loss_id(self) -> int:

@@ -183,7 +183,7 @@ def test_a_checkpoint_is_a_model_file_that_predicts(data, tmp_path):
     model = load(tmp_path / "ckpt")
     margins = data.to_scipy() @ result.params + result.intercept
     np.testing.assert_array_equal(model.predict(data.to_scipy()), np.where(margins > 0, 1.0, -1.0))
-    assert model.get_params()["epochs"] == 8 and model.classes_.tolist() == [-1.0, 1.0]
+    assert model.get_params()["max_iter"] == 8 and model.classes_.tolist() == [-1.0, 1.0]
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_whole(data, tmp_path, monkeypatch):
@@ -247,7 +247,7 @@ def _saved_model(tmp_path, data):
     from hogwild_mts import HogwildClassifier
 
     path = tmp_path / "saved"
-    HogwildClassifier(epochs=1).fit(data.to_scipy(), data.y).save(path)
+    HogwildClassifier(max_iter=1, tol=None).fit(data.to_scipy(), data.y).save(path)
     return path
 
 

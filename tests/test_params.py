@@ -11,11 +11,12 @@ from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, N
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine
 from hogwild_mts.engines.networks import NETWORK_OPTIONS
 from hogwild_mts.engines.simulated import NETWORK_SIMULATOR_OPTIONS, SIMULATOR_OPTIONS, Simulator
-from hogwild_mts.estimators import ESTIMATOR_OPTIONS, HogwildClassifier, HogwildRegressor
+from hogwild_mts.estimators import (CLASSIFIER_OPTIONS, REGRESSOR_OPTIONS, HogwildClassifier,
+                                    HogwildRegressor)
 
 TABLES = {"Engine": ENGINE_OPTIONS, "TorchEngine": NETWORK_OPTIONS, "Simulator": SIMULATOR_OPTIONS,
           "NetworkSimulator": NETWORK_SIMULATOR_OPTIONS,
-          "HogwildClassifier": ESTIMATOR_OPTIONS, "HogwildRegressor": ESTIMATOR_OPTIONS}
+          "HogwildClassifier": CLASSIFIER_OPTIONS, "HogwildRegressor": REGRESSOR_OPTIONS}
 API_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 

@@ -288,7 +288,8 @@ def test_estimators_train_on_the_ray_backend(data):
     from hogwild_mts import HogwildClassifier
 
     X, y = data.to_scipy(), data.y
-    model = HogwildClassifier(backend="ray", workers=2, epochs=2, local_steps=4, alpha=0.5).fit(X, y)
+    model = HogwildClassifier(backend="ray", workers=2, max_iter=2, tol=None, local_steps=4,
+                              loss="log_loss", learning_rate="constant", eta0=0.5).fit(X, y)
     assert model.score(X, y) > 0.8
     result = model.fit_result_
     assert result.counter == result.updates == int(result.staleness_histogram.sum())

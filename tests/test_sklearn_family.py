@@ -362,10 +362,10 @@ def test_model_files_of_the_new_losses_load_and_old_checkpoint_settings_still_re
                            histogram=np.ones(2, np.int64), counter=2, metrics={})
     document, arrays = model_file.read(str(tmp_path / "huber"))
     assert document["params"]["loss"] == "huber" and document["params"]["epsilon"] == 0.2
-    with pytest.raises(model_file.ModelFileError, match="huber"):
-        model_file.save_linear(str(tmp_path / "wrong"), kind="HogwildClassifier",
-                               coef=np.ones((1, 3)), intercept=np.zeros(1), classes=[0, 1],
-                               estimator_params={"loss": "huber", "fit_intercept": True},
+    with pytest.raises(model_file.ModelFileError, match="hinge"):  # a classifier takes huber, as SGDClassifier
+        model_file.save_linear(str(tmp_path / "wrong"), kind="HogwildRegressor",
+                               coef=np.ones((1, 3)), intercept=np.zeros(1), classes=None,
+                               estimator_params={"loss": "hinge", "fit_intercept": True},
                                histogram=np.ones(2, np.int64), counter=2, metrics={})
         model_file.read(str(tmp_path / "wrong"))
     engine = Engine(LinearModel("svm", l2=1e-3), workers=1, progress=False)
@@ -377,3 +377,38 @@ def test_model_files_of_the_new_losses_load_and_old_checkpoint_settings_still_re
                          learning_rate="invscaling")
         checkpoint.check_resume("old", old, checkpoint.run_settings(
             changed, backend="shm", n_features=3, n_samples=10, digest="d"))
+
+
+def test_a_run_continues_the_schedule_and_the_average_of_an_earlier_one():
+    data = synthetic_dense(300, 8, seed=5)
+    model = LinearModel("hinge", l2=1e-3)
+
+    def run(**options):
+        return Engine(model, alpha=0.05, learning_rate="invscaling", power_t=0.5, workers=1,
+                      epochs=1, seed=3, progress=False, **options)
+
+    first = run(average=True).fit(data)
+    n = first.updates
+    start = np.append(first.last_params, first.last_intercept)
+    averaged_first = np.append(first.params, first.intercept)
+    continued = run(average=True, start_update=n).fit(data, init_params=start,
+                                                      init_average=averaged_first)
+    alone = run(average=n + 1, start_update=n).fit(data, init_params=start)  # averages only its own
+    assert np.array_equal(continued.last_params, alone.last_params)  # the same steps at t = n, n + 1, ...
+    np.testing.assert_allclose(continued.params, (first.params + alone.params) / 2, rtol=1e-9, atol=1e-12)
+    restarted = run(start_update=0).fit(data, init_params=start)
+    assert not np.array_equal(restarted.params, alone.last_params)  # larger steps from t = 0
+    with pytest.raises(ValueError, match="give their averaged parameters as init_average"):
+        run(average=True, start_update=n).fit(data, init_params=start)
+    with pytest.raises(ValueError, match="init_average applies to a run that continues"):
+        run().fit(data, init_average=averaged_first)
+
+
+def test_optimal_steps_follow_optimal_alpha_without_a_penalty():
+    unpenalised = step_schedule(LinearModel("hinge"), "optimal", 0.5, penalty=1e-4)
+    assert unpenalised == step_schedule(LinearModel("hinge", l2=1e-4), "optimal", 0.5)
+    with pytest.raises(ValueError, match="needs a penalty"):
+        Engine(LinearModel("hinge"), learning_rate="optimal", workers=1, progress=False)
+    engine = Engine(LinearModel("hinge"), learning_rate="optimal", optimal_alpha=1e-4, workers=1,
+                    progress=False)
+    assert engine.schedule == unpenalised

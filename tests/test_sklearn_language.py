@@ -76,7 +76,7 @@ def test_one_vs_rest_refuses_what_only_a_binary_run_takes(three_class_file, caps
 # ---------------------------------------------------------------------------- model files
 def test_a_function_policy_is_saved_as_its_table(tmp_path):
     X, y = _three_classes(90)
-    fitted = HogwildClassifier(policy=lambda tau: 0.05 / (1 + tau), epochs=1).fit(X, y)
+    fitted = HogwildClassifier(policy=lambda tau: 0.05 / (1 + tau), max_iter=1, tol=None).fit(X, y)
     loaded = load(fitted.save(str(tmp_path / "m")))
     assert isinstance(loaded.policy, FunctionPolicy)
     np.testing.assert_allclose(policy_table(loaded.policy), policy_table(FunctionPolicy(lambda tau: 0.05 / (1 + tau))))
@@ -86,7 +86,7 @@ def test_a_function_policy_is_saved_as_its_table(tmp_path):
 def test_object_string_labels_and_feature_names_survive_a_model_file(tmp_path):
     X, y = _three_classes(90)
     labels = np.array(["setosa", "versicolor", "virginica"], dtype=object)[y]
-    fitted = HogwildClassifier(epochs=1).fit(X, labels)
+    fitted = HogwildClassifier(max_iter=1, tol=None).fit(X, labels)
     fitted.feature_names_in_ = np.array(["a", "b", "c"], dtype=object)  # as a DataFrame's columns set it
     loaded = load(fitted.save(str(tmp_path / "m")))
     assert loaded.classes_.tolist() == ["setosa", "versicolor", "virginica"]
@@ -98,7 +98,7 @@ def test_object_string_labels_and_feature_names_survive_a_model_file(tmp_path):
 
 def test_boolean_labels_load_back_and_mixed_labels_are_refused(tmp_path):
     X, y = _three_classes(60)
-    fitted = HogwildClassifier(epochs=1).fit(X, y == 0)
+    fitted = HogwildClassifier(max_iter=1, tol=None).fit(X, y == 0)
     assert load(fitted.save(str(tmp_path / "m"))).classes_.tolist() == [False, True]
     with pytest.raises(ValueError, match="numbers, booleans or strings"):
         storable_labels(np.array([1, "a"], dtype=object))
@@ -182,12 +182,14 @@ def test_engine_estimator_and_cli_warn_of_a_run_that_went_badly(tmp_path, capsys
     with pytest.warns(TrainingWarning, match="scale the features"):
         engine.fit(X, y)
     with pytest.warns(ConvergenceWarning, match="HogwildClassifier: training went badly"):
-        HogwildClassifier(alpha=0.5, epochs=2).fit(X, y)
+        HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.5, max_iter=2, tol=None).fit(X, y)
     with pytest.warns(ConvergenceWarning, match="class 2 against the rest: training went badly"):
-        HogwildClassifier(alpha=0.5, epochs=2).fit(X, np.digitize(X[:, 0], [-100, 100]))
+        HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.5, max_iter=2,
+                          tol=None).fit(X, np.digitize(X[:, 0], [-100, 100]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        HogwildClassifier(alpha=0.05, epochs=2).fit(X / 300.0, y)  # a good run is quiet
+        HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.05, max_iter=2,
+                          tol=None).fit(X / 300.0, y)  # a good run is quiet
     data = tmp_path / "unscaled.npz"
     np.savez(data, X=X, y=y)
     main(["train", "--data", str(data), "--workers", "1", "--epochs", "2", "--quiet"])

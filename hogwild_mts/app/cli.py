@@ -439,7 +439,9 @@ def train_linear(args):
 def _train_one_vs_rest(args, dataset, model, policy):
     """A classifier on a file of three or more classes: one-vs-rest with the estimators'
     implementation (:class:`~hogwild_mts.estimators.HogwildClassifier` with the command line's
-    settings); returns (the :class:`~hogwild_mts.app.report.OneVsRestRun`, ``save(path)``)."""
+    settings: the policy with its step ``--alpha`` at constant steps, ``--epochs`` epochs each
+    (no stopping rule), ``--l2`` as the L2 penalty, ``--seed``); returns (the
+    :class:`~hogwild_mts.app.report.OneVsRestRun`, ``save(path)``)."""
     from hogwild_mts.app.report import OneVsRestRun
     from hogwild_mts.estimators import HogwildClassifier
 
@@ -448,17 +450,20 @@ def _train_one_vs_rest(args, dataset, model, policy):
                                         ("--resume", args.resume is not None),
                                         ("--checkpoint-every", bool(args.checkpoint_every)),
                                         ("--momentum", bool(args.momentum)),
-                                        ("--dtype float32", args.dtype == "float32"))
+                                        ("--dtype float32", args.dtype == "float32"),
+                                        ("--batch-size", args.batch_size != 1))
                if given]
     if refused:
         raise ValueError(f"{dataset.name} has {classes.size} classes, trained one-vs-rest (one "
                          f"binary run per class), which does not take {', '.join(refused)}; "
                          "use them with binary labels")
     print(f"  {classes.size} classes: one-vs-rest, one run per class", file=sys.stderr, flush=True)
-    estimator = HogwildClassifier(loss=args.model, policy=policy, workers=args.workers,
-                                  epochs=args.epochs, batch_size=args.batch_size, l2=args.l2,
-                                  fit_intercept=model.fit_intercept, seed=args.seed,
-                                  progress=not args.quiet, **_backend_options(args))
+    estimator = HogwildClassifier(loss=model.loss, policy=policy, learning_rate="constant",
+                                  max_iter=args.epochs, tol=None,
+                                  penalty="l2" if args.l2 > 0 else None,
+                                  alpha=args.l2 if args.l2 > 0 else HogwildClassifier().alpha,
+                                  fit_intercept=model.fit_intercept, random_state=args.seed,
+                                  workers=args.workers, **_backend_options(args))
     X = dataset.to_scipy()
     estimator.fit(X, dataset.y)
     run = OneVsRestRun(estimator, accuracy=float(estimator.score(X, dataset.y)), data=dataset.name)
@@ -563,15 +568,17 @@ def _initial_model(path: str, model):
     """The binary or regression model file at ``path``, checked against ``model``'s loss and
     intercept (a one-vs-rest file has one row per class: train it with the Python estimators)."""
     from hogwild_mts.estimators import load
+    from hogwild_mts.models.linear import ALIASES
 
     start = load(path)
+    loss = ALIASES.get(start.loss, start.loss)
     if start.coef_.shape[0] != 1:
         raise ValueError(f"--init {path}: a one-vs-rest model of {start.coef_.shape[0]} classes; "
                          "the command line trains binary and regression models")
-    if start.resolved_loss() != model.name or bool(start.fit_intercept) != model.fit_intercept:
-        raise ValueError(f"--init {path}: a {start.resolved_loss()} model "
+    if loss != model.loss or bool(start.fit_intercept) != model.fit_intercept:
+        raise ValueError(f"--init {path}: a {loss} model "
                          f"{'with' if start.fit_intercept else 'without'} intercept; this run trains "
-                         f"{model.name} {'with' if model.fit_intercept else 'without'} intercept")
+                         f"{model.loss} {'with' if model.fit_intercept else 'without'} intercept")
     return start
 
 

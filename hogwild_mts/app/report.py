@@ -44,7 +44,8 @@ def _staleness_lines(tau: dict, fits: dict) -> list[str]:
 @dataclass
 class OneVsRestRun:
     """What ``hogwild-mts train`` makes of a classifier on three or more classes: the fitted
-    :class:`~hogwild_mts.estimators.HogwildClassifier` (one-vs-rest: one engine run per class),
+    :class:`~hogwild_mts.estimators.HogwildClassifier` (one-vs-rest: one engine run per class
+    and epoch),
     its accuracy over the classes on the training rows, and the data's name.  Read like a
     FitResult by the command line (params: the K x d weights, intercept: K values)."""
 
@@ -55,7 +56,24 @@ class OneVsRestRun:
 
     @property
     def results(self) -> list:
+        """Every engine run, class by class and epoch by epoch."""
         return self.estimator.fit_results_
+
+    @property
+    def class_runs(self) -> list:
+        """Each trained class's runs (one per epoch), in the order of ``classes_``."""
+        runs, start = [], 0
+        for epochs in self.estimator.problem_epochs_:
+            runs.append(self.results[start:start + epochs])
+            start += epochs
+        return runs
+
+    @staticmethod
+    def class_summary(runs: list) -> dict:
+        """One class's runs as one: the last run's fields, the counts and times summed."""
+        return {**runs[-1].to_dict(), "epochs": len(runs),
+                **{name: sum(getattr(run, name) for run in runs)
+                   for name in ("updates", "samples", "train_seconds", "wall_seconds")}}
 
     @property
     def params(self) -> np.ndarray:
@@ -68,7 +86,7 @@ class OneVsRestRun:
     @property
     def interrupted(self) -> bool:
         return any(result.interrupted for result in self.results) or \
-            len(self.results) < len(self.estimator.classes_)
+            len(self.class_runs) < len(self.estimator.classes_)
 
     @property
     def updates(self) -> int:
@@ -92,8 +110,8 @@ class OneVsRestRun:
                 "wall_seconds": sum(r.wall_seconds for r in self.results),
                 "staleness": staleness_summary(histogram, max(r.max_staleness for r in self.results)),
                 "staleness_fit": fit_staleness_models(histogram),
-                "per_class": [{"class": label, **result.to_dict()} for label, result in
-                              zip(self.estimator.classes_.tolist(), self.results)]}
+                "per_class": [{"class": label, **self.class_summary(runs)} for label, runs in
+                              zip(self.estimator.classes_.tolist(), self.class_runs)]}
 
 
 def _format_one_vs_rest(run: OneVsRestRun) -> str:
@@ -104,11 +122,12 @@ def _format_one_vs_rest(run: OneVsRestRun) -> str:
              f"{first.workers} worker(s), policy {first.policy.get('name')}"
              + ("  [INTERRUPTED]" if run.interrupted else ""),
              f"train accuracy  {run.accuracy:.4f} (over the {classes.size} classes)"]
-    for label, result in zip(classes.tolist(), run.results):
+    for label, runs in zip(classes.tolist(), run.class_runs):
+        result = runs[-1]
         accuracy = "" if result.final_accuracy is None else f"  accuracy {result.final_accuracy:.4f}"
         lines.append(f"class {label!s:<10}final loss {result.final_loss:.6g}{accuracy}  "
-                     f"updates {result.updates:,}")
-    for label in classes.tolist()[len(run.results):]:
+                     f"updates {sum(r.updates for r in runs):,} in {len(runs)} epoch(s)")
+    for label in classes.tolist()[len(run.class_runs):]:
         lines.append(f"class {label!s:<10}not trained (the run was stopped)")
     metrics = run.to_dict()
     lines.append(f"updates         {run.updates:,} over {len(run.results)} runs in "

@@ -33,7 +33,8 @@ DEFAULT_ALPHA = 0.5  # base step of a named policy (the Simulator's and the comm
 LEARNING_RATES = ("constant", "optimal", "invscaling")  # scikit-learn's names
 
 
-def step_schedule(model: LinearModel, learning_rate: str, power_t: float) -> StepSchedule:
+def step_schedule(model: LinearModel, learning_rate: str, power_t: float,
+                  penalty: float | None = None) -> StepSchedule:
     """The :class:`~hogwild_mts.job.StepSchedule` of scikit-learn's ``learning_rate`` for
     ``model``: the step of update t (0-based, the global update number) is the policy's
     ``alpha(tau)`` times ``(t0 / (t0 + t))^power``.
@@ -42,7 +43,8 @@ def step_schedule(model: LinearModel, learning_rate: str, power_t: float) -> Ste
     * ``invscaling``: t0 1, power ``power_t``: ``alpha(tau) / (t + 1)^power_t`` (scikit-learn's
       ``eta0 / t^power_t`` with t counted from 1; the policy's base step is ``eta0``).
     * ``optimal``: scikit-learn's ``eta = 1 / (penalty (optimal_init + t))`` (t from 0 here, its
-      ``t - 1``), ``penalty = l1 + l2`` (> 0) and its heuristic ``typw = sqrt(1 / sqrt(penalty))``,
+      ``t - 1``), ``penalty`` the given one or else the model's ``l1 + l2`` (> 0; scikit-learn's
+      ``alpha``, which sets the steps even with ``penalty=None``) and its heuristic ``typw = sqrt(1 / sqrt(penalty))``,
       ``eta0 = typw / max(1, dloss(-typw, 1))``, ``optimal_init = 1 / (eta0 penalty)``.  That is
       the base step ``1 / (penalty optimal_init)`` times ``optimal_init / (optimal_init + t)``.
       The base step replaces the policy's own (its ``alpha`` is ignored): the policy supplies
@@ -54,11 +56,13 @@ def step_schedule(model: LinearModel, learning_rate: str, power_t: float) -> Ste
         return StepSchedule("constant", power_t)
     if learning_rate == "invscaling":
         return StepSchedule("invscaling", power_t, t0=1.0, power=power_t)
-    penalty = model.penalty
+    if penalty is None:
+        penalty = model.penalty
     if not penalty > 0.0:
         raise ValueError(f"learning_rate='optimal' needs a penalty: its steps are 1 / (penalty "
                          f"(optimal_init + t)), but the model's l1 + l2 is {penalty!r}; give l2 or "
-                         "l1 > 0, or choose learning_rate='constant' or 'invscaling'")
+                         "l1 > 0 (or optimal_alpha > 0), or choose learning_rate='constant' or "
+                         "'invscaling'")
     typical_weight = math.sqrt(1.0 / math.sqrt(penalty))
     initial_step = typical_weight / max(1.0, loss_derivative(model.loss_id, -typical_weight, 1.0,
                                                              model.epsilon))
@@ -92,6 +96,10 @@ def _shm_only(values) -> dict:
     if start is not None and values["checkpoints"] is not None:
         raise ValueError(f"average={values['average']!r} cannot be checkpointed (checkpoints do "
                          "not store the averaged parameters); train without checkpoint_dir")
+    for name, unset in (("start_update", 0), ("optimal_alpha", None)):
+        if values[name] != unset and values["checkpoints"] is not None:
+            raise ValueError(f"{name}={values[name]!r} cannot be checkpointed (checkpoints do not "
+                             f"record it); train without checkpoint_dir, or with {name}={unset!r}")
     return {"average_start": start}
 
 
@@ -114,6 +122,12 @@ ENGINE_OPTIONS = Table(
      Option("power_t", NonNegative(), 0.5, "the step schedule (invscaling's exponent)"),
      Option("average", Checked("False, True or an int >= 0"), False,
             "averaged SGD (True: from the first update; n: from update n)"),
+     Option("optimal_alpha", Optional(Positive()), None,
+            "the step schedule ('optimal': the regularisation strength its steps follow; None: "
+            "the model's l1 + l2)"),
+     Option("start_update", Integer(0), 0,
+            "the step schedule and the average (the global update number of the run's first "
+            "update: they continue a run of that many updates)"),
      *shared.PROCESS_OPTIONS),
     rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
            shared.process_options, shared.worker_momentum, _ray_takes_plain_steps, _shm_only))
@@ -162,7 +176,12 @@ class Engine:
     the shared-memory backend.  ``average`` (False, True or n: from update n, as scikit-learn's):
     averaged SGD; the result's ``params`` and ``intercept`` are the averaged ones and
     ``last_params``/``last_intercept`` the last iterate (the history and ``final_loss`` score
-    the last iterate); shared memory only, not checkpointed.  The model's L1 penalty
+    the last iterate); shared memory only, not checkpointed.  ``start_update=t``: the run
+    continues an earlier run of t updates (as scikit-learn's epochs continue each other): its
+    schedule's update numbers start at t, and its average goes on from ``fit(...,
+    init_average=...)`` (the earlier run's averaged parameters).  ``optimal_alpha``: the
+    regularisation strength of ``optimal``'s steps when it is not the model's penalty
+    (scikit-learn's ``alpha`` with ``penalty=None``).  The model's L1 penalty
     (``LinearModel(l1=...)``) is scikit-learn's cumulative penalty (kernels.linear); shared
     memory only, not checkpointed.
     Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
@@ -187,10 +206,12 @@ class Engine:
                  placement_timeout: float = DEFAULTS.placement_timeout,
                  on_lost_worker: str = DEFAULTS.on_lost_worker,
                  learning_rate: str = DEFAULTS.learning_rate, power_t: float = DEFAULTS.power_t,
-                 average=DEFAULTS.average):
+                 average=DEFAULTS.average, optimal_alpha: float | None = DEFAULTS.optimal_alpha,
+                 start_update: int = DEFAULTS.start_update):
         self.model = model if isinstance(model, LinearModel) else LinearModel(model)
         self.options = validate(ENGINE_OPTIONS, ENGINE_OPTIONS.arguments(locals()))
-        self.schedule = step_schedule(self.model, self.learning_rate, self.power_t)
+        self.schedule = step_schedule(self.model, self.learning_rate, self.power_t,
+                                      self.optimal_alpha)
         check_model_on_backend(self.model, self.ray_options is not None, self.checkpoints is not None)
 
     __getattr__ = shared.option_of
@@ -206,14 +227,15 @@ class Engine:
                                             batch_size=self.batch_size, seed=self.seed,
                                             dtype=self.dtype),
                    split=self.split, start_method=self.start_method, schedule=self.schedule,
-                   average_start=self.average_start,
+                   average_start=self.average_start, start_update=self.start_update,
                    checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,
                    ray=self.ray_options, ray_checkpoint=ray_checkpoint)
 
     # ------------------------------------------------------------------ run
-    def fit(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> FitResult:
+    def fit(self, X, y=None, *, sample_weight=None, init_params=None, init_average=None,
+            resume=None) -> FitResult:
         """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``; with
         ``backend="ray"``, ``X`` may be the path of a data file (.npz or svmlight, labels
         inside) that each worker actor reads its own part of (docs/distributed.md).
@@ -224,7 +246,9 @@ class Engine:
 
         ``init_params``: the flat parameter vector to start from (the weights, then the
         intercept if the model has one; default zeros), e.g. a previous result's
-        ``np.append(params, intercept)``.  ``resume``: a checkpoint directory (see
+        ``np.append(params, intercept)``.  ``init_average``: with ``average`` and a
+        ``start_update`` past the average's start, the averaged parameters of the earlier run
+        this one continues (same layout; required then, refused otherwise).  ``resume``: a checkpoint directory (see
         ``checkpoint_dir``) whose run this fit continues with the same data and settings: the
         remaining batches only, from its parameters, counter, histogram and counts (Ray: its
         parameters, for the epochs its pushes have not covered); refused before any worker
@@ -236,14 +260,16 @@ class Engine:
         starting loss or far above its best warns a ``TrainingWarning`` (a RuntimeWarning:
         :func:`hogwild_mts.core.result.training_trouble`) with advice that fits the run.
         """
-        job = self.job(X, y, sample_weight=sample_weight, init_params=init_params, resume=resume)
+        job = self.job(X, y, sample_weight=sample_weight, init_params=init_params,
+                       init_average=init_average, resume=resume)
         result = (shm_backend if job.ray is None else ray_backend).fit(job)
         dataset = job.problem.dataset
         warn_if_bad(result, None if dataset is None or not dataset.values.size
                     else float(np.abs(dataset.values).max()))
         return result
 
-    def job(self, X, y=None, *, sample_weight=None, init_params=None, resume=None) -> Job:
+    def job(self, X, y=None, *, sample_weight=None, init_params=None, init_average=None,
+            resume=None) -> Job:
         """The Job :meth:`fit` runs with these arguments (validated, with the resumed state and
         the checkpoint directory settled), without running it: ``backends.shm.run.fit(job)``
         (or ``backends.ray.run.fit`` with ``backend="ray"``) runs it."""
@@ -254,18 +280,22 @@ class Engine:
             # backend="ray" and a data file: each worker actor reads its own part of it
             path = os.fspath(X)
             check_data_file_arguments(path, y, sample_weight, resume)
+            check_init_average(init_average, 0, self.average_start, self.start_update)
             problem = LinearProblem(self.model, self.dtype, path=path,
                                     check_start=lambda n_params: check_init_params(init_params, n_params))
             return self._job(problem, started, None)
         dataset = prepare_dataset(self.model, X, y, self.workers, self.batch_size)
         weights = check_sample_weight(sample_weight, dataset.n_samples)
-        start_params = check_init_params(init_params, self.model.n_params(dataset.n_features))
+        n_params = self.model.n_params(dataset.n_features)
+        start_params = check_init_params(init_params, n_params)
+        start_average = check_init_average(init_average, n_params, self.average_start, self.start_update)
         run = _CheckpointedRun(self, dataset, weights, X if y is None else y, resume)
         if self.ray_options is not None and run.resumed is not None:
             # Ray resumes from the checkpoint's parameters, for the epochs its pushes have not covered
             problem = LinearProblem(self.model, self.dtype, dataset, weights, run.resumed.params)
             return run.remaining_on_ray()._job(problem, started, None)
-        return self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params), started, run)
+        return self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params,
+                                       start_average), started, run)
 
 
 class _CheckpointedRun:
@@ -369,6 +399,24 @@ def check_init_params(init_params, n_params: int) -> np.ndarray | None:
     if init_params is None:
         return None
     return check_finite_vector("init_params", init_params, n_params,
+                               "the weights, then the intercept if fitted")
+
+
+def check_init_average(init_average, n_params: int, average_start: int | None,
+                       start_update: int) -> np.ndarray | None:
+    """``init_average`` as a float64 vector of ``n_params`` finite numbers: required when the
+    run continues averaged updates (``average_start`` not None and below ``start_update``), else
+    None; ValueError naming the value otherwise."""
+    continues = average_start is not None and start_update > average_start
+    if init_average is None:
+        if continues:
+            raise ValueError(f"start_update={start_update} continues {start_update - average_start} "
+                             "averaged updates: give their averaged parameters as init_average")
+        return None
+    if not continues:
+        raise ValueError("init_average applies to a run that continues averaged updates (average "
+                         "set and start_update past its start); leave it out here")
+    return check_finite_vector("init_average", init_average, n_params,
                                "the weights, then the intercept if fitted")
 
 

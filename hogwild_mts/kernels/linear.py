@@ -23,7 +23,8 @@ workers clipping the same coordinate at once may both apply the same owed penalt
 update of ``applied``, as Hogwild! loses gradient writes).
 
 The step of an update is ``alpha(tau) * (t0 / (t0 + t))^power`` (:func:`scheduled_step`), t the
-global update number the worker claimed (the counter's value, 0-based): ``power`` 0 is a constant
+global update number: the counter's value the worker claimed (0-based) plus the run's
+``start_update`` (0 unless the run continues an earlier one's schedule): ``power`` 0 is a constant
 step (no pow is taken: the same bits as without a schedule), ``t0 = 1`` scikit-learn's
 ``invscaling`` and ``t0 = optimal_init, power = 1`` its ``optimal`` (see
 :func:`hogwild_mts.engines.linear.step_schedule`).  An unstamped variant has no counter and
@@ -49,6 +50,7 @@ bit-reproducible.
 from __future__ import annotations
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -85,22 +87,25 @@ feature_scale : float64 (d), ``n / (rows storing j)``, read only with a penalty 
     without one).
 """
 
-Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1"])
+Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1", "max_derivative"],
+                   defaults=(math.inf,))
 Terms.__doc__ = """The objective's terms as the kernels take them: the loss (``loss_id`` of
 :mod:`hogwild_mts.models.linear`, ``epsilon`` of huber and the epsilon-insensitive losses), the
-L2 and L1 strengths (>= 0; the variant's flags say which are not 0)."""
+L2 and L1 strengths (>= 0; the variant's flags say which are not 0), and the bound the SGD
+kernels clip each row's loss derivative to (inf: none)."""
 
 
 def model_terms(model) -> Terms:
     """The :class:`Terms` of a :class:`hogwild_mts.models.linear.LinearModel` (or anything with
     ``loss_id, epsilon, l2, l1``)."""
-    return Terms(int(model.loss_id), float(model.epsilon), float(model.l2), float(model.l1))
+    return Terms(int(model.loss_id), float(model.epsilon), float(model.l2), float(model.l1),
+                 float(model.max_derivative))
 
 
 WorkerBuffers = namedtuple("WorkerBuffers", ["stats", "hist", "derivatives", "velocity", "touched",
                                              "l1_applied", "l1_totals", "slot", "averaged",
-                                             "averaged_marks", "average_start"],
-                           defaults=(NO_APPLIED, NO_TOTALS, 0, NO_AVERAGE, NO_MARKS, 0))
+                                             "averaged_marks", "average_start", "start_update"],
+                           defaults=(NO_APPLIED, NO_TOTALS, 0, NO_AVERAGE, NO_MARKS, 0, 0))
 WorkerBuffers.__doc__ = """One worker's arrays, as one numba argument (the kernels write them).
 
 stats : int64 (STAT_COLUMNS), its row of counts (STAT_UPDATES, STAT_SAMPLES, STAT_MAX_TAU).
@@ -118,6 +123,8 @@ averaged : float64 (n_params), the averaged parameters (shared), or NO_AVERAGE.
 averaged_marks : int64 (n_params), the averaged iterates each mean covers (start at 0; shared),
     or NO_MARKS without averaging.
 average_start : the first averaged update (0-based global update number).
+start_update : the global update number of the run's first update (the counter's 0): a run that
+    continues an earlier one's step schedule and average starts at its count; 0 otherwise.
 """
 
 
@@ -400,6 +407,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                     keep_largest_tau(stats, largest_tau)
                     return STATUS_DIVERGED
                 derivative = loss_derivative(loss_id, margin, rows.labels[row], epsilon)
+                derivative = min(max(derivative, -terms.max_derivative), terms.max_derivative)
                 if weighted:
                     derivative *= rows.sample_weight[row]
                 derivatives[b - position] = derivative
@@ -409,6 +417,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                 largest_tau = max(largest_tau, tau)
             else:
                 t, alpha = stats[STAT_UPDATES], alpha_table[0]
+            t += buffers.start_update  # the global update number
             step = scheduled_step(alpha, t, t0, power)
             count = t - buffers.average_start + 1  # this update's averaged iterate (< 1: none)
             if averaging and count >= 1:

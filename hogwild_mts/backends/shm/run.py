@@ -142,7 +142,7 @@ class _LinearRun(_Run):
             fit_intercept=problem.model.fit_intercept, terms=kernels.model_terms(problem.model),
             stamp=job.stamp, policy=options.policy, momentum=options.momentum,
             parent_pid=os.getpid(), split=job.split, schedule=job.schedule,
-            average_start=job.average_start,
+            average_start=job.average_start, start_update=job.start_update,
             **self._checkpoint_fields())
 
     @staticmethod
@@ -169,6 +169,9 @@ class _LinearRun(_Run):
         if problem.start_params is not None:
             views.params[:] = problem.start_params
         spec = self._spec(block)
+        if problem.start_average is not None:  # the average of the updates before start_update
+            views.averaged[:] = problem.start_average
+            views.averaged_marks[:] = worker.averaged_iterates(spec)
         # numba compiles or loads kernels here; a stop signal waits until it is done (one that
         # lands inside numba's cache callback is printed as an ignored exception, not raised)
         with signals.blocked():

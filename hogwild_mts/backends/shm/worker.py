@@ -109,6 +109,7 @@ class WorkerSpec:
     checkpoint_every_updates: int | None = None
     schedule: StepSchedule = CONSTANT_STEPS  # the step schedule (t0, power; optimal's base step)
     average_start: int | None = None  # averaged SGD: the first averaged update; None: off
+    start_update: int = 0  # the global update number of the run's first update (the schedule's and average's t)
 
 
 def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews | None = None,
@@ -138,7 +139,14 @@ def worker_buffers(spec, stats: np.ndarray, hist: np.ndarray, views: BlockViews 
         else:
             averaged, marks = np.zeros(n_params), np.zeros(n_params, np.int64)
     return kernels.WorkerBuffers(stats, hist, derivatives, velocity, touched, applied, totals,
-                                 max(worker_id, 0), averaged, marks, spec.average_start or 0)
+                                 max(worker_id, 0), averaged, marks, spec.average_start or 0,
+                                 spec.start_update)
+
+
+def averaged_iterates(spec) -> int:
+    """The averaged iterates the run's averaged parameters cover when it starts: those of the
+    ``spec.start_update`` updates before it (0 for a run from update 0)."""
+    return max(0, spec.start_update - spec.average_start)
 
 
 def add_average_fields(layout: Layout, n_params: int) -> None:
@@ -153,7 +161,7 @@ def averaged_params(views: BlockViews, spec) -> np.ndarray | None:
     brought up to the run's last update (:func:`kernels.finish_average`)."""
     if spec.average_start is None:
         return None
-    count = run_updates(views, spec.stamp) - spec.average_start
+    count = spec.start_update + run_updates(views, spec.stamp) - spec.average_start
     return kernels.finish_average(views.averaged, views.averaged_marks, views.params, count)
 
 
