@@ -159,6 +159,8 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
     classifier = settings["loss"] in CLASSIFIERS
     if classifier and classes is None:
         classes = np.array([-1.0, 1.0])
+    # the estimator's parameters in the engine's names (``alpha`` None: the policy's own step),
+    # which loading maps onto scikit-learn's (estimators.current_params)
     estimator_params = {"loss": settings["loss"], "policy": settings["policy"], "alpha": None,
                         "workers": settings["workers"], "epochs": settings["epochs"],
                         "batch_size": settings["batch_size"], "l2": settings["l2"],

@@ -185,7 +185,7 @@ class _HogwildLinear(BaseEstimator):
         schedule = "constant" if options.learning_rate == "adaptive" else options.learning_rate
         optimal = schedule == "optimal"
         step = None if optimal or not isinstance(options.policy, str) else problem.eta
-        return Engine(self._model(options), options.policy, alpha=step,
+        return Engine(self._model(options), options.policy, lr=step,
                       learning_rate=schedule, power_t=options.power_t,
                       optimal_alpha=options.alpha if optimal else None, average=options.average,
                       start_update=problem.updates, workers=options.workers, epochs=1,

@@ -78,7 +78,7 @@ class ModelFileError(ValueError):
 # ---------------------------------------------------------------------------- policies
 def policy_spec(policy) -> dict:
     """A JSON-able description from which :func:`policy_from_spec` rebuilds ``policy``: a name
-    (with no options: the caller's alpha applies), a registered policy's constructor options,
+    (with no options: the caller's lr applies), a registered policy's constructor options,
     or any other policy's current table (a plain function of tau: its table over
     tau = 0..DEFAULT_TABLE_LENGTH-1, as a function policy tabulates it).  A spec (a dict) is
     returned as it is."""
@@ -94,6 +94,10 @@ def policy_spec(policy) -> dict:
         if all(hasattr(policy, name) for name in names):
             return {"name": policy.name, "options": {name: getattr(policy, name) for name in names}}
     return {"name": "table", "table": [float(a) for a in policy_table(policy)]}
+
+
+# Policy options as files written before the base step was called lr name them.
+EARLIER_OPTION_NAMES = {"alpha": "lr", "alpha_min": "lr_min", "alpha_max": "lr_max"}
 
 
 def policy_from_spec(spec, where: str, field: str = "params.policy"):
@@ -116,6 +120,7 @@ def policy_from_spec(spec, where: str, field: str = "params.policy"):
     options = spec["options"]
     if not isinstance(options, dict):
         refuse(where, f"{field}.options", "an object of the policy's options", options)
+    options = {EARLIER_OPTION_NAMES.get(key, key): value for key, value in options.items()}
     try:
         return make_policy(name, **options)
     except (TypeError, ValueError, OverflowError) as error:

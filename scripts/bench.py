@@ -169,7 +169,7 @@ def main() -> None:
     print(f"machine: {machine()}\n")
 
     def engine(workers, policy="constant", **options):
-        return Engine(MODEL, make_policy(policy, alpha=ALPHA) if isinstance(policy, str) else policy,
+        return Engine(MODEL, make_policy(policy, lr=ALPHA) if isinstance(policy, str) else policy,
                       workers=workers, epochs=args.epochs, seed=0, progress=False, eval_every=5.0,
                       **options)
 

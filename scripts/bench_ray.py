@@ -6,7 +6,7 @@ shared-memory engine, across K (local steps per push).
   server stamps tau in pushes and applies alpha(tau) (constant policy here).
 * ``plain``: the asynchronous parameter server of Ray's documentation ("Parameter Server"
   example): the driver waits for any worker's result (``ray.wait``), has the server apply it
-  (``params -= alpha * step_sum``, no version, no staleness) and hands the worker the new
+  (``params -= lr * step_sum``, no version, no staleness) and hands the worker the new
   weights' object ref.  Its workers run the same K local steps with the same numba kernel.
 * ``shm``: ``Engine(backend="shm")`` on the same data (K does not apply: every update is one
   mini-batch written lock-free into shared memory).
@@ -22,7 +22,7 @@ no evaluation during the runs (start and end only), so pushes/s measure the tran
 
     python scripts/bench_ray.py --dims 2000,47236,2000000 --n 2000 --nnz 20 --epochs 1 --ks 4
 
-Same data, model, alpha, batch size, epochs, shards and seeds; ``--workers`` worker actors on a
+Same data, model, lr, batch size, epochs, shards and seeds; ``--workers`` worker actors on a
 local Ray instance of ``--workers`` CPUs.  pushes/s = applied pushes / training seconds (shm:
 updates/s); time to target = the first evaluation at or below ``--target`` (evaluations every
 ``--eval-every`` s are parameter copies scored after the run).  Prints one markdown table and the
@@ -70,7 +70,7 @@ def run_transport(args, dataset, k: int, sparse: bool) -> dict:
     saved = ray_linear.LinearWorker
     ray_linear.LinearWorker = LinearWorker if sparse else DenseTransferWorker
     try:
-        result = Engine(model="logreg", policy="constant", alpha=args.alpha, workers=args.workers,
+        result = Engine(model="logreg", policy="constant", lr=args.lr, workers=args.workers,
                         epochs=args.epochs, batch_size=args.batch_size, eval_every=1e9,
                         progress=False, backend="ray", local_steps=k).fit(dataset)
     finally:
@@ -90,7 +90,7 @@ def transport_table(args) -> None:
                 rows.append((d, "sparse" if sparse else "dense", k, run_transport(args, dataset, k, sparse)))
     print(f"machine: {machine()}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
           "at the end")
-    print(f"data: synthetic-sparse n={args.n} nnz={args.nnz}; logreg, constant alpha {args.alpha}, "
+    print(f"data: synthetic-sparse n={args.n} nnz={args.nnz}; logreg, constant lr {args.lr}, "
           f"batch {args.batch_size}, {args.epochs} epochs, {args.workers} workers\n")
     print("| d | transport | K | pushes | pushes/s | samples/s | train s | final loss |")
     print("|---|---|---|---|---|---|---|---|")
@@ -118,13 +118,13 @@ class PlainWorker(LinearWorker):
 
 
 class PlainServer:
-    """The plain pattern's server: ``params -= alpha * step_sum``, nothing else."""
+    """The plain pattern's server: ``params -= lr * step_sum``, nothing else."""
 
-    def __init__(self, params, alpha):
-        self.params, self.alpha = np.array(params), alpha
+    def __init__(self, params, lr):
+        self.params, self.lr = np.array(params), lr
 
     def apply(self, pushed):
-        self.params -= self.alpha * pushed[0]
+        self.params -= self.lr * pushed[0]
         return self.params
 
     def weights(self):
@@ -142,11 +142,11 @@ def run_plain(args, dataset, k: int) -> dict:
     setup_ref = ray.put(LinearSetup(model=spec, feature_scale=np.zeros(dataset.n_features)))
     workers = [ray.remote(num_cpus=1)(PlainWorker).remote(
         ShardSpec(epochs=args.epochs, batch_size=args.batch_size, local_steps=k, seed=seeds[w],
-                  local_step=args.alpha),
+                  local_step=args.lr),
         ray.put(shard_arrays(data, shard_rows(dataset.n_samples, args.workers, w),
                              dataset.n_features, dataset.dense)), "float64", setup_ref)
         for w in range(args.workers)]
-    server = ray.remote(num_cpus=0)(PlainServer).remote(np.zeros(dataset.n_features + 1), args.alpha)
+    server = ray.remote(num_cpus=0)(PlainServer).remote(np.zeros(dataset.n_features + 1), args.lr)
     ray.get([w.start.remote() for w in workers])
     current = server.weights.remote()
     started = time.time()
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--ks", default="1,4,16,64", help="local steps per push, comma-separated")
     parser.add_argument("--target", type=float, default=0.4, help="target training loss")
     parser.add_argument("--eval-every", type=float, default=0.05, help="seconds between evaluations")
@@ -234,7 +234,7 @@ def main() -> None:
                  shape=matrix.shape, y=dataset.y)
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
              _system_config=LOCAL_SYSTEM_CONFIG)
-    common = dict(model="logreg", policy="constant", alpha=args.alpha, workers=args.workers,
+    common = dict(model="logreg", policy="constant", lr=args.lr, workers=args.workers,
                   epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every,
                   defer_evaluation=True, progress=False)
     try:
@@ -249,8 +249,8 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(folder)
     print(f"machine: {machine()}")
-    print(f"data: synthetic-sparse n={args.n} d={args.d} nnz={args.nnz}; logreg, constant alpha "
-          f"{args.alpha}, batch {args.batch_size}, {args.epochs} epochs, {args.workers} workers; "
+    print(f"data: synthetic-sparse n={args.n} d={args.d} nnz={args.nnz}; logreg, constant lr "
+          f"{args.lr}, batch {args.batch_size}, {args.epochs} epochs, {args.workers} workers; "
           f"target loss {args.target}\n")
     print("| engine | K | pushes | pushes/s | samples/s | train s | mean tau | final loss | s to target |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -69,7 +69,7 @@ def worker_counts(most: int) -> list[int]:
 
 
 def engine(workers: int, epochs: int, **options) -> Engine:
-    return Engine(MODEL, "constant", alpha=ALPHA, workers=workers, epochs=epochs, seed=0,
+    return Engine(MODEL, "constant", lr=ALPHA, workers=workers, epochs=epochs, seed=0,
                   progress=False, eval_every=1e9, **options)
 
 

@@ -87,7 +87,7 @@ def run_recipe(args, dataset):
 
 
 def run_ours(args, dataset):
-    engine = TorchEngine(args.model, "constant", alpha=args.lr, workers=args.workers, epochs=args.epochs,
+    engine = TorchEngine(args.model, "constant", lr=args.lr, workers=args.workers, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, progress=False, eval_every=3600.0,
                          split="static")  # the same shard split as the PyTorch recipe
     result = engine.fit(dataset)

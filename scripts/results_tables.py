@@ -88,7 +88,7 @@ def best(run_dir, targets, cores):
     print("|---|---|---|---|---|---|---|---|")
     for row in _selected(read_csv(os.path.join(run_dir, "best.csv")), targets):
         step = "not every seed reached it" if row["reached"] != "True" else \
-            f"{float(row['alpha']):g}" + (" e" if row["alpha_at_grid_edge"] == "True" else "")
+            f"{float(row['lr']):g}" + (" e" if row["lr_at_grid_edge"] == "True" else "")
         print(f"| {row['target']} | {_marked(row['workers'], cores)} | {row['policy']} | {step} | "
               f"{_spread(row)} | {_percent(row['resolution_max'])} | {_ratio(row['vs_best_constant'])} | "
               f"{_ratio(row['vs_best_baseline'])} |")
@@ -99,7 +99,7 @@ def transfer(run_dir, targets, cores):
           "vs own smallest m | vs best constant | vs best baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in _selected(read_csv(os.path.join(run_dir, "transfer.csv")), targets):
-        step = "—" if _number(row["alpha"]) is None else f"{float(row['alpha']):g}"
+        step = "—" if _number(row["lr"]) is None else f"{float(row['lr']):g}"
         print(f"| {row['target']} | {_marked(row['workers'], cores)} | {row['policy']} | {step} | "
               f"{row['reached'] or '—'} | {_spread(row)} | {_percent(row['resolution_max'])} | "
               f"{_ratio(row['vs_own_smallest_m'])} | "

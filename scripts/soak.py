@@ -94,7 +94,7 @@ def in_process(kind: str, workers: int, dataset) -> tuple[bool, str]:
     """A fit in this process (``fit`` or ``worker kill``): (as expected, what happened)."""
     from hogwild_mts.engines.linear import Engine, WorkerError
 
-    engine = Engine("logreg", alpha=0.5, workers=workers, epochs=20 if kind == "fit" else 100_000,
+    engine = Engine("logreg", lr=0.5, workers=workers, epochs=20 if kind == "fit" else 100_000,
                     progress=False)
     if kind == "fit":
         result = engine.fit(dataset)

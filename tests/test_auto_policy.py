@@ -14,7 +14,7 @@ from hogwild_mts.policies.stability import delay_stability_limit
 from hogwild_mts.policies.step_sizes import AutoPolicy, make_policy, policy_state, policy_table, refit_policy
 from hogwild_mts.policies.testing import histograms
 
-alphas = st.floats(1e-3, 10.0)
+lrs = st.floats(1e-3, 10.0)
 workers = st.integers(1, 256)
 momentums = st.floats(0.0, 0.95)
 
@@ -34,38 +34,38 @@ def test_a_constant_delay_has_the_classical_limit():
 
 
 @settings(deadline=None, max_examples=40)
-@given(alpha=alphas, m=workers, mu=momentums, histogram=histograms(2000))
-def test_step_is_finite_positive_bounded_and_refits_keep_it(alpha, m, mu, histogram):
-    state = policy_state(make_policy("auto", alpha=alpha, min_samples=0), m, mu)
+@given(lr=lrs, m=workers, mu=momentums, histogram=histograms(2000))
+def test_step_is_finite_positive_bounded_and_refits_keep_it(lr, m, mu, histogram):
+    state = policy_state(make_policy("auto", lr=lr, min_samples=0), m, mu)
     for table in (policy_table(state), refit_policy(state, histogram)):
         assert table.shape == (1,)
         assert np.all(np.isfinite(table)) and np.all(table > 0)
-        assert table[0] <= alpha * (1 - mu) * (1 + 1e-12) or table[0] == state.alpha_min
+        assert table[0] <= lr * (1 - mu) * (1 + 1e-12) or table[0] == state.lr_min
         json.dumps(state.describe())
 
 
 @settings(deadline=None, max_examples=40)
-@given(alpha=alphas, m=workers)
-def test_momentum_is_in_range_and_zero_for_one_worker(alpha, m):
-    policy = make_policy("auto", alpha=alpha)
+@given(lr=lrs, m=workers)
+def test_momentum_is_in_range_and_zero_for_one_worker(lr, m):
+    policy = make_policy("auto", lr=lr)
     mu = policy.worker_momentum(m)
     assert 0.0 <= mu <= policy.max_momentum < 1.0
     if m == 1:
         assert mu == 0.0
 
 
-@given(alpha=alphas)
-def test_one_worker_keeps_the_tuned_step_and_no_momentum(alpha):
-    state = policy_state(make_policy("auto", alpha=alpha), 1, 0.0)
-    assert policy_table(state)[0] == alpha
-    assert refit_policy(state, np.array([5000], dtype=np.int64))[0] == alpha
-    assert Simulator("logreg", "auto", alpha=alpha, workers=1).momentum == 0.0
+@given(lr=lrs)
+def test_one_worker_keeps_the_tuned_step_and_no_momentum(lr):
+    state = policy_state(make_policy("auto", lr=lr), 1, 0.0)
+    assert policy_table(state)[0] == lr
+    assert refit_policy(state, np.array([5000], dtype=np.int64))[0] == lr
+    assert Simulator("logreg", "auto", lr=lr, workers=1).momentum == 0.0
 
 
 @settings(deadline=None, max_examples=25)
-@given(alpha=alphas, m=st.integers(1, 128))
-def test_more_workers_mean_more_momentum_and_a_smaller_step(alpha, m):
-    policy = make_policy("auto", alpha=alpha)
+@given(lr=lrs, m=st.integers(1, 128))
+def test_more_workers_mean_more_momentum_and_a_smaller_step(lr, m):
+    policy = make_policy("auto", lr=lr)
     mu_m, mu_more = policy.worker_momentum(m), policy.worker_momentum(2 * m)
     assert mu_more >= mu_m
     step = policy_table(policy_state(policy, m, mu_m))[0]
@@ -82,14 +82,14 @@ def test_staler_measured_delays_never_raise_the_step(mean, extra, mu):
     def histogram(lam):
         return np.bincount(rng.poisson(lam, 20000)).astype(np.int64)
 
-    state = policy_state(make_policy("auto", alpha=1.0, min_samples=0), 16, mu)
+    state = policy_state(make_policy("auto", lr=1.0, min_samples=0), 16, mu)
     fresher = refit_policy(state, histogram(mean))[0]
     staler = refit_policy(state, histogram(mean + extra))[0]
     assert staler <= fresher * (1 + 1e-6)
 
 
 def test_explicit_momentum_wins_and_the_step_keeps_the_effective_step():
-    engine = Simulator("logreg", "auto", alpha=2.0, workers=1, momentum=0.5)
+    engine = Simulator("logreg", "auto", lr=2.0, workers=1, momentum=0.5)
     assert engine.momentum == 0.5
     state = policy_state(engine.policy, 1, engine.momentum)
     assert policy_table(state)[0] == pytest.approx(1.0)
@@ -120,12 +120,12 @@ def test_bad_options_are_refused():
 
 
 def test_model_files_store_and_restore_it():
-    policy = make_policy("auto", alpha=0.7, gain=0.4, curvature=2.0, max_momentum=0.6)
+    policy = make_policy("auto", lr=0.7, gain=0.4, curvature=2.0, max_momentum=0.6)
     spec = json.loads(json.dumps(policy_spec(policy)))
     assert spec["name"] == "auto"
     restored = policy_from_spec(spec, "model.json")
     assert isinstance(restored, AutoPolicy)
-    assert (restored.alpha, restored.gain, restored.curvature, restored.max_momentum) == (0.7, 0.4, 2.0, 0.6)
+    assert (restored.lr, restored.gain, restored.curvature, restored.max_momentum) == (0.7, 0.4, 2.0, 0.6)
     assert restored.worker_momentum(64) == policy.worker_momentum(64)
 
 
@@ -133,7 +133,7 @@ def test_a_simulated_run_with_auto_trains():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400, 5))
     y = np.where(X @ np.ones(5) > 0, 1.0, -1.0)
-    result = Simulator("logreg", "auto", alpha=0.5, workers=16, epochs=2, seed=0).fit(X, y)
+    result = Simulator("logreg", "auto", lr=0.5, workers=16, epochs=2, seed=0).fit(X, y)
     assert result.history["loss"][-1] < result.history["loss"][0]
     assert result.policy["name"] == "auto" and result.policy["momentum"] > 0
 
@@ -143,7 +143,7 @@ def test_the_command_line_trains_with_policy_auto(tmp_path, capsys):
 
     out = tmp_path / "run"
     status = main(["train", "--data", "synthetic-sparse:n=2000,d=300,nnz=10,seed=1", "--workers", "2",
-                   "--epochs", "1", "--quiet", "--policy", "auto", "--alpha", "0.5", "--out", str(out)])
+                   "--epochs", "1", "--quiet", "--policy", "auto", "--lr", "0.5", "--out", str(out)])
     capsys.readouterr()
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())

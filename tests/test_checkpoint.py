@@ -35,7 +35,7 @@ def data():
 
 
 def engine(**options):
-    settings = dict(model="logreg", alpha=0.3, workers=1, epochs=8, seed=4, progress=False)
+    settings = dict(model="logreg", lr=0.3, workers=1, epochs=8, seed=4, progress=False)
     return Engine(**(settings | options))
 
 
@@ -67,11 +67,11 @@ def assert_same_run(resumed, uninterrupted):
 # The policies whose table does not change during a run: these resume bit for bit.
 EXACT_POLICIES = {
     "constant": dict(policy="constant"),
-    "inverse": dict(policy=make_policy("inverse", alpha=0.3), alpha=None),
-    "exponential": dict(policy=make_policy("exponential", alpha=0.3, beta=0.2), alpha=None),
-    "function": dict(policy=lambda tau: 0.3 / (1 + tau), alpha=None),
-    "mindthestep-no-refit": dict(policy=make_policy("mindthestep", alpha=0.3, refit_every=0), alpha=None),
-    "tail-no-refit": dict(policy=make_policy("tail", alpha=0.3, refit_every=0), alpha=None),
+    "inverse": dict(policy=make_policy("inverse", lr=0.3), lr=None),
+    "exponential": dict(policy=make_policy("exponential", lr=0.3, beta=0.2), lr=None),
+    "function": dict(policy=lambda tau: 0.3 / (1 + tau), lr=None),
+    "mindthestep-no-refit": dict(policy=make_policy("mindthestep", lr=0.3, refit_every=0), lr=None),
+    "tail-no-refit": dict(policy=make_policy("tail", lr=0.3, refit_every=0), lr=None),
 }
 
 
@@ -91,9 +91,9 @@ def test_a_resumed_one_worker_run_equals_the_uninterrupted_run(name, data, writt
 
 
 @pytest.mark.parametrize("options", [
-    dict(model="lsq", alpha=0.01, batch_size=3, dtype="float32"),
+    dict(model="lsq", lr=0.01, batch_size=3, dtype="float32"),
     dict(model=LinearModel("svm", l2=1e-3, fit_intercept=False), batch_size=7, epochs=5),
-    dict(model=LinearModel("svm", l2=1e-3), batch_size=2, epochs=4, momentum=0.9, alpha=0.01),
+    dict(model=LinearModel("svm", l2=1e-3), batch_size=2, epochs=4, momentum=0.9, lr=0.01),
 ], ids=["lsq-float32-batches", "svm-l2-no-intercept", "svm-momentum"])
 def test_resume_is_exact_for_other_models_batches_and_dtypes(options, written, tmp_path):
     data = synthetic_dense(700, 12, seed=5) if options["model"] == "lsq" else synthetic_sparse(900, 80, 6, seed=1)
@@ -256,7 +256,7 @@ BAD_RESUMES = [
     (lambda tmp, data, ckpt: (dict(), _saved_model(tmp, data)), "a model file without run state"),
     (lambda tmp, data, ckpt: (dict(epochs=9), ckpt), r"epochs=8 \(this run: 9\)"),
     (lambda tmp, data, ckpt: (dict(model="svm"), ckpt), r"loss='logreg' \(this run: 'svm'\)"),
-    (lambda tmp, data, ckpt: (dict(alpha=0.5), ckpt), r"policy=.*this run"),
+    (lambda tmp, data, ckpt: (dict(lr=0.5), ckpt), r"policy=.*this run"),
     (lambda tmp, data, ckpt: (dict(batch_size=2, seed=1), ckpt), r"batch_size=1 \(this run: 2\), seed=4 \(this run: 1\)"),
     (lambda tmp, data, ckpt: (dict(data=synthetic_sparse(1200, 151, 10, seed=2)), ckpt), r"n_features=150 \(this run: 151\)"),
     (lambda tmp, data, ckpt: (dict(data=synthetic_sparse(1200, 150, 10, seed=3)), ckpt), r"rows_digest="),

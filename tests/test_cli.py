@@ -41,8 +41,8 @@ BAD_ARGUMENTS = [
     (["--model", "ridge"], "unknown model 'ridge'"),
     (["--policy", "fastest"], "unknown policy 'fastest'"),
     (["--policy", "mindthestep", "--target", "faster"], "unknown mindthestep target 'faster'"),
-    (["--alpha", "0"], "alpha must be a finite number > 0, got 0.0"),
-    (["--alpha", "nan"], "alpha must be a finite number > 0"),
+    (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+    (["--lr", "nan"], "lr must be a finite number > 0"),
     (["--workers", "0"], "workers must be an integer >= 1, got 0"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
     (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
@@ -128,7 +128,7 @@ def test_model_file_and_backend_flags_refuse_bad_input(arguments, words, capsys)
 def test_momentum_flag_reaches_the_linear_engine(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["train", "--data", "synthetic-sparse:n=2000,d=500", "--workers", "1",
-                 "--epochs", "1", "--alpha", "0.05", "--momentum", "0.9", "--quiet",
+                 "--epochs", "1", "--lr", "0.05", "--momentum", "0.9", "--quiet",
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["momentum"] == 0.9 and metrics["final_accuracy"] > 0.7

@@ -36,7 +36,7 @@ def no_leaks():
 
 @pytest.mark.parametrize("workers,batch_size", [(1, 1), (2, 1), (3, 4)])
 def test_counter_equals_updates_and_histogram_total(separable, workers, batch_size):
-    result = Engine("logreg", alpha=0.5, workers=workers, epochs=2, batch_size=batch_size,
+    result = Engine("logreg", lr=0.5, workers=workers, epochs=2, batch_size=batch_size,
                     progress=False).fit(separable)
     shard_sizes = [len(range(w, separable.n_samples, workers)) for w in range(workers)]
     expected_updates = 2 * sum(-(-size // batch_size) for size in shard_sizes)
@@ -50,17 +50,17 @@ def test_counter_equals_updates_and_histogram_total(separable, workers, batch_si
 
 
 def test_one_worker_is_bit_reproducible(separable):
-    runs = [Engine("logreg", alpha=0.5, workers=1, epochs=2, seed=11, progress=False).fit(separable)
+    runs = [Engine("logreg", lr=0.5, workers=1, epochs=2, seed=11, progress=False).fit(separable)
             for _ in range(2)]
     assert np.array_equal(runs[0].params, runs[1].params)
     assert runs[0].intercept == runs[1].intercept
-    other_seed = Engine("logreg", alpha=0.5, workers=1, epochs=2, seed=12, progress=False).fit(separable)
+    other_seed = Engine("logreg", lr=0.5, workers=1, epochs=2, seed=12, progress=False).fit(separable)
     assert not np.array_equal(runs[0].params, other_seed.params)
 
 
 def test_two_workers_reach_the_accuracy_of_one(separable):
-    one = Engine("logreg", alpha=0.5, workers=1, epochs=5, progress=False).fit(separable)
-    two = Engine("logreg", alpha=0.5, workers=2, epochs=5, progress=False).fit(separable)
+    one = Engine("logreg", lr=0.5, workers=1, epochs=5, progress=False).fit(separable)
+    two = Engine("logreg", lr=0.5, workers=2, epochs=5, progress=False).fit(separable)
     assert one.final_accuracy > 0.9
     assert two.final_accuracy >= 0.95 * one.final_accuracy
     assert two.history["loss"][-1] < np.log(2)  # better than the zero vector
@@ -69,7 +69,7 @@ def test_two_workers_reach_the_accuracy_of_one(separable):
 @pytest.mark.parametrize("model", ["svm", "lsq"])
 def test_other_losses_train_on_dense_data(model):
     data = synthetic_dense(2000, 20, seed=1)
-    result = Engine(model, alpha=0.02, workers=2, epochs=3, progress=False).fit(data)
+    result = Engine(model, lr=0.02, workers=2, epochs=3, progress=False).fit(data)
     zero_loss = 1.0 if model == "svm" else 0.5
     assert result.final_loss < 0.6 * zero_loss
     if model == "svm":
@@ -79,9 +79,9 @@ def test_other_losses_train_on_dense_data(model):
 
 
 def test_float32_parameters_and_unstamped_baseline(separable):
-    engine = Engine("logreg", alpha=0.5, workers=1, epochs=2, dtype="float32", progress=False)
+    engine = Engine("logreg", lr=0.5, workers=1, epochs=2, dtype="float32", progress=False)
     result = shm_run.fit(dataclasses.replace(engine.job(separable), stamp=False))
-    exact = Engine("logreg", alpha=0.5, workers=1, epochs=2, progress=False).fit(separable)
+    exact = Engine("logreg", lr=0.5, workers=1, epochs=2, progress=False).fit(separable)
     np.testing.assert_allclose(result.params, exact.params, atol=1e-3)  # same path, float32 rounding
     assert abs(result.final_accuracy - exact.final_accuracy) < 0.01
     assert result.counter == 0 and result.staleness_histogram.sum() == 0  # nothing stamped
@@ -91,8 +91,8 @@ def test_accepts_scipy_and_numpy_inputs():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 5))
     y = (X[:, 0] > 0).astype(int)  # 0/1 labels are mapped to -1/+1
-    dense = Engine("logreg", alpha=0.1, workers=1, epochs=3, progress=False).fit(X, y)
-    sparse = Engine("logreg", alpha=0.1, workers=1, epochs=3, progress=False).fit(
+    dense = Engine("logreg", lr=0.1, workers=1, epochs=3, progress=False).fit(X, y)
+    sparse = Engine("logreg", lr=0.1, workers=1, epochs=3, progress=False).fit(
         scipy.sparse.csr_matrix(X), y)
     np.testing.assert_allclose(dense.params, sparse.params, rtol=1e-12)
     assert dense.final_accuracy > 0.9
@@ -103,9 +103,9 @@ Y_OK = np.array([1.0, -1.0, 1.0, -1.0])
 BAD_INPUTS = [
     (dict(model="ridge"), (X_OK, Y_OK), ValueError, "unknown model 'ridge'"),
     (dict(policy="fastest"), (X_OK, Y_OK), ValueError, "unknown policy 'fastest'"),
-    (dict(alpha=-0.1), (X_OK, Y_OK), ValueError, "alpha must be a finite number > 0, got -0.1"),
-    (dict(alpha=float("nan")), (X_OK, Y_OK), ValueError, "alpha must be a finite number > 0"),
-    (dict(alpha=0.0), (X_OK, Y_OK), ValueError, "alpha must be a finite number > 0, got 0.0"),
+    (dict(lr=-0.1), (X_OK, Y_OK), ValueError, "lr must be a finite number > 0, got -0.1"),
+    (dict(lr=float("nan")), (X_OK, Y_OK), ValueError, "lr must be a finite number > 0"),
+    (dict(lr=0.0), (X_OK, Y_OK), ValueError, "lr must be a finite number > 0, got 0.0"),
     (dict(workers=0), (X_OK, Y_OK), ValueError, "workers must be an integer >= 1, got 0"),
     (dict(batch_size=0), (X_OK, Y_OK), ValueError, "batch_size must be an integer >= 1, got 0"),
     (dict(epochs=0), (X_OK, Y_OK), ValueError, "epochs must be an integer >= 1, got 0"),
@@ -133,7 +133,7 @@ def test_bad_input_is_refused_before_any_worker_starts(engine_args, data, error,
 @pytest.mark.parametrize("workers", [1, 2])
 def test_momentum_trains_and_one_worker_stays_bit_reproducible(separable, workers):
     def fit():
-        return Engine("logreg", workers=workers, epochs=2, alpha=0.05, momentum=0.9,
+        return Engine("logreg", workers=workers, epochs=2, lr=0.05, momentum=0.9,
                       progress=False).fit(separable)
 
     result = fit()
@@ -141,19 +141,19 @@ def test_momentum_trains_and_one_worker_stays_bit_reproducible(separable, worker
     assert result.counter == result.updates == result.staleness_histogram.sum()
     if workers == 1:  # exact: the same run again, and a lower loss than without momentum here
         assert np.array_equal(result.params, fit().params)
-        plain = Engine("logreg", workers=1, epochs=2, alpha=0.05, progress=False).fit(separable)
+        plain = Engine("logreg", workers=1, epochs=2, lr=0.05, progress=False).fit(separable)
         assert result.final_loss < plain.final_loss
 
 
 def test_divergence_stops_with_a_clear_error():
     data = synthetic_dense(500, 10, seed=2)
     with pytest.raises(DivergenceError, match="diverged"):
-        Engine("lsq", alpha=1e3, workers=2, epochs=50, progress=False).fit(data)
+        Engine("lsq", lr=1e3, workers=2, epochs=50, progress=False).fit(data)
 
 
 def test_killed_worker_raises_quickly_and_cleans_up():
     data = synthetic_sparse(20000, 5000, 30, seed=0)
-    engine = Engine("logreg", alpha=0.1, workers=2, epochs=100000, progress=False)
+    engine = Engine("logreg", lr=0.1, workers=2, epochs=100000, progress=False)
     killed = []
 
     def kill_one_worker():
@@ -225,7 +225,7 @@ def _group_gone(group: int, seconds: float) -> bool:
 
 
 def test_deferred_evaluation_scores_the_same_snapshots_after_the_run(separable):
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=200, eval_every_updates=50_000,
+    result = Engine("logreg", lr=0.5, workers=2, epochs=200, eval_every_updates=50_000,
                     defer_evaluation=True, progress=False).fit(separable)
     history = result.history
     assert len(history["loss"]) >= 4  # start, snapshots taken during the run, final

@@ -157,7 +157,7 @@ def test_bad_sample_weight_is_refused_before_training(iris, weights, message):
 
 def test_save_and_load_round_trip(tmp_path, iris):
     X, y = iris
-    policy = make_policy("mindthestep", alpha=0.2, refit_every=50, min_samples=50)
+    policy = make_policy("mindthestep", lr=0.2, refit_every=50, min_samples=50)
     model = HogwildClassifier(loss="log_loss", policy=policy, learning_rate="constant", eta0=0.2,
                               max_iter=5, tol=None).fit(X, y)
     model.save(tmp_path / "model")

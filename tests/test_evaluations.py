@@ -91,16 +91,16 @@ def test_unstamped_runs_count_the_workers_updates():
 
 
 def test_one_worker_evaluates_at_exactly_every_due_count(data):
-    result = Engine("logreg", alpha=0.5, workers=1, epochs=2, eval_every_updates=700,
+    result = Engine("logreg", lr=0.5, workers=1, epochs=2, eval_every_updates=700,
                     defer_evaluation=True, progress=False).fit(data)
     assert result.history["updates"] == [0, *range(700, 8000, 700), 8000]
     assert len(set(result.history["loss"])) == len(result.history["loss"])  # each its own copy
 
 
 def test_one_worker_scores_live_the_same_rows(data):
-    deferred = Engine("logreg", alpha=0.5, workers=1, epochs=2, eval_every_updates=700,
+    deferred = Engine("logreg", lr=0.5, workers=1, epochs=2, eval_every_updates=700,
                       defer_evaluation=True, progress=False).fit(data)
-    live = Engine("logreg", alpha=0.5, workers=1, epochs=2, eval_every_updates=700,
+    live = Engine("logreg", lr=0.5, workers=1, epochs=2, eval_every_updates=700,
                   progress=False).fit(data)
     assert live.history["updates"] == deferred.history["updates"]
     assert live.history["loss"] == deferred.history["loss"]
@@ -108,7 +108,7 @@ def test_one_worker_scores_live_the_same_rows(data):
 
 def test_several_workers_evaluate_near_each_due_count(data):
     every = 2000
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=20, eval_every_updates=every,
+    result = Engine("logreg", lr=0.5, workers=2, epochs=20, eval_every_updates=every,
                     defer_evaluation=True, progress=False).fit(data)
     updates = np.array(result.history["updates"])
     assert updates[0] == 0 and updates[-1] == result.updates == 80_000

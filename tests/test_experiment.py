@@ -16,7 +16,7 @@ from hogwild_mts.app.experiment import ConfigError, load_config, run_grid, targe
 from hogwild_mts.app.plots import RunDirError, draw_all, figures
 
 TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
-        "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--eval-updates", "40", "--alphas", "0.5"]
+        "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--eval-updates", "40", "--lrs", "0.5"]
 PLOTS = ("staleness.png", "loss_vs_updates.png", "loss_vs_time.png", "alpha_tables.png",
          "best_vs_workers.png", "transfer_vs_workers.png")
 
@@ -53,7 +53,7 @@ def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monk
     out = str(tmp_path / "run")
     config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "policies": ["constant"],
                                 "workers": [1, 2], "seeds": [0], "epochs": 1, "targets": [0.6],
-                                "alphas": [0.5]})
+                                "lrs": [0.5]})
     assert run_grid(config, out, plots=False) == {"ran": 2, "skipped": 0, "cells": 2}
     first = os.stat(os.path.join(out, "cells", "constant-a0.5-m2-s0.json")).st_mtime_ns
     ran = []
@@ -65,7 +65,7 @@ def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monk
     assert os.stat(os.path.join(out, "cells", "constant-a0.5-m2-s0.json")).st_mtime_ns == first
     assert len(read_csv(os.path.join(out, "cells.csv"))) == 4
     assert not [n for n in os.listdir(os.path.join(out, "cells")) if n.startswith(".tmp")]
-    config["policy_options"] = {"constant": {"policy": "constant", "alphas": [0.5, 1.0]}}
+    config["policy_options"] = {"constant": {"policy": "constant", "lrs": [0.5, 1.0]}}
     assert run_grid(config, out, plots=False) == {"ran": 4, "skipped": 4, "cells": 8}  # its own grid
     config["eval_updates"] = 7
     with pytest.raises(ConfigError, match="other settings"):
@@ -76,7 +76,7 @@ def test_a_stop_signal_held_while_a_cell_finished_stops_the_grid_after_that_cell
     out = str(tmp_path / "run")
     config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "policies": ["constant"],
                                 "workers": [1, 2], "seeds": [0], "epochs": 1, "targets": [0.6],
-                                "alphas": [0.5]})
+                                "lrs": [0.5]})
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, out, plots=False, stop_signals=[15])  # as signals.stop_on_signals fills it
     assert os.listdir(os.path.join(out, "cells")) == ["constant-a0.5-m1-s0.json"]
@@ -137,9 +137,9 @@ def test_report_redraws_and_refuses_non_runs(tmp_path, capsys):
     ({"staleness": "uniform"}, "unknown staleness 'uniform'"),
     ({"compute": "weibull"}, "unknown compute"),
     ({"targets": [-1.0]}, "targets must hold finite numbers > 0"),
-    ({"alphas": []}, "alphas must be a non-empty list"),
-    ({"alphas": [0.1, 0.1]}, "alphas has repeated entries"),
-    ({"policy_options": {"constant": {"alphas": [0.0]}}}, "alphas of constant must hold"),
+    ({"lrs": []}, "lrs must be a non-empty list"),
+    ({"lrs": [0.1, 0.1]}, "lrs has repeated entries"),
+    ({"policy_options": {"constant": {"lrs": [0.0]}}}, "lrs of constant must hold"),
     ({"eval_updates": 0}, "eval_updates must be an integer >= 1"),
     ({"refit_every": -1}, "refit_every must be null or an integer >= 0"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
@@ -173,7 +173,7 @@ def test_bad_config_files_and_keys(tmp_path, capsys):
 
 def test_labels_run_one_policy_with_several_settings(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=300,d=40,nnz=4", "epochs": 1, "seeds": [0],
-                                "workers": [4], "policies": ["mindthestep", "mts-shrink"], "alphas": [0.5],
+                                "workers": [4], "policies": ["mindthestep", "mts-shrink"], "lrs": [0.5],
                                 "policy_options": {"mts-shrink": {"policy": "mindthestep",
                                                                   "target": "shrink", "r": 0.9}}})
     run_grid(config, str(tmp_path), plots=False)
@@ -189,9 +189,9 @@ def test_staleness_plot_when_the_tail_ends_in_the_last_bin(tmp_path):
     assert os.path.getsize(path) > 1000
 
 
-def _row(policy, alpha, workers, updates, target=0.5, reached=2, momentum=0.0):
+def _row(policy, lr, workers, updates, target=0.5, reached=2, momentum=0.0):
     """A summary.csv row with two seeds at ``updates`` (a list of two)."""
-    return {"policy": policy, "alpha": alpha, "momentum": momentum, "workers": workers, "target": target, "seeds": 2,
+    return {"policy": policy, "lr": lr, "momentum": momentum, "workers": workers, "target": target, "seeds": 2,
             "reached": reached, "resolution_max": 0.01, "updates_to_target_mean": sum(updates) / 2,
             "updates_to_target_std": abs(updates[0] - updates[1]) / 2 ** 0.5,
             "updates_to_target_min": min(updates), "updates_to_target_max": max(updates)}
@@ -199,7 +199,7 @@ def _row(policy, alpha, workers, updates, target=0.5, reached=2, momentum=0.0):
 
 def test_best_against_best_and_transfer_pick_steps_per_m_and_compare_with_the_best_baseline():
     config = load_config(None, {"policies": ["constant", "tail", "mindthestep"], "workers": [1, 16],
-                                "alphas": [0.5, 1.0, 2.0]})
+                                "lrs": [0.5, 1.0, 2.0]})
     summary = [_row("constant", 1.0, 1, [100, 100]), _row("constant", 2.0, 1, [90, 200]),
                _row("constant", 0.5, 16, [150, 150]), _row("constant", 1.0, 16, [300, 300]),
                _row("tail", 1.0, 1, [120, 120]), _row("tail", 1.0, 16, [140, 140]),
@@ -207,14 +207,14 @@ def test_best_against_best_and_transfer_pick_steps_per_m_and_compare_with_the_be
                _row("mindthestep", 1.0, 16, [90, 130], reached=1)]
     best, transfer = experiment.compare(config, summary)
     best = {(b["policy"], b["workers"]): b for b in best}
-    assert best[("constant", 1)]["alpha"] == 1.0
-    assert best[("constant", 16)]["alpha"] == 0.5 and best[("constant", 16)]["alpha_at_grid_edge"]
-    assert best[("mindthestep", 16)]["alpha"] == 2.0       # 1.0 lost a seed
+    assert best[("constant", 1)]["lr"] == 1.0
+    assert best[("constant", 16)]["lr"] == 0.5 and best[("constant", 16)]["lr_at_grid_edge"]
+    assert best[("mindthestep", 16)]["lr"] == 2.0       # 1.0 lost a seed
     assert best[("mindthestep", 16)]["vs_best_constant"] == pytest.approx(112 / 150)
     assert best[("mindthestep", 16)]["vs_best_baseline"] == pytest.approx(112 / 140)
     assert best[("mindthestep", 16)]["best_baseline"] == "tail"
     transfer = {(t["policy"], t["workers"]): t for t in transfer}
-    assert transfer[("constant", 16)]["alpha"] == 1.0
+    assert transfer[("constant", 16)]["lr"] == 1.0
     assert transfer[("constant", 16)]["vs_own_smallest_m"] == pytest.approx(3.0)
     assert transfer[("mindthestep", 16)]["vs_own_smallest_m"] == pytest.approx(112 / 80)
     assert transfer[("mindthestep", 16)]["vs_best_constant"] == pytest.approx(112 / 150)
@@ -248,7 +248,7 @@ def test_mnist1d_is_generated_offline_with_the_published_shape():
 def test_a_grid_with_momentum_runs_and_binds_the_policies_with_it(tmp_path, monkeypatch):
     config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
                                 "seeds": [0], "workers": [2], "policies": ["constant", "mts"],
-                                "alphas": [0.1], "targets": [0.6], "momentum": 0.5,
+                                "lrs": [0.1], "targets": [0.6], "momentum": 0.5,
                                 "policy_options": {"mts": {"policy": "mindthestep", "target": "momentum",
                                                            "mu": 0.9, "min_samples": 0}}})
     made = []
@@ -258,7 +258,7 @@ def test_a_grid_with_momentum_runs_and_binds_the_policies_with_it(tmp_path, monk
     assert [engine.momentum for engine in made] == [0.5, 0.5]
     record = json.loads((tmp_path / "cells" / "mts-a0.1-mu0.5-m2-s0.json").read_text())
     assert not record["diverged"] and record["updates"] == 200 and record["momentum"] == 0.5
-    policy = experiment.make_policy("mindthestep", alpha=0.1, target="momentum", mu=0.9, min_samples=0)
+    policy = experiment.make_policy("mindthestep", lr=0.1, target="momentum", mu=0.9, min_samples=0)
     policy.bind(2, 0.5)
     policy.observe(np.asarray(record["staleness_histogram"], dtype=np.int64))
     assert record["alpha_table"] == [float(a) for a in policy.table()[:experiment.ALPHA_TABLE_ENTRIES]]
@@ -269,7 +269,7 @@ def test_a_grid_with_momentum_runs_and_binds_the_policies_with_it(tmp_path, monk
 
 def test_a_run_directory_from_before_momentum_resumes(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
-                                "seeds": [0], "workers": [1], "policies": ["constant"], "alphas": [0.1]})
+                                "seeds": [0], "workers": [1], "policies": ["constant"], "lrs": [0.1]})
     older = {key: value for key, value in config.items()
              if key not in ("momenta", "weight_decay", "stragglers", "worker_speeds")}
     (tmp_path / "config.json").write_text(json.dumps(older))
@@ -278,7 +278,7 @@ def test_a_run_directory_from_before_momentum_resumes(tmp_path):
 
 def test_a_run_directory_with_one_momentum_resumes_under_momenta(tmp_path, capsys):
     settings = {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1, "seeds": [0],
-                "workers": [2], "policies": ["constant"], "alphas": [0.1], "targets": [0.6]}
+                "workers": [2], "policies": ["constant"], "lrs": [0.1], "targets": [0.6]}
     config = load_config(None, {**settings, "momentum": 0.5})
     assert config["momenta"] == [0.5] and "momentum" not in config
     run_grid(config, str(tmp_path), plots=False)
@@ -307,20 +307,20 @@ def test_a_run_directory_with_one_momentum_resumes_under_momenta(tmp_path, capsy
 def test_a_grid_over_two_momenta_names_the_winning_momentum(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "epochs": 2,
                                 "seeds": [0, 1], "workers": [1, 4], "policies": ["constant"],
-                                "alphas": [0.2, 0.5], "momenta": [0.0, 0.5], "targets": [0.6],
+                                "lrs": [0.2, 0.5], "momenta": [0.0, 0.5], "targets": [0.6],
                                 "eval_updates": 20})
     log = io.StringIO()
     assert run_grid(config, str(tmp_path), plots=False, log=log)["ran"] == 16
     summary = read_csv(tmp_path / "summary.csv")
-    assert {(s["momentum"], s["alpha"]) for s in summary} == {(mu, a) for mu in ("0.0", "0.5")
+    assert {(s["momentum"], s["lr"]) for s in summary} == {(mu, a) for mu in ("0.0", "0.5")
                                                               for a in ("0.2", "0.5")}
     best = {(b["policy"], b["workers"]): b for b in read_csv(tmp_path / "best.csv")}
     assert set(best) == {(p, m) for p in ("constant", "constant@mu0", "constant@mu0.5") for m in ("1", "4")}
     for m in ("1", "4"):
         fastest = min((s for s in summary if s["workers"] == m and s["reached"] == "2"),
                       key=lambda s: float(s["updates_to_target_mean"]))
-        assert (best[("constant", m)]["momentum"], best[("constant", m)]["alpha"]) == \
-            (fastest["momentum"], fastest["alpha"])
+        assert (best[("constant", m)]["momentum"], best[("constant", m)]["lr"]) == \
+            (fastest["momentum"], fastest["lr"])
         assert best[(f"constant@mu{float(fastest['momentum']):g}", m)]["vs_best_constant"] == "1.0"
         assert best[("constant@mu0", m)]["fixed_momentum"] == "0.0"
     transfer = {(t["policy"], t["workers"]): t for t in read_csv(tmp_path / "transfer.csv")}
@@ -332,7 +332,7 @@ def test_a_grid_over_two_momenta_names_the_winning_momentum(tmp_path):
 
 
 def test_the_best_momentum_at_the_edge_of_the_momenta_is_flagged_and_transfers():
-    config = load_config(None, {"policies": ["constant"], "workers": [1, 16], "alphas": [0.5, 1.0, 2.0],
+    config = load_config(None, {"policies": ["constant"], "workers": [1, 16], "lrs": [0.5, 1.0, 2.0],
                                 "momenta": [0.0, 0.5, 0.9]})
     summary = [_row("constant", 1.0, 1, [100, 100], momentum=0.9), _row("constant", 1.0, 1, [150, 150]),
                _row("constant", 1.0, 16, [300, 300], momentum=0.9), _row("constant", 1.0, 16, [200, 200]),
@@ -342,9 +342,9 @@ def test_the_best_momentum_at_the_edge_of_the_momenta_is_flagged_and_transfers()
     assert best[("constant", 1)]["momentum"] == 0.9 and best[("constant", 1)]["momentum_at_grid_edge"]
     assert best[("constant", 16)]["momentum"] == 0.0 and not best[("constant", 16)]["momentum_at_grid_edge"]
     assert best[("constant@mu0", 1)]["vs_best_constant"] == pytest.approx(1.5)
-    assert best[("constant@mu0.5", 16)]["alpha"] == 0.5 and not best[("constant@mu0.5", 1)]["reached"]
+    assert best[("constant@mu0.5", 16)]["lr"] == 0.5 and not best[("constant@mu0.5", 1)]["reached"]
     transfer = {(t["policy"], t["workers"]): t for t in transfer}
-    assert (transfer[("constant", 16)]["alpha"], transfer[("constant", 16)]["momentum"]) == (1.0, 0.9)
+    assert (transfer[("constant", 16)]["lr"], transfer[("constant", 16)]["momentum"]) == (1.0, 0.9)
     assert transfer[("constant", 16)]["vs_own_smallest_m"] == pytest.approx(3.0)
     assert transfer[("constant@mu0", 16)]["vs_own_smallest_m"] == pytest.approx(200 / 150)
     notes = experiment.edge_notes(list(best.values()), config)
@@ -374,12 +374,12 @@ def test_heterogeneous_workers_and_momenta_are_checked_before_running(overrides,
 
 def test_stragglers_and_worker_speeds_reach_the_simulator(tmp_path, capsys):
     config = load_config(None, {"staleness": "event", "workers": [2, 4], "stragglers": "0.25:10"})
-    engine = experiment.make_engine(config, {"policy": "constant", "alpha": 1.0, "momentum": 0.0,
+    engine = experiment.make_engine(config, {"policy": "constant", "lr": 1.0, "momentum": 0.0,
                                              "workers": 4, "seed": 0})
     assert engine.slowness.tolist() == pytest.approx([0.775] * 3 + [7.75])   # speeds 1, 1, 1, 0.1 over their mean
     config = load_config(None, {"staleness": "event", "workers": [2, 3],
                                 "worker_speeds": {"2": [1, 3], "3": [1, 1, 2]}})
-    engine = experiment.make_engine(config, {"policy": "constant", "alpha": 1.0, "momentum": 0.0,
+    engine = experiment.make_engine(config, {"policy": "constant", "lr": 1.0, "momentum": 0.0,
                                              "workers": 2, "seed": 0})
     assert engine.worker_speeds == [1, 3]
     out = str(tmp_path / "run")
@@ -423,7 +423,7 @@ def test_a_label_with_a_path_writes_nothing_outside_the_run(tmp_path, capsys):
     assert "name '../ESCAPED' is not allowed" in capsys.readouterr().err
 
 
-GOOD_CELL = {"name": "constant-a0.5-m1-s0", "policy": "constant", "alpha": 0.5, "workers": 1, "seed": 0,
+GOOD_CELL = {"name": "constant-a0.5-m1-s0", "policy": "constant", "lr": 0.5, "workers": 1, "seed": 0,
              "diverged": False, "best_loss": 0.5, "final_loss": 0.5, "staleness_histogram": [10],
              "staleness": {"mean": 0.0, "p99": 0, "max": 0},
              "history": {"loss": [0.7, 0.5], "updates": [0, 10], "time_s": [0.0, 0.1]}}
@@ -472,12 +472,12 @@ def test_resuming_over_a_corrupt_config_names_it(tmp_path, capsys):
 def test_momentum_0_leaves_the_auto_policy_its_own_momentum_and_the_cell_records_it(tmp_path):
     config = load_config(None, {"data": "synthetic-sparse:n=200,d=30,nnz=4,seed=1", "epochs": 1,
                                 "seeds": [0], "workers": [1, 16], "policies": ["auto"],
-                                "alphas": [0.5], "targets": [0.6], "momenta": [0.0, 0.25],
+                                "lrs": [0.5], "targets": [0.6], "momenta": [0.0, 0.25],
                                 "mode": "simulated", "staleness": "calibrated"})
     assert run_grid(config, str(tmp_path), plots=False)["ran"] == 4
     record = {name: json.loads((tmp_path / "cells" / f"auto-a0.5{name}.json").read_text())
               for name in ("-m1-s0", "-m16-s0", "-mu0.25-m16-s0")}
-    chosen = experiment.make_policy("auto", alpha=0.5).worker_momentum(16)
+    chosen = experiment.make_policy("auto", lr=0.5).worker_momentum(16)
     assert record["-m1-s0"]["workers_momentum"] == 0.0
     assert record["-m16-s0"]["workers_momentum"] == chosen > 0
     assert record["-mu0.25-m16-s0"]["workers_momentum"] == 0.25    # a momentum given wins

@@ -437,8 +437,8 @@ CASES = [
     Case("cli-workers-absurd", cli("--data", ROWS_10K, "--workers", "10000"), 2,
          r"workers \(10000\) is more than this machine runs usefully: at most \d+"),
     Case("cli-workers-negative", cli("--workers", "-3"), 2, r"workers must be an integer >= 1, got -3"),
-    Case("cli-alpha-inf", cli("--alpha", "inf"), 2, r"alpha must be a finite number > 0, got inf"),
-    Case("cli-alpha-negative", cli("--alpha", "-1"), 2, r"alpha must be a finite number > 0, got -1.0"),
+    Case("cli-lr-inf", cli("--lr", "inf"), 2, r"lr must be a finite number > 0, got inf"),
+    Case("cli-lr-negative", cli("--lr", "-1"), 2, r"lr must be a finite number > 0, got -1.0"),
     Case("cli-seed-negative", cli("--seed", "-1"), 2, r"seed must be an integer >= 0, got -1"),
     Case("cli-dtype-unknown", cli("--dtype", "float16"), 2, r"invalid choice: 'float16'"),
     Case("cli-refit-every-negative", cli("--policy", "tail", "--refit-every", "-5"), 2,
@@ -501,7 +501,7 @@ CASES = [
     Case("cli-closed-stdout-still-writes",
          cli("--data", TINY, "--workers", "1", "--out", out_dir, before=stdout_closed, after=outputs_written), 0, r""),
     # --------------------------------------------------------------- CLI: faults
-    Case("cli-svm-alpha-1e300-diverges", cli("--model", "svm", "--alpha", "1e300", "--data", TINY, "--workers", "1",
+    Case("cli-svm-lr-1e300-diverges", cli("--model", "svm", "--lr", "1e300", "--data", TINY, "--workers", "1",
                                              "--out", out_dir,
                                              after=lambda tmp: not os.path.exists(tmp / "out" / "metrics.json")
                                              or pytest.fail("a diverged run wrote metrics")),
@@ -542,7 +542,7 @@ CASES = [
          DataError, r"declares shape \(1000, 10\) of float64 \(78.1 KiB\) but the archive holds 80 bytes"),
     Case("api-batch-size-absurd", api(lambda tmp, mp: engine(batch_size=10 ** 12).fit(load_data(TINY))),
          ValueError, r"batch_size \(1000000000000\) exceeds the number of samples \(400\)"),
-    Case("api-diverges", api(lambda tmp, mp: engine(model="lsq", alpha=1e3, workers=2, epochs=50).fit(
+    Case("api-diverges", api(lambda tmp, mp: engine(model="lsq", lr=1e3, workers=2, epochs=50).fit(
         load_data("synthetic-dense:n=500,d=10,seed=2"))), DivergenceError, r"training diverged"),
     Case("api-worker-killed", api(lambda tmp, mp: (kill_a_worker_once_training(),
                                                    engine(workers=2, epochs=100000).fit(load_data(TINY)))),

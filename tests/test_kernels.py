@@ -33,7 +33,7 @@ def _rows(dataset, sample_weight=kernels.UNIT_WEIGHTS):
                         feature_scale)
 
 
-def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=kernels.UNIT_WEIGHTS,
+def _run_kernel(dataset, model, order, batch_size, lr, params, sample_weight=kernels.UNIT_WEIGHTS,
                 momentum=0.0, stamped=True):
     counter = np.zeros(1, dtype=np.int64)
     hist = np.zeros(16, dtype=np.int64)
@@ -43,7 +43,7 @@ def _run_kernel(dataset, model, order, batch_size, alpha, params, sample_weight=
     kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, stamped, momentum)
     status = kernel(_rows(dataset, sample_weight), order, 0, order.shape[0], batch_size, params,
                     dataset.n_features, kernels.model_terms(model), momentum,
-                    np.array([alpha, alpha / 2]), *kernels.CONSTANT_SCHEDULE, counter, buffers)
+                    np.array([lr, lr / 2]), *kernels.CONSTANT_SCHEDULE, counter, buffers)
     return status, counter[0], hist, stats
 
 
@@ -57,13 +57,13 @@ def test_sgd_chunk_matches_reference(name, dense, batch_size, l2, fit_intercept)
     dataset = _random_problem(rng, dense, model)
     order = np.concatenate([rng.permutation(dataset.n_samples), rng.permutation(dataset.n_samples)])
     start = rng.normal(scale=0.3, size=model.n_params(dataset.n_features))
-    alpha = 0.05
+    lr = 0.05
 
     params = start.copy()
-    status, counter, hist, stats = _run_kernel(dataset, model, order, batch_size, alpha, params)
+    status, counter, hist, stats = _run_kernel(dataset, model, order, batch_size, lr, params)
 
     weights, intercept = reference.sequential_sgd(
-        dataset, model, order, batch_size, alpha, start[: dataset.n_features],
+        dataset, model, order, batch_size, lr, start[: dataset.n_features],
         start[dataset.n_features] if fit_intercept else 0.0)
     updates = -(-order.shape[0] // batch_size)
     assert status == kernels.STATUS_OK

@@ -52,7 +52,7 @@ class ScriptedBackend:
 
 
 def _run(backend, **options):
-    settings = dict(policy="constant", alpha=0.1, workers=2, epochs=1, batch_size=1, seed=0,
+    settings = dict(policy="constant", lr=0.1, workers=2, epochs=1, batch_size=1, seed=0,
                     eval_every=None, progress=False) | options
     details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
                               "data": "none", "settings": {}}
@@ -109,7 +109,7 @@ def test_options_are_validated_with_one_message_shape(options, message):
 
 
 def test_fit_never_changes_the_callers_policy():
-    policy = make_policy("mindthestep", alpha=0.5, target="shrink", r=0.8, refit_every=100,
+    policy = make_policy("mindthestep", lr=0.5, target="shrink", r=0.8, refit_every=100,
                          min_samples=100)
     policy.bind(1)
     before = policy.describe()
@@ -126,7 +126,7 @@ def test_the_starting_point_is_scored_after_the_start_signal(monkeypatch, cores,
     ``fit()`` and the first update -- and its row still comes first."""
     monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: cores)
     backend = ScriptedBackend(total=100, step=25)
-    settings = dict(policy="constant", alpha=0.1, workers=2, epochs=1, batch_size=1, seed=0,
+    settings = dict(policy="constant", lr=0.1, workers=2, epochs=1, batch_size=1, seed=0,
                     eval_every_updates=50, defer_evaluation=defer, progress=False)
     details = lambda params: {"params": params, "intercept": 0.0, "model": "scripted",
                               "data": "none", "settings": {}}

@@ -33,7 +33,7 @@ def _by_updates(history: dict) -> dict:
 
 
 def test_one_worker_is_torch_engine_with_one_worker_bit_for_bit(signals):
-    options = dict(workers=1, epochs=2, batch_size=16, alpha=0.05, momentum=0.9,
+    options = dict(workers=1, epochs=2, batch_size=16, lr=0.05, momentum=0.9,
                    weight_decay=1e-3, seed=3, eval_every_updates=10, progress=False)
     real = TorchEngine("mlp", **options).fit(signals)
     simulated = NetworkSimulator("mlp", **options).fit(signals)
@@ -65,7 +65,7 @@ def test_batch_norm_statistics_are_shared_and_updated_as_by_a_real_worker(signal
 def test_many_workers_record_the_schedules_staleness_and_train(signals):
     workers, batch, epochs, seed = 8, 16, 3, 5
     result = NetworkSimulator("mlp", workers=workers, epochs=epochs, batch_size=batch, seed=seed,
-                              alpha=0.1, progress=False).fit(signals)
+                              lr=0.1, progress=False).fit(signals)
     per_worker = [epochs * -(-shard_rows(400, workers, w).size // batch) for w in range(workers)]
     rng = np.random.default_rng(np.random.SeedSequence([seed, EVENT_SCHEDULE_SEED]))
     _, taus, _ = event_schedule(np.array(per_worker), "exponential", rng)
@@ -75,19 +75,19 @@ def test_many_workers_record_the_schedules_staleness_and_train(signals):
     assert result.max_staleness == taus.max() > 0
     assert result.history["loss"][-1] < result.history["loss"][0]
     again = NetworkSimulator("mlp", workers=workers, epochs=epochs, batch_size=batch, seed=seed,
-                             alpha=0.1, progress=False).fit(signals)
+                             lr=0.1, progress=False).fit(signals)
     assert np.array_equal(again.params, result.params)  # deterministic
 
 
-def _hand_run(X, y, weights, taus, alpha, momentum, weight_decay):
+def _hand_run(X, y, weights, taus, lr, momentum, weight_decay):
     """Full-batch gradient descent on mean squared error with update t's gradient taken at
-    theta_{t - tau_t}: v = momentum * v + (g + weight_decay * theta_t), theta -= alpha * v."""
+    theta_{t - tau_t}: v = momentum * v + (g + weight_decay * theta_t), theta -= lr * v."""
     thetas, velocity = [np.array(weights, dtype=np.float64)], np.zeros(len(weights))
     for t, tau in enumerate(taus):
         stale = thetas[t - tau]
         gradient = 2.0 / len(y) * X.T @ (X @ stale - y)
         velocity = momentum * velocity + (gradient + weight_decay * thetas[t])
-        thetas.append(thetas[t] - alpha * velocity)
+        thetas.append(thetas[t] - lr * velocity)
     return thetas[-1]
 
 
@@ -97,16 +97,16 @@ def test_a_stale_gradient_is_the_gradient_at_the_version_it_read():
     module = torch.nn.Linear(2, 1, bias=False).double()
     with torch.no_grad():
         module.weight.copy_(torch.tensor([[0.5, -0.25]]))
-    epochs, alpha, momentum, weight_decay = 6, 0.05, 0.5, 0.01
+    epochs, lr, momentum, weight_decay = 6, 0.05, 0.5, 0.01
     result = NetworkSimulator(module, "constant", workers=1, epochs=epochs, batch_size=4,
-                              alpha=alpha, momentum=momentum, weight_decay=weight_decay,
+                              lr=lr, momentum=momentum, weight_decay=weight_decay,
                               loss="mse", dtype="float64", staleness=[0, 0, 1],
                               progress=False).fit(X, y[:, None])
     taus = [min(2, t) for t in range(epochs)]  # every draw is 2, capped at t
     assert result.staleness_histogram[:3].tolist() == [1, 1, epochs - 2]
-    expected = _hand_run(X, y, [0.5, -0.25], taus, alpha, momentum, weight_decay)
+    expected = _hand_run(X, y, [0.5, -0.25], taus, lr, momentum, weight_decay)
     np.testing.assert_allclose(result.params, expected, rtol=0, atol=1e-12)
-    fresh = _hand_run(X, y, [0.5, -0.25], [0] * epochs, alpha, momentum, weight_decay)
+    fresh = _hand_run(X, y, [0.5, -0.25], [0] * epochs, lr, momentum, weight_decay)
     assert np.abs(result.params - fresh).max() > 1e-4  # the delay matters here
 
 
@@ -139,15 +139,15 @@ def test_bad_fits_are_refused_before_training(signals, monkeypatch):
 
 def test_a_diverging_simulation_raises_divergence_error(signals):
     with pytest.raises(DivergenceError, match="training diverged"):
-        NetworkSimulator("mlp", workers=4, epochs=2, alpha=1e4, progress=False).fit(signals)
+        NetworkSimulator("mlp", workers=4, epochs=2, lr=1e4, progress=False).fit(signals)
 
 
 def test_the_experiment_runs_the_torch_task_simulated(tmp_path):
     config = experiment.load_config(None, {
         "task": "torch", "mode": "simulated", "model": "mlp", "data": "mnist1d:n=200,seed=0",
-        "policies": ["constant"], "alphas": [0.1], "workers": [1, 4], "seeds": [0], "epochs": 1,
+        "policies": ["constant"], "lrs": [0.1], "workers": [1, 4], "seeds": [0], "epochs": 1,
         "staleness": "event", "eval_updates": 5, "targets": [5.0]})
-    assert isinstance(experiment.make_engine(config, {"policy": "constant", "alpha": 0.1,
+    assert isinstance(experiment.make_engine(config, {"policy": "constant", "lr": 0.1,
                                                       "momentum": 0.0, "workers": 4, "seed": 0}), NetworkSimulator)
     assert experiment.run_grid(config, str(tmp_path), log=open("/dev/null", "w"),
                                plots=False)["ran"] == 2
@@ -156,10 +156,10 @@ def test_the_experiment_runs_the_torch_task_simulated(tmp_path):
 
 
 def test_stragglers_and_the_auto_policy_reach_the_network_simulator(signals):
-    options = dict(workers=4, epochs=2, batch_size=16, seed=1, alpha=0.1, progress=False)
+    options = dict(workers=4, epochs=2, batch_size=16, seed=1, lr=0.1, progress=False)
     alike = NetworkSimulator("mlp", **options).fit(signals)
     slow = NetworkSimulator("mlp", stragglers="0.25:10", **options).fit(signals)
     assert slow.settings.simulation.stragglers == "0.25:10"
     assert slow.updates == alike.updates and slow.max_staleness > alike.max_staleness
     auto = NetworkSimulator("mlp", policy="auto", **{**options, "workers": 16}).fit(signals)
-    assert auto.settings["momentum"] == experiment.make_policy("auto", alpha=0.1).worker_momentum(16) > 0
+    assert auto.settings["momentum"] == experiment.make_policy("auto", lr=0.1).worker_momentum(16) > 0

@@ -96,7 +96,7 @@ def test_each_engine_signature_defaults_are_its_table_defaults(name):
 def test_an_engine_reads_each_option_from_its_validated_options():
     engine = Engine(workers=1, epochs=3, progress=False)
     assert engine.epochs == engine.options.epochs == 3 and "epochs" not in vars(engine)
-    assert engine.policy is engine.options.policy and engine.alpha == 0.5
+    assert engine.policy is engine.options.policy and engine.lr == 0.5
     assert engine.checkpoints is None and engine.ray_options is None and engine.start_method
     with pytest.raises(AttributeError, match="'Engine' object has no attribute 'nothing'"):
         engine.nothing

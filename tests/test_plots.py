@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     config = load_config(None, {"data": "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "policies": list(LABELS),
                                 "policy_options": {"mts-x": {"policy": "mindthestep"}},
                                 "workers": [1, 4], "seeds": [0, 1], "epochs": 2, "eval_updates": 40,
-                                "alphas": [0.25, 0.5], "targets": [0.6, 1e-9]})
+                                "lrs": [0.25, 0.5], "targets": [0.6, 1e-9]})
     run_grid(config, out, plots=False, log=open(os.devnull, "w"))
     return out
 
@@ -117,7 +117,7 @@ def test_a_best_step_at_the_grid_edge_is_ringed_noted_on_the_console_and_in_the_
 
     with open(os.path.join(run_dir, plots.SUMMARY_FILE)) as handle:
         best = json.load(handle)["best"]
-    assert any(row["alpha_at_grid_edge"] for row in best)       # two steps: every best is an edge
+    assert any(row["lr_at_grid_edge"] for row in best)       # two steps: every best is an edge
     figure = plots.figures(run_dir)["best_vs_workers"]
     rings = [a for a in figure.findobj() if (a.get_gid() or "").startswith("edge:")]
     assert rings and plots.EDGE_LABEL in _legend_texts(figure)
@@ -126,8 +126,8 @@ def test_a_best_step_at_the_grid_edge_is_ringed_noted_on_the_console_and_in_the_
     assert notes and all(line.startswith("note: ") and "of its grid (" in line for line in notes)
     assert main(["report", run_dir, "--dpi", "50"]) == 0
     out = capsys.readouterr().out
-    assert "best step is the" in out and ("try larger alphas" in out or "try smaller alphas" in out)
-    inside = [dict(row, alpha_at_grid_edge=False) for row in best]
+    assert "best step is the" in out and ("try larger lrs" in out or "try smaller lrs" in out)
+    inside = [dict(row, lr_at_grid_edge=False) for row in best]
     assert experiment.edge_notes(inside, config) == [
         "every policy's best step is inside its step grid (at every m and target)"]
     assert not [a for a in plots.comparison_figure(inside, "b", edges=plots.edge_keys(inside)).findobj()
@@ -200,12 +200,12 @@ def test_draw_all_checks_format_and_dpi(run_dir):
 
 def test_the_quick_grid_has_steps_around_every_measured_best():
     # measured (docs/results.md): every policy's best step of the quick grid lies in 2-8
-    alphas = experiment.QUICK["alphas"]
-    assert min(alphas) < 2 and max(alphas) > 8
+    lrs = experiment.QUICK["lrs"]
+    assert min(lrs) < 2 and max(lrs) > 8
 
 
 def test_the_transfer_figure_says_when_it_shows_the_best_figure_s_numbers():
-    best = [dict(_row("constant", 1, 100.0), alpha=1.0), dict(_row("constant", 4, 120.0), alpha=1.0)]
+    best = [dict(_row("constant", 1, 100.0), lr=1.0), dict(_row("constant", 4, 120.0), lr=1.0)]
     assert plots.same_numbers(best, [dict(row) for row in best])
     assert not plots.same_numbers(best, [best[0], _row("constant", 4, 150.0)])
     figure = plots.comparison_figure(best, "transfer", note="the same numbers as best against best")

@@ -54,24 +54,24 @@ def test_property_suite_catches_a_broken_policy():
 @example(name="tail", workers=1, tau=10 ** 12)
 @example(name="inverse", workers=8, tau=0)
 def test_lookup_past_the_table_uses_the_last_entry(name, workers, tau):
-    policy = make_policy(name, alpha=0.1)
+    policy = make_policy(name, lr=0.1)
     policy.bind(workers)
     table = policy.table()
-    alpha = step_size(table, tau)
-    assert alpha == (table[tau] if tau < table.size else table[-1])
-    assert policy.alpha_min <= alpha <= policy.alpha_max
+    lr = step_size(table, tau)
+    assert lr == (table[tau] if tau < table.size else table[-1])
+    assert policy.lr_min <= lr <= policy.lr_max
 
 
 def test_inverse_and_exponential_formulas():
-    inverse = make_policy("inverse", alpha=0.3)
+    inverse = make_policy("inverse", lr=0.3)
     np.testing.assert_allclose(inverse.table()[:5], [0.3, 0.3, 0.15, 0.1, 0.075])
-    exponential = make_policy("exponential", alpha=0.3, beta=0.5, alpha_min=1e-9)
+    exponential = make_policy("exponential", lr=0.3, beta=0.5, lr_min=1e-9)
     np.testing.assert_allclose(exponential.table()[:4], 0.3 * np.exp(-0.5 * np.arange(4)))
-    assert make_policy("exponential", alpha=0.3, beta=100.0).table()[-1] == pytest.approx(0.3e-3)
+    assert make_policy("exponential", lr=0.3, beta=100.0).table()[-1] == pytest.approx(0.3e-3)
 
 
 def test_tail_uses_the_prior_cdf_then_the_observed_cdf():
-    policy = TailPolicy(alpha=1.0, A=1.0, min_samples=10, length=6)
+    policy = TailPolicy(lr=1.0, A=1.0, min_samples=10, length=6)
     policy.bind(5)
     prior_cdf = np.cumsum(Poisson(2.0).pmf(6))
     np.testing.assert_allclose(policy.table(), np.maximum(1.0 + (1.0 - 2.0 * prior_cdf), 1e-3))
@@ -91,8 +91,8 @@ def _binned(model, T):
 @given(lam=st.floats(0.05, 20.0), mu=st.floats(0.01, 0.95), length=st.integers(2, 24))
 @example(lam=7.0, mu=0.5, length=2)
 def test_mindthestep_momentum_without_clipping_matches_the_target(lam, mu, length):
-    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, staleness_model="poisson",
-                               alpha_min=1e-300, alpha_max=1e300, length=length)
+    policy = MindTheStepPolicy(lr=0.2, target="momentum", mu=mu, staleness_model="poisson",
+                               lr_min=1e-300, lr_max=1e300, length=length)
     policy.bind(int(lam) + 1)
     policy.observe(np.bincount(Poisson(lam).sample(5000, np.random.default_rng(0))))
     p = _binned(policy.model, length)
@@ -106,8 +106,8 @@ def test_mindthestep_momentum_without_clipping_matches_the_target(lam, mu, lengt
 @given(model=st.sampled_from(["poisson", "cmp", "geometric", "empirical"]), r=st.floats(0.05, 1.0),
        length=st.integers(2, 24), seed=st.integers(0, 1000))
 def test_mindthestep_shrink_without_clipping_matches_the_target(model, r, length, seed):
-    policy = MindTheStepPolicy(alpha=0.2, target="shrink", r=r, staleness_model=model, alpha_min=1e-300,
-                               alpha_max=1e300, length=length, min_samples=100)
+    policy = MindTheStepPolicy(lr=0.2, target="shrink", r=r, staleness_model=model, lr_min=1e-300,
+                               lr_max=1e300, length=length, min_samples=100)
     policy.bind(4)
     policy.observe(np.bincount(CMP(3.0, 0.8).sample(2000, np.random.default_rng(seed))))
     p = _binned(policy.model, length)
@@ -120,7 +120,7 @@ def test_mindthestep_shrink_without_clipping_matches_the_target(model, r, length
 
 
 def test_mindthestep_shrink_of_poisson_is_poisson_with_fewer_workers():
-    policy = MindTheStepPolicy(alpha=1.0, target="shrink", r=0.25, alpha_min=1e-9, alpha_max=1e9, length=40)
+    policy = MindTheStepPolicy(lr=1.0, target="shrink", r=0.25, lr_min=1e-9, lr_max=1e9, length=40)
     policy.bind(17)
     profile = policy.p_binned * policy.table()
     np.testing.assert_allclose(profile[:-1], Poisson(2.0).pmf(39), atol=1e-9)
@@ -128,33 +128,33 @@ def test_mindthestep_shrink_of_poisson_is_poisson_with_fewer_workers():
 
 @given(beta=st.floats(0.0, 1.0), workers=st.integers(1, 32))
 def test_mindthestep_tempering_keeps_the_mean_step(beta, workers):
-    policy = MindTheStepPolicy(alpha=0.5, target="momentum", mu=0.3, beta=beta, alpha_min=1e-300, alpha_max=1e300, length=12)
+    policy = MindTheStepPolicy(lr=0.5, target="momentum", mu=0.3, beta=beta, lr_min=1e-300, lr_max=1e300, length=12)
     policy.bind(workers)
     assert float(np.dot(policy.p_binned, policy.table())) == pytest.approx(0.5, rel=1e-9)
 
 
 def test_mindthestep_beta_zero_is_the_constant_step():
-    policy = MindTheStepPolicy(alpha=0.5, target="momentum", mu=0.9, beta=0.0)
+    policy = MindTheStepPolicy(lr=0.5, target="momentum", mu=0.9, beta=0.0)
     policy.bind(16)
     np.testing.assert_allclose(policy.table(), 0.5)
 
 
 def test_mindthestep_reports_the_clipping_it_needed():
-    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.5, staleness_model="poisson")
+    policy = MindTheStepPolicy(lr=0.1, target="momentum", mu=0.5, staleness_model="poisson")
     policy.bind(31)
     report = json.loads(json.dumps(policy.describe()))
     table = policy.table()
     achieved = float(np.dot(policy.p_binned, table))
     assert report["expected_alpha"] == pytest.approx(achieved)
     assert report["expected_alpha_relative_error"] == pytest.approx(achieved / 0.1 - 1)
-    assert report["clipped_high"] > 0 and report["clipped_high"] == int(np.sum(table == policy.alpha_max))
+    assert report["clipped_high"] > 0 and report["clipped_high"] == int(np.sum(table == policy.lr_max))
     assert 0 < report["target_tv"] <= 1.5
     assert report["fitted_model"]["model"] == "poisson" and report["fitted_model"]["params"]["lam"] == 15.0
     assert report["using_prior"] is True
 
 
 def test_mindthestep_uses_the_prior_until_min_samples_then_refits():
-    policy = MindTheStepPolicy(alpha=0.1, target="shrink", r=0.5, min_samples=1000, staleness_model="cmp")
+    policy = MindTheStepPolicy(lr=0.1, target="shrink", r=0.5, min_samples=1000, staleness_model="cmp")
     policy.bind(7)
     assert policy.model.lam == 3.0
     histogram = np.bincount(CMP(20.0, 1.5).sample(999, np.random.default_rng(1)))
@@ -166,10 +166,10 @@ def test_mindthestep_uses_the_prior_until_min_samples_then_refits():
 
 
 def test_one_worker_prior_gives_the_constant_step_where_tau_can_occur():
-    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.5)
+    policy = MindTheStepPolicy(lr=0.1, target="momentum", mu=0.5)
     policy.bind(1)
     table = policy.table()
-    assert table[0] == pytest.approx(0.1) and np.all(table[1:] == policy.alpha_max)
+    assert table[0] == pytest.approx(0.1) and np.all(table[1:] == policy.lr_max)
 
 
 def test_adaptive_policy_needs_bind_before_table():
@@ -179,13 +179,13 @@ def test_adaptive_policy_needs_bind_before_table():
 
 @pytest.mark.parametrize("name, options, named", [
     ("nope", {}, "'nope'"),
-    ("constant", {"alpha": -1.0}, "-1.0"),
-    ("constant", {"alpha": 0.0}, "alpha must"),
-    ("constant", {"alpha": float("nan")}, "nan"),
-    ("constant", {"alpha": "fast"}, "'fast'"),
-    ("inverse", {"alpha": 0.1, "alpha_min": 0.2, "alpha_max": 0.1}, "alpha_min (0.2) must be <= alpha_max (0.1)"),
-    ("inverse", {"alpha": 1.0, "alpha_max": 0.5}, "alpha (1.0) must lie in"),
-    ("inverse", {"alpha_min": float("nan")}, "nan"),
+    ("constant", {"lr": -1.0}, "-1.0"),
+    ("constant", {"lr": 0.0}, "lr must"),
+    ("constant", {"lr": float("nan")}, "nan"),
+    ("constant", {"lr": "fast"}, "'fast'"),
+    ("inverse", {"lr": 0.1, "lr_min": 0.2, "lr_max": 0.1}, "lr_min (0.2) must be <= lr_max (0.1)"),
+    ("inverse", {"lr": 1.0, "lr_max": 0.5}, "lr (1.0) must lie in"),
+    ("inverse", {"lr_min": float("nan")}, "nan"),
     ("inverse", {"length": 0}, "length must be an integer >= 1, got 0"),
     ("exponential", {"beta": -0.5}, "-0.5"),
     ("exponential", {"beta": float("inf")}, "inf"),
@@ -228,8 +228,8 @@ def test_observe_refuses_bad_histograms(histogram, named):
 
 
 def test_as_policy_accepts_names_policies_functions_and_duck_types():
-    assert isinstance(as_policy("inverse", alpha=0.2), POLICIES["inverse"])
-    assert as_policy("constant", alpha=0.2).table()[0] == 0.2
+    assert isinstance(as_policy("inverse", lr=0.2), POLICIES["inverse"])
+    assert as_policy("constant", lr=0.2).table()[0] == 0.2
     own = ConstantPolicy(0.3)
     copied = as_policy(own)
     assert copied is not own and copied.describe() == own.describe()  # fits never touch the caller's
@@ -246,7 +246,7 @@ def test_as_policy_accepts_names_policies_functions_and_duck_types():
     assert isinstance(checked, CheckedPolicy) and isinstance(checked.policy, Duck)
     assert checked.policy is not duck and checked.table()[0] == 1.0
     with pytest.raises(ValueError, match="twice"):
-        as_policy(own, alpha=0.1)
+        as_policy(own, lr=0.1)
     with pytest.raises(TypeError):
         as_policy(3)
     with pytest.raises(ValueError, match=r"alpha\(0\)"):
@@ -268,19 +268,19 @@ def test_every_registered_policy_describes_itself_as_json(histogram):
         assert out["name"] == name and out["table_head"] == [float(a) for a in policy.table()[:8]]
 
 
-def _shrink_identities(policy, alpha):
-    """The identities to 1e-9 (entries below alpha_min = 1e-300 only where r^k underflows)."""
+def _shrink_identities(policy, lr):
+    """The identities to 1e-9 (entries below lr_min = 1e-300 only where r^k underflows)."""
     table = policy.table()
     assert policy.clipped_high == 0 and np.all(policy.unclipped_head[:1] > 1e-300)
-    assert float(np.dot(policy.p_binned, table)) == pytest.approx(alpha, abs=1e-9)
-    np.testing.assert_allclose(policy.p_binned * table / alpha, policy.q_binned, rtol=0, atol=1e-9)
+    assert float(np.dot(policy.p_binned, table)) == pytest.approx(lr, abs=1e-9)
+    np.testing.assert_allclose(policy.p_binned * table / lr, policy.q_binned, rtol=0, atol=1e-9)
 
 
 @given(histogram=histograms(), chi2=st.floats(0.0, 2.0), workers=st.integers(1, 64),
        length=st.integers(2, 300))
 @example(histogram=np.array([0, 0, 0, 7]), chi2=0.1, workers=4, length=256)
 def test_default_mindthestep_spends_its_chi2_budget_and_never_rises(histogram, chi2, workers, length):
-    policy = MindTheStepPolicy(alpha=0.2, chi2=chi2, alpha_min=1e-300, alpha_max=1e300, length=length,
+    policy = MindTheStepPolicy(lr=0.2, chi2=chi2, lr_min=1e-300, lr_max=1e300, length=length,
                                min_samples=0)
     policy.bind(workers)
     policy.observe(histogram)
@@ -292,7 +292,7 @@ def test_default_mindthestep_spends_its_chi2_budget_and_never_rises(histogram, c
 
 
 def test_defaults_are_the_chi2_shrink_on_the_empirical_histogram():
-    policy = make_policy("mindthestep", alpha=0.1)
+    policy = make_policy("mindthestep", lr=0.1)
     parameters = policy.parameters()
     assert parameters == {"target": "shrink", "chi2": 0.03, "beta": 1.0, "staleness_model": "empirical"}
     with pytest.raises(ValueError, match="not both"):
@@ -301,14 +301,14 @@ def test_defaults_are_the_chi2_shrink_on_the_empirical_histogram():
         make_policy("mindthestep", target="momentum", chi2=0.1)
     with pytest.raises(ValueError, match="chi2 must"):
         make_policy("mindthestep", chi2=-1.0)
-    constant = make_policy("mindthestep", alpha=0.1, chi2=0.0)
+    constant = make_policy("mindthestep", lr=0.1, chi2=0.0)
     constant.bind(16)
     np.testing.assert_allclose(constant.table(), 0.1)
 
 
 @pytest.mark.parametrize("lam", [4.0, 32.0, 256.0])
 def test_chi2_shrink_shifts_poisson_staleness_by_a_fixed_number_of_standard_deviations(lam):
-    policy = MindTheStepPolicy(alpha=1.0, chi2=0.1, staleness_model="poisson", alpha_max=1e9,
+    policy = MindTheStepPolicy(lr=1.0, chi2=0.1, staleness_model="poisson", lr_max=1e9,
                                length=4096, min_samples=0)
     policy.bind(2)
     policy.observe(np.bincount(Poisson(lam).sample(200_000, np.random.default_rng(0))))
@@ -323,12 +323,12 @@ def test_rare_huge_staleness_does_not_move_the_default_table():
     tailed[[1_701, 9_000, 29_756]] = 1
     policies = []
     for histogram in (bulk, tailed):
-        policy = make_policy("mindthestep", alpha=0.5)
+        policy = make_policy("mindthestep", lr=0.5)
         policy.bind(16)
         policy.observe(histogram)
         policies.append(policy.table())
     np.testing.assert_allclose(policies[1][:30], policies[0][:30], rtol=1e-3)
-    assert policies[1][-1] == pytest.approx(0.5e-3)    # the stalest get alpha_min
+    assert policies[1][-1] == pytest.approx(0.5e-3)    # the stalest get lr_min
 
 
 # ---------------------------------------------------------------- explicit momentum (bind(m, momentum))
@@ -375,7 +375,7 @@ def test_no_explicit_momentum_gives_the_geometric_target_bit_for_bit(mu, length,
 
     tables = []
     for cls, momentum in ((GeometricTarget, None), (MindTheStepPolicy, None), (MindTheStepPolicy, 0.0)):
-        policy = cls(alpha=0.1, target="momentum", mu=mu, length=length, min_samples=0)
+        policy = cls(lr=0.1, target="momentum", mu=mu, length=length, min_samples=0)
         policy.bind(workers) if momentum is None else policy.bind(workers, momentum)
         policy.observe(np.bincount(Poisson(workers / 2).sample(500, np.random.default_rng(workers))))
         tables.append(policy.table())
@@ -386,8 +386,8 @@ def test_no_explicit_momentum_gives_the_geometric_target_bit_for_bit(mu, length,
        length=st.integers(2, 24))
 @example(lam=7.0, mu=0.9, explicit=0.5, length=16)
 def test_mindthestep_momentum_without_clipping_matches_the_deconvolved_target(lam, mu, explicit, length):
-    policy = MindTheStepPolicy(alpha=0.2, target="momentum", mu=mu, staleness_model="poisson",
-                               alpha_min=1e-300, alpha_max=1e300, length=length, min_samples=0)
+    policy = MindTheStepPolicy(lr=0.2, target="momentum", mu=mu, staleness_model="poisson",
+                               lr_min=1e-300, lr_max=1e300, length=length, min_samples=0)
     policy.bind(int(lam) + 1, momentum=explicit)
     policy.observe(np.bincount(Poisson(lam).sample(5000, np.random.default_rng(0))))
     p = _binned(policy.model, length)
@@ -443,7 +443,7 @@ def test_checked_policies_get_the_momentum_if_their_bind_takes_it():
 def test_a_policy_state_is_a_bound_copy_refitted_like_the_policy_itself(name):
     """policy_state / policy_table / refit_policy give the tables bind / table / observe give,
     bit for bit, and never bind, observe or change the run's policy object."""
-    options = dict(alpha=0.2, **(dict(refit_every=10, min_samples=0) if name in ("tail", "mindthestep", "auto") else {}))
+    options = dict(lr=0.2, **(dict(refit_every=10, min_samples=0) if name in ("tail", "mindthestep", "auto") else {}))
     run_policy, direct = make_policy(name, **options), make_policy(name, **options)
     before = pickle.dumps(run_policy)
     histogram = np.bincount(Poisson(3.0).sample(500, np.random.default_rng(0)))

@@ -22,7 +22,7 @@ def data():
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_policy_trains_and_adapts_in_a_real_run(data, name):
     options = FAST_REFIT if name in ADAPTIVE else {}
-    result = Engine("logreg", make_policy(name, alpha=0.5, **options), workers=3, epochs=3,
+    result = Engine("logreg", make_policy(name, lr=0.5, **options), workers=3, epochs=3,
                     progress=False).fit(data)
     assert result.counter == result.updates == result.staleness_histogram.sum()
     # loose: a short run reaches 0.83-0.90 by shuffle order alone (one worker, seeds 0-3), 3
@@ -40,7 +40,7 @@ def test_policy_trains_and_adapts_in_a_real_run(data, name):
 
 
 def test_mindthestep_fit_is_the_measured_staleness_not_the_prior(data):
-    policy = make_policy("mindthestep", alpha=0.5, staleness_model="poisson", **FAST_REFIT)
+    policy = make_policy("mindthestep", lr=0.5, staleness_model="poisson", **FAST_REFIT)
     result = Engine("logreg", policy, workers=3, epochs=3, progress=False).fit(data)
     fitted = result.policy["fitted_model"]
     measured_mean = result.staleness_summary()["mean"]
@@ -61,7 +61,7 @@ def test_function_policy_plugs_into_the_engine(data):
 def test_the_workers_bind_the_policy_with_the_engines_momentum(data, workers):
     """The momentum target subtracts the explicit momentum each worker applies (and the result
     describes the policy as the workers bound it)."""
-    policy = make_policy("mindthestep", alpha=0.5, target="momentum", mu=0.6, **FAST_REFIT)
+    policy = make_policy("mindthestep", lr=0.5, target="momentum", mu=0.6, **FAST_REFIT)
     result = Engine("logreg", policy, workers=workers, epochs=2, momentum=0.2,
                     progress=False).fit(data)
     assert result.policy["explicit_momentum"] == 0.2
@@ -71,7 +71,7 @@ def test_the_workers_bind_the_policy_with_the_engines_momentum(data, workers):
 
 def test_the_workers_refit_their_own_policy_states_never_the_engines_policy(data):
     """One worker runs in a thread of this process and refits; the engine's policy stays as built."""
-    engine = Engine("logreg", make_policy("mindthestep", alpha=0.5, **FAST_REFIT), workers=1, epochs=2,
+    engine = Engine("logreg", make_policy("mindthestep", lr=0.5, **FAST_REFIT), workers=1, epochs=2,
                     progress=False)
     before = pickle.dumps(engine.policy)
     result = engine.fit(data)

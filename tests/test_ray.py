@@ -54,7 +54,7 @@ def data():
 
 
 def ray_engine(**options):
-    settings = dict(model="logreg", policy="constant", alpha=0.5, workers=2, epochs=2,
+    settings = dict(model="logreg", policy="constant", lr=0.5, workers=2, epochs=2,
                     progress=False, backend="ray")
     return Engine(**(settings | options))
 
@@ -126,7 +126,7 @@ def test_one_worker_with_one_local_step_is_the_shared_memory_run():
     """K = 1 and one worker: every tau is 0 and each push is one shared-memory update, so the
     parameters agree with the shared-memory engine's up to rounding."""
     data = synthetic_sparse(1500, 500, 10, seed=0)
-    options = dict(model="logreg", policy="inverse", alpha=0.5, workers=1, epochs=1, seed=3,
+    options = dict(model="logreg", policy="inverse", lr=0.5, workers=1, epochs=1, seed=3,
                    progress=False)
     ray_result = Engine(**options, backend="ray").fit(data)
     shm_result = Engine(**options, split="static").fit(data)
@@ -161,7 +161,7 @@ def test_a_worker_actor_killed_past_its_restarts_is_reported_and_the_run_finishe
     killer = threading.Thread(target=kill_every_worker_one, daemon=True)
     killer.start()
     with pytest.warns(RuntimeWarning, match="worker actor 1 died"):
-        result = ray_engine(model="lsq", alpha=0.01, epochs=1).fit(data)
+        result = ray_engine(model="lsq", lr=0.01, epochs=1).fit(data)
     killer.join(WAIT_SECONDS)
     assert len(killed) == MAX_WORKER_RESTARTS + 1, killed
     assert [lost["worker"] for lost in result.settings["lost_workers"]] == [1]
@@ -188,7 +188,7 @@ def test_a_killed_worker_actor_is_recreated_from_its_file_part_and_finishes_its_
 
     threading.Thread(target=kill_worker_one, daemon=True).start()
     with pytest.warns(RuntimeWarning, match=r"worker actor 1 died .*restarting it \(restart 1 of"):
-        result = ray_engine(model="lsq", alpha=0.01, epochs=1).fit(path)
+        result = ray_engine(model="lsq", lr=0.01, epochs=1).fit(path)
     assert killed, "the worker was never killed"
     assert result.settings["lost_workers"] == []
     assert [(entry["worker"], entry["restart"]) for entry in result.settings["restarted_workers"]] == [(1, 1)]
@@ -228,8 +228,8 @@ def test_the_server_refits_its_policy_and_checkpoints_model_files(data, tmp_path
         versions.append(version)
         writer(engine, params, version, histogram)
 
-    policy = make_policy("mindthestep", alpha=0.5, refit_every=50, min_samples=50)
-    result = ray_engine(policy=policy, alpha=None, epochs=1, local_steps=4, checkpoint=checkpoint,
+    policy = make_policy("mindthestep", lr=0.5, refit_every=50, min_samples=50)
+    result = ray_engine(policy=policy, lr=None, epochs=1, local_steps=4, checkpoint=checkpoint,
                         checkpoint_every=1e-3).fit(data)
     assert result.refits >= 1 and result.policy["samples_seen"] > 0
     assert len(versions) >= 2 and versions[-1] == result.counter  # during the run and after it
@@ -246,7 +246,7 @@ def test_divergence_stops_with_a_clear_error():
     from hogwild_mts.core.result import DivergenceError
 
     with pytest.raises(DivergenceError, match="diverged"):
-        ray_engine(model="lsq", alpha=1e3, epochs=50).fit(synthetic_dense(500, 10, seed=2))
+        ray_engine(model="lsq", lr=1e3, epochs=50).fit(synthetic_dense(500, 10, seed=2))
     assert_nothing_left()
 
 
@@ -347,7 +347,7 @@ def test_workers_reading_a_one_based_svmlight_file_train_as_the_shared_memory_en
     """One worker, K = 1: the worker's part is the whole file, so the pushes are the
     shared-memory updates on load_data's rows (one-based indices shifted, labels as read)."""
     path = data_files / "sparse.svm"
-    options = dict(model="logreg", policy="inverse", alpha=0.5, workers=1, epochs=1, seed=3,
+    options = dict(model="logreg", policy="inverse", lr=0.5, workers=1, epochs=1, seed=3,
                    progress=False)
     result = Engine(**options, backend="ray").fit(path)
     shm_result = Engine(**options, split="static").fit(load_data(str(path)))

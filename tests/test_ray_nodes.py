@@ -308,7 +308,7 @@ for name, data, options in [
         ("sparse", synthetic_sparse(4000, 20000, 5, seed=1),
          dict(epochs=2, batch_size=4, local_steps=2, eval_every_updates=97)),
         ("dense", synthetic_dense(2000, 30, seed=2), dict(epochs=1, batch_size=10))]:
-    result = Engine(model="logreg", policy="constant", alpha=0.5, workers=2, seed=3,
+    result = Engine(model="logreg", policy="constant", lr=0.5, workers=2, seed=3,
                     progress=False, backend="ray", ray_address=address, **options).fit(data)
     runs[name] = {**seen.pop(), "updates": result.updates, "counter": result.counter,
                   "histogram": int(result.staleness_histogram.sum()),

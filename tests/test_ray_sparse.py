@@ -44,7 +44,7 @@ def test_sparse_pushes_end_bit_for_bit_where_dense_pushes_end(monkeypatch):
     """One worker, K = 4 local steps of 3-row batches, an L2 penalty and an intercept: the
     sparse transport applies the same step sums coordinate by coordinate."""
     data = synthetic_sparse(1200, 3000, 8, seed=4)
-    options = dict(model=LinearModel("logreg", l2=1e-3), policy="inverse", alpha=0.5, workers=1,
+    options = dict(model=LinearModel("logreg", l2=1e-3), policy="inverse", lr=0.5, workers=1,
                    epochs=2, batch_size=3, seed=5, progress=False, backend="ray", local_steps=4)
     sparse = Engine(**options).fit(data)
     monkeypatch.setattr(ray_linear, "LinearWorker", DenseTransferWorker)
@@ -67,7 +67,7 @@ def direct_run(worker_class, data, local_steps: int, batch_size: int):
     shard_spec = ShardSpec(epochs=1, batch_size=batch_size, local_steps=local_steps,
                            seed=np.random.SeedSequence(1), local_step=0.5)
     server = ray.remote(num_cpus=0)(ParameterServer).remote(
-        np.zeros(data.n_features + 1), make_policy("constant", alpha=0.5), 1)
+        np.zeros(data.n_features + 1), make_policy("constant", lr=0.5), 1)
     worker = ray.remote(num_cpus=1)(worker_class).remote(
         shard_spec, shard, "float64", LinearSetup(model=spec, feature_scale=np.zeros(data.n_features)))
     try:
@@ -105,7 +105,7 @@ def test_a_dense_model_still_travels_whole():
 def test_evaluations_land_at_the_multiples_of_eval_every_updates(local_steps):
     data = synthetic_sparse(2000, 800, 10, seed=1)
     every = 97
-    result = Engine(model="logreg", policy="constant", alpha=0.5, workers=2, epochs=2, seed=2,
+    result = Engine(model="logreg", policy="constant", lr=0.5, workers=2, epochs=2, seed=2,
                     local_steps=local_steps, eval_every_updates=every, progress=False,
                     backend="ray").fit(data)
     pushes = total_updates(2000, 2, 2, local_steps, "static")

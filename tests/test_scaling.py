@@ -99,7 +99,7 @@ def test_concurrent_claims_cover_every_batch_exactly_once():
 
 @pytest.mark.parametrize("workers,batch_size", [(2, 3), (3, 1)])
 def test_counter_equals_updates_and_the_histogram_totals_it(data, workers, batch_size):
-    result = Engine("logreg", alpha=0.5, workers=workers, epochs=3, batch_size=batch_size,
+    result = Engine("logreg", lr=0.5, workers=workers, epochs=3, batch_size=batch_size,
                     progress=False).fit(data)
     expected = 3 * -(-data.n_samples // batch_size)
     assert result.updates == result.counter == result.staleness_histogram.sum() == expected
@@ -110,7 +110,7 @@ def test_counter_equals_updates_and_the_histogram_totals_it(data, workers, batch
 
 
 def test_one_worker_is_the_same_under_both_splits(data):
-    runs = [Engine("logreg", alpha=0.5, workers=1, epochs=3, batch_size=2, seed=7, split=split,
+    runs = [Engine("logreg", lr=0.5, workers=1, epochs=3, batch_size=2, seed=7, split=split,
                    progress=False).fit(data) for split in ("dynamic", "dynamic", "static")]
     for run in runs[1:]:
         assert np.array_equal(run.params, runs[0].params)
@@ -118,7 +118,7 @@ def test_one_worker_is_the_same_under_both_splits(data):
 
 
 def test_static_split_counts_each_shard_in_batches(data):
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=2, batch_size=4, split="static",
+    result = Engine("logreg", lr=0.5, workers=2, epochs=2, batch_size=4, split="static",
                     progress=False).fit(data)
     assert result.updates == result.counter == 2 * (-(-501 // 4) + -(-500 // 4))
 
@@ -145,10 +145,10 @@ def test_bad_split_and_start_method_are_refused():
 
 # ------------------------------------------------------------------------------ fork server exits
 def test_fork_server_run_and_killed_worker_clean_up(data):
-    result = Engine("logreg", alpha=0.5, workers=2, epochs=2, start_method="forkserver",
+    result = Engine("logreg", lr=0.5, workers=2, epochs=2, start_method="forkserver",
                     progress=False).fit(data)
     assert result.counter == result.updates == 2 * data.n_samples
-    engine = Engine("logreg", alpha=0.1, workers=2, epochs=100_000, start_method="forkserver",
+    engine = Engine("logreg", lr=0.1, workers=2, epochs=100_000, start_method="forkserver",
                     progress=False)
 
     def kill_one_worker():
@@ -167,7 +167,7 @@ from hogwild_mts.data.tabular import synthetic_sparse
 from hogwild_mts.engines.linear import Engine
 from hogwild_mts.job import LinearProblem
 if __name__ == "__main__":
-    Engine("logreg", alpha=0.1, workers=2, epochs=100_000, start_method="forkserver",
+    Engine("logreg", lr=0.1, workers=2, epochs=100_000, start_method="forkserver",
            progress=False).fit(synthetic_sparse(2000, 500, 10, seed=0))
 """
 

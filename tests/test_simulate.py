@@ -20,8 +20,8 @@ def sparse():
     return synthetic_sparse(600, 80, 6, seed=2)
 
 
-def delayed_sgd_reference(dataset, model, batches, taus, alpha, n_params):
-    """Update t: ``theta_{t+1} = theta_t - alpha/|B_t| sum_{i in B_t} grad_i(theta_{t - tau_t})``,
+def delayed_sgd_reference(dataset, model, batches, taus, lr, n_params):
+    """Update t: ``theta_{t+1} = theta_t - lr/|B_t| sum_{i in B_t} grad_i(theta_{t - tau_t})``,
     the rows of a batch applied one after another (L2 on the current value, as the kernels do)."""
     all_rows = list(rows(dataset))
     counts = dataset.feature_counts()
@@ -35,7 +35,7 @@ def delayed_sgd_reference(dataset, model, batches, taus, alpha, n_params):
             margin = (stale[d] if model.fit_intercept else 0.0) + sum(v * stale[j] for j, v in all_rows[i])
             derivatives.append(loss_derivative(model.name, margin, float(dataset.y[i])))
         theta = list(history[-1])
-        step = alpha / len(batch)
+        step = lr / len(batch)
         for i, derivative in zip(batch, derivatives):
             for j, v in all_rows[i]:
                 theta[j] -= step * (derivative * v + model.l2 * scale[j] * theta[j])
@@ -62,9 +62,9 @@ def round_robin_batches(n, workers, epochs, batch_size, seed):
 
 def test_one_worker_equals_the_one_worker_engine_bit_for_bit(sparse):
     for batch_size in (1, 4):
-        simulated = Simulator("logreg", alpha=0.5, workers=1, epochs=2, batch_size=batch_size,
+        simulated = Simulator("logreg", lr=0.5, workers=1, epochs=2, batch_size=batch_size,
                               seed=5).fit(sparse)
-        real = Engine("logreg", alpha=0.5, workers=1, epochs=2, batch_size=batch_size, seed=5,
+        real = Engine("logreg", lr=0.5, workers=1, epochs=2, batch_size=batch_size, seed=5,
                       progress=False).fit(sparse)
         assert np.array_equal(simulated.params, real.params)
         assert simulated.intercept == real.intercept
@@ -79,7 +79,7 @@ def test_fixed_staleness_equals_sgd_on_gradients_k_steps_old(sparse, k, workers,
     model = LinearModel("logreg", l2=l2)
     histogram = np.zeros(k + 1, np.int64)
     histogram[k] = 1
-    result = Simulator(model, "constant", alpha=0.3, workers=workers, epochs=2,
+    result = Simulator(model, "constant", lr=0.3, workers=workers, epochs=2,
                        batch_size=batch_size, seed=1, staleness=histogram).fit(small)
     batches = round_robin_batches(small.n_samples, workers, 2, batch_size, seed=1)
     taus = [min(k, t) for t in range(len(batches))]
@@ -94,11 +94,11 @@ def test_fixed_staleness_equals_sgd_on_gradients_k_steps_old(sparse, k, workers,
 def test_one_worker_with_momentum_equals_the_one_worker_engine_bit_for_bit(sparse, dense, batch_size, l2):
     data = synthetic_dense(300, 12, seed=4) if dense else sparse
     model = LinearModel("logreg", l2=l2)
-    simulated = Simulator(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
+    simulated = Simulator(model, lr=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
                           momentum=0.9).fit(data)
-    real = Engine(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
+    real = Engine(model, lr=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5,
                   momentum=0.9, progress=False).fit(data)
-    plain = Simulator(model, alpha=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5).fit(data)
+    plain = Simulator(model, lr=0.1, workers=1, epochs=2, batch_size=batch_size, seed=5).fit(data)
     assert np.array_equal(simulated.params, real.params)
     assert simulated.intercept == real.intercept
     assert simulated.final_loss == real.final_loss
@@ -106,10 +106,10 @@ def test_one_worker_with_momentum_equals_the_one_worker_engine_bit_for_bit(spars
     assert simulated.settings["momentum"] == 0.9
 
 
-def delayed_momentum_reference(dataset, model, batches, workers, taus, alpha, momentum, n_params):
+def delayed_momentum_reference(dataset, model, batches, workers, taus, lr, momentum, n_params):
     """Update t by worker ``t % workers``: margins at ``theta_{t - tau_t}``, then for each
     coordinate j the batch stores ``v_w[j] = momentum v_w[j] + g_j`` (g the batch's mean
-    gradient, the L2 term per storing row at the current theta) and ``theta_j -= alpha v_w[j]``
+    gradient, the L2 term per storing row at the current theta) and ``theta_j -= lr v_w[j]``
     (the intercept likewise), as torch.optim.SGD applied lazily by each worker."""
     all_rows = list(rows(dataset))
     counts = dataset.feature_counts()
@@ -132,7 +132,7 @@ def delayed_momentum_reference(dataset, model, batches, workers, taus, alpha, mo
             gradient[d] = sum(derivatives) / len(batch)
         for j, g in gradient.items():
             v[j] = momentum * v[j] + g
-            theta[j] -= alpha * v[j]
+            theta[j] -= lr * v[j]
         history.append(theta)
     return np.array(history[-1])
 
@@ -145,7 +145,7 @@ def test_momentum_with_fixed_staleness_equals_a_delayed_momentum_reference(spars
     model = LinearModel("logreg", l2=l2)
     histogram = np.zeros(k + 1, np.int64)
     histogram[k] = 1
-    result = Simulator(model, "constant", alpha=0.3, workers=workers, epochs=2, batch_size=batch_size,
+    result = Simulator(model, "constant", lr=0.3, workers=workers, epochs=2, batch_size=batch_size,
                        seed=1, staleness=histogram, stale_reads=reads, momentum=0.8).fit(small)
     batches = round_robin_batches(small.n_samples, workers, 2, batch_size, seed=1)
     taus = [min(k, t) for t in range(len(batches))]
@@ -157,7 +157,7 @@ def test_momentum_with_fixed_staleness_equals_a_delayed_momentum_reference(spars
 
 
 def test_momentum_zero_is_plain_sgd_bit_for_bit(sparse):
-    runs = [Simulator("logreg", "tail", alpha=0.5, workers=4, epochs=1, seed=3, **extra).fit(sparse)
+    runs = [Simulator("logreg", "tail", lr=0.5, workers=4, epochs=1, seed=3, **extra).fit(sparse)
             for extra in ({}, {"momentum": 0.0})]
     assert np.array_equal(runs[0].params, runs[1].params) and runs[0].intercept == runs[1].intercept
 
@@ -173,7 +173,7 @@ def test_simulator_binds_the_policy_with_its_momentum(sparse, monkeypatch):
         original(self, workers, momentum)
 
     monkeypatch.setattr(MindTheStepPolicy, "bind", recording_bind)
-    policy = MindTheStepPolicy(alpha=0.1, target="momentum", mu=0.9, refit_every=50, min_samples=0)
+    policy = MindTheStepPolicy(lr=0.1, target="momentum", mu=0.9, refit_every=50, min_samples=0)
     Simulator("logreg", policy, workers=4, epochs=1, seed=0, staleness=Poisson(3.0), momentum=0.5).fit(sparse)
     assert bound[:4] == [(4, 0.5)] * 4
 
@@ -190,7 +190,7 @@ def test_snapshot_and_undo_log_reads_agree():
     """Stale reads from parameter snapshots and from the undo log give the same run."""
     dense = synthetic_dense(300, 12, seed=4)
     as_csr = as_dataset(scipy.sparse.csr_matrix(dense.values.reshape(300, 12)), dense.y)
-    runs = [Simulator("lsq", alpha=0.05, workers=5, epochs=2, batch_size=3, seed=2,
+    runs = [Simulator("lsq", lr=0.05, workers=5, epochs=2, batch_size=3, seed=2,
                       stale_reads=reads).fit(data)
             for reads, data in (("auto", dense), ("log", as_csr), ("snapshots", as_csr))]
     assert [run.settings["stale_reads"] for run in runs] == ["snapshots", "log", "snapshots"]
@@ -268,7 +268,7 @@ def test_ten_percent_of_updates_ten_times_staler_is_a_mixture_histogram(sparse):
 
 
 def test_simulator_is_deterministic_and_seeded(sparse):
-    runs = [Simulator("logreg", "tail", alpha=0.5, workers=8, epochs=2, seed=s, compute="gamma:2").fit(sparse)
+    runs = [Simulator("logreg", "tail", lr=0.5, workers=8, epochs=2, seed=s, compute="gamma:2").fit(sparse)
             for s in (0, 0, 1)]
     assert np.array_equal(runs[0].params, runs[1].params)
     assert np.array_equal(runs[0].staleness_histogram, runs[1].staleness_histogram)
@@ -278,7 +278,7 @@ def test_simulator_is_deterministic_and_seeded(sparse):
 def test_result_matches_a_real_run(sparse):
     from hogwild_mts.policies.step_sizes import make_policy
 
-    policy = make_policy("mindthestep", alpha=0.5, target="shrink", r=0.9, refit_every=20, min_samples=50)
+    policy = make_policy("mindthestep", lr=0.5, target="shrink", r=0.9, refit_every=20, min_samples=50)
     result = Simulator("logreg", policy, workers=4, epochs=3, seed=0, staleness=Poisson(3.0)).fit(sparse)
     assert result.updates == result.counter == result.staleness_histogram.sum() == 3 * sparse.n_samples
     assert result.refits == 4 * ((3 * sparse.n_samples // 4) // 20)
@@ -296,7 +296,7 @@ def test_result_matches_a_real_run(sparse):
 def test_divergence_is_reported(policy):
     data = synthetic_dense(200, 10, seed=0)
     with pytest.raises(DivergenceError, match=f"diverged.*policy {policy}"):
-        Simulator("lsq", policy, alpha=50.0, workers=4, epochs=3).fit(data)
+        Simulator("lsq", policy, lr=50.0, workers=4, epochs=3).fit(data)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -172,8 +172,8 @@ def test_momentum_follows_the_schedule(schedule):
 
 def test_l1_without_clipping_room_changes_nothing_and_with_it_sparsifies():
     data = synthetic_dense(400, 30, seed=4)
-    plain = Engine(LinearModel("hinge"), alpha=0.05, workers=1, epochs=3, progress=False).fit(data)
-    sparse = Engine(LinearModel("hinge", l1=0.01), alpha=0.05, workers=1, epochs=3,
+    plain = Engine(LinearModel("hinge"), lr=0.05, workers=1, epochs=3, progress=False).fit(data)
+    sparse = Engine(LinearModel("hinge", l1=0.01), lr=0.05, workers=1, epochs=3,
                     progress=False).fit(data)
     assert np.count_nonzero(sparse.params == 0.0) > np.count_nonzero(plain.params == 0.0)
 
@@ -198,7 +198,7 @@ def test_one_worker_engine_equals_simulator_and_reference(learning_rate):
     engine's steps are the reference's."""
     data = synthetic_dense(60, 5, seed=2)
     model = LinearModel("modified_huber", l2=1e-2, l1=1e-2)
-    options = dict(alpha=0.05, workers=1, epochs=2, learning_rate=learning_rate, power_t=0.3,
+    options = dict(lr=0.05, workers=1, epochs=2, learning_rate=learning_rate, power_t=0.3,
                    progress=False, seed=4)
     engine = Engine(model, **options).fit(data)
     simulated = Simulator(model, **options).fit(data)
@@ -220,7 +220,7 @@ def test_two_workers_train_every_new_path(learning_rate):
     """Two workers (Hogwild!: loose properties only): finite, and the objective decreases."""
     data = synthetic_dense(3000, 20, seed=1)
     model = LinearModel("log_loss", l2=1e-3, l1=1e-3)
-    result = Engine(model, alpha=0.01, workers=2, epochs=3, learning_rate=learning_rate,
+    result = Engine(model, lr=0.01, workers=2, epochs=3, learning_rate=learning_rate,
                     progress=False, eval_every_updates=1000).fit(data)
     assert np.isfinite(result.params).all() and np.isfinite(result.intercept)
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -324,7 +324,7 @@ def test_lazy_averaging_is_the_mean_of_the_iterates(dense, batch_size, average_s
 
 def test_engine_keeps_the_averaged_and_the_last_iterate():
     data = synthetic_dense(300, 8, seed=5)
-    options = dict(alpha=0.05, workers=1, epochs=2, progress=False, seed=1)
+    options = dict(lr=0.05, workers=1, epochs=2, progress=False, seed=1)
     plain = Engine(LinearModel("log_loss", l2=1e-3), **options).fit(data)
     averaged = Engine(LinearModel("log_loss", l2=1e-3), average=True, **options).fit(data)
     assert np.array_equal(averaged.last_params, plain.params)  # the same iterates
@@ -337,7 +337,7 @@ def test_engine_keeps_the_averaged_and_the_last_iterate():
 
 def test_two_workers_average_loosely():
     data = synthetic_dense(3000, 20, seed=1)
-    result = Engine(LinearModel("hinge", l2=1e-3), alpha=0.01, workers=2, epochs=3, average=100,
+    result = Engine(LinearModel("hinge", l2=1e-3), lr=0.01, workers=2, epochs=3, average=100,
                     progress=False).fit(data)
     assert np.isfinite(result.params).all() and np.isfinite(result.intercept)
     X = data.values.reshape(data.n_samples, -1)
@@ -384,7 +384,7 @@ def test_a_run_continues_the_schedule_and_the_average_of_an_earlier_one():
     model = LinearModel("hinge", l2=1e-3)
 
     def run(**options):
-        return Engine(model, alpha=0.05, learning_rate="invscaling", power_t=0.5, workers=1,
+        return Engine(model, lr=0.05, learning_rate="invscaling", power_t=0.5, workers=1,
                       epochs=1, seed=3, progress=False, **options)
 
     first = run(average=True).fit(data)

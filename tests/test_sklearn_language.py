@@ -42,7 +42,7 @@ def three_class_file(tmp_path):
 def test_train_on_three_classes_trains_one_vs_rest_and_predict_reads_it(tmp_path, three_class_file, capsys):
     out, predictions = tmp_path / "run", tmp_path / "predictions.csv"
     assert main(["train", "--data", three_class_file, "--workers", "1", "--epochs", "3",
-                 "--alpha", "0.05", "--quiet", "--out", str(out)]) == 0
+                 "--lr", "0.05", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "one-vs-rest" in printed.out and "over the 3 classes" in printed.out
     assert printed.out.count("\nclass ") == 3
@@ -61,7 +61,7 @@ def test_train_on_three_classes_trains_one_vs_rest_and_predict_reads_it(tmp_path
 def test_one_vs_rest_hinge_predictions_carry_a_margin_per_class(tmp_path, three_class_file, capsys):
     out = tmp_path / "svm"
     assert main(["train", "--model", "svm", "--data", three_class_file, "--workers", "1",
-                 "--epochs", "2", "--alpha", "0.05", "--quiet", "--out", str(out)]) == 0
+                 "--epochs", "2", "--lr", "0.05", "--quiet", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["predict", str(out), "--data", three_class_file]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "prediction,score_0.0,score_1.0,score_2.0"
@@ -150,7 +150,7 @@ def test_experiment_staleness_table_uses_the_same_best():
 def _run(losses, final=None, workers=1, momentum=0.0, interrupted=False):
     return types.SimpleNamespace(history={"loss": list(losses)}, final_loss=losses[-1] if final is None else final,
                                  interrupted=interrupted, workers=workers,
-                                 settings={"momentum": momentum}, policy={"name": "constant", "alpha_c": 0.5})
+                                 settings={"momentum": momentum}, policy={"name": "constant", "lr": 0.5})
 
 
 def test_training_trouble_flags_a_rise_and_fits_its_advice_to_the_run():
@@ -159,7 +159,7 @@ def test_training_trouble_flags_a_rise_and_fits_its_advice_to_the_run():
     assert training_trouble(_run([0.69, 0.4, 0.9], interrupted=True)) is None
     above = training_trouble(_run([0.69, 0.4, 1.10]), max_abs_x=4254.0)
     assert "above the starting loss" in above and "scale the features" in above
-    assert "alpha_c is 0.5" in above and "stale" not in above
+    assert "lr is 0.5" in above and "stale" not in above
     risen = training_trouble(_run([0.69, 0.1, 0.3], workers=2, momentum=0.9), max_abs_x=1.0)
     assert "2x the best" in risen and "scale" not in risen
     assert "momentum" in risen and "damps stale updates" in risen
@@ -178,7 +178,7 @@ def _unscaled(n=300, seed=0):
 
 def test_engine_estimator_and_cli_warn_of_a_run_that_went_badly(tmp_path, capsys):
     X, y = _unscaled()
-    engine = Engine(LinearModel("logreg"), "constant", alpha=0.5, workers=1, epochs=2, progress=False)
+    engine = Engine(LinearModel("logreg"), "constant", lr=0.5, workers=1, epochs=2, progress=False)
     with pytest.warns(TrainingWarning, match="scale the features"):
         engine.fit(X, y)
     with pytest.warns(ConvergenceWarning, match="HogwildClassifier: training went badly"):

@@ -166,7 +166,7 @@ def test_sighup_to_the_whole_group_ends_cleanly_without_a_traceback(tmp_path):
 
 
 EXPERIMENT = ["experiment", "--no-plots", "--policies", "constant", "--workers", "1,2",
-              "--seeds", "0", "--alphas", "0.5,1", "--epochs", "1"]
+              "--seeds", "0", "--lrs", "0.5,1", "--epochs", "1"]
 
 
 def test_sigterm_to_an_experiment_stops_it_after_the_cell_with_128_plus_the_signal(tmp_path):

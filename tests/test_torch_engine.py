@@ -153,10 +153,10 @@ def test_two_worker_mlp_learns_digits_with_the_defaults(digits, recorded_blocks)
     (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
     (dict(workers=0), "workers must be an integer >= 1, got 0"),
     (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
-    (dict(alpha=0.0), "alpha must be a finite number > 0, got 0.0"),
-    (dict(alpha=-0.1), "alpha must be a finite number > 0, got -0.1"),
-    (dict(alpha=float("nan")), "alpha must be a finite number > 0, got nan"),
-    (dict(alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(lr=-0.1), "lr must be a finite number > 0, got -0.1"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+    (dict(lr=float("inf")), "lr must be a finite number > 0, got inf"),
     (dict(policy="fastest"), "unknown policy 'fastest'"),
     (dict(dtype="float16"), "dtype must be one of"),
     (dict(model=lambda shape, classes: _LOCK), "cannot be serialized for the workers"),
@@ -226,7 +226,7 @@ def test_ctrl_c_returns_a_partial_result(digits, recorded_blocks):
 
 
 def test_divergence_stops_with_a_clear_message(digits, recorded_blocks):
-    engine = torch_engine.TorchEngine("mlp", workers=2, epochs=50, alpha=1e6, progress=False)
+    engine = torch_engine.TorchEngine("mlp", workers=2, epochs=50, lr=1e6, progress=False)
     with pytest.raises(DivergenceError, match="diverged.*lower the step size"):
         engine.fit(digits)
     assert_cleaned_up(recorded_blocks)
@@ -236,13 +236,13 @@ def test_divergence_stops_with_a_clear_message(digits, recorded_blocks):
 def test_train_images_cli_hook_uses_image_defaults_for_unset_options(capsys):
     import argparse
 
-    args = argparse.Namespace(model="mlp", data="digits", workers=1, policy="inverse", alpha=None,
+    args = argparse.Namespace(model="mlp", data="digits", workers=1, policy="inverse", lr=None,
                               epochs=2, batch_size=None, seed=3, quiet=True, dtype="float64")
     from hogwild_mts.app.cli import train_images
 
     result = train_images(args)
     assert result.settings["dtype"] == "float64" and result.settings["batch_size"] == torch_engine.DEFAULT_BATCH_SIZE
-    assert result.policy["name"] == "inverse" and result.policy["alpha_c"] == torch_engine.DEFAULT_ALPHA
+    assert result.policy["name"] == "inverse" and result.policy["lr"] == torch_engine.DEFAULT_LR
     assert result.final_accuracy > 0.5 and result.data == "digits"
     assert "loading images digits" in capsys.readouterr().err
 
@@ -250,7 +250,7 @@ def test_train_images_cli_hook_uses_image_defaults_for_unset_options(capsys):
 def test_an_adaptive_policy_refits_inside_the_workers(digits):
     from hogwild_mts.policies.step_sizes import make_policy
 
-    policy = make_policy("mindthestep", alpha=0.05, target="shrink", r=0.8, refit_every=20, min_samples=20)
+    policy = make_policy("mindthestep", lr=0.05, target="shrink", r=0.8, refit_every=20, min_samples=20)
     result = torch_engine.TorchEngine("mlp", policy, workers=2, epochs=3, progress=False).fit(digits)
     assert result.counter == result.updates == int(result.staleness_histogram.sum())
     assert result.refits >= 1 and result.policy["samples_seen"] == result.updates
@@ -328,16 +328,16 @@ def test_one_worker_momentum_weight_decay_and_batch_norm_match_torch_sgd():
     stamped update with momentum and weight decay equals torch.optim.SGD's, and the shared
     batch-norm statistics equal a torch network's after the same steps."""
     inputs, labels = blobs()
-    steps, alpha, momentum, weight_decay = 6, 0.1, 0.9, 0.01
+    steps, lr, momentum, weight_decay = 6, 0.1, 0.9, 0.01
     engine = torch_engine.TorchEngine(batch_norm_network, workers=1, epochs=steps, batch_size=len(inputs),
-                                      alpha=alpha, momentum=momentum, weight_decay=weight_decay,
+                                      lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       dtype="float64", seed=5, progress=False)
     result = engine.fit(inputs, labels)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
         reference = batch_norm_network((6,), 3).double()
-    optimizer = torch.optim.SGD(reference.parameters(), lr=alpha, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     x, y = torch.from_numpy(inputs).double(), torch.from_numpy(labels)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -382,7 +382,7 @@ def test_mse_regression_on_arrays_of_any_shape(as_tensors):
 
     convert = torch.from_numpy if as_tensors else np.asarray
     engine = torch_engine.TorchEngine(linear, loss="mse", workers=2, epochs=10, batch_size=8,
-                                      alpha=0.05, progress=False)
+                                      lr=0.05, progress=False)
     result = engine.fit(convert(inputs[:128]), convert(targets[:128]),
                         test=(convert(inputs[128:]), convert(targets[128:])))
     assert result.final_accuracy is None and result.history["accuracy"][-1] is None
@@ -409,9 +409,9 @@ def test_cnn_is_one_dimensional_on_signals_and_learns_mnist1d():
     data = load_images("mnist1d:n=1000")
     # One worker is deterministic (0.525 at seed 0): it must learn.  Two workers assert only a
     # loose property: under load one CI run ended at 0.205 after its 400 updates.
-    alone = torch_engine.TorchEngine("cnn", workers=1, epochs=8, alpha=0.1, progress=False).fit(data)
+    alone = torch_engine.TorchEngine("cnn", workers=1, epochs=8, lr=0.1, progress=False).fit(data)
     assert alone.final_accuracy > 0.3, alone.history  # 10 classes: chance is 0.1
-    pair = torch_engine.TorchEngine("cnn", workers=2, epochs=8, alpha=0.1, progress=False).fit(data)
+    pair = torch_engine.TorchEngine("cnn", workers=2, epochs=8, lr=0.1, progress=False).fit(data)
     assert pair.history["loss"][-1] < pair.history["loss"][0], pair.history
     assert pair.counter == pair.updates == alone.updates
 

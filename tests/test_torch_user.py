@@ -84,13 +84,13 @@ def test_one_worker_matches_a_plain_torch_sgd_loop():
     train, test = _task()
     torch.manual_seed(2)
     start = SmallCNN()
-    epochs, batch_size, alpha = 4, 32, 0.05
-    result = TorchEngine(start, workers=1, epochs=epochs, batch_size=batch_size, alpha=alpha,
+    epochs, batch_size, lr = 4, 32, 0.05
+    result = TorchEngine(start, workers=1, epochs=epochs, batch_size=batch_size, lr=lr,
                          **QUIET).fit(train, test=test)
 
     plain = SmallCNN()
     plain.load_state_dict(start.state_dict())
-    optimizer = torch.optim.SGD(plain.parameters(), lr=alpha)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=lr)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     plain.train()

@@ -37,7 +37,7 @@ CHECKPOINT_UNITS = {"s": "seconds", "u": "updates"}
 TORCH_MODELS = ("mlp", "cnn", "lenet")
 # Flags whose default is the engine's (Engine's or TorchEngine's option table), where the
 # command line has none of its own.
-ENGINE_FLAGS = ("policy", "workers", "alpha", "epochs", "batch_size", "seed", "momentum", "dtype",
+ENGINE_FLAGS = ("policy", "workers", "lr", "epochs", "batch_size", "seed", "momentum", "dtype",
                 "local_steps")
 # The command line's own default data; every other default is the engine's (docs/api.md), the
 # base step that of a named policy (a policy object takes no default).
@@ -52,8 +52,8 @@ POLICY_FLAGS = (
     ("--beta", "beta", float, "exponential: decay rate; mindthestep: tempering exponent in [0, 1]"),
     ("--tail-a", "A", float, "tail policy's A in [0, 1]"),
     ("--staleness-model", "staleness_model", str, "mindthestep's P: poisson, geometric, cmp, empirical, auto"),
-    ("--alpha-min", "alpha_min", float, "lower clip of alpha(tau)"),
-    ("--alpha-max", "alpha_max", float, "upper clip of alpha(tau)"),
+    ("--lr-min", "lr_min", float, "lower clip of alpha(tau)"),
+    ("--lr-max", "lr_max", float, "upper clip of alpha(tau)"),
     ("--chi2", "chi2", float, "mindthestep shrink target's budget: relative variance of the step"),
     ("--refit-every", "refit_every", int, "adaptive policies: own updates between refits"),
     ("--min-samples", "min_samples", int, "adaptive policies: staleness values before the prior is replaced"),
@@ -73,8 +73,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: the engine's)")
     parser.add_argument("--policy", default=None, help="step-size policy (default: the engine's)")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help="base step size alpha_c (default 0.5 linear, the engine's torch)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="base step size lr (default 0.5 linear, the engine's torch)")
+    parser.add_argument("--alpha", dest="earlier_step_flag", default=None, help=argparse.SUPPRESS)
     policy = parser.add_argument_group("policy options (given ones are passed to the policy)")
     for flag, option, kind, text in POLICY_FLAGS:
         policy.add_argument(flag, dest=f"policy_{option}", type=kind, default=None, help=text)
@@ -210,12 +211,12 @@ def write_outputs(out_dir: str, result, save_model=None, model_files: str = MODE
 
 
 def make_policy_from_args(args):
-    """The policy named by --policy with --alpha and every policy flag that was given."""
+    """The policy named by --policy with --lr and every policy flag that was given."""
     from hogwild_mts.policies.step_sizes import make_policy
 
     options = {option: getattr(args, f"policy_{option}") for _, option, _, _ in POLICY_FLAGS
                if getattr(args, f"policy_{option}") is not None}
-    return make_policy(args.policy, alpha=args.alpha, **options)
+    return make_policy(args.policy, lr=args.lr, **options)
 
 
 def train(args, stop_signals: list) -> int:
@@ -224,6 +225,10 @@ def train(args, stop_signals: list) -> int:
     far."""
     from hogwild_mts.core.files import directory_lock
 
+    if args.earlier_step_flag is not None:
+        raise ValueError(f"--alpha {args.earlier_step_flag} is the base step's earlier name: give "
+                         f"--lr {args.earlier_step_flag} (alpha is the regularisation strength of "
+                         "the scikit-learn estimators; the command line's is --l2)")
     out_dir = prepare_out_dir(args.out) if args.out else None
     if args.backend == "ray":  # before any data is loaded: ray is there, --address answers
         from hogwild_mts.backends.ray.backend import probe_cluster, require_ray
@@ -349,10 +354,10 @@ def train_network(args):
     if args.init is not None and args.resume is not None:
         raise ValueError("give --init or --resume, not both")
     _fill_defaults(args, torch_engine.DEFAULTS,
-                   {"data": NETWORK_DATA, "alpha": torch_engine.DEFAULT_ALPHA})
+                   {"data": NETWORK_DATA, "lr": torch_engine.DEFAULT_LR})
     _backend_options(args)  # refuses Ray-only flags without --backend ray
     args.policy = make_policy_from_args(args)
-    args.alpha = None  # it is inside the policy now
+    args.lr = None  # it is inside the policy now
     engine = engine_from_args(args, **_restart_options(args), **_checkpoint_options(args))
     result = _kept(train_images, args, engine)
     return result, functools.partial(engine.save, result)
@@ -360,7 +365,7 @@ def train_network(args):
 
 def engine_from_args(args, **options):
     """The TorchEngine of ``hogwild-mts train --model {mlp,cnn,lenet} ...``: ``args`` has
-    ``model, workers, policy, alpha, epochs, batch_size, seed, quiet, dtype`` and optionally
+    ``model, workers, policy, lr, epochs, batch_size, seed, quiet, dtype`` and optionally
     ``momentum, weight_decay, backend, address, local_steps``; any of them None (or missing)
     takes NETWORK_OPTIONS' default.  ``options``: more engine keywords (checkpoints)."""
     from hogwild_mts.engines.networks import DEFAULTS, TorchEngine
@@ -369,7 +374,7 @@ def engine_from_args(args, **options):
         value = getattr(args, flag or name, None)
         return DEFAULTS[name] if value is None else value
 
-    return TorchEngine(args.model, option("policy"), alpha=option("alpha"), workers=option("workers"),
+    return TorchEngine(args.model, option("policy"), lr=option("lr"), workers=option("workers"),
                        epochs=option("epochs"), batch_size=option("batch_size"), seed=option("seed"),
                        momentum=option("momentum"), weight_decay=option("weight_decay"),
                        dtype=option("dtype"), progress=not getattr(args, "quiet", False),
@@ -403,7 +408,7 @@ def train_linear(args):
         raise ValueError("give --init or --resume, not both")
     if args.weight_decay is not None:
         raise ValueError("--weight-decay is for torch networks; a linear model's weight decay is --l2")
-    _fill_defaults(args, linear.DEFAULTS, {"data": LINEAR_DATA, "alpha": linear.DEFAULT_ALPHA})
+    _fill_defaults(args, linear.DEFAULTS, {"data": LINEAR_DATA, "lr": linear.DEFAULT_LR})
     if args.l2 is None:
         args.l2 = 0.0
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
@@ -439,7 +444,7 @@ def train_linear(args):
 def _train_one_vs_rest(args, dataset, model, policy):
     """A classifier on a file of three or more classes: one-vs-rest with the estimators'
     implementation (:class:`~hogwild_mts.estimators.HogwildClassifier` with the command line's
-    settings: the policy with its step ``--alpha`` at constant steps, ``--epochs`` epochs each
+    settings: the policy with its step ``--lr`` at constant steps, ``--epochs`` epochs each
     (no stopping rule), ``--l2`` as the L2 penalty, ``--seed``); returns (the
     :class:`~hogwild_mts.app.report.OneVsRestRun`, ``save(path)``)."""
     from hogwild_mts.app.report import OneVsRestRun

@@ -1,7 +1,7 @@
 """Experiment grids: policies x step sizes x momenta x workers x seeds on one task, with
 updates- and time-to-target at several target losses, and the two fair comparisons.
 
-A run directory holds ``config.json``, one ``cells/<policy>-a<alpha>[-mu<momentum>]-m<workers>-s<seed>.json``
+A run directory holds ``config.json``, one ``cells/<policy>-a<lr>[-mu<momentum>]-m<workers>-s<seed>.json``
 per finished cell (``-mu..`` only for a momentum other than 0; written atomically, so an
 interrupted grid resumes where it stopped), and the tables rebuilt from the cells after every run:
 
@@ -68,7 +68,7 @@ from hogwild_mts.policies.step_sizes import (POLICIES, AdaptivePolicy, make_poli
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
-GRID_KEYS = ("policies", "alphas", "momenta", "workers", "seeds")
+GRID_KEYS = ("policies", "lrs", "momenta", "workers", "seeds")
 MOMENTUM_ALIAS = "momentum"   # momentum: x (a config file or --momentum) means momenta: [x]
 BASELINES = ("constant", "inverse", "exponential", "tail")   # registered names compared against
 ALPHA_TABLE_ENTRIES = 256  # alpha(tau) entries stored per cell for the plots
@@ -91,7 +91,7 @@ QUICK = {
     "refit_every": None,
     "workers": [1, 4, 16],
     "seeds": [0, 1, 2],
-    "alphas": [1.0, 2.0, 4.0, 8.0, 16.0],
+    "lrs": [1.0, 2.0, 4.0, 8.0, 16.0],
     "epochs": 3,
     "batch_size": 1,
     "targets": [0.4, 0.3],
@@ -108,7 +108,7 @@ QUICK = {
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 SAFE_NAME_RULE = ("1 to 100 letters, digits and '._+-', starting with a letter or digit "
                   "(it becomes a file name)")
-DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "alphas": [0.05], "batch_size": 16,
+DEFAULTS_BY_TASK = {"torch": {"model": "mlp", "data": "digits", "lrs": [0.05], "batch_size": 16,
                               "epochs": 10, "mode": "real", "targets": [0.25], "eval_updates": 20}}
 
 
@@ -188,18 +188,18 @@ def _check_safe_name(what: str, value) -> None:
 def policy_spec(config: dict, label: str) -> tuple[str, dict]:
     """(registered policy name, options) of a grid entry: ``policy_options[label]`` may name the
     policy with ``"policy"`` (so one policy can appear with several settings under other labels)
-    and its own step grid with ``"alphas"``; ``refit_every`` goes to every adaptive policy."""
+    and its own step grid with ``"lrs"``; ``refit_every`` goes to every adaptive policy."""
     options = dict(config["policy_options"].get(label, {}))
     name = options.pop("policy", label)
-    options.pop("alphas", None)
+    options.pop("lrs", None)
     if config["refit_every"] is not None and name in POLICIES and issubclass(POLICIES[name], AdaptivePolicy):
         options.setdefault("refit_every", config["refit_every"])
     return name, options
 
 
-def alphas_of(config: dict, label: str) -> list:
-    """The step grid of ``label``: its own ``policy_options[label]["alphas"]`` or ``alphas``."""
-    return config["policy_options"].get(label, {}).get("alphas", config["alphas"])
+def lrs_of(config: dict, label: str) -> list:
+    """The step grid of ``label``: its own ``policy_options[label]["lrs"]`` or ``lrs``."""
+    return config["policy_options"].get(label, {}).get("lrs", config["lrs"])
 
 
 def check_config(config: dict) -> dict:
@@ -222,7 +222,7 @@ def check_config(config: dict) -> dict:
         raise ConfigError(f"policies has repeated entries: {policies!r}")
     _int_list("workers", config["workers"], 1)
     _int_list("seeds", config["seeds"], 0)
-    _positive_list("alphas", config["alphas"])
+    _positive_list("lrs", config["lrs"])
     _positive_list("targets", config["targets"])
     for key in ("epochs", "batch_size", "eval_updates"):
         value = config[key]
@@ -247,8 +247,8 @@ def check_config(config: dict) -> dict:
         if name not in POLICIES:
             raise ConfigError(f"unknown policy {name!r} in policies; choose one of {sorted(POLICIES)} "
                               "(or give another label a 'policy' in policy_options)")
-        for alpha in _positive_list(f"alphas of {label}", alphas_of(config, label)):
-            make_policy(name, alpha=alpha, **options)  # ValueError names a bad option
+        for lr in _positive_list(f"lrs of {label}", lrs_of(config, label)):
+            make_policy(name, lr=lr, **options)  # ValueError names a bad option
     if config["task"] == "linear":
         from hogwild_mts.models.linear import LinearModel
 
@@ -312,16 +312,16 @@ def worker_speeds_at(config: dict, workers: int):
 def cells_of(config: dict) -> list[dict]:
     """The grid in run order: workers, then seeds, then policies, then momenta, then steps (so
     partial grids compare)."""
-    return [{"policy": p, "alpha": a, "momentum": mu, "workers": m, "seed": s}
+    return [{"policy": p, "lr": a, "momentum": mu, "workers": m, "seed": s}
             for m in config["workers"] for s in config["seeds"] for p in config["policies"]
-            for mu in config["momenta"] for a in alphas_of(config, p)]
+            for mu in config["momenta"] for a in lrs_of(config, p)]
 
 
 def cell_name(cell: dict) -> str:
-    """``<policy>-a<alpha>[-mu<momentum>]-m<workers>-s<seed>``; momentum 0 adds nothing (the
+    """``<policy>-a<lr>[-mu<momentum>]-m<workers>-s<seed>``; momentum 0 adds nothing (the
     names of the grids from before momenta)."""
     momentum = f"-mu{cell['momentum']:g}" if cell["momentum"] else ""
-    return f"{cell['policy']}-a{cell['alpha']:g}{momentum}-m{cell['workers']}-s{cell['seed']}"
+    return f"{cell['policy']}-a{cell['lr']:g}{momentum}-m{cell['workers']}-s{cell['seed']}"
 
 
 def calibrated_staleness(workers: int) -> np.ndarray:
@@ -348,7 +348,7 @@ def _settings(config: dict) -> dict:
     if "policy_options" in settings:
         trained = {}
         for label, options in settings["policy_options"].items():
-            rest = {key: value for key, value in options.items() if key != "alphas"}
+            rest = {key: value for key, value in options.items() if key != "lrs"}
             if rest not in ({}, {"policy": label}):   # a label that only renames its grid trains as before
                 trained[label] = rest
         settings["policy_options"] = trained
@@ -421,7 +421,7 @@ def make_engine(config: dict, cell: dict):
     Real runs defer their evaluations (parameter copies scored after the run), so frequent
     evaluations take no core from the workers."""
     name, options = policy_spec(config, cell["policy"])
-    policy = make_policy(name, alpha=cell["alpha"], **options)
+    policy = make_policy(name, lr=cell["lr"], **options)
     common = dict(workers=cell["workers"], epochs=config["epochs"], batch_size=config["batch_size"],
                   seed=cell["seed"], momentum=engine_momentum(policy, cell))
     staleness = config["staleness"]
@@ -477,7 +477,7 @@ def alpha_table(config: dict, cell: dict, histogram: np.ndarray, momentum: float
     """The policy's alpha(tau) as the cell ended it (bound with the ``momentum`` its workers
     applied, refitted on the cell's histogram)."""
     name, options = policy_spec(config, cell["policy"])
-    state = policy_state(make_policy(name, alpha=cell["alpha"], **options), cell["workers"], momentum)
+    state = policy_state(make_policy(name, lr=cell["lr"], **options), cell["workers"], momentum)
     table = refit_policy(state, histogram) if state.refit_every else policy_table(state)
     return [float(a) for a in table[:ALPHA_TABLE_ENTRIES]]
 
@@ -562,7 +562,7 @@ def outcomes(record: dict, targets: list) -> list[dict]:
 
 def describe_outcome(record: dict, targets: list) -> str:
     momentum = f" mu={record['momentum']:g}" if record["momentum"] else ""
-    head = f"{record['policy']} alpha={record['alpha']:g}{momentum} m={record['workers']} seed={record['seed']}: "
+    head = f"{record['policy']} lr={record['lr']:g}{momentum} m={record['workers']} seed={record['seed']}: "
     if record["diverged"]:
         return head + "DIVERGED"
     reached = ", ".join(f"{t['target']:g} at {t['updates']:,.0f}" if t["reached"] else f"{t['target']:g} not reached"
@@ -571,7 +571,7 @@ def describe_outcome(record: dict, targets: list) -> str:
 
 
 # ---------------------------------------------------------------------------- tables
-CELL_COLUMNS = ("policy", "alpha", "momentum", "workers", "seed", "target", "reached", "updates_to_target",
+CELL_COLUMNS = ("policy", "lr", "momentum", "workers", "seed", "target", "reached", "updates_to_target",
                 "time_to_target", "resolution", "best_loss", "final_loss", "final_accuracy", "diverged",
                 "updates", "train_seconds", "wall_seconds", "staleness_mean", "staleness_p99",
                 "staleness_max")
@@ -588,19 +588,19 @@ def _spread(values: list) -> dict:
 
 
 def summarize(records: list[dict], targets: list) -> list[dict]:
-    """One row per (policy, alpha, momentum, workers, target): how many seeds reached the target,
+    """One row per (policy, lr, momentum, workers, target): how many seeds reached the target,
     the spread over seeds of updates- and time-to-target (reaching seeds only), the worst
     resolution, and the final and best loss (all finished seeds)."""
     groups = {}
     for record in records:
         for outcome in outcomes(record, targets):
-            key = (record["policy"], record["alpha"], record["momentum"], record["workers"], outcome["target"])
+            key = (record["policy"], record["lr"], record["momentum"], record["workers"], outcome["target"])
             groups.setdefault(key, []).append((record, outcome))
     rows = []
-    for (policy, alpha, momentum, workers, target), group in groups.items():
+    for (policy, lr, momentum, workers, target), group in groups.items():
         reached = [outcome for _, outcome in group if outcome["reached"]]
         finished = [record for record, _ in group if not record["diverged"]]
-        row = {"policy": policy, "alpha": alpha, "momentum": momentum, "workers": workers, "target": target,
+        row = {"policy": policy, "lr": lr, "momentum": momentum, "workers": workers, "target": target,
                "seeds": len(group), "reached": len(reached), "diverged": len(group) - len(finished),
                "resolution_max": max((o["resolution"] for o in reached), default=None)}
         for key, values in (("updates_to_target", [o["updates"] for o in reached]),
@@ -611,7 +611,7 @@ def summarize(records: list[dict], targets: list) -> list[dict]:
                 row[f"{key}_{stat}"] = value
         rows.append(row)
     return sorted(rows, key=lambda row: (-row["target"], row["workers"], row["policy"], row["momentum"],
-                                         row["alpha"]))
+                                         row["lr"]))
 
 
 def fixed_momentum_label(policy: str, momentum: float) -> str:
@@ -678,7 +678,7 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
         if split_momenta:
             momenta = sorted({row["momentum"] for row in summary if row["policy"] == label})
             variants += [(fixed_momentum_label(label, mu), label, mu) for mu in momenta]
-    by_cell = {(r["policy"], r["alpha"], r["momentum"], r["workers"], r["target"]): r for r in summary}
+    by_cell = {(r["policy"], r["lr"], r["momentum"], r["workers"], r["target"]): r for r in summary}
     present = sorted({(r["workers"], r["target"]) for r in summary}, key=lambda wt: (-wt[1], wt[0]))
     smallest = min((row["workers"] for row in summary), default=None)
     best_rows, transfer_rows = [], []
@@ -688,12 +688,12 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
         for variant, label, fixed in variants:
             row = best.get((variant, workers, target))
             updates = row["updates_to_target_mean"] if row else None
-            grid = alphas_of(config, label)
+            grid = lrs_of(config, label)
             out = {"target": target, "workers": workers, "policy": variant, "fixed_momentum": fixed,
-                   "alpha": row["alpha"] if row else None, "momentum": row["momentum"] if row else None,
+                   "lr": row["lr"] if row else None, "momentum": row["momentum"] if row else None,
                    "reached": row is not None,
                    "resolution_max": row["resolution_max"] if row else None,
-                   "alpha_at_grid_edge": bool(row and len(grid) > 1 and row["alpha"] in (min(grid), max(grid))),
+                   "lr_at_grid_edge": bool(row and len(grid) > 1 and row["lr"] in (min(grid), max(grid))),
                    "momentum_at_grid_edge": bool(row and fixed is None and
                                                  momentum_at_grid_edge(row["momentum"], config["momenta"])),
                    "best_constant": constant, "best_baseline": baseline,
@@ -703,11 +703,11 @@ def compare(config: dict, summary: list[dict]) -> tuple[list[dict], list[dict]]:
                 out[f"updates_{stat}"] = row[f"updates_to_target_{stat}"] if row else None
             best_rows.append(out)
             tuned = best.get((variant, smallest, target))
-            alpha, momentum = (tuned["alpha"], tuned["momentum"]) if tuned else (None, fixed)
-            cell = by_cell.get((label, alpha, momentum, workers, target))
+            lr, momentum = (tuned["lr"], tuned["momentum"]) if tuned else (None, fixed)
+            cell = by_cell.get((label, lr, momentum, workers, target))
             updates = cell["updates_to_target_mean"] if cell and cell["reached"] == cell["seeds"] else None
             out = {"target": target, "workers": workers, "policy": variant, "fixed_momentum": fixed,
-                   "alpha": alpha, "momentum": momentum,
+                   "lr": lr, "momentum": momentum,
                    "reached": f"{cell['reached']}/{cell['seeds']}" if cell else None,
                    "resolution_max": cell["resolution_max"] if cell else None,
                    "vs_own_smallest_m": _ratio(updates, tuned["updates_to_target_mean"] if tuned else None),
@@ -770,20 +770,20 @@ def edge_notes(best: list[dict], config: dict) -> list[str]:
     best = [row for row in best if row.get("fixed_momentum") is None]
     at_edge = {}
     for row in best:
-        if row["alpha_at_grid_edge"]:
+        if row["lr_at_grid_edge"]:
             at_edge.setdefault(row["policy"], []).append(row)
     tuned = [label for label in dict.fromkeys(row["policy"] for row in best)
-             if len(alphas_of(config, label)) > 1]
+             if len(lrs_of(config, label)) > 1]
     lines = []
     if not at_edge:
         lines += ["every policy's best step is inside its step grid (at every m and target)"] if tuned else []
     for policy, rows in at_edge.items():
-        grid = alphas_of(config, policy)
-        for alpha, side, hint in ((max(grid), "largest", "larger"), (min(grid), "smallest", "smaller")):
-            places = _places([row for row in rows if row["alpha"] == alpha])
+        grid = lrs_of(config, policy)
+        for lr, side, hint in ((max(grid), "largest", "larger"), (min(grid), "smallest", "smaller")):
+            places = _places([row for row in rows if row["lr"] == lr])
             if places:
-                lines.append(f"note: {policy}'s best step is the {side} of its grid ({alpha:g} of "
-                             f"{min(grid):g}-{max(grid):g}) for {places}: try {hint} alphas")
+                lines.append(f"note: {policy}'s best step is the {side} of its grid ({lr:g} of "
+                             f"{min(grid):g}-{max(grid):g}) for {places}: try {hint} lrs")
     momenta = config["momenta"]
     if len(momenta) > 1:
         edges = [row for row in best if row.get("momentum_at_grid_edge")]
@@ -818,7 +818,7 @@ def momentum_notes(best: list[dict], config: dict) -> list[str]:
         for policy in dict.fromkeys(row["policy"] for row in best):
             mine = sorted((row for row in best if row["policy"] == policy and row["target"] == target),
                           key=lambda row: row["workers"])
-            pairs = ", ".join(f"m = {row['workers']}: " + (f"mu {row['momentum']:g} (alpha {row['alpha']:g})"
+            pairs = ", ".join(f"m = {row['workers']}: " + (f"mu {row['momentum']:g} (lr {row['lr']:g})"
                                                            if row["reached"] else "-") for row in mine)
             lines.append(f"best momentum of {policy} at target {target:g}: {pairs}")
     return lines
@@ -846,7 +846,7 @@ def write_tables(out_dir: str, config: dict) -> None:
                        resolution=outcome["resolution"], staleness_mean=tau.get("mean"),
                        staleness_p99=tau.get("p99"), staleness_max=tau.get("max"))
             flat.append(row)
-    flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["momentum"], r["alpha"], r["seed"]))
+    flat.sort(key=lambda r: (-r["target"], r["workers"], r["policy"], r["momentum"], r["lr"], r["seed"]))
     _write_csv(os.path.join(out_dir, "cells.csv"), flat, CELL_COLUMNS)
     summary = summarize(records, config["targets"])
     best, transfer = compare(config, summary)
@@ -875,7 +875,7 @@ def _comma_list(kind):
 def add_arguments(parser) -> None:
     """Flags of ``hogwild-mts experiment``; each overrides the config file and QUICK."""
     parser.add_argument("--config", metavar="FILE", help="JSON object of settings (keys as below, "
-                        "plus policy_options: {label: {option: value, 'policy': name, 'alphas': [..]}})")
+                        "plus policy_options: {label: {option: value, 'policy': name, 'lrs': [..]}})")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="run directory (default runs/<name>); rerunning resumes it")
     parser.add_argument("--name", help="experiment name")
@@ -886,7 +886,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policies", type=_comma_list(str), help="comma-separated policy labels")
     parser.add_argument("--workers", type=_comma_list(int), help="comma-separated worker counts")
     parser.add_argument("--seeds", type=_comma_list(int), help="comma-separated seeds")
-    parser.add_argument("--alphas", type=_comma_list(float), help="comma-separated base steps alpha_c "
+    parser.add_argument("--lrs", type=_comma_list(float), help="comma-separated base steps lr "
                         "tried for every policy (its grid)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -14,7 +14,7 @@ its panels.
   last bin holds every larger tau; beyond it only the maximum is known, drawn dotted); a panel
   where every update had tau = 0 (m = 1) says so instead of drawing one bar;
 * ``loss_vs_updates`` and ``loss_vs_time``: per m, one line per policy at its shown step
-  (:func:`shown_alphas`), the mean over seeds with the min-max band, the targets dashed, on a
+  (:func:`shown_lrs`), the mean over seeds with the min-max band, the targets dashed, on a
   log loss axis whose limits come from the data (every spike is kept); curves equal within
   :data:`IDENTICAL_RTOL` are named in a note in the panel (they are drawn over each other; the
   staggered markers show each);
@@ -324,10 +324,10 @@ def _mean_curve(group: list[dict], x_key: str):
 
 def _setting(row: dict) -> tuple:
     """(step, momentum) of a cell record or summary row (momentum 0 where a row has none)."""
-    return row["alpha"], row.get("momentum", 0.0)
+    return row["lr"], row.get("momentum", 0.0)
 
 
-def shown_alphas(records: list[dict], summary: list[dict]) -> dict:
+def shown_lrs(records: list[dict], summary: list[dict]) -> dict:
     """(policy, workers) -> the (step, momentum) whose curves are drawn: the best pair (every
     seed reached, fewest mean updates) at the lowest target any pair of that policy reached at
     that m (rows of summary.json); else the pair with the lowest mean final loss."""
@@ -346,13 +346,13 @@ def shown_alphas(records: list[dict], summary: list[dict]) -> dict:
 
 
 def _shown(records: list[dict], summary: list[dict]) -> list[dict]:
-    chosen = shown_alphas(records, summary)
+    chosen = shown_lrs(records, summary)
     return [r for r in records if chosen.get((r["policy"], r["workers"])) == _setting(r)]
 
 
 def _step_text(setting: tuple, with_momentum: bool) -> str:
-    alpha, momentum = setting
-    return f"{alpha:g}" + (f" mu {momentum:g}" if with_momentum else "")
+    lr, momentum = setting
+    return f"{lr:g}" + (f" mu {momentum:g}" if with_momentum else "")
 
 
 def _step_labels(shown: list[dict], policies: list[str], workers: list) -> list[str]:
@@ -363,10 +363,10 @@ def _step_labels(shown: list[dict], policies: list[str], workers: list) -> list[
     for policy in policies:
         steps = {r["workers"]: _setting(r) for r in shown if r["policy"] == policy}
         if len(set(steps.values())) <= 1:
-            labels.append(f"{policy} (alpha {_step_text(next(iter(steps.values())), with_momentum)})"
+            labels.append(f"{policy} (lr {_step_text(next(iter(steps.values())), with_momentum)})"
                           if steps else policy)
         else:
-            labels.append(f"{policy} (alpha {', '.join(_step_text(steps[m], with_momentum) if m in steps else '-' for m in workers)})")
+            labels.append(f"{policy} (lr {', '.join(_step_text(steps[m], with_momentum) if m in steps else '-' for m in workers)})")
     return labels
 
 
@@ -573,7 +573,7 @@ def edge_keys(best: list[dict]) -> set:
     """(policy, workers, target) of the best.csv rows whose best step or momentum is at the
     grid's edge."""
     return {(r["policy"], r["workers"], r["target"]) for r in best
-            if r.get("alpha_at_grid_edge") or r.get("momentum_at_grid_edge")}
+            if r.get("lr_at_grid_edge") or r.get("momentum_at_grid_edge")}
 
 
 def transfer_edge_keys(best: list[dict], transfer: list[dict]) -> set:
@@ -583,7 +583,7 @@ def transfer_edge_keys(best: list[dict], transfer: list[dict]) -> set:
         return set()
     smallest = min(r["workers"] for r in best)
     tuned_at_edge = {(r["policy"], r["target"]) for r in best if r["workers"] == smallest
-                     and (r.get("alpha_at_grid_edge") or r.get("momentum_at_grid_edge"))}
+                     and (r.get("lr_at_grid_edge") or r.get("momentum_at_grid_edge"))}
     return {(r["policy"], r["workers"], r["target"]) for r in transfer
             if (r["policy"], r["target"]) in tuned_at_edge}
 

@@ -12,6 +12,8 @@ import os
 CONFIG_FILE = "config.json"
 CELLS_DIR = "cells"
 HISTORY_KEYS = ("loss", "updates", "time_s")
+# Keys of run directories written before the base step was called lr.
+EARLIER_KEYS = {"alpha": "lr", "alphas": "lrs"}
 
 
 class RunFileError(ValueError):
@@ -35,9 +37,19 @@ def _read_object(path: str, what: str) -> dict:
     return value
 
 
+def _current_keys(value: dict) -> dict:
+    """``value`` with its EARLIER_KEYS renamed."""
+    return {EARLIER_KEYS.get(key, key): item for key, item in value.items()}
+
+
 def read_config(out_dir: str) -> dict:
-    """The settings object of ``out_dir/config.json`` (checked as a JSON object only)."""
-    return _read_object(os.path.join(out_dir, CONFIG_FILE), "experiment config")
+    """The settings object of ``out_dir/config.json`` (checked as a JSON object only; earlier
+    key names, its labels' options' too, renamed)."""
+    config = _current_keys(_read_object(os.path.join(out_dir, CONFIG_FILE), "experiment config"))
+    if isinstance(config.get("policy_options"), dict):
+        config["policy_options"] = {label: _current_keys(options) if isinstance(options, dict) else options
+                                    for label, options in config["policy_options"].items()}
+    return config
 
 
 def read_cells(out_dir: str) -> list[dict]:
@@ -48,7 +60,7 @@ def read_cells(out_dir: str) -> list[dict]:
     for name in sorted(os.listdir(directory)):
         if name.endswith(".json") and not name.startswith("."):
             path = os.path.join(directory, name)
-            records.append(check_cell(path, _read_object(path, "cell record")))
+            records.append(check_cell(path, _current_keys(_read_object(path, "cell record"))))
     return records
 
 
@@ -72,7 +84,7 @@ def check_cell(path: str, record: dict) -> dict:
 
     for key, valid, allowed in (("name", lambda v: isinstance(v, str), "a string"),
                                 ("policy", lambda v: isinstance(v, str), "a string"),
-                                ("alpha", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+                                ("lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
                                 ("workers", lambda v: _is_count(v, 1), "an integer >= 1"),
                                 ("seed", lambda v: _is_count(v, 0), "an integer >= 0"),
                                 ("diverged", lambda v: isinstance(v, bool), "true or false"),

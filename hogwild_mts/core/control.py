@@ -9,7 +9,7 @@ DONE, DIVERGED, FAILED.
 Stamping contract: before reading the parameters a worker reads the counter
 (``t_read``); after computing its gradient it claims ``t_write = fetch_add(counter, 1)``; the
 update's staleness is ``tau = t_write - t_read`` (updates landed in between, >= 0); it applies
-``alpha = table[min(tau, T - 1)]`` and counts tau in its histogram row.  So the counter ends equal
+``lr = table[min(tau, T - 1)]`` and counts tau in its histogram row.  So the counter ends equal
 to the applied updates, and the histograms total it.  The Ray backend stamps with a parameter
 server's version the same way.
 """

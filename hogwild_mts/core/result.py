@@ -47,7 +47,7 @@ def divergence_message(policy, where: str, workers: int | None = None) -> str:
     speaks of the step only)."""
     name = getattr(policy, "name", None)   # not describe(): an adaptive policy may be unbound here
     return (f"training diverged: {where} became NaN or infinite (policy "
-            f"{name if isinstance(name, str) else type(policy).__name__}); lower the step size (alpha)"
+            f"{name if isinstance(name, str) else type(policy).__name__}); lower the step size (lr)"
             + (" or use a policy that damps stale updates" if workers is None or workers > 1 else ""))
 
 
@@ -87,8 +87,8 @@ def training_trouble(result, max_abs_x: float | None = None) -> str | None:
     if max_abs_x is not None and max_abs_x > UNSCALED_FEATURES:
         advice.append(f"scale the features (max |x| is {max_abs_x:.4g}: to unit variance or "
                       "into [-1, 1])")
-    alpha = _base_step(result)
-    advice.append("lower the step size" + (f" (alpha_c is {alpha:.4g})" if alpha is not None else ""))
+    lr = _base_step(result)
+    advice.append("lower the step size" + (f" (lr is {lr:.4g})" if lr is not None else ""))
     momentum = result.settings.get("momentum") if isinstance(result.settings, Mapping) else None
     if momentum:
         advice.append(f"lower the momentum (it is {momentum:g})")
@@ -99,10 +99,10 @@ def training_trouble(result, max_abs_x: float | None = None) -> str | None:
 
 
 def _base_step(result) -> float | None:
-    """The run's base step alpha_c, where its policy description names it."""
+    """The run's base step lr, where its policy description names it."""
     policy = result.policy if isinstance(result.policy, Mapping) else {}
-    alpha = policy.get("alpha_c", policy.get("alpha"))
-    return float(alpha) if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else None
+    lr = policy.get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
 
 def warn_if_bad(result, max_abs_x: float | None = None, stacklevel: int = 3) -> None:

@@ -29,7 +29,7 @@ from hogwild_mts.models.linear import LinearModel, loss_derivative
 __all__ = ["Engine", "FitResult", "WorkerError", "DivergenceError", "prepare_dataset"]
 
 PARAM_DTYPES = ("float64", "float32")
-DEFAULT_ALPHA = 0.5  # base step of a named policy (the Simulator's and the command line's too)
+DEFAULT_LR = 0.5  # base step of a named policy (the Simulator's and the command line's too)
 LEARNING_RATES = ("constant", "optimal", "invscaling")  # scikit-learn's names
 
 
@@ -47,7 +47,7 @@ def step_schedule(model: LinearModel, learning_rate: str, power_t: float,
       ``alpha``, which sets the steps even with ``penalty=None``) and its heuristic ``typw = sqrt(1 / sqrt(penalty))``,
       ``eta0 = typw / max(1, dloss(-typw, 1))``, ``optimal_init = 1 / (eta0 penalty)``.  That is
       the base step ``1 / (penalty optimal_init)`` times ``optimal_init / (optimal_init + t)``.
-      The base step replaces the policy's own (its ``alpha`` is ignored): the policy supplies
+      The base step replaces the policy's own (its ``lr`` is ignored): the policy supplies
       only the staleness shape ``alpha(tau) / alpha(0)``.
 
     With one worker tau is always 0, so the steps are exactly scikit-learn's.  ValueError for
@@ -113,7 +113,7 @@ def _ray_takes_plain_steps(values) -> dict:
 
 # Engine's options in validation order: name, constraint, default, where it goes.
 ENGINE_OPTIONS = Table(
-    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+    (shared.POLICY, shared.base_step(DEFAULT_LR), shared.WORKERS,
      Option("epochs", Integer(1), 10, "run"), Option("batch_size", Integer(1), 1, "run"),
      shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
@@ -129,7 +129,7 @@ ENGINE_OPTIONS = Table(
             "the step schedule and the average (the global update number of the run's first "
             "update: they continue a run of that many updates)"),
      *shared.PROCESS_OPTIONS),
-    rules=(shared.named_policy(DEFAULT_ALPHA), shared.evaluation_schedule,
+    rules=(shared.named_policy(DEFAULT_LR), shared.evaluation_schedule,
            shared.process_options, shared.worker_momentum, _ray_takes_plain_steps, _shm_only))
 DEFAULTS = ENGINE_OPTIONS.defaults
 
@@ -139,7 +139,7 @@ class Engine:
 
     ``model``: a loss name (scikit-learn's, or ``logreg``, ``svm``, ``lsq``) or a
     :class:`hogwild_mts.models.linear.LinearModel`.
-    ``policy``: a name, a policy object or a function of tau; ``alpha`` is the base step for a
+    ``policy``: a name, a policy object or a function of tau; ``lr`` is the base step for a
     named policy.  ``epochs`` full passes over the data in total.  ``split="dynamic"`` shuffles
     all rows every epoch (generator seeded from ``seed``) and workers claim runs of batches from
     one shared cursor, so they all end together; ``"static"`` gives worker w the rows w, w+m,
@@ -190,7 +190,7 @@ class Engine:
 
     def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
                  epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
-                 alpha: float | None = DEFAULTS.alpha, seed: int = DEFAULTS.seed,
+                 lr: float | None = DEFAULTS.lr, seed: int = DEFAULTS.seed,
                  dtype: str = DEFAULTS.dtype, eval_every: float = DEFAULTS.eval_every,
                  eval_every_updates: int | None = DEFAULTS.eval_every_updates,
                  progress: bool = DEFAULTS.progress,

@@ -46,10 +46,10 @@ from hogwild_mts.kernels.flat import (LOSSES, LossFunction, ModuleClass, ModuleC
 from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.model_file import ModelFileError, read_network, save_network
 
-__all__ = ["TorchEngine", "load_network", "network_outputs", "DEFAULT_ALPHA",
+__all__ = ["TorchEngine", "load_network", "network_outputs", "DEFAULT_LR",
            "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "WorkerError", "DivergenceError"]
 
-DEFAULT_ALPHA = 0.05  # base step of a named policy (per mean mini-batch gradient)
+DEFAULT_LR = 0.05  # base step of a named policy (per mean mini-batch gradient)
 DEFAULT_BATCH_SIZE = 16  # rows per update when neither batch_size nor a DataLoader gives it
 DEFAULT_EVALUATIONS = 30  # history rows of a run that sets neither eval_every nor eval_every_updates
 PARAM_DTYPES = ("float32", "float64")
@@ -127,7 +127,7 @@ WEIGHT_DECAY = Option("weight_decay", NonNegative(), 0.0, "the workers' update")
 # TorchEngine's options in validation order: name, constraint, default, where it goes.  A
 # network's step, epochs, batch size, evaluation period and dtype have their own defaults.
 NETWORK_OPTIONS = Table(
-    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+    (shared.POLICY, shared.base_step(DEFAULT_LR), shared.WORKERS,
      Option("epochs", Integer(1), 10, "run"),
      Option("batch_size", Optional(Integer(1)), None,
             f"run (None: a DataLoader's batch size, else {DEFAULT_BATCH_SIZE})"),
@@ -140,7 +140,7 @@ NETWORK_OPTIONS = Table(
      Option("model_kwargs", Checked("None or a dict: a module class's keyword arguments"), None,
             "the network"),
      *shared.PROCESS_OPTIONS),
-    rules=(shared.named_policy(DEFAULT_ALPHA), _batch_size, shared.evaluation_schedule,
+    rules=(shared.named_policy(DEFAULT_LR), _batch_size, shared.evaluation_schedule,
            _model_arguments, _ray_checkpoints_are_functions, shared.process_options,
            shared.worker_momentum, _ray_trains_plain_cross_entropy))
 DEFAULTS = NETWORK_OPTIONS.defaults
@@ -166,8 +166,8 @@ class TorchEngine:
     ``result.module()`` is the trained module.  Floating-point
     buffers (batch-norm running statistics) are shared like the parameters and updated in place,
     lock-free, by every worker's forward pass; other buffers stay private to each worker.
-    ``policy``: a name, policy object or function of tau; ``alpha`` the base step of a named
-    policy (default DEFAULT_ALPHA).  ``loss``: ``cross_entropy`` (integer class labels),
+    ``policy``: a name, policy object or function of tau; ``lr`` the base step of a named
+    policy (default DEFAULT_LR).  ``loss``: ``cross_entropy`` (integer class labels),
     ``mse`` (float targets) or a function ``loss(outputs, targets) -> scalar tensor`` (the batch's
     mean, e.g. ``torch.nn.functional.cross_entropy`` or ``nn.HuberLoss()``; integer targets are
     class labels whose accuracy the evaluations report, float targets regression values).
@@ -196,7 +196,7 @@ class TorchEngine:
 
     def __init__(self, model="mlp", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
                  epochs: int = DEFAULTS.epochs, batch_size: int | None = DEFAULTS.batch_size,
-                 alpha: float | None = DEFAULTS.alpha, loss=DEFAULTS.loss,
+                 lr: float | None = DEFAULTS.lr, loss=DEFAULTS.loss,
                  momentum: float = DEFAULTS.momentum, weight_decay: float = DEFAULTS.weight_decay,
                  seed: int = DEFAULTS.seed, dtype: str = DEFAULTS.dtype,
                  eval_every: float | None = DEFAULTS.eval_every,

@@ -5,7 +5,7 @@ whose default differs has its own entry (its module says why).
 
 Where an option goes: ``run`` (the run options every backend reads:
 :func:`hogwild_mts.job.run_options`), ``policy`` (the policy built from ``policy`` and
-``alpha``), ``processes`` (how shared-memory workers start and split the rows), ``ray`` and
+``lr``), ``processes`` (how shared-memory workers start and split the rows), ``ray`` and
 ``checkpoints`` (:mod:`hogwild_mts.backends.ray.options`, :mod:`hogwild_mts.checkpoint`).
 """
 
@@ -36,19 +36,19 @@ SPLIT = Option("split", Choice(SPLITS), "dynamic", "processes")
 PROCESS_OPTIONS = (START_METHOD, SPLIT, BACKEND, *RAY_OPTIONS, *CHECKPOINT_OPTIONS)
 
 
-def base_step(alpha: float) -> Option:
-    """The ``alpha`` entry of an engine whose named policies start from ``alpha`` when none is
-    given (a policy object takes no alpha)."""
-    return Option("alpha", Optional(Positive()), None, f"policy (None: {alpha} for a named policy)")
+def base_step(lr: float) -> Option:
+    """The ``lr`` entry of an engine whose named policies start from ``lr`` when none is
+    given (a policy object takes no lr)."""
+    return Option("lr", Optional(Positive()), None, f"policy (None: {lr} for a named policy)")
 
 
-def named_policy(alpha: float) -> Rule:
-    """The rule that makes ``policy`` a policy object: a name gets ``values["alpha"]`` (None:
-    ``alpha``), an object is copied (see :func:`hogwild_mts.policies.step_sizes.as_policy`)."""
+def named_policy(lr: float) -> Rule:
+    """The rule that makes ``policy`` a policy object: a name gets ``values["lr"]`` (None:
+    ``lr``), an object is copied (see :func:`hogwild_mts.policies.step_sizes.as_policy`)."""
     def rule(values) -> dict:
-        given = values["alpha"]
-        resolved = alpha if given is None and isinstance(values["policy"], str) else given
-        return {"alpha": resolved, "policy": as_policy(values["policy"], resolved)}
+        given = values["lr"]
+        resolved = lr if given is None and isinstance(values["policy"], str) else given
+        return {"lr": resolved, "policy": as_policy(values["policy"], resolved)}
 
     return rule
 

@@ -18,7 +18,7 @@ from hogwild_mts.core.params import Checked, Choice, Flag, Integer, Option, Opti
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.engines import options as shared
 from hogwild_mts.engines import networks
-from hogwild_mts.engines.linear import (DEFAULT_ALPHA, ENGINE_OPTIONS, linear_settings,
+from hogwild_mts.engines.linear import (DEFAULT_LR, ENGINE_OPTIONS, linear_settings,
                                         prepare_dataset, step_schedule)
 from hogwild_mts.engines.networks import NETWORK_OPTIONS, TorchEngine
 from hogwild_mts.job import Job, LinearProblem, Simulation, run_options
@@ -66,14 +66,14 @@ SCHEDULE_OPTIONS = (
 # Simulator's options in validation order: name, constraint, default, where it goes.  Its
 # eval_every counts updates, and it shows no progress bar by default (runs take milliseconds).
 SIMULATOR_OPTIONS = Table(
-    (shared.POLICY, shared.base_step(DEFAULT_ALPHA), shared.WORKERS,
+    (shared.POLICY, shared.base_step(DEFAULT_LR), shared.WORKERS,
      ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED,
      Option("eval_every", Optional(Integer(1)), None,
             f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
      Option("progress", Flag(), False, "run"), shared.MOMENTUM,
      ENGINE_OPTIONS["learning_rate"], ENGINE_OPTIONS["power_t"], *SCHEDULE_OPTIONS,
      Option("stale_reads", Choice(STALE_READS), "auto", "the simulation")),
-    rules=(shared.named_policy(DEFAULT_ALPHA), shared.worker_momentum, _staleness_source))
+    rules=(shared.named_policy(DEFAULT_LR), shared.worker_momentum, _staleness_source))
 DEFAULTS = SIMULATOR_OPTIONS.defaults
 
 
@@ -107,7 +107,7 @@ class Simulator:
 
     def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
                  epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
-                 alpha: float | None = DEFAULTS.alpha, seed: int = DEFAULTS.seed,
+                 lr: float | None = DEFAULTS.lr, seed: int = DEFAULTS.seed,
                  staleness=DEFAULTS.staleness, compute: str = DEFAULTS.compute,
                  stragglers: str | None = DEFAULTS.stragglers, worker_speeds=DEFAULTS.worker_speeds,
                  eval_every: int | None = DEFAULTS.eval_every,
@@ -152,13 +152,13 @@ def _simulated_processes(values) -> dict:
 # NetworkSimulator's options in validation order: TorchEngine's entries for the network, data,
 # policy, update and evaluations (eval_every_updates; no seconds), then the schedule's.
 NETWORK_SIMULATOR_OPTIONS = Table(
-    (shared.POLICY, shared.base_step(networks.DEFAULT_ALPHA), shared.WORKERS,
+    (shared.POLICY, shared.base_step(networks.DEFAULT_LR), shared.WORKERS,
      *(NETWORK_OPTIONS[name] for name in ("epochs", "batch_size")), shared.SEED,
      NETWORK_OPTIONS["eval_every_updates"], shared.PROGRESS, shared.MOMENTUM,
      *(NETWORK_OPTIONS[name] for name in ("loss", "weight_decay", "dtype", "model_args",
                                           "model_kwargs")),
      *SCHEDULE_OPTIONS),
-    rules=(shared.named_policy(networks.DEFAULT_ALPHA), networks._batch_size,
+    rules=(shared.named_policy(networks.DEFAULT_LR), networks._batch_size,
            networks._model_arguments, _staleness_source, _simulated_processes,
            shared.worker_momentum))
 NETWORK_DEFAULTS = NETWORK_SIMULATOR_OPTIONS.defaults
@@ -187,7 +187,7 @@ class NetworkSimulator(TorchEngine):
     def __init__(self, model="mlp", policy=NETWORK_DEFAULTS.policy, *,
                  workers: int = NETWORK_DEFAULTS.workers, epochs: int = NETWORK_DEFAULTS.epochs,
                  batch_size: int | None = NETWORK_DEFAULTS.batch_size,
-                 alpha: float | None = NETWORK_DEFAULTS.alpha, loss=NETWORK_DEFAULTS.loss,
+                 lr: float | None = NETWORK_DEFAULTS.lr, loss=NETWORK_DEFAULTS.loss,
                  momentum: float = NETWORK_DEFAULTS.momentum,
                  weight_decay: float = NETWORK_DEFAULTS.weight_decay,
                  seed: int = NETWORK_DEFAULTS.seed, dtype: str = NETWORK_DEFAULTS.dtype,

@@ -3,7 +3,7 @@
 A network's parameters are *views* into one flat vector: ``param.data`` is a slice of the shared
 (or pulled) parameter vector, so every forward pass reads the live values; ``param.grad`` is a
 slice of a private flat gradient buffer that ``backward`` accumulates into in place.  The update
-itself (stamp, table lookup, ``theta -= alpha * g``, histogram) is one numba call per mini-batch.
+itself (stamp, table lookup, ``theta -= lr * g``, histogram) is one numba call per mini-batch.
 
 Buffers (batch-norm running statistics): the floating-point buffers are views of the flat vector
 too, right after the parameters (``params[n_params:]``), so every worker's forward pass updates
@@ -23,12 +23,12 @@ from hogwild_mts.kernels.linear import keep_largest_tau, load_word, stamped_step
 @njit(cache=True, nogil=True)
 def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats_row, batch_rows):
     """Stamp and apply one mini-batch gradient lock-free (``kernels.stamped_step``, then
-    ``params -= alpha * gradient``; alpha_table has the dtype of params, so float32 stays
+    ``params -= lr * gradient``; alpha_table has the dtype of params, so float32 stays
     float32) and update the worker's stats row."""
-    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    tau, lr = stamped_step(counter, t_read, alpha_table, hist_row)
     keep_largest_tau(stats_row, tau)
     for i in range(params.shape[0]):
-        params[i] -= alpha * gradient[i]
+        params[i] -= lr * gradient[i]
     stats_row[STAT_UPDATES] += 1
     stats_row[STAT_SAMPLES] += batch_rows
 
@@ -37,13 +37,13 @@ def apply_update(params, gradient, counter, t_read, alpha_table, hist_row, stats
 def apply_sparse_update(params, indices, step_values, counter, t_read, alpha_table, hist_row,
                         stats_row, batch_rows):
     """:func:`apply_update` of a step sum that is zero outside ``indices``: stamp, then
-    ``params[indices[k]] -= alpha * step_values[k]`` (``indices`` distinct, int64), the same
+    ``params[indices[k]] -= lr * step_values[k]`` (``indices`` distinct, int64), the same
     arithmetic per coordinate, so the parameters end bit for bit as :func:`apply_update` of the
-    dense step sum leaves them (there ``params[i] - alpha * 0`` keeps every other coordinate)."""
-    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    dense step sum leaves them (there ``params[i] - lr * 0`` keeps every other coordinate)."""
+    tau, lr = stamped_step(counter, t_read, alpha_table, hist_row)
     keep_largest_tau(stats_row, tau)
     for k in range(indices.shape[0]):
-        params[indices[k]] -= alpha * step_values[k]
+        params[indices[k]] -= lr * step_values[k]
     stats_row[STAT_UPDATES] += 1
     stats_row[STAT_SAMPLES] += batch_rows
 
@@ -55,11 +55,11 @@ def apply_momentum_update(params, gradient, velocity, momentum, weight_decay, co
     Nesterov) on the worker's private ``velocity``: ``g = gradient + weight_decay * params``,
     ``velocity = momentum * velocity + g``, ``params -= alpha(tau) * velocity``.  ``momentum``
     and ``weight_decay`` are scalars of the params dtype."""
-    tau, alpha = stamped_step(counter, t_read, alpha_table, hist_row)
+    tau, lr = stamped_step(counter, t_read, alpha_table, hist_row)
     keep_largest_tau(stats_row, tau)
     for i in range(params.shape[0]):
         velocity[i] = momentum * velocity[i] + (gradient[i] + weight_decay * params[i])
-        params[i] -= alpha * velocity[i]
+        params[i] -= lr * velocity[i]
     stats_row[STAT_UPDATES] += 1
     stats_row[STAT_SAMPLES] += batch_rows
 

@@ -163,12 +163,12 @@ def _add_gradient(rows, dense, params, l2, penalised, row, derivative, step):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def scheduled_step(alpha, t, t0, power):
-    """The step of update ``t`` (0-based): ``alpha * (t0 / (t0 + t))^power``; ``power`` 0
-    returns ``alpha`` itself (a constant step, no pow taken)."""
+def scheduled_step(lr, t, t0, power):
+    """The step of update ``t`` (0-based): ``lr * (t0 / (t0 + t))^power``; ``power`` 0
+    returns ``lr`` itself (a constant step, no pow taken)."""
     if power == 0.0:
-        return alpha
-    return alpha * (t0 / (t0 + t)) ** power
+        return lr
+    return lr * (t0 / (t0 + t)) ** power
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -193,10 +193,10 @@ def clip_l1(rows, dense, params, applied, u, order, position, batch_end):
 
 @njit(cache=True, nogil=True, inline="always")
 def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised, order, position,
-                  batch_end, derivatives, alpha, momentum, velocity, touched, mark):
+                  batch_end, derivatives, lr, momentum, velocity, touched, mark):
     """One mini-batch ``order[position:batch_end]`` with the worker's private ``velocity``
     (torch.optim.SGD's momentum buffer, dampening 0): ``v_j = momentum * v_j + g_j`` and
-    ``w_j -= alpha * v_j`` for every coordinate j the batch stores (g the batch's mean gradient,
+    ``w_j -= lr * v_j`` for every coordinate j the batch stores (g the batch's mean gradient,
     penalty included; ``derivatives[b - position]`` the loss derivative of row ``order[b]``).
     Lazy on sparse data: a coordinate no row of the batch stores keeps its velocity and weight
     (as TensorFlow's LazyAdam); on dense data every coordinate is stored, so this is exactly
@@ -224,13 +224,13 @@ def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised,
             column = k - start if dense else indices[k]
             if touched[column] == mark:
                 touched[column] = -1 - mark
-                params[column] -= alpha * velocity[column]
+                params[column] -= lr * velocity[column]
     if fit_intercept:
         total = 0.0
         for b in range(position, batch_end):
             total += derivatives[b - position]
         velocity[n_features] = momentum * velocity[n_features] + total * scale
-        params[n_features] -= alpha * velocity[n_features]
+        params[n_features] -= lr * velocity[n_features]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -380,13 +380,13 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
         buffers : WorkerBuffers, this worker's counts, histogram row and scratch.
 
         Per batch, stamped: read the counter, compute the margins from the live ``params``, claim
-        the next sequence number t, ``tau = t - read``, ``alpha = alpha_table[min(tau, T - 1)]``
-        times the schedule's scale at t, write ``params -= alpha * mean gradient`` (then, with
-        L1, add ``l1 * alpha`` to the worker's total and :func:`clip_l1` the batch's
+        the next sequence number t, ``tau = t - read``, ``lr = alpha_table[min(tau, T - 1)]``
+        times the schedule's scale at t, write ``params -= lr * mean gradient`` (then, with
+        L1, add ``l1 * lr`` to the worker's total and :func:`clip_l1` the batch's
         coordinates) and count ``tau`` in ``buffers.hist``; an averaging variant brings the
         batch's coordinates' means up to date before the write and adds the new iterate after
         it (from update ``buffers.average_start`` on).  Unstamped (classic Hogwild!): no
-        counter, no histogram, alpha = alpha_table[0], t = the worker's own update count.  The
+        counter, no histogram, lr = alpha_table[0], t = the worker's own update count.  The
         chunk's largest tau is kept in a local and written to ``buffers.stats`` once on the way
         out (comparing and storing it on every update cost one worker about 10% of its
         updates/s).  Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
@@ -413,12 +413,12 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                 derivatives[b - position] = derivative
             if stamped:
                 t, tau = claim_stamp(counter, t_read, buffers.hist)
-                alpha = alpha_table[min(tau, alpha_table.shape[0] - 1)]
+                lr = alpha_table[min(tau, alpha_table.shape[0] - 1)]
                 largest_tau = max(largest_tau, tau)
             else:
-                t, alpha = stats[STAT_UPDATES], alpha_table[0]
+                t, lr = stats[STAT_UPDATES], alpha_table[0]
             t += buffers.start_update  # the global update number
-            step = scheduled_step(alpha, t, t0, power)
+            step = scheduled_step(lr, t, t0, power)
             count = t - buffers.average_start + 1  # this update's averaged iterate (< 1: none)
             if averaging and count >= 1:
                 catch_up_average(rows, dense, params, n_features, fit_intercept, order, position,

@@ -83,12 +83,12 @@ def margin(row, weights, intercept):
     return sum(value * weights[column] for column, value in row) + intercept
 
 
-def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
+def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
                    sample_weight=None, momentum=0.0, schedule=(1.0, 0.0), first_update=0,
                    applied=None, average_start=None, averaged=None):
     """One worker's pass over ``order`` in mini-batches (tau = 0); ``sample_weight[i]`` (default
     1) multiplies row i's loss gradient.  The step of update t (counted from ``first_update``) is
-    ``alpha * (t0 / (t0 + t))^power`` with ``schedule = (t0, power)`` (power 0: ``alpha``).
+    ``lr * (t0 / (t0 + t))^power`` with ``schedule = (t0, power)`` (power 0: ``lr``).
     ``momentum`` 0: each row of a batch moves the weights in turn by ``step / B`` times its
     gradient (the penalty term read from the weights as they are then).  ``momentum`` > 0: per
     batch, for each coordinate j that some row of the batch stores, ``v_j = momentum * v_j +
@@ -115,7 +115,7 @@ def sequential_sgd(dataset, model, order, batch_size, alpha, weights, intercept,
     mean, averaged_count = [0.0] * (len(weights) + 1), 0
     for t, start in enumerate(range(0, len(order), batch_size), start=first_update):
         batch = [int(i) for i in order[start:start + batch_size]]
-        step = alpha if power == 0.0 else alpha * (t0 / (t0 + t)) ** power
+        step = lr if power == 0.0 else lr * (t0 / (t0 + t)) ** power
         derivatives = [loss_derivative(model.name, margin(all_rows[i], weights, intercept),
                                        float(dataset.y[i]), model.epsilon)
                        * (1.0 if sample_weight is None else float(sample_weight[i]))
@@ -173,15 +173,15 @@ def objective(dataset, model, weights, intercept, sample_weight=None):
 
 def server_push(params, step, version, version_read, alpha_table, histogram, indices=None):
     """The parameter server's apply of one push, one coordinate at a time: ``tau = version -
-    version_read``, ``alpha = alpha_table[min(tau, T - 1)]``, ``params[j] -= alpha * step[j]``
+    version_read``, ``lr = alpha_table[min(tau, T - 1)]``, ``params[j] -= lr * step[j]``
     for every j (``indices`` None: ``step`` is the dense step sum) or ``params[indices[k]] -=
-    alpha * step[k]``; counts tau in ``histogram`` (last bin: larger tau).  Returns (new
+    lr * step[k]``; counts tau in ``histogram`` (last bin: larger tau).  Returns (new
     parameters as a list, version + 1, tau)."""
     params = [float(value) for value in params]
     tau = version - version_read
-    alpha = float(alpha_table[min(tau, len(alpha_table) - 1)])
+    lr = float(alpha_table[min(tau, len(alpha_table) - 1)])
     pairs = enumerate(step) if indices is None else zip(indices, step)
     for column, value in pairs:
-        params[int(column)] -= alpha * float(value)
+        params[int(column)] -= lr * float(value)
     histogram[min(tau, len(histogram) - 1)] += 1
     return params, version + 1, tau

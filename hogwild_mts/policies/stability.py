@@ -1,9 +1,9 @@
 """The delay-stability limit behind the ``auto`` policy (docs/policies.md, section "auto").
 
 Mean-field model of Hogwild! on one curvature direction lambda: update t moves x by
-``-alpha * lambda * v``, where the worker's private velocity ``v`` sums its own gradients read
+``-lr * lambda * v``, where the worker's private velocity ``v`` sums its own gradients read
 ``tau`` updates ago (tau ~ P) and, with heavy-ball momentum mu, its earlier ones, one worker
-cycle (``workers`` updates) apart, weighted mu^k.  With ``a = alpha * lambda`` the
+cycle (``workers`` updates) apart, weighted mu^k.  With ``a = lr * lambda`` the
 characteristic equation is
 
     z - 1 + a * H(z) = 0,   H(z) = sum_tau P(tau) z^-tau / (1 - mu z^-workers),
@@ -22,7 +22,7 @@ FREQUENCIES_PER_LAG = 8     # and this many per lag of the longest delay (tau + 
 
 
 def delay_stability_limit(pmf: np.ndarray, workers: int, momentum: float) -> float:
-    """``a_max`` (the largest stable ``alpha * lambda``, dimensionless, > 0, possibly inf) for
+    """``a_max`` (the largest stable ``lr * lambda``, dimensionless, > 0, possibly inf) for
     staleness law ``pmf`` (probabilities of tau = 0, 1, ..., summing to 1), ``workers`` >= 1
     updates between a worker's own updates and heavy-ball ``momentum`` in [0, 1).
 

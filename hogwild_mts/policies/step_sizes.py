@@ -7,7 +7,7 @@ Interface (every policy, including a user's own):
   (torch.optim.SGD: ``v = momentum * v + g; theta -= alpha(tau) * v``); only MindTheStep's
   momentum target uses it.  A policy object whose ``bind`` takes no ``momentum`` (written before
   it existed) is bound with ``bind(workers)``.
-* ``table()`` -- float64 array ``alpha[0..T-1]``, non-empty, finite and >= 0 (0 discards an
+* ``table()`` -- float64 array ``lr[0..T-1]``, non-empty, finite and >= 0 (0 discards an
   update); ``tau >= T`` uses the last entry.  The hot loops index it without bounds checks, so a
   policy object that is not one of the built-in classes runs wrapped in :class:`CheckedPolicy`:
   :func:`as_policy` checks its table before any worker starts, and every table it gives a worker
@@ -20,8 +20,8 @@ A run never binds or refits its policy object: each worker (or the Ray server) o
 state*, made by :func:`policy_state` (a bound copy), read by :func:`policy_table` and refitted by
 :func:`refit_policy`.
 
-Built-in policies keep every entry in ``[alpha_min, alpha_max]``; by default
-``alpha_min = 1e-3 * alpha`` and ``alpha_max = 10 * alpha`` and ``alpha`` (alpha_c) must lie
+Built-in policies keep every entry in ``[lr_min, lr_max]``; by default
+``lr_min = 1e-3 * lr`` and ``lr_max = 10 * lr``, and ``lr`` must lie
 between them. Formulas, parameters and references: docs/policies.md.
 """
 
@@ -39,8 +39,8 @@ from hogwild_mts.staleness.models import (MODEL_NAMES, MomentumTarget, Staleness
                                           fit_model, logsumexp, prior)
 
 DEFAULT_TABLE_LENGTH = 256
-DEFAULT_ALPHA_MIN_RATIO = 1e-3     # alpha_min = ratio * alpha when not given
-DEFAULT_ALPHA_MAX_RATIO = 10.0     # alpha_max = ratio * alpha when not given
+DEFAULT_LR_MIN_RATIO = 1e-3     # lr_min = ratio * lr when not given
+DEFAULT_LR_MAX_RATIO = 10.0     # lr_max = ratio * lr when not given
 DEFAULT_REFIT_EVERY = 2000         # own updates between refits of adaptive policies
 DEFAULT_MIN_SAMPLES = 1000         # observed staleness values before the prior is replaced
 FIT_HORIZON_PER_ENTRY = 4          # histograms are winsorised at 4 * table length before fitting
@@ -89,76 +89,76 @@ class Policy:
 
 
 class BoundedPolicy(Policy):
-    """A policy with base step ``alpha`` (alpha_c) and every entry clipped to [alpha_min, alpha_max]."""
+    """A policy with base step ``lr`` and every entry clipped to [lr_min, lr_max]."""
 
     formula = ""
 
-    def __init__(self, alpha: float, alpha_min: float | None, alpha_max: float | None,
+    def __init__(self, lr: float, lr_min: float | None, lr_max: float | None,
                  length: int = DEFAULT_TABLE_LENGTH):
-        self.alpha = check_positive("alpha", alpha)
-        self.alpha_min = (DEFAULT_ALPHA_MIN_RATIO * self.alpha if alpha_min is None
-                          else check_positive("alpha_min", alpha_min))
-        self.alpha_max = (DEFAULT_ALPHA_MAX_RATIO * self.alpha if alpha_max is None
-                          else check_positive("alpha_max", alpha_max))
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min ({alpha_min!r}) must be <= alpha_max ({alpha_max!r})")
-        if not self.alpha_min <= self.alpha <= self.alpha_max:
-            raise ValueError(f"alpha ({alpha!r}) must lie in [alpha_min, alpha_max] = "
-                             f"[{self.alpha_min!r}, {self.alpha_max!r}]")
+        self.lr = check_positive("lr", lr)
+        self.lr_min = (DEFAULT_LR_MIN_RATIO * self.lr if lr_min is None
+                          else check_positive("lr_min", lr_min))
+        self.lr_max = (DEFAULT_LR_MAX_RATIO * self.lr if lr_max is None
+                          else check_positive("lr_max", lr_max))
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min ({lr_min!r}) must be <= lr_max ({lr_max!r})")
+        if not self.lr_min <= self.lr <= self.lr_max:
+            raise ValueError(f"lr ({lr!r}) must lie in [lr_min, lr_max] = "
+                             f"[{self.lr_min!r}, {self.lr_max!r}]")
         self.length = check_int("length", length, 1)
 
     def _clip(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(values, self.alpha_min, self.alpha_max).astype(np.float64)
+        return np.clip(values, self.lr_min, self.lr_max).astype(np.float64)
 
     def parameters(self) -> dict:
         return {}
 
     def describe(self) -> dict:
-        return {"name": self.name, "formula": self.formula, "alpha_c": self.alpha,
-                "alpha_min": self.alpha_min, "alpha_max": self.alpha_max, "parameters": self.parameters(),
+        return {"name": self.name, "formula": self.formula, "lr": self.lr,
+                "lr_min": self.lr_min, "lr_max": self.lr_max, "parameters": self.parameters(),
                 "table_length": int(self.table().size), "table_head": _head(self.table())}
 
 
 class ConstantPolicy(BoundedPolicy):
-    """``alpha(tau) = alpha_c`` for every staleness (a one-entry table)."""
+    """``alpha(tau) = lr`` for every staleness (a one-entry table)."""
 
     name = "constant"
-    formula = "alpha(tau) = alpha_c"
+    formula = "alpha(tau) = lr"
 
-    def __init__(self, alpha: float = 0.1, alpha_min: float | None = None, alpha_max: float | None = None):
-        super().__init__(alpha, alpha_min, alpha_max, length=1)
-        self._table = np.full(1, self.alpha)
+    def __init__(self, lr: float = 0.1, lr_min: float | None = None, lr_max: float | None = None):
+        super().__init__(lr, lr_min, lr_max, length=1)
+        self._table = np.full(1, self.lr)
 
     def table(self) -> np.ndarray:
         return self._table
 
 
 class InversePolicy(BoundedPolicy):
-    """``alpha(tau) = alpha_c / max(1, tau)`` (Zhang et al. 2016); never increases with tau."""
+    """``alpha(tau) = lr / max(1, tau)`` (Zhang et al. 2016); never increases with tau."""
 
     name = "inverse"
-    formula = "alpha(tau) = alpha_c / max(1, tau)"
+    formula = "alpha(tau) = lr / max(1, tau)"
 
-    def __init__(self, alpha: float = 0.1, alpha_min: float | None = None, alpha_max: float | None = None,
+    def __init__(self, lr: float = 0.1, lr_min: float | None = None, lr_max: float | None = None,
                  length: int = DEFAULT_TABLE_LENGTH):
-        super().__init__(alpha, alpha_min, alpha_max, length)
-        self._table = self._clip(self.alpha / np.maximum(1.0, np.arange(self.length)))
+        super().__init__(lr, lr_min, lr_max, length)
+        self._table = self._clip(self.lr / np.maximum(1.0, np.arange(self.length)))
 
     def table(self) -> np.ndarray:
         return self._table
 
 
 class ExponentialPolicy(BoundedPolicy):
-    """``alpha(tau) = alpha_c exp(-beta tau)`` (FLeet-style), beta >= 0; never increases with tau."""
+    """``alpha(tau) = lr exp(-beta tau)`` (FLeet-style), beta >= 0; never increases with tau."""
 
     name = "exponential"
-    formula = "alpha(tau) = alpha_c * exp(-beta * tau)"
+    formula = "alpha(tau) = lr * exp(-beta * tau)"
 
-    def __init__(self, alpha: float = 0.1, beta: float = 0.1, alpha_min: float | None = None,
-                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH):
-        super().__init__(alpha, alpha_min, alpha_max, length)
+    def __init__(self, lr: float = 0.1, beta: float = 0.1, lr_min: float | None = None,
+                 lr_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH):
+        super().__init__(lr, lr_min, lr_max, length)
         self.beta = check_nonnegative("beta", beta)
-        self._table = self._clip(self.alpha * np.exp(-self.beta * np.arange(self.length)))
+        self._table = self._clip(self.lr * np.exp(-self.beta * np.arange(self.length)))
 
     def parameters(self) -> dict:
         return {"beta": self.beta}
@@ -175,8 +175,8 @@ class AdaptivePolicy(BoundedPolicy):
     counted at that tau) so a refit costs a bounded amount of work.
     """
 
-    def __init__(self, alpha, alpha_min, alpha_max, length, refit_every, min_samples):
-        super().__init__(alpha, alpha_min, alpha_max, length)
+    def __init__(self, lr, lr_min, lr_max, length, refit_every, min_samples):
+        super().__init__(lr, lr_min, lr_max, length)
         self.refit_every = check_int("refit_every", refit_every, 0)
         self.min_samples = check_int("min_samples", min_samples, 0)
         self.samples = 0
@@ -216,20 +216,20 @@ class AdaptivePolicy(BoundedPolicy):
 
 
 class TailPolicy(AdaptivePolicy):
-    """TAIL-tau (ASAP.SGD): ``alpha(tau) = alpha_c (1 + A (1 - 2 F(tau)))``, 0 <= A <= 1.
+    """TAIL-tau (ASAP.SGD): ``alpha(tau) = lr (1 + A (1 - 2 F(tau)))``, 0 <= A <= 1.
 
     F is the empirical CDF of the observed tau (the prior's CDF before ``min_samples``), so fresh
-    gradients get up to (1 + A) alpha_c and the stalest down to (1 - A) alpha_c; never increases
+    gradients get up to (1 + A) lr and the stalest down to (1 - A) lr; never increases
     with tau.
     """
 
     name = "tail"
-    formula = "alpha(tau) = alpha_c * (1 + A * (1 - 2 * F(tau))), F = CDF of observed tau"
+    formula = "alpha(tau) = lr * (1 + A * (1 - 2 * F(tau))), F = CDF of observed tau"
 
-    def __init__(self, alpha: float = 0.1, A: float = 0.5, alpha_min: float | None = None,
-                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
+    def __init__(self, lr: float = 0.1, A: float = 0.5, lr_min: float | None = None,
+                 lr_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
                  refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
-        super().__init__(alpha, alpha_min, alpha_max, length, refit_every, min_samples)
+        super().__init__(lr, lr_min, lr_max, length, refit_every, min_samples)
         self.A = check_probability("A", A, allow_zero=True, allow_one=True)
 
     def _refit(self, counts):
@@ -241,7 +241,7 @@ class TailPolicy(AdaptivePolicy):
             head[:stop] = counts[:stop]
             cdf = np.cumsum(head) / counts.sum()
         self.cdf = np.minimum(np.maximum.accumulate(cdf), 1.0)
-        self._table = self._clip(self.alpha * (1.0 + self.A * (1.0 - 2.0 * self.cdf)))
+        self._table = self._clip(self.lr * (1.0 + self.A * (1.0 - 2.0 * self.cdf)))
 
     def parameters(self) -> dict:
         return {"A": self.A}
@@ -257,7 +257,7 @@ class TailPolicy(AdaptivePolicy):
 TARGETS = ("momentum", "shrink")
 DEFAULT_TARGET = "shrink"
 DEFAULT_MU = 0.5
-DEFAULT_CHI2 = 0.03                # default shrink budget E_P[(alpha / alpha_c)^2] - 1 (docs/results.md)
+DEFAULT_CHI2 = 0.03                # default shrink budget E_P[(alpha / lr)^2] - 1 (docs/results.md)
 DEFAULT_STALENESS_MODEL = "empirical"
 MAX_TILT = 50.0                    # largest -log r the chi2 solver tries (r = e^-50: only the freshest bin)
 
@@ -292,16 +292,16 @@ def shrink_ratio_for_chi2(log_p: np.ndarray, chi2: float) -> float:
 
 
 class MindTheStepPolicy(AdaptivePolicy):
-    """MindTheStep: ``alpha(k) = alpha_c Q(k) / P(k)``, tempered, renormalised and clipped.
+    """MindTheStep: ``alpha(k) = lr Q(k) / P(k)``, tempered, renormalised and clipped.
 
     P = the staleness model (``staleness_model``: empirical (default), poisson, geometric, cmp or
     auto by AIC), refitted online; Q = the target:
 
     * ``shrink`` (default): Q(k) proportional to r^k P(k) over the table bins (the last bin, every
-      tau >= T-1, at k = T-1), so ``alpha(k) = alpha_c r^k / E_P[r^k]``:
+      tau >= T-1, at k = T-1), so ``alpha(k) = lr r^k / E_P[r^k]``:
       fresher gradients weigh more, no weight depends on 1/P(k).  ``r`` in (0, 1] fixed, or (the
       default) solved at every refit so that the step's relative variance
-      ``E_P[(alpha / alpha_c)^2] - 1`` (the chi-square divergence of Q from P) equals ``chi2``;
+      ``E_P[(alpha / lr)^2] - 1`` (the chi-square divergence of Q from P) equals ``chi2``;
       that shifts the staleness about sqrt(log(1 + chi2)) standard deviations down, whatever m.
     * ``momentum``: Q such that Q convolved with the workers' explicit momentum kernel
       Geometric(mu_e) (``bind(m, momentum=mu_e)``) is Geometric(mu), 0 <= mu < 1:
@@ -309,23 +309,23 @@ class MindTheStepPolicy(AdaptivePolicy):
       the point mass at 0 (capped: the explicit momentum alone exceeds mu) when mu_e >= mu.
       Weights of order 1/P(k) on rare tau.  The shrink target ignores explicit momentum.
 
-    With tempering beta in [0, 1]: ``alpha(k) = alpha_c w(k) / E_P[w]``, ``w = (Q/P)^beta``; then
-    clipped to [alpha_min, alpha_max].  The table works on binned laws: entry T-1 stands for
+    With tempering beta in [0, 1]: ``alpha(k) = lr w(k) / E_P[w]``, ``w = (Q/P)^beta``; then
+    clipped to [lr_min, lr_max].  The table works on binned laws: entry T-1 stands for
     every tau >= T-1, so P and Q there are tail masses.  Without clipping and with beta = 1,
-    ``sum_k P(k) alpha(k) = alpha_c`` and ``P(k) alpha(k) / alpha_c = Q(k)`` hold exactly over the
-    bins.  Where P(k) = 0 the ratio is +inf (alpha_max) if Q(k) > 0 and 1 if Q(k) = 0.
-    ``describe()`` reports how far clipping moved E_P[alpha] from alpha_c and P * alpha / alpha_c
+    ``sum_k P(k) alpha(k) = lr`` and ``P(k) alpha(k) / lr = Q(k)`` hold exactly over the
+    bins.  Where P(k) = 0 the ratio is +inf (lr_max) if Q(k) > 0 and 1 if Q(k) = 0.
+    ``describe()`` reports how far clipping moved E_P[alpha] from lr and P * alpha / lr
     from Q.
     """
 
     name = "mindthestep"
 
-    def __init__(self, alpha: float = 0.1, target: str = DEFAULT_TARGET, mu: float | None = None,
+    def __init__(self, lr: float = 0.1, target: str = DEFAULT_TARGET, mu: float | None = None,
                  r: float | None = None, chi2: float | None = None, beta: float = 1.0,
-                 staleness_model: str = DEFAULT_STALENESS_MODEL, alpha_min: float | None = None,
-                 alpha_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
+                 staleness_model: str = DEFAULT_STALENESS_MODEL, lr_min: float | None = None,
+                 lr_max: float | None = None, length: int = DEFAULT_TABLE_LENGTH,
                  refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
-        super().__init__(alpha, alpha_min, alpha_max, length, refit_every, min_samples)
+        super().__init__(lr, lr_min, lr_max, length, refit_every, min_samples)
         if target not in TARGETS:
             raise ValueError(f"unknown mindthestep target {target!r}; choose one of {list(TARGETS)}")
         if staleness_model not in MODEL_NAMES:
@@ -359,7 +359,7 @@ class MindTheStepPolicy(AdaptivePolicy):
             q = "Geometric(mu) deconvolved by Geometric(mu_e), mu_e = explicit momentum"
         else:
             q = "r^k P(k) / E_P[r^k]" + ("" if self.chi2 is None else ", r solving E_P[(Q/P)^2] - 1 = chi2")
-        return (f"alpha(k) = clip(alpha_c * (Q(k)/P(k))^beta / E_P[(Q/P)^beta], alpha_min, alpha_max), "
+        return (f"alpha(k) = clip(lr * (Q(k)/P(k))^beta / E_P[(Q/P)^beta], lr_min, lr_max), "
                 f"Q = {q}, P = {self.staleness_model} staleness model")
 
     def target_model(self, model: StalenessModel) -> StalenessModel:
@@ -389,13 +389,13 @@ class MindTheStepPolicy(AdaptivePolicy):
             log_weight = np.where(np.isinf(log_ratio), log_ratio, self.beta * log_ratio) \
                 if self.beta > 0 else np.zeros(self.length)
             log_norm = logsumexp(log_p[possible] + log_weight[possible])
-            raw = self.alpha * np.exp(log_weight - log_norm)
+            raw = self.lr * np.exp(log_weight - log_norm)
         self._table = self._clip(raw)
         self.p_binned, self.q_binned = np.exp(log_p), np.exp(log_q)
         self.unclipped_head = raw[:HEAD]
-        self.clipped_low = int(np.count_nonzero(raw < self.alpha_min))
-        self.clipped_high = int(np.count_nonzero(raw > self.alpha_max))
-        self.clipped_mass = float(self.p_binned[(raw < self.alpha_min) | (raw > self.alpha_max)].sum())
+        self.clipped_low = int(np.count_nonzero(raw < self.lr_min))
+        self.clipped_high = int(np.count_nonzero(raw > self.lr_max))
+        self.clipped_mass = float(self.p_binned[(raw < self.lr_min) | (raw > self.lr_max)].sum())
 
     def parameters(self) -> dict:
         if self.target == "momentum":
@@ -408,13 +408,13 @@ class MindTheStepPolicy(AdaptivePolicy):
         out = super().describe()
         table = self.table()
         achieved = float(np.dot(self.p_binned, table))
-        profile = self.p_binned * table / self.alpha
+        profile = self.p_binned * table / self.lr
         out.update(
             fitted_model=self.model.to_dict(),
             target_model=self.target_model(self.model).to_dict(),
             expected_alpha=achieved,
-            expected_alpha_relative_error=achieved / self.alpha - 1.0,
-            step_chi2=float(np.dot(self.p_binned, (table / self.alpha) ** 2)) - 1.0,
+            expected_alpha_relative_error=achieved / self.lr - 1.0,
+            step_chi2=float(np.dot(self.p_binned, (table / self.lr) ** 2)) - 1.0,
             target_tv=0.5 * float(np.abs(profile - self.q_binned).sum()),
             clipped_low=self.clipped_low, clipped_high=self.clipped_high,
             clipped_mass=self.clipped_mass,
@@ -429,14 +429,14 @@ class MindTheStepPolicy(AdaptivePolicy):
         return out
 
 
-DEFAULT_CURVATURE = 1.2        # auto: alpha_c * lambda_max assumed for the step tuned at m = 1
-DEFAULT_GAIN = 0.5             # auto: target effective step alpha / (1 - mu), over alpha_c
+DEFAULT_CURVATURE = 1.2        # auto: lr * lambda_max assumed for the step tuned at m = 1
+DEFAULT_GAIN = 0.5             # auto: target effective step lr / (1 - mu), over lr
 DEFAULT_MAX_MOMENTUM = 0.75    # auto: the largest momentum it sets
 MOMENTUM_TOLERANCE = 1e-4      # auto: bisection width of the momentum it sets
 
 
 class AutoPolicy(AdaptivePolicy):
-    """``auto``: the step for ``workers`` workers from the step ``alpha`` tuned on one worker,
+    """``auto``: the step for ``workers`` workers from the step ``lr`` tuned on one worker,
     and (through :meth:`worker_momentum`) the workers' heavy-ball momentum; docs/policies.md.
 
     With ``a_max(mu, P, m)`` the mean-field delay-stability limit of
@@ -445,24 +445,24 @@ class AutoPolicy(AdaptivePolicy):
     histogram, refitted every ``refit_every`` own updates) and ``mu`` the momentum the policy is
     bound with (``bind(m, momentum=mu)``: the engine's resolved momentum):
 
-        alpha(tau) = alpha_c * min(1 - mu, a_max(mu, P, m) / curvature)    for every tau
+        alpha(tau) = lr * min(1 - mu, a_max(mu, P, m) / curvature)    for every tau
 
-    (a one-entry table, clipped to [alpha_min, alpha_max]): the effective step
-    ``alpha / (1 - mu)`` never exceeds ``alpha_c``, and ``alpha * lambda_max`` stays below the
-    delay limit if ``alpha_c * lambda_max = curvature``.  ``worker_momentum(m)`` is the smallest
-    mu in [0, max_momentum] whose delay limit allows the effective step ``gain * alpha_c``:
+    (a one-entry table, clipped to [lr_min, lr_max]): the effective step
+    ``lr / (1 - mu)`` never exceeds ``lr``, and ``lr * lambda_max`` stays below the
+    delay limit if ``lr * lambda_max = curvature``.  ``worker_momentum(m)`` is the smallest
+    mu in [0, max_momentum] whose delay limit allows the effective step ``gain * lr``:
     ``a_max(mu, prior, m) / (1 - mu) >= gain * curvature`` (0 for one worker).  Never increases
-    with the delays; one worker without momentum: exactly ``alpha_c``.
+    with the delays; one worker without momentum: exactly ``lr``.
     """
 
     name = "auto"
-    formula = "alpha(tau) = alpha_c * min(1 - mu, a_max(mu, P, m) / curvature), mu = worker momentum"
+    formula = "alpha(tau) = lr * min(1 - mu, a_max(mu, P, m) / curvature), mu = worker momentum"
 
-    def __init__(self, alpha: float = 0.1, curvature: float = DEFAULT_CURVATURE,
+    def __init__(self, lr: float = 0.1, curvature: float = DEFAULT_CURVATURE,
                  gain: float = DEFAULT_GAIN, max_momentum: float = DEFAULT_MAX_MOMENTUM,
-                 alpha_min: float | None = None, alpha_max: float | None = None,
+                 lr_min: float | None = None, lr_max: float | None = None,
                  refit_every: int = DEFAULT_REFIT_EVERY, min_samples: int = DEFAULT_MIN_SAMPLES):
-        super().__init__(alpha, alpha_min, alpha_max, DEFAULT_TABLE_LENGTH, refit_every, min_samples)
+        super().__init__(lr, lr_min, lr_max, DEFAULT_TABLE_LENGTH, refit_every, min_samples)
         self.curvature = check_positive("curvature", curvature)
         self.gain = check_probability("gain", gain, allow_zero=False, allow_one=True)
         self.max_momentum = check_momentum(max_momentum)
@@ -497,7 +497,7 @@ class AutoPolicy(AdaptivePolicy):
         self.stability_limit = delay_stability_limit(law, self.workers, self.explicit_momentum)
         self.mean_staleness = float(np.dot(np.arange(law.size), law))
         share = min(1.0 - self.explicit_momentum, self.stability_limit / self.curvature)
-        self._table = self._clip(np.full(1, self.alpha * share))
+        self._table = self._clip(np.full(1, self.lr * share))
 
     def parameters(self) -> dict:
         return {"curvature": self.curvature, "gain": self.gain, "max_momentum": self.max_momentum}
@@ -511,7 +511,7 @@ class AutoPolicy(AdaptivePolicy):
 
 
 class FunctionPolicy(Policy):
-    """A plain Python function ``tau -> alpha`` tabulated once for tau = 0..length-1.
+    """A plain Python function ``tau -> lr`` tabulated once for tau = 0..length-1.
 
     Only the table and the function's name are kept, so the policy pickles to spawned workers
     even when the function (a lambda, a closure) does not."""
@@ -666,14 +666,14 @@ def refit_policy(state, histogram: np.ndarray, dtype=np.float64) -> np.ndarray:
     return policy_table(state, dtype)
 
 
-def as_policy(policy, alpha: float | None = None) -> Policy:
+def as_policy(policy, lr: float | None = None) -> Policy:
     """Turn a name, a Policy or a function of tau into a Policy (validated, before workers start).
     A policy object is copied: fitting never changes the caller's object.  Any other policy
     object is wrapped in a :class:`CheckedPolicy` and its table checked once, bound to one worker."""
     if isinstance(policy, str):
-        return make_policy(policy, **({} if alpha is None else {"alpha": alpha}))
-    if alpha is not None:
-        raise ValueError("alpha is given twice: pass it to the policy object, not to the engine")
+        return make_policy(policy, **({} if lr is None else {"lr": lr}))
+    if lr is not None:
+        raise ValueError("lr is given twice: pass it to the policy object, not to the engine")
     if type(policy) in BUILT_IN_POLICIES:
         return copy.deepcopy(policy)
     if isinstance(policy, Policy) or all(hasattr(policy, a) for a in ("bind", "table", "observe")):

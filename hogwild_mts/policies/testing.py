@@ -5,7 +5,7 @@ Property-test your own policy in a few lines::
     from hogwild_mts.policies.testing import check_policy
 
     def test_my_policy():
-        check_policy(lambda: MyPolicy(alpha=0.1), nonincreasing=True)
+        check_policy(lambda: MyPolicy(lr=0.1), nonincreasing=True)
 
 ``check_policy`` binds fresh policies to 1..64 workers with explicit momentum in [0, 0.99], feeds
 them staleness histograms (empty, one-bin, dense, sampled from the staleness models,
@@ -75,10 +75,10 @@ def momentums():
     return st.one_of(st.just(0.0), st.floats(0.0, 0.99))
 
 
-def _bounds(draw, alpha: float) -> dict:
+def _bounds(draw, lr: float) -> dict:
     if draw(st.booleans()):
         return {}
-    return {"alpha_min": alpha * draw(st.floats(1e-6, 1.0)), "alpha_max": alpha * draw(st.floats(1.0, 1e3))}
+    return {"lr_min": lr * draw(st.floats(1e-6, 1.0)), "lr_max": lr * draw(st.floats(1.0, 1e3))}
 
 
 @st.composite
@@ -86,8 +86,8 @@ def policy_options(draw, name: str) -> dict:
     """Valid keyword options for ``make_policy(name, **options)`` of a built-in policy."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
-    alpha = draw(st.floats(1e-4, 10.0))
-    options = {"alpha": alpha, **_bounds(draw, alpha)}
+    lr = draw(st.floats(1e-4, 10.0))
+    options = {"lr": lr, **_bounds(draw, lr)}
     if name not in ("constant", "auto"):
         options["length"] = draw(st.integers(1, 300))
     if name == "exponential":
@@ -115,17 +115,17 @@ def policy_options(draw, name: str) -> dict:
 
 def check_table(policy, *, nonincreasing: bool = False, stage: str = "") -> np.ndarray:
     """Assert ``policy.table()`` is a non-empty finite float64 1-D array inside the policy's
-    [alpha_min, alpha_max] (> 0 when it has none), non-increasing if asked; return it."""
+    [lr_min, lr_max] (> 0 when it has none), non-increasing if asked; return it."""
     table = policy.table()
     where = f"{type(policy).__name__} table {stage}".strip()
     assert isinstance(table, np.ndarray) and table.dtype == np.float64, f"{where}: not a float64 array"
     assert table.ndim == 1 and table.size >= 1, f"{where}: shape {table.shape}"
     assert np.all(np.isfinite(table)), f"{where}: non-finite entries {table[~np.isfinite(table)][:5]}"
-    low = getattr(policy, "alpha_min", 0.0)
-    high = getattr(policy, "alpha_max", math.inf)
+    low = getattr(policy, "lr_min", 0.0)
+    high = getattr(policy, "lr_max", math.inf)
     assert np.all(table > 0), f"{where}: entries <= 0: {table[table <= 0][:5]}"
-    assert np.all(table >= low * (1 - 1e-12)), f"{where}: below alpha_min={low}: {table.min()}"
-    assert np.all(table <= high * (1 + 1e-12)), f"{where}: above alpha_max={high}: {table.max()}"
+    assert np.all(table >= low * (1 - 1e-12)), f"{where}: below lr_min={low}: {table.min()}"
+    assert np.all(table <= high * (1 + 1e-12)), f"{where}: above lr_max={high}: {table.max()}"
     if nonincreasing:
         rises = np.flatnonzero(np.diff(table) > 0)
         assert rises.size == 0, f"{where}: increases at tau={rises[:5]}"
@@ -136,14 +136,14 @@ def assert_policy_invariants(policy, workers: int, histogram: np.ndarray, *, non
                              taus=(0, FAR_TAU), momentum: float = 0.0) -> None:
     """Make the :func:`policy_state` of ``policy`` for ``workers`` with explicit ``momentum`` (a
     ``bind`` without it gets ``bind(workers)``), check its prior table, refit it on
-    ``histogram``, check again; each time every tau in ``taus`` must look up a finite alpha > 0
+    ``histogram``, check again; each time every tau in ``taus`` must look up a finite lr > 0
     and describe() must be JSON-able.  ``policy`` itself is left as it was."""
     state = policy_state(policy, workers, momentum)
     for stage in ("before data", "after observe"):
         table = check_table(state, nonincreasing=nonincreasing, stage=stage)
         for tau in taus:
-            alpha = step_size(table, tau)
-            assert math.isfinite(alpha) and alpha > 0, f"alpha({tau}) = {alpha} {stage}"
+            lr = step_size(table, tau)
+            assert math.isfinite(lr) and lr > 0, f"alpha({tau}) = {lr} {stage}"
         json.dumps(state.describe())
         refit_policy(state, histogram)
 

@@ -40,11 +40,11 @@ EVAL_SAMPLE_ROWS = 10_000  # rows of a data file the workers send the driver to 
 
 
 def base_step(policy, workers: int) -> float:
-    """alpha_c, the step of the workers' local steps: the policy's ``alpha``, or (a policy
+    """lr, the step of the workers' local steps: the policy's ``lr``, or (a policy
     without one, e.g. a function of tau) its step for a fresh update, ``table()[0]``."""
-    alpha = getattr(policy, "alpha", None)
-    if alpha is not None:
-        return float(alpha)
+    lr = getattr(policy, "lr", None)
+    if lr is not None:
+        return float(lr)
     return float(policy_table(policy_state(policy, workers))[0])
 
 

@@ -1,9 +1,9 @@
 """Worker actors: each holds one shard of the data, pulls ``(version, params)`` from the server,
 runs K local steps on a private copy and pushes ``(step_sum, version read)``.
 
-The step sum of a push is ``(params pulled - params after the K local steps) / alpha_c``: the sum
+The step sum of a push is ``(params pulled - params after the K local steps) / lr``: the sum
 of the K mean mini-batch gradients along the worker's local path (for K = 1 exactly the gradient
-at the pulled parameters), taken with the local step ``alpha_c``.  The server applies
+at the pulled parameters), taken with the local step ``lr``.  The server applies
 ``params -= alpha(tau) * step_sum`` (docs/distributed.md has the reasoning).
 
 A shard comes from the driver through the object store (worker ``w``'s rows ``w, w+m, w+2m,
@@ -34,13 +34,13 @@ from hogwild_mts.data.tabular import DataError, read_file_part
 @dataclass
 class ShardSpec:
     """What a worker needs to walk its shard: ``epochs`` passes in batches of ``batch_size``
-    rows, ``local_steps`` batches per push, the shuffle seed, and the local step ``alpha_c``."""
+    rows, ``local_steps`` batches per push, the shuffle seed, and the local step ``lr``."""
 
     epochs: int
     batch_size: int
     local_steps: int
     seed: object  # a numpy SeedSequence: this worker's own
-    local_step: float  # alpha_c: the step of the local SGD steps, > 0
+    local_step: float  # lr: the step of the local SGD steps, > 0
 
     def pieces(self, n_rows: int):
         """``(order, start, stop)``: the rows ``order[start:stop]`` of one push, epoch after
@@ -336,7 +336,7 @@ class LinearWorker:
         return os.getpid()
 
     def _local_steps(self, order, start: int, stop: int) -> bool:
-        """Plain SGD with step alpha_c over the batches ``order[start:stop]`` on the local copy
+        """Plain SGD with step lr over the batches ``order[start:stop]`` on the local copy
         (:func:`local_steps_kernel`: no counter, no histogram)."""
         model = self.model
         status = self.kernel(self.rows, order, start, stop, self.spec.batch_size, self.local,
@@ -399,7 +399,7 @@ class TorchWorker:
         return F.cross_entropy(self.model(images.to(self.torch_dtype)), self.labels[rows])
 
     def _local_steps(self, order, start: int, stop: int) -> bool:
-        """Plain SGD with step alpha_c on the local copy, one mean mini-batch cross-entropy
+        """Plain SGD with step lr on the local copy, one mean mini-batch cross-entropy
         gradient per batch of ``order[start:stop]``."""
         import math
 

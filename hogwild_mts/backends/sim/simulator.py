@@ -211,7 +211,7 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
                      l1_applied, l1_total):
     """Apply updates ``start..stop-1``; update t uses rows ``batch_rows[batch_ptr[t]:batch_ptr[t+1]]``,
     margins at ``theta_{t - update_tau[t]}`` and the step ``tables[update_worker[t], min(tau,
-    T-1)]`` times the schedule's scale at t (``kernels.scheduled_step(alpha, t, t0, power)``);
+    T-1)]`` times the schedule's scale at t (``kernels.scheduled_step(lr, t, t0, power)``);
     ``rows``: the data set (a :class:`hogwild_mts.kernels.linear.Rows` of unit weights);
     ``terms``: the model's :class:`hogwild_mts.kernels.linear.Terms`.
 
@@ -264,7 +264,7 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
                 return STATUS_DIVERGED, t
             derivative_buffer[b - first] = loss_derivative(terms.loss_id, margin, labels[row],
                                                            terms.epsilon)
-        alpha = scheduled_step(tables[update_worker[t], min(tau, last_alpha)], t, t0, power)
+        lr = scheduled_step(tables[update_worker[t], min(tau, last_alpha)], t, t0, power)
         hist[min(tau, last_bin)] += 1
         if not snapshots:
             # every coordinate the update may write, before it writes (repeats log the same value)
@@ -284,10 +284,10 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
             log_count[slot] = entry
         worker = update_worker[t]
         apply_update(rows, dense, params, n_features, fit_intercept, terms.l2, terms.l2 != 0.0,
-                     momentum != 0.0, batch_rows, first, last, derivative_buffer, alpha, momentum,
+                     momentum != 0.0, batch_rows, first, last, derivative_buffer, lr, momentum,
                      velocity[worker], touched[worker], t)
         if terms.l1 != 0.0:
-            l1_total[0] += terms.l1 * alpha
+            l1_total[0] += terms.l1 * lr
             clip_l1(rows, dense, params, l1_applied, l1_total[0], batch_rows, first, last)
         if snapshots:
             ring_params[(t + 1) % window, :] = params
