@@ -162,6 +162,9 @@ class _HogwildLinear(BaseEstimator):
         """The validated options (plain messages naming the value), after building the model and
         one engine, which check the loss and the policy; before any training."""
         options = validate(self._options, self.get_params())
+        if not options.shuffle:
+            raise ValueError("shuffle=False is not supported: the workers visit the rows of every "
+                             "epoch in a new shuffled order (drawn from random_state); use shuffle=True")
         if for_partial_fit and options.early_stopping:
             raise ValueError("early_stopping should be False with partial_fit")
         self._engine(options, _Problem(None, None, 0, options.eta0), seed=0)

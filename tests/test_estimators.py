@@ -36,9 +36,12 @@ def iris():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("estimator", [HogwildClassifier(), HogwildRegressor()],
+@pytest.mark.parametrize("estimator", [HogwildClassifier(max_iter=5), HogwildRegressor(max_iter=5)],
                          ids=lambda e: type(e).__name__)
 def test_scikit_learn_estimator_checks(estimator):
+    # max_iter=5: what scikit-learn's own test suite gives SGDClassifier and SGDRegressor for
+    # these checks (sklearn.utils._test_common.instance_generator); each epoch here is one
+    # engine run, so the default 1,000 makes the checks take minutes
     check_estimator(estimator, expected_failed_checks=WEIGHT_CHECKS)
 
 
@@ -232,3 +235,10 @@ def test_a_model_file_of_the_earlier_parameter_names_loads_as_the_run_it_describ
             params["max_iter"], params["random_state"], params["tol"]) == (
         "log_loss", "constant", 0.5, "l2", 0.001, 7, 3, None)
     assert model.predict(np.ones((2, 4))).tolist() == [1, 1] and hasattr(model, "predict_proba")
+
+
+@pytest.mark.parametrize("estimator", [HogwildClassifier, HogwildRegressor])
+def test_shuffle_false_is_refused_at_fit_naming_the_option(iris, estimator):
+    X, y = iris
+    with pytest.raises(ValueError, match="shuffle=False is not supported"):
+        estimator(shuffle=False, max_iter=2).fit(X, y)
