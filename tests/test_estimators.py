@@ -74,7 +74,7 @@ def test_string_labels_sparse_input_and_two_workers(iris):
 
 def test_pipeline_and_grid_search_over_the_regularisation(iris):
     X, y = iris
-    search = GridSearchCV(make_pipeline(StandardScaler(), HogwildClassifier(max_iter=5, tol=None)),
+    search = GridSearchCV(make_pipeline(StandardScaler(), HogwildClassifier(max_iter=5, tol=None, random_state=0)),
                           {"hogwildclassifier__alpha": [1e-4, 1e-2]}, cv=3)
     search.fit(X, y)
     assert search.best_params_["hogwildclassifier__alpha"] in (1e-4, 1e-2)
@@ -97,7 +97,7 @@ def test_warm_start_and_partial_fit_continue_from_the_coefficients(iris):
 
 def test_early_stopping_counts_epochs_until_no_improvement(iris):
     X, y = iris
-    model = HogwildClassifier(early_stopping=True, tol=1.0, n_iter_no_change=2).fit(X, y)
+    model = HogwildClassifier(early_stopping=True, tol=1.0, n_iter_no_change=2, random_state=0).fit(X, y)
     assert model.n_iter_ == 3  # the first epoch sets the best score; two more do not beat it by tol
 
 
@@ -120,14 +120,14 @@ def test_sample_weight_unit_weights_change_nothing_and_weights_steer_the_fit():
     # two conflicting targets on the same rows: the fit follows the heavily weighted copy
     X2, y2 = np.vstack([X, X]), np.concatenate([y, -y])
     weights = np.concatenate([np.full(len(y), 20.0), np.ones(len(y))])
-    model = HogwildRegressor(max_iter=10, tol=None).fit(X2, y2, sample_weight=weights)
+    model = HogwildRegressor(max_iter=10, tol=None, random_state=0).fit(X2, y2, sample_weight=weights)
     assert model.score(X, y) > 0.6 and model.score(X, -y) < 0
     # a classifier ignores the rows weighted 0: their labels are flipped
     Xc = rng.normal(size=(600, 3))
     yc = (Xc[:, 0] > 0).astype(int)
     flipped = np.concatenate([yc, 1 - yc])
     zero_on_flips = np.concatenate([np.ones(len(yc)), np.zeros(len(yc))])
-    clf = HogwildClassifier(max_iter=5, tol=None).fit(np.vstack([Xc, Xc]), flipped, sample_weight=zero_on_flips)
+    clf = HogwildClassifier(max_iter=5, tol=None, random_state=0).fit(np.vstack([Xc, Xc]), flipped, sample_weight=zero_on_flips)
     assert clf.score(Xc, yc) > 0.95
     clf.partial_fit(Xc, yc, sample_weight=np.full(len(yc), 0.5))
     assert clf.n_iter_ == 6

@@ -182,14 +182,15 @@ def test_engine_estimator_and_cli_warn_of_a_run_that_went_badly(tmp_path, capsys
     with pytest.warns(TrainingWarning, match="scale the features"):
         engine.fit(X, y)
     with pytest.warns(ConvergenceWarning, match="HogwildClassifier: training went badly"):
-        HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.5, max_iter=2, tol=None).fit(X, y)
+        HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.5, max_iter=2, tol=None,
+                          random_state=0).fit(X, y)
     with pytest.warns(ConvergenceWarning, match="class 2 against the rest: training went badly"):
         HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.5, max_iter=2,
-                          tol=None).fit(X, np.digitize(X[:, 0], [-100, 100]))
+                          tol=None, random_state=0).fit(X, np.digitize(X[:, 0], [-100, 100]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HogwildClassifier(loss="log_loss", learning_rate="constant", eta0=0.05, max_iter=2,
-                          tol=None).fit(X / 300.0, y)  # a good run is quiet
+                          tol=None, random_state=0).fit(X / 300.0, y)  # a good run is quiet
     data = tmp_path / "unscaled.npz"
     np.savez(data, X=X, y=y)
     main(["train", "--data", str(data), "--workers", "1", "--epochs", "2", "--quiet"])

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-import warnings
+import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from hogwild_mts.core.result import Diverged, RunState, RunTotals, WorkerError
 from hogwild_mts.kernels.split import GENERATOR_WORDS, total_updates
 
 JOIN_SECONDS = 10.0  # how long stopping workers may take before they are killed
+FIRST_POLL_SECONDS = 0.0005  # a run's first wait; each next one doubles, up to POLL_SECONDS
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 START_METHODS = ("spawn", "forkserver", "fork")
 
@@ -235,6 +238,7 @@ class ShmBackend:
         self.processes: list = []
         self._errors = None
         self._go_time = 0.0
+        self._poll_seconds = FIRST_POLL_SECONDS / 2
         self._last_updates = self._moved_at = None  # per worker, for stalled()
 
     def start(self) -> None:
@@ -311,7 +315,17 @@ class ShmBackend:
         return np.array(self.views.params)
 
     def wait(self) -> None:
-        time.sleep(POLL_SECONDS)
+        """Wait one poll period, or until a worker ends.  The first periods of a run are short
+        (FIRST_POLL_SECONDS, doubling up to POLL_SECONDS), so a short run (an epoch of a small
+        data set, as the estimators run them) is not held up by the polling."""
+        self._poll_seconds = min(POLL_SECONDS, 2 * self._poll_seconds)
+        alive = [process for process in self.processes if process.is_alive()]
+        if alive and isinstance(alive[0], threading.Thread):
+            alive[0].join(self._poll_seconds)
+        elif alive:
+            multiprocessing.connection.wait([process.sentinel for process in alive], self._poll_seconds)
+        else:
+            time.sleep(self._poll_seconds)
 
     def request_stop(self) -> None:
         if self.views.flags is not None:
