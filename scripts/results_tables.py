@@ -122,11 +122,11 @@ def goal(run_dir, policy, targets, cores):
 
 
 def _updates(row):
-    return None if row is None or row.get("updates_mean") in ("", None) else float(row["updates_mean"])
+    return None if row is None else _number(row.get("updates_mean"))
 
 
 def _over(numerator, denominator):
-    return "—" if numerator is None or not denominator else f"{numerator / denominator:.2f}"
+    return _ratio(None if numerator is None or not denominator else numerator / denominator)
 
 
 def asynchrony(run_dir, policy, targets, cores, reference="constant@mu0"):
