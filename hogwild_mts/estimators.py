@@ -157,6 +157,12 @@ class _HogwildLinear(BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
+    def _keep_params(self, arguments: dict) -> None:
+        """``__init__``'s body: each constructor argument stored unchanged under its name, as
+        scikit-learn's estimators do (validation waits for ``fit``)."""
+        for name in self._get_param_names():
+            setattr(self, name, arguments[name])
+
     # ------------------------------------------------------------------ options
     def _check_options(self, for_partial_fit: bool = False):
         """The validated options (plain messages naming the value), after building the model and
@@ -446,31 +452,7 @@ class HogwildClassifier(ClassifierMixin, _HogwildLinear):
                  class_weight=_C.class_weight, warm_start=_C.warm_start, average=_C.average,
                  policy=_C.policy, workers=_C.workers, backend=_C.backend,
                  ray_address=_C.ray_address, local_steps=_C.local_steps):
-        self.loss = loss
-        self.penalty = penalty
-        self.alpha = alpha
-        self.l1_ratio = l1_ratio
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.shuffle = shuffle
-        self.verbose = verbose
-        self.epsilon = epsilon
-        self.random_state = random_state
-        self.learning_rate = learning_rate
-        self.eta0 = eta0
-        self.power_t = power_t
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.class_weight = class_weight
-        self.warm_start = warm_start
-        self.average = average
-        self.policy = policy
-        self.workers = workers
-        self.backend = backend
-        self.ray_address = ray_address
-        self.local_steps = local_steps
+        self._keep_params(locals())
 
     def _targets(self, y) -> list:
         """+-1 labels per problem: one problem (classes_[1] positive) for two classes, else one
@@ -604,30 +586,7 @@ class HogwildRegressor(RegressorMixin, _HogwildLinear):
                  warm_start=_R.warm_start, average=_R.average, policy=_R.policy,
                  workers=_R.workers, backend=_R.backend, ray_address=_R.ray_address,
                  local_steps=_R.local_steps):
-        self.loss = loss
-        self.penalty = penalty
-        self.alpha = alpha
-        self.l1_ratio = l1_ratio
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.shuffle = shuffle
-        self.verbose = verbose
-        self.epsilon = epsilon
-        self.random_state = random_state
-        self.learning_rate = learning_rate
-        self.eta0 = eta0
-        self.power_t = power_t
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.warm_start = warm_start
-        self.average = average
-        self.policy = policy
-        self.workers = workers
-        self.backend = backend
-        self.ray_address = ray_address
-        self.local_steps = local_steps
+        self._keep_params(locals())
 
     def _targets(self, y) -> list:
         """The one regression problem."""
