@@ -74,18 +74,47 @@ def test_more_workers_mean_more_momentum_and_a_smaller_step(lr, m):
 
 
 @settings(deadline=None, max_examples=25)
-@given(mean=st.floats(0.0, 200.0), extra=st.floats(1.0, 100.0), mu=st.floats(0.0, 0.9))
-def test_staler_measured_delays_never_raise_the_step(mean, extra, mu):
-    """Refit on Poisson-shaped histograms: a larger mean staleness gives a step no larger."""
+@given(mean=st.floats(0.0, 200.0), extra=st.floats(1.0, 100.0))
+def test_staler_measured_delays_never_raise_the_step_of_plain_workers(mean, extra):
+    """Refit on Poisson-shaped histograms, workers without momentum: a larger mean staleness
+    gives a step no larger."""
     rng = np.random.default_rng(0)
 
     def histogram(lam):
         return np.bincount(rng.poisson(lam, 20000)).astype(np.int64)
 
-    state = policy_state(make_policy("auto", lr=1.0, min_samples=0), 16, mu)
+    state = policy_state(make_policy("auto", lr=1.0, min_samples=0), 16, 0.0)
     fresher = refit_policy(state, histogram(mean))[0]
     staler = refit_policy(state, histogram(mean + extra))[0]
     assert staler <= fresher * (1 + 1e-6)
+
+
+def _largest_root(pmf: np.ndarray, workers: int, momentum: float, a: float) -> float:
+    """The largest |z| solving (z - 1)(1 - mu z^-m) + a sum_tau P(tau) z^-tau = 0 (the
+    characteristic equation times z^K, K the longest lag), by numpy's polynomial roots."""
+    lags = max(pmf.size - 1, workers)
+    coefficients = np.zeros(lags + 2)  # index: the power of z
+    coefficients[lags + 1] += 1.0
+    coefficients[lags] -= 1.0
+    coefficients[lags - workers + 1] -= momentum
+    coefficients[lags - workers] += momentum
+    coefficients[lags - np.arange(pmf.size)] += a * pmf
+    return float(np.abs(np.roots(coefficients[::-1])).max())
+
+
+@pytest.mark.parametrize("mean", [4.0, 6.0])
+def test_the_limit_with_momentum_is_where_a_root_leaves_the_unit_circle(mean):
+    """With momentum the limit is not monotone in the staleness: at m = 16 and mu = 0.5,
+    Poisson(6) delays allow a larger step than Poisson(4) (they fall out of phase with the
+    worker cycle).  The polynomial's roots confirm both limits."""
+    from scipy.stats import poisson
+
+    pmf = poisson.pmf(np.arange(41), mean)
+    pmf /= pmf.sum()
+    limit = delay_stability_limit(pmf, 16, 0.5)
+    assert _largest_root(pmf, 16, 0.5, 0.98 * limit) < 1.0 < _largest_root(pmf, 16, 0.5, 1.02 * limit)
+    if mean == 6.0:
+        assert limit > 1.3 * delay_stability_limit(poisson.pmf(np.arange(41), 4.0) / poisson.cdf(40, 4.0), 16, 0.5)
 
 
 def test_explicit_momentum_wins_and_the_step_keeps_the_effective_step():

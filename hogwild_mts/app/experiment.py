@@ -64,7 +64,7 @@ from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, RunFileError, read_ce
 from hogwild_mts.core.files import strict_json, write_atomic
 from hogwild_mts.core.options import check_nonnegative, check_probability
 from hogwild_mts.policies.step_sizes import (POLICIES, AdaptivePolicy, make_policy, policy_state,
-                                            policy_table, refit_policy)
+                                            policy_table, refit_policy, sets_worker_momentum)
 
 TASKS = ("linear", "torch")
 MODES = ("simulated", "real")
@@ -411,7 +411,7 @@ def engine_momentum(policy, cell: dict):
     """The ``momentum`` a cell's engine gets: the cell's, except that momentum 0 for a policy
     that sets the workers' momentum itself (``auto``) is None, the policy's own choice; the
     record's ``workers_momentum`` says what the workers applied."""
-    if cell["momentum"] == 0 and callable(getattr(policy, "worker_momentum", None)):
+    if cell["momentum"] == 0 and sets_worker_momentum(policy):
         return None
     return cell["momentum"]
 

@@ -18,7 +18,7 @@ from hogwild_mts.core.options import check_choice
 from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, Option, Optional,
                                      Positive, Rule)
 from hogwild_mts.kernels.split import SPLITS
-from hogwild_mts.policies.step_sizes import as_policy, check_momentum
+from hogwild_mts.policies.step_sizes import as_policy, check_momentum, sets_worker_momentum
 
 POLICY = Option("policy", Checked("a name, a policy object or a function of tau"), "constant", "policy")
 WORKERS = Option("workers", Integer(1), 2, "run")
@@ -59,10 +59,10 @@ def worker_momentum(values) -> dict:
     steps), else 0.  Runs after :func:`named_policy` and :func:`process_options`."""
     if values["momentum"] is not None:
         return {}
-    choose = getattr(values["policy"], "worker_momentum", None)
-    if not callable(choose) or values.get("ray_options") is not None:
+    policy = values["policy"]
+    if not sets_worker_momentum(policy) or values.get("ray_options") is not None:
         return {"momentum": 0.0}
-    return {"momentum": check_momentum(choose(values["workers"]))}
+    return {"momentum": check_momentum(policy.worker_momentum(values["workers"]))}
 
 
 def evaluation_schedule(values) -> dict:

@@ -62,6 +62,12 @@ def check_momentum(momentum) -> float:
     return check_probability("momentum", momentum, allow_zero=True, allow_one=False)
 
 
+def sets_worker_momentum(policy) -> bool:
+    """Whether ``policy`` chooses the workers' momentum itself: it has ``worker_momentum(m)``
+    (``auto``), which engines given ``momentum=None`` apply."""
+    return callable(getattr(policy, "worker_momentum", None))
+
+
 def _head(values: np.ndarray) -> list:
     return [float(v) for v in values[:HEAD]]
 
