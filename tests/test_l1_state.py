@@ -158,3 +158,13 @@ def test_bad_intercept_decay_is_refused_with_the_value(decay):
 def test_intercept_decay_is_not_checkpointed(tmp_path):
     with pytest.raises(ValueError, match="intercept_decay=0.01 cannot be checkpointed"):
         Engine(LinearModel("hinge", intercept_decay=0.01), checkpoint_dir=str(tmp_path / "run"))
+
+
+def test_ray_workers_take_the_model_s_intercept_decay():
+    """Ray's workers run the same kernels on the terms of their model spec."""
+    from hogwild_mts.backends.ray.linear import _model_spec
+    from hogwild_mts.job import LinearProblem
+
+    model = LinearModel("hinge", intercept_decay=SPARSE_INTERCEPT_DECAY)
+    spec = _model_spec(LinearProblem(model, "float64"), N_FEATURES, dense=False)
+    assert spec.terms.intercept_decay == SPARSE_INTERCEPT_DECAY
