@@ -13,7 +13,9 @@ processes.
 
 ``fit`` validates, then trains epoch by epoch as scikit-learn's SGD does: each epoch is one
 :class:`hogwild_mts.engines.linear.Engine` run (its updates stamped like any other) that
-continues the step schedule (``start_update``) and the average; after each epoch the stopping
+continues the step schedule (``start_update``), the average and the cumulative L1 penalty (which,
+as scikit-learn's, lives for one call: all of a fit's epochs, or one partial_fit; on sparse
+X every intercept step is multiplied by scikit-learn's 0.01); after each epoch the stopping
 rule of scikit-learn looks at the epoch's training objective (or, with ``early_stopping``, the
 score on the held-out rows).  Multiclass targets are trained one-vs-rest: one binary problem
 per class, each with its own epochs and stopping, as scikit-learn does.  Every run's FitResult
@@ -38,11 +40,11 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, NonNegative, Option,
                                      Optional, Positive, Table, validate)
-from hogwild_mts.core.result import TrainingWarning, training_trouble
+from hogwild_mts.core.result import L1State, TrainingWarning, training_trouble
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine, average_start
 from hogwild_mts.model_file import (CLASSIFIER_LOSSES, LEGACY_LOSSES, REGRESSOR_LOSSES,
                                     ModelFileError, policy_from_spec, read, save_linear)
-from hogwild_mts.models.linear import SKLEARN_MAX_DERIVATIVE, LinearModel
+from hogwild_mts.models.linear import SKLEARN_MAX_DERIVATIVE, SPARSE_INTERCEPT_DECAY, LinearModel
 
 PENALTIES = ("l2", "l1", "elasticnet")
 LEARNING_RATES = ("constant", "optimal", "invscaling", "adaptive")
@@ -141,10 +143,12 @@ def _epoch_seed(seed: int, problem: int, epoch: int) -> int:
 class _Problem:
     """One binary or regression problem's training state between epochs: the plain and the
     averaged parameters (weights, then the intercept), the update count the schedule has
-    reached and the step of ``learning_rate='adaptive'``."""
+    reached, the step of ``learning_rate='adaptive'`` and the cumulative L1 penalty of the
+    call's epochs so far (an L1State; None: none yet, or no L1 penalty)."""
 
-    def __init__(self, params: np.ndarray, average: np.ndarray | None, updates: int, eta: float):
-        self.params, self.average, self.updates, self.eta = params, average, updates, eta
+    def __init__(self, params: np.ndarray, average: np.ndarray | None, updates: int, eta: float,
+                 l1: L1State | None = None):
+        self.params, self.average, self.updates, self.eta, self.l1 = params, average, updates, eta, l1
 
 
 class _HogwildLinear(BaseEstimator):
@@ -176,25 +180,27 @@ class _HogwildLinear(BaseEstimator):
         self._engine(options, _Problem(None, None, 0, options.eta0), seed=0)
         return options
 
-    def _model(self, options) -> LinearModel:
-        """The engine's model: the loss, the penalty as L2 and L1 strengths, and scikit-learn's
-        clipping of the loss derivative."""
+    def _model(self, options, sparse: bool = False) -> LinearModel:
+        """The engine's model: the loss, the penalty as L2 and L1 strengths, scikit-learn's
+        clipping of the loss derivative and its intercept decay (``sparse`` X: every intercept
+        step times SPARSE_INTERCEPT_DECAY)."""
         alpha, penalty = options.alpha, options.penalty
         l1_share = {"l2": 0.0, "l1": 1.0, "elasticnet": options.l1_ratio, None: None}[penalty]
         l2, l1 = (0.0, 0.0) if l1_share is None else (alpha * (1.0 - l1_share), alpha * l1_share)
         return LinearModel(options.loss, l2=l2, l1=l1, fit_intercept=options.fit_intercept,
-                           max_derivative=SKLEARN_MAX_DERIVATIVE,
-                           epsilon=options.epsilon)
+                           max_derivative=SKLEARN_MAX_DERIVATIVE, epsilon=options.epsilon,
+                           intercept_decay=SPARSE_INTERCEPT_DECAY if sparse else 1.0)
 
-    def _engine(self, options, problem: _Problem, seed: int) -> Engine:
-        """The engine of one epoch of ``problem``: its schedule and average continue from
-        ``problem.updates`` ('adaptive' runs at the constant step ``problem.eta``; 'optimal'
-        derives its step from ``alpha``, whatever the penalty; a policy object or function keeps
-        its own base step, and ``eta0`` applies to a named policy)."""
+    def _engine(self, options, problem: _Problem, seed: int, sparse: bool = False) -> Engine:
+        """The engine of one epoch of ``problem`` on rows that are ``sparse`` or not: its
+        schedule and average continue from ``problem.updates`` ('adaptive' runs at the constant
+        step ``problem.eta``; 'optimal' derives its step from ``alpha``, whatever the penalty; a
+        policy object or function keeps its own base step, and ``eta0`` applies to a named
+        policy)."""
         schedule = "constant" if options.learning_rate == "adaptive" else options.learning_rate
         optimal = schedule == "optimal"
         step = None if optimal or not isinstance(options.policy, str) else problem.eta
-        return Engine(self._model(options), options.policy, lr=step,
+        return Engine(self._model(options, sparse), options.policy, lr=step,
                       learning_rate=schedule, power_t=options.power_t,
                       optimal_alpha=options.alpha if optimal else None, average=options.average,
                       start_update=problem.updates, workers=options.workers, epochs=1,
@@ -236,12 +242,13 @@ class _HogwildLinear(BaseEstimator):
 
     def _epoch(self, options, X, target, weights, problem: _Problem, seed: int):
         """Train ``problem`` for one epoch over the rows ``X`` (labels ``target``, weights or
-        None); return its FitResult."""
-        engine = self._engine(options, problem, seed)
+        None), continuing its parameters, schedule, average and L1 penalty; return its
+        FitResult."""
+        engine = self._engine(options, problem, seed, sp.issparse(X))
         with warnings.catch_warnings():  # judged below as a ConvergenceWarning
             warnings.simplefilter("ignore", TrainingWarning)
             result = engine.fit(X, target, sample_weight=weights, init_params=problem.params,
-                                init_average=problem.average)
+                                init_average=problem.average, init_l1=problem.l1)
         def flat(params, intercept):
             return np.append(params, intercept) if options.fit_intercept else params
 
@@ -249,6 +256,7 @@ class _HogwildLinear(BaseEstimator):
         problem.params = (flat(result.last_params, result.last_intercept) if averaging
                           else flat(result.params, result.intercept))
         problem.updates += result.updates
+        problem.l1 = result.l1_state
         if averaging and problem.updates > average_start(options.average):
             problem.average = flat(result.params, result.intercept)
         return result
@@ -365,10 +373,13 @@ class _HogwildLinear(BaseEstimator):
 
     def _start(self, options, n_features: int, problems: int, keep: bool) -> list:
         """Each problem's starting state: the fitted one when ``keep`` (warm start, partial_fit),
-        else zeros at the first update."""
+        else zeros at the first update.  Every call (fit or partial_fit) starts a new
+        cumulative L1 penalty, as scikit-learn's (its ``u`` and ``q`` live for one call of its
+        SGD loop: all of a fit's epochs, or one partial_fit)."""
         if keep and getattr(self, "_problems", None) is not None:
             for problem in self._problems:
                 problem.eta = options.eta0  # each call starts from eta0, as scikit-learn
+                problem.l1 = None
             return self._problems
         if keep and hasattr(self, "coef_"):  # loaded from a file: the stored coefficients
             current = np.hstack([np.atleast_2d(self.coef_)] + (

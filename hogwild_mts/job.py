@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from hogwild_mts.core.lifecycle import RunOptions
-from hogwild_mts.core.result import OMIT_NONE, RunState, Settings
+from hogwild_mts.core.result import OMIT_NONE, L1State, RunState, Settings
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.kernels.flat import classifies, loss_value, loss_values_per_row
 from hogwild_mts.kernels.split import total_updates
@@ -96,6 +96,7 @@ class LinearSettings(Settings):
     stamp: bool | None = field(default=None, metadata=OMIT_NONE)  # shared memory
     l1: float | None = field(default=None, metadata=OMIT_NONE)  # None: no L1 penalty
     epsilon: float | None = field(default=None, metadata=OMIT_NONE)  # huber, epsilon-insensitive
+    intercept_decay: float | None = field(default=None, metadata=OMIT_NONE)  # None: 1, plain steps
     schedule: dict | None = field(default=None, metadata=OMIT_NONE)  # None: constant steps
     momentum: float | None = field(default=None, metadata=OMIT_NONE)  # shared memory, simulator
     shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
@@ -225,6 +226,8 @@ class LinearProblem:
     start_params : the flat vector to start from (weights, then the intercept), or None (zeros).
     start_average : averaged SGD continued from an earlier run (``Job.start_update`` > 0): the
         averaged parameters of the iterates before, or None.
+    start_l1 : the cumulative L1 penalty (a :class:`hogwild_mts.core.result.L1State`) of the
+        earlier run this one continues (shared memory, ``model.l1`` > 0), or None (zeros).
     check_start : ``path`` only: ``n_params -> start_params or None``, once the file's columns are known.
     """
 
@@ -234,6 +237,7 @@ class LinearProblem:
     sample_weight: np.ndarray = field(default_factory=lambda: kernels.UNIT_WEIGHTS)
     start_params: np.ndarray | None = None
     start_average: np.ndarray | None = None
+    start_l1: L1State | None = None
     path: str | None = None
     check_start: Callable | None = None
 

@@ -5,7 +5,9 @@ A linear model scores row ``x`` with the margin ``p = w . x + b`` (``b`` only wi
 intercept).  Labels of the classifiers are -1/+1 (0/1 is accepted and mapped to -1/+1).  The
 objective is ``mean_i loss(p_i, y_i) + l2 / 2 * ||w||^2 + l1 * ||w||_1``; the intercept is never
 penalised (scikit-learn's ``alpha`` and ``l1_ratio``: ``l2 = alpha (1 - l1_ratio)``, ``l1 =
-alpha l1_ratio``).
+alpha l1_ratio``).  ``intercept_decay`` multiplies every step of the intercept (1: a plain SGD
+step; scikit-learn takes SPARSE_INTERCEPT_DECAY on sparse data, where the intercept sees every
+row but each weight few of them).
 
 The losses, their values and derivatives ``d loss / d p`` are scikit-learn's
 (``sklearn.linear_model._sgd_fast`` and, for ``log_loss``, ``squared_error`` and ``huber``,
@@ -59,6 +61,7 @@ CLASSIFIERS = (*CLASSIFIER_LOSSES, "logreg", "svm")
 PROBABILISTIC = ("log_loss", "modified_huber", "logreg")  # losses whose margins give probabilities
 LOG_CUTOFF = -37.0  # below it scikit-learn's log1pexp and expit take exp(p) (its _loss module)
 SKLEARN_MAX_DERIVATIVE = 1e12  # scikit-learn's SGD clips d loss / d p to +-this (MAX_DLOSS)
+SPARSE_INTERCEPT_DECAY = 0.01  # scikit-learn's intercept_decay on sparse data (linear_model._base)
 
 
 @njit(cache=True, inline="always")
@@ -166,7 +169,9 @@ class LinearModel:
     ``lsq``), with L2 and L1 penalties (>= 0), an optional intercept, the ``epsilon`` of
     huber and the epsilon-insensitive losses (>= 0, default 0.1 as scikit-learn's), and the
     bound ``max_derivative`` (> 0, default inf: none) the SGD kernels clip each row's loss
-    derivative to (scikit-learn's is SKLEARN_MAX_DERIVATIVE)."""
+    derivative to (scikit-learn's is SKLEARN_MAX_DERIVATIVE), and the ``intercept_decay`` in
+    (0, 1] every step of the intercept is multiplied by (default 1; scikit-learn's on sparse data
+    is SPARSE_INTERCEPT_DECAY)."""
 
     name: str = "logreg"
     l2: float = 0.0
@@ -174,6 +179,7 @@ class LinearModel:
     fit_intercept: bool = True
     epsilon: float = 0.1
     max_derivative: float = math.inf
+    intercept_decay: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or self.name not in LOSS_IDS:
@@ -186,6 +192,11 @@ class LinearModel:
         if not (isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound > 0):
             raise ValueError(f"max_derivative must be a number > 0 (inf: no bound), got {bound!r}")
         object.__setattr__(self, "max_derivative", float(bound))
+        decay = self.intercept_decay
+        if not (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 < decay <= 1):
+            raise ValueError(f"intercept_decay must be a number in (0, 1] (1: plain intercept "
+                             f"steps), got {decay!r}")
+        object.__setattr__(self, "intercept_decay", float(decay))
 
     @property
     def loss_id(self) -> int:

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, make_regression
+from sklearn.datasets import (load_breast_cancer, load_diabetes, load_digits, make_classification,
+                              make_regression)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 from sklearn.model_selection import train_test_split
@@ -39,6 +40,9 @@ def _classification(name):
         return _split(*load_breast_cancer(return_X_y=True))
     if name == "digits":
         return _split(*load_digits(return_X_y=True))
+    if name == "dense_classification":  # 2000 rows, 50 features of which 38 carry nothing
+        return _split(*make_classification(n_samples=2000, n_features=50, n_informative=8,
+                                           n_redundant=4, flip_y=0.05, random_state=0))
     rng = np.random.default_rng(0)  # a text-like sparse set: 3000 rows, 500 features, 2% filled
     X = scipy.sparse.random(3000, 500, density=0.02, format="csr", random_state=0)
     y = (X @ rng.normal(size=500) + 0.05 * rng.normal(size=3000) > 0).astype(int)
@@ -115,6 +119,27 @@ def test_classifier_options_score_as_scikit_learn(changes):
     params = _same_params(SGDClassifier, **changes)
     theirs, mine = _mean_scores(SGDClassifier, HogwildClassifier, params, X_train, X_test, y_train, y_test)
     assert abs(mine - theirs) <= 0.02, (mine, theirs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("data", ["sparse_classification", "dense_classification"])
+@pytest.mark.parametrize("penalty", ["l1", "elasticnet"])
+def test_l1_penalties_score_and_sparsify_as_scikit_learn(data, penalty):
+    """The cumulative L1 penalty of a whole fit (and, on sparse rows, the intercept decay):
+    every epoch run (tol None), each side's mean over SEEDS of the test accuracy within 0.01 and
+    of the number of zero coefficients within 15% of scikit-learn's (a penalty that restarted
+    every epoch left a quarter to a half of them)."""
+    X_train, X_test, y_train, y_test = _classification(data)
+    params = {**_same_params(SGDClassifier, penalty=penalty, alpha=1e-3, tol=None), "max_iter": 10}
+    scores, zeros = [], []
+    for seed in SEEDS:
+        reference, ours = _both(SGDClassifier, HogwildClassifier, {**params, "random_state": seed},
+                                X_train, y_train)
+        scores.append((reference.score(X_test, y_test), ours.score(X_test, y_test)))
+        zeros.append((np.count_nonzero(reference.coef_ == 0), np.count_nonzero(ours.coef_ == 0)))
+    (theirs, mine), (their_zeros, my_zeros) = np.mean(scores, axis=0), np.mean(zeros, axis=0)
+    assert abs(mine - theirs) <= 0.01, (mine, theirs)
+    assert their_zeros > 20 and abs(my_zeros - their_zeros) <= 0.15 * their_zeros, (my_zeros, their_zeros)
 
 
 def test_defaults_and_parameter_names_are_scikit_learn_s():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,6 +176,16 @@ class RunState:
     velocity: np.ndarray | None = None  # worker 0's momentum velocity (shm, momentum > 0)
 
 
+class L1State(NamedTuple):
+    """The cumulative L1 penalty of a fit (scikit-learn's ``u`` and ``q``; see
+    :mod:`hogwild_mts.kernels.linear`): ``total`` is ``l1`` times the sum of every step so far
+    (>= 0) and ``applied[j]`` (float64, one per feature) the penalty weight j received.  A run
+    that continues another (``Engine.fit(..., init_l1=result.l1_state)``) goes on from it."""
+
+    total: float
+    applied: np.ndarray
+
+
 @dataclass
 class FitResult:
     """What ``fit`` returns.  Times are seconds; ``history`` rows are evaluations."""
@@ -205,6 +216,8 @@ class FitResult:
     # averaged SGD (linear, average on): params/intercept are the averaged ones, these the last iterate
     last_params: np.ndarray | None = field(default=None, repr=False)
     last_intercept: float | None = None
+    # linear, L1 penalty (shared memory): the cumulative penalty at the end, to continue from
+    l1_state: L1State | None = field(default=None, repr=False)
     # A TorchEngine fit's ``params -> nn.Module`` (see module()); None for other fits.
     module_builder: object = field(default=None, repr=False, compare=False)
 

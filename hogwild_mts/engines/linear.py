@@ -19,7 +19,8 @@ from hogwild_mts.checkpoint import (check_resume, check_unfinished, prepare_dire
 from hogwild_mts.core.options import check_finite_vector
 from hogwild_mts.core.params import (Checked, Choice, Integer, NonNegative, Option, Optional, Positive,
                                      Table, validate)
-from hogwild_mts.core.result import DivergenceError, FitResult, RunState, WorkerError, warn_if_bad
+from hogwild_mts.core.result import (DivergenceError, FitResult, L1State, RunState, WorkerError,
+                                     warn_if_bad)
 from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines import options as shared
 from hogwild_mts.job import Job, LinearProblem, LinearSettings, StepSchedule, run_options
@@ -183,7 +184,9 @@ class Engine:
     regularisation strength of ``optimal``'s steps when it is not the model's penalty
     (scikit-learn's ``alpha`` with ``penalty=None``).  The model's L1 penalty
     (``LinearModel(l1=...)``) is scikit-learn's cumulative penalty (kernels.linear); shared
-    memory only, not checkpointed.
+    memory only, not checkpointed; the result's ``l1_state`` is its state at the end, which
+    ``fit(..., init_l1=...)`` continues.  ``LinearModel(intercept_decay=...)`` multiplies every
+    step of the intercept (scikit-learn's 0.01 on sparse data); not checkpointed either.
     Every option, its allowed values and default: ENGINE_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
     """
@@ -235,7 +238,7 @@ class Engine:
 
     # ------------------------------------------------------------------ run
     def fit(self, X, y=None, *, sample_weight=None, init_params=None, init_average=None,
-            resume=None) -> FitResult:
+            init_l1=None, resume=None) -> FitResult:
         """Train on ``X`` (dense array, scipy sparse matrix or Dataset) and labels ``y``; with
         ``backend="ray"``, ``X`` may be the path of a data file (.npz or svmlight, labels
         inside) that each worker actor reads its own part of (docs/distributed.md).
@@ -248,7 +251,11 @@ class Engine:
         intercept if the model has one; default zeros), e.g. a previous result's
         ``np.append(params, intercept)``.  ``init_average``: with ``average`` and a
         ``start_update`` past the average's start, the averaged parameters of the earlier run
-        this one continues (same layout; required then, refused otherwise).  ``resume``: a checkpoint directory (see
+        this one continues (same layout; required then, refused otherwise).  ``init_l1``: with
+        an L1 penalty, the cumulative penalty of the run this one continues (its result's
+        ``l1_state``, or a pair ``(total, applied)``: ``l1`` times the sum of its steps, and the
+        penalty each weight received), so that the penalty is scikit-learn's over both runs
+        (default: zeros, a penalty of this run's own).  ``resume``: a checkpoint directory (see
         ``checkpoint_dir``) whose run this fit continues with the same data and settings: the
         remaining batches only, from its parameters, counter, histogram and counts (Ray: its
         parameters, for the epochs its pushes have not covered); refused before any worker
@@ -261,7 +268,7 @@ class Engine:
         :func:`hogwild_mts.core.result.training_trouble`) with advice that fits the run.
         """
         job = self.job(X, y, sample_weight=sample_weight, init_params=init_params,
-                       init_average=init_average, resume=resume)
+                       init_average=init_average, init_l1=init_l1, resume=resume)
         result = (shm_backend if job.ray is None else ray_backend).fit(job)
         dataset = job.problem.dataset
         warn_if_bad(result, None if dataset is None or not dataset.values.size
@@ -269,7 +276,7 @@ class Engine:
         return result
 
     def job(self, X, y=None, *, sample_weight=None, init_params=None, init_average=None,
-            resume=None) -> Job:
+            init_l1=None, resume=None) -> Job:
         """The Job :meth:`fit` runs with these arguments (validated, with the resumed state and
         the checkpoint directory settled), without running it: ``backends.shm.run.fit(job)``
         (or ``backends.ray.run.fit`` with ``backend="ray"``) runs it."""
@@ -281,6 +288,7 @@ class Engine:
             path = os.fspath(X)
             check_data_file_arguments(path, y, sample_weight, resume)
             check_init_average(init_average, 0, self.average_start, self.start_update)
+            check_init_l1(init_l1, self.model, 0)
             problem = LinearProblem(self.model, self.dtype, path=path,
                                     check_start=lambda n_params: check_init_params(init_params, n_params))
             return self._job(problem, started, None)
@@ -289,13 +297,14 @@ class Engine:
         n_params = self.model.n_params(dataset.n_features)
         start_params = check_init_params(init_params, n_params)
         start_average = check_init_average(init_average, n_params, self.average_start, self.start_update)
+        start_l1 = check_init_l1(init_l1, self.model, dataset.n_features)
         run = _CheckpointedRun(self, dataset, weights, X if y is None else y, resume)
         if self.ray_options is not None and run.resumed is not None:
             # Ray resumes from the checkpoint's parameters, for the epochs its pushes have not covered
             problem = LinearProblem(self.model, self.dtype, dataset, weights, run.resumed.params)
             return run.remaining_on_ray()._job(problem, started, None)
         return self._job(LinearProblem(self.model, self.dtype, dataset, weights, start_params,
-                                       start_average), started, run)
+                                       start_average, start_l1), started, run)
 
 
 class _CheckpointedRun:
@@ -350,21 +359,28 @@ class _CheckpointedRun:
 
 def check_model_on_backend(model: LinearModel, ray: bool, checkpoints: bool) -> None:
     """ValueError naming the value when the model's L1 penalty meets a backend or option that
-    does not carry its state (Ray workers; checkpoints, which do not store it)."""
+    does not carry its state (Ray workers; checkpoints, which do not store it), or its
+    intercept decay meets checkpoints (which do not record it)."""
     if model.l1 and ray:
         raise ValueError(f"l1={model.l1!r} applies to backend='shm'; backend='ray' trains "
                          "without an L1 penalty (l1=0)")
     if model.l1 and checkpoints:
         raise ValueError(f"l1={model.l1!r} cannot be checkpointed (checkpoints do not store the "
                          "cumulative L1 penalty); train without checkpoint_dir, or with l1=0")
+    if model.intercept_decay != 1.0 and checkpoints:
+        raise ValueError(f"intercept_decay={model.intercept_decay!r} cannot be checkpointed "
+                         "(checkpoints do not record it); train without checkpoint_dir, or with "
+                         "intercept_decay=1")
 
 
 def linear_settings(model: LinearModel, schedule: StepSchedule, **run) -> LinearSettings:
     """The result settings of a linear fit of ``model`` with ``schedule`` (``run``: epochs,
     batch_size, seed, dtype and the other LinearSettings fields)."""
     uses_epsilon = model.loss in ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+    decay = model.intercept_decay
     return LinearSettings(l2=model.l2, fit_intercept=model.fit_intercept,
                           l1=model.l1 or None, epsilon=model.epsilon if uses_epsilon else None,
+                          intercept_decay=None if decay == 1.0 else decay,
                           schedule=schedule.describe(), **run)
 
 
@@ -418,6 +434,29 @@ def check_init_average(init_average, n_params: int, average_start: int | None,
                          "set and start_update past its start); leave it out here")
     return check_finite_vector("init_average", init_average, n_params,
                                "the weights, then the intercept if fitted")
+
+
+def check_init_l1(init_l1, model: LinearModel, n_features: int) -> L1State | None:
+    """``init_l1`` (an L1State, or a pair ``(total, applied)``) as an L1State: only for a model
+    with an L1 penalty (the engine refuses one on Ray), ``total`` a finite number >= 0 and
+    ``applied`` ``n_features`` finite numbers; None stays None.  ValueError naming the value
+    otherwise."""
+    if init_l1 is None:
+        return None
+    if not model.l1:
+        raise ValueError("init_l1 continues the cumulative L1 penalty of an earlier run, but this "
+                         "model has no L1 penalty (l1=0); leave init_l1 out")
+    try:
+        total, applied = init_l1
+    except (TypeError, ValueError):
+        raise ValueError(f"init_l1 must be an L1State or a pair (total, applied), e.g. an earlier "
+                         f"result's l1_state; got {init_l1!r}") from None
+    if not (isinstance(total, (int, float, np.integer, np.floating)) and not isinstance(total, bool)
+            and math.isfinite(total) and total >= 0):
+        raise ValueError(f"init_l1.total must be a finite number >= 0 (l1 times the sum of the "
+                         f"earlier run's steps), got {total!r}")
+    return L1State(float(total), check_finite_vector(
+        "init_l1.applied", applied, n_features, "the L1 penalty each weight received"))
 
 
 def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:

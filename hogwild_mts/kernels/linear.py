@@ -6,7 +6,9 @@ travel as one :class:`Rows` structure: row ``i`` is ``values[indptr[i]:indptr[i+
 ``indices[k]`` (CSR) or ``k - indptr[i]`` (dense).  The L2 penalty ``l2/2 ||w||^2`` is split over
 samples the Hogwild! way: a sample moves only the coordinates it stores, with weight
 ``feature_scale[j] = n / (rows storing j)``, so the per-sample gradients still average to the full
-penalty gradient (dense data: every scale is 1).
+penalty gradient (dense data: every scale is 1).  The intercept is never penalised; each of its
+steps is multiplied by ``Terms.intercept_decay`` (scikit-learn's ``intercept_decay``: 1, or 0.01
+on sparse data).
 
 The L1 penalty ``l1 ||w||_1`` is scikit-learn's cumulative penalty (truncated gradient, Tsuruoka
 et al. 2009; ``u`` and ``q`` in ``sklearn.linear_model._sgd_fast``): ``u`` is the penalty every
@@ -20,7 +22,9 @@ workers (Hogwild!, racy): ``applied`` is one shared array written without locks,
 sum of the workers' own totals (``WorkerBuffers.l1_totals``, row w written by worker w only,
 read by all), so an update sees every step another worker has added to its row by then; two
 workers clipping the same coordinate at once may both apply the same owed penalty (a lost
-update of ``applied``, as Hogwild! loses gradient writes).
+update of ``applied``, as Hogwild! loses gradient writes).  ``u`` and ``applied`` are the state
+of the whole fit: a run that continues an earlier one (scikit-learn's next epoch) starts from
+that run's (its ``u`` in worker 0's total).
 
 The step of an update is ``alpha(tau) * (t0 / (t0 + t))^power`` (:func:`scheduled_step`), t the
 global update number: the counter's value the worker claimed (0-based) plus the run's
@@ -87,19 +91,20 @@ feature_scale : float64 (d), ``n / (rows storing j)``, read only with a penalty 
     without one).
 """
 
-Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1", "max_derivative"],
-                   defaults=(math.inf,))
+Terms = namedtuple("Terms", ["loss_id", "epsilon", "l2", "l1", "max_derivative",
+                             "intercept_decay"], defaults=(math.inf, 1.0))
 Terms.__doc__ = """The objective's terms as the kernels take them: the loss (``loss_id`` of
 :mod:`hogwild_mts.models.linear`, ``epsilon`` of huber and the epsilon-insensitive losses), the
-L2 and L1 strengths (>= 0; the variant's flags say which are not 0), and the bound the SGD
-kernels clip each row's loss derivative to (inf: none)."""
+L2 and L1 strengths (>= 0; the variant's flags say which are not 0), the bound the SGD
+kernels clip each row's loss derivative to (inf: none), and the factor in (0, 1] every step of
+the intercept is multiplied by (1: plain steps; scikit-learn's ``intercept_decay``)."""
 
 
 def model_terms(model) -> Terms:
     """The :class:`Terms` of a :class:`hogwild_mts.models.linear.LinearModel` (or anything with
-    ``loss_id, epsilon, l2, l1``)."""
+    ``loss_id, epsilon, l2, l1, max_derivative, intercept_decay``)."""
     return Terms(int(model.loss_id), float(model.epsilon), float(model.l2), float(model.l1),
-                 float(model.max_derivative))
+                 float(model.max_derivative), float(model.intercept_decay))
 
 
 WorkerBuffers = namedtuple("WorkerBuffers", ["stats", "hist", "derivatives", "velocity", "touched",
@@ -192,12 +197,13 @@ def clip_l1(rows, dense, params, applied, u, order, position, batch_end):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised, order, position,
-                  batch_end, derivatives, lr, momentum, velocity, touched, mark):
+def momentum_step(rows, dense, params, n_features, fit_intercept, intercept_decay, l2, penalised,
+                  order, position, batch_end, derivatives, lr, momentum, velocity, touched, mark):
     """One mini-batch ``order[position:batch_end]`` with the worker's private ``velocity``
     (torch.optim.SGD's momentum buffer, dampening 0): ``v_j = momentum * v_j + g_j`` and
     ``w_j -= lr * v_j`` for every coordinate j the batch stores (g the batch's mean gradient,
-    penalty included; ``derivatives[b - position]`` the loss derivative of row ``order[b]``).
+    penalty included; ``derivatives[b - position]`` the loss derivative of row ``order[b]``);
+    the intercept's velocity likewise, its step times ``intercept_decay``.
     Lazy on sparse data: a coordinate no row of the batch stores keeps its velocity and weight
     (as TensorFlow's LazyAdam); on dense data every coordinate is stored, so this is exactly
     torch's momentum.  ``touched[j] == mark`` (the worker's update number, >= 0) marks j as
@@ -230,7 +236,7 @@ def momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised,
         for b in range(position, batch_end):
             total += derivatives[b - position]
         velocity[n_features] = momentum * velocity[n_features] + total * scale
-        params[n_features] -= lr * velocity[n_features]
+        params[n_features] -= intercept_decay * lr * velocity[n_features]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -290,23 +296,26 @@ def finish_average(averaged: np.ndarray, marks: np.ndarray, params: np.ndarray, 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def apply_update(rows, dense, params, n_features, fit_intercept, l2, penalised, with_momentum,
-                 order, position, batch_end, derivatives, step, momentum, velocity, touched, mark):
+def apply_update(rows, dense, params, n_features, fit_intercept, intercept_decay, l2, penalised,
+                 with_momentum, order, position, batch_end, derivatives, step, momentum, velocity,
+                 touched, mark):
     """Apply one mini-batch ``order[position:batch_end]`` with ``step`` (``derivatives[b -
     position]`` the loss derivative of row ``order[b]``): with momentum :func:`momentum_step`
     (mark ``mark``), else each row in turn moves the weights by ``step / B`` times its gradient
     (the L2 term on the weights as they are then) and the intercept by ``step / B`` times its
-    derivative.  The one update rule of the shared-memory workers and the simulator."""
+    derivative times ``intercept_decay`` (scikit-learn's).  The one update rule of the
+    shared-memory workers and the simulator."""
     if with_momentum:
-        momentum_step(rows, dense, params, n_features, fit_intercept, l2, penalised, order,
-                      position, batch_end, derivatives, step, momentum, velocity, touched, mark)
+        momentum_step(rows, dense, params, n_features, fit_intercept, intercept_decay, l2,
+                      penalised, order, position, batch_end, derivatives, step, momentum,
+                      velocity, touched, mark)
         return
     scaled = step / (batch_end - position)
     for b in range(position, batch_end):
         derivative = derivatives[b - position]
         _add_gradient(rows, dense, params, l2, penalised, order[b], derivative, scaled)
         if fit_intercept:
-            params[n_features] -= scaled * derivative
+            params[n_features] -= scaled * derivative * intercept_decay
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -423,9 +432,9 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
             if averaging and count >= 1:
                 catch_up_average(rows, dense, params, n_features, fit_intercept, order, position,
                                  batch_end, buffers.averaged, buffers.averaged_marks, count - 1)
-            apply_update(rows, dense, params, n_features, fit_intercept, l2, penalised,
-                         with_momentum, order, position, batch_end, derivatives, step, momentum,
-                         buffers.velocity, buffers.touched, stats[STAT_UPDATES])
+            apply_update(rows, dense, params, n_features, fit_intercept, terms.intercept_decay, l2,
+                         penalised, with_momentum, order, position, batch_end, derivatives, step,
+                         momentum, buffers.velocity, buffers.touched, stats[STAT_UPDATES])
             if clipped:
                 totals = buffers.l1_totals
                 totals[buffers.slot, 0] += l1 * step

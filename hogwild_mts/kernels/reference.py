@@ -85,7 +85,7 @@ def margin(row, weights, intercept):
 
 def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
                    sample_weight=None, momentum=0.0, schedule=(1.0, 0.0), first_update=0,
-                   applied=None, average_start=None, averaged=None):
+                   applied=None, average_start=None, averaged=None, l1_total=None):
     """One worker's pass over ``order`` in mini-batches (tau = 0); ``sample_weight[i]`` (default
     1) multiplies row i's loss gradient.  The step of update t (counted from ``first_update``) is
     ``lr * (t0 / (t0 + t))^power`` with ``schedule = (t0, power)`` (power 0: ``lr``).
@@ -93,10 +93,13 @@ def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
     gradient (the penalty term read from the weights as they are then).  ``momentum`` > 0: per
     batch, for each coordinate j that some row of the batch stores, ``v_j = momentum * v_j +
     g_j`` (g the batch's mean gradient, the penalty term taken per storing row at the batch's
-    start) and ``w_j -= step * v_j``; other coordinates keep their velocity and weight.
+    start) and ``w_j -= step * v_j``; other coordinates keep their velocity and weight.  Every
+    step of the intercept is multiplied by ``model.intercept_decay``.
     ``model.l1`` > 0: after each update, ``u += l1 * step`` and every coordinate a row of the
     batch stores is clipped with scikit-learn's cumulative penalty, row after row (``applied``:
-    the penalty each weight received, default zeros, updated in place).  ``average_start`` (an
+    the penalty each weight received, default zeros, updated in place; ``l1_total``: a
+    one-element list holding u, default [0.0], updated in place: a pass continues another's
+    state when both are given theirs).  ``average_start`` (an
     update number): after every update t >= it, the mean of all parameters (weights, then the
     intercept if fitted) takes the new iterate, ``mean += (theta - mean) / n`` over every
     coordinate (eagerly); ``averaged`` (a list) receives the final means, or the last iterate
@@ -107,7 +110,7 @@ def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
     weights = [float(w) for w in weights]
     velocity, intercept_velocity = [0.0] * len(weights), 0.0
     applied = [0.0] * len(weights) if applied is None else applied
-    u = 0.0
+    l1_total = [0.0] if l1_total is None else l1_total
     t0, power = schedule
     all_rows = list(rows(dataset))
     counts = dataset.feature_counts()
@@ -131,16 +134,17 @@ def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
                 weights[column] -= step * velocity[column]
             if model.fit_intercept:
                 intercept_velocity = momentum * intercept_velocity + sum(derivatives) / len(batch)
-                intercept -= step * intercept_velocity
+                intercept -= model.intercept_decay * step * intercept_velocity
         else:
             for i, derivative in zip(batch, derivatives):
                 for column, value in all_rows[i]:
                     gradient = derivative * value + model.l2 * scale[column] * weights[column]
                     weights[column] -= step / len(batch) * gradient
                 if model.fit_intercept:
-                    intercept -= step / len(batch) * derivative
+                    intercept -= step / len(batch) * derivative * model.intercept_decay
         if model.l1:
-            u += model.l1 * step
+            l1_total[0] += model.l1 * step
+            u = l1_total[0]
             for column in [column for i in batch for column, _ in all_rows[i]]:  # the kernel's order
                 before = weights[column]
                 if before > 0.0:

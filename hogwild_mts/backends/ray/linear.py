@@ -153,7 +153,8 @@ def _model_spec(problem, n_features: int, dense: bool) -> LinearModelSpec:
     """The linear model the worker kernels train, for data of this shape."""
     model = problem.model
     return LinearModelSpec(n_features=n_features, dense=dense, fit_intercept=model.fit_intercept,
-                           loss_id=model.loss_id, l2=float(model.l2), epsilon=float(model.epsilon))
+                           loss_id=model.loss_id, l2=float(model.l2), epsilon=float(model.epsilon),
+                           intercept_decay=float(model.intercept_decay))
 
 
 def _start_params(problem, n_features: int, start_params: np.ndarray | None) -> np.ndarray:

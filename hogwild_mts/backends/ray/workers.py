@@ -137,11 +137,13 @@ class LinearModelSpec:
     loss_id: int
     l2: float
     epsilon: float = 0.1  # huber and the epsilon-insensitive losses
+    intercept_decay: float = 1.0  # every step of the intercept is multiplied by it
 
     @property
     def terms(self) -> kernels.Terms:
         """The objective's terms as the kernels take them (Ray runs have no L1 penalty)."""
-        return kernels.Terms(self.loss_id, self.epsilon, self.l2, 0.0)
+        return kernels.Terms(self.loss_id, self.epsilon, self.l2, 0.0,
+                             intercept_decay=self.intercept_decay)
 
 
 SHARD_FIELDS = ("values", "indices", "indptr", "labels", "sample_weight")

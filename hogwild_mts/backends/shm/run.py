@@ -22,7 +22,7 @@ from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.core import lifecycle, signals
 from hogwild_mts.core.control import HIST_BINS, STAT_COLUMNS
-from hogwild_mts.core.result import FitResult
+from hogwild_mts.core.result import FitResult, L1State
 from hogwild_mts.job import Job, NetworkProblem, ShmSettings
 from hogwild_mts.kernels import linear as kernels
 from hogwild_mts.kernels.flat import (bind_buffers, bind_parameters, buffer_count, flatten_buffers,
@@ -172,6 +172,9 @@ class _LinearRun(_Run):
         if problem.start_average is not None:  # the average of the updates before start_update
             views.averaged[:] = problem.start_average
             views.averaged_marks[:] = worker.averaged_iterates(spec)
+        if problem.start_l1 is not None:  # the penalty of the run this one continues
+            views.l1_totals[0, 0] = problem.start_l1.total  # u is the column's sum
+            views.l1_applied[:] = problem.start_l1.applied
         # numba compiles or loads kernels here; a stop signal waits until it is done (one that
         # lands inside numba's cache callback is printed as an ignored exception, not raised)
         with signals.blocked():
@@ -199,6 +202,7 @@ class _LinearRun(_Run):
         def details(params):
             averaged = worker.averaged_params(block.views, spec)
             return {**problem.result_fields(params, n_features, problem.dataset.name, averaged),
+                    "l1_state": l1_state(block.views),
                     "settings": dataclasses.replace(
                         job.settings, stamp=job.stamp, momentum=job.options.momentum,
                         shm=ShmSettings(job.split, job.start_method if job.workers > 1 else "thread"),
@@ -207,6 +211,14 @@ class _LinearRun(_Run):
 
         # kernels.objective releases the GIL: deferred copies are scored in threads
         return self._lifecycle(block, spec, launch, score, details, job.stamp, score_in_threads=True)
+
+
+def l1_state(views: BlockViews) -> L1State | None:
+    """The cumulative L1 penalty in a linear run's block (None without one): ``u`` summed over
+    the workers' totals in the kernels' order, and a copy of ``l1_applied``."""
+    if views.l1_applied is None:
+        return None
+    return L1State(float(sum(views.l1_totals[:, 0].tolist())), views.l1_applied.copy())
 
 
 class _NetworkRun(_Run):

@@ -219,7 +219,8 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
     ``momentum`` 0: ``params -= step / B * gradient`` row by row (the L2 term on the current
     value); ``momentum`` > 0: worker w = ``update_worker[t]`` keeps ``velocity[w]`` (marks
     ``touched[w]``, start at -1; both (workers, n_params)), ``v = momentum * v + g``,
-    ``params -= step * v`` on the coordinates the batch stores (mark t).  With ``terms.l1`` > 0,
+    ``params -= step * v`` on the coordinates the batch stores (mark t); either way the
+    intercept's step is multiplied by ``terms.intercept_decay``.  With ``terms.l1`` > 0,
     ``l1_total[0]`` (u) gains ``l1 * step`` and ``kernels.clip_l1`` clips the batch's
     coordinates against ``l1_applied`` (n_features), as one worker of the engine does.
 
@@ -283,9 +284,9 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
                 entry += 1
             log_count[slot] = entry
         worker = update_worker[t]
-        apply_update(rows, dense, params, n_features, fit_intercept, terms.l2, terms.l2 != 0.0,
-                     momentum != 0.0, batch_rows, first, last, derivative_buffer, lr, momentum,
-                     velocity[worker], touched[worker], t)
+        apply_update(rows, dense, params, n_features, fit_intercept, terms.intercept_decay,
+                     terms.l2, terms.l2 != 0.0, momentum != 0.0, batch_rows, first, last,
+                     derivative_buffer, lr, momentum, velocity[worker], touched[worker], t)
         if terms.l1 != 0.0:
             l1_total[0] += terms.l1 * lr
             clip_l1(rows, dense, params, l1_applied, l1_total[0], batch_rows, first, last)
