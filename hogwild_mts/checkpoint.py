@@ -13,7 +13,7 @@ and the parent writes it; after the run (finished, or stopped by Ctrl-C or SIGTE
 writes the final state.  A checkpoint holds the parameters, the counter, the staleness histogram,
 the update, sample, refit and maximum-staleness counts, the batches done, the state of the
 generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints;
-with ``shuffle=False`` it draws nothing, and the orders are the stored one) and, with
+with ``shuffle=False`` it draws nothing: every epoch's order is the stored one) and, with
 ``momentum``, worker 0's velocity (the other workers' velocities restart at zero).
 
 * **One worker**: the snapshot is the exact state between two pieces, so a resumed run ends with

@@ -15,6 +15,7 @@ import pytest
 import hogwild_mts.engines.linear as linear_engine
 from hogwild_mts import HogwildClassifier, HogwildRegressor, checkpoint
 from hogwild_mts.app.cli import EXIT_BAD_INPUT, main
+from hogwild_mts.backends.ray.linear import _shard_specs
 from hogwild_mts.backends.sim.run import worker_batches
 from hogwild_mts.backends.shm import worker
 from hogwild_mts.backends.shm.block import Layout
@@ -106,6 +107,17 @@ def test_static_workers_visit_their_shards_in_order_and_the_simulator_draws_the_
     orders, _ = worker_batches(job, n_rows)
     for w, order in enumerate(orders):
         assert np.array_equal(order, np.tile(np.arange(w, n_rows, workers), epochs))
+
+
+def test_ray_workers_walk_their_shards_in_stored_order():
+    """A Ray worker's shard is its local rows 0 .. size-1 (rows w, w+m, ... of the data)."""
+    job = engine(workers=2, epochs=2, batch_size=2, backend="ray").job(synthetic_dense(20, 3, seed=1))
+    spec = _shard_specs(job)(1)
+    assert spec.shuffle is False
+    visited = np.concatenate([order[start:stop] for order, start, stop in spec.pieces(10)])
+    assert np.array_equal(visited, np.tile(np.arange(10), 2))
+    assert _shard_specs(engine(workers=2, backend="ray", shuffle=True).job(
+        synthetic_dense(20, 3, seed=1)))(1).shuffle is True
 
 
 def test_dynamic_claims_walk_the_stored_order_every_epoch_also_after_a_restore():

@@ -231,9 +231,8 @@ class Engine:
                                             batch_size=self.batch_size, seed=self.seed,
                                             dtype=self.dtype, shuffle=self.shuffle),
                    split=self.split, shuffle=self.shuffle, start_method=self.start_method,
-                   schedule=self.schedule,
-                   average_start=self.average_start, start_update=self.start_update,
-                   checkpoints=self.checkpoints,
+                   schedule=self.schedule, average_start=self.average_start,
+                   start_update=self.start_update, checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,
                    ray=self.ray_options, ray_checkpoint=ray_checkpoint)

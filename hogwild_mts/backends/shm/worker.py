@@ -308,7 +308,8 @@ def restore_schedule(views: BlockViews, spec, position: int, generator_words: np
         words[SCHED_DONE + done_epoch % 2] += per_epoch
     words[SCHED_DONE + epoch % 2] += position - epoch * per_epoch
     if epoch * per_epoch + per_epoch // 2 < position and epoch + 1 < spec.epochs:
-        _draw_order(views, _saved_generator(words), epoch + 1, spec.shuffle)  # drawn at the middle batch
+        # drawn at the middle batch
+        _draw_order(views, _saved_generator(words), epoch + 1, spec.shuffle)
     words[SCHED_CURSOR] = position
     if views.positions is not None:
         views.positions[:, 0] = NO_POSITION
