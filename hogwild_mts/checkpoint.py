@@ -12,8 +12,9 @@ of ``checkpoint_every_updates`` or ``checkpoint_every`` seconds have passed sinc
 and the parent writes it; after the run (finished, or stopped by Ctrl-C or SIGTERM) the parent
 writes the final state.  A checkpoint holds the parameters, the counter, the staleness histogram,
 the update, sample, refit and maximum-staleness counts, the batches done, the state of the
-generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints)
-and, with ``momentum``, worker 0's velocity (the other workers' velocities restart at zero).
+generator that draws the epochs' orders (``split="dynamic"``, the only split with checkpoints;
+with ``shuffle=False`` it draws nothing: every epoch's order is the stored one) and, with
+``momentum``, worker 0's velocity (the other workers' velocities restart at zero).
 
 * **One worker**: the snapshot is the exact state between two pieces, so a resumed run ends with
   the same parameters, counter and histogram, bit for bit, as the run that was never stopped,
@@ -55,10 +56,11 @@ from hogwild_mts.policies.step_sizes import policy_state
 DEFAULT_CHECKPOINT_SECONDS = 60.0  # between checkpoints when no interval is given (both backends)
 # Settings a resumed run must share with the checkpoint (any backend, then shared memory only).
 MODEL_SETTINGS = ("n_features", "loss", "l2", "fit_intercept", "l1", "epsilon")
-RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "dtype",
-                "momentum", "policy", "learning_rate", "power_t")
+RUN_SETTINGS = ("n_samples", "rows_digest", "epochs", "batch_size", "seed", "split", "shuffle",
+                "dtype", "momentum", "policy", "learning_rate", "power_t")
 # What a checkpoint written before a setting existed ran with (so that it still resumes).
-SETTING_DEFAULTS = {"l1": 0.0, "epsilon": 0.1, "learning_rate": "constant", "power_t": 0.5}
+SETTING_DEFAULTS = {"l1": 0.0, "epsilon": 0.1, "learning_rate": "constant", "power_t": 0.5,
+                    "shuffle": True}
 
 
 @dataclass
@@ -146,7 +148,7 @@ def run_settings(engine, *, backend: str, n_features: int, n_samples: int | None
             "learning_rate": options.learning_rate, "power_t": float(options.power_t),
             "n_samples": n_samples, "rows_digest": digest, "epochs": options.epochs,
             "batch_size": options.batch_size, "seed": options.seed, "split": options.split,
-            "dtype": options.dtype, "momentum": options.momentum,
+            "shuffle": bool(options.shuffle), "dtype": options.dtype, "momentum": options.momentum,
             "workers": options.workers, "policy": policy_spec(options.policy, options.workers)}
 
 

@@ -172,9 +172,6 @@ class _HogwildLinear(BaseEstimator):
         """The validated options (plain messages naming the value), after building the model and
         one engine, which check the loss and the policy; before any training."""
         options = validate(self._options, self.get_params())
-        if not options.shuffle:
-            raise ValueError("shuffle=False is not supported: the workers visit the rows of every "
-                             "epoch in a new shuffled order (drawn from random_state); use shuffle=True")
         if for_partial_fit and options.early_stopping:
             raise ValueError("early_stopping should be False with partial_fit")
         self._engine(options, _Problem(None, None, 0, options.eta0), seed=0)
@@ -196,7 +193,8 @@ class _HogwildLinear(BaseEstimator):
         schedule and average continue from ``problem.updates`` ('adaptive' runs at the constant
         step ``problem.eta``; 'optimal' derives its step from ``alpha``, whatever the penalty; a
         policy object or function keeps its own base step, and ``eta0`` applies to a named
-        policy)."""
+        policy).  ``shuffle=False``: the epoch visits the rows in stored order (``seed`` then
+        draws no order)."""
         schedule = "constant" if options.learning_rate == "adaptive" else options.learning_rate
         optimal = schedule == "optimal"
         step = None if optimal or not isinstance(options.policy, str) else problem.eta
@@ -204,7 +202,8 @@ class _HogwildLinear(BaseEstimator):
                       learning_rate=schedule, power_t=options.power_t,
                       optimal_alpha=options.alpha if optimal else None, average=options.average,
                       start_update=problem.updates, workers=options.workers, epochs=1,
-                      batch_size=1, seed=seed, progress=False, eval_every=3600.0,
+                      batch_size=1, seed=seed, shuffle=options.shuffle, progress=False,
+                      eval_every=3600.0,
                       backend=options.backend, ray_address=options.ray_address,
                       local_steps=options.local_steps)
 

@@ -98,6 +98,7 @@ class LinearSettings(Settings):
     epsilon: float | None = field(default=None, metadata=OMIT_NONE)  # huber, epsilon-insensitive
     intercept_decay: float | None = field(default=None, metadata=OMIT_NONE)  # None: 1, plain steps
     schedule: dict | None = field(default=None, metadata=OMIT_NONE)  # None: constant steps
+    shuffle: bool | None = field(default=None, metadata=OMIT_NONE)  # False: stored order; None: shuffled
     momentum: float | None = field(default=None, metadata=OMIT_NONE)  # shared memory, simulator
     shm: ShmSettings | None = field(default=None, metadata=OMIT_NONE)
     ray: RaySettings | None = field(default=None, metadata=OMIT_NONE)
@@ -368,6 +369,9 @@ class Job:
     settings : the result settings every backend reports for this problem; a backend fills in
         its own part (``dataclasses.replace``).
     split : "dynamic" or "static" (:mod:`hogwild_mts.kernels.split`).
+    shuffle : each epoch visits the rows in a shuffled order (True), or in their stored order
+        (False: :func:`hogwild_mts.kernels.split.epoch_order`); linear problems (the torch
+        engines always shuffle).
     start_method : how worker processes start (shared memory): fork, forkserver or spawn.
     stamp : False only for the unstamped baseline of the stamping benchmark (shared memory, linear).
     checkpoints : where and when shared-memory checkpoints are written, or None.
@@ -390,6 +394,7 @@ class Job:
     started: float
     settings: LinearSettings | NetworkSettings
     split: str = "dynamic"
+    shuffle: bool = True
     start_method: str = "fork"
     stamp: bool = True
     checkpoints: object = None

@@ -235,10 +235,3 @@ def test_a_model_file_of_the_earlier_parameter_names_loads_as_the_run_it_describ
             params["max_iter"], params["random_state"], params["tol"]) == (
         "log_loss", "constant", 0.5, "l2", 0.001, 7, 3, None)
     assert model.predict(np.ones((2, 4))).tolist() == [1, 1] and hasattr(model, "predict_proba")
-
-
-@pytest.mark.parametrize("estimator", [HogwildClassifier, HogwildRegressor])
-def test_shuffle_false_is_refused_at_fit_naming_the_option(iris, estimator):
-    X, y = iris
-    with pytest.raises(ValueError, match="shuffle=False is not supported"):
-        estimator(shuffle=False, max_iter=2).fit(X, y)

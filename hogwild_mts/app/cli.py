@@ -85,6 +85,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows per update (default: the engine's)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the shuffles (default: the engine's)")
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                        help="linear models: visit the rows in their stored order every epoch "
+                             "(scikit-learn's shuffle=False; default: a shuffled order per epoch)")
     parser.add_argument("--l2", type=float, default=None,
                         help="linear models: L2 penalty l2/2 ||w||^2, the weight decay (default 0)")
     parser.add_argument("--momentum", type=float, default=None,
@@ -239,7 +242,8 @@ def train(args, stop_signals: list) -> int:
     if args.shm_dir is not None and not os.path.isdir(args.shm_dir):
         raise ValueError(f"--shm-dir {args.shm_dir!r} is not an existing directory")
     if args.model in TORCH_MODELS:
-        for flag, given in (("--l2", args.l2 is not None), ("--no-intercept", args.no_intercept)):
+        for flag, given in (("--l2", args.l2 is not None), ("--no-intercept", args.no_intercept),
+                            ("--no-shuffle", not args.shuffle)):
             if given:
                 raise ValueError(f"{flag} applies to linear models (logreg, svm, lsq), not to the "
                                  f"torch network {args.model!r}"
@@ -414,8 +418,8 @@ def train_linear(args):
     model = LinearModel(args.model, l2=args.l2, fit_intercept=not args.no_intercept)
     policy = make_policy_from_args(args)
     engine = linear.Engine(model, policy, workers=args.workers, epochs=args.epochs,
-                           batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-                           momentum=args.momentum, progress=not args.quiet,
+                           batch_size=args.batch_size, seed=args.seed, shuffle=args.shuffle,
+                           dtype=args.dtype, momentum=args.momentum, progress=not args.quiet,
                            **_backend_options(args), **_restart_options(args),
                            **_checkpoint_options(args))
     start = _initial_model(args.init, model) if args.init else None
@@ -445,7 +449,7 @@ def _train_one_vs_rest(args, dataset, model, policy):
     """A classifier on a file of three or more classes: one-vs-rest with the estimators'
     implementation (:class:`~hogwild_mts.estimators.HogwildClassifier` with the command line's
     settings: the policy with its step ``--lr`` at constant steps, ``--epochs`` epochs each
-    (no stopping rule), ``--l2`` as the L2 penalty, ``--seed``); returns (the
+    (no stopping rule), ``--l2`` as the L2 penalty, ``--seed``, ``--no-shuffle``); returns (the
     :class:`~hogwild_mts.app.report.OneVsRestRun`, ``save(path)``)."""
     from hogwild_mts.app.report import OneVsRestRun
     from hogwild_mts.estimators import HogwildClassifier
@@ -468,7 +472,8 @@ def _train_one_vs_rest(args, dataset, model, policy):
                                   penalty="l2" if args.l2 > 0 else None,
                                   alpha=args.l2 if args.l2 > 0 else HogwildClassifier().alpha,
                                   fit_intercept=model.fit_intercept, random_state=args.seed,
-                                  workers=args.workers, **_backend_options(args))
+                                  shuffle=args.shuffle, workers=args.workers,
+                                  **_backend_options(args))
     X = dataset.to_scipy()
     estimator.fit(X, dataset.y)
     run = OneVsRestRun(estimator, accuracy=float(estimator.score(X, dataset.y)), data=dataset.name)

@@ -116,7 +116,7 @@ def _ray_takes_plain_steps(values) -> dict:
 ENGINE_OPTIONS = Table(
     (shared.POLICY, shared.base_step(DEFAULT_LR), shared.WORKERS,
      Option("epochs", Integer(1), 10, "run"), Option("batch_size", Integer(1), 1, "run"),
-     shared.SEED, Option("eval_every", Optional(Positive()), 0.5, "run"),
+     shared.SEED, shared.SHUFFLE, Option("eval_every", Optional(Positive()), 0.5, "run"),
      shared.EVAL_EVERY_UPDATES, shared.PROGRESS, shared.DEFER_EVALUATION, shared.MOMENTUM,
      Option("dtype", Choice(PARAM_DTYPES), "float64", "the model"),
      Option("learning_rate", Choice(LEARNING_RATES), "constant", "the step schedule"),
@@ -145,6 +145,9 @@ class Engine:
     all rows every epoch (generator seeded from ``seed``) and workers claim runs of batches from
     one shared cursor, so they all end together; ``"static"`` gives worker w the rows w, w+m,
     w+2m, ..., shuffled per epoch with its own seed (see :mod:`hogwild_mts.backends.shm.worker`).
+    ``shuffle=False`` (scikit-learn's) visits the rows in their stored order every epoch instead:
+    the dynamic split's cursor walks rows 0 .. n-1, a static worker w its rows w, w+m, ... in
+    that order; ``seed`` then does not change the order (both backends).
     ``workers=1`` is deterministic and the same under both splits: the same seed gives
     bit-identical parameters; it runs the same worker loop on a thread of the calling process
     (the numba loop releases the GIL), so it pays no process start-up.  ``start_method``:
@@ -194,6 +197,7 @@ class Engine:
     def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
                  epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
                  lr: float | None = DEFAULTS.lr, seed: int = DEFAULTS.seed,
+                 shuffle: bool = DEFAULTS.shuffle,
                  dtype: str = DEFAULTS.dtype, eval_every: float = DEFAULTS.eval_every,
                  eval_every_updates: int | None = DEFAULTS.eval_every_updates,
                  progress: bool = DEFAULTS.progress,
@@ -228,10 +232,10 @@ class Engine:
         return Job(options=run_options(self.options), problem=problem, started=started,
                    settings=linear_settings(model, self.schedule, epochs=self.epochs,
                                             batch_size=self.batch_size, seed=self.seed,
-                                            dtype=self.dtype),
-                   split=self.split, start_method=self.start_method, schedule=self.schedule,
-                   average_start=self.average_start, start_update=self.start_update,
-                   checkpoints=self.checkpoints,
+                                            dtype=self.dtype, shuffle=self.shuffle),
+                   split=self.split, shuffle=self.shuffle, start_method=self.start_method,
+                   schedule=self.schedule, average_start=self.average_start,
+                   start_update=self.start_update, checkpoints=self.checkpoints,
                    write_checkpoint=None if self.checkpoints is None else run.write,
                    resumed=None if run is None else run.resumed,
                    ray=self.ray_options, ray_checkpoint=ray_checkpoint)
@@ -373,15 +377,17 @@ def check_model_on_backend(model: LinearModel, ray: bool, checkpoints: bool) -> 
                          "intercept_decay=1")
 
 
-def linear_settings(model: LinearModel, schedule: StepSchedule, **run) -> LinearSettings:
-    """The result settings of a linear fit of ``model`` with ``schedule`` (``run``: epochs,
-    batch_size, seed, dtype and the other LinearSettings fields)."""
+def linear_settings(model: LinearModel, schedule: StepSchedule, shuffle: bool = True,
+                    **run) -> LinearSettings:
+    """The result settings of a linear fit of ``model`` with ``schedule`` and ``shuffle`` (a
+    shuffled run records none; ``run``: epochs, batch_size, seed, dtype and the other
+    LinearSettings fields)."""
     uses_epsilon = model.loss in ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
     decay = model.intercept_decay
     return LinearSettings(l2=model.l2, fit_intercept=model.fit_intercept,
                           l1=model.l1 or None, epsilon=model.epsilon if uses_epsilon else None,
                           intercept_decay=None if decay == 1.0 else decay,
-                          schedule=schedule.describe(), **run)
+                          schedule=schedule.describe(), shuffle=None if shuffle else False, **run)
 
 
 def _binary_classes(labels) -> np.ndarray:

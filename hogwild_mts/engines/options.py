@@ -31,6 +31,8 @@ EVAL_EVERY_UPDATES = Option("eval_every_updates", Optional(Integer(1)), None, "r
 START_METHOD = Option("start_method", Checked(f"None (the platform's default) or one of "
                                               f"{', '.join(START_METHODS)}"), None, "processes")
 SPLIT = Option("split", Choice(SPLITS), "dynamic", "processes")
+SHUFFLE = Option("shuffle", Flag(), True,
+                 "the row order (False: every epoch visits the rows in stored order)")
 
 # The entries after the run options, in validation order, of both shared-memory engines.
 PROCESS_OPTIONS = (START_METHOD, SPLIT, BACKEND, *RAY_OPTIONS, *CHECKPOINT_OPTIONS)

@@ -67,7 +67,7 @@ SCHEDULE_OPTIONS = (
 # eval_every counts updates, and it shows no progress bar by default (runs take milliseconds).
 SIMULATOR_OPTIONS = Table(
     (shared.POLICY, shared.base_step(DEFAULT_LR), shared.WORKERS,
-     ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED,
+     ENGINE_OPTIONS["epochs"], ENGINE_OPTIONS["batch_size"], shared.SEED, shared.SHUFFLE,
      Option("eval_every", Optional(Integer(1)), None,
             f"run (updates between history rows; None: about {DEFAULT_EVALUATIONS} rows)"),
      Option("progress", Flag(), False, "run"), shared.MOMENTUM,
@@ -100,6 +100,8 @@ class Simulator:
     batch stores, the L2 penalty in g); the policy is bound with it.  ``learning_rate`` and
     ``power_t``: the engine's step schedule, with t the simulated update's landing number; the
     model's L1 penalty is applied as by one engine worker.
+    ``shuffle=False``: each emulated worker visits its rows w, w+m, ... in stored order every
+    epoch, as the engine's static split with ``shuffle=False``.
     Deterministic: the same arguments and seed give bit-identical results.
     Every option, its allowed values and default: SIMULATOR_OPTIONS (docs/api.md); the validated
     options are ``self.options``, and ``self.<option>`` reads them there.
@@ -108,7 +110,8 @@ class Simulator:
     def __init__(self, model="logreg", policy=DEFAULTS.policy, *, workers: int = DEFAULTS.workers,
                  epochs: int = DEFAULTS.epochs, batch_size: int = DEFAULTS.batch_size,
                  lr: float | None = DEFAULTS.lr, seed: int = DEFAULTS.seed,
-                 staleness=DEFAULTS.staleness, compute: str = DEFAULTS.compute,
+                 shuffle: bool = DEFAULTS.shuffle, staleness=DEFAULTS.staleness,
+                 compute: str = DEFAULTS.compute,
                  stragglers: str | None = DEFAULTS.stragglers, worker_speeds=DEFAULTS.worker_speeds,
                  eval_every: int | None = DEFAULTS.eval_every,
                  update_seconds: float = DEFAULTS.update_seconds,
@@ -135,8 +138,9 @@ class Simulator:
                   problem=LinearProblem(model, "float64", dataset), started=started,
                   settings=linear_settings(model, self.schedule, epochs=self.epochs,
                                            batch_size=self.batch_size, seed=self.seed,
-                                           dtype="float64", momentum=self.momentum),
-                  schedule=self.schedule,
+                                           dtype="float64", momentum=self.momentum,
+                                           shuffle=self.shuffle),
+                  shuffle=self.shuffle, schedule=self.schedule,
                   simulation=simulation_of(self.options, self.stale_reads, self.eval_every))
         return sim_backend.fit(job)
 

@@ -171,7 +171,8 @@ def _shard_specs(job: Job):
     local_step = base_step(options.policy, job.workers)
     return lambda worker_id: ShardSpec(epochs=options.epochs, batch_size=options.batch_size,
                                        local_steps=job.ray.local_steps,
-                                       seed=seeds[worker_id], local_step=local_step)
+                                       seed=seeds[worker_id], local_step=local_step,
+                                       shuffle=job.shuffle)
 
 
 def _backend(job: Job, params, make_worker, pushes) -> RayBackend:

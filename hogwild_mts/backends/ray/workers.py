@@ -9,8 +9,8 @@ at the pulled parameters), taken with the local step ``lr``.  The server applies
 A shard comes from the driver through the object store (worker ``w``'s rows ``w, w+m, w+2m,
 ...``) or, for a linear model, from a data file that the worker reads itself (its part of the
 file: :func:`hogwild_mts.data.tabular.read_file_part`).  It is visited every epoch in a fresh
-permutation from the worker's own seed, K batches per push (the last push of an epoch may be
-shorter), as the shared-memory engine's static split does
+permutation from the worker's own seed (``shuffle=False``: in its stored order), K batches per
+push (the last push of an epoch may be shorter), as the shared-memory engine's static split does
 (:func:`hogwild_mts.kernels.split.sharded_pieces`).  A worker's first pull tells it how many
 of its pushes the server has applied: a re-created worker (after its actor died) skips those
 pieces and goes on where the dead one stopped.
@@ -34,20 +34,22 @@ from hogwild_mts.data.tabular import DataError, read_file_part
 @dataclass
 class ShardSpec:
     """What a worker needs to walk its shard: ``epochs`` passes in batches of ``batch_size``
-    rows, ``local_steps`` batches per push, the shuffle seed, and the local step ``lr``."""
+    rows, ``local_steps`` batches per push, the shuffle seed, the local step ``lr``, and whether
+    each epoch is shuffled (False: the shard's rows in stored order)."""
 
     epochs: int
     batch_size: int
     local_steps: int
     seed: object  # a numpy SeedSequence: this worker's own
     local_step: float  # lr: the step of the local SGD steps, > 0
+    shuffle: bool = True
 
     def pieces(self, n_rows: int):
         """``(order, start, stop)``: the rows ``order[start:stop]`` of one push, epoch after
         epoch, over local row numbers 0 .. n_rows - 1 (the shard is the whole of this worker's
         data, so it is split as a one-worker static split)."""
         one_worker = SimpleNamespace(workers=1, seeds=[self.seed], epochs=self.epochs,
-                                     batch_size=self.batch_size)
+                                     batch_size=self.batch_size, shuffle=self.shuffle)
         return sharded_pieces(n_rows, one_worker, 0, self.local_steps)
 
 

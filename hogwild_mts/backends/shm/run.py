@@ -141,7 +141,7 @@ class _LinearRun(_Run):
             n_features=dataset.n_features, dense=dataset.dense,
             fit_intercept=problem.model.fit_intercept, terms=kernels.model_terms(problem.model),
             stamp=job.stamp, policy=options.policy, momentum=options.momentum,
-            parent_pid=os.getpid(), split=job.split, schedule=job.schedule,
+            parent_pid=os.getpid(), split=job.split, shuffle=job.shuffle, schedule=job.schedule,
             average_start=job.average_start, start_update=job.start_update,
             **self._checkpoint_fields())
 

@@ -57,6 +57,7 @@ class TorchWorkerSpec:
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
     checkpoint_every_updates: int | None = None
     stamp: bool = True  # torch workers always stamp (worker.Snapshotter reads it)
+    shuffle: bool = True  # torch workers always shuffle (worker.row_pieces reads it)
 
 
 def run_torch_worker(views: BlockViews, spec: TorchWorkerSpec, worker_id: int) -> int:

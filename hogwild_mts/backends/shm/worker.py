@@ -6,7 +6,7 @@ data loaders.  The same :func:`run_worker` body serves every worker; only its id
 
 How rows reach the workers (``split``):
 
-* ``"dynamic"`` (default): every epoch is one shuffled order of all rows, split into batches
+* ``"dynamic"`` (default): every epoch is one order of all rows, split into batches
   (the last one shorter); workers claim runs of batches from one shared cursor
   (:func:`hogwild_mts.kernels.linear.claim_batches`, guided: claims shrink towards the end),
   so a worker slowed by the OS leaves no others idle: all end within about one small claim.
@@ -18,6 +18,10 @@ How rows reach the workers (``split``):
   the static split with one worker (and of the simulator).
 * ``"static"``: worker ``w`` owns rows ``w, w + m, ...`` and shuffles them every epoch with its own
   generator ``default_rng(seeds[w])`` (what the simulator emulates for ``m > 1``).
+
+``shuffle=False`` (``spec.shuffle``) keeps every epoch's rows in their stored order: the dynamic
+split's slots hold ``0 .. n - 1``, and a static worker visits ``w, w + m, ...`` in that order
+(:func:`hogwild_mts.kernels.split.epoch_order` makes every order; the generator then draws nothing).
 
 Checkpoints (dynamic split; :mod:`hogwild_mts.checkpoint`): each worker publishes in its
 ``positions`` row the first batch of its claim not yet finished (the cursor just before it
@@ -49,7 +53,7 @@ from hogwild_mts.backends.shm.block import Layout, SharedBlock
 from hogwild_mts.core.files import process_alive
 from hogwild_mts.backends.shm.fields import BlockViews
 from hogwild_mts.job import CONSTANT_STEPS, StepSchedule
-from hogwild_mts.kernels.split import GENERATOR_WORDS, sharded_pieces
+from hogwild_mts.kernels.split import GENERATOR_WORDS, epoch_order, sharded_pieces
 from hogwild_mts.policies.refit import Refitter
 
 GO_POLL_SECONDS = 0.001
@@ -103,6 +107,7 @@ class WorkerSpec:
     policy: object
     parent_pid: int  # the process that started us, 0 when the worker is a thread of it
     split: str = "dynamic"  # one of SPLITS
+    shuffle: bool = True  # False: every epoch visits the rows in stored order
     momentum: float = 0.0  # 0: plain SGD; else each worker keeps a private velocity (worker_buffers)
     views: BlockViews | None = None  # the parent's views, inherited by forked workers (never pickled)
     checkpoint_every_seconds: float | None = None  # worker 0's snapshot schedule (None: never)
@@ -283,7 +288,7 @@ def load_schedule_kernels() -> None:
 def prepare_schedule(views: BlockViews, spec) -> None:
     """Parent, before the start: draw epoch 0's order (dynamic split; nothing for static)."""
     if spec.split == "dynamic":
-        _draw_order(views, np.random.default_rng(spec.seeds[0]), 0)
+        _draw_order(views, np.random.default_rng(spec.seeds[0]), 0, spec.shuffle)
         if views.positions is not None:
             views.positions[:, 0] = NO_POSITION
 
@@ -297,13 +302,14 @@ def restore_schedule(views: BlockViews, spec, position: int, generator_words: np
     per_epoch = -(-views.orders.shape[1] // spec.batch_size)
     epoch = position // per_epoch
     words[:] = 0
-    _draw_order(views, _generator(np.asarray(generator_words, dtype=np.uint64)), epoch)
+    _draw_order(views, _generator(np.asarray(generator_words, dtype=np.uint64)), epoch, spec.shuffle)
     words[SCHED_READY + (epoch + 1) % 2] = epoch  # the other slot held epoch - 1 (done), or none
     for done_epoch in range(epoch):
         words[SCHED_DONE + done_epoch % 2] += per_epoch
     words[SCHED_DONE + epoch % 2] += position - epoch * per_epoch
     if epoch * per_epoch + per_epoch // 2 < position and epoch + 1 < spec.epochs:
-        _draw_order(views, _saved_generator(words), epoch + 1)  # drawn at the middle batch
+        # drawn at the middle batch
+        _draw_order(views, _saved_generator(words), epoch + 1, spec.shuffle)
     words[SCHED_CURSOR] = position
     if views.positions is not None:
         views.positions[:, 0] = NO_POSITION
@@ -328,14 +334,13 @@ def schedule_state(views: BlockViews, spec) -> tuple[int, np.ndarray] | None:
     return position, words.view(np.uint64)[first:first + GENERATOR_WORDS].copy()
 
 
-def _draw_order(views: BlockViews, rng: np.random.Generator, epoch: int) -> None:
-    """Shuffle all rows into epoch ``epoch``'s slot, save the generator (before and after),
-    then publish the slot."""
+def _draw_order(views: BlockViews, rng: np.random.Generator, epoch: int, shuffle: bool) -> None:
+    """Put epoch ``epoch``'s order of all rows (:func:`epoch_order`) into its slot, save the
+    generator (before and after), then publish the slot."""
     slot, words = views.orders[epoch % 2], views.schedule
     before = SCHED_SLOT_RNG + GENERATOR_WORDS * (epoch % 2)
     words.view(np.uint64)[before:before + GENERATOR_WORDS] = _generator_words(rng)
-    slot[:] = np.arange(slot.shape[0])
-    rng.shuffle(slot)  # the same draws as rng.permutation(n)
+    slot[:] = epoch_order(np.arange(slot.shape[0]), rng, shuffle)
     words.view(np.uint64)[SCHED_RNG:SCHED_RNG + GENERATOR_WORDS] = _generator_words(rng)
     kernels.store_word(words, SCHED_READY + epoch % 2, epoch + 1)
 
@@ -400,7 +405,7 @@ def claimed_pieces(views: BlockViews, spec, max_claim: int, min_claim: int, work
                 if not _wait_for_word(views, SCHED_DONE + (epoch + 1) % 2,
                                       per_epoch * ((epoch + 1) // 2), spec.parent_pid):
                     return
-                _draw_order(views, _saved_generator(words), epoch + 1)
+                _draw_order(views, _saved_generator(words), epoch + 1, spec.shuffle)
             offset = epoch * per_epoch
             yield orders[epoch % 2], (first - offset) * batch, min((stop - offset) * batch, n_rows)
             kernels.add_word(words, SCHED_DONE + epoch % 2, stop - first)

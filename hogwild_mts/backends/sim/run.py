@@ -15,7 +15,7 @@ from hogwild_mts.backends.sim.simulator import (SimBackend, event_schedule, roun
 from hogwild_mts.core import lifecycle
 from hogwild_mts.core.result import FitResult
 from hogwild_mts.job import Job, SimulationSettings
-from hogwild_mts.kernels.split import shard_rows
+from hogwild_mts.kernels.split import epoch_order, shard_rows
 from hogwild_mts.policies.step_sizes import policy_state
 
 DEFAULT_EVALUATIONS = 50  # history rows when the simulation's eval_every is not given
@@ -82,13 +82,15 @@ def simulated_settings(job: Job, stale_reads: str):
 
 def worker_batches(job: Job, n_samples: int):
     """Per worker: its rows in visiting order (all epochs) and its batch boundaries, exactly as
-    the engine's workers draw them under the static split."""
+    the engine's workers draw them under the static split (``job.shuffle``: each epoch shuffled,
+    or the shard in stored order)."""
     options = job.options
     orders, bounds = [], []
     for w, seed in enumerate(job.seeds()):
         shard = shard_rows(n_samples, options.workers, w)
         rng = np.random.default_rng(seed)
-        orders.append(np.concatenate([rng.permutation(shard) for _ in range(options.epochs)]))
+        orders.append(np.concatenate([epoch_order(shard, rng, job.shuffle)
+                                      for _ in range(options.epochs)]))
         starts = np.concatenate([e * shard.size + np.arange(0, shard.size, options.batch_size)
                                  for e in range(options.epochs)])
         stops = np.minimum(starts + options.batch_size, (starts // shard.size + 1) * shard.size)

@@ -17,11 +17,12 @@ Where tau comes from (``staleness=``):
   and workers take turns round-robin; ``tau_t <= t`` always.
 
 Rows, shards and shuffles are those of the engine's ``split="static"`` (worker w owns rows w,
-w+m, ...; a fresh permutation per epoch from its own seed); with one worker that is also the
-default dynamic split, so ``workers=1`` reproduces a one-worker :class:`Engine` run bit for bit
-(with ``momentum`` too).  Each worker owns a copy of the policy and refits it from the global
-histogram after every ``refit_every`` of its own updates, as real workers do; with ``momentum``
-each keeps a private velocity, updated by the real engine's own momentum step.  Times are
+w+m, ...; a fresh permutation per epoch from its own seed, or with ``shuffle=False`` its rows in
+stored order); with one worker that is also the default dynamic split, so ``workers=1``
+reproduces a one-worker :class:`Engine` run bit for bit (with ``momentum`` too).  Each worker
+owns a copy of the policy and refits it from the global histogram after every ``refit_every``
+of its own updates, as real workers do; with ``momentum`` each keeps a private velocity,
+updated by the real engine's own momentum step.  Times are
 simulated: one gradient takes ``update_seconds`` on average, so ``train_seconds`` and
 ``history["time_s"]`` are simulated seconds.
 """
