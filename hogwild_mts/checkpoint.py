@@ -161,12 +161,13 @@ def write_checkpoint(directory: str, settings: dict, state: RunState, classes=No
     classifier = settings["loss"] in CLASSIFIERS
     if classifier and classes is None:
         classes = np.array([-1.0, 1.0])
-    # the estimator's parameters in the engine's names (``alpha`` None: the policy's own step),
-    # which loading maps onto scikit-learn's (estimators.current_params)
-    estimator_params = {"loss": settings["loss"], "policy": settings["policy"], "alpha": None,
-                        "workers": settings["workers"], "epochs": settings["epochs"],
-                        "batch_size": settings["batch_size"], "l2": settings["l2"],
-                        "fit_intercept": settings["fit_intercept"], "seed": settings["seed"]}
+    policy = settings["policy"]
+    estimator_params = {**model_file.run_estimator_params(
+        settings["loss"], step=policy.get("options", {}).get("lr"),
+        epochs=settings["epochs"], l2=settings["l2"], seed=settings["seed"],
+        shuffle=settings.get("shuffle", True), learning_rate=settings["learning_rate"],
+        power_t=settings["power_t"]),
+        "policy": policy, "workers": settings["workers"], "fit_intercept": settings["fit_intercept"]}
     run = {"settings": settings, "updates": int(state.updates), "samples": int(state.samples),
            "max_staleness": int(state.max_staleness), "refits": int(state.refits),
            "position": int(state.position), "finished": bool(state.finished)}

@@ -43,7 +43,8 @@ from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, N
 from hogwild_mts.core.result import L1State, TrainingWarning, training_trouble
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine, average_start
 from hogwild_mts.model_file import (CLASSIFIER_LOSSES, LEGACY_LOSSES, REGRESSOR_LOSSES,
-                                    ModelFileError, policy_from_spec, read, save_linear)
+                                    ModelFileError, policy_from_spec, read, run_estimator_params,
+                                    save_linear)
 from hogwild_mts.models.linear import SKLEARN_MAX_DERIVATIVE, SPARSE_INTERCEPT_DECAY, LinearModel
 
 PENALTIES = ("l2", "l1", "elasticnet")
@@ -676,14 +677,13 @@ def current_params(params: dict, kind: str) -> dict:
         return dict(params)
     old = dict(params)
     regressor = kind == "HogwildRegressor"
-    loss = old.get("loss") or ("lsq" if regressor else "logreg")
-    step = old.get("alpha") or (0.01 if regressor else 0.1)
-    l2 = float(old.get("l2") or 0.0)
-    new = {"loss": LEGACY_LOSSES.get(loss, loss), "learning_rate": "constant", "eta0": step,
-           "penalty": "l2" if l2 > 0 else None, "alpha": l2 if l2 > 0 else 1e-4,
-           "max_iter": old.get("epochs", 5), "random_state": old.get("seed", 0),
-           "verbose": int(bool(old.get("progress", False))),
-           "tol": old.get("tol", 1e-4) if old.get("early_stopping") else None}
+    new = run_estimator_params(old.get("loss") or ("lsq" if regressor else "logreg"),
+                               step=old.get("alpha") or (0.01 if regressor else 0.1),
+                               epochs=old.get("epochs", 5), l2=float(old.get("l2") or 0.0),
+                               seed=old.get("seed", 0))
+    new["verbose"] = int(bool(old.get("progress", False)))
+    if old.get("early_stopping"):
+        new["tol"] = old.get("tol", 1e-4)
     kept = ("fit_intercept", "warm_start", "early_stopping", "validation_fraction",
             "n_iter_no_change", "policy", "workers", "backend", "ray_address", "local_steps")
     new.update({name: old[name] for name in kept if name in old})
@@ -693,14 +693,11 @@ def current_params(params: dict, kind: str) -> dict:
 def estimator_from_run(result, classes, **params):
     """The fitted estimator that a finished binary or regression :class:`Engine` run amounts to
     (what ``hogwild-mts train --out`` saves): ``params`` are the estimator's constructor
-    arguments (this version's names or, as a model file of an earlier version holds them, the
-    engine's: ``epochs``, ``seed``, ``l2``, ``alpha`` the step), ``loss`` among them;
-    ``classes`` the sorted labels (None for regression; the positive class, +1, is
-    ``classes[1]``)."""
-    loss = params.get("loss")
-    regressor = LEGACY_LOSSES.get(loss, loss) in REGRESSOR_LOSSES and classes is None
-    cls = HogwildRegressor if regressor else HogwildClassifier
-    estimator = cls(**current_params(params, cls.__name__))
+    arguments (:func:`hogwild_mts.model_file.run_estimator_params` and the Hogwild! ones),
+    ``loss`` among them; ``classes`` the sorted labels (None for regression; the positive
+    class, +1, is ``classes[1]``)."""
+    regressor = params["loss"] in REGRESSOR_LOSSES and classes is None
+    estimator = (HogwildRegressor if regressor else HogwildClassifier)(**params)
     coef = np.asarray(result.params, dtype=np.float64)[None, :]
     estimator._set_coef(coef, np.array([result.intercept]))
     estimator.n_features_in_ = coef.shape[1]

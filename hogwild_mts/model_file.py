@@ -142,6 +142,25 @@ LINEAR_LOSSES = {"HogwildClassifier": CLASSIFIER_LOSSES + ("logreg", "svm"),
 READ_TRIES = 100  # manifests read while saves keep replacing the data file before giving up
 
 
+def run_estimator_params(loss: str, *, step: float | None, epochs: int, l2: float, seed: int,
+                         shuffle: bool = True, learning_rate: str = "constant",
+                         power_t: float | None = None) -> dict:
+    """An engine run described as the estimators' parameters (scikit-learn's names), as
+    ``hogwild-mts train --out`` and checkpoints save it: ``loss`` by its scikit-learn name,
+    ``epochs`` epochs (``max_iter``) without a stopping rule (``tol=None``), the base ``step``
+    as ``eta0`` (None: a policy with a step of its own; ``eta0`` keeps its default) under
+    ``learning_rate`` (and its ``power_t``), the L2 penalty ``l2`` as
+    ``alpha`` (no penalty when 0; ``alpha`` is then scikit-learn's default, 1e-4), ``seed``
+    as ``random_state``.  The policy, workers and backend options keep their own names and are
+    the caller's to add."""
+    params = {"loss": LEGACY_LOSSES.get(loss, loss), "learning_rate": learning_rate,
+              "penalty": "l2" if l2 > 0 else None, "alpha": l2 if l2 > 0 else 1e-4,
+              "max_iter": epochs, "tol": None, "random_state": seed, "shuffle": shuffle}
+    params.update({name: value for name, value in (("eta0", step), ("power_t", power_t))
+                   if value is not None})
+    return params
+
+
 def _shown(value) -> str:
     if value is MISSING:
         return "missing"

@@ -23,6 +23,7 @@ from hogwild_mts.kernels.split import total_updates
 from hogwild_mts.core import files
 from hogwild_mts.data.tabular import synthetic_dense, synthetic_sparse
 from hogwild_mts.engines.linear import Engine
+from hogwild_mts.estimators import LEGACY_PARAMS
 from hogwild_mts.models.linear import LinearModel
 from tests.helpers import WAIT_SECONDS, default_stop_signals, live_children, shared_blocks
 
@@ -184,6 +185,9 @@ def test_a_checkpoint_is_a_model_file_that_predicts(data, tmp_path):
     margins = data.to_scipy() @ result.params + result.intercept
     np.testing.assert_array_equal(model.predict(data.to_scipy()), np.where(margins > 0, 1.0, -1.0))
     assert model.get_params()["max_iter"] == 8 and model.classes_.tolist() == [-1.0, 1.0]
+    stored = json.loads((tmp_path / "ckpt" / "model.json").read_text())["params"]
+    assert not set(LEGACY_PARAMS) & set(stored)  # written in scikit-learn's names
+    assert (stored["random_state"], stored["eta0"], stored["loss"], stored["tol"]) == (4, 0.3, "log_loss", None)
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_whole(data, tmp_path, monkeypatch):

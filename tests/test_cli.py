@@ -98,6 +98,8 @@ def test_train_out_predict_and_init_round_trip(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     arrays = json.loads((out / "model.json").read_text())["arrays"]
     assert {"metrics.json", "params.npy", "model.json", arrays} == names and arrays.startswith("arrays-")
+    stored = json.loads((out / "model.json").read_text())["params"]
+    assert (stored["max_iter"], stored["eta0"], stored["loss"], stored["shuffle"]) == (2, 0.5, "log_loss", True)
     capsys.readouterr()
     assert main(["predict", str(out), "--data", SMALL, "--out", str(predictions)]) == 0
     assert "score on" in capsys.readouterr().err

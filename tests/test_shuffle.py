@@ -236,6 +236,7 @@ def test_the_command_line_trains_without_shuffling(tmp_path, capsys):
                      "--out", str(out)] + flags) == 0
         outputs[name] = (np.load(out / "params.npy"), json.loads((out / "metrics.json").read_text()))
     assert outputs["stored"][1]["settings"]["shuffle"] is False
+    assert json.loads((tmp_path / "stored" / "model.json").read_text())["params"]["shuffle"] is False
     assert np.array_equal(outputs["stored"][0], outputs["other-seed"][0])
     assert not np.array_equal(outputs["stored"][0], outputs["shuffled"][0])
     capsys.readouterr()

@@ -467,12 +467,8 @@ def _train_one_vs_rest(args, dataset, model, policy):
                          f"binary run per class), which does not take {', '.join(refused)}; "
                          "use them with binary labels")
     print(f"  {classes.size} classes: one-vs-rest, one run per class", file=sys.stderr, flush=True)
-    estimator = HogwildClassifier(loss=model.loss, policy=policy, learning_rate="constant",
-                                  max_iter=args.epochs, tol=None,
-                                  penalty="l2" if args.l2 > 0 else None,
-                                  alpha=args.l2 if args.l2 > 0 else HogwildClassifier().alpha,
-                                  fit_intercept=model.fit_intercept, random_state=args.seed,
-                                  shuffle=args.shuffle, workers=args.workers,
+    estimator = HogwildClassifier(**_run_params(args, model.loss), policy=policy,
+                                  fit_intercept=model.fit_intercept, workers=args.workers,
                                   **_backend_options(args))
     X = dataset.to_scipy()
     estimator.fit(X, dataset.y)
@@ -530,10 +526,19 @@ def _fitted(result, classes, args, model, policy):
     """The estimator a command-line run amounts to (what --out saves as the model file)."""
     from hogwild_mts.estimators import estimator_from_run
 
-    return estimator_from_run(result, classes, loss=args.model, policy=policy,
-                              workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-                              l2=args.l2, fit_intercept=model.fit_intercept, seed=args.seed,
+    return estimator_from_run(result, classes, **_run_params(args, args.model), policy=policy,
+                              workers=args.workers, fit_intercept=model.fit_intercept,
                               **_backend_options(args))
+
+
+def _run_params(args, loss: str) -> dict:
+    """The command line's run as the estimators' parameters (scikit-learn's names):
+    ``--epochs`` constant-step epochs of ``--lr``, ``--l2`` the L2 penalty, ``--seed``,
+    ``--no-shuffle``."""
+    from hogwild_mts.model_file import run_estimator_params
+
+    return run_estimator_params(loss, step=args.lr, epochs=args.epochs, l2=args.l2, seed=args.seed,
+                                shuffle=args.shuffle)
 
 
 def _restart_options(args) -> dict:
