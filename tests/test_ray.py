@@ -122,12 +122,14 @@ def test_version_counts_every_push_and_the_loss_falls(data):
     assert_nothing_left()
 
 
-def test_one_worker_with_one_local_step_is_the_shared_memory_run():
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_one_worker_with_one_local_step_is_the_shared_memory_run(shuffle):
     """K = 1 and one worker: every tau is 0 and each push is one shared-memory update, so the
-    parameters agree with the shared-memory engine's up to rounding."""
+    parameters agree with the shared-memory engine's up to rounding (shuffled or in stored
+    order)."""
     data = synthetic_sparse(1500, 500, 10, seed=0)
-    options = dict(model="logreg", policy="inverse", lr=0.5, workers=1, epochs=1, seed=3,
-                   progress=False)
+    options = dict(model="logreg", policy="inverse", lr=0.5, workers=1, epochs=2, seed=3,
+                   shuffle=shuffle, progress=False)
     ray_result = Engine(**options, backend="ray").fit(data)
     shm_result = Engine(**options, split="static").fit(data)
     assert ray_result.staleness_histogram[0] == ray_result.updates == shm_result.updates
