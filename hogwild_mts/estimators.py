@@ -41,6 +41,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from hogwild_mts.core.params import (Checked, Choice, Flag, Fraction, Integer, NonNegative, Option,
                                      Optional, Positive, Table, validate)
 from hogwild_mts.core.result import L1State, TrainingWarning, training_trouble
+from hogwild_mts.data.tabular import Dataset, as_dataset
 from hogwild_mts.engines.linear import ENGINE_OPTIONS, Engine, average_start
 from hogwild_mts.model_file import (CLASSIFIER_LOSSES, LEGACY_LOSSES, REGRESSOR_LOSSES,
                                     ModelFileError, policy_from_spec, read, run_estimator_params,
@@ -240,14 +241,14 @@ class _HogwildLinear(BaseEstimator):
 
                 ray.shutdown()
 
-    def _epoch(self, options, X, target, weights, problem: _Problem, seed: int):
-        """Train ``problem`` for one epoch over the rows ``X`` (labels ``target``, weights or
-        None), continuing its parameters, schedule, average and L1 penalty; return its
-        FitResult."""
-        engine = self._engine(options, problem, seed, sp.issparse(X))
+    def _epoch(self, options, rows: Dataset, weights, problem: _Problem, seed: int):
+        """Train ``problem`` for one epoch over ``rows`` (a Dataset with the +-1 or real
+        targets, built once per fit; weights or None), continuing its parameters, schedule,
+        average and L1 penalty; return its FitResult."""
+        engine = self._engine(options, problem, seed, not rows.dense)
         with warnings.catch_warnings():  # judged below as a ConvergenceWarning
             warnings.simplefilter("ignore", TrainingWarning)
-            result = engine.fit(X, target, sample_weight=weights, init_params=problem.params,
+            result = engine.fit(rows, sample_weight=weights, init_params=problem.params,
                                 init_average=problem.average, init_l1=problem.l1)
         def flat(params, intercept):
             return np.append(params, intercept) if options.fit_intercept else params
@@ -274,7 +275,8 @@ class _HogwildLinear(BaseEstimator):
             for k, (target, weight) in enumerate(zip(targets, weights)):
                 if held_out is not None:
                     self._check_split(weight, held_out)
-                rows = (X[train], target[train], None if weight is None else weight[train])
+                rows = (as_dataset(X[train], target[train]),
+                        None if weight is None else weight[train])
                 stopping = _Stopping(options) if stop else None
                 runs = []
                 for epoch in range(epochs):

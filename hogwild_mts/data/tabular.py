@@ -20,7 +20,7 @@ import numbers
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,6 +72,7 @@ class Dataset:
     y: np.ndarray  # float64 1-d, length n
     name: str
     dense: bool
+    _feature_counts: np.ndarray | None = field(default=None, init=False)  # feature_counts()
 
     def __post_init__(self):
         problems = []
@@ -116,10 +117,13 @@ class Dataset:
         return self.values.size
 
     def feature_counts(self) -> np.ndarray:
-        """int64 per column: the number of rows that store that column (dense: all n)."""
+        """int64 per column: the number of rows that store that column (dense: all n).  Counted
+        once per Dataset (its rows do not change; the estimators run one fit per epoch on it)."""
         if self.dense:
             return np.full(self.n_features, self.n_samples, dtype=np.int64)
-        return np.bincount(self.indices, minlength=self.n_features).astype(np.int64)
+        if self._feature_counts is None:
+            self._feature_counts = np.bincount(self.indices, minlength=self.n_features).astype(np.int64)
+        return self._feature_counts
 
     def to_scipy(self):
         """The matrix as ``scipy.sparse.csr_matrix``, or (dense) a 2-d ndarray view of ``values``."""
