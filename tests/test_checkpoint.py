@@ -120,23 +120,23 @@ def test_a_resumed_run_checkpoints_on_and_is_still_exact(data, written, tmp_path
     assert_same_run(engine().fit(data, resume=second), uninterrupted)
 
 
-def _interrupt_when(condition):
-    """Ctrl-C this process once ``condition()`` holds (an event, polled)."""
-    def wait_then_interrupt():
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=wait_then_interrupt, daemon=True).start()
-
-
-def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
+def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
     data = synthetic_sparse(1000, 100, 10, seed=7)
     options = dict(epochs=1500)
     directory = tmp_path / "ckpt"
-    _interrupt_when(lambda: (directory / "model.json").exists())
+    write, pressed = linear_engine.write_checkpoint, []
+
+    def write_then_ctrl_c(*arguments, **keywords):
+        """Ctrl-C once, when the first checkpoint is written (the run is then surely under way,
+        on a busy machine too)."""
+        write(*arguments, **keywords)
+        if not pressed:
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(linear_engine, "write_checkpoint", write_then_ctrl_c)
     stopped = engine(checkpoint_dir=directory, checkpoint_every_updates=20_000, **options).fit(data)
+    monkeypatch.setattr(linear_engine, "write_checkpoint", write)
     assert stopped.interrupted and not shared_blocks()
     document, _ = model_file.read(directory)
     assert document["run"]["updates"] == stopped.updates == document["counter"]  # the stop state
