@@ -96,8 +96,14 @@ def policy_spec(policy) -> dict:
     return {"name": "table", "table": [float(a) for a in policy_table(policy)]}
 
 
-# Policy options as files written before the base step was called lr name them.
-EARLIER_OPTION_NAMES = {"alpha": "lr", "alpha_min": "lr_min", "alpha_max": "lr_max"}
+# Names of files (model files, checkpoints, experiment run directories) written before the
+# base step was called lr.
+EARLIER_NAMES = {"alpha": "lr", "alpha_min": "lr_min", "alpha_max": "lr_max", "alphas": "lrs"}
+
+
+def current_names(value: dict) -> dict:
+    """``value`` (an object read from a file) with its EARLIER_NAMES keys renamed."""
+    return {EARLIER_NAMES.get(key, key): item for key, item in value.items()}
 
 
 def policy_from_spec(spec, where: str, field: str = "params.policy"):
@@ -120,7 +126,7 @@ def policy_from_spec(spec, where: str, field: str = "params.policy"):
     options = spec["options"]
     if not isinstance(options, dict):
         refuse(where, f"{field}.options", "an object of the policy's options", options)
-    options = {EARLIER_OPTION_NAMES.get(key, key): value for key, value in options.items()}
+    options = current_names(options)
     try:
         return make_policy(name, **options)
     except (TypeError, ValueError, OverflowError) as error:

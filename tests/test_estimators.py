@@ -235,3 +235,16 @@ def test_a_model_file_of_the_earlier_parameter_names_loads_as_the_run_it_describ
             params["max_iter"], params["random_state"], params["tol"]) == (
         "log_loss", "constant", 0.5, "l2", 0.001, 7, 3, None)
     assert model.predict(np.ones((2, 4))).tolist() == [1, 1] and hasattr(model, "predict_proba")
+
+
+def test_policy_options_and_run_directories_of_the_earlier_step_names_read_as_lr(tmp_path):
+    from hogwild_mts.app.rundir import read_config
+    from hogwild_mts.model_file import policy_from_spec
+
+    policy = policy_from_spec({"name": "mindthestep", "options": {"alpha": 0.2, "alpha_min": 0.01,
+                                                                   "alpha_max": 0.3}}, "old.json")
+    assert (policy.lr, policy.lr_min, policy.lr_max) == (0.2, 0.01, 0.3)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"alphas": [0.1, 0.5], "policy_options": {"mts": {"alpha_min": 0.01}}}))
+    config = read_config(str(tmp_path))
+    assert config["lrs"] == [0.1, 0.5] and config["policy_options"] == {"mts": {"lr_min": 0.01}}

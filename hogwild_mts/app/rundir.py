@@ -9,11 +9,11 @@ import math
 import numbers
 import os
 
+from hogwild_mts.model_file import current_names
+
 CONFIG_FILE = "config.json"
 CELLS_DIR = "cells"
 HISTORY_KEYS = ("loss", "updates", "time_s")
-# Keys of run directories written before the base step was called lr.
-EARLIER_KEYS = {"alpha": "lr", "alphas": "lrs"}
 
 
 class RunFileError(ValueError):
@@ -37,17 +37,12 @@ def _read_object(path: str, what: str) -> dict:
     return value
 
 
-def _current_keys(value: dict) -> dict:
-    """``value`` with its EARLIER_KEYS renamed."""
-    return {EARLIER_KEYS.get(key, key): item for key, item in value.items()}
-
-
 def read_config(out_dir: str) -> dict:
     """The settings object of ``out_dir/config.json`` (checked as a JSON object only; earlier
     key names, its labels' options' too, renamed)."""
-    config = _current_keys(_read_object(os.path.join(out_dir, CONFIG_FILE), "experiment config"))
+    config = current_names(_read_object(os.path.join(out_dir, CONFIG_FILE), "experiment config"))
     if isinstance(config.get("policy_options"), dict):
-        config["policy_options"] = {label: _current_keys(options) if isinstance(options, dict) else options
+        config["policy_options"] = {label: current_names(options) if isinstance(options, dict) else options
                                     for label, options in config["policy_options"].items()}
     return config
 
@@ -60,7 +55,7 @@ def read_cells(out_dir: str) -> list[dict]:
     for name in sorted(os.listdir(directory)):
         if name.endswith(".json") and not name.startswith("."):
             path = os.path.join(directory, name)
-            records.append(check_cell(path, _current_keys(_read_object(path, "cell record"))))
+            records.append(check_cell(path, current_names(_read_object(path, "cell record"))))
     return records
 
 
