@@ -14,6 +14,7 @@ from hogwild_mts.app import experiment
 from hogwild_mts.app.cli import main
 from hogwild_mts.app.experiment import ConfigError, load_config, run_grid, target_reached
 from hogwild_mts.app.plots import RunDirError, draw_all, figures
+from hogwild_mts.core.files import DirectoryBusyError, directory_lock
 
 TINY = ["--data", "synthetic-sparse:n=400,d=60,nnz=5,seed=1", "--policies", "constant,tail",
         "--workers", "1,4", "--seeds", "0,1", "--epochs", "2", "--eval-updates", "40", "--lrs", "0.5"]
@@ -70,6 +71,10 @@ def test_resume_skips_finished_cells_and_extends_the_grid(tmp_path, capsys, monk
     config["eval_updates"] = 7
     with pytest.raises(ConfigError, match="other settings"):
         run_grid(config, out, plots=False)
+    with directory_lock(out, "a grid already running"):  # another grid writing into the same --out
+        with pytest.raises(DirectoryBusyError, match=f"experiment directory '{out}' is in use by "
+                                                     f"another run \\(pid {os.getpid()}\\)"):
+            run_grid(config, out, plots=False)
 
 
 def test_a_stop_signal_held_while_a_cell_finished_stops_the_grid_after_that_cell(tmp_path):

@@ -61,7 +61,7 @@ import numpy as np
 from hogwild_mts.app.plots import (DEFAULT_DPI, DEFAULT_FORMAT, DPI_RANGE, FORMATS, SUMMARY_FILE,
                                    check_dpi)
 from hogwild_mts.app.rundir import CELLS_DIR, CONFIG_FILE, RunFileError, read_cells, read_config
-from hogwild_mts.core.files import strict_json, write_atomic
+from hogwild_mts.core.files import directory_lock, strict_json, write_atomic
 from hogwild_mts.core.options import check_nonnegative, check_probability
 from hogwild_mts.policies.step_sizes import (POLICIES, AdaptivePolicy, make_policy, policy_state,
                                             policy_table, refit_policy, sets_worker_momentum)
@@ -521,8 +521,17 @@ def run_grid(config: dict, out_dir: str, *, log=None, plots: bool = True,
     :func:`hogwild_mts.core.signals.stop_on_signals` fills; a signal held while a cell's result
     was being made (so the cell finished) stops the grid after that cell is written
     (KeyboardInterrupt), as one that cut a cell short does before.  ``log``: where progress
-    lines go (default: sys.stderr at the time of the call)."""
-    log = sys.stderr if log is None else log
+    lines go (default: sys.stderr at the time of the call).  One grid at a time writes into
+    ``out_dir``: another process's is refused at once (DirectoryBusyError naming its pid)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with directory_lock(out_dir, f"experiment directory {out_dir!r}"):
+        return _run_locked(config, out_dir, sys.stderr if log is None else log, plots,
+                           stop_signals, fmt, dpi)
+
+
+def _run_locked(config: dict, out_dir: str, log, plots: bool, stop_signals: list, fmt: str,
+                dpi: int) -> dict:
+    """:func:`run_grid` while it holds the lock of ``out_dir``."""
     prepare_run_dir(out_dir, config)
     cells = cells_of(config)
     done = {record["name"] for record in read_cells(out_dir)}
