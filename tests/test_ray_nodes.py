@@ -298,7 +298,7 @@ collect = backend.RayBackend.collect
 def collect_and_look(self):
     nodes = {ray._private.state.actors(actor._actor_id.hex())["Address"]["NodeID"]
              for actor in self.actors}
-    seen.append({"traffic": self._server_call("traffic"), "worker_nodes": len(nodes),
+    seen.append({"traffic": self.server_call("traffic"), "worker_nodes": len(nodes),
                  "alive_nodes": sum(node["Alive"] for node in ray.nodes())})
     return collect(self)
 

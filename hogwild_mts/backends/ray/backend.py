@@ -468,13 +468,13 @@ class RayBackend:
                 f"(it needs {WORKER_CPUS} CPU; {cpus:g} free in the cluster: a node was lost?)")
 
     def go(self) -> None:
-        self._server_call("go")
+        self.server_call("go")
         self._go_time = time.time()
         self._next_checkpoint = self._go_time + self._checkpoint_every
         self._runs = {actor.run.remote(self.server, worker_id): worker_id
                       for worker_id, actor in enumerate(self.actors)}
 
-    def _server_call(self, method: str):
+    def server_call(self, method: str):
         """``server.method()``, waited for; WorkerError if the server died."""
         ray = self._ray
         try:
@@ -575,14 +575,14 @@ class RayBackend:
             raise self._failure
         if len(self.lost) == self.workers:
             raise WorkerError(f"all {self.workers} worker actors were lost; the run was stopped")
-        version = self._server_call("version")
+        version = self.server_call("version")
         if self._checkpoint is not None and time.time() >= self._next_checkpoint:
             self.write_checkpoint()
             self._next_checkpoint = time.time() + self._checkpoint_every
         return version
 
     def write_checkpoint(self) -> None:
-        params, version, histogram = self._server_call("state")
+        params, version, histogram = self.server_call("state")
         self._checkpoint(np.array(params), version, np.array(histogram))
 
     def finished(self) -> bool:
@@ -602,7 +602,7 @@ class RayBackend:
         running = set(self._runs.values())
         if running and now - self._counted_at >= PUSH_COUNT_SECONDS:
             self._counted_at = now
-            pushes = self._server_call("pushes_by_worker")
+            pushes = self.server_call("pushes_by_worker")
             if self._moved_at is None:
                 self._pushes, self._moved_at = pushes, [now] * len(pushes)
             for worker_id, count in enumerate(pushes):
@@ -616,7 +616,7 @@ class RayBackend:
         return idle
 
     def snapshot(self) -> np.ndarray:
-        return np.array(self._server_call("snapshot"))
+        return np.array(self.server_call("snapshot"))
 
     def wait(self) -> None:
         time.sleep(POLL_SECONDS)
@@ -640,8 +640,8 @@ class RayBackend:
         self._runs = {}
 
     def collect(self) -> RunTotals:
-        totals = self._server_call("totals")
-        self.worker_pushes = self._server_call("pushes_by_worker")
+        totals = self.server_call("totals")
+        self.worker_pushes = self.server_call("pushes_by_worker")
         if self._checkpoint is not None:
             self.write_checkpoint()
         return RunTotals(**totals)

@@ -197,7 +197,7 @@ def _backend(job: Job, params, make_worker, pushes) -> RayBackend:
                          **fault_options(job.ray))
     if every is not None:
         backend.evaluations = lambda: [(elapsed, version, np.array(copy)) for elapsed, version, copy
-                                       in backend._server_call("take_evaluations")]
+                                       in backend.server_call("take_evaluations")]
     return backend
 
 
