@@ -269,6 +269,11 @@ def _check_parts(job: Job, path: str, data_format: str, reports: list) -> tuple:
     if n_features < 1:
         raise DataError(f"{path}: no feature columns")
     labels = np.unique(np.concatenate([report.labels for report in reports]))
+    if model.classifier and labels.size > 2:
+        raise DataError(f"{path}: {labels.size} classes, and the Ray workers train a data file "
+                        "they read as one binary problem; train it one-vs-rest with --backend shm "
+                        "(the command then loads the file), or load it and fit "
+                        "HogwildClassifier(backend='ray') on the arrays")
     try:
         targets = model.check_labels(labels)
     except ValueError as error:
