@@ -55,7 +55,7 @@ def train_rows(data: dict, params, counter, order, stamp: bool, seconds: list, s
                                     kernels.NO_VELOCITY, kernels.NO_MARKS)
     rows = kernels.Rows(data["values"], data["indices"], data["indptr"], data["labels"],
                         kernels.UNIT_WEIGHTS, kernels.UNIT_WEIGHTS)  # no penalty: no feature_scale
-    kernel = kernels.sgd_kernel(False, False, 0.0, stamp, 0.0)
+    kernel = kernels.sgd_kernel(False, False, 0.0, stamp)
     started = time.perf_counter()
     for start in range(0, order.shape[0], CHUNK):
         kernel(rows, order, start, min(start + CHUNK, order.shape[0]), 1, params, params.shape[0],

@@ -40,7 +40,7 @@ def _run_kernel(dataset, model, order, batch_size, lr, params, sample_weight=ker
     stats = np.zeros(8, dtype=np.int64)
     buffers = kernels.WorkerBuffers(stats, hist, np.zeros(batch_size), np.zeros(params.shape[0]),
                                     np.full(params.shape[0], -1, dtype=np.int64))
-    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, stamped, momentum)
+    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, stamped)
     status = kernel(_rows(dataset, sample_weight), order, 0, order.shape[0], batch_size, params,
                     dataset.n_features, kernels.model_terms(model), momentum,
                     np.array([lr, lr / 2]), *kernels.CONSTANT_SCHEDULE, counter, buffers)
@@ -228,7 +228,7 @@ def test_two_threads_record_their_largest_tau():
         orders = [rng.integers(0, dataset.n_samples, 20_000) for _ in range(2)]
 
         def train(slot):
-            kernel = kernels.sgd_kernel(False, False, 0.0, True, 0.0)
+            kernel = kernels.sgd_kernel(False, False, 0.0, True)
             buffers = kernels.WorkerBuffers(stats[slot], hists[slot], np.zeros(1),
                                             kernels.NO_VELOCITY, kernels.NO_MARKS)
             kernel(_rows(dataset), orders[slot], 0, orders[slot].shape[0], 1, params,

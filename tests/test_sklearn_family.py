@@ -96,7 +96,7 @@ def _kernel_run(dataset, model, order, batch_size, alpha, params, schedule=(1.0,
         np.full(n_params, -1, np.int64),
         np.zeros(dataset.n_features) if l1 else kernels.NO_APPLIED,
         np.zeros((1, kernels.TOTALS_COLUMNS)) if l1 else kernels.NO_TOTALS, 0)
-    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, True, momentum, model.l1)
+    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, True)
     counter = np.array([first_update], np.int64)
     status = kernel(_rows(dataset), order, 0, order.shape[0], batch_size, params, dataset.n_features,
                     kernels.model_terms(model), momentum, np.array([alpha]), *schedule, counter,
@@ -286,8 +286,7 @@ def _averaged_kernel_run(dataset, model, order, batch_size, alpha, params, avera
         np.zeros(8, np.int64), np.zeros(16, np.int64), np.zeros(batch_size), kernels.NO_VELOCITY,
         kernels.NO_MARKS, np.zeros(dataset.n_features), np.zeros((1, kernels.TOTALS_COLUMNS)), 0,
         np.zeros(n_params), np.zeros(n_params, np.int64), average_start)
-    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, True, 0.0, model.l1,
-                                True)
+    kernel = kernels.sgd_kernel(dataset.dense, model.fit_intercept, model.l2, True)
     counter = np.zeros(1, np.int64)
     status = kernel(_rows(dataset), order, 0, order.shape[0], batch_size, params, dataset.n_features,
                     kernels.model_terms(model), 0.0, np.array([alpha]), *schedule, counter, buffers)

@@ -362,10 +362,12 @@ def keep_largest_tau(stats_row, tau):
         stats_row[STAT_MAX_TAU] = tau
 
 
-def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
-                      with_momentum: bool, clipped: bool, averaging: bool):
-    """The Python function of one kernel variant: the seven flags are constants of its closure,
-    so numba compiles (and caches) one loop per flag set with no flag tested per row."""
+def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool):
+    """The Python function of one kernel variant: the four flags, which the loop over a row's
+    coordinates reads, are constants of its closure, so numba compiles (and caches) one loop per
+    flag set with none of them tested per coordinate.  Momentum (``momentum != 0``), the L1
+    penalty (``terms.l1 != 0``) and averaging (``buffers.averaged`` not empty) are tested once
+    per batch, so one compiled loop serves them all."""
 
     def sgd_chunk(rows, order, start, stop, batch_size, params, n_features, terms, momentum,
                   alpha_table, t0, power, counter, buffers):
@@ -380,8 +382,8 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
             written without locks.
         n_features : the model's features; ``terms`` its :class:`Terms` (``l2 != 0`` exactly
             when the variant is penalised, ``l1 != 0`` when it clips).
-        momentum : in (0, 1) for a momentum variant (the private ``buffers.velocity``, see
-            :func:`momentum_step`); unread otherwise.
+        momentum : 0 (plain steps) or in (0, 1): the private ``buffers.velocity`` (see
+            :func:`momentum_step`).
         alpha_table : alpha(tau) per tau (its last entry for every larger tau); an unstamped
             variant reads entry 0 only.
         t0, power : the step schedule (:func:`scheduled_step`; ``power`` 0: constant).
@@ -392,7 +394,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
         the next sequence number t, ``tau = t - read``, ``lr = alpha_table[min(tau, T - 1)]``
         times the schedule's scale at t, write ``params -= lr * mean gradient`` (then, with
         L1, add ``l1 * lr`` to the worker's total and :func:`clip_l1` the batch's
-        coordinates) and count ``tau`` in ``buffers.hist``; an averaging variant brings the
+        coordinates) and count ``tau`` in ``buffers.hist``; with averaging it brings the
         batch's coordinates' means up to date before the write and adds the new iterate after
         it (from update ``buffers.average_start`` on).  Unstamped (classic Hogwild!): no
         counter, no histogram, lr = alpha_table[0], t = the worker's own update count.  The
@@ -402,6 +404,8 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
         """
         stats, derivatives = buffers.stats, buffers.derivatives
         loss_id, epsilon, l2, l1 = terms.loss_id, terms.epsilon, terms.l2, terms.l1
+        with_momentum, clipped = momentum != 0.0, l1 != 0.0
+        averaging = buffers.averaged.shape[0] != 0
         weighted = rows.sample_weight.shape[0] != 0
         position = start
         largest_tau = 0
@@ -455,21 +459,15 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
 
 
 @functools.cache
-def _compiled_sgd_chunk(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool,
-                        with_momentum: bool, clipped: bool, averaging: bool):
-    return njit(cache=True, nogil=True)(
-        _sgd_chunk_source(dense, fit_intercept, penalised, stamped, with_momentum, clipped,
-                          averaging))
+def _compiled_sgd_chunk(dense: bool, fit_intercept: bool, penalised: bool, stamped: bool):
+    return njit(cache=True, nogil=True)(_sgd_chunk_source(dense, fit_intercept, penalised, stamped))
 
 
-def sgd_kernel(dense: bool, fit_intercept: bool, l2: float, stamped: bool, momentum: float,
-               l1: float = 0.0, averaging: bool = False):
+def sgd_kernel(dense: bool, fit_intercept: bool, l2: float, stamped: bool):
     """The SGD loop for this flag set (see ``sgd_chunk`` in :func:`_sgd_chunk_source`): one numba
-    dispatcher per (dense, fit_intercept, l2 != 0, stamped, momentum != 0, l1 != 0, averaging),
-    made on first use and compiled (or loaded from numba's cache) on its first call, so a run
-    compiles only its own."""
-    return _compiled_sgd_chunk(bool(dense), bool(fit_intercept), l2 != 0.0, bool(stamped),
-                               momentum != 0.0, l1 != 0.0, bool(averaging))
+    dispatcher per (dense, fit_intercept, l2 != 0, stamped), made on first use and compiled (or
+    loaded from numba's cache) on its first call, so a run compiles only its own."""
+    return _compiled_sgd_chunk(bool(dense), bool(fit_intercept), l2 != 0.0, bool(stamped))
 
 
 @njit(cache=True, nogil=True)

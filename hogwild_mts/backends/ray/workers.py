@@ -165,7 +165,7 @@ def read_only(arrays: dict) -> dict:
 def local_steps_kernel(model: LinearModelSpec):
     """The unstamped plain-SGD kernel variant a worker's local steps run (no counter, no
     histogram: the server stamps the pushes)."""
-    return kernels.sgd_kernel(model.dense, model.fit_intercept, model.l2, False, 0.0)
+    return kernels.sgd_kernel(model.dense, model.fit_intercept, model.l2, False)
 
 
 def local_buffers(batch_size: int) -> kernels.WorkerBuffers:

@@ -197,8 +197,7 @@ def chunk_runner(views: BlockViews, spec, buffers: kernels.WorkerBuffers, table)
     the spec's schedule.  ``run_chunk(kernels.NO_ROWS, 0, 0)`` only compiles or loads the kernel
     for these types."""
     terms = spec.terms
-    kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, terms.l2, spec.stamp, spec.momentum,
-                                terms.l1, spec.average_start is not None)
+    kernel = kernels.sgd_kernel(spec.dense, spec.fit_intercept, terms.l2, spec.stamp)
     rows = views.rows()
     params, counter = views.params, views.counter
     t0, power = spec.schedule.t0, spec.schedule.power
