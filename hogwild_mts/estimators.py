@@ -269,14 +269,15 @@ class _HogwildLinear(BaseEstimator):
         until scikit-learn's stopping rule ends it (:meth:`_stopped`).  Returns (the FitResults
         in order, the epochs each problem ran)."""
         held_out = self._held_out(options, y, seed) if stop and options.early_stopping else None
+        train = slice(None) if held_out is None else ~held_out
+        # the training rows, copied once for every problem (each has its own labels)
+        shared = as_dataset(X if held_out is None else X[train], targets[0][train])
         results, epochs_run, largest = [], [], _max_abs(X)
         with self._backend_session(options):
             for k, (target, weight) in enumerate(zip(targets, weights)):
                 if held_out is not None:
                     self._check_split(weight, held_out)
-                train = ~held_out if held_out is not None else None
-                rows = ((as_dataset(X, target), weight) if train is None else
-                        (as_dataset(X[train], target[train]), None if weight is None else weight[train]))
+                rows = (shared.with_labels(target[train]), None if weight is None else weight[train])
                 stopping = _Stopping(options) if stop else None
                 runs = []
                 for epoch in range(epochs):

@@ -125,6 +125,14 @@ class Dataset:
             self._feature_counts = np.bincount(self.indices, minlength=self.n_features).astype(np.int64)
         return self._feature_counts
 
+    def with_labels(self, y: np.ndarray) -> "Dataset":
+        """The same rows with the labels ``y`` (float64, one per row): the arrays, and the
+        feature counts once counted, are shared, not copied."""
+        labelled = Dataset(self.values, self.indices, self.indptr, self.n_features, y, self.name,
+                           self.dense)
+        labelled._feature_counts = self._feature_counts
+        return labelled
+
     def to_scipy(self):
         """The matrix as ``scipy.sparse.csr_matrix``, or (dense) a 2-d ndarray view of ``values``."""
         if self.dense:

@@ -404,8 +404,7 @@ def prepare_dataset(model: LinearModel, X, y, workers: int, batch_size: int) -> 
     dataset = X if isinstance(X, Dataset) and y is None else as_dataset(X, y)
     labels = model.check_labels(dataset.y)
     if labels is not dataset.y:
-        dataset = Dataset(dataset.values, dataset.indices, dataset.indptr, dataset.n_features,
-                          labels, dataset.name, dataset.dense)
+        dataset = dataset.with_labels(labels)
     if workers > dataset.n_samples:
         raise ValueError(f"workers ({workers}) exceeds the number of samples "
                          f"({dataset.n_samples}); every worker needs at least one row")
