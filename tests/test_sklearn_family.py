@@ -215,6 +215,25 @@ def test_one_worker_engine_equals_simulator_and_reference(learning_rate):
     assert abs(engine.intercept - intercept) <= TOLERANCE
 
 
+def test_the_derivative_bound_is_the_engines_the_simulators_and_the_references():
+    """max_derivative clips each row's loss derivative in the SGD loop, the simulator and the
+    reference alike: one worker, bit for bit against the simulator and to TOLERANCE against the
+    reference; a bound the derivatives reach changes the run."""
+    data = synthetic_dense(60, 5, seed=2)
+    options = dict(lr=0.05, workers=1, epochs=2, progress=False, seed=4)
+    bounded, free = LinearModel("squared_hinge", max_derivative=0.5), LinearModel("squared_hinge")
+    engine = Engine(bounded, **options).fit(data)
+    simulated = Simulator(bounded, **options).fit(data)
+    assert np.array_equal(engine.params, simulated.params) and engine.intercept == simulated.intercept
+    assert not np.array_equal(engine.params, Engine(free, **options).fit(data).params)
+    rng = np.random.default_rng(np.random.SeedSequence(4).spawn(1)[0])  # the engine's orders
+    order = np.concatenate([rng.permutation(60) for _ in range(2)])
+    dataset = prepare_dataset(bounded, data, None, 1, 1)
+    weights, intercept = reference.sequential_sgd(dataset, bounded, order, 1, 0.05, [0.0] * 5, 0.0)
+    np.testing.assert_allclose(engine.params, weights, rtol=0, atol=TOLERANCE)
+    assert abs(engine.intercept - intercept) <= TOLERANCE
+
+
 @pytest.mark.parametrize("learning_rate", ["constant", "optimal", "invscaling"])
 def test_two_workers_train_every_new_path(learning_rate):
     """Two workers (Hogwild!: loose properties only): finite, and the objective decreases."""

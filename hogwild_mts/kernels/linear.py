@@ -134,6 +134,14 @@ start_update : the global update number of the run's first update (the counter's
 
 
 @njit(cache=True, nogil=True, inline="always")
+def row_derivative(terms, margin, label):
+    """The loss derivative of a row with ``margin`` and ``label``, clipped to
+    ``[-terms.max_derivative, terms.max_derivative]`` (scikit-learn's bound; inf: none)."""
+    derivative = loss_derivative(terms.loss_id, margin, label, terms.epsilon)
+    return min(max(derivative, -terms.max_derivative), terms.max_derivative)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def row_margin(rows, dense, params, n_features, fit_intercept, row):
     """w . x_row + b (b = params[n_features] with an intercept), in the row's stored order."""
     values, indices = rows.values, rows.indices
@@ -403,7 +411,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
         updates/s).  Returns STATUS_DIVERGED as soon as a margin is not finite, else STATUS_OK.
         """
         stats, derivatives = buffers.stats, buffers.derivatives
-        loss_id, epsilon, l2, l1 = terms.loss_id, terms.epsilon, terms.l2, terms.l1
+        l2, l1 = terms.l2, terms.l1
         with_momentum, clipped = momentum != 0.0, l1 != 0.0
         averaging = buffers.averaged.shape[0] != 0
         weighted = rows.sample_weight.shape[0] != 0
@@ -419,8 +427,7 @@ def _sgd_chunk_source(dense: bool, fit_intercept: bool, penalised: bool, stamped
                 if not np.isfinite(margin):
                     keep_largest_tau(stats, largest_tau)
                     return STATUS_DIVERGED
-                derivative = loss_derivative(loss_id, margin, rows.labels[row], epsilon)
-                derivative = min(max(derivative, -terms.max_derivative), terms.max_derivative)
+                derivative = row_derivative(terms, margin, rows.labels[row])
                 if weighted:
                     derivative *= rows.sample_weight[row]
                 derivatives[b - position] = derivative

@@ -119,8 +119,9 @@ def sequential_sgd(dataset, model, order, batch_size, lr, weights, intercept,
     for t, start in enumerate(range(0, len(order), batch_size), start=first_update):
         batch = [int(i) for i in order[start:start + batch_size]]
         step = lr if power == 0.0 else lr * (t0 / (t0 + t)) ** power
-        derivatives = [loss_derivative(model.name, margin(all_rows[i], weights, intercept),
-                                       float(dataset.y[i]), model.epsilon)
+        bound = model.max_derivative
+        derivatives = [min(max(loss_derivative(model.name, margin(all_rows[i], weights, intercept),
+                                               float(dataset.y[i]), model.epsilon), -bound), bound)
                        * (1.0 if sample_weight is None else float(sample_weight[i]))
                        for i in batch]
         if momentum:

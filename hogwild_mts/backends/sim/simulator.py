@@ -35,11 +35,10 @@ import math
 import numpy as np
 from numba import njit
 
-from hogwild_mts.kernels.linear import (UNIT_WEIGHTS, Rows, apply_update, clip_l1, row_margin,
-                                        scheduled_step)
+from hogwild_mts.kernels.linear import (UNIT_WEIGHTS, Rows, apply_update, clip_l1, row_derivative,
+                                        row_margin, scheduled_step)
 from hogwild_mts.core.control import HIST_BINS, STATUS_DIVERGED, STATUS_OK
 from hogwild_mts.core.result import Diverged, RunTotals
-from hogwild_mts.models.linear import loss_derivative
 from hogwild_mts.policies.step_sizes import policy_table, refit_policy
 from hogwild_mts.staleness.models import Geometric, Poisson, StalenessModel, check_histogram
 
@@ -264,8 +263,7 @@ def simulate_updates(rows, dense, batch_rows, batch_ptr,
             margin = row_margin(rows, dense, source, n_features, fit_intercept, row)
             if not np.isfinite(margin):
                 return STATUS_DIVERGED, t
-            derivative_buffer[b - first] = loss_derivative(terms.loss_id, margin, labels[row],
-                                                           terms.epsilon)
+            derivative_buffer[b - first] = row_derivative(terms, margin, labels[row])
         lr = scheduled_step(tables[update_worker[t], min(tau, last_alpha)], t, t0, power)
         hist[min(tau, last_bin)] += 1
         if not snapshots:
